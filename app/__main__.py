@@ -1,0 +1,17 @@
+"""``python -m app`` (or ``dydc``): serve on DYDC_HOST:DYDC_PORT with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from app.config import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    uvicorn.run("app.main:app", host=settings.host, port=settings.port,
+                log_level=settings.log_level, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()

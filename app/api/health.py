@@ -1,0 +1,40 @@
+"""Liveness, readiness and the Prometheus scrape."""
+
+from __future__ import annotations
+
+import torch
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.responses import Response
+
+from app import metrics
+from app.api.deps import EngineDep
+from app.errors import problem_response
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """200 while the process serves."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Not ready; the detail says why"}})
+async def readyz(engine: EngineDep) -> Response:
+    """200 once the device worker is up and warm; 503 with the reason otherwise."""
+    reason = engine.worker.not_ready_reason()
+    if reason is not None:
+        return problem_response(503, reason, "not-ready", headers={"Retry-After": "1"})
+    return Response(b'{"status":"ready","device":"%s"}' % str(engine.worker.device).encode(),
+                    media_type="application/json")
+
+
+@router.get("/metrics", response_class=Response)
+async def scrape(engine: EngineDep) -> Response:
+    device = engine.worker.device
+    if device.type == "cuda":
+        metrics.DEVICE_MEMORY_BYTES.labels(str(device)).set(torch.cuda.memory_allocated(device))
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,120 @@
+"""The v1 REST API: routines, strategies, sensitivities and evaluation."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from app.api import schemas
+from app.api.decoding import decode_inputs, read_json
+from app.api.deps import EngineDep, SettingsDep
+from app.api.encoding import JSONBytes, encode_result
+from app.api.instrumentation import observe
+from app.engine import STRATEGIES, JobKind
+from routines import Routine
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+_PROBLEM = {"content": {"application/problem+json": {}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown routine", **_PROBLEM},
+    413: {"description": "Body or batch over the configured limits", **_PROBLEM},
+    422: {"description": "Invalid request; the detail says what to change", **_PROBLEM},
+    503: {"description": "Worker not ready or shutting down", **_PROBLEM},
+}
+
+StrategyQuery = Annotated[
+    str, Query(description=f"How to differentiate: {', '.join(STRATEGIES)}.")
+]
+
+
+def _body_schema(model: type[schemas.EvaluateRequest]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _info(r: Routine) -> schemas.RoutineInfo:
+    return schemas.RoutineInfo(
+        name=r.name,
+        description=r.description,
+        params=[schemas.ParamInfo(name=p.name, default=p.default, description=p.description,
+                                  bounds=p.bounds) for p in r.params],
+        inputs=list(r.inputs),
+        outputs=list(r.outputs),
+        vectorized=r.vectorized,
+    )
+
+
+@router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)
+async def list_routines(engine: EngineDep) -> schemas.RoutineList:
+    return schemas.RoutineList(routines=[_info(r) for r in engine.routines.values()])
+
+
+@router.get("/routines/{name}", response_model=schemas.RoutineInfo,
+            response_model_exclude_none=True, responses={404: _ERRORS[404]})
+async def get_routine(name: str, engine: EngineDep) -> schemas.RoutineInfo:
+    return _info(engine.routine(name))
+
+
+@router.get("/strategies", response_model=schemas.StrategyList)
+async def list_strategies(engine: EngineDep) -> schemas.StrategyList:
+    return schemas.StrategyList(default="auto", strategies=[
+        schemas.StrategyInfo(
+            name=i.strategy.name, mode=i.strategy.mode, cost=i.strategy.cost,
+            description=i.strategy.description, cap=i.cap,
+            cap_setting=f"DYDC_{i.cap_setting.upper()}" if i.cap_setting else None,
+            batchable=i.strategy.batchable,
+        )
+        for i in engine.strategies()
+    ])
+
+
+@router.post(
+    "/routines/{name}/sensitivities",
+    response_model=schemas.SensitivityResponse,
+    responses=_ERRORS,
+    openapi_extra=_body_schema(schemas.SensitivityRequest),
+)
+async def sensitivities(
+    name: str, request: Request, engine: EngineDep, settings: SettingsDep,
+    strategy: StrategyQuery = "auto",
+) -> Response:
+    """Values and dy/d<param> for every sample of the batch."""
+    started = time.perf_counter()
+    async with observe("sensitivities") as labels:
+        labels.routine = engine.routine(name).name
+        labels.strategy = strategy if strategy in STRATEGIES else "invalid"
+        body = schemas.SensitivityRequest.model_validate(
+            await read_json(request, settings.max_body_bytes)
+        )
+        job = engine.prepare(JobKind.SENSITIVITIES, name, decode_inputs(body.inputs),
+                             body.params, wrt=body.wrt, strategy=strategy, dtype=body.dtype)
+        result = await engine.run(job)
+        labels.strategy = result.strategy or strategy
+        return JSONBytes(encode_result(job, result, started))
+
+
+@router.post(
+    "/routines/{name}/evaluate",
+    response_model=schemas.EvaluateResponse,
+    responses=_ERRORS,
+    openapi_extra=_body_schema(schemas.EvaluateRequest),
+)
+async def evaluate(name: str, request: Request, engine: EngineDep,
+                   settings: SettingsDep) -> Response:
+    """Values only."""
+    started = time.perf_counter()
+    async with observe("evaluate") as labels:
+        labels.routine = engine.routine(name).name
+        body = schemas.EvaluateRequest.model_validate(
+            await read_json(request, settings.max_body_bytes)
+        )
+        job = engine.prepare(JobKind.EVALUATE, name, decode_inputs(body.inputs), body.params,
+                             dtype=body.dtype)
+        result = await engine.run(job)
+        return JSONBytes(encode_result(job, result, started))

@@ -1,0 +1,234 @@
+"""The engine: validates a request against its routine, queues it, awaits the answer.
+
+Protocol-neutral: callers hand it names, numbers and arrays, and get back tensors or an
+:class:`~app.engine.errors.EngineError` that says what to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from app import metrics
+from app.engine.errors import (
+    InvalidRequest,
+    RequestTooLarge,
+    StrategyCapExceeded,
+    UnknownRoutine,
+)
+from app.engine.jobs import Job, JobKind, JobResult
+from app.engine.strategies import STRATEGIES, Strategy
+from app.engine.worker import DeviceWorker
+from routines import Routine
+
+__all__ = ["DTYPES", "Engine", "Limits", "StrategyInfo", "warm_up"]
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_samples: int
+    caps: Mapping[str, tuple[str, int]]  # strategy -> (setting name, cap on N)
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    strategy: Strategy
+    cap: int | None
+    cap_setting: str | None
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> str:
+    return "".join(f"[{i}]" for i in np.unravel_index(flat, shape))
+
+
+def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
+    """Run every routine once, as strategy=auto would, so the first request pays no one-off costs."""
+    import torch._decomp.decompositions_for_jvp  # noqa: F401  (loaded lazily by make_dual)
+
+    from app.engine.compute import differentiate
+    from app.engine.strategies import Problem
+
+    for r in routines.values():
+        params = {p.name: torch.tensor(p.default, dtype=torch.float64, device=device)
+                  for p in r.params}
+        x = torch.ones(2, len(r.inputs), dtype=torch.float64, device=device)
+        try:
+            differentiate(Problem(r, x, params, r.param_names), "auto")
+        except Exception as exc:  # a routine undefined at ones is not a broken device
+            log.warning("warm-up of routine %s skipped: %s", r.name, exc)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Engine:
+    def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: DeviceWorker):
+        self.routines = dict(routines)
+        self.limits = limits
+        self.worker = worker
+
+    # -- catalogue ---------------------------------------------------------------------------
+
+    def routine(self, name: str) -> Routine:
+        try:
+            return self.routines[name]
+        except KeyError:
+            raise UnknownRoutine(name, sorted(self.routines)) from None
+
+    def strategies(self) -> list[StrategyInfo]:
+        out = []
+        for s in STRATEGIES.values():
+            setting, cap = self.limits.caps.get(s.name, (None, None))
+            out.append(StrategyInfo(s, cap, setting))
+        return out
+
+    # -- validation --------------------------------------------------------------------------
+
+    def _strategy(self, name: str) -> str:
+        if name not in STRATEGIES:
+            raise InvalidRequest(
+                f"unknown strategy {name!r}; use one of: {', '.join(STRATEGIES)}"
+            )
+        return name
+
+    def _dtype(self, name: str) -> torch.dtype:
+        if name not in DTYPES:
+            raise InvalidRequest(f"dtype {name!r} is not supported; use float64 or float32")
+        return DTYPES[name]
+
+    def _params(self, routine: Routine, given: Mapping[str, float]) -> dict[str, float]:
+        unknown = sorted(set(given) - set(routine.param_names))
+        if unknown:
+            raise InvalidRequest(
+                f"routine {routine.name} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(routine.param_names)}"
+            )
+        values = {p.name: float(given.get(p.name, p.default)) for p in routine.params}
+        for p in routine.params:
+            v = values[p.name]
+            if not math.isfinite(v):
+                raise InvalidRequest(f"params.{p.name} is {v}; parameters must be finite numbers")
+            if p.violates_bounds(v):
+                low, high = p.bounds or (None, None)
+                raise InvalidRequest(
+                    f"params.{p.name} = {v} is outside its bounds "
+                    f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+                )
+        return values
+
+    def _wrt(self, routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
+        if wrt is None:
+            return routine.param_names
+        if not wrt:
+            raise InvalidRequest(
+                "wrt is empty; name at least one parameter, or omit wrt to differentiate "
+                f"with respect to all of {', '.join(routine.param_names)} (or call /evaluate)"
+            )
+        unknown = [w for w in wrt if w not in routine.param_names]
+        if unknown:
+            raise InvalidRequest(
+                f"wrt names {', '.join(map(repr, unknown))}, not a parameter of routine "
+                f"{routine.name}; its parameters are: {', '.join(routine.param_names)}"
+            )
+        if len(set(wrt)) != len(wrt):
+            raise InvalidRequest(f"wrt lists a parameter twice: {list(wrt)}")
+        return tuple(wrt)
+
+    def _inputs(self, routine: Routine, inputs: np.ndarray | torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+        d = len(routine.inputs)
+        t = torch.as_tensor(inputs)
+        if t.dim() == 1 and d == 1:
+            t = t.unsqueeze(1)
+        elif t.dim() == 1 and t.shape[0] > 0:
+            raise InvalidRequest(
+                f"routine {routine.name} takes {d} features per sample "
+                f"({', '.join(routine.inputs)}); send inputs as a list of rows of {d} numbers"
+            )
+        n = int(t.shape[0])
+        if n == 0:
+            raise InvalidRequest("inputs is empty; send at least one sample")
+        if t.dim() != 2 or t.shape[1] != d:
+            got = t.shape[1] if t.dim() == 2 else f"shape {tuple(t.shape)}"
+            raise InvalidRequest(
+                f"routine {routine.name} takes {d} features per sample "
+                f"({', '.join(routine.inputs)}); inputs rows have {got}"
+            )
+        if n > self.limits.max_samples:
+            raise RequestTooLarge(
+                f"inputs has {n} samples; the limit is {self.limits.max_samples} per request "
+                "(DYDC_MAX_SAMPLES): split the batch"
+            )
+        t = t.to(dtype)
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            flat = int((~finite).reshape(-1).nonzero()[0, 0])
+            where = _index(flat, (n, d)) if d > 1 else f"[{flat}]"
+            raise InvalidRequest(
+                f"inputs{where} is not finite in {str(dtype).removeprefix('torch.')}; "
+                "inputs must be finite numbers"
+            )
+        return t.contiguous()
+
+    def _cap(self, strategy: str, n: int) -> None:
+        if strategy not in self.limits.caps:
+            return
+        setting, cap = self.limits.caps[strategy]
+        if n > cap:
+            raise StrategyCapExceeded(
+                f"strategy {strategy} is capped at N = {cap} samples (DYDC_{setting.upper()}); "
+                f"this request has N = {n}. Use strategy=forward (one pass, no cap), or split "
+                "the batch"
+            )
+
+    def prepare(
+        self,
+        kind: JobKind,
+        routine_name: str,
+        inputs: np.ndarray | torch.Tensor,
+        params: Mapping[str, float],
+        *,
+        wrt: Sequence[str] | None = None,
+        strategy: str = "auto",
+        dtype: str = "float64",
+    ) -> Job:
+        """Check everything that can be checked before the device sees it; build the Job."""
+        routine = self.routine(routine_name)
+        sensitivities = kind is JobKind.SENSITIVITIES
+        chosen = self._strategy(strategy) if sensitivities else None
+        torch_dtype = self._dtype(dtype)
+        values = self._params(routine, params)
+        wrt_names = self._wrt(routine, wrt) if sensitivities else ()
+        x = self._inputs(routine, inputs, torch_dtype)
+        if chosen is not None:
+            self._cap(chosen, x.shape[0])
+        return Job(
+            kind=kind,
+            routine=routine,
+            inputs=x,
+            params=values,
+            wrt=wrt_names,
+            strategy=chosen,
+            dtype=torch_dtype,
+            future=asyncio.get_running_loop().create_future(),
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> JobResult:
+        self.worker.submit(job)
+        result = await job.future
+        label = result.strategy or "none"
+        metrics.COMPUTE_SECONDS.labels(job.routine.name, label).observe(result.compute_s)
+        metrics.SAMPLES.labels(job.routine.name, label).inc(job.n)
+        return result

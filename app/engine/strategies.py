@@ -1,0 +1,293 @@
+"""How dy/dC is computed: every strategy returns values (N, M) and one (N, M) derivative per
+differentiated parameter, the same numbers to rounding (finite differences to their own
+accuracy). Each is a plain function of a :class:`Problem`; none knows about HTTP or queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+from torch.func import grad, jacfwd, jacrev, jvp, vmap
+
+from app.engine.errors import InvalidRequest
+from app.engine.evaluation import Params, evaluate_batch, evaluate_sample, param_in_dims
+from routines import Routine
+
+__all__ = [
+    "STRATEGIES",
+    "Derivatives",
+    "Problem",
+    "Strategy",
+    "lacks_forward_formula",
+]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One batch to differentiate: inputs (N, D), parameter values, and which ones to vary."""
+
+    routine: Routine
+    inputs: Tensor
+    params: dict[str, Tensor]
+    wrt: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def evaluate(self, params: Params | None = None) -> Tensor:
+        return evaluate_batch(self.routine, self.inputs, self.params if params is None else params)
+
+    def varying(self, *values: Tensor) -> dict[str, Tensor]:
+        """The parameters with the wrt ones replaced by ``values``."""
+        return {**self.params, **dict(zip(self.wrt, values, strict=True))}
+
+    def wrt_values(self) -> tuple[Tensor, ...]:
+        return tuple(self.params[name] for name in self.wrt)
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    values: Tensor  # (N, M)
+    derivatives: dict[str, Tensor]  # each (N, M)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    mode: str
+    cost: str
+    description: str
+    run: Callable[[Problem], Derivatives]
+    cap_setting: str | None = None  # the Settings field that caps N, if any
+    batchable: bool = False  # may coalesce requests with per-sample parameters
+
+
+def lacks_forward_formula(exc: BaseException) -> bool:
+    """True when forward mode failed because an operation has no forward-AD formula."""
+    return isinstance(exc, NotImplementedError) and "forward AD" in str(exc)
+
+
+def _per_param(problem: Problem, rows: tuple[Tensor, ...] | Tensor) -> dict[str, Tensor]:
+    return {name: rows[i] for i, name in enumerate(problem.wrt)}
+
+
+def _require_shared(problem: Problem, strategy: str) -> None:
+    if any(v.dim() for v in problem.params.values()):
+        raise InvalidRequest(f"{strategy} differentiates shared parameters only")
+
+
+# -- forward mode ------------------------------------------------------------------------------
+
+
+def forward(problem: Problem) -> Derivatives:
+    """torch.func.jvp: one pass gives values and the tangent dy/dC for the whole batch."""
+    primals = problem.wrt_values()
+
+    def f(*theta: Tensor) -> Tensor:
+        return problem.evaluate(problem.varying(*theta))
+
+    def push(*tangents: Tensor) -> tuple[Tensor, Tensor]:
+        out: tuple[Tensor, Tensor] = jvp(f, primals, tangents)
+        return out
+
+    def basis(i: int) -> tuple[Tensor, ...]:
+        return tuple(torch.ones_like(p) if j == i else torch.zeros_like(p)
+                     for j, p in enumerate(primals))
+
+    if len(primals) == 1:
+        values, tangent = push(*basis(0))
+        return Derivatives(values, {problem.wrt[0]: tangent})
+    if problem.routine.vectorized:  # its code may not survive vmap: one jvp per parameter
+        pushed = [push(*basis(i)) for i in range(len(primals))]
+        return Derivatives(pushed[0][0], _per_param(problem, tuple(t for _, t in pushed)))
+    # Several parameters: jacfwd over the parameter vector, i.e. jvp vmapped over the basis.
+    tangents = tuple(torch.stack([basis(i)[j] for i in range(len(primals))])
+                     for j in range(len(primals)))
+    values, stacked = vmap(push)(*tangents)
+    return Derivatives(values[0], _per_param(problem, stacked.unbind(0)))
+
+
+def forward_dual(problem: Problem) -> Derivatives:
+    """torch.autograd.forward_ad: a dual number C + 1·ε, read back with unpack_dual."""
+    values: Tensor | None = None
+    tangents: dict[str, Tensor] = {}
+    with fwAD.dual_level():
+        for name in problem.wrt:
+            p = problem.params[name]
+            out = problem.evaluate({**problem.params, name: fwAD.make_dual(p, torch.ones_like(p))})
+            primal, tangent = fwAD.unpack_dual(out)
+            values = primal if values is None else values
+            tangents[name] = torch.zeros_like(primal) if tangent is None else tangent
+    assert values is not None
+    return Derivatives(values.clone(), {k: v.clone() for k, v in tangents.items()})
+
+
+# -- reverse mode ------------------------------------------------------------------------------
+
+
+def _leaves(problem: Problem) -> tuple[Tensor, ...]:
+    return tuple(v.detach().clone().requires_grad_(True) for v in problem.wrt_values())
+
+
+def _grads(outputs: Tensor, leaves: tuple[Tensor, ...], **kwargs: object) -> tuple[Tensor, ...]:
+    """autograd.grad that answers zero for parameters the output does not depend on."""
+    if not outputs.requires_grad:
+        return tuple(torch.zeros(()) for _ in leaves)
+    got = torch.autograd.grad(outputs, leaves, allow_unused=True, **kwargs)  # type: ignore[arg-type]
+    return tuple(torch.zeros(()) if g is None else g for g in got)
+
+
+def reverse_loop(problem: Problem) -> Derivatives:
+    """The naive baseline: one autograd.grad call per output element, O(N^2) in all."""
+    _require_shared(problem, "reverse-loop")
+    leaves = _leaves(problem)
+    values = problem.evaluate(problem.varying(*leaves))
+    flat = values.reshape(-1)
+    rows = [_grads(flat[i], leaves, retain_graph=True) for i in range(flat.numel())]
+    derivs = tuple(
+        torch.stack([row[j] for row in rows]).reshape(values.shape).to(values.dtype)
+        for j in range(len(leaves))
+    ) if rows else tuple(torch.zeros_like(values) for _ in leaves)
+    return Derivatives(values.detach(), _per_param(problem, derivs))
+
+
+def reverse_batched(problem: Problem) -> Derivatives:
+    """One autograd.grad with is_grads_batched over the identity: vmapped backward passes."""
+    _require_shared(problem, "reverse-batched")
+    leaves = _leaves(problem)
+    values = problem.evaluate(problem.varying(*leaves))
+    flat = values.reshape(-1)
+    eye = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
+    got = _grads(flat, leaves, grad_outputs=eye, is_grads_batched=True)
+    derivs = tuple(g.expand(flat.numel()).reshape(values.shape) for g in got)
+    return Derivatives(values.detach(), _per_param(problem, derivs))
+
+
+def vmap_grad(problem: Problem) -> Derivatives:
+    """Per-sample reverse mode: vmap over samples of grad (jacrev when M > 1).
+
+    A vectorized routine cannot be vmapped; it gets the same per-sample gradients from one
+    backward pass per output, each sample holding its own copy of the parameters.
+    """
+    if problem.routine.vectorized:
+        return _per_sample_copies(problem)
+    one_output = len(problem.routine.outputs) == 1
+    rest = {k: v for k, v in problem.params.items() if k not in problem.wrt}
+
+    def sample(theta: tuple[Tensor, ...], x: Tensor, others: dict[str, Tensor]):  # type: ignore[no-untyped-def]
+        y = evaluate_sample(problem.routine, x, {**others, **dict(zip(problem.wrt, theta))})
+        return (y[0], y) if one_output else (y, y)
+
+    differentiate = grad(sample, has_aux=True) if one_output else jacrev(sample, has_aux=True)
+    theta = problem.wrt_values()
+    in_dims = (tuple(0 if t.dim() else None for t in theta), 0, param_in_dims(rest))
+    d, values = vmap(differentiate, in_dims=in_dims)(theta, problem.inputs, rest)
+    derivs = tuple(g.reshape(values.shape) for g in d)
+    return Derivatives(values, _per_param(problem, derivs))
+
+
+def _per_sample_copies(problem: Problem) -> Derivatives:
+    """Row i depends only on sample i, so with per-sample parameter copies the gradient of
+    the column sum is the vector of per-sample derivatives: M backward passes in all."""
+    n = problem.n
+    leaves = tuple(v.detach().expand(n).clone().requires_grad_(True)
+                   for v in problem.wrt_values())
+    values = problem.evaluate(problem.varying(*leaves))
+    columns = [
+        _grads(values[:, m].sum(), leaves, retain_graph=m + 1 < values.shape[1])
+        for m in range(values.shape[1])
+    ]
+    derivs = tuple(
+        torch.stack([col[j].expand(n) for col in columns], dim=1).to(values.dtype)
+        for j in range(len(leaves))
+    )
+    return Derivatives(values.detach(), _per_param(problem, derivs))
+
+
+# -- full Jacobians ----------------------------------------------------------------------------
+
+
+def _jacobian(transform: Callable[..., Callable[..., tuple[tuple[Tensor, ...], Tensor]]]):  # type: ignore[no-untyped-def]
+    def run(problem: Problem) -> Derivatives:
+        _require_shared(problem, transform.__name__)
+
+        def f(*theta: Tensor) -> tuple[Tensor, Tensor]:
+            y = problem.evaluate(problem.varying(*theta))
+            return y, y
+
+        argnums = tuple(range(len(problem.wrt)))
+        jac, values = transform(f, argnums=argnums, has_aux=True)(*problem.wrt_values())
+        return Derivatives(values, _per_param(problem, tuple(jac)))
+
+    return run
+
+
+# -- finite differences ------------------------------------------------------------------------
+
+
+def finite_difference(problem: Problem) -> Derivatives:
+    """Central differences, h = eps^(1/3) max(1, |C|); one-sided second order at a bound."""
+    _require_shared(problem, "finite-difference")
+    values = problem.evaluate()
+    derivs: dict[str, Tensor] = {}
+    for name in problem.wrt:
+        c = problem.params[name]
+        h = torch.finfo(c.dtype).eps ** (1 / 3) * max(1.0, abs(float(c)))
+        low = problem.routine.param(name).bounds
+        at_low_bound = low is not None and low[0] is not None and float(c) - h < low[0]
+
+        def at(v: Tensor, name: str = name) -> Tensor:
+            return problem.evaluate({**problem.params, name: v})
+
+        if at_low_bound:
+            step = (c + h) - c  # the step as represented, not as intended
+            derivs[name] = (-3 * values + 4 * at(c + step) - at(c + 2 * step)) / (2 * step)
+        else:
+            plus, minus = c + h, c - h
+            derivs[name] = (at(plus) - at(minus)) / (plus - minus)
+    return Derivatives(values, derivs)
+
+
+def _with_fallback(problem: Problem) -> Derivatives:
+    raise AssertionError("auto is resolved by the engine, which names the strategy that ran")
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy("auto", "forward", "1 forward pass per parameter (falls back to reverse mode)",
+                 "forward mode; falls back to vmap-grad when an operation has no "
+                 "forward-mode formula",
+                 _with_fallback, batchable=True),
+        Strategy("forward", "forward", "1 forward pass per parameter, O(N)",
+                 "torch.func.jvp (jacfwd over the parameter vector for several)",
+                 forward, batchable=True),
+        Strategy("forward-dual", "forward", "1 forward pass per parameter, O(N)",
+                 "dual numbers with torch.autograd.forward_ad make_dual / unpack_dual",
+                 forward_dual, batchable=True),
+        Strategy("reverse-loop", "reverse", "N x M backward passes, O(N^2)",
+                 "one torch.autograd.grad call per output element: the naive baseline",
+                 reverse_loop, cap_setting="reverse_loop_max_n"),
+        Strategy("reverse-batched", "reverse", "N x M vmapped backward passes, O(N^2) memory",
+                 "torch.autograd.grad(is_grads_batched=True) with identity grad_outputs",
+                 reverse_batched, cap_setting="reverse_batched_max_n"),
+        Strategy("vmap-grad", "reverse", "1 backward pass per sample, vmapped, O(N)",
+                 "torch.func.vmap(torch.func.grad) over samples (jacrev when M > 1)",
+                 vmap_grad, batchable=True),
+        Strategy("jacrev", "reverse", "N x M vmapped backward passes, O(N^2) memory",
+                 "torch.func.jacrev: the full Jacobian of the batch output",
+                 _jacobian(jacrev), cap_setting="jacrev_max_n"),
+        Strategy("jacfwd", "forward", "1 forward pass per parameter, vmapped, O(N)",
+                 "torch.func.jacfwd: the full Jacobian of the batch output",
+                 _jacobian(jacfwd), batchable=True),
+        Strategy("finite-difference", "numeric", "2 evaluations per parameter, O(N)",
+                 "central differences with h = eps^(1/3) max(1, |C|); ~1e-10 relative in "
+                 "float64, ~1e-5 in float32",
+                 finite_difference),
+    ]
+}

@@ -1,0 +1,29 @@
+"""Option pricing."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from routines.registry import Param, routine
+
+__all__ = ["black_scholes_call"]
+
+
+@routine(
+    description=(
+        "European call price by Black-Scholes; dy/dsigma is vega and dy/dr is rho "
+        "(textbook scale, not per percentage point)."
+    ),
+    params=[
+        Param("sigma", 0.2, "volatility (per year, as a fraction)", bounds=(0.0, None)),
+        Param("r", 0.05, "continuously compounded risk-free rate (per year)"),
+    ],
+    inputs=["S", "K", "T"],
+    outputs=["price"],
+)
+def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Tensor) -> Tensor:
+    vol = sigma * T.sqrt()
+    d1 = ((S / K).log() + (r + 0.5 * sigma * sigma) * T) / vol
+    d2 = d1 - vol
+    return S * torch.special.ndtr(d1) - K * (-r * T).exp() * torch.special.ndtr(d2)
