@@ -1,0 +1,65 @@
+"""Shared fixtures: an app with its lifespan running, reached through httpx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from asgi_lifespan import LifespanManager
+
+from app.config import Settings
+from app.main import create_app
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is false")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@asynccontextmanager
+async def _serve(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(**{"device": "cpu", **settings}))
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dydc.test",
+                                     timeout=60) as client:
+            await _until_ready(client)
+            yield client
+
+
+async def _until_ready(client: httpx.AsyncClient) -> None:
+    import anyio
+
+    with anyio.fail_after(60):
+        while (await client.get("/readyz")).status_code != 200:
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def make_client() -> ClientFactory:
+    """``async with make_client(max_samples=10) as client:`` an app with its own settings."""
+    return _serve
+
+
+@pytest.fixture(scope="module")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """One app per test module with default settings on the CPU, warm and ready."""
+    async with _serve() as c:
+        yield c
+
