@@ -1,0 +1,132 @@
+"""Every error of the v1 contract: a problem+json 4xx that says what to change, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/{}/sensitivities"
+
+
+def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+    assert "Traceback" not in r.text
+    for needle in needles:
+        assert needle in body["detail"], (needle, body["detail"])
+    return body
+
+
+async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:
+    for r in [await client.get("/v1/routines/nope"),
+              await client.post(SENS.format("nope"), json={"inputs": [1]}),
+              await client.post("/v1/routines/nope/evaluate", json={"inputs": [1]})]:
+        assert_problem(r, 404, "'nope'", "linear")
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "needles"),
+    [
+        (SENS.format("linear") + "?strategy=magic", {"inputs": [1]}, ["'magic'", "forward"]),
+        (SENS.format("linear"), {"inputs": [1], "params": {"D": 1}}, ["'D'", "C"]),
+        (SENS.format("linear"), {"inputs": [1], "wrt": ["D"]}, ["'D'", "C"]),
+        (SENS.format("linear"), {"inputs": [1], "wrt": []}, ["wrt is empty"]),
+        (SENS.format("logistic_growth"), {"inputs": [[1, 2]], "wrt": ["r", "r"]}, ["twice"]),
+        (SENS.format("linear"), {"inputs": [1], "dtype": "float16"}, ["float16", "float64"]),
+        (SENS.format("linear"), {"inputs": [[1, 2], [3]]}, ["ragged", "inputs[1]"]),
+        (SENS.format("exponential_decay"), {"inputs": [[1, 2], [3]]}, ["ragged", "inputs[1]"]),
+        (SENS.format("exponential_decay"), {"inputs": [[1, 2], 3]}, ["inputs[1]"]),
+        (SENS.format("linear"), {"inputs": [1, "2"]}, ['inputs[1] is "2"']),
+        (SENS.format("linear"), {"inputs": [1, None]}, ["inputs[1] is null"]),
+        (SENS.format("linear"), {"inputs": [1, True]}, ["inputs[1] is true"]),
+        (SENS.format("linear"), {"inputs": [1, [2]]}, ["inputs[1]"]),
+        (SENS.format("exponential_decay"), {"inputs": [[1, 2], [3, "x"]]}, ["inputs[1][1]"]),
+        (SENS.format("exponential_decay"), {"inputs": [[1, 2], [3, [4]]]}, ["inputs[1][1]"]),
+        (SENS.format("linear"), {"inputs": "1,2"}, ["list"]),
+        (SENS.format("linear"), {"inputs": []}, ["empty"]),
+        (SENS.format("exponential_decay"), {"inputs": [1, 2]}, ["2 features", "y0, t"]),
+        (SENS.format("exponential_decay"), {"inputs": [[1, 2, 3]]}, ["2 features", "have 3"]),
+        (SENS.format("black_scholes_call"), {"inputs": [[1, 2]]}, ["3 features", "S, K, T"]),
+        (SENS.format("linear"), b'{"inputs": [1, 2, 1e400]}', ["inputs[2]", "not finite"]),
+        (SENS.format("exponential_decay"), b'{"inputs": [[1, 2], [3, -1e999]]}',
+         ["inputs[1][1]", "not finite"]),
+        (SENS.format("linear"), {"inputs": [1, 1e39], "dtype": "float32"},
+         ["inputs[1]", "float32"]),
+        (SENS.format("linear"), b'{"inputs": [1], "params": {"C": 1e999}}', ["params.C", "finite"]),
+        (SENS.format("linear"), {"inputs": [1], "params": {"C": "2"}}, ["params.C"]),
+        (SENS.format("black_scholes_call"), {"inputs": [[100, 100, 1]],
+                                             "params": {"sigma": -0.1}}, ["params.sigma", "bounds"]),
+        (SENS.format("linear"), {"inputs": [1], "wrong": 1}, ["wrong"]),
+        (SENS.format("linear"), {"params": {"C": 1}}, ["inputs"]),
+        (SENS.format("linear"), [1, 2, 3], ["dict"]),
+        (SENS.format("black_scholes_call"), {"inputs": [[100, 100, 0]]},
+         ["sample 0", "non-finite"]),
+        (SENS.format("logistic_growth"), {"inputs": [[1, 1], [0, 1]]}, ["sample 1"]),
+    ],
+)
+async def test_bad_requests_are_422(client: httpx.AsyncClient, url: str, body: object,
+                                    needles: list[str]) -> None:
+    sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+    assert_problem(await client.post(url, **sent), 422, *needles)
+
+
+async def test_nan_literals_name_the_element(client: httpx.AsyncClient) -> None:
+    r = await client.post(SENS.format("linear"), content=b'{"inputs": [1, NaN, 3]}')
+    assert_problem(r, 422, "inputs[1]", "not finite")
+    r = await client.post(SENS.format("linear"), content=b'{"inputs": [1], "params": {"C": Infinity}}')
+    assert_problem(r, 422, "params.C")
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b'{"inputs": [1,]}', b"\xff\xfe"])
+async def test_malformed_json_is_422(client: httpx.AsyncClient, raw: bytes) -> None:
+    assert_problem(await client.post(SENS.format("linear"), content=raw), 422, "JSON")
+
+
+async def test_strategy_caps(make_client: ClientFactory) -> None:
+    async with make_client(reverse_loop_max_n=5, reverse_batched_max_n=6, jacrev_max_n=7) as c:
+        for strategy, cap in [("reverse-loop", 5), ("reverse-batched", 6), ("jacrev", 7)]:
+            url = SENS.format("linear") + f"?strategy={strategy}"
+            ok = await c.post(url, json={"inputs": list(range(cap))})
+            assert ok.status_code == 200, ok.text
+            body = assert_problem(await c.post(url, json={"inputs": list(range(cap + 1))}), 422,
+                                  f"N = {cap}", "strategy=forward", "DYDC_")
+            assert body["type"] == "urn:dydc:problem:strategy-cap-exceeded"
+        r = await c.post(SENS.format("linear") + "?strategy=forward",
+                         json={"inputs": list(range(100))})
+        assert r.status_code == 200
+
+
+async def test_size_limits_are_413(make_client: ClientFactory) -> None:
+    async with make_client(max_samples=10, max_body_bytes=2000) as c:
+        assert (await c.post(SENS.format("linear"), json={"inputs": list(range(10))})
+                ).status_code == 200
+        assert_problem(await c.post(SENS.format("linear"), json={"inputs": list(range(11))}),
+                       413, "11 samples", "DYDC_MAX_SAMPLES")
+        big = {"inputs": [1.0] * 5, "pad": "x" * 3000}
+        assert_problem(await c.post(SENS.format("linear"), json=big), 413, "DYDC_MAX_BODY_BYTES")
+
+        async def chunks():  # no Content-Length: the limit must hold while streaming
+            yield b'{"inputs": ['
+            for _ in range(400):
+                yield b"1.0, 2.0, "
+            yield b"3.0]}"
+
+        assert_problem(await c.post(SENS.format("linear"), content=chunks()), 413,
+                       "DYDC_MAX_BODY_BYTES")
+
+
+async def test_unknown_path_and_method_are_problems(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v1/nothing"), 404, "/v1/nothing")
+    assert_problem(await client.get(SENS.format("linear")), 405, "GET")
+
+
+async def test_query_validation_is_problem_json(client: httpx.AsyncClient) -> None:
+    r = await client.post(SENS.format("linear") + "?strategy=", json={"inputs": [1]})
+    assert_problem(r, 422, "strategy")
