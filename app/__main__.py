@@ -10,7 +10,8 @@ from app.config import Settings
 def main() -> None:
     settings = Settings()
     uvicorn.run("app.main:app", host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=30)
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=max(1, round(settings.grace_period_s)))
 
 
 if __name__ == "__main__":

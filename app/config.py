@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -18,12 +18,31 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address `python -m app` binds to.")
     port: Annotated[int, Field(ge=0, le=65535)] = Field(8000, description="Port for `python -m app`.")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: str = Field(
+        "auto", description="auto (every GPU, else the CPU), cpu, cuda, cuda:N, or a list "
+        "such as cuda:0,cuda:1: one worker per device."
+    )
     max_body_bytes: PositiveInt = Field(64 * 2**20, description="Largest request body (413 above).")
     max_samples: PositiveInt = Field(2_000_000, description="Largest batch N per request (413 above).")
     reverse_loop_max_n: PositiveInt = Field(1000, description="Cap on N for reverse-loop.")
     reverse_batched_max_n: PositiveInt = Field(4096, description="Cap on N for reverse-batched.")
     jacrev_max_n: PositiveInt = Field(4096, description="Cap on N for jacrev.")
+    max_batch_samples: PositiveInt = Field(
+        262_144, description="Samples per device launch: requests coalesce up to it, and "
+        "larger requests run in chunks of it."
+    )
+    max_delay_ms: Annotated[float, Field(ge=0)] = Field(
+        2.0, description="How long the first request of a partial batch may wait for company."
+    )
+    max_queue_samples: PositiveInt = Field(
+        4_000_000, description="Samples queued before new requests get 503 + Retry-After."
+    )
+    request_timeout_ms: Annotated[float, Field(gt=0)] = Field(
+        30_000, description="Default deadline; a request still queued at it gets 504."
+    )
+    grace_period_s: Annotated[float, Field(ge=0)] = Field(
+        30.0, description="On SIGTERM, how long to drain before exiting."
+    )
     warmup: bool = Field(True, description="Run every routine once at start-up before ready.")
     torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
     log_level: str = Field("info", description="Python logging level.")
@@ -31,9 +50,11 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
-            raise ValueError("DYDC_DEVICE must be auto, cpu, cuda or cuda:N")
-        return v
+        parts = [p.strip() for p in v.split(",")]
+        if not all(re.fullmatch(r"auto|cpu|cuda(:\d+)?", p) for p in parts):
+            raise ValueError("DYDC_DEVICE must be auto, cpu, cuda, cuda:N or a comma-separated "
+                             "list of them")
+        return ",".join(parts)
 
     @field_validator("log_level")
     @classmethod
@@ -41,3 +62,9 @@ class Settings(BaseSettings):
         if v.lower() not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError("DYDC_LOG_LEVEL must be critical, error, warning, info or debug")
         return v.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_queue_samples < self.max_batch_samples:
+            raise ValueError("DYDC_MAX_QUEUE_SAMPLES must be at least DYDC_MAX_BATCH_SAMPLES")
+        return self

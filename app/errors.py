@@ -19,8 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.engine.errors import (
+    DeadlineExceeded,
     EngineError,
     InvalidRequest,
+    QueueFull,
     RequestTooLarge,
     RoutineFailed,
     ServiceUnavailable,
@@ -58,6 +60,8 @@ _STATUS: list[tuple[type[EngineError], int, str]] = [
     (InvalidRequest, 422, "invalid-request"),
     (BodyTooLarge, 413, "body-too-large"),
     (RequestTooLarge, 413, "batch-too-large"),
+    (DeadlineExceeded, 504, "deadline-exceeded"),
+    (QueueFull, 503, "queue-full"),
     (ServiceUnavailable, 503, "service-unavailable"),
 ]
 

@@ -1,12 +1,17 @@
 """The application factory. ``uvicorn app.main:app`` serves ``app``; nothing heavy happens at
-import: routines are discovered, the device is chosen and warmed inside the lifespan."""
+import: routines are discovered, the devices chosen and warmed inside the lifespan."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from types import FrameType
 
 import torch
 from fastapi import FastAPI
@@ -14,13 +19,16 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import health, v1
 from app.config import Settings
-from app.engine import DeviceWorker, Engine, Limits, resolve_device, warm_up
+from app.engine import Engine, JobQueue, Limits, WorkerPool, resolve_devices, warm_up
 from app.errors import install_error_handlers
 from routines import discover
 
 __all__ = ["app", "create_app"]
 
+log = logging.getLogger(__name__)
+
 _CAPPED = ("reverse-loop", "reverse-batched", "jacrev")
+_SUPERVISE_EVERY_S = 0.2
 
 
 def _limits(settings: Settings) -> Limits:
@@ -28,7 +36,39 @@ def _limits(settings: Settings) -> Limits:
     for name in _CAPPED:
         field = name.replace("-", "_") + "_max_n"
         caps[name] = (field, int(getattr(settings, field)))
-    return Limits(max_samples=settings.max_samples, caps=caps)
+    return Limits(max_samples=settings.max_samples, caps=caps,
+                  timeout_s=settings.request_timeout_ms / 1e3)
+
+
+@contextlib.contextmanager
+def _drain_on_sigterm(pool: WorkerPool) -> Iterator[None]:
+    """On SIGTERM, readiness goes to 503 and new work is refused at once; then the server's
+    own handler (uvicorn's) stops accepting connections and lets in-flight requests finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        log.info("SIGTERM: draining")
+        pool.begin_drain()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is handle:
+            signal.signal(signal.SIGTERM, previous)
+
+
+async def _supervise(pool: WorkerPool) -> None:
+    while True:
+        await asyncio.sleep(_SUPERVISE_EVERY_S)
+        pool.revive()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,15 +78,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         routines = discover()
-        device = resolve_device(s.device)
-        worker = DeviceWorker(device, warmup=partial(warm_up, routines) if s.warmup else None)
+        queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
+        pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
+                          warmup=partial(warm_up, routines) if s.warmup else None)
         app.state.settings = s
-        app.state.engine = Engine(routines, _limits(s), worker)
-        worker.start()
+        app.state.engine = Engine(routines, _limits(s), pool)
+        pool.start()
+        supervisor = asyncio.create_task(_supervise(pool))
         try:
-            yield
+            with _drain_on_sigterm(pool):
+                yield
         finally:
-            await asyncio.to_thread(worker.stop)
+            supervisor.cancel()
+            await asyncio.to_thread(pool.stop, s.grace_period_s)
 
     app = FastAPI(
         title="dydc",

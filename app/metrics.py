@@ -5,13 +5,23 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "BATCH_REQUESTS",
+    "BATCH_SAMPLES",
     "COMPUTE_SECONDS",
     "DEVICE_MEMORY_BYTES",
+    "LAUNCHES",
+    "LAUNCH_SECONDS",
+    "QUEUE_BOUND_SAMPLES",
     "QUEUE_DEPTH",
+    "QUEUE_SAMPLES",
+    "QUEUE_WAIT_SECONDS",
+    "REJECTIONS",
     "REQUESTS",
     "REQUESTS_IN_FLIGHT",
     "REQUEST_SECONDS",
     "SAMPLES",
+    "WORKERS_READY",
+    "WORKER_RESTARTS",
 ]
 
 _LATENCY_BUCKETS = (
@@ -53,3 +63,34 @@ DEVICE_MEMORY_BYTES = Gauge(
     "CUDA memory allocated by tensors on the worker's device (only exported on CUDA).",
     ["device"],
 )
+
+# -- the device worker and its batching ---------------------------------------------------------
+
+QUEUE_SAMPLES = Gauge("dydc_queue_samples", "Samples waiting for the device workers.")
+QUEUE_BOUND_SAMPLES = Gauge(
+    "dydc_queue_bound_samples", "Samples the queue holds before it refuses work (503)."
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "dydc_queue_wait_seconds", "Time a request waited in the queue before its launch.",
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_REQUESTS = Histogram(
+    "dydc_batch_requests", "Requests coalesced into one device launch.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCH_SAMPLES = Histogram(
+    "dydc_batch_samples", "Samples in one device launch.",
+    buckets=tuple(4**k for k in range(11)),
+)
+LAUNCHES = Counter("dydc_launches_total", "Device launches (batches run).", ["device"])
+LAUNCH_SECONDS = Histogram(
+    "dydc_launch_duration_seconds", "Compute time of one device launch.", ["device"],
+    buckets=_LATENCY_BUCKETS,
+)
+REJECTIONS = Counter(
+    "dydc_rejections_total", "Requests refused or dropped unrun, by reason.", ["reason"]
+)
+for _reason in ("queue_full", "deadline", "shutdown"):
+    REJECTIONS.labels(_reason)
+WORKER_RESTARTS = Counter("dydc_worker_restarts_total", "Device workers restarted after dying.")
+WORKERS_READY = Gauge("dydc_workers_ready", "Device workers up and warm.")

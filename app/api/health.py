@@ -28,13 +28,15 @@ async def readyz(engine: EngineDep) -> Response:
     reason = engine.worker.not_ready_reason()
     if reason is not None:
         return problem_response(503, reason, "not-ready", headers={"Retry-After": "1"})
-    return Response(b'{"status":"ready","device":"%s"}' % str(engine.worker.device).encode(),
+    devices = ",".join(str(d) for d in engine.worker.devices)
+    return Response(b'{"status":"ready","device":"%s"}' % devices.encode(),
                     media_type="application/json")
 
 
 @router.get("/metrics", response_class=Response)
 async def scrape(engine: EngineDep) -> Response:
-    device = engine.worker.device
-    if device.type == "cuda":
-        metrics.DEVICE_MEMORY_BYTES.labels(str(device)).set(torch.cuda.memory_allocated(device))
+    for device in engine.worker.devices:
+        if device.type == "cuda":
+            metrics.DEVICE_MEMORY_BYTES.labels(str(device)).set(
+                torch.cuda.memory_allocated(device))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

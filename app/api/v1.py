@@ -31,6 +31,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 StrategyQuery = Annotated[
     str, Query(description=f"How to differentiate: {', '.join(STRATEGIES)}.")
 ]
+TimeoutQuery = Annotated[
+    float | None,
+    Query(description="Deadline in ms, at most DYDC_REQUEST_TIMEOUT_MS: a request still "
+                      "queued when it passes is dropped and answered 504."),
+]
 
 
 def _body_schema(model: type[schemas.EvaluateRequest]) -> dict[str, Any]:
@@ -82,7 +87,7 @@ async def list_strategies(engine: EngineDep) -> schemas.StrategyList:
 )
 async def sensitivities(
     name: str, request: Request, engine: EngineDep, settings: SettingsDep,
-    strategy: StrategyQuery = "auto",
+    strategy: StrategyQuery = "auto", timeout_ms: TimeoutQuery = None,
 ) -> Response:
     """Values and dy/d<param> for every sample of the batch."""
     started = time.perf_counter()
@@ -93,7 +98,8 @@ async def sensitivities(
             await read_json(request, settings.max_body_bytes)
         )
         job = engine.prepare(JobKind.SENSITIVITIES, name, decode_inputs(body.inputs),
-                             body.params, wrt=body.wrt, strategy=strategy, dtype=body.dtype)
+                             body.params, wrt=body.wrt, strategy=strategy, dtype=body.dtype,
+                             timeout_ms=timeout_ms)
         result = await engine.run(job)
         labels.strategy = result.strategy or strategy
         return JSONBytes(encode_result(job, result, started))
@@ -105,8 +111,8 @@ async def sensitivities(
     responses=_ERRORS,
     openapi_extra=_body_schema(schemas.EvaluateRequest),
 )
-async def evaluate(name: str, request: Request, engine: EngineDep,
-                   settings: SettingsDep) -> Response:
+async def evaluate(name: str, request: Request, engine: EngineDep, settings: SettingsDep,
+                   timeout_ms: TimeoutQuery = None) -> Response:
     """Values only."""
     started = time.perf_counter()
     async with observe("evaluate") as labels:
@@ -115,6 +121,6 @@ async def evaluate(name: str, request: Request, engine: EngineDep,
             await read_json(request, settings.max_body_bytes)
         )
         job = engine.prepare(JobKind.EVALUATE, name, decode_inputs(body.inputs), body.params,
-                             dtype=body.dtype)
+                             dtype=body.dtype, timeout_ms=timeout_ms)
         result = await engine.run(job)
         return JSONBytes(encode_result(job, result, started))

@@ -3,7 +3,7 @@
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.service import DTYPES, Engine, Limits, warm_up
 from app.engine.strategies import STRATEGIES
-from app.engine.worker import DeviceWorker, resolve_device
+from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_devices
 
 __all__ = [
     "DTYPES",
@@ -12,8 +12,10 @@ __all__ = [
     "Engine",
     "Job",
     "JobKind",
+    "JobQueue",
     "JobResult",
     "Limits",
-    "resolve_device",
+    "WorkerPool",
+    "resolve_devices",
     "warm_up",
 ]

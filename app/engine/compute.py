@@ -1,32 +1,44 @@
-"""Running one job on a device: the strategy, the auto fallback and the output checks."""
+"""Running jobs on a device: one launch for a coalesced batch, chunks for a large request,
+the auto fallback, and the checks on what comes back.
+
+A batch of several requests is one Problem whose parameters hold one value per sample (or a
+shared 0-d value where every request agrees). Row i of every routine depends only on sample
+i, so the results split back by row counts. Whatever goes wrong for the batch as a whole is
+retried request by request, so that one bad request never fails its batch mates.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from app.engine.errors import EngineError, InvalidRequest, RoutineFailed
+from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.strategies import STRATEGIES, Derivatives, Problem, lacks_forward_formula
 
-__all__ = ["AUTO_FALLBACK", "differentiate", "run_job"]
-
+__all__ = ["AUTO_FALLBACK", "batch_key", "differentiate", "run_batch", "run_job"]
 
 AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking forward formulas
 
 
-def _problem(job: Job, device: torch.device) -> Problem:
-    return Problem(
-        routine=job.routine,
-        inputs=job.inputs.to(device, non_blocking=True),
-        params={k: torch.tensor(v, dtype=job.dtype, device=device) for k, v in job.params.items()},
-        wrt=job.wrt,
-    )
+def batch_key(job: Job) -> tuple[object, ...] | None:
+    """Jobs with equal keys can share a launch; None for jobs that always run alone."""
+    if job.kind is JobKind.SENSITIVITIES:
+        assert job.strategy is not None
+        if not STRATEGIES[job.strategy].batchable:
+            return None
+        if job.routine.vectorized and job.strategy == "jacfwd":
+            return None
+    return (job.kind, job.routine.name, job.dtype, job.wrt, job.strategy)
 
 
 def differentiate(problem: Problem, strategy: str) -> tuple[Derivatives, str]:
+    """Run a strategy; ``auto`` is forward mode, or AUTO_FALLBACK where forward mode lacks a
+    formula. Returns the derivatives and the name of the strategy that ran."""
     if strategy != "auto":
         return STRATEGIES[strategy].run(problem), strategy
     try:
@@ -35,6 +47,84 @@ def differentiate(problem: Problem, strategy: str) -> tuple[Derivatives, str]:
         if not lacks_forward_formula(exc):
             raise
     return STRATEGIES[AUTO_FALLBACK].run(problem), AUTO_FALLBACK
+
+
+@dataclass(frozen=True)
+class _Output:
+    values: Tensor  # (N, M) on the CPU
+    derivatives: dict[str, Tensor]
+    strategy: str | None
+
+
+def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
+    first = jobs[0]
+    out: dict[str, Tensor] = {}
+    for name in first.params:
+        values = [job.params[name] for job in jobs]
+        if all(v == values[0] for v in values):
+            out[name] = torch.tensor(values[0], dtype=first.dtype, device=device)
+        else:
+            counts = torch.tensor([job.n for job in jobs], device=device)
+            per_job = torch.tensor(values, dtype=first.dtype, device=device)
+            out[name] = torch.repeat_interleave(per_job, counts)
+    return out
+
+
+def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> _Output:
+    """One launch. Engine errors pass through; what the routine raises is wrapped."""
+    job = jobs[0]
+    problem = Problem(job.routine, inputs.to(device, non_blocking=True), _params(jobs, device),
+                      job.wrt)
+    try:
+        if job.kind is JobKind.EVALUATE:
+            values, derivs, ran = problem.evaluate(), {}, None
+        else:
+            assert job.strategy is not None
+            result, ran = differentiate(problem, job.strategy)
+            values, derivs = result.values, result.derivatives
+    except (EngineError, torch.cuda.OutOfMemoryError):
+        raise
+    except NotImplementedError as exc:
+        hint = "; use strategy=auto or a reverse strategy" if lacks_forward_formula(exc) else ""
+        raise InvalidRequest(f"strategy {job.strategy} cannot differentiate routine "
+                             f"{job.routine.name}: {exc}".split("\n")[0] + hint) from exc
+    except Exception as exc:
+        raise RoutineFailed(
+            f"routine {job.routine.name} failed under strategy {job.strategy or 'evaluate'}: "
+            f"{type(exc).__name__}: {exc}".split("\n")[0]
+        ) from exc
+    return _Output(
+        values.detach().to("cpu", job.dtype),
+        {name: d.detach().to("cpu", job.dtype) for name, d in derivs.items()},
+        ran,
+    )
+
+
+def _compute_chunked(job: Job, device: torch.device, chunk: int) -> _Output:
+    """A request larger than a launch runs in chunks; CUDA running out of memory halves the
+    chunk and retries, down to one sample, before the request is refused."""
+    parts: list[_Output] = []
+    start = 0
+    while start < job.n:
+        size = min(chunk, job.n - start)
+        try:
+            parts.append(_compute([job], job.inputs[start:start + size], device))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if chunk == 1:
+                raise ServiceUnavailable(
+                    f"out of memory on {device} even one sample at a time; retry later"
+                ) from None
+            chunk = max(1, chunk // 2)
+            continue
+        start += size
+    if len(parts) == 1:
+        return parts[0]
+    return _Output(
+        torch.cat([p.values for p in parts]),
+        {name: torch.cat([p.derivatives[name] for p in parts]) for name in parts[0].derivatives},
+        parts[0].strategy,
+    )
 
 
 def _first_non_finite(t: Tensor) -> int | None:
@@ -55,39 +145,50 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
         )
 
 
-def run_job(job: Job, device: torch.device) -> JobResult:
-    """Compute one job. Engine errors pass through; anything the routine raises is wrapped."""
-    started = time.perf_counter()
-    try:
-        problem = _problem(job, device)
-        if job.kind is JobKind.EVALUATE:
-            values, derivs, ran = problem.evaluate(), {}, None
-        else:
-            assert job.strategy is not None
-            result, ran = differentiate(problem, job.strategy)
-            values, derivs = result.values, result.derivatives
-    except EngineError:
-        raise
-    except NotImplementedError as exc:
-        hint = "; use strategy=auto or a reverse strategy" if lacks_forward_formula(exc) else ""
-        raise InvalidRequest(f"strategy {job.strategy} cannot differentiate routine "
-                             f"{job.routine.name}: {exc}".split("\n")[0] + hint) from exc
-    except Exception as exc:
-        raise RoutineFailed(
-            f"routine {job.routine.name} failed under strategy {job.strategy or 'evaluate'}: "
-            f"{type(exc).__name__}: {exc}".split("\n")[0]
-        ) from exc
-    out = {name: d.detach().to("cpu", job.dtype) for name, d in derivs.items()}
-    values = values.detach().to("cpu", job.dtype)
+def _result(job: Job, out: _Output, rows: slice, device: torch.device, started: float,
+            finished: float, batch_requests: int) -> JobResult:
+    values = out.values[rows]
+    derivs = {name: d[rows] for name, d in out.derivatives.items()}
     _check_finite(job, "value", values)
-    for name, d in out.items():
+    for name, d in derivs.items():
         _check_finite(job, f"dy/d{name}", d)
-    finished = time.perf_counter()
-    return JobResult(
-        values=values,
-        derivatives=out,
-        strategy=ran,
-        device=str(device),
-        queue_s=started - job.enqueued_at,
-        compute_s=finished - started,
-    )
+    return JobResult(values=values, derivatives=derivs, strategy=out.strategy,
+                     device=str(device), queue_s=started - job.enqueued_at,
+                     compute_s=finished - started, batch_requests=batch_requests)
+
+
+def run_job(job: Job, device: torch.device, chunk: int = 2**62) -> JobResult:
+    """One request on its own (in chunks of at most ``chunk`` samples)."""
+    started = time.perf_counter()
+    out = _compute_chunked(job, device, chunk)
+    return _result(job, out, slice(None), device, started, time.perf_counter(), 1)
+
+
+def run_batch(jobs: Sequence[Job], device: torch.device,
+              chunk: int) -> list[JobResult | Exception]:
+    """Jobs with one batch_key in one launch; each gets its own result or its own error."""
+    if len(jobs) > 1:
+        started = time.perf_counter()
+        try:
+            out = _compute(jobs, torch.cat([job.inputs for job in jobs]), device)
+        except Exception:
+            out = None  # isolate the culprit: every request again, on its own
+        else:
+            finished = time.perf_counter()
+            results: list[JobResult | Exception] = []
+            offset = 0
+            for job in jobs:
+                try:
+                    results.append(_result(job, out, slice(offset, offset + job.n), device,
+                                           started, finished, len(jobs)))
+                except Exception as exc:
+                    results.append(exc)
+                offset += job.n
+            return results
+    results = []
+    for job in jobs:
+        try:
+            results.append(run_job(job, device, chunk))
+        except Exception as exc:
+            results.append(exc)
+    return results

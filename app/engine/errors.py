@@ -6,7 +6,9 @@
      │    ├── StrategyCapExceeded   N is over a strategy's cap
      │    └── RoutineFailed         the routine raised, or gave non-finite numbers, on these inputs
      ├── RequestTooLarge       over a configured size limit          (HTTP 413)
+     ├── DeadlineExceeded      still queued when its deadline passed (HTTP 504)
      └── ServiceUnavailable    the device worker cannot take work    (HTTP 503)
+          └── QueueFull             the queue is at its bound; retry shortly
 
 Each message says what to change. The HTTP statuses are assigned in ``app.errors`` alone.
 """
@@ -14,7 +16,9 @@ Each message says what to change. The HTTP statuses are assigned in ``app.errors
 from __future__ import annotations
 
 __all__ = [
+    "DeadlineExceeded",
     "EngineError",
+    "QueueFull",
     "InvalidRequest",
     "RequestTooLarge",
     "RoutineFailed",
@@ -58,3 +62,11 @@ class RequestTooLarge(EngineError):
 
 class ServiceUnavailable(EngineError):
     """The worker is not running (starting, stopping or failed); try again later."""
+
+
+class QueueFull(ServiceUnavailable):
+    """The queue holds DYDC_MAX_QUEUE_SAMPLES already: refused at once, never a hang."""
+
+
+class DeadlineExceeded(EngineError):
+    """The request was still queued when its deadline passed, and was dropped unrun."""

@@ -27,7 +27,8 @@ class JobResult:
     strategy: str | None  # the strategy that ran (None for evaluate)
     device: str
     queue_s: float
-    compute_s: float
+    compute_s: float  # of the launch (shared by the requests batched into it)
+    batch_requests: int = 1  # requests that shared the launch
 
 
 @dataclass(eq=False)
@@ -42,6 +43,7 @@ class Job:
     strategy: str | None
     dtype: torch.dtype
     future: asyncio.Future[JobResult] = field(repr=False)
+    deadline: float | None = None  # perf_counter time after which a queued job is dropped
     enqueued_at: float = field(default_factory=time.perf_counter)
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import warnings
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ import torch
 
 from app import metrics
 from app.engine.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     RequestTooLarge,
     StrategyCapExceeded,
@@ -25,7 +26,7 @@ from app.engine.errors import (
 )
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.strategies import STRATEGIES, Strategy
-from app.engine.worker import DeviceWorker
+from app.engine.worker import WorkerPool
 from routines import Routine
 
 __all__ = ["DTYPES", "Engine", "Limits", "StrategyInfo", "warm_up"]
@@ -39,6 +40,7 @@ DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.flo
 class Limits:
     max_samples: int
     caps: Mapping[str, tuple[str, int]]  # strategy -> (setting name, cap on N)
+    timeout_s: float = 30.0  # default deadline of a request; clients may shorten it
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
 
 
 class Engine:
-    def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: DeviceWorker):
+    def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: WorkerPool):
         self.routines = dict(routines)
         self.limits = limits
         self.worker = worker
@@ -201,8 +203,14 @@ class Engine:
         wrt: Sequence[str] | None = None,
         strategy: str = "auto",
         dtype: str = "float64",
+        timeout_ms: float | None = None,
     ) -> Job:
-        """Check everything that can be checked before the device sees it; build the Job."""
+        """Check everything that can be checked before the device sees it; build the Job.
+
+        ``timeout_ms`` shortens the default deadline (DYDC_REQUEST_TIMEOUT_MS), never extends it.
+        """
+        if timeout_ms is not None and not (math.isfinite(timeout_ms) and timeout_ms > 0):
+            raise InvalidRequest(f"timeout_ms = {timeout_ms}; use a positive number of ms")
         routine = self.routine(routine_name)
         sensitivities = kind is JobKind.SENSITIVITIES
         chosen = self._strategy(strategy) if sensitivities else None
@@ -221,13 +229,32 @@ class Engine:
             strategy=chosen,
             dtype=torch_dtype,
             future=asyncio.get_running_loop().create_future(),
+            deadline=time.perf_counter() + min(self.limits.timeout_s,
+                                               (timeout_ms or math.inf) / 1e3),
         )
 
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, job: Job) -> JobResult:
+        """Queue the job and await its answer. A job still queued at its deadline is taken
+        back and answered DeadlineExceeded; one already running gets its answer."""
         self.worker.submit(job)
-        result = await job.future
+        assert job.deadline is not None
+        try:
+            result = await asyncio.wait_for(asyncio.shield(job.future),
+                                            max(0.0, job.deadline - time.perf_counter()))
+        except TimeoutError:
+            if self.worker.withdraw(job):
+                metrics.REJECTIONS.labels("deadline").inc()
+                raise DeadlineExceeded(
+                    f"the request waited in the queue for its whole deadline "
+                    f"({(time.perf_counter() - job.enqueued_at) * 1e3:.0f} ms) and was not "
+                    "run; retry, or raise timeout_ms"
+                ) from None
+            result = await job.future
+        except asyncio.CancelledError:  # the client went away: do not compute for nobody
+            self.worker.withdraw(job)
+            raise
         label = result.strategy or "none"
         metrics.COMPUTE_SECONDS.labels(job.routine.name, label).observe(result.compute_s)
         metrics.SAMPLES.labels(job.routine.name, label).inc(job.n)

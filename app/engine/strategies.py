@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -176,17 +177,23 @@ def vmap_grad(problem: Problem) -> Derivatives:
     """
     if problem.routine.vectorized:
         return _per_sample_copies(problem)
-    one_output = len(problem.routine.outputs) == 1
+    return _per_sample(problem, grad if len(problem.routine.outputs) == 1 else jacrev)
+
+
+def _per_sample(problem: Problem, transform: Callable[..., Any]) -> Derivatives:
+    """vmap over samples of ``transform`` (grad, jacrev or jacfwd) of the one-sample routine;
+    parameters may be shared or per-sample."""
+    scalar = transform is grad
     rest = {k: v for k, v in problem.params.items() if k not in problem.wrt}
 
     def sample(theta: tuple[Tensor, ...], x: Tensor, others: dict[str, Tensor]):  # type: ignore[no-untyped-def]
         y = evaluate_sample(problem.routine, x, {**others, **dict(zip(problem.wrt, theta))})
-        return (y[0], y) if one_output else (y, y)
+        return (y[0], y) if scalar else (y, y)
 
-    differentiate = grad(sample, has_aux=True) if one_output else jacrev(sample, has_aux=True)
     theta = problem.wrt_values()
     in_dims = (tuple(0 if t.dim() else None for t in theta), 0, param_in_dims(rest))
-    d, values = vmap(differentiate, in_dims=in_dims)(theta, problem.inputs, rest)
+    d, values = vmap(transform(sample, has_aux=True), in_dims=in_dims)(
+        theta, problem.inputs, rest)
     derivs = tuple(g.reshape(values.shape) for g in d)
     return Derivatives(values, _per_param(problem, derivs))
 
@@ -214,6 +221,9 @@ def _per_sample_copies(problem: Problem) -> Derivatives:
 
 def _jacobian(transform: Callable[..., Callable[..., tuple[tuple[Tensor, ...], Tensor]]]):  # type: ignore[no-untyped-def]
     def run(problem: Problem) -> Derivatives:
+        if transform is jacfwd and not problem.routine.vectorized and any(
+                v.dim() for v in problem.params.values()):
+            return _per_sample(problem, jacfwd)  # a coalesced batch: per-sample Jacobians
         _require_shared(problem, transform.__name__)
 
         def f(*theta: Tensor) -> tuple[Tensor, Tensor]:
