@@ -1,0 +1,217 @@
+"""Dynamic batching across requests, backpressure, deadlines and worker restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import app.engine.worker as worker_module
+from tests.conftest import ClientFactory
+from tests.test_operations import scrape, value
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/{}/sensitivities"
+
+
+def ncdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def black_scholes(S: float, K: float, T: float, sigma: float, r: float) -> tuple[float, ...]:
+    d1 = (math.log(S / K) + (r + sigma**2 / 2) * T) / (sigma * math.sqrt(T))
+    d2 = d1 - sigma * math.sqrt(T)
+    price = S * ncdf(d1) - K * math.exp(-r * T) * ncdf(d2)
+    vega = S * math.exp(-d1 * d1 / 2) / math.sqrt(2 * math.pi) * math.sqrt(T)
+    rho = K * T * math.exp(-r * T) * ncdf(d2)
+    return price, vega, rho
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Holds the device worker inside its next launch until the event is set."""
+    release = threading.Event()
+    real = worker_module.run_batch
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "run_batch", held)
+    yield release
+    release.set()
+
+
+async def test_hundreds_of_concurrent_requests_batch_and_each_gets_its_own_answer(
+        make_client: ClientFactory) -> None:
+    rng = random.Random(11)
+    async with make_client(max_delay_ms=5) as c:
+        before = scrape((await c.get("/metrics")).text)
+
+        async def one(i: int) -> None:
+            sigma, r = rng.uniform(0.05, 0.8), rng.uniform(-0.02, 0.1)
+            rows = [[rng.uniform(50, 150), rng.uniform(50, 150), rng.uniform(0.1, 3)]
+                    for _ in range(rng.randint(1, 16))]
+            strategy = ("auto", "forward", "forward-dual", "vmap-grad", "jacfwd")[i % 5]
+            resp = await c.post(SENS.format("black_scholes_call") + f"?strategy={strategy}",
+                                json={"inputs": rows, "params": {"sigma": sigma, "r": r}})
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["params"] == {"sigma": sigma, "r": r}
+            for row, y, vega, rho in zip(rows, body["values"], body["derivatives"]["sigma"],
+                                         body["derivatives"]["r"], strict=True):
+                ref = black_scholes(*row, sigma, r)
+                assert y == pytest.approx(ref[0], rel=1e-9, abs=1e-9)
+                assert vega == pytest.approx(ref[1], rel=1e-9, abs=1e-9)
+                assert rho == pytest.approx(ref[2], rel=1e-9, abs=1e-9)
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+        after = scrape((await c.get("/metrics")).text)
+    launches = (value(after, "dydc_batch_requests_count")
+                - value(before, "dydc_batch_requests_count"))
+    requests = value(after, "dydc_batch_requests_sum") - value(before, "dydc_batch_requests_sum")
+    assert requests == 300
+    assert launches < requests, "no launch held more than one request"
+
+
+async def test_a_failing_request_fails_alone(make_client: ClientFactory,
+                                             gate: threading.Event) -> None:
+    async with make_client(max_delay_ms=50) as c:
+        def post(n0: float, r: float) -> Any:
+            return c.post(SENS.format("logistic_growth"),
+                          json={"inputs": [[n0, 1.0], [n0 + 1, 2.0]], "params": {"r": r}})
+
+        blocker = asyncio.ensure_future(post(5.0, 0.1))  # holds the worker
+        await asyncio.sleep(0.2)
+        tasks = [asyncio.ensure_future(post(float(i + 1), 0.1 * i)) for i in range(6)]
+        bad = asyncio.ensure_future(post(0.0, 0.3))  # N0 = 0: division by zero, non-finite
+        await asyncio.sleep(0.2)
+        gate.set()
+        assert (await blocker).status_code == 200
+        bad_response = await bad
+        assert bad_response.status_code == 422
+        assert "sample 0" in bad_response.json()["detail"]
+        for i, task in enumerate(tasks):
+            resp = await task
+            assert resp.status_code == 200, resp.text
+            n0, r, K = float(i + 1), 0.1 * i, 100.0
+            for (x0, t), y in zip([[n0, 1.0], [n0 + 1, 2.0]], resp.json()["values"], strict=True):
+                assert y == pytest.approx(K / (1 + (K - x0) / x0 * math.exp(-r * t)), rel=1e-12)
+
+
+async def test_a_raising_routine_is_isolated_in_its_batch() -> None:
+    import torch
+
+    from app.engine.compute import run_batch
+    from app.engine.jobs import Job, JobKind
+    from routines import Param, routine
+
+    @routine(description="sqrt that refuses negative inputs", params=[Param("C", 1.0)],
+             inputs=["x"], vectorized=True)
+    def picky(x: torch.Tensor, *, C: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("x must be >= 0")
+        return C * x.sqrt()
+
+    loop = asyncio.get_running_loop()
+    jobs = [Job(JobKind.SENSITIVITIES, picky, torch.tensor([[v], [4.0]], dtype=torch.float64),
+                {"C": c}, ("C",), "forward", torch.float64, loop.create_future())
+            for v, c in [(1.0, 2.0), (-1.0, 3.0), (9.0, 4.0)]]
+    results = run_batch(jobs, torch.device("cpu"), chunk=1000)
+    assert isinstance(results[1], Exception) and "x must be >= 0" in str(results[1])
+    for i in (0, 2):
+        r = results[i]
+        assert not isinstance(r, Exception)
+        x = jobs[i].inputs[:, 0]
+        assert r.values[:, 0].tolist() == (jobs[i].params["C"] * x.sqrt()).tolist()
+        assert r.derivatives["C"][:, 0].tolist() == x.sqrt().tolist()
+
+
+async def test_large_requests_run_in_chunks(make_client: ClientFactory) -> None:
+    async with make_client(max_batch_samples=7, max_queue_samples=7) as c:
+        x = [0.5 * i for i in range(50)]
+        resp = await c.post(SENS.format("exponential_decay"),
+                            json={"inputs": [[1.0, t] for t in x], "params": {"k": 0.3}})
+        assert resp.status_code == 200, resp.text
+        got = resp.json()["derivatives"]["k"]
+        assert got == pytest.approx([-t * math.exp(-0.3 * t) for t in x], rel=1e-12, abs=1e-300)
+
+
+async def test_queue_full_is_503_with_retry_after(make_client: ClientFactory,
+                                                  gate: threading.Event) -> None:
+    async with make_client(max_queue_samples=10, max_batch_samples=10) as c:
+        body = {"inputs": list(range(10))}
+        running = asyncio.ensure_future(c.post(SENS.format("linear"), json=body))
+        await asyncio.sleep(0.2)  # taken by the worker, held at the gate
+        queued = asyncio.ensure_future(c.post(SENS.format("linear"), json=body))
+        await asyncio.sleep(0.2)  # queued: 10 samples, the bound
+        refused = await c.post(SENS.format("linear"), json={"inputs": [1]})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["type"] == "urn:dydc:problem:queue-full"
+        assert "DYDC_MAX_QUEUE_SAMPLES" in refused.json()["detail"]
+        gate.set()
+        assert (await running).status_code == 200
+        assert (await queued).json()["derivatives"]["C"] == [float(i) for i in range(10)]
+        metrics = scrape((await c.get("/metrics")).text)
+        assert value(metrics, "dydc_rejections_total", reason="queue_full") >= 1
+
+
+async def test_expired_deadline_is_504(make_client: ClientFactory,
+                                       gate: threading.Event) -> None:
+    async with make_client() as c:
+        running = asyncio.ensure_future(c.post(SENS.format("linear"), json={"inputs": [1]}))
+        await asyncio.sleep(0.2)
+        late = await c.post(SENS.format("linear") + "?timeout_ms=100", json={"inputs": [2]})
+        assert late.status_code == 504, late.text
+        assert late.json()["type"] == "urn:dydc:problem:deadline-exceeded"
+        assert "timeout_ms" in late.json()["detail"]
+        bad = await c.post(SENS.format("linear") + "?timeout_ms=-5", json={"inputs": [2]})
+        assert bad.status_code == 422
+        gate.set()
+        assert (await running).status_code == 200
+        metrics = scrape((await c.get("/metrics")).text)
+        assert value(metrics, "dydc_rejections_total", reason="deadline") >= 1
+
+
+class WorkerCrash(BaseException):
+    """Not an Exception: escapes every handler and kills the worker thread."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_dead_worker_is_restarted(make_client: ClientFactory,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    real = worker_module.run_batch
+    crashed = threading.Event()
+
+    def crash_once(*args: Any, **kwargs: Any) -> Any:
+        if not crashed.is_set():
+            crashed.set()
+            raise WorkerCrash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "run_batch", crash_once)
+    async with make_client() as c:
+        before = scrape((await c.get("/metrics")).text)
+        lost = await c.post(SENS.format("linear"), json={"inputs": [1]})
+        assert lost.status_code == 503, lost.text
+        assert "retry" in lost.json()["detail"]
+        for _ in range(200):
+            ready = await c.get("/readyz")
+            if ready.status_code == 200:
+                break
+            assert "worker on cpu" in ready.json()["detail"]
+            await asyncio.sleep(0.05)
+        assert ready.status_code == 200
+        ok = await c.post(SENS.format("linear"), json={"inputs": [1, 2], "params": {"C": 3}})
+        assert ok.json()["derivatives"]["C"] == [1.0, 2.0]
+        after = scrape((await c.get("/metrics")).text)
+        assert value(after, "dydc_worker_restarts_total") - value(
+            before, "dydc_worker_restarts_total") == 1
