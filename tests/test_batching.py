@@ -215,3 +215,17 @@ async def test_a_dead_worker_is_restarted(make_client: ClientFactory,
         after = scrape((await c.get("/metrics")).text)
         assert value(after, "dydc_worker_restarts_total") - value(
             before, "dydc_worker_restarts_total") == 1
+
+
+async def test_one_worker_per_device_shares_the_queue(make_client: ClientFactory) -> None:
+    async with make_client(device="cpu,cpu") as c:
+        assert (await c.get("/readyz")).json()["device"] == "cpu,cpu"
+
+        async def one(k: float) -> None:
+            resp = await c.post(SENS.format("exponential_decay"),
+                                json={"inputs": [[2.0, 1.0], [1.0, 2.0]], "params": {"k": k}})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["derivatives"]["k"] == pytest.approx(
+                [-2.0 * math.exp(-k), -2.0 * math.exp(-2 * k)], rel=1e-12)
+
+        await asyncio.gather(*(one(0.01 * i) for i in range(100)))
