@@ -138,9 +138,10 @@ def _leaves(problem: Problem) -> tuple[Tensor, ...]:
 def _grads(outputs: Tensor, leaves: tuple[Tensor, ...], **kwargs: object) -> tuple[Tensor, ...]:
     """autograd.grad that answers zero for parameters the output does not depend on."""
     if not outputs.requires_grad:
-        return tuple(torch.zeros(()) for _ in leaves)
+        return tuple(torch.zeros_like(leaf) for leaf in leaves)
     got = torch.autograd.grad(outputs, leaves, allow_unused=True, **kwargs)  # type: ignore[arg-type]
-    return tuple(torch.zeros(()) if g is None else g for g in got)
+    return tuple(torch.zeros_like(leaf) if g is None else g
+                 for g, leaf in zip(got, leaves, strict=True))
 
 
 def reverse_loop(problem: Problem) -> Derivatives:
@@ -241,21 +242,24 @@ def _jacobian(transform: Callable[..., Callable[..., tuple[tuple[Tensor, ...], T
 
 
 def finite_difference(problem: Problem) -> Derivatives:
-    """Central differences, h = eps^(1/3) max(1, |C|); one-sided second order at a bound."""
+    """Central differences, h = eps^(1/3) max(1, |C|); one-sided second order at a bound,
+    stepping away from it, so that the routine never sees a parameter outside its bounds."""
     _require_shared(problem, "finite-difference")
     values = problem.evaluate()
     derivs: dict[str, Tensor] = {}
     for name in problem.wrt:
         c = problem.params[name]
         h = torch.finfo(c.dtype).eps ** (1 / 3) * max(1.0, abs(float(c)))
-        low = problem.routine.param(name).bounds
-        at_low_bound = low is not None and low[0] is not None and float(c) - h < low[0]
+        low, high = problem.routine.param(name).bounds or (None, None)
+        at_low_bound = low is not None and float(c) - h < low
+        at_high_bound = high is not None and float(c) + h > high
 
         def at(v: Tensor, name: str = name) -> Tensor:
             return problem.evaluate({**problem.params, name: v})
 
-        if at_low_bound:
-            step = (c + h) - c  # the step as represented, not as intended
+        if at_low_bound or at_high_bound:
+            # the step as represented, not as intended; negative when stepping down
+            step = (c + h) - c if at_low_bound else (c - h) - c
             derivs[name] = (-3 * values + 4 * at(c + step) - at(c + 2 * step)) / (2 * step)
         else:
             plus, minus = c + h, c - h

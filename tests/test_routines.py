@@ -1,0 +1,553 @@
+"""The built-in routines against their closed forms, and the registry that declares and finds them.
+
+The closed forms live here, next to the routines they describe, and are used by
+``test_strategies.py`` too. They are written independently of the routines: derivatives by
+hand, the normal CDF from ``math.erfc``, the incomplete gamma function from mpmath (which
+torch depends on through sympy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mpmath
+import pytest
+import torch
+from torch import Tensor
+
+import routines.population
+from app.engine.compute import run_job
+from app.engine.evaluation import evaluate_batch
+from app.engine.jobs import Job, JobKind, JobResult
+from app.engine.strategies import STRATEGIES, Problem
+from routines import (
+    ENTRY_POINT_GROUP,
+    Param,
+    Routine,
+    RoutineDefinitionError,
+    discover,
+    routine,
+)
+
+with warnings.catch_warnings():
+    # Forward-mode AD imports this module lazily on the first jvp, and the module calls the
+    # deprecated torch.jit.script at import: under filterwarnings = error that first jvp
+    # would fail in whichever test happens to run first. Import it once, quietly.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import torch._decomp.decompositions_for_jvp
+
+# -- closed forms ------------------------------------------------------------------------------
+
+Exact = tuple[Tensor, dict[str, Tensor]]  # values (N, M) and dy/dparam (N, M), float64
+
+
+def _ndtr(x: Tensor) -> Tensor:
+    return torch.tensor([0.5 * math.erfc(-v / math.sqrt(2)) for v in x.tolist()], dtype=x.dtype)
+
+
+def _npdf(x: Tensor) -> Tensor:
+    return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _linear(x: Tensor, p: dict[str, float]) -> Exact:
+    (x,) = x.unbind(1)
+    return p["C"] * x, {"C": x}
+
+
+def _exponential_decay(x: Tensor, p: dict[str, float]) -> Exact:
+    y0, t = x.unbind(1)
+    y = y0 * torch.exp(-p["k"] * t)
+    return y, {"k": -t * y}
+
+
+def _logistic_growth(x: Tensor, p: dict[str, float]) -> Exact:
+    n0, t = x.unbind(1)
+    r, k = p["r"], p["K"]
+    e = torch.exp(-r * t)
+    d = 1 + (k - n0) / n0 * e
+    return k / d, {"r": k * (k - n0) / n0 * t * e / d**2, "K": 1 / d - k * e / (n0 * d**2)}
+
+
+def _damped_oscillator(x: Tensor, p: dict[str, float]) -> Exact:
+    (t,) = x.unbind(1)
+    decay = torch.exp(-p["gamma"] * t)
+    y = decay * torch.cos(p["omega"] * t)
+    return y, {"gamma": -t * y, "omega": -t * decay * torch.sin(p["omega"] * t)}
+
+
+def _black_scholes_call(x: Tensor, p: dict[str, float]) -> Exact:
+    s, k, t = x.unbind(1)
+    sigma, r = p["sigma"], p["r"]
+    d1 = (torch.log(s / k) + (r + sigma**2 / 2) * t) / (sigma * t.sqrt())
+    d2 = d1 - sigma * t.sqrt()
+    discounted = k * torch.exp(-r * t)
+    price = s * _ndtr(d1) - discounted * _ndtr(d2)
+    # vega = S phi(d1) sqrt(T); rho = K T exp(-rT) N(d2): textbook scale, not per 1%.
+    return price, {"sigma": s * _npdf(d1) * t.sqrt(), "r": discounted * t * _ndtr(d2)}
+
+
+def _softmax(x: Tensor, p: dict[str, float]) -> Exact:
+    temp = p["T"]
+    prob = torch.softmax(x / temp, dim=1)
+    mean = (prob * x).sum(dim=1, keepdim=True)
+    return prob, {"T": -(prob / temp**2) * (x - mean)}
+
+
+def _gamma_survival(x: Tensor, p: dict[str, float]) -> Exact:
+    a, t = x.unbind(1)
+    lam = p["lam"]
+    s = torch.tensor(
+        [float(mpmath.gammainc(ai, lam * ti, mpmath.inf, regularized=True))
+         for ai, ti in zip(a.tolist(), t.tolist(), strict=True)],
+        dtype=x.dtype,
+    )
+    # dS/dlam = -t (lam t)^(a-1) exp(-lam t) / Gamma(a), in logs to stay finite
+    d = -t * torch.exp((a - 1) * torch.log(lam * t) - lam * t - torch.lgamma(a))
+    return s, {"lam": d}
+
+
+def _uniform(g: torch.Generator, n: int, low: float, high: float) -> Tensor:
+    return low + (high - low) * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class ClosedForm:
+    """A routine's closed form, a realistic batch inside its domain, and parameter values."""
+
+    routine: str
+    exact: Callable[[Tensor, dict[str, float]], Exact]
+    sample: Callable[[torch.Generator, int], Tensor]  # (N, D) float64
+    params: dict[str, float]
+
+    def batch(self, n: int, seed: int = 0) -> Tensor:
+        return self.sample(torch.Generator().manual_seed(seed), n)
+
+    def expected(self, inputs: Tensor, params: dict[str, float] | None = None) -> Exact:
+        values, derivs = self.exact(inputs.to(torch.float64), params or self.params)
+        if values.dim() == 1:
+            return values[:, None], {k: d[:, None] for k, d in derivs.items()}
+        return values, derivs
+
+
+def _n0_t(g: torch.Generator, n: int) -> Tensor:
+    return torch.stack([_uniform(g, n, 1, 90), _uniform(g, n, 0, 10)], 1)
+
+
+CLOSED_FORMS: dict[str, ClosedForm] = {
+    c.routine: c
+    for c in [
+        ClosedForm("linear", _linear,
+                   lambda g, n: _uniform(g, n, -10, 10)[:, None], {"C": -2.5}),
+        ClosedForm("exponential_decay", _exponential_decay,
+                   lambda g, n: torch.stack([_uniform(g, n, 0.1, 10), _uniform(g, n, 0, 5)], 1),
+                   {"k": 0.7}),
+        ClosedForm("logistic_growth", _logistic_growth, _n0_t, {"r": 0.5, "K": 100.0}),
+        # RK4 is compared with the closed form of logistic_growth: see RK4_RTOL.
+        ClosedForm("logistic_rk4", _logistic_growth, _n0_t, {"r": 0.5, "K": 100.0}),
+        ClosedForm("damped_oscillator", _damped_oscillator,
+                   lambda g, n: _uniform(g, n, 0, 20)[:, None], {"gamma": 0.15, "omega": 1.3}),
+        ClosedForm("black_scholes_call", _black_scholes_call,
+                   lambda g, n: torch.stack([_uniform(g, n, 80, 120), _uniform(g, n, 80, 120),
+                                             _uniform(g, n, 0.25, 2)], 1),
+                   {"sigma": 0.25, "r": 0.03}),
+        ClosedForm("softmax", _softmax,
+                   lambda g, n: 2 * torch.randn(n, 3, generator=g, dtype=torch.float64),
+                   {"T": 1.5}),
+        ClosedForm("gamma_survival", _gamma_survival,
+                   lambda g, n: torch.stack([_uniform(g, n, 0.5, 5), _uniform(g, n, 0.1, 5)], 1),
+                   {"lam": 0.8}),
+    ]
+}
+
+# AD in float64 agrees with the closed forms to ~1e-14 relative on these batches; 1e-8 is the
+# contract. RK4 with 200 steps of h <= 0.05 has a global error ~ (r h)^4 ~ 4e-7 in relative
+# terms at worst, ~2e-9 measured on this batch for values and derivatives alike; 1e-8 leaves a
+# factor of five and is tight enough that 100 steps (16x the error) would fail it.
+AD_RTOL = 1e-8
+RK4_RTOL = 1e-8
+
+BUILTINS = sorted(CLOSED_FORMS)
+
+
+def assert_close(actual: Tensor, expected: Tensor, rtol: float, atol: float = 0.0) -> None:
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol)
+
+
+def params_of(r: Routine, values: dict[str, float], dtype: torch.dtype) -> dict[str, Tensor]:
+    return {p.name: torch.tensor(values.get(p.name, p.default), dtype=dtype) for p in r.params}
+
+
+@pytest.fixture(scope="module")
+def builtins() -> dict[str, Routine]:
+    return discover(builtins=True)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A loop only to own the futures of hand-built Jobs; run_job never resolves them."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def run_engine(loop: asyncio.AbstractEventLoop, r: Routine, inputs: Tensor,
+               params: dict[str, float], *, strategy: str | None = "auto",
+               wrt: tuple[str, ...] | None = None) -> JobResult:
+    """The engine path without HTTP or the worker: a validated Job through run_job."""
+    job = Job(
+        kind=JobKind.EVALUATE if strategy is None else JobKind.SENSITIVITIES,
+        routine=r,
+        inputs=inputs,
+        params={p.name: float(params.get(p.name, p.default)) for p in r.params},
+        wrt=() if strategy is None else (wrt or r.param_names),
+        strategy=strategy,
+        dtype=inputs.dtype,
+        future=loop.create_future(),
+    )
+    return run_job(job, torch.device("cpu"))
+
+
+# -- each built-in routine against its closed form ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_engine_matches_closed_form(name: str, builtins: dict[str, Routine],
+                                    loop: asyncio.AbstractEventLoop) -> None:
+    form = CLOSED_FORMS[name]
+    x = form.batch(64, seed=1)
+    values, derivs = form.expected(x)
+    rtol = RK4_RTOL if name == "logistic_rk4" else AD_RTOL
+
+    result = run_engine(loop, builtins[name], x, form.params)
+
+    assert result.strategy == ("vmap-grad" if name == "gamma_survival" else "forward")
+    assert_close(result.values, values, rtol=rtol)
+    assert list(result.derivatives) == list(builtins[name].param_names)
+    for p, d in derivs.items():
+        assert_close(result.derivatives[p], d, rtol=rtol)
+
+    evaluated = run_engine(loop, builtins[name], x, form.params, strategy=None)
+    assert_close(evaluated.values, values, rtol=rtol)
+    assert evaluated.derivatives == {}
+
+
+def test_black_scholes_greeks_are_textbook_scale(builtins: dict[str, Routine],
+                                                 loop: asyncio.AbstractEventLoop) -> None:
+    """Hull's example 15.6: S = 42, K = 40, T = 0.5, r = 0.1, sigma = 0.2 gives c = 4.76;
+    vega ~ 8.8 per unit of sigma (0.088 per percentage point would be the other scale)."""
+    x = torch.tensor([[42.0, 40.0, 0.5]], dtype=torch.float64)
+    result = run_engine(loop, builtins["black_scholes_call"], x, {"sigma": 0.2, "r": 0.1})
+    assert result.values.item() == pytest.approx(4.76, abs=0.005)
+    assert result.derivatives["sigma"].item() == pytest.approx(8.81, abs=0.01)
+    assert result.derivatives["r"].item() == pytest.approx(13.98, abs=0.01)
+
+
+def test_logistic_rk4_error_is_integration_error(builtins: dict[str, Routine],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RK4 tolerance is not loose: values and derivatives differ from the closed form by
+    the same ~1e-9, and halving the step count multiplies both errors by ~2^4 = 16, as the
+    global error of a fourth-order method must."""
+    r = builtins["logistic_rk4"]
+    form = CLOSED_FORMS["logistic_rk4"]
+    x = form.batch(16, seed=2)
+    values, derivs = form.expected(x)
+    params = params_of(r, form.params, torch.float64)
+
+    def worst_errors() -> list[float]:
+        got = STRATEGIES["forward"].run(Problem(r, x, params, r.param_names))
+        pairs = [(got.values, values)] + [(got.derivatives[p], derivs[p]) for p in derivs]
+        return [float(((a - b).abs() / b.abs()).max()) for a, b in pairs]
+
+    fine = worst_errors()
+    assert all(1e-11 < e < RK4_RTOL for e in fine), fine
+    monkeypatch.setattr(routines.population, "RK4_STEPS", routines.population.RK4_STEPS // 2)
+    coarse = worst_errors()
+    for f, c in zip(fine, coarse, strict=True):
+        assert 10 < c / f < 24, (fine, coarse)
+
+
+# -- a vectorized routine: whole-batch code that vmap cannot run -------------------------------
+
+
+def _branch(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return a * x**2 + b if x > 0 else b * torch.exp(a * x)
+
+
+@routine(
+    name="piecewise_loop",
+    description="a x^2 + b for x > 0, else b exp(a x); a Python loop with a branch per sample.",
+    params=[Param("a", 0.5), Param("b", 2.0)],
+    inputs=["x"],
+    vectorized=True,
+)
+def piecewise_loop(x: Tensor, *, a: Tensor, b: Tensor) -> Tensor:
+    n = x.shape[0]
+    a, b = a.expand(n), b.expand(n)  # shared 0-d, or one copy per sample
+    return torch.stack([_branch(x[i], a[i], b[i]) for i in range(n)])
+
+
+@routine(name="piecewise_sample", description="piecewise_loop, one sample at a time.",
+         params=[Param("a", 0.5), Param("b", 2.0)], inputs=["x"])
+def piecewise_sample(x: Tensor, *, a: Tensor, b: Tensor) -> Tensor:
+    return _branch(x, a, b)
+
+
+def test_piecewise_routine_cannot_be_vmapped() -> None:
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64)[:, None]
+    params = params_of(piecewise_sample, {}, torch.float64)
+    with pytest.raises(RuntimeError, match="data-dependent control flow"):
+        evaluate_batch(piecewise_sample, x, params)
+
+
+@pytest.mark.parametrize("strategy", ["forward", "forward-dual", "vmap-grad", "reverse-loop",
+                                      "reverse-batched", "jacrev", "finite-difference"])
+@pytest.mark.parametrize("wrt", [("a", "b"), ("b",)])
+def test_vectorized_routine_under_strategy(strategy: str, wrt: tuple[str, ...]) -> None:
+    x = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]  # both branches, and x = 0
+    a, b = 0.7, 1.5
+    xs = x[:, 0]
+    pos = xs > 0
+    expected = {
+        "a": torch.where(pos, xs**2, b * xs * torch.exp(a * xs)),
+        "b": torch.where(pos, torch.ones_like(xs), torch.exp(a * xs)),
+    }
+    values = torch.where(pos, a * xs**2 + b, b * torch.exp(a * xs))
+    params = params_of(piecewise_loop, {"a": a, "b": b}, torch.float64)
+
+    got = STRATEGIES[strategy].run(Problem(piecewise_loop, x, params, wrt))
+
+    rtol = 1e-5 if strategy == "finite-difference" else AD_RTOL
+    assert_close(got.values, values[:, None], rtol=AD_RTOL)
+    assert list(got.derivatives) == list(wrt)
+    for p in wrt:
+        assert_close(got.derivatives[p], expected[p][:, None], rtol=rtol, atol=1e-9)
+
+
+# -- declaring routines ------------------------------------------------------------------------
+
+
+def _one(x: Tensor, *, a: Tensor) -> Tensor:
+    return a * x
+
+
+@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "slash/name", "dot.name"])
+def test_bad_routine_names_are_refused(name: str) -> None:
+    with pytest.raises(RoutineDefinitionError, match="routine name"):
+        Routine(name=name, description="d", params=(Param("a", 1.0),), inputs=("x",),
+                outputs=("y",), fn=_one)
+    if name:  # the decorator reads an empty name as no name, and takes the function's
+        with pytest.raises(RoutineDefinitionError, match="routine name"):
+            routine(name=name, description="d", params=[Param("a", 1.0)], inputs=["x"])(_one)
+
+
+def test_good_routine_names_and_defaults() -> None:
+    r = routine(name="my-routine_2", description="d", params=[Param("a", 1.0)], inputs=["x"])(_one)
+    assert (r.name, r.outputs, r.vectorized) == ("my-routine_2", ("y",), False)
+    assert routine(description="d", params=[Param("a", 1.0)], inputs=["x"])(_one).name == "_one"
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Param("not an identifier", 1.0), "not an identifier"),
+        (lambda: Param("1a", 1.0), "not an identifier"),
+        (lambda: Param("a", float("nan")), "default must be finite"),
+        (lambda: Param("a", float("inf")), "default must be finite"),
+        (lambda: Param("a", -0.5, bounds=(0.0, None)), "outside"),
+        (lambda: Param("a", 2.0, bounds=(None, 1.0)), "outside"),
+        (lambda: Param("a", 1.5, bounds=(0.0, 1.0)), "outside"),
+    ],
+)
+def test_bad_params_are_refused(make: Callable[[], Param], match: str) -> None:
+    with pytest.raises(RoutineDefinitionError, match=match):
+        make()
+
+
+def test_default_on_a_bound_is_allowed() -> None:
+    assert Param("a", 0.0, bounds=(0.0, 1.0)).bounds == (0.0, 1.0)
+
+
+def _two(x: Tensor, z: Tensor, *, a: Tensor, b: Tensor) -> Tensor:
+    return a * x + b * z
+
+
+@pytest.mark.parametrize(
+    ("fn", "params", "inputs", "outputs", "match"),
+    [
+        (_two, ["a", "a"], ["x", "z"], ["y"], "duplicate names in params"),
+        (_two, ["a", "b"], ["x", "x"], ["y"], "duplicate names in inputs"),
+        (_two, ["a", "b"], ["x", "z"], ["y", "y"], "duplicate names in outputs"),
+        (_two, [], ["x", "z"], ["y"], "at least one parameter"),
+        (_two, ["a", "b"], [], ["y"], "at least one input"),
+        (_two, ["a", "b"], ["x", "z"], [], "at least one input and output"),
+        # the signature does not match the declaration
+        (_two, ["a", "b"], ["x"], ["y"], "must accept the 1 inputs"),
+        (_two, ["a", "b"], ["x", "z", "w"], ["y"], "must accept the 3 inputs"),
+        (_two, ["a"], ["x", "z"], ["y"], "parameters"),
+        (_two, ["a", "c"], ["x", "z"], ["y"], "parameters"),
+        (_one, ["a", "b"], ["x"], ["y"], "parameters"),
+    ],
+)
+def test_inconsistent_declarations_are_refused(fn: Callable[..., Tensor], params: list[str],
+                                               inputs: list[str], outputs: list[str],
+                                               match: str) -> None:
+    with pytest.raises(RoutineDefinitionError, match=match):
+        routine(description="d", params=[Param(p, 1.0) for p in params], inputs=inputs,
+                outputs=outputs)(fn)
+
+
+def test_keyword_only_params_must_not_be_positional_inputs() -> None:
+    def positional_param(x: Tensor, a: Tensor) -> Tensor:
+        return a * x
+
+    # the service passes parameters by keyword, so a positional-or-keyword one is accepted
+    r = routine(description="d", params=[Param("a", 1.0)], inputs=["x"])(positional_param)
+    assert r(torch.tensor(2.0), a=torch.tensor(3.0)).item() == 6.0
+
+
+# -- finding routines --------------------------------------------------------------------------
+
+
+def test_discover_finds_every_builtin(builtins: dict[str, Routine]) -> None:
+    assert sorted(builtins) == BUILTINS
+    assert list(builtins) == sorted(builtins)
+    for name, r in builtins.items():
+        assert isinstance(r, Routine) and r.name == name
+        assert r.description and len(r.params) >= 1
+    assert len(builtins["softmax"].outputs) == 3
+
+
+@dataclass
+class Plugin:
+    """A third-party distribution on sys.path: modules plus a dist-info with entry points."""
+
+    root: Path
+    monkeypatch: pytest.MonkeyPatch
+    modules: list[str]
+
+    def install(self, modules: dict[str, str], entry_points: dict[str, str],
+                dist: str = "dydc_plugin") -> None:
+        for module, source in modules.items():
+            (self.root / f"{module}.py").write_text(textwrap.dedent(source))
+            self.modules.append(module)
+        info = self.root / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}\n")
+        self.monkeypatch.syspath_prepend(str(self.root))
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plugin]:
+    p = Plugin(tmp_path, monkeypatch, [])
+    yield p
+    for module in p.modules:
+        sys.modules.pop(module, None)
+
+
+PLUGIN_SOURCE = """
+    from routines import Param, routine
+
+    @routine(description="a x^2", params=[Param("a", 1.0)], inputs=["x"])
+    def square(x, *, a):
+        return a * x * x
+
+    @routine(description="a x^3", params=[Param("a", 1.0)], inputs=["x"])
+    def cube(x, *, a):
+        return a * x ** 3
+
+    BOTH = [square, cube]
+    NOT_A_ROUTINE = 42
+    NOT_ALL_ROUTINES = [square, 42]
+"""
+
+
+def test_entry_point_to_a_routine(plugin: Plugin) -> None:
+    plugin.install({"dydc_plugin_a": PLUGIN_SOURCE}, {"sq": "dydc_plugin_a:square"})
+    found = discover()
+    assert sorted(found) == sorted([*BUILTINS, "square"])
+    assert found["square"](torch.tensor(3.0), a=torch.tensor(2.0)).item() == 18.0
+
+
+@pytest.mark.parametrize("target", ["dydc_plugin_b", "dydc_plugin_b:BOTH"])
+def test_entry_point_to_a_module_or_a_list(plugin: Plugin, target: str) -> None:
+    plugin.install({"dydc_plugin_b": PLUGIN_SOURCE}, {"mine": target})
+    assert sorted(set(discover()) - set(BUILTINS)) == ["cube", "square"]
+    assert sorted(discover(builtins=False)) == ["cube", "square"]
+
+
+def test_one_routine_reached_twice_is_not_a_clash(plugin: Plugin) -> None:
+    plugin.install({"dydc_plugin_c": PLUGIN_SOURCE},
+                   {"one": "dydc_plugin_c:square", "all": "dydc_plugin_c"})
+    assert sorted(discover(builtins=False)) == ["cube", "square"]
+
+
+def test_a_plugin_routine_can_be_differentiated(plugin: Plugin) -> None:
+    plugin.install({"dydc_plugin_d": PLUGIN_SOURCE}, {"sq": "dydc_plugin_d:square"})
+    square = discover(builtins=False)["square"]
+    x = torch.arange(4.0, dtype=torch.float64)[:, None]
+    got = STRATEGIES["forward"].run(Problem(square, x, {"a": torch.tensor(2.0,
+                                                                     dtype=torch.float64)},
+                                            ("a",)))
+    assert torch.equal(got.derivatives["a"], x**2)
+
+
+def test_same_name_in_a_plugin_and_the_builtins_is_an_error(plugin: Plugin) -> None:
+    plugin.install({"dydc_plugin_e": """
+        from routines import Param, routine
+
+        @routine(description="a clash", params=[Param("C", 1.0)], inputs=["x"])
+        def linear(x, *, C):
+            return C + x
+    """}, {"clash": "dydc_plugin_e:linear"})
+    with pytest.raises(RoutineDefinitionError,
+                       match=r"'linear' is declared twice: in routines.elementary and entry "
+                             r"point clash"):
+        discover()
+    assert list(discover(builtins=False)) == ["linear"]
+
+
+def test_same_name_in_two_plugins_is_an_error(plugin: Plugin) -> None:
+    plugin.install({"dydc_plugin_f": PLUGIN_SOURCE, "dydc_plugin_g": PLUGIN_SOURCE},
+                   {"f": "dydc_plugin_f:square", "g": "dydc_plugin_g:square"})
+    with pytest.raises(RoutineDefinitionError, match="'square' is declared twice"):
+        discover(builtins=False)
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ("dydc_plugin_h:NOT_A_ROUTINE", "neither a Routine, a module nor a list"),
+        ("dydc_plugin_h:NOT_ALL_ROUTINES", "42 is not a Routine"),
+        ("dydc_plugin_h:missing", "entry point bad"),
+        ("dydc_no_such_module_anywhere:thing", "entry point bad .*No module named"),
+    ],
+)
+def test_broken_entry_points_are_errors(plugin: Plugin, target: str, match: str) -> None:
+    plugin.install({"dydc_plugin_h": PLUGIN_SOURCE}, {"bad": target})
+    with pytest.raises(RoutineDefinitionError, match=match):
+        discover()
+
+
+def test_entry_points_are_read_from_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group name is the one the README documents; monkeypatched, no dist-info needed."""
+    import importlib.metadata
+
+    asked: list[str] = []
+
+    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
+        asked.append(group)
+        return [importlib.metadata.EntryPoint("lin", "routines.elementary:linear", group)]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert list(discover(builtins=False)) == ["linear"]
+    assert sorted(discover()) == BUILTINS  # the builtin itself again: no clash
+    assert asked == ["dydc.routines", "dydc.routines"] == [ENTRY_POINT_GROUP] * 2
