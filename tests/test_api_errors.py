@@ -61,6 +61,8 @@ async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:
          ["inputs[1]", "float32"]),
         (SENS.format("linear"), b'{"inputs": [1], "params": {"C": 1e999}}', ["params.C", "finite"]),
         (SENS.format("linear"), {"inputs": [1], "params": {"C": "2"}}, ["params.C"]),
+        (SENS.format("linear"), {"inputs": [1], "params": {"C": 10**400}}, ["params.C", "finite"]),
+        (SENS.format("linear"), {"inputs": [10**400]}, ["too large", "finite"]),
         (SENS.format("black_scholes_call"), {"inputs": [[100, 100, 1]],
                                              "params": {"sigma": -0.1}}, ["params.sigma", "bounds"]),
         (SENS.format("linear"), {"inputs": [1], "wrong": 1}, ["wrong"]),

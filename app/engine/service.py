@@ -50,13 +50,20 @@ class StrategyInfo:
     cap_setting: str | None
 
 
+def _as_float(v: float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float64: reported as not finite
+        return math.inf if v > 0 else -math.inf
+
+
 def _index(flat: int, shape: tuple[int, ...]) -> str:
     return "".join(f"[{i}]" for i in np.unravel_index(flat, shape))
 
 
 def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
     """Run every routine once, as strategy=auto would, so the first request pays no one-off costs."""
-    import torch._decomp.decompositions_for_jvp  # noqa: F401  (loaded lazily by make_dual)
+    import torch._decomp.decompositions_for_jvp
 
     from app.engine.compute import differentiate
     from app.engine.strategies import Problem
@@ -115,7 +122,7 @@ class Engine:
                 f"routine {routine.name} has no parameter {', '.join(map(repr, unknown))}; "
                 f"its parameters are: {', '.join(routine.param_names)}"
             )
-        values = {p.name: float(given.get(p.name, p.default)) for p in routine.params}
+        values = {p.name: _as_float(given.get(p.name, p.default)) for p in routine.params}
         for p in routine.params:
             v = values[p.name]
             if not math.isfinite(v):
