@@ -1,13 +1,21 @@
-"""The one place where exceptions become HTTP responses: RFC 9457 problem details.
+"""The one place where exceptions become HTTP responses: RFC 9457 problem details, and under
+``/v2`` the Open Inference Protocol's ``{"error": "..."}``.
 
 Each domain error has its status here, and nothing else in the service picks one. No
 exception reaches the client as a traceback: anything unexpected is logged and answered 500
 with a generic problem.
+
+Under ``/v2`` the statuses are v1's with one change: what v1 answers 422 (a request that
+cannot be computed as sent, malformed JSON or binary framing included) v2 answers 400, as the
+protocol says a failed request is "typically 400" and its clients expect. 404 (unknown model
+or version), 413, 503 and 504 are the same in both.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -31,11 +39,15 @@ from app.engine.errors import (
 )
 
 __all__ = [
+    "V2_PREFIX",
     "BodyTooLarge",
     "MalformedBody",
+    "MalformedFraming",
+    "UnknownVersion",
     "install_error_handlers",
     "problem_response",
     "status_for",
+    "v2_errors",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,11 +63,22 @@ class BodyTooLarge(RequestTooLarge):
     """The body is over DYDC_MAX_BODY_BYTES (HTTP 413), noticed before it is read in full."""
 
 
+class MalformedFraming(MalformedBody):
+    """v2 binary tensor data that does not add up: a JSON header length past the body, sizes
+    that do not sum to the bytes sent, a shape that disagrees with its bytes (HTTP 400)."""
+
+
+class UnknownVersion(EngineError):
+    """v2: the model exists but not in the requested version (HTTP 404)."""
+
+
 # (status, slug) per domain error; the most specific class wins.
 _STATUS: list[tuple[type[EngineError], int, str]] = [
     (UnknownRoutine, 404, "unknown-routine"),
+    (UnknownVersion, 404, "unknown-version"),
     (StrategyCapExceeded, 422, "strategy-cap-exceeded"),
     (RoutineFailed, 422, "routine-failed"),
+    (MalformedFraming, 422, "malformed-framing"),
     (MalformedBody, 422, "malformed-body"),
     (InvalidRequest, 422, "invalid-request"),
     (BodyTooLarge, 413, "body-too-large"),
@@ -88,6 +111,8 @@ def _classify(exc: EngineError) -> tuple[int, str]:
 
 def status_for(exc: BaseException) -> int:
     """The status a request that raised ``exc`` is answered with (for metrics)."""
+    if isinstance(exc, _V2Failure):
+        return _v2_status(status_for(exc.cause))
     if isinstance(exc, EngineError):
         return _classify(exc)[0]
     if isinstance(exc, (RequestValidationError, ValidationError)):
@@ -101,7 +126,7 @@ def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EngineError)
     status, slug = _classify(exc)
     headers = {"Retry-After": "1"} if status == 503 else None
-    return problem_response(status, exc.message, slug, headers)
+    return _respond(request, status, exc.message, slug, headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -114,7 +139,7 @@ def _validation_error(request: Request, exc: Exception) -> Response:
         {"loc": _location(tuple(e["loc"])), "msg": e["msg"]} for e in exc.errors()
     ]
     detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
-    return problem_response(422, detail, "invalid-request", errors=errors)
+    return _respond(request, 422, detail, "invalid-request", errors=errors)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
@@ -124,17 +149,75 @@ def _http_error(request: Request, exc: Exception) -> Response:
         detail = f"no endpoint at {request.url.path}; see /docs for the API"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
-    return problem_response(exc.status_code, detail, headers=exc.headers)
+    return _respond(request, exc.status_code, detail, headers=exc.headers)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(500, "internal error; it has been logged", "internal-error")
+    return _respond(request, 500, "internal error; it has been logged", "internal-error")
+
+
+# -- the Open Inference Protocol (v2) -------------------------------------------------------
+
+V2_PREFIX = "/v2"
+
+
+def _speaks_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def _v2_status(status: int) -> int:
+    return 400 if status == 422 else status
+
+
+def _respond(request: Request, status: int, detail: str, slug: str | None = None,
+             headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
+    """A problem, or under /v2 the protocol's error object with the v2 status."""
+    headers = dict(headers) if headers is not None else None
+    if not _speaks_v2(request):
+        return problem_response(status, detail, slug, headers, **extra)
+    return Response(orjson.dumps({"error": detail}), status_code=_v2_status(status),
+                    media_type="application/json", headers=headers)
+
+
+class _V2Failure(Exception):
+    """What a v2 route raised, tagged so that ``status_for`` (request metrics) counts the
+    status v2 answers; the response is the one its cause gets."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@contextmanager
+def v2_errors() -> Iterator[None]:
+    """Wrap the body of a v2 route, inside ``observe``, so its metrics count v2 statuses."""
+    try:
+        yield
+    except Exception as exc:
+        raise _V2Failure(exc) from exc
+
+
+def _v2_failure(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _V2Failure)
+    cause = exc.cause
+    for cls, handler in _HANDLERS:
+        if isinstance(cause, cls):
+            return handler(request, cause)
+    return _unexpected(request, cause)  # pragma: no cover  (Exception is the last entry)
+
+
+_HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Response]]] = [
+    (EngineError, _engine_error),
+    (RequestValidationError, _validation_error),
+    (ValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+    (Exception, _unexpected),
+]
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(EngineError, _engine_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(_V2Failure, _v2_failure)
+    for cls, handler in _HANDLERS:
+        app.add_exception_handler(cls, handler)

@@ -17,7 +17,7 @@ import torch
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health, v1
+from app.api import health, v1, v2
 from app.config import Settings
 from app.engine import Engine, JobQueue, Limits, WorkerPool, resolve_devices, warm_up
 from app.errors import install_error_handlers
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(v1.router)
+    app.include_router(v2.router)
     app.include_router(health.router)
     return app
 

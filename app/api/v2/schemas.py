@@ -1,0 +1,82 @@
+"""The v2 wire format as pydantic models: the JSON part of an inference request, checked
+field by field, and the metadata answers. Tensor ``data`` is converted by
+:mod:`app.api.v2.tensors`, without a pydantic object per element."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+
+__all__ = [
+    "InferenceRequest",
+    "ModelMetadata",
+    "Parameters",
+    "RequestInput",
+    "RequestOutput",
+    "ServerMetadata",
+    "TensorMetadata",
+]
+
+# The protocol's $parameters: string, number or boolean values. (A list is accepted for
+# ``wrt`` as a convenience; the protocol form is a comma-separated string.)
+ParameterValue = StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr]
+Parameters = dict[str, ParameterValue]
+Dim = Annotated[StrictInt, Field(ge=0)]
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+    shape: list[Dim]
+    datatype: StrictStr
+    parameters: Parameters = Field(default_factory=dict)
+    data: Annotated[Any, SkipValidation] = None
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class InferenceRequest(BaseModel):
+    """$inference_request. Unknown fields (``model_name`` in Triton's examples) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr | None = None
+    parameters: Parameters = Field(default_factory=dict)
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for the batch dimension.")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]

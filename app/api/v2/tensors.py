@@ -1,0 +1,269 @@
+"""Between v2 tensors and the engine: request tensors to one array of samples, request
+parameters to engine arguments, results to output tensors.
+
+Inputs are one tensor per feature, named as the routine names them, of shape [N] or [N, 1];
+or one tensor ``x`` of shape [N, D]. Outputs are ``y`` (the routine's M outputs) and one
+``dy_d<param>`` per differentiated parameter, each [N] when M = 1 and [N, M] otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
+from app.engine import JobKind, JobResult
+from app.engine.errors import InvalidRequest
+from app.errors import MalformedFraming
+from routines import Routine
+
+__all__ = ["DATATYPES", "Call", "model_outputs", "plan", "response"]
+
+# Wire datatype -> (little-endian numpy dtype, engine dtype).
+DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
+    "FP64": (np.dtype("<f8"), "float64"),
+    "FP32": (np.dtype("<f4"), "float32"),
+}
+_WIRE = {engine: wire for wire, (_, engine) in DATATYPES.items()}
+MATRIX_INPUT = "x"
+VALUES = "y"
+_RESERVED = ("strategy", "wrt", "binary_data_output")
+
+
+def derivative_name(param: str) -> str:
+    return f"dy_d{param}"
+
+
+def model_outputs(routine: Routine, wrt: tuple[str, ...] | None = None) -> list[str]:
+    return [VALUES, *(derivative_name(p) for p in (routine.param_names if wrt is None else wrt))]
+
+
+@dataclass(frozen=True)
+class Call:
+    """Everything ``Engine.prepare`` takes, and which outputs to send back how."""
+
+    kind: JobKind
+    inputs: np.ndarray
+    params: dict[str, float]
+    wrt: tuple[str, ...] | None
+    strategy: str
+    dtype: str
+    outputs: list[tuple[str, bool]]  # (name, as binary), in response order
+
+
+def _describe(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def _json_data(where: str, given: RequestInput) -> np.ndarray:
+    data = given.data
+    if not isinstance(data, list):
+        raise InvalidRequest(
+            f"{where}.data is {_describe(data)}; send a list of numbers, or the tensor as "
+            "binary data with binary_data_size"
+        )
+    flat: list[Any] = data
+    while flat and set(map(type, flat)) == {list}:  # the natural nested representation
+        flat = list(chain.from_iterable(flat))
+    if not set(map(type, flat)) <= {int, float}:
+        k, bad = next((k, v) for k, v in enumerate(flat) if type(v) not in (int, float))
+        raise InvalidRequest(
+            f"{where}.data[{k}] (flattened) is {_describe(bad)}; {given.datatype} data must "
+            "be numbers"
+        )
+    try:
+        return np.array(flat, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise InvalidRequest(f"{where}.data has a number too large for float64") from None
+
+
+def _binary_data(where: str, given: RequestInput, section: memoryview) -> np.ndarray:
+    dtype = DATATYPES[given.datatype][0]
+    expected = math.prod(given.shape) * dtype.itemsize
+    if len(section) != expected:
+        raise MalformedFraming(
+            f"{where} has shape {given.shape} of {given.datatype}, which is {expected} bytes, "
+            f"but its binary_data_size is {len(section)}"
+        )
+    array = np.frombuffer(section, dtype=dtype)  # a view of the request body
+    return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
+
+
+def _tensor(i: int, given: RequestInput, section: memoryview | None) -> np.ndarray:
+    """The tensor's values, shaped as declared."""
+    where = f"inputs[{i}] ({given.name})"
+    if given.datatype not in DATATYPES:
+        raise InvalidRequest(
+            f"{where} is {given.datatype}; this model takes {' or '.join(DATATYPES)}"
+        )
+    if section is not None:
+        return _binary_data(where, given, section).reshape(given.shape)
+    values = _json_data(where, given)
+    if values.size != math.prod(given.shape):
+        raise InvalidRequest(
+            f"{where} has shape {given.shape}, which holds {math.prod(given.shape)} values, "
+            f"but its data has {values.size}"
+        )
+    return values.reshape(given.shape)
+
+
+def _samples(routine: Routine, inputs: list[RequestInput],
+             tensors: list[np.ndarray]) -> np.ndarray:
+    """One (N,) or (N, D) array of samples from the tensors, by the routine's input names."""
+    features = routine.inputs
+    d = len(features)
+    names = [given.name for given in inputs]
+    expected = (f"model {routine.name} takes one tensor per input ({', '.join(features)}) "
+                f"of shape [N] or [N, 1], or one tensor {MATRIX_INPUT} of shape [N, {d}]")
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"inputs name a tensor twice ({', '.join(names)}); {expected}")
+    if set(names) == set(features):
+        by_name = dict(zip(names, tensors, strict=True))
+        columns = []
+        for name in features:
+            t = by_name[name]
+            if t.ndim not in (1, 2) or (t.ndim == 2 and t.shape[1] != 1):
+                raise InvalidRequest(f"input {name} has shape {list(t.shape)}; {expected}")
+            columns.append(t.reshape(-1))
+        sizes = {len(c) for c in columns}
+        if len(sizes) > 1:
+            counts = ", ".join(f"{n}: {len(c)}" for n, c in zip(features, columns, strict=True))
+            raise InvalidRequest(
+                f"inputs have different batch sizes ({counts}); every input needs one value "
+                "per sample"
+            )
+        return columns[0] if d == 1 else np.stack(columns, axis=1)
+    if names == [MATRIX_INPUT]:
+        t = tensors[0]
+        if (t.ndim == 2 and t.shape[1] == d) or (t.ndim == 1 and d == 1):
+            return t
+        raise InvalidRequest(f"input {MATRIX_INPUT} has shape {list(t.shape)}; {expected}")
+    raise InvalidRequest(f"inputs are named {', '.join(names) or 'nothing'}; {expected}")
+
+
+# -- parameters and outputs --------------------------------------------------------------------
+
+def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...] | None,
+                                                 str, bool]:
+    """(parameter values, wrt, strategy, binary_data_output) from the request parameters."""
+    strategy = parameters.get("strategy", "auto")
+    if not isinstance(strategy, str):
+        raise InvalidRequest(f"parameters.strategy is {_describe(strategy)}; send its name")
+    wrt_given = parameters.get("wrt")
+    wrt: tuple[str, ...] | None
+    if wrt_given is None:
+        wrt = None
+    elif isinstance(wrt_given, str):
+        wrt = tuple(w.strip() for w in wrt_given.split(",") if w.strip())
+    elif isinstance(wrt_given, list):
+        wrt = tuple(wrt_given)
+    else:
+        raise InvalidRequest(
+            f"parameters.wrt is {_describe(wrt_given)}; send parameter names separated by commas"
+        )
+    binary = parameters.get("binary_data_output", False)
+    if not isinstance(binary, bool):
+        raise InvalidRequest(
+            f"parameters.binary_data_output is {_describe(binary)}; send a boolean"
+        )
+    values: dict[str, float] = {}
+    for key, value in parameters.items():
+        if key in _RESERVED:
+            continue
+        if type(value) not in (int, float):
+            raise InvalidRequest(
+                f"parameters.{key} is {_describe(value)}; routine parameters must be numbers "
+                f"(the other parameters this server reads are {', '.join(_RESERVED)})"
+            )
+        values[key] = float(value)  # type: ignore[arg-type]
+    return values, wrt, strategy, binary
+
+
+def _outputs(routine: Routine, request: InferenceRequest, wrt: tuple[str, ...] | None,
+             binary_default: bool) -> list[tuple[str, bool]]:
+    available = model_outputs(routine, wrt)
+    if request.outputs is None:
+        return [(name, binary_default) for name in available]
+    chosen: list[tuple[str, bool]] = []
+    for i, wanted in enumerate(request.outputs):
+        if wanted.name not in available:
+            why = (f"wrt is {', '.join(wrt)}" if wrt is not None
+                   and wanted.name in model_outputs(routine) else f"model {routine.name} has no "
+                   "such output")
+            raise InvalidRequest(
+                f"outputs[{i}] is {wanted.name!r}: {why}; its outputs are {', '.join(available)}"
+            )
+        if any(name == wanted.name for name, _ in chosen):
+            raise InvalidRequest(f"outputs names {wanted.name!r} twice")
+        binary = wanted.parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise InvalidRequest(
+                f"outputs[{i}].parameters.binary_data is {_describe(binary)}; send a boolean"
+            )
+        chosen.append((wanted.name, binary))
+    return chosen
+
+
+def plan(routine: Routine, request: InferenceRequest,
+         sections: list[memoryview | None]) -> Call:
+    """What to ask the engine for this request, with every check that needs no device."""
+    params, wrt, strategy, binary_default = _arguments(request.parameters)
+    outputs = _outputs(routine, request, wrt, binary_default)
+    differentiate = tuple(p for p in (wrt if wrt is not None else routine.param_names)
+                          if derivative_name(p) in {name for name, _ in outputs})
+    if not request.inputs:
+        raise InvalidRequest("inputs is empty; send one tensor per input of the model")
+    datatypes = sorted({given.datatype for given in request.inputs})
+    tensors = [_tensor(i, given, section)
+               for i, (given, section) in enumerate(zip(request.inputs, sections, strict=True))]
+    if len(datatypes) > 1:
+        raise InvalidRequest(f"inputs mix {' and '.join(datatypes)}; send them in one datatype")
+    return Call(
+        kind=JobKind.SENSITIVITIES if differentiate else JobKind.EVALUATE,
+        inputs=_samples(routine, request.inputs, tensors),
+        params=params,
+        wrt=differentiate or None,
+        strategy=strategy,
+        dtype=DATATYPES[datatypes[0]][1],
+        outputs=outputs,
+    )
+
+
+# -- the response ------------------------------------------------------------------------------
+
+def response(routine: Routine, request_id: str | None, version: str, call: Call,
+             result: JobResult) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The response JSON and the arrays sent as binary data, in order."""
+    tensors: dict[str, Tensor] = {VALUES: result.values}
+    tensors |= {derivative_name(p): d for p, d in result.derivatives.items()}
+    datatype = _WIRE[call.dtype]
+    outputs: list[dict[str, Any]] = []
+    binaries: list[np.ndarray] = []
+    for name, binary in call.outputs:
+        array = tensors[name].numpy()
+        if array.shape[1] == 1:
+            array = array.reshape(-1)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": array.nbytes}
+            binaries.append(array)
+        else:
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+        outputs.append(entry)
+    header: dict[str, Any] = {"model_name": routine.name, "model_version": version}
+    if request_id is not None:
+        header["id"] = request_id
+    parameters = {"device": result.device}
+    if result.strategy is not None:
+        parameters["strategy"] = result.strategy
+    header["parameters"] = parameters
+    header["outputs"] = outputs
+    return header, binaries

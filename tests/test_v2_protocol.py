@@ -1,0 +1,218 @@
+"""The Open Inference Protocol in its JSON form: metadata, health, inference, errors."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+INFER = "/v2/models/{}/infer"
+
+
+def assert_error(r: httpx.Response, status: int, *needles: str) -> str:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+    assert "Traceback" not in r.text
+    for needle in needles:
+        assert needle in body["error"], (needle, body["error"])
+    return str(body["error"])
+
+
+def tensor(name: str, data: list[float], datatype: str = "FP64",
+           shape: list[int] | None = None) -> dict[str, object]:
+    return {"name": name, "datatype": datatype, "shape": shape or [len(data)], "data": data}
+
+
+async def test_server_metadata_and_health(client: httpx.AsyncClient) -> None:
+    meta = (await client.get("/v2")).json()
+    assert meta["name"] == "dydc" and meta["version"]
+    assert "binary_tensor_data" in meta["extensions"]
+    assert (await client.get("/v2/health/live")).json() == {"live": True}
+    r = await client.get("/v2/health/ready")
+    assert r.status_code == 200 and r.json() == {"ready": True}
+
+
+async def test_model_metadata_and_readiness(client: httpx.AsyncClient) -> None:
+    for url in ["/v2/models/damped_oscillator", "/v2/models/damped_oscillator/versions/1"]:
+        meta = (await client.get(url)).json()
+        assert meta["name"] == "damped_oscillator" and meta["versions"] == ["1"]
+        assert meta["inputs"] == [{"name": "t", "datatype": "FP64", "shape": [-1]}]
+        assert [o["name"] for o in meta["outputs"]] == ["y", "dy_dgamma", "dy_domega"]
+        assert {tuple(o["shape"]) for o in meta["outputs"]} == {(-1,)}
+    softmax = (await client.get("/v2/models/softmax")).json()
+    assert [i["name"] for i in softmax["inputs"]] == ["z1", "z2", "z3"]
+    assert softmax["outputs"][0]["shape"] == [-1, 3]
+    for url in ["/v2/models/linear/ready", "/v2/models/linear/versions/1/ready"]:
+        r = await client.get(url)
+        assert r.status_code == 200 and r.json() == {"name": "linear", "ready": True}
+
+
+async def test_forum_example(client: httpx.AsyncClient) -> None:
+    body = {"id": "forum-1", "inputs": [tensor("x", list(range(10)))],
+            "parameters": {"C": -5.0, "strategy": "forward", "wrt": "C"}}
+    r = await client.post(INFER.format("linear"), json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["id"] == "forum-1" and doc["model_name"] == "linear"
+    assert doc["parameters"]["strategy"] == "forward"
+    y, dy = doc["outputs"]
+    assert y == {"name": "y", "datatype": "FP64", "shape": [10],
+                 "data": [-5.0 * i for i in range(10)]}
+    assert dy == {"name": "dy_dC", "datatype": "FP64", "shape": [10],
+                  "data": [float(i) for i in range(10)]}
+
+
+async def test_two_parameters_closed_form(client: httpx.AsyncClient) -> None:
+    t = [0.0, 0.5, 1.0, 2.5, 7.0]
+    gamma, omega = 0.3, 2.0
+    r = await client.post(INFER.format("damped_oscillator") + "", json={
+        "inputs": [tensor("t", t, shape=[5, 1])], "parameters": {"gamma": gamma, "omega": omega}})
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert list(out) == ["y", "dy_dgamma", "dy_domega"]
+    for i, ti in enumerate(t):
+        y = math.exp(-gamma * ti) * math.cos(omega * ti)
+        assert out["y"]["data"][i] == pytest.approx(y, rel=1e-12, abs=1e-15)
+        assert out["dy_dgamma"]["data"][i] == pytest.approx(-ti * y, rel=1e-12, abs=1e-15)
+        assert out["dy_domega"]["data"][i] == pytest.approx(
+            -ti * math.exp(-gamma * ti) * math.sin(omega * ti), rel=1e-12, abs=1e-15)
+
+
+async def test_inputs_per_feature_or_as_x(client: httpx.AsyncClient) -> None:
+    rows = [[1.0, 0.5], [2.0, 1.5], [3.0, 0.0]]
+    per_feature = {"inputs": [tensor("t", [r[1] for r in rows]),
+                              tensor("y0", [r[0] for r in rows])], "parameters": {"k": 0.7}}
+    as_matrix = {"inputs": [tensor("x", [v for r in rows for v in r], shape=[3, 2])],
+                 "parameters": {"k": 0.7}}
+    nested = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [3, 2], "data": rows}],
+              "parameters": {"k": 0.7}}
+    docs = []
+    for body in (per_feature, as_matrix, nested):
+        r = await client.post(INFER.format("exponential_decay"), json=body)
+        assert r.status_code == 200, r.text
+        docs.append(r.json()["outputs"])
+    assert docs[0] == docs[1] == docs[2]
+    for (y0, t), y, dk in zip(rows, docs[0][0]["data"], docs[0][1]["data"], strict=True):
+        assert y == pytest.approx(y0 * math.exp(-0.7 * t), rel=1e-12)
+        assert dk == pytest.approx(-t * y0 * math.exp(-0.7 * t), rel=1e-12, abs=1e-15)
+
+
+async def test_output_selection_and_multi_output_shape(client: httpx.AsyncClient) -> None:
+    z = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
+    body = {"inputs": [tensor("x", [v for r in z for v in r], shape=[2, 3])],
+            "outputs": [{"name": "dy_dT"}], "parameters": {"T": 2.0}}
+    r = await client.post(INFER.format("softmax"), json=body)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["name"] == "dy_dT" and out["shape"] == [2, 3]
+    assert out["data"][3:] == pytest.approx([0.0, 0.0, 0.0], abs=1e-15)
+    # only y: evaluated without derivatives
+    body["outputs"] = [{"name": "y"}]
+    doc = (await client.post(INFER.format("softmax"), json=body)).json()
+    assert [o["name"] for o in doc["outputs"]] == ["y"] and "strategy" not in doc["parameters"]
+    assert doc["outputs"][0]["data"][3:] == pytest.approx([1 / 3] * 3, rel=1e-12)
+    assert "id" not in doc
+
+
+async def test_wrt_narrows_outputs(client: httpx.AsyncClient) -> None:
+    for wrt in ("omega", ["omega"]):
+        r = await client.post(INFER.format("damped_oscillator"), json={
+            "inputs": [tensor("t", [1.0, 2.0])], "parameters": {"wrt": wrt}})
+        assert [o["name"] for o in r.json()["outputs"]] == ["y", "dy_domega"]
+
+
+async def test_fp32_round_trip(client: httpx.AsyncClient) -> None:
+    r = await client.post(INFER.format("linear"), json={
+        "inputs": [tensor("x", [0.1, 1.5, 3.0], "FP32")], "parameters": {"C": 2.0}})
+    assert r.status_code == 200, r.text
+    y, dy = r.json()["outputs"]
+    assert y["datatype"] == dy["datatype"] == "FP32"
+    assert y["data"] == pytest.approx([0.2, 3.0, 6.0], rel=1e-7)
+    assert dy["data"] == pytest.approx([0.1, 1.5, 3.0], rel=1e-7)
+
+
+async def test_versions_path(client: httpx.AsyncClient) -> None:
+    body = {"inputs": [tensor("x", [1.0])], "parameters": {"C": 3.0}}
+    r = await client.post("/v2/models/linear/versions/1/infer", json=body)
+    assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert_error(await client.post("/v2/models/linear/versions/2/infer", json=body), 404, "'2'")
+    assert_error(await client.get("/v2/models/linear/versions/7"), 404, "'7'")
+
+
+async def test_unknown_model_and_path_are_404(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/v2/models/nope"), 404, "'nope'", "linear")
+    assert_error(await client.get("/v2/models/nope/ready"), 404, "'nope'")
+    assert_error(await client.post(INFER.format("nope"), json={"inputs": []}), 404, "'nope'")
+    assert_error(await client.get("/v2/nothing"), 404, "/v2/nothing")
+    assert_error(await client.get(INFER.format("linear")), 405, "GET")
+
+
+X1 = [tensor("x", [1.0, 2.0])]
+
+
+@pytest.mark.parametrize(
+    ("routine", "body", "needles"),
+    [
+        ("linear", {"inputs": X1, "parameters": {"strategy": "magic"}}, ["'magic'", "forward"]),
+        ("linear", {"inputs": X1, "parameters": {"D": 1.0}}, ["'D'", "C"]),
+        ("linear", {"inputs": X1, "parameters": {"C": "2"}}, ["parameters.C", "numbers"]),
+        ("linear", {"inputs": X1, "parameters": {"C": True}}, ["parameters.C"]),
+        ("linear", {"inputs": X1, "parameters": {"wrt": "D"}}, ["'D'", "C"]),
+        ("linear", {"inputs": X1, "parameters": {"wrt": 3}}, ["parameters.wrt"]),
+        ("linear", {"inputs": X1, "parameters": {"binary_data_output": 1}}, ["binary_data_output"]),
+        ("linear", {"inputs": X1, "outputs": [{"name": "z"}]}, ["'z'", "y, dy_dC"]),
+        ("damped_oscillator", {"inputs": [tensor("t", [1.0])], "parameters": {"wrt": "gamma"},
+                               "outputs": [{"name": "dy_domega"}]}, ["wrt is gamma"]),
+        ("linear", {"inputs": X1, "outputs": [{"name": "y"}, {"name": "y"}]}, ["twice"]),
+        ("linear", {"inputs": X1, "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
+         ["binary_data"]),
+        ("linear", {"inputs": []}, ["empty"]),
+        ("linear", {"inputs": [tensor("q", [1.0])]}, ["named q", "one tensor x"]),
+        ("exponential_decay", {"inputs": [tensor("y0", [1.0])]}, ["named y0", "y0, t"]),
+        ("exponential_decay", {"inputs": [tensor("y0", [1.0]), tensor("t", [1.0, 2.0])]},
+         ["different batch sizes"]),
+        ("exponential_decay", {"inputs": [tensor("x", [1.0, 2.0], shape=[1, 2]),
+                                          tensor("x", [1.0, 2.0], shape=[1, 2])]}, ["twice"]),
+        ("exponential_decay", {"inputs": [tensor("x", [1.0, 2.0, 3.0], shape=[1, 3])]},
+         ["shape [1, 3]", "[N, 2]"]),
+        ("linear", {"inputs": [tensor("x", [1.0, 2.0], shape=[1, 2])]}, ["shape [1, 2]"]),
+        ("linear", {"inputs": [tensor("x", [1.0, 2.0], shape=[3])]}, ["holds 3", "has 2"]),
+        ("linear", {"inputs": [tensor("x", [1.0, "2"])]}, ['data[1] (flattened) is "2"']),
+        ("linear", {"inputs": [tensor("x", [1.0, None])]}, ["data[1] (flattened) is null"]),
+        ("linear", {"inputs": [tensor("x", [1.0, True])]}, ["is true"]),
+        ("linear", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": "1"}]},
+         ["list"]),
+        ("linear", {"inputs": [tensor("x", [1.0], "INT64")]}, ["INT64", "FP64 or FP32"]),
+        ("exponential_decay", {"inputs": [tensor("y0", [1.0]), tensor("t", [1.0], "FP32")]},
+         ["mix FP32 and FP64"]),
+        ("linear", {"inputs": [tensor("x", [1.0, 1e39], "FP32")]}, ["inputs[1]", "float32"]),
+        ("linear", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [-1], "data": [1]}]},
+         ["inputs.0.shape.0"]),
+        ("linear", {"inputs": [{"name": "x", "shape": [1], "data": [1]}]}, ["datatype"]),
+        ("linear", {"id": 7, "inputs": X1}, ["id"]),
+        ("linear", {"parameters": {"C": 1}}, ["inputs"]),
+        ("black_scholes_call", {"inputs": [tensor("x", [100, 100, 0], shape=[1, 3])]},
+         ["sample 0", "non-finite"]),
+    ],
+)
+async def test_bad_requests_are_400(client: httpx.AsyncClient, routine: str, body: object,
+                                    needles: list[str]) -> None:
+    assert_error(await client.post(INFER.format(routine), json=body), 400, *needles)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b"\xff\xfe"])
+async def test_malformed_json_is_400(client: httpx.AsyncClient, raw: bytes) -> None:
+    assert_error(await client.post(INFER.format("linear"), content=raw), 400)
+
+
+async def test_metrics_count_v2_statuses(client: httpx.AsyncClient) -> None:
+    await client.post(INFER.format("linear"), json={"inputs": []})
+    scrape = (await client.get("/metrics")).text
+    assert 'dydc_requests_total{routine="linear",status="400",strategy="auto"}' in scrape
+    assert 'endpoint="infer"' in scrape
