@@ -19,7 +19,15 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import health, v1, v2
 from app.config import Settings
-from app.engine import Engine, JobQueue, Limits, WorkerPool, resolve_devices, warm_up
+from app.engine import (
+    Engine,
+    JobQueue,
+    Limits,
+    WorkerPool,
+    load_torch_extensions,
+    resolve_devices,
+    warm_up,
+)
 from app.errors import install_error_handlers
 from routines import discover
 
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or Settings()
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
+        load_torch_extensions()
         routines = discover()
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,

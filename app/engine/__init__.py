@@ -1,7 +1,7 @@
 """The engine: strategies, the device worker and request validation. Knows nothing of HTTP."""
 
 from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.service import DTYPES, Engine, Limits, warm_up
+from app.engine.service import DTYPES, Engine, Limits, load_torch_extensions, warm_up
 from app.engine.strategies import STRATEGIES
 from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_devices
 
@@ -16,6 +16,7 @@ __all__ = [
     "JobResult",
     "Limits",
     "WorkerPool",
+    "load_torch_extensions",
     "resolve_devices",
     "warm_up",
 ]

@@ -9,6 +9,7 @@ retried request by request, so that one bad request never fails its batch mates.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,12 @@ from app.engine.strategies import STRATEGIES, Derivatives, Problem, lacks_forwar
 __all__ = ["AUTO_FALLBACK", "batch_key", "differentiate", "run_batch", "run_job"]
 
 AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking forward formulas
+
+# PyTorch's forward-AD levels are process-wide, not per thread: two workers running jvp at
+# once corrupt each other's tangents (seen: zeros). Launches are therefore traced one at a
+# time; on CUDA the kernels still run asynchronously, and the copy back to the host (which
+# waits for them) happens outside the lock, so devices still overlap.
+_TRANSFORMS_LOCK = threading.Lock()
 
 
 def batch_key(job: Job) -> tuple[object, ...] | None:
@@ -76,12 +83,13 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> _Outp
     problem = Problem(job.routine, inputs.to(device, non_blocking=True), _params(jobs, device),
                       job.wrt)
     try:
-        if job.kind is JobKind.EVALUATE:
-            values, derivs, ran = problem.evaluate(), {}, None
-        else:
-            assert job.strategy is not None
-            result, ran = differentiate(problem, job.strategy)
-            values, derivs = result.values, result.derivatives
+        with _TRANSFORMS_LOCK:
+            if job.kind is JobKind.EVALUATE:
+                values, derivs, ran = problem.evaluate(), {}, None
+            else:
+                assert job.strategy is not None
+                result, ran = differentiate(problem, job.strategy)
+                values, derivs = result.values, result.derivatives
     except (EngineError, torch.cuda.OutOfMemoryError):
         raise
     except NotImplementedError as exc:

@@ -18,8 +18,8 @@ from __future__ import annotations
 __all__ = [
     "DeadlineExceeded",
     "EngineError",
-    "QueueFull",
     "InvalidRequest",
+    "QueueFull",
     "RequestTooLarge",
     "RoutineFailed",
     "ServiceUnavailable",

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from app.engine.strategies import STRATEGIES, Strategy
 from app.engine.worker import WorkerPool
 from routines import Routine
 
-__all__ = ["DTYPES", "Engine", "Limits", "StrategyInfo", "warm_up"]
+__all__ = ["DTYPES", "Engine", "Limits", "StrategyInfo", "load_torch_extensions", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,18 @@ def _index(flat: int, shape: tuple[int, ...]) -> str:
     return "".join(f"[{i}]" for i in np.unravel_index(flat, shape))
 
 
-def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
-    """Run every routine once, as strategy=auto would, so the first request pays no one-off costs."""
-    import torch._decomp.decompositions_for_jvp
+def load_torch_extensions() -> None:
+    """Import what torch loads lazily on the first dual number, on the calling (main) thread:
+    that import warns (torch.jit.script is deprecated), and a worker thread must not touch
+    the process-wide warning filters to hide it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
 
+
+def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
+    """Run every routine once, as strategy=auto would, so the first request pays no one-off
+    costs."""
     from app.engine.compute import differentiate
     from app.engine.strategies import Problem
 

@@ -6,7 +6,7 @@ accuracy). Each is a plain function of a :class:`Problem`; none knows about HTTP
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch

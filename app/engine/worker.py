@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -239,9 +238,7 @@ class DeviceWorker:
         try:
             if self._warmup is not None:
                 started = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._warmup(self.device)
+                self._warmup(self.device)
                 log.info("device worker warm on %s in %.2f s", self.device,
                          time.perf_counter() - started)
         except Exception as exc:
