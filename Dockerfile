@@ -27,18 +27,18 @@ RUN python -m venv .venv \
 
 # 2. The other dependencies, with the same install step as CI and the README, before the code
 #    (stub packages and README stand in for it), so that a code change does not reinstall them.
-#    DYDC_EXTRAS=" " installs no extras: install.sh's default is the test extras.
+#    DYDC_EXTRAS='' (empty) installs no extras: install.sh's default is the test extras.
 COPY pyproject.toml ./
 COPY scripts/install.sh scripts/
 RUN mkdir app routines \
  && touch README.md app/__init__.py routines/__init__.py \
- && DYDC_EXTRAS=" " bash scripts/install.sh
+ && DYDC_EXTRAS='' bash scripts/install.sh
 
 # 3. The code, installed by the same step; the dependencies are already there.
 COPY README.md ./
 COPY routines/ routines/
 COPY app/ app/
-RUN DYDC_EXTRAS=" " bash scripts/install.sh \
+RUN DYDC_EXTRAS='' bash scripts/install.sh \
  && .venv/bin/python -m compileall -q app routines
 
 
@@ -69,8 +69,8 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
 
 # One process: `python -m app` runs one uvicorn server in-process (no --workers: each process
 # would hold its own CUDA contexts; this one runs a device worker per GPU), reads every DYDC_
-# setting, and drains on SIGTERM: readiness turns 503, uvicorn waits up to DYDC_GRACE_PERIOD_S
-# (30 s) for requests in flight, then the workers get as long again for the queue. The stop
-# grace periods of docker-compose.yml (65 s) and deploy/k8s (70 s) are above that.
+# setting, and drains on SIGTERM: readiness turns 503, and requests in flight and queued get
+# their answers within DYDC_GRACE_PERIOD_S (30 s) of the signal. The stop grace periods of
+# docker-compose.yml (65 s) and deploy/k8s (70 s) are well above that.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]

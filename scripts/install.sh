@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install dydc into it, with the test extras (or those named in DYDC_EXTRAS).
+# Create .venv and install dydc into it, with the test extras, or those named in DYDC_EXTRAS
+# (comma-separated; DYDC_EXTRAS= empty installs none).
 # torch: a wheel already on this machine's pip find-links if there is one; else the CUDA build
 # where an NVIDIA GPU is present, and the CPU build (from PyTorch's CPU index) where not.
 set -euo pipefail
@@ -21,5 +22,6 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
 else
     pip install -q "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX}"
 fi
-pip install -q -e ".[${DYDC_EXTRAS:-test}]"
+EXTRAS="${DYDC_EXTRAS-test}"
+pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
 echo "install: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -262,6 +262,7 @@ class WorkerPool:
         self.queue = queue
         self.workers = [DeviceWorker(d, queue, chunk, warmup) for d in devices]
         self._started = False
+        self.drain_started: float | None = None  # time.monotonic() of the drain's start
 
     @property
     def device(self) -> torch.device:
@@ -284,12 +285,16 @@ class WorkerPool:
 
     def begin_drain(self) -> None:
         """Readiness goes to 503 and new work is refused; queued work still runs."""
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
         self.queue.close()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Drain the queue within ``timeout`` seconds; fail whatever is left after it."""
+    def stop(self, grace: float = 30.0) -> None:
+        """Drain the queue until ``grace`` seconds after the drain began (SIGTERM, or now);
+        fail whatever is left after that."""
         self.begin_drain()
-        deadline = time.monotonic() + timeout
+        assert self.drain_started is not None
+        deadline = self.drain_started + grace
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
         self.queue.fail_all(ServiceUnavailable("the service shut down before this request ran; "
