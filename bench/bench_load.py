@@ -1,0 +1,366 @@
+"""Load benchmark: dynamic batching on and off, beside a bare FastAPI endpoint.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python bench/bench_load.py
+
+For each configuration it starts a real uvicorn subprocess on 127.0.0.1 (a free port,
+``--no-access-log``, DYDC_DEVICE=cpu, DYDC_TORCH_THREADS=1), waits for /readyz, and drives it
+with ``wrk`` (a C load generator in its own process; ``apt-get install wrk``) at concurrencies
+1, 4, 16, 64 and 256 (one connection per concurrent request). Every request is a small one
+(16 samples) with its own parameter value: a Lua script writes a distinct body per request.
+
+Configurations:
+- ``on``: the service with its default settings (dynamic batching on);
+- ``off``: DYDC_MAX_BATCH_SAMPLES=16 (every launch is a single 16-sample request);
+- ``bare``: bench/bare_app.py, same route, same server stack, JSON in and JSON out of the same
+  size, no compute: the framework's own limit.
+
+Per point: requests/s, p50 and p99 latency (wrk's), samples/s, and mean requests per launch
+(from /metrics: the increase of dydc_batch_requests_sum over that of dydc_batch_requests_count
+between a scrape before and one after the point). Writes bench/results/load.md, load.json and
+load.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+N_SAMPLES = 16
+ROUTINES = ("black_scholes_call", "linear")
+CONCURRENCIES = (1, 4, 16, 64, 256)
+
+# wrk script: a distinct parameter value in every request (thread id and a counter), inputs
+# fixed per routine; done() prints one JSON line that the benchmark parses.
+LUA = r"""
+local threads = {}
+local counter = 0
+local routine, n = nil, 16
+local template = nil
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  routine = args[1]
+  n = tonumber(args[2])
+  counter = 0
+  math.randomseed(1234 + (tid or 0))
+  local rows = {}
+  if routine == "linear" then
+    for i = 1, n do rows[i] = string.format("%.6f", 0.5 + math.random() * 10) end
+    template = '{"inputs":[' .. table.concat(rows, ",") .. '],"params":{"C":%.12f},"wrt":["C"]}'
+  else
+    for i = 1, n do
+      rows[i] = string.format("[%.4f,100.0,%.4f]", 80 + 40 * math.random(),
+                              0.25 + 1.75 * math.random())
+    end
+    template = '{"inputs":[' .. table.concat(rows, ",")
+               .. '],"params":{"sigma":%.12f,"r":%.12f},"wrt":["sigma","r"]}'
+  end
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  counter = counter + 1
+  -- distinct per request and per thread
+  local u = ((tid or 0) * 1000003 + counter) % 10000019 / 10000019
+  local body
+  if routine == "linear" then
+    body = string.format(template, -5 + 10 * u)
+  else
+    body = string.format(template, 0.1 + 0.4 * u, 0.01 + 0.04 * u)
+  end
+  return wrk.format(nil, nil, nil, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,'
+    .. '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
+
+@dataclass
+class Point:
+    config: str
+    routine: str
+    concurrency: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    samples_per_s: float
+    requests_per_launch: float | None
+    errors: int
+    response_bytes: float  # mean bytes read per request (headers included), from wrk
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A uvicorn subprocess: the service (``app.main:app``) or the bare app."""
+
+    def __init__(self, target: str, env: dict[str, str], log: Path):
+        self.target = target
+        self.port = free_port()
+        self.env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_TORCH_THREADS": "1",
+                    "DYDC_GRACE_PERIOD_S": "5", "DYDC_LOG_LEVEL": "warning", **env}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self._logf = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "uvicorn", self.target, "--host", "127.0.0.1", "--port",
+             str(self.port), "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.target} exited with {self.proc.returncode}; "
+                                   f"see {self.log}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError(f"{self.target} not ready in 120 s; see {self.log}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+
+
+_METRIC = re.compile(r"^(dydc_batch_requests_(?:sum|count)) ([0-9.eE+-]+)$", re.M)
+
+
+def batch_counters(base: str) -> tuple[float, float] | None:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    found = dict((m.group(1), float(m.group(2))) for m in _METRIC.finditer(text))
+    if "dydc_batch_requests_sum" not in found:
+        return None
+    return found["dydc_batch_requests_sum"], found["dydc_batch_requests_count"]
+
+
+def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) -> dict:
+    threads = 1 if concurrency < 64 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{int(seconds)}s", "--timeout", "10s",
+           "-s", str(lua), f"{base}/v1/routines/{routine}/sensitivities", "--",
+           routine, str(N_SAMPLES)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line.removeprefix("WRKJSON "))
+    raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
+
+
+def check_one(base: str, routine: str) -> int:
+    """One request by hand: it must be a 200 with 16 values; returns the response size."""
+    if routine == "linear":
+        body = {"inputs": [float(i) for i in range(N_SAMPLES)], "params": {"C": -5.0},
+                "wrt": ["C"]}
+    else:
+        body = {"inputs": [[100.0 + i, 100.0, 1.0] for i in range(N_SAMPLES)],
+                "params": {"sigma": 0.2, "r": 0.05}, "wrt": ["sigma", "r"]}
+    r = httpx.post(f"{base}/v1/routines/{routine}/sensitivities", json=body, timeout=10)
+    r.raise_for_status()
+    assert len(r.json()["values"]) == N_SAMPLES, r.text
+    return len(r.content)
+
+
+def run_config(config: str, target: str, env: dict[str, str], routines: tuple[str, ...],
+               seconds: float, warm_s: float, lua: Path, logdir: Path) -> list[Point]:
+    points = []
+    with Server(target, env, logdir / f"server-{config}.log") as server:
+        for routine in routines:
+            check_one(server.base, routine)
+            for c in CONCURRENCIES:
+                wrk(server.base, routine, c, warm_s, lua)  # warm: connections, caches
+                before = batch_counters(server.base)
+                res = wrk(server.base, routine, c, seconds, lua)
+                after = batch_counters(server.base)
+                per_launch = None
+                if before and after and after[1] > before[1]:
+                    per_launch = (after[0] - before[0]) / (after[1] - before[1])
+                secs = res["duration_us"] / 1e6
+                errors = sum(res[k] for k in ("connect", "read", "write", "status", "timeout"))
+                rps = res["requests"] / secs
+                p = Point(config, routine, c, res["requests"], round(secs, 2), rps,
+                          res["p50_us"] / 1e3, res["p99_us"] / 1e3, rps * N_SAMPLES,
+                          per_launch, errors,
+                          res["bytes"] / res["requests"] if res["requests"] else 0.0)
+                points.append(p)
+                rpl = "-" if per_launch is None else f"{per_launch:.1f}"
+                print(f"{config:5} {routine:19} c={c:<4} {rps:8.0f} req/s  p50 {p.p50_ms:7.2f} ms"
+                      f"  p99 {p.p99_ms:7.2f} ms  req/launch {rpl:>5}  errors {errors}",
+                      flush=True)
+    return points
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def write_markdown(points: list[Point], path: Path, command: str, meta: dict) -> str:
+    lines = [
+        "| routine | batching | concurrency | req/s | p50 ms | p99 ms | samples/s | "
+        "req/launch | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    label = {"on": "on", "off": "off", "bare": "bare endpoint"}
+    for p in points:
+        lines.append(
+            f"| {p.routine} | {label[p.config]} | {p.concurrency} | {p.rps:,.0f} | "
+            f"{p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.samples_per_s:,.0f} | "
+            f"{_fmt(p.requests_per_launch, '.1f')} | {p.errors} |"
+        )
+    table = "\n".join(lines)
+    by = {(p.config, p.routine, p.concurrency): p.rps for p in points}
+    t = []
+    bs_on, bs_off = by.get(("on", "black_scholes_call", 64)), by.get(("off", "black_scholes_call", 64))
+    if bs_on and bs_off:
+        ok = bs_on >= 3 * bs_off
+        t.append(f"- black_scholes_call at concurrency 64: batching on {bs_on:,.0f} req/s vs off "
+                 f"{bs_off:,.0f} req/s = {bs_on / bs_off:.2f}x (target ≥ 3x): "
+                 f"{'met' if ok else 'NOT met'}")
+    lin, bare = by.get(("on", "linear", 64)), by.get(("bare", "linear", 64))
+    if lin and bare:
+        ok = lin >= 0.5 * bare
+        t.append(f"- linear at concurrency 64: {lin:,.0f} req/s vs bare endpoint {bare:,.0f} "
+                 f"req/s = {lin / bare:.2f} (target ≥ 0.5): {'met' if ok else 'NOT met'}")
+    doc = (
+        "# Load benchmark: dynamic batching\n\n"
+        f"Command: `{command}`\n\n"
+        f"{meta['when']}, {meta['machine']}; server: one uvicorn process (uvloop, httptools), "
+        "DYDC_DEVICE=cpu, DYDC_TORCH_THREADS=1; client: wrk "
+        f"(1 thread below concurrency 64, 2 above), {meta['seconds']:g} s per point after "
+        f"{meta['warm_s']:g} s of warm-up; 16 samples and a distinct parameter value per "
+        "request. Batching off = DYDC_MAX_BATCH_SAMPLES=16. Mean bytes read per response, headers "
+        "included (wrk): "
+        f"{meta['sizes']}.\n\n"
+        f"{table}\n\n"
+        "Targets:\n\n" + "\n".join(t) + "\n"
+    )
+    path.write_text(doc)
+    return table + "\n\n" + "\n".join(t)
+
+
+def plot(points: list[Point], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    style = {"on": "-o", "off": "--s", "bare": ":^"}
+    for config in ("on", "off", "bare"):
+        for routine in ROUTINES:
+            ps = [p for p in points if p.config == config and p.routine == routine]
+            if ps:
+                name = {"on": "batching on", "off": "batching off", "bare": "bare endpoint"}
+                ax.plot([p.concurrency for p in ps], [p.rps for p in ps], style[config],
+                        label=f"{routine}, {name[config]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(CONCURRENCIES, [str(c) for c in CONCURRENCIES])
+    ax.set_xlabel("concurrency (connections)")
+    ax.set_ylabel("requests / s")
+    ax.set_title("dydc: 16-sample requests, each with its own parameter value (CPU, 2 cores)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=4, help="measured seconds per point")
+    ap.add_argument("--warm", type=int, default=1, help="warm-up seconds per point")
+    ap.add_argument("--configs", default="on,off,bare")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = ".venv/bin/python bench/bench_load.py" + "".join(
+        f" {a}" for a in sys.argv[1:])
+    configs = {
+        "on": ("app.main:app", {}),
+        "off": ("app.main:app", {"DYDC_MAX_BATCH_SAMPLES": str(N_SAMPLES),
+                                 "DYDC_MAX_QUEUE_SAMPLES": "4000000"}),
+        "bare": ("bench.bare_app:app", {}),
+    }
+    started = time.monotonic()
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lua = Path(tmp) / "dydc.lua"
+        lua.write_text(LUA)
+        logdir = Path(tmp)
+        for config in args.configs.split(","):
+            target, env = configs[config]
+            try:
+                points += run_config(config, target, env, ROUTINES, args.seconds, args.warm,
+                                     lua, logdir)
+            except Exception:
+                for log in logdir.glob("server-*.log"):
+                    print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
+                raise
+    sizes = ", ".join(
+        f"{c}/{r} {sum(ps) / len(ps):.0f}" for c in configs for r in ROUTINES
+        if (ps := [p.response_bytes for p in points if p.config == c and p.routine == r]))
+    meta = {"when": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+                       "shared with other jobs (noisy)",
+            "seconds": args.seconds, "warm_s": args.warm, "sizes": sizes}
+    (RESULTS / "load.json").write_text(json.dumps(
+        {"meta": meta, "command": command, "points": [asdict(p) for p in points]}, indent=1))
+    summary = write_markdown(points, RESULTS / "load.md", command, meta)
+    plot(points, RESULTS / "load.png")
+    print(f"\n{summary}\n\nwrote {RESULTS}/load.md, load.json, load.png in "
+          f"{time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
