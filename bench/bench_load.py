@@ -242,7 +242,7 @@ def run_config(config: str, target: str, env: dict[str, str], routines: tuple[st
 
 
 def _fmt(x: float | None, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
+    return "-" if x is None else format(x, spec)
 
 
 def write_markdown(points: list[Point], path: Path, command: str, meta: dict) -> str:
@@ -261,7 +261,8 @@ def write_markdown(points: list[Point], path: Path, command: str, meta: dict) ->
     table = "\n".join(lines)
     by = {(p.config, p.routine, p.concurrency): p.rps for p in points}
     t = []
-    bs_on, bs_off = by.get(("on", "black_scholes_call", 64)), by.get(("off", "black_scholes_call", 64))
+    bs_on = by.get(("on", "black_scholes_call", 64))
+    bs_off = by.get(("off", "black_scholes_call", 64))
     if bs_on and bs_off:
         ok = bs_on >= 3 * bs_off
         t.append(f"- black_scholes_call at concurrency 64: batching on {bs_on:,.0f} req/s vs off "
