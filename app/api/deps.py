@@ -1,4 +1,5 @@
-"""What routes need, as named types."""
+"""What routes need, as named types. The providers are ``async def`` so that FastAPI calls
+them on the event loop instead of hopping to its thread pool for each."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from app.engine import Engine
 __all__ = ["EngineDep", "SettingsDep"]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

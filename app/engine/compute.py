@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,6 +63,11 @@ class _Output:
     derivatives: dict[str, Tensor]
     strategy: str | None
 
+    def all_finite(self) -> bool:
+        """One check for the whole launch; requests are checked one by one only if it fails."""
+        return all(bool(torch.isfinite(t).all())
+                   for t in (self.values, *self.derivatives.values()))
+
 
 def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
     first = jobs[0]
@@ -70,10 +76,10 @@ def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
         values = [job.params[name] for job in jobs]
         if all(v == values[0] for v in values):
             out[name] = torch.tensor(values[0], dtype=first.dtype, device=device)
-        else:
-            counts = torch.tensor([job.n for job in jobs], device=device)
-            per_job = torch.tensor(values, dtype=first.dtype, device=device)
-            out[name] = torch.repeat_interleave(per_job, counts)
+        else:  # numpy: torch.repeat_interleave with a tensor of counts costs ~0.5 ms
+            per_sample = np.repeat(np.asarray(values, dtype=np.float64),
+                                   [job.n for job in jobs])
+            out[name] = torch.from_numpy(per_sample).to(device, first.dtype)
     return out
 
 
@@ -154,12 +160,13 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
 
 
 def _result(job: Job, out: _Output, rows: slice, device: torch.device, started: float,
-            finished: float, batch_requests: int) -> JobResult:
+            finished: float, batch_requests: int, checked: bool = False) -> JobResult:
     values = out.values[rows]
     derivs = {name: d[rows] for name, d in out.derivatives.items()}
-    _check_finite(job, "value", values)
-    for name, d in derivs.items():
-        _check_finite(job, f"dy/d{name}", d)
+    if not checked:
+        _check_finite(job, "value", values)
+        for name, d in derivs.items():
+            _check_finite(job, f"dy/d{name}", d)
     return JobResult(values=values, derivatives=derivs, strategy=out.strategy,
                      device=str(device), queue_s=started - job.enqueued_at,
                      compute_s=finished - started, batch_requests=batch_requests)
@@ -183,12 +190,13 @@ def run_batch(jobs: Sequence[Job], device: torch.device,
             out = None  # isolate the culprit: every request again, on its own
         else:
             finished = time.perf_counter()
+            finite = out.all_finite()
             results: list[JobResult | Exception] = []
             offset = 0
             for job in jobs:
                 try:
                     results.append(_result(job, out, slice(offset, offset + job.n), device,
-                                           started, finished, len(jobs)))
+                                           started, finished, len(jobs), checked=finite))
                 except Exception as exc:
                     results.append(exc)
                 offset += job.n

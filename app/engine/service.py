@@ -165,19 +165,19 @@ class Engine:
     def _inputs(self, routine: Routine, inputs: np.ndarray | torch.Tensor,
                 dtype: torch.dtype) -> torch.Tensor:
         d = len(routine.inputs)
-        t = torch.as_tensor(inputs)
-        if t.dim() == 1 and d == 1:
-            t = t.unsqueeze(1)
-        elif t.dim() == 1 and t.shape[0] > 0:
+        a = inputs.numpy(force=True) if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+        if a.ndim == 1 and d == 1:
+            a = a.reshape(-1, 1)
+        elif a.ndim == 1 and a.shape[0] > 0:
             raise InvalidRequest(
                 f"routine {routine.name} takes {d} features per sample "
                 f"({', '.join(routine.inputs)}); send inputs as a list of rows of {d} numbers"
             )
-        n = int(t.shape[0])
+        n = int(a.shape[0])
         if n == 0:
             raise InvalidRequest("inputs is empty; send at least one sample")
-        if t.dim() != 2 or t.shape[1] != d:
-            got = t.shape[1] if t.dim() == 2 else f"shape {tuple(t.shape)}"
+        if a.ndim != 2 or a.shape[1] != d:
+            got = a.shape[1] if a.ndim == 2 else f"shape {tuple(a.shape)}"
             raise InvalidRequest(
                 f"routine {routine.name} takes {d} features per sample "
                 f"({', '.join(routine.inputs)}); inputs rows have {got}"
@@ -187,16 +187,19 @@ class Engine:
                 f"inputs has {n} samples; the limit is {self.limits.max_samples} per request "
                 "(DYDC_MAX_SAMPLES): split the batch"
             )
-        t = t.to(dtype)
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
-            flat = int((~finite).reshape(-1).nonzero()[0, 0])
+        name = str(dtype).removeprefix("torch.")
+        with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
+            a = np.ascontiguousarray(a, dtype=np.dtype(name))
+        finite = np.isfinite(a)
+        if not finite.all():
+            flat = int(np.flatnonzero(~finite)[0])
             where = _index(flat, (n, d)) if d > 1 else f"[{flat}]"
             raise InvalidRequest(
-                f"inputs{where} is not finite in {str(dtype).removeprefix('torch.')}; "
-                "inputs must be finite numbers"
+                f"inputs{where} is not finite in {name}; inputs must be finite numbers"
             )
-        return t.contiguous()
+        if not a.flags.writeable:  # a view of a request body: torch wants its own buffer
+            a = a.copy()
+        return torch.from_numpy(a)
 
     def _cap(self, strategy: str, n: int) -> None:
         if strategy not in self.limits.caps:
@@ -251,26 +254,31 @@ class Engine:
 
     # -- running -----------------------------------------------------------------------------
 
+    def _expire(self, job: Job) -> None:
+        """At the deadline: a job still queued is taken back and answered 504; one already
+        running keeps its place and gets its answer."""
+        if not job.future.done() and self.worker.withdraw(job):
+            metrics.REJECTIONS.labels("deadline").inc()
+            job.future.set_exception(DeadlineExceeded(
+                f"the request waited in the queue for its whole deadline "
+                f"({(time.perf_counter() - job.enqueued_at) * 1e3:.0f} ms) and was not run; "
+                "retry, or raise timeout_ms"
+            ))
+
     async def run(self, job: Job) -> JobResult:
         """Queue the job and await its answer. A job still queued at its deadline is taken
         back and answered DeadlineExceeded; one already running gets its answer."""
         self.worker.submit(job)
         assert job.deadline is not None
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, job.deadline - time.perf_counter()), self._expire, job)
         try:
-            result = await asyncio.wait_for(asyncio.shield(job.future),
-                                            max(0.0, job.deadline - time.perf_counter()))
-        except TimeoutError:
-            if self.worker.withdraw(job):
-                metrics.REJECTIONS.labels("deadline").inc()
-                raise DeadlineExceeded(
-                    f"the request waited in the queue for its whole deadline "
-                    f"({(time.perf_counter() - job.enqueued_at) * 1e3:.0f} ms) and was not "
-                    "run; retry, or raise timeout_ms"
-                ) from None
             result = await job.future
         except asyncio.CancelledError:  # the client went away: do not compute for nobody
             self.worker.withdraw(job)
             raise
+        finally:
+            timer.cancel()
         label = result.strategy or "none"
         metrics.COMPUTE_SECONDS.labels(job.routine.name, label).observe(result.compute_s)
         metrics.SAMPLES.labels(job.routine.name, label).inc(job.n)
