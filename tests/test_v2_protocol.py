@@ -166,6 +166,8 @@ X1 = [tensor("x", [1.0, 2.0])]
         ("linear", {"inputs": X1, "parameters": {"wrt": "D"}}, ["'D'", "C"]),
         ("linear", {"inputs": X1, "parameters": {"wrt": 3}}, ["parameters.wrt"]),
         ("linear", {"inputs": X1, "parameters": {"binary_data_output": 1}}, ["binary_data_output"]),
+        ("linear", {"inputs": X1, "parameters": {"timeout": -1}}, ["parameters.timeout"]),
+        ("linear", {"inputs": X1, "parameters": {"timeout": "1s"}}, ["microseconds"]),
         ("linear", {"inputs": X1, "outputs": [{"name": "z"}]}, ["'z'", "y, dy_dC"]),
         ("damped_oscillator", {"inputs": [tensor("t", [1.0])], "parameters": {"wrt": "gamma"},
                                "outputs": [{"name": "dy_domega"}]}, ["wrt is gamma"]),
@@ -216,3 +218,11 @@ async def test_metrics_count_v2_statuses(client: httpx.AsyncClient) -> None:
     scrape = (await client.get("/metrics")).text
     assert 'dydc_requests_total{routine="linear",status="400",strategy="auto"}' in scrape
     assert 'endpoint="infer"' in scrape
+
+
+async def test_triton_timeout_and_priority_parameters(client: httpx.AsyncClient) -> None:
+    r = await client.post(INFER.format("linear"), json={
+        "inputs": X1, "parameters": {"C": 2.0, "timeout": 5_000_000, "priority": 1}})
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o["data"] for o in r.json()["outputs"]}
+    assert outputs == {"y": [2.0, 4.0], "dy_dC": [1.0, 2.0]}

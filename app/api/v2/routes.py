@@ -132,7 +132,8 @@ async def _infer(name: str, version: str | None, request: Request, engine: Engin
                                 framing.input_sections(inference.inputs, binary))
             labels.strategy = call.strategy if call.strategy in STRATEGIES else "invalid"
             job = engine.prepare(call.kind, routine.name, call.inputs, call.params,
-                                 wrt=call.wrt, strategy=call.strategy, dtype=call.dtype)
+                                 wrt=call.wrt, strategy=call.strategy, dtype=call.dtype,
+                                 timeout_ms=call.timeout_ms)
             result = await engine.run(job)
             labels.strategy = result.strategy or "none"
             header_doc, binaries = tensors.response(routine, inference.id, MODEL_VERSION,

@@ -33,7 +33,9 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
 _WIRE = {engine: wire for wire, (_, engine) in DATATYPES.items()}
 MATRIX_INPUT = "x"
 VALUES = "y"
-_RESERVED = ("strategy", "wrt", "binary_data_output")
+# Read by this server; Triton's "timeout" (microseconds) is the request's deadline, and its
+# "priority" is accepted and has no effect (one queue, first come first served).
+_RESERVED = ("strategy", "wrt", "binary_data_output", "timeout", "priority")
 
 
 def derivative_name(param: str) -> str:
@@ -55,6 +57,7 @@ class Call:
     strategy: str
     dtype: str
     outputs: list[tuple[str, bool]]  # (name, as binary), in response order
+    timeout_ms: float | None = None
 
 
 def _describe(v: Any) -> str:
@@ -151,6 +154,17 @@ def _samples(routine: Routine, inputs: list[RequestInput],
 
 # -- parameters and outputs --------------------------------------------------------------------
 
+def _timeout_ms(parameters: Parameters) -> float | None:
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return None
+    if type(timeout) not in (int, float) or not timeout > 0:
+        raise InvalidRequest(
+            f"parameters.timeout is {_describe(timeout)}; send a positive number of microseconds"
+        )
+    return float(timeout) / 1e3  # type: ignore[arg-type]
+
+
 def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...] | None,
                                                  str, bool]:
     """(parameter values, wrt, strategy, binary_data_output) from the request parameters."""
@@ -234,6 +248,7 @@ def plan(routine: Routine, request: InferenceRequest,
         strategy=strategy,
         dtype=DATATYPES[datatypes[0]][1],
         outputs=outputs,
+        timeout_ms=_timeout_ms(request.parameters),
     )
 
 
