@@ -20,6 +20,7 @@ import yaml
 import app.__main__
 from app.config import Settings
 from app.main import create_app
+from tests.support import route_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -74,19 +75,6 @@ def tool(name: str) -> str:
     found = shutil.which(name, path=str(VENV_BIN)) or shutil.which(name)
     assert found, f"{name} missing: it comes with the test extras in pyproject.toml"
     return found
-
-
-def route_paths() -> set[str]:
-    """Every path the app serves: its routes, those of included routers, and the OpenAPI paths."""
-    application = create_app()
-    paths = set(application.openapi()["paths"])
-    pending = list(application.routes)
-    while pending:
-        route = pending.pop()
-        if isinstance(path := getattr(route, "path", None), str):
-            paths.add(path)
-        pending += getattr(getattr(route, "original_router", route), "routes", [])
-    return paths
 
 
 def drain_seconds() -> float:

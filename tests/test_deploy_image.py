@@ -9,11 +9,8 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from app.config import Settings
+from tests.support import free_port, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -130,53 +128,22 @@ def test_healthcheck_is_liveness_with_the_image_python() -> None:
 # -- the start command, for real --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
     """The image's CMD with the image's environment, on the CPU, at 127.0.0.1:<free port>;
     stopped with SIGTERM at the end, and expected to drain and exit cleanly."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DYDC_")}
     env.update(image_env())
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DYDC_DEVICE="cpu",
                DYDC_HOST="127.0.0.1", DYDC_PORT=str(port), DYDC_TORCH_THREADS="1")
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(image_cmd(), cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, text=True)
-
-        def output() -> str:
-            log.seek(0)
-            return log.read()
-
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, f"the start command exited:\n{output()}"
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"not ready within 60 s:\n{output()}"
-                time.sleep(0.1)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        # uvicorn re-raises the SIGTERM it caught once it has shut down (-15 here; as PID 1 in
-        # a container the kernel ignores that, and the exit code is 0).
-        assert proc.returncode in (0, -signal.SIGTERM), output()
-        assert "Application shutdown complete" in output(), output()
+    with server_process(image_cmd(), env, port) as server:
+        yield server.url
+        server.stop()
+        # uvicorn re-raises the SIGTERM it caught once it has shut down (-15 here; as PID 1
+        # in a container the kernel ignores that, and the exit code is 0).
+        assert server.proc.returncode in (0, -signal.SIGTERM), server.output()
+        assert "Application shutdown complete" in server.output(), server.output()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 import app.metrics  # noqa: F401 (declares the metrics in REGISTRY)
 from app.config import Settings
-from app.main import create_app
+from tests.support import route_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy/k8s"
@@ -40,19 +40,6 @@ def manifests() -> dict[str, dict[str, Any]]:
                 assert doc["kind"] not in found, f"two {doc['kind']}s"
                 found[doc["kind"]] = doc
     return found
-
-
-def route_paths() -> set[str]:
-    """Every path the app serves: its routes, those of included routers, and the OpenAPI paths."""
-    application = create_app()
-    paths = set(application.openapi()["paths"])
-    pending = list(application.routes)
-    while pending:
-        route = pending.pop()
-        if isinstance(path := getattr(route, "path", None), str):
-            paths.add(path)
-        pending += getattr(getattr(route, "original_router", route), "routes", [])
-    return paths
 
 
 def validate(resource: dict[str, Any]) -> None:

@@ -1,0 +1,88 @@
+"""Helpers shared by tests that start real server processes or read the app's routes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from app.main import create_app
+
+__all__ = ["ROOT", "ServerProcess", "free_port", "route_paths", "server_process"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str  # http://127.0.0.1:<port>
+    log: IO[str]
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"the server exited:\n{self.output()}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"not ready within {timeout} s:\n{self.output()}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (the server drains), then SIGKILL if it has not exited after 30 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def server_process(argv: Sequence[str], env: Mapping[str, str],
+                   port: int) -> Iterator[ServerProcess]:
+    """Start ``argv`` (a server on 127.0.0.1:``port``), wait for /readyz, stop it at the end."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(list(argv), cwd=ROOT, env=dict(env), stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log)
+        try:
+            server.wait_ready()
+            yield server
+        finally:
+            server.stop()
+
+
+def route_paths() -> set[str]:
+    """Every path the app serves: its routes, those of included routers, and the OpenAPI paths."""
+    application = create_app()
+    paths = set(application.openapi()["paths"])
+    pending = list(application.routes)
+    while pending:
+        route = pending.pop()
+        if isinstance(path := getattr(route, "path", None), str):
+            paths.add(path)
+        pending += getattr(getattr(route, "original_router", route), "routes", [])
+    return paths
