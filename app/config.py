@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     grace_period_s: Annotated[float, Field(ge=0)] = Field(
         30.0, description="On SIGTERM, how long to drain before exiting."
     )
+    gc_threshold: Annotated[int, Field(ge=0)] = Field(
+        20_000, description="Allocations between young-generation garbage collections "
+        "(Python's default is 700; 0 keeps it). Objects alive at start-up are frozen out of "
+        "collections."
+    )
     warmup: bool = Field(True, description="Run every routine once at start-up before ready.")
     torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
     log_level: str = Field("info", description="Python logging level.")

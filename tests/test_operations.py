@@ -87,3 +87,16 @@ async def test_metrics_scrape(client: httpx.AsyncClient) -> None:
     assert "dydc_queue_depth" in after
     assert all(name.startswith(("dydc_", "python_", "process_"))
                for name in after), sorted(after)
+
+
+async def test_gc_threshold_setting(make_client: ClientFactory) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        async with make_client(gc_threshold=12345, warmup=False) as c:
+            assert (await c.get("/healthz")).status_code == 200
+            assert gc.get_threshold()[0] == 12345
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from routines import Routine
 
-__all__ = ["Job", "JobKind", "JobResult"]
+__all__ = ["Job", "JobKind", "JobResult", "resolve_all"]
 
 
 class JobKind(Enum):
@@ -52,16 +53,25 @@ class Job:
 
     def resolve(self, result: JobResult | BaseException) -> None:
         """Hand the answer to the awaiting request, from any thread."""
-        loop = self.future.get_loop()
-        if loop.is_closed():
-            return
-        loop.call_soon_threadsafe(_settle, self.future, result)
+        resolve_all([(self, result)])
 
 
-def _settle(future: asyncio.Future[JobResult], result: JobResult | BaseException) -> None:
-    if future.done():  # the client went away and the request was cancelled
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def resolve_all(answers: Sequence[tuple[Job, JobResult | BaseException]]) -> None:
+    """Hand answers to their requests, from any thread: one wake-up of each event loop for
+    the lot, not one per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, JobResult | BaseException]]] = {}
+    for job, result in answers:
+        by_loop.setdefault(job.future.get_loop(), []).append((job, result))
+    for loop, settled in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(answers: list[tuple[Job, JobResult | BaseException]]) -> None:
+    for job, result in answers:
+        if job.future.done():  # the client went away and the request was cancelled
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)

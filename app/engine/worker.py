@@ -20,7 +20,7 @@ import torch
 from app import metrics
 from app.engine.compute import batch_key, run_batch
 from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
-from app.engine.jobs import Job
+from app.engine.jobs import Job, resolve_all
 
 __all__ = ["DeviceWorker", "JobQueue", "WorkerPool", "resolve_devices"]
 
@@ -120,8 +120,7 @@ class JobQueue:
         with self._cond:
             left, self._jobs, self._samples = list(self._jobs), deque(), 0
             self._changed()
-        for job in left:
-            job.resolve(error)
+        resolve_all([(job, error) for job in left])
 
     def _pop_live(self) -> Job | None:
         """The oldest job still worth running; drops cancelled and expired ones."""
@@ -223,16 +222,15 @@ class DeviceWorker:
         try:
             results = run_batch(batch, self.device, self._chunk)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
-            for job in batch:
-                job.resolve(ServiceUnavailable(f"the device worker on {self.device} failed "
-                                               f"({type(exc).__name__}); retry"))
+            lost = ServiceUnavailable(f"the device worker on {self.device} failed "
+                                      f"({type(exc).__name__}); retry")
+            resolve_all([(job, lost) for job in batch])
             raise
         metrics.LAUNCHES.labels(str(self.device)).inc()
         metrics.LAUNCH_SECONDS.labels(str(self.device)).observe(time.perf_counter() - started)
         metrics.BATCH_REQUESTS.observe(len(batch))
         metrics.BATCH_SAMPLES.observe(sum(job.n for job in batch))
-        for job, result in zip(batch, results, strict=True):
-            job.resolve(result)
+        resolve_all(list(zip(batch, results, strict=True)))
 
     def _loop(self) -> None:
         try:
