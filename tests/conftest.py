@@ -12,6 +12,7 @@ import torch
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
+from app.engine import load_torch_extensions
 from app.main import create_app
 
 
@@ -27,6 +28,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_extensions() -> None:
+    """What the app's lifespan loads first (its import warns), for tests that compute
+    without an app."""
+    load_torch_extensions()
 
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

@@ -228,3 +228,42 @@ async def test_one_worker_per_device_shares_the_queue(make_client: ClientFactory
                 [-2.0 * math.exp(-k), -2.0 * math.exp(-2 * k)], rel=1e-12)
 
         await asyncio.gather(*(one(0.01 * i) for i in range(100)))
+
+
+async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launch over 8 samples 'runs out of device memory': the request is retried in halves
+    until its chunks fit, and answers correctly; at one sample it gives up with 503."""
+    import torch
+
+    import app.engine.compute as compute
+    from app.engine import JobKind
+    from app.engine.errors import ServiceUnavailable
+    from app.engine.jobs import Job
+    from routines import discover
+
+    real = compute._compute
+    sizes: list[int] = []
+
+    def small_device(jobs: Any, inputs: torch.Tensor, device: torch.device) -> Any:
+        sizes.append(int(inputs.shape[0]))
+        if inputs.shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(jobs, inputs, device)
+
+    monkeypatch.setattr(compute, "_compute", small_device)
+    linear = discover()["linear"]
+    loop = asyncio.get_running_loop()
+    x = torch.arange(50, dtype=torch.float64).reshape(-1, 1)
+    job = Job(JobKind.SENSITIVITIES, linear, x, {"C": 2.0}, ("C",), "forward", torch.float64,
+              loop.create_future())
+    result = compute.run_job(job, torch.device("cpu"), chunk=40)
+    assert result.derivatives["C"][:, 0].tolist() == x[:, 0].tolist()
+    assert result.values[:, 0].tolist() == (2 * x[:, 0]).tolist()
+    assert sizes[:3] == [40, 20, 10] and max(sizes[3:]) <= 8 and sum(sizes[3:]) == 50
+
+    def no_memory(jobs: Any, inputs: torch.Tensor, device: torch.device) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(compute, "_compute", no_memory)
+    with pytest.raises(ServiceUnavailable, match="out of memory"):
+        compute.run_job(job, torch.device("cpu"), chunk=4)
