@@ -17,13 +17,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DYDC_", extra="ignore", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address `python -m app` binds to.")
-    port: Annotated[int, Field(ge=0, le=65535)] = Field(8000, description="Port for `python -m app`.")
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        8000, description="Port for `python -m app`."
+    )
     device: str = Field(
         "auto", description="auto (every GPU, else the CPU), cpu, cuda, cuda:N, or a list "
         "such as cuda:0,cuda:1: one worker per device."
     )
     max_body_bytes: PositiveInt = Field(64 * 2**20, description="Largest request body (413 above).")
-    max_samples: PositiveInt = Field(2_000_000, description="Largest batch N per request (413 above).")
+    max_samples: PositiveInt = Field(
+        2_000_000, description="Largest batch N per request (413 above)."
+    )
     reverse_loop_max_n: PositiveInt = Field(1000, description="Cap on N for reverse-loop.")
     reverse_batched_max_n: PositiveInt = Field(4096, description="Cap on N for reverse-batched.")
     jacrev_max_n: PositiveInt = Field(4096, description="Cap on N for jacrev.")

@@ -26,4 +26,5 @@ def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Ten
     vol = sigma * T.sqrt()
     d1 = ((S / K).log() + (r + 0.5 * sigma * sigma) * T) / vol
     d2 = d1 - vol
-    return S * torch.special.ndtr(d1) - K * (-r * T).exp() * torch.special.ndtr(d2)
+    price: Tensor = S * torch.special.ndtr(d1) - K * (-r * T).exp() * torch.special.ndtr(d2)
+    return price

@@ -85,7 +85,9 @@ class Routine:
             if len(set(names)) != len(names):
                 raise RoutineDefinitionError(f"routine {self.name}: duplicate names in {kind}")
         if not self.inputs or not self.outputs:
-            raise RoutineDefinitionError(f"routine {self.name}: needs at least one input and output")
+            raise RoutineDefinitionError(
+                f"routine {self.name}: needs at least one input and output"
+            )
         if not self.params:
             raise RoutineDefinitionError(f"routine {self.name}: needs at least one parameter")
         try:

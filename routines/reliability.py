@@ -21,4 +21,5 @@ __all__ = ["gamma_survival"]
     outputs=["S"],
 )
 def gamma_survival(a: Tensor, t: Tensor, *, lam: Tensor) -> Tensor:
-    return torch.special.gammaincc(a, lam * t)
+    survival: Tensor = torch.special.gammaincc(a, lam * t)
+    return survival

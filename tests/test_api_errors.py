@@ -63,8 +63,8 @@ async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:
         (SENS.format("linear"), {"inputs": [1], "params": {"C": "2"}}, ["params.C"]),
         (SENS.format("linear"), {"inputs": [1], "params": {"C": 10**400}}, ["params.C", "finite"]),
         (SENS.format("linear"), {"inputs": [10**400]}, ["too large", "finite"]),
-        (SENS.format("black_scholes_call"), {"inputs": [[100, 100, 1]],
-                                             "params": {"sigma": -0.1}}, ["params.sigma", "bounds"]),
+        (SENS.format("black_scholes_call"),
+         {"inputs": [[100, 100, 1]], "params": {"sigma": -0.1}}, ["params.sigma", "bounds"]),
         (SENS.format("linear"), {"inputs": [1], "wrong": 1}, ["wrong"]),
         (SENS.format("linear"), {"params": {"C": 1}}, ["inputs"]),
         (SENS.format("linear"), [1, 2, 3], ["dict"]),
@@ -82,7 +82,8 @@ async def test_bad_requests_are_422(client: httpx.AsyncClient, url: str, body: o
 async def test_nan_literals_name_the_element(client: httpx.AsyncClient) -> None:
     r = await client.post(SENS.format("linear"), content=b'{"inputs": [1, NaN, 3]}')
     assert_problem(r, 422, "inputs[1]", "not finite")
-    r = await client.post(SENS.format("linear"), content=b'{"inputs": [1], "params": {"C": Infinity}}')
+    r = await client.post(SENS.format("linear"),
+                          content=b'{"inputs": [1], "params": {"C": Infinity}}')
     assert_problem(r, 422, "params.C")
 
 

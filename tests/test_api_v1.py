@@ -71,8 +71,8 @@ async def test_rows_and_several_outputs(client: httpx.AsyncClient) -> None:
         ref = [v / sum(e) for v in e]
         mean = sum(pi * zi for pi, zi in zip(ref, row, strict=True))
         assert p == pytest.approx(ref, rel=1e-12)
-        assert dp == pytest.approx([-(pi / 0.25) * (zi - mean) for pi, zi in zip(ref, row, strict=True)],
-                                   rel=1e-10)
+        expected = [-(pi / 0.25) * (zi - mean) for pi, zi in zip(ref, row, strict=True)]
+        assert dp == pytest.approx(expected, rel=1e-10)
 
 
 async def test_auto_falls_back_to_reverse_mode(client: httpx.AsyncClient) -> None:

@@ -172,7 +172,7 @@ async def test_multi_output_model_in_binary(client: httpx.AsyncClient) -> None:
     z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     body, headers = frame({"inputs": [binary_input("x", z)],
                            "parameters": {"binary_data_output": True}}, z)
-    doc, out = unframe(await client.post(INFER.format("softmax"), content=body, headers=headers))
+    _doc, out = unframe(await client.post(INFER.format("softmax"), content=body, headers=headers))
     assert out["y"].shape == out["dy_dT"].shape == (2, 3)
     e = np.exp(z[0])
     np.testing.assert_allclose(out["y"][0], e / e.sum(), rtol=1e-15)

@@ -20,7 +20,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
-_PROBLEM = {"content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown routine", **_PROBLEM},
     413: {"description": "Body or batch over the configured limits", **_PROBLEM},

@@ -187,7 +187,7 @@ def run_batch(jobs: Sequence[Job], device: torch.device,
         try:
             out = _compute(jobs, torch.cat([job.inputs for job in jobs]), device)
         except Exception:
-            out = None  # isolate the culprit: every request again, on its own
+            pass  # isolate the culprit: every request again, on its own, below
         else:
             finished = time.perf_counter()
             finite = out.all_finite()

@@ -33,13 +33,13 @@ def _as_outputs(routine: Routine, out: Any, batch_shape: tuple[int, ...]) -> Ten
         return torch.stack(list(out), dim=-1)
     if not isinstance(out, Tensor):
         raise RoutineFailed(f"routine {routine.name} returned {type(out).__name__}, not a tensor")
-    if out.shape == batch_shape + (m,):
+    if out.shape == (*batch_shape, m):
         return out
     if m == 1 and out.shape == batch_shape:
         return out.unsqueeze(-1)
     raise RoutineFailed(
         f"routine {routine.name} returned shape {tuple(out.shape)}; expected "
-        f"{batch_shape + (m,)} for its {m} outputs"
+        f"{(*batch_shape, m)} for its {m} outputs"
     )
 
 

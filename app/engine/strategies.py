@@ -93,8 +93,8 @@ def forward(problem: Problem) -> Derivatives:
         return problem.evaluate(problem.varying(*theta))
 
     def push(*tangents: Tensor) -> tuple[Tensor, Tensor]:
-        out: tuple[Tensor, Tensor] = jvp(f, primals, tangents)
-        return out
+        values, tangent = jvp(f, primals, tangents)[:2]
+        return values, tangent
 
     def basis(i: int) -> tuple[Tensor, ...]:
         return tuple(torch.ones_like(p) if j == i else torch.zeros_like(p)
@@ -120,8 +120,9 @@ def forward_dual(problem: Problem) -> Derivatives:
     with fwAD.dual_level():
         for name in problem.wrt:
             p = problem.params[name]
-            out = problem.evaluate({**problem.params, name: fwAD.make_dual(p, torch.ones_like(p))})
-            primal, tangent = fwAD.unpack_dual(out)
+            dual = fwAD.make_dual(p, torch.ones_like(p))  # type: ignore[no-untyped-call]
+            out = problem.evaluate({**problem.params, name: dual})
+            primal, tangent = fwAD.unpack_dual(out)  # type: ignore[no-untyped-call]
             values = primal if values is None else values
             tangents[name] = torch.zeros_like(primal) if tangent is None else tangent
     assert values is not None
@@ -139,7 +140,7 @@ def _grads(outputs: Tensor, leaves: tuple[Tensor, ...], **kwargs: object) -> tup
     """autograd.grad that answers zero for parameters the output does not depend on."""
     if not outputs.requires_grad:
         return tuple(torch.zeros_like(leaf) for leaf in leaves)
-    got = torch.autograd.grad(outputs, leaves, allow_unused=True, **kwargs)  # type: ignore[arg-type]
+    got = torch.autograd.grad(outputs, leaves, allow_unused=True, **kwargs)  # type: ignore[call-overload]
     return tuple(torch.zeros_like(leaf) if g is None else g
                  for g, leaf in zip(got, leaves, strict=True))
 
@@ -188,7 +189,8 @@ def _per_sample(problem: Problem, transform: Callable[..., Any]) -> Derivatives:
     rest = {k: v for k, v in problem.params.items() if k not in problem.wrt}
 
     def sample(theta: tuple[Tensor, ...], x: Tensor, others: dict[str, Tensor]):  # type: ignore[no-untyped-def]
-        y = evaluate_sample(problem.routine, x, {**others, **dict(zip(problem.wrt, theta))})
+        varied = dict(zip(problem.wrt, theta, strict=True))
+        y = evaluate_sample(problem.routine, x, {**others, **varied})
         return (y[0], y) if scalar else (y, y)
 
     theta = problem.wrt_values()

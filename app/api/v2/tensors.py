@@ -158,11 +158,11 @@ def _timeout_ms(parameters: Parameters) -> float | None:
     timeout = parameters.get("timeout")
     if timeout is None:
         return None
-    if type(timeout) not in (int, float) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise InvalidRequest(
             f"parameters.timeout is {_describe(timeout)}; send a positive number of microseconds"
         )
-    return float(timeout) / 1e3  # type: ignore[arg-type]
+    return float(timeout) / 1e3
 
 
 def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...] | None,
