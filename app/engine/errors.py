@@ -70,3 +70,9 @@ class QueueFull(ServiceUnavailable):
 
 class DeadlineExceeded(EngineError):
     """The request was still queued when its deadline passed, and was dropped unrun."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(
+            f"the request waited in the queue for its whole deadline ({waited_s * 1e3:.0f} ms) "
+            "and was not run; retry, or raise timeout_ms"
+        )

@@ -259,11 +259,7 @@ class Engine:
         running keeps its place and gets its answer."""
         if not job.future.done() and self.worker.withdraw(job):
             metrics.REJECTIONS.labels("deadline").inc()
-            job.future.set_exception(DeadlineExceeded(
-                f"the request waited in the queue for its whole deadline "
-                f"({(time.perf_counter() - job.enqueued_at) * 1e3:.0f} ms) and was not run; "
-                "retry, or raise timeout_ms"
-            ))
+            job.future.set_exception(DeadlineExceeded(time.perf_counter() - job.enqueued_at))
 
     async def run(self, job: Job) -> JobResult:
         """Queue the job and await its answer. A job still queued at its deadline is taken

@@ -132,7 +132,7 @@ class JobQueue:
                 continue
             if job.deadline is not None and now > job.deadline:
                 metrics.REJECTIONS.labels("deadline").inc()
-                job.resolve(DeadlineExceeded(_deadline_message(job)))
+                job.resolve(DeadlineExceeded(now - job.enqueued_at))
                 continue
             return job
         return None
@@ -175,12 +175,6 @@ class JobQueue:
                     self._cond.wait(wait)
             self._changed()
             return batch
-
-
-def _deadline_message(job: Job) -> str:
-    return (f"the request waited in the queue past its deadline "
-            f"({(time.perf_counter() - job.enqueued_at) * 1e3:.0f} ms) and was not run; "
-            "retry, or raise timeout_ms")
 
 
 class DeviceWorker:
