@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api import schemas
 from app.api.decoding import decode_inputs, read_json
-from app.api.deps import EngineDep, SettingsDep
+from app.api.deps import EngineDep, engine_of, settings_of
 from app.api.encoding import JSONBytes, encode_result
 from app.api.instrumentation import observe
 from app.engine import STRATEGIES, JobKind
+from app.engine.errors import InvalidRequest
 from routines import Routine
 
 __all__ = ["router"]
@@ -28,18 +29,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "Worker not ready or shutting down", **_PROBLEM},
 }
 
-StrategyQuery = Annotated[
-    str, Query(description=f"How to differentiate: {', '.join(STRATEGIES)}.")
-]
-TimeoutQuery = Annotated[
-    float | None,
-    Query(description="Deadline in ms, at most DYDC_REQUEST_TIMEOUT_MS: a request still "
-                      "queued when it passes is dropped and answered 504."),
+# The computation routes read their query options themselves (see app.api.deps); these
+# declare them in the OpenAPI document.
+_COMPUTE_QUERY: list[dict[str, Any]] = [
+    {"name": "strategy", "in": "query", "required": False,
+     "schema": {"type": "string", "default": "auto", "enum": list(STRATEGIES)},
+     "description": "How to differentiate (GET /v1/strategies)."},
+    {"name": "timeout_ms", "in": "query", "required": False,
+     "schema": {"type": "number", "exclusiveMinimum": 0},
+     "description": "Deadline in ms, at most DYDC_REQUEST_TIMEOUT_MS: a request still queued "
+                    "when it passes is dropped and answered 504."},
 ]
 
 
-def _body_schema(model: type[schemas.EvaluateRequest]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
+def _timeout_ms(request: Request) -> float | None:
+    given = request.query_params.get("timeout_ms")
+    if given is None:
+        return None
+    try:
+        return float(given)
+    except ValueError:
+        raise InvalidRequest(f"timeout_ms = {given!r}; use a positive number of ms") from None
+
+
+def _compute_openapi(model: type[schemas.EvaluateRequest],
+                     query: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"parameters": query, "requestBody": {"required": True, "content": {
         "application/json": {"schema": model.model_json_schema()}}}}
 
 
@@ -53,6 +68,55 @@ def _info(r: Routine) -> schemas.RoutineInfo:
         outputs=list(r.outputs),
         vectorized=r.vectorized,
     )
+
+
+# The computation routes come first: FastAPI tries routes in order, on every request.
+
+
+@router.post(
+    "/routines/{name}/sensitivities",
+    response_model=schemas.SensitivityResponse,
+    responses=_ERRORS,
+    openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY),
+)
+async def sensitivities(name: str, request: Request) -> Response:
+    """Values and dy/d<param> for every sample of the batch."""
+    started = time.perf_counter()
+    engine, settings = engine_of(request), settings_of(request)
+    strategy = request.query_params.get("strategy", "auto")
+    async with observe("sensitivities") as labels:
+        labels.routine = engine.routine(name).name
+        labels.strategy = strategy if strategy in STRATEGIES else "invalid"
+        body = schemas.SensitivityRequest.model_validate(
+            await read_json(request, settings.max_body_bytes)
+        )
+        job = engine.prepare(JobKind.SENSITIVITIES, name, decode_inputs(body.inputs),
+                             body.params, wrt=body.wrt, strategy=strategy, dtype=body.dtype,
+                             timeout_ms=_timeout_ms(request))
+        result = await engine.run(job)
+        labels.strategy = result.strategy or strategy
+        return JSONBytes(encode_result(job, result, started))
+
+
+@router.post(
+    "/routines/{name}/evaluate",
+    response_model=schemas.EvaluateResponse,
+    responses=_ERRORS,
+    openapi_extra=_compute_openapi(schemas.EvaluateRequest, _COMPUTE_QUERY[1:]),
+)
+async def evaluate(name: str, request: Request) -> Response:
+    """Values only."""
+    started = time.perf_counter()
+    engine, settings = engine_of(request), settings_of(request)
+    async with observe("evaluate") as labels:
+        labels.routine = engine.routine(name).name
+        body = schemas.EvaluateRequest.model_validate(
+            await read_json(request, settings.max_body_bytes)
+        )
+        job = engine.prepare(JobKind.EVALUATE, name, decode_inputs(body.inputs), body.params,
+                             dtype=body.dtype, timeout_ms=_timeout_ms(request))
+        result = await engine.run(job)
+        return JSONBytes(encode_result(job, result, started))
 
 
 @router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)
@@ -77,50 +141,3 @@ async def list_strategies(engine: EngineDep) -> schemas.StrategyList:
         )
         for i in engine.strategies()
     ])
-
-
-@router.post(
-    "/routines/{name}/sensitivities",
-    response_model=schemas.SensitivityResponse,
-    responses=_ERRORS,
-    openapi_extra=_body_schema(schemas.SensitivityRequest),
-)
-async def sensitivities(
-    name: str, request: Request, engine: EngineDep, settings: SettingsDep,
-    strategy: StrategyQuery = "auto", timeout_ms: TimeoutQuery = None,
-) -> Response:
-    """Values and dy/d<param> for every sample of the batch."""
-    started = time.perf_counter()
-    async with observe("sensitivities") as labels:
-        labels.routine = engine.routine(name).name
-        labels.strategy = strategy if strategy in STRATEGIES else "invalid"
-        body = schemas.SensitivityRequest.model_validate(
-            await read_json(request, settings.max_body_bytes)
-        )
-        job = engine.prepare(JobKind.SENSITIVITIES, name, decode_inputs(body.inputs),
-                             body.params, wrt=body.wrt, strategy=strategy, dtype=body.dtype,
-                             timeout_ms=timeout_ms)
-        result = await engine.run(job)
-        labels.strategy = result.strategy or strategy
-        return JSONBytes(encode_result(job, result, started))
-
-
-@router.post(
-    "/routines/{name}/evaluate",
-    response_model=schemas.EvaluateResponse,
-    responses=_ERRORS,
-    openapi_extra=_body_schema(schemas.EvaluateRequest),
-)
-async def evaluate(name: str, request: Request, engine: EngineDep, settings: SettingsDep,
-                   timeout_ms: TimeoutQuery = None) -> Response:
-    """Values only."""
-    started = time.perf_counter()
-    async with observe("evaluate") as labels:
-        labels.routine = engine.routine(name).name
-        body = schemas.EvaluateRequest.model_validate(
-            await read_json(request, settings.max_body_bytes)
-        )
-        job = engine.prepare(JobKind.EVALUATE, name, decode_inputs(body.inputs), body.params,
-                             dtype=body.dtype, timeout_ms=timeout_ms)
-        result = await engine.run(job)
-        return JSONBytes(encode_result(job, result, started))

@@ -188,8 +188,9 @@ class Engine:
                 "(DYDC_MAX_SAMPLES): split the batch"
             )
         name = str(dtype).removeprefix("torch.")
-        with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
-            a = np.ascontiguousarray(a, dtype=np.dtype(name))
+        if a.dtype != np.dtype(name) or not a.flags.c_contiguous:
+            with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
+                a = np.ascontiguousarray(a, dtype=np.dtype(name))
         finite = np.isfinite(a)
         if not finite.all():
             flat = int(np.flatnonzero(~finite)[0])

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api.decoding import parse_json, read_body, read_buffer
-from app.api.deps import EngineDep, SettingsDep
+from app.api.deps import EngineDep, engine_of, settings_of
 from app.api.instrumentation import observe
 from app.api.v2 import framing, tensors
 from app.api.v2.schemas import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
@@ -142,13 +142,13 @@ async def _infer(name: str, version: str | None, request: Request, engine: Engin
 
 
 @router.post("/models/{name}/infer", responses=_ERRORS)
-async def infer(name: str, request: Request, engine: EngineDep,
-                settings: SettingsDep) -> Response:
+async def infer(name: str, request: Request) -> Response:
     """Values and dy/d<param> of a routine, as Open Inference Protocol tensors."""
-    return await _infer(name, None, request, engine, settings.max_body_bytes)
+    return await _infer(name, None, request, engine_of(request),
+                        settings_of(request).max_body_bytes)
 
 
 @router.post("/models/{name}/versions/{version}/infer", responses=_ERRORS)
-async def infer_version(name: str, version: str, request: Request, engine: EngineDep,
-                        settings: SettingsDep) -> Response:
-    return await _infer(name, version, request, engine, settings.max_body_bytes)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(name, version, request, engine_of(request),
+                        settings_of(request).max_body_bytes)
