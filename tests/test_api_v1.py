@@ -166,3 +166,15 @@ async def test_concurrent_requests_each_get_their_own_answer(client: httpx.Async
         assert body["derivatives"]["C"] == x
 
     await asyncio.gather(*(one(c, x) for c, x in cases))
+
+
+async def test_openapi_documents_the_computation_routes(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    sens = doc["paths"]["/v1/routines/{name}/sensitivities"]["post"]
+    assert [p["name"] for p in sens["parameters"]] == ["name", "strategy", "timeout_ms"]
+    assert set(sens["parameters"][1]["schema"]["enum"]) == set(STRATEGIES)
+    body = sens["requestBody"]["content"]["application/json"]["schema"]
+    assert {"inputs", "params", "wrt", "dtype"} <= set(body["properties"])
+    evaluate = doc["paths"]["/v1/routines/{name}/evaluate"]["post"]
+    assert [p["name"] for p in evaluate["parameters"]] == ["name", "timeout_ms"]
+    assert (await client.get("/docs")).status_code == 200
