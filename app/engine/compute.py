@@ -160,7 +160,7 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
 
 
 def _result(job: Job, out: _Output, rows: slice, device: torch.device, started: float,
-            finished: float, batch_requests: int, checked: bool = False) -> JobResult:
+            finished: float, checked: bool = False) -> JobResult:
     values = out.values[rows]
     derivs = {name: d[rows] for name, d in out.derivatives.items()}
     if not checked:
@@ -169,14 +169,14 @@ def _result(job: Job, out: _Output, rows: slice, device: torch.device, started: 
             _check_finite(job, f"dy/d{name}", d)
     return JobResult(values=values, derivatives=derivs, strategy=out.strategy,
                      device=str(device), queue_s=started - job.enqueued_at,
-                     compute_s=finished - started, batch_requests=batch_requests)
+                     compute_s=finished - started)
 
 
 def run_job(job: Job, device: torch.device, chunk: int = 2**62) -> JobResult:
     """One request on its own (in chunks of at most ``chunk`` samples)."""
     started = time.perf_counter()
     out = _compute_chunked(job, device, chunk)
-    return _result(job, out, slice(None), device, started, time.perf_counter(), 1)
+    return _result(job, out, slice(None), device, started, time.perf_counter())
 
 
 def run_batch(jobs: Sequence[Job], device: torch.device,
@@ -196,7 +196,7 @@ def run_batch(jobs: Sequence[Job], device: torch.device,
             for job in jobs:
                 try:
                     results.append(_result(job, out, slice(offset, offset + job.n), device,
-                                           started, finished, len(jobs), checked=finite))
+                                           started, finished, checked=finite))
                 except Exception as exc:
                     results.append(exc)
                 offset += job.n

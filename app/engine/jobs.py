@@ -29,7 +29,6 @@ class JobResult:
     device: str
     queue_s: float
     compute_s: float  # of the launch (shared by the requests batched into it)
-    batch_requests: int = 1  # requests that shared the launch
 
 
 @dataclass(eq=False)

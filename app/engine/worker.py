@@ -75,10 +75,6 @@ class JobQueue:
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def depth(self) -> int:
-        return len(self._jobs)
-
     def _changed(self) -> None:
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         metrics.QUEUE_SAMPLES.set(self._samples)
@@ -257,10 +253,6 @@ class WorkerPool:
         self.drain_started: float | None = None  # time.monotonic() of the drain's start
 
     @property
-    def device(self) -> torch.device:
-        return self.workers[0].device
-
-    @property
     def devices(self) -> list[torch.device]:
         return [w.device for w in self.workers]
 
@@ -307,10 +299,6 @@ class WorkerPool:
                 revived += 1
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
         return revived
-
-    @property
-    def ready(self) -> bool:
-        return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
         if not self._started:
