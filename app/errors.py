@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app.engine.errors import (
@@ -39,11 +40,13 @@ from app.engine.errors import (
 )
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "V2_PREFIX",
     "BodyTooLarge",
     "MalformedBody",
     "MalformedFraming",
     "UnknownVersion",
+    "error_response",
     "install_error_handlers",
     "problem_response",
     "status_for",
@@ -53,6 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# nginx's status for a client that went away before its answer (metrics only: nobody reads it)
+CLIENT_CLOSED_REQUEST = 499
 
 
 class MalformedBody(InvalidRequest):
@@ -119,6 +124,8 @@ def status_for(exc: BaseException) -> int:
         return 422
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code
+    if isinstance(exc, ClientDisconnect):
+        return CLIENT_CLOSED_REQUEST
     return 500
 
 
@@ -215,6 +222,17 @@ _HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Response]]
     (StarletteHTTPException, _http_error),
     (Exception, _unexpected),
 ]
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The response for ``exc``, as the installed handlers give it: for routes served outside
+    FastAPI's exception middleware (app.api.fastpath)."""
+    if isinstance(exc, _V2Failure):
+        return _v2_failure(request, exc)
+    for cls, handler in _HANDLERS:
+        if isinstance(exc, cls):
+            return handler(request, exc)
+    return _unexpected(request, exc)  # pragma: no cover  (Exception is the last entry)
 
 
 def install_error_handlers(app: FastAPI) -> None:

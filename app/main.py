@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api import health, v1, v2
+from app.api.fastpath import App
 from app.config import Settings
 from app.engine import (
     Engine,
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             supervisor.cancel()
             await asyncio.to_thread(pool.stop, s.grace_period_s)
 
-    app = FastAPI(
+    app = App(
         title="dydc",
         version=__version__,
         summary="dy/dC for a whole batch: derivatives of numerical routines over HTTP.",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "SAMPLES",
     "WORKERS_READY",
     "WORKER_RESTARTS",
+    "child",
 ]
 
 _LATENCY_BUCKETS = (
@@ -94,3 +98,19 @@ for _reason in ("queue_full", "deadline", "shutdown"):
     REJECTIONS.labels(_reason)
 WORKER_RESTARTS = Counter("dydc_worker_restarts_total", "Device workers restarted after dying.")
 WORKERS_READY = Gauge("dydc_workers_ready", "Device workers up and warm.")
+
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+@lru_cache(maxsize=4096)
+def _child(metric: Counter | Gauge | Histogram, labels: tuple[str, ...]) -> object:
+    return metric.labels(*labels)
+
+
+def child(metric: _M, *labels: str) -> _M:
+    """``metric.labels(*labels)``, remembered: prometheus-client checks, converts and locks on
+    every call, which the computation routes paid several times a request. Label values here
+    come from closed sets (routine names, strategies, statuses, devices)."""
+    got: _M = _child(metric, labels)  # type: ignore[assignment]
+    return got

@@ -17,26 +17,45 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from app.engine.errors import InvalidRequest
 from app.errors import BodyTooLarge, MalformedBody
 
-__all__ = ["decode_inputs", "parse_json", "read_body", "read_buffer", "read_json"]
+__all__ = [
+    "check_declared_length",
+    "decode_inputs",
+    "parse_document",
+    "parse_json",
+    "read_body",
+    "read_buffer",
+    "receive_body",
+]
 
 _NUMBER = (int, float)
 
 
-def _declared_length(request: Request, limit: int) -> int | None:
-    declared = request.headers.get("content-length")
+def _too_large(size: int, limit: int, declared: bool) -> BodyTooLarge:
+    size_text = f"is {size} bytes" if declared else f"is over the limit of {limit} bytes"
+    limit_text = f"; the limit is {limit}" if declared else ""
+    return BodyTooLarge(
+        f"request body {size_text}{limit_text} (DYDC_MAX_BODY_BYTES): split the batch"
+    )
+
+
+def check_declared_length(declared: str | None, limit: int) -> int | None:
+    """The Content-Length header as a number (None if absent or not a number); BodyTooLarge
+    when it is over ``limit``, before a byte of the body is read."""
     if declared is None or not declared.isdigit():
         return None
     if int(declared) > limit:
-        raise BodyTooLarge(
-            f"request body is {int(declared)} bytes; the limit is {limit} (DYDC_MAX_BODY_BYTES): "
-            "split the batch"
-        )
+        raise _too_large(int(declared), limit, declared=True)
     return int(declared)
+
+
+def _declared_length(request: Request, limit: int) -> int | None:
+    return check_declared_length(request.headers.get("content-length"), limit)
 
 
 async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -44,10 +63,7 @@ async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(
-                f"request body is over the limit of {limit} bytes (DYDC_MAX_BODY_BYTES): "
-                "split the batch"
-            )
+            raise _too_large(size, limit, declared=False)
         yield chunk
 
 
@@ -55,6 +71,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body; BodyTooLarge as soon as it is known to be over ``limit`` bytes."""
     _declared_length(request, limit)
     return b"".join([chunk async for chunk in _chunks(request, limit)])
+
+
+async def receive_body(receive: Receive, limit: int) -> bytes:
+    """:func:`read_body` for a bare ASGI ``receive`` (the caller checks Content-Length with
+    :func:`check_declared_length`). ClientDisconnect, as Starlette raises it, if the client
+    goes away before the body is complete."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit, declared=False)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _ALIGNMENT = 64
@@ -135,8 +170,9 @@ def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
     return doc
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    body = await read_body(request, limit)
+def parse_document(body: bytes) -> Any:
+    """A v1 request body: JSON, with a flat ``inputs`` list already a float64 array when the
+    fast path applies (:func:`decode_inputs` accepts both)."""
     fast = _parse_with_flat_inputs(body)
     return fast if fast is not None else parse_json(body)
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from app import metrics
-from app.errors import status_for
+from app.errors import CLIENT_CLOSED_REQUEST, status_for
 
 __all__ = ["RequestLabels", "observe"]
 
@@ -30,11 +30,12 @@ async def observe(endpoint: str) -> AsyncIterator[RequestLabels]:
     try:
         yield labels
     except BaseException as exc:
-        labels.status = status_for(exc) if isinstance(exc, Exception) else 499
+        labels.status = (status_for(exc) if isinstance(exc, Exception)
+                         else CLIENT_CLOSED_REQUEST)
         raise
     finally:
         metrics.REQUESTS_IN_FLIGHT.dec()
-        metrics.REQUESTS.labels(labels.routine, labels.strategy, str(labels.status)).inc()
-        metrics.REQUEST_SECONDS.labels(labels.routine, endpoint).observe(
+        metrics.child(metrics.REQUESTS, labels.routine, labels.strategy, str(labels.status)).inc()
+        metrics.child(metrics.REQUEST_SECONDS, labels.routine, endpoint).observe(
             time.perf_counter() - started
         )

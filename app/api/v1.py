@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api import schemas
-from app.api.decoding import decode_inputs, read_json
+from app.api.decoding import decode_inputs, parse_document, read_body
 from app.api.deps import EngineDep, engine_of, settings_of
 from app.api.encoding import JSONBytes, encode_result
 from app.api.instrumentation import observe
-from app.engine import STRATEGIES, JobKind
+from app.config import Settings
+from app.engine import STRATEGIES, Engine, JobKind
 from app.engine.errors import InvalidRequest
 from routines import Routine
 
-__all__ = ["router"]
+__all__ = ["compute", "router"]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -42,14 +45,38 @@ _COMPUTE_QUERY: list[dict[str, Any]] = [
 ]
 
 
-def _timeout_ms(request: Request) -> float | None:
-    given = request.query_params.get("timeout_ms")
+def _timeout_ms(query: Mapping[str, str]) -> float | None:
+    given = query.get("timeout_ms")
     if given is None:
         return None
     try:
         return float(given)
     except ValueError:
         raise InvalidRequest(f"timeout_ms = {given!r}; use a positive number of ms") from None
+
+
+async def compute(kind: JobKind, name: str, engine: Engine, settings: Settings,
+                  query: Mapping[str, str], read_body: Callable[[int], Awaitable[bytes]]) -> bytes:
+    """One computation request, from its path name, query options and body to the JSON
+    answer. Shared by the FastAPI routes below and the bare ASGI path (app.api.fastpath);
+    errors propagate to app.errors."""
+    started = time.perf_counter()
+    sensitivities = kind is JobKind.SENSITIVITIES
+    strategy = query.get("strategy", "auto")
+    async with observe(kind.value) as labels:
+        labels.routine = engine.routine(name).name
+        if sensitivities:
+            labels.strategy = strategy if strategy in STRATEGIES else "invalid"
+        model = schemas.SensitivityRequest if sensitivities else schemas.EvaluateRequest
+        body = model.model_validate(parse_document(await read_body(settings.max_body_bytes)))
+        job = engine.prepare(kind, name, decode_inputs(body.inputs), body.params,
+                             wrt=body.wrt if sensitivities else None,
+                             strategy=strategy if sensitivities else "auto", dtype=body.dtype,
+                             timeout_ms=_timeout_ms(query))
+        result = await engine.run(job)
+        if sensitivities:
+            labels.strategy = result.strategy or strategy
+        return encode_result(job, result, started)
 
 
 def _compute_openapi(model: type[schemas.EvaluateRequest],
@@ -81,21 +108,9 @@ def _info(r: Routine) -> schemas.RoutineInfo:
 )
 async def sensitivities(name: str, request: Request) -> Response:
     """Values and dy/d<param> for every sample of the batch."""
-    started = time.perf_counter()
-    engine, settings = engine_of(request), settings_of(request)
-    strategy = request.query_params.get("strategy", "auto")
-    async with observe("sensitivities") as labels:
-        labels.routine = engine.routine(name).name
-        labels.strategy = strategy if strategy in STRATEGIES else "invalid"
-        body = schemas.SensitivityRequest.model_validate(
-            await read_json(request, settings.max_body_bytes)
-        )
-        job = engine.prepare(JobKind.SENSITIVITIES, name, decode_inputs(body.inputs),
-                             body.params, wrt=body.wrt, strategy=strategy, dtype=body.dtype,
-                             timeout_ms=_timeout_ms(request))
-        result = await engine.run(job)
-        labels.strategy = result.strategy or strategy
-        return JSONBytes(encode_result(job, result, started))
+    return JSONBytes(await compute(JobKind.SENSITIVITIES, name, engine_of(request),
+                                   settings_of(request), request.query_params,
+                                   partial(read_body, request)))
 
 
 @router.post(
@@ -106,17 +121,9 @@ async def sensitivities(name: str, request: Request) -> Response:
 )
 async def evaluate(name: str, request: Request) -> Response:
     """Values only."""
-    started = time.perf_counter()
-    engine, settings = engine_of(request), settings_of(request)
-    async with observe("evaluate") as labels:
-        labels.routine = engine.routine(name).name
-        body = schemas.EvaluateRequest.model_validate(
-            await read_json(request, settings.max_body_bytes)
-        )
-        job = engine.prepare(JobKind.EVALUATE, name, decode_inputs(body.inputs), body.params,
-                             dtype=body.dtype, timeout_ms=_timeout_ms(request))
-        result = await engine.run(job)
-        return JSONBytes(encode_result(job, result, started))
+    return JSONBytes(await compute(JobKind.EVALUATE, name, engine_of(request),
+                                   settings_of(request), request.query_params,
+                                   partial(read_body, request)))
 
 
 @router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)

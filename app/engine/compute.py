@@ -159,15 +159,14 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
         )
 
 
-def _result(job: Job, out: _Output, rows: slice, device: torch.device, started: float,
-            finished: float, checked: bool = False) -> JobResult:
-    values = out.values[rows]
-    derivs = {name: d[rows] for name, d in out.derivatives.items()}
+def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str | None,
+            device: torch.device, started: float, finished: float,
+            checked: bool = False) -> JobResult:
     if not checked:
         _check_finite(job, "value", values)
         for name, d in derivs.items():
             _check_finite(job, f"dy/d{name}", d)
-    return JobResult(values=values, derivatives=derivs, strategy=out.strategy,
+    return JobResult(values=values, derivatives=derivs, strategy=strategy,
                      device=str(device), queue_s=started - job.enqueued_at,
                      compute_s=finished - started)
 
@@ -176,7 +175,8 @@ def run_job(job: Job, device: torch.device, chunk: int = 2**62) -> JobResult:
     """One request on its own (in chunks of at most ``chunk`` samples)."""
     started = time.perf_counter()
     out = _compute_chunked(job, device, chunk)
-    return _result(job, out, slice(None), device, started, time.perf_counter())
+    return _result(job, out.values, out.derivatives, out.strategy, device, started,
+                   time.perf_counter())
 
 
 def run_batch(jobs: Sequence[Job], device: torch.device,
@@ -191,15 +191,20 @@ def run_batch(jobs: Sequence[Job], device: torch.device,
         else:
             finished = time.perf_counter()
             finite = out.all_finite()
+            # one split per tensor, not one slice per request: every torch call releases
+            # and retakes the GIL, which the event loop's thread is waiting for
+            sizes = [job.n for job in jobs]
+            values = torch.split(out.values, sizes)
+            derivs = {name: torch.split(d, sizes) for name, d in out.derivatives.items()}
             results: list[JobResult | Exception] = []
-            offset = 0
-            for job in jobs:
+            for i, job in enumerate(jobs):
                 try:
-                    results.append(_result(job, out, slice(offset, offset + job.n), device,
-                                           started, finished, checked=finite))
+                    results.append(_result(job, values[i],
+                                           {name: d[i] for name, d in derivs.items()},
+                                           out.strategy, device, started, finished,
+                                           checked=finite))
                 except Exception as exc:
                     results.append(exc)
-                offset += job.n
             return results
     results = []
     for job in jobs:

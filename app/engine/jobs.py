@@ -45,10 +45,10 @@ class Job:
     future: asyncio.Future[JobResult] = field(repr=False)
     deadline: float | None = None  # perf_counter time after which a queued job is dropped
     enqueued_at: float = field(default_factory=time.perf_counter)
+    n: int = field(init=False)  # samples: read on every hop, so kept as a plain int
 
-    @property
-    def n(self) -> int:
-        return int(self.inputs.shape[0])
+    def __post_init__(self) -> None:
+        self.n = int(self.inputs.shape[0])
 
     def resolve(self, result: JobResult | BaseException) -> None:
         """Hand the answer to the awaiting request, from any thread."""

@@ -277,6 +277,6 @@ class Engine:
         finally:
             timer.cancel()
         label = result.strategy or "none"
-        metrics.COMPUTE_SECONDS.labels(job.routine.name, label).observe(result.compute_s)
-        metrics.SAMPLES.labels(job.routine.name, label).inc(job.n)
+        metrics.child(metrics.COMPUTE_SECONDS, job.routine.name, label).observe(result.compute_s)
+        metrics.child(metrics.SAMPLES, job.routine.name, label).inc(job.n)
         return result

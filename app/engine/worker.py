@@ -216,8 +216,9 @@ class DeviceWorker:
                                       f"({type(exc).__name__}); retry")
             resolve_all([(job, lost) for job in batch])
             raise
-        metrics.LAUNCHES.labels(str(self.device)).inc()
-        metrics.LAUNCH_SECONDS.labels(str(self.device)).observe(time.perf_counter() - started)
+        device = str(self.device)
+        metrics.child(metrics.LAUNCHES, device).inc()
+        metrics.child(metrics.LAUNCH_SECONDS, device).observe(time.perf_counter() - started)
         metrics.BATCH_REQUESTS.observe(len(batch))
         metrics.BATCH_SAMPLES.observe(sum(job.n for job in batch))
         resolve_all(list(zip(batch, results, strict=True)))

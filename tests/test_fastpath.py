@@ -1,0 +1,212 @@
+"""The computation routes' bare ASGI path (app.api.fastpath) answers exactly as the FastAPI
+routes do, good requests and bad, and is the path actually taken."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from prometheus_client import generate_latest
+from starlette.types import Message, Receive, Scope, Send
+
+from app.api.fastpath import App, route_of
+from app.config import Settings
+from app.engine import JobKind
+from app.main import create_app
+from tests.test_operations import scrape
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Clients:
+    app: App
+    fast: httpx.AsyncClient  # through App.__call__: the bare path
+    framework: httpx.AsyncClient  # straight into FastAPI.__call__: routes and middleware
+
+
+@pytest.fixture(scope="module")
+async def clients() -> AsyncIterator[Clients]:
+    app = create_app(Settings(device="cpu", max_body_bytes=4096))
+    assert isinstance(app, App)
+
+    async def framework(scope: Scope, receive: Receive, send: Send) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
+        base = "http://dydc.test"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base,
+                                     timeout=60) as fast, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=framework),
+                                  base_url=base, timeout=60) as slow:
+            with anyio.fail_after(60):
+                while (await fast.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.02)
+            yield Clients(app, fast, slow)
+
+
+def _comparable(resp: httpx.Response) -> tuple[int, str, Any, str | None]:
+    body = resp.json()
+    if isinstance(body, dict):
+        body.pop("timing_ms", None)
+    return resp.status_code, resp.headers["content-type"], body, resp.headers.get("retry-after")
+
+
+SENS = "/v1/routines/linear/sensitivities"
+CASES: list[tuple[str, dict[str, Any]]] = [
+    (SENS, {"json": {"inputs": list(range(10)), "params": {"C": -5.0}, "wrt": ["C"]}}),
+    (SENS + "?strategy=jacfwd&timeout_ms=5000", {"json": {"inputs": [1.5, 2.5]}}),
+    ("/v1/routines/black_scholes_call/sensitivities",
+     {"json": {"inputs": [[100, 95, 0.5], [90, 100, 2]], "params": {"sigma": 0.3},
+               "wrt": ["sigma"], "dtype": "float32"}}),
+    ("/v1/routines/softmax/evaluate", {"json": {"inputs": [[1, 2, 3]], "params": {"T": 2}}}),
+    ("/v1/routines/nope/sensitivities", {"json": {"inputs": [1]}}),
+    ("/v1/routines/nope/evaluate", {"json": {"inputs": [1]}}),
+    (SENS + "?strategy=backwards", {"json": {"inputs": [1]}}),
+    (SENS + "?timeout_ms=soon", {"json": {"inputs": [1]}}),
+    (SENS + "?timeout_ms=-1", {"json": {"inputs": [1]}}),
+    (SENS, {"content": b"{not json"}),
+    (SENS, {"content": b""}),
+    (SENS, {"content": b"[1, 2]"}),
+    (SENS, {"json": {"inputs": [1], "extra": 1}}),
+    (SENS, {"json": {"inputs": [[1], [2, 3]]}}),
+    (SENS, {"json": {"inputs": [1, "2"]}}),
+    (SENS, {"json": {"inputs": []}}),
+    (SENS, {"content": b'{"inputs": [1, NaN]}'}),
+    (SENS, {"json": {"inputs": [1], "params": {"D": 1}}}),
+    (SENS, {"json": {"inputs": [1], "wrt": []}}),
+    (SENS, {"json": {"inputs": [1], "dtype": "float16"}}),
+    ("/v1/routines/black_scholes_call/evaluate", {"json": {"inputs": [1, 2, 3]}}),
+    ("/v1/routines/black_scholes_call/sensitivities", {"json": {"inputs": [[1, 2, 3]],
+                                                               "params": {"sigma": -1}}}),
+    (SENS, {"json": {"inputs": list(range(2000))}}),  # over max_body_bytes: 413
+    (SENS + "?strategy=reverse-loop", {"json": {"inputs": list(range(600))}}),  # over its cap
+]
+
+
+@pytest.mark.parametrize(("path", "request_kwargs"), CASES,
+                         ids=[f"{i}-{c[0].rsplit('/', 1)[-1]}" for i, c in enumerate(CASES)])
+async def test_bare_path_answers_as_the_fastapi_route_does(
+        clients: Clients, path: str, request_kwargs: dict[str, Any]) -> None:
+    fast = await clients.fast.post(path, **request_kwargs)
+    slow = await clients.framework.post(path, **request_kwargs)
+    assert _comparable(fast) == _comparable(slow)
+    assert fast.status_code < 500
+
+
+async def test_forum_example_on_the_bare_path(clients: Clients) -> None:
+    resp = await clients.fast.post(SENS, json={"inputs": list(range(10)),
+                                               "params": {"C": -5.0}, "wrt": ["C"]})
+    assert resp.status_code == 200
+    assert resp.headers["content-length"] == str(len(resp.content))
+    body = resp.json()
+    assert body["values"] == [-5.0 * i for i in range(10)]
+    assert body["derivatives"] == {"C": [float(i) for i in range(10)]}
+
+
+async def test_computation_requests_skip_the_framework(
+        clients: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = FastAPI.__call__
+
+    async def spy(self: FastAPI, scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["path"])
+        await real(self, scope, receive, send)
+
+    monkeypatch.setattr(FastAPI, "__call__", spy)
+    assert (await clients.fast.post(SENS, json={"inputs": [1]})).status_code == 200
+    assert (await clients.fast.post("/v1/routines/linear/evaluate",
+                                    json={"inputs": [1]})).status_code == 200
+    assert (await clients.fast.post("/v1/routines/nope/evaluate",
+                                    json={"inputs": [1]})).status_code == 404
+    assert seen == []
+    assert (await clients.fast.get("/v1/routines/linear")).status_code == 200
+    assert (await clients.fast.get(SENS)).status_code == 405  # other methods: FastAPI's
+    assert seen == ["/v1/routines/linear", SENS]
+
+
+def _scope(method: str = "POST", path: str = SENS, root_path: str = "") -> Scope:
+    return {"type": "http", "method": method, "path": path, "root_path": root_path,
+            "query_string": b"", "headers": []}
+
+
+def test_route_of() -> None:
+    assert route_of(_scope()) == (JobKind.SENSITIVITIES, "linear")
+    assert route_of(_scope(path="/v1/routines/a b/evaluate")) == (JobKind.EVALUATE, "a b")
+    assert route_of(_scope(method="GET")) is None
+    assert route_of(_scope(path=SENS + "/")) is None
+    assert route_of(_scope(path="/v1/routines/a/b/evaluate")) is None
+    assert route_of(_scope(path="/v2/models/linear/infer")) is None
+    assert route_of(_scope(root_path="/dydc")) is None
+    assert route_of({"type": "websocket", "path": SENS}) is None
+
+
+async def _call(app: App, chunks: list[bytes], *, headers: list[tuple[bytes, bytes]],
+                disconnect: bool = False) -> list[Message]:
+    """One request straight through the ASGI interface: the body in ``chunks``, then, if
+    ``disconnect``, the client going away instead of the last chunk."""
+    incoming: list[Message] = [{"type": "http.request", "body": c, "more_body": True}
+                               for c in chunks[:-1]]
+    incoming.append({"type": "http.disconnect"} if disconnect
+                    else {"type": "http.request", "body": chunks[-1], "more_body": False})
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({**_scope(), "headers": headers, "query_string": b"", "http_version": "1.1",
+               "scheme": "http", "server": ("dydc.test", 80), "client": ("127.0.0.1", 1)},
+              receive, send)
+    return sent
+
+
+async def test_streamed_body_in_chunks(clients: Clients) -> None:
+    body = orjson.dumps({"inputs": [1, 2, 3], "params": {"C": 2}})
+    sent = await _call(clients.app, [body[:5], body[5:17], body[17:]], headers=[])
+    assert sent[0]["status"] == 200
+    assert orjson.loads(sent[1]["body"])["derivatives"] == {"C": [1.0, 2.0, 3.0]}
+
+
+async def test_streamed_body_over_the_limit_is_413_before_the_end(clients: Clients) -> None:
+    chunk = b" " * 3000  # two of these are over max_body_bytes = 4096, with no Content-Length
+    sent = await _call(clients.app, [chunk, chunk, b"never read"], headers=[])
+    assert sent[0]["status"] == 413
+    assert (b"content-type", b"application/problem+json") in sent[0]["headers"]
+    assert b"DYDC_MAX_BODY_BYTES" in sent[1]["body"]
+
+
+async def test_declared_length_over_the_limit_is_413_unread(clients: Clients) -> None:
+    sent = await _call(clients.app, [b"{}"], headers=[(b"content-length", b"5000")])
+    assert sent[0]["status"] == 413
+    assert b"5000 bytes; the limit is 4096" in sent[1]["body"]
+
+
+async def test_client_gone_mid_body_gets_no_answer_and_counts_499(clients: Clients) -> None:
+    def gone() -> float:
+        samples = scrape(generate_latest().decode())
+        return sum(v for labels, v in samples.get("dydc_requests_total", [])
+                   if labels.get("status") == "499")
+
+    before = gone()
+    sent = await _call(clients.app, [b'{"inputs": [1, ', b""], headers=[], disconnect=True)
+    assert sent == []
+    assert gone() == before + 1
+
+
+async def test_under_a_root_path_fastapi_serves(clients: Clients) -> None:
+    async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=clients.app, root_path="/dydc"),
+            base_url="http://dydc.test", timeout=60) as c:
+        resp = await c.post("/dydc" + SENS, json={"inputs": [3], "params": {"C": 2}})
+    assert resp.status_code == 200
+    assert resp.json()["derivatives"] == {"C": [3.0]}
