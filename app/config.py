@@ -53,6 +53,22 @@ class Settings(BaseSettings):
         "collections."
     )
     warmup: bool = Field(True, description="Run every routine once at start-up before ready.")
+    compile: bool = Field(
+        True, description="Run forward mode (forward, auto) through torch.compile for launches "
+        "of at least DYDC_COMPILE_MIN_SAMPLES samples; needs a C++ compiler on the CPU (Triton "
+        "on CUDA), and falls back to eager forward mode without one."
+    )
+    compile_min_samples: PositiveInt = Field(
+        65_536, description="Smallest launch that runs compiled forward mode."
+    )
+    compile_chunk: PositiveInt = Field(
+        65_536, description="Samples per call of a compiled graph: each graph is compiled for "
+        "this one size, and a launch runs in chunks of it (the last one padded)."
+    )
+    host_allocator_cache: bool = Field(
+        True, description="Keep freed large host buffers for reuse instead of returning them "
+        "to the OS (glibc malloc settings; Linux only)."
+    )
     torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
     log_level: str = Field("info", description="Python logging level.")
 

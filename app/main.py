@@ -22,10 +22,12 @@ from app.api import health, v1, v2
 from app.api.fastpath import App
 from app.config import Settings
 from app.engine import (
+    CompiledForward,
     Engine,
     JobQueue,
     Limits,
     WorkerPool,
+    cache_host_allocations,
     load_torch_extensions,
     resolve_devices,
     warm_up,
@@ -97,11 +99,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         load_torch_extensions()
+        if s.host_allocator_cache:
+            cache_host_allocations()
         routines = discover()
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
+        compiled = (CompiledForward(s.compile_chunk, s.compile_min_samples) if s.compile
+                    else None)
         pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
-                          warmup=partial(warm_up, routines) if s.warmup else None)
+                          warmup=partial(warm_up, routines) if s.warmup else None,
+                          compiled=compiled)
         app.state.settings = s
         app.state.engine = Engine(routines, _limits(s), pool)
         pool.start()

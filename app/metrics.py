@@ -10,6 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "BATCH_REQUESTS",
     "BATCH_SAMPLES",
+    "COMPILED_GRAPHS",
+    "COMPILE_SECONDS",
     "COMPUTE_SECONDS",
     "DEVICE_MEMORY_BYTES",
     "LAUNCHES",
@@ -96,6 +98,16 @@ REJECTIONS = Counter(
 )
 for _reason in ("queue_full", "deadline", "shutdown"):
     REJECTIONS.labels(_reason)
+COMPILED_GRAPHS = Counter(
+    "dydc_compiled_graphs_total",
+    "Forward-mode graphs compiled for large launches (app.engine.compiled), by routine.",
+    ["routine"],
+)
+COMPILE_SECONDS = Histogram(
+    "dydc_compile_duration_seconds",
+    "Time to compile a forward-mode graph (its first call: the launch that needed it waits).",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
 WORKER_RESTARTS = Counter("dydc_worker_restarts_total", "Device workers restarted after dying.")
 WORKERS_READY = Gauge("dydc_workers_ready", "Device workers up and warm.")
 

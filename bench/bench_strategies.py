@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings
+from app.engine import CompiledForward, cache_host_allocations
 from app.engine.compute import differentiate
 from app.engine.evaluation import evaluate_batch
 from app.engine.strategies import STRATEGIES, Problem
@@ -87,6 +88,13 @@ def run(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[str, dict[int, fl
     """{case label: {strategy or PLAIN: {N: ms, or None when capped}}}"""
     routines: dict[str, Routine] = discover()
     limit = caps()
+    settings = Settings()
+    # as the service runs them: its host allocator settings, and compiled forward mode for
+    # large launches (the warm-up call of each cell pays the compile, outside the timing)
+    if settings.host_allocator_cache:
+        cache_host_allocations()
+    compiled = (CompiledForward(settings.compile_chunk, settings.compile_min_samples)
+                if settings.compile else None)
     table: dict[str, dict[str, dict[int, float | None]]] = {}
     for case in CASES:
         r = routines[case.routine]
@@ -101,7 +109,7 @@ def run(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[str, dict[int, fl
                 if n > limit.get(s, n):
                     rows[s][n] = None
                 else:
-                    calls[s] = lambda s=s, p=problem: differentiate(p, s)  # type: ignore[misc]
+                    calls[s] = lambda s=s, p=problem: differentiate(p, s, compiled)  # type: ignore[misc]
             for name, ms in interleaved_ms(calls, rounds).items():
                 rows[name][n] = ms
                 print(f"{case.label:36s} N={n:>9,} {name:24s} {ms:10.3f} ms  "

@@ -34,6 +34,9 @@ def logistic_growth(N0: Tensor, t: Tensor, *, r: Tensor, K: Tensor) -> Tensor:
     params=_PARAMS,
     inputs=["N0", "t"],
     outputs=["N"],
+    # the loop unrolls into a graph of every step: compiling its forward mode had not
+    # finished after 10 minutes (a 65,536-sample chunk, this machine)
+    compile=False,
 )
 def logistic_rk4(N0: Tensor, t: Tensor, *, r: Tensor, K: Tensor) -> Tensor:
     def rate(n: Tensor) -> Tensor:

@@ -74,6 +74,7 @@ class Routine:
     outputs: tuple[str, ...]
     fn: RoutineFn = field(repr=False)
     vectorized: bool = False
+    compile: bool = True  # False: forward mode always runs eagerly (app.engine.compiled)
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
@@ -122,8 +123,14 @@ def routine(
     inputs: Sequence[str],
     outputs: Sequence[str] = ("y",),
     vectorized: bool = False,
+    compile: bool = True,
 ) -> Callable[[RoutineFn], Routine]:
-    """Declare a function as a routine; the module attribute becomes a :class:`Routine`."""
+    """Declare a function as a routine; the module attribute becomes a :class:`Routine`.
+
+    ``compile=False`` keeps the service from compiling the routine's forward mode for large
+    launches: for code whose compiled graph would be huge (a long Python loop unrolls into
+    every step), where compiling costs more than it saves.
+    """
 
     def declare(fn: RoutineFn) -> Routine:
         return Routine(
@@ -134,6 +141,7 @@ def routine(
             outputs=tuple(outputs),
             fn=fn,
             vectorized=vectorized,
+            compile=compile,
         )
 
     return declare

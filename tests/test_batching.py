@@ -244,11 +244,12 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
     real = compute._compute
     sizes: list[int] = []
 
-    def small_device(jobs: Any, inputs: torch.Tensor, device: torch.device) -> Any:
+    def small_device(jobs: Any, inputs: torch.Tensor, device: torch.device,
+                     compiled: Any) -> Any:
         sizes.append(int(inputs.shape[0]))
         if inputs.shape[0] > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(jobs, inputs, device)
+        return real(jobs, inputs, device, compiled)
 
     monkeypatch.setattr(compute, "_compute", small_device)
     linear = discover()["linear"]
@@ -261,7 +262,7 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
     assert result.values[:, 0].tolist() == (2 * x[:, 0]).tolist()
     assert sizes[:3] == [40, 20, 10] and max(sizes[3:]) <= 8 and sum(sizes[3:]) == 50
 
-    def no_memory(jobs: Any, inputs: torch.Tensor, device: torch.device) -> Any:
+    def no_memory(jobs: Any, inputs: torch.Tensor, device: torch.device, compiled: Any) -> Any:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(compute, "_compute", no_memory)

@@ -1,13 +1,22 @@
 """The engine: strategies, the device worker and request validation. Knows nothing of HTTP."""
 
+from app.engine.compiled import CompiledForward
 from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.service import DTYPES, Engine, Limits, load_torch_extensions, warm_up
+from app.engine.service import (
+    DTYPES,
+    Engine,
+    Limits,
+    cache_host_allocations,
+    load_torch_extensions,
+    warm_up,
+)
 from app.engine.strategies import STRATEGIES
 from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_devices
 
 __all__ = [
     "DTYPES",
     "STRATEGIES",
+    "CompiledForward",
     "DeviceWorker",
     "Engine",
     "Job",
@@ -16,6 +25,7 @@ __all__ = [
     "JobResult",
     "Limits",
     "WorkerPool",
+    "cache_host_allocations",
     "load_torch_extensions",
     "resolve_devices",
     "warm_up",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from app.engine.compiled import CompiledForward
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.strategies import STRATEGIES, Derivatives, Problem, lacks_forward_formula
@@ -44,9 +45,15 @@ def batch_key(job: Job) -> tuple[object, ...] | None:
     return (job.kind, job.routine.name, job.dtype, job.wrt, job.strategy)
 
 
-def differentiate(problem: Problem, strategy: str) -> tuple[Derivatives, str]:
+def differentiate(problem: Problem, strategy: str,
+                  compiled: CompiledForward | None = None) -> tuple[Derivatives, str]:
     """Run a strategy; ``auto`` is forward mode, or AUTO_FALLBACK where forward mode lacks a
-    formula. Returns the derivatives and the name of the strategy that ran."""
+    formula. Forward mode runs compiled where ``compiled`` applies to the problem. Returns
+    the derivatives and the name of the strategy that ran."""
+    if strategy in ("auto", "forward") and compiled is not None and compiled.applies(problem):
+        result = compiled.run(problem)
+        if result is not None:
+            return result, "forward"
     if strategy != "auto":
         return STRATEGIES[strategy].run(problem), strategy
     try:
@@ -83,7 +90,8 @@ def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
     return out
 
 
-def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> _Output:
+def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
+             compiled: CompiledForward | None) -> _Output:
     """One launch. Engine errors pass through; what the routine raises is wrapped."""
     job = jobs[0]
     problem = Problem(job.routine, inputs.to(device, non_blocking=True), _params(jobs, device),
@@ -94,7 +102,7 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> _Outp
                 values, derivs, ran = problem.evaluate(), {}, None
             else:
                 assert job.strategy is not None
-                result, ran = differentiate(problem, job.strategy)
+                result, ran = differentiate(problem, job.strategy, compiled)
                 values, derivs = result.values, result.derivatives
     except (EngineError, torch.cuda.OutOfMemoryError):
         raise
@@ -114,7 +122,8 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> _Outp
     )
 
 
-def _compute_chunked(job: Job, device: torch.device, chunk: int) -> _Output:
+def _compute_chunked(job: Job, device: torch.device, chunk: int,
+                     compiled: CompiledForward | None) -> _Output:
     """A request larger than a launch runs in chunks; CUDA running out of memory halves the
     chunk and retries, down to one sample, before the request is refused."""
     parts: list[_Output] = []
@@ -122,7 +131,7 @@ def _compute_chunked(job: Job, device: torch.device, chunk: int) -> _Output:
     while start < job.n:
         size = min(chunk, job.n - start)
         try:
-            parts.append(_compute([job], job.inputs[start:start + size], device))
+            parts.append(_compute([job], job.inputs[start:start + size], device, compiled))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if chunk == 1:
@@ -171,21 +180,22 @@ def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str |
                      compute_s=finished - started)
 
 
-def run_job(job: Job, device: torch.device, chunk: int = 2**62) -> JobResult:
+def run_job(job: Job, device: torch.device, chunk: int = 2**62,
+            compiled: CompiledForward | None = None) -> JobResult:
     """One request on its own (in chunks of at most ``chunk`` samples)."""
     started = time.perf_counter()
-    out = _compute_chunked(job, device, chunk)
+    out = _compute_chunked(job, device, chunk, compiled)
     return _result(job, out.values, out.derivatives, out.strategy, device, started,
                    time.perf_counter())
 
 
-def run_batch(jobs: Sequence[Job], device: torch.device,
-              chunk: int) -> list[JobResult | Exception]:
+def run_batch(jobs: Sequence[Job], device: torch.device, chunk: int,
+              compiled: CompiledForward | None = None) -> list[JobResult | Exception]:
     """Jobs with one batch_key in one launch; each gets its own result or its own error."""
     if len(jobs) > 1:
         started = time.perf_counter()
         try:
-            out = _compute(jobs, torch.cat([job.inputs for job in jobs]), device)
+            out = _compute(jobs, torch.cat([job.inputs for job in jobs]), device, compiled)
         except Exception:
             pass  # isolate the culprit: every request again, on its own, below
         else:
@@ -209,7 +219,7 @@ def run_batch(jobs: Sequence[Job], device: torch.device,
     results = []
     for job in jobs:
         try:
-            results.append(run_job(job, device, chunk))
+            results.append(run_job(job, device, chunk, compiled))
         except Exception as exc:
             results.append(exc)
     return results

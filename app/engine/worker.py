@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from app import metrics
+from app.engine.compiled import CompiledForward
 from app.engine.compute import batch_key, run_batch
 from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
 from app.engine.jobs import Job, resolve_all
@@ -177,10 +178,12 @@ class DeviceWorker:
     """Owns one device: a thread that warms it up, then runs batches from the queue."""
 
     def __init__(self, device: torch.device, queue: JobQueue, chunk: int,
-                 warmup: Callable[[torch.device], None] | None = None):
+                 warmup: Callable[[torch.device], None] | None = None,
+                 compiled: CompiledForward | None = None):
         self.device = device
         self._queue = queue
         self._chunk = chunk
+        self._compiled = compiled
         self._warmup = warmup
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -210,7 +213,7 @@ class DeviceWorker:
         for job in batch:
             metrics.QUEUE_WAIT_SECONDS.observe(started - job.enqueued_at)
         try:
-            results = run_batch(batch, self.device, self._chunk)
+            results = run_batch(batch, self.device, self._chunk, self._compiled)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
             lost = ServiceUnavailable(f"the device worker on {self.device} failed "
                                       f"({type(exc).__name__}); retry")
@@ -247,9 +250,10 @@ class WorkerPool:
     """One worker per device over one shared queue; restarts workers that die."""
 
     def __init__(self, devices: Sequence[torch.device], queue: JobQueue, chunk: int,
-                 warmup: Callable[[torch.device], None] | None = None):
+                 warmup: Callable[[torch.device], None] | None = None,
+                 compiled: CompiledForward | None = None):
         self.queue = queue
-        self.workers = [DeviceWorker(d, queue, chunk, warmup) for d in devices]
+        self.workers = [DeviceWorker(d, queue, chunk, warmup, compiled) for d in devices]
         self._started = False
         self.drain_started: float | None = None  # time.monotonic() of the drain's start
 

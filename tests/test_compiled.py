@@ -1,0 +1,126 @@
+"""Forward mode through torch.compile (app.engine.compiled): the same numbers as the closed
+forms, in chunks with a padded last one, with shared and per-sample parameters; and eager
+forward mode wherever compiling does not apply or fails.
+
+Chunks here are tiny (a graph is compiled per chunk size, and compiling costs the same
+whatever the size), so that the chunking, the padding and the views are exercised at small N.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_routines import AD_RTOL, CLOSED_FORMS, assert_close
+from test_strategies import assert_matches_closed_form, problem_for
+
+from app.engine.compiled import CompiledForward
+from app.engine.compute import AUTO_FALLBACK, differentiate
+from app.engine.strategies import Problem
+from routines import Routine, discover
+from tests.test_operations import scrape, value
+
+CHUNK = 64
+
+
+@pytest.fixture(scope="module")
+def builtins() -> dict[str, Routine]:
+    return discover()
+
+
+@pytest.fixture(scope="module")
+def compiled() -> CompiledForward:
+    return CompiledForward(chunk=CHUNK, min_samples=32)
+
+
+def test_shared_parameters_in_chunks_with_a_padded_last_one(
+        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
+    problem = problem_for(builtins["black_scholes_call"], 2 * CHUNK + 37, wrt=("sigma", "r"))
+    assert compiled.applies(problem)
+    result = compiled.run(problem)
+    assert result is not None
+    assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
+    eager, ran = differentiate(problem, "forward")
+    assert ran == "forward"
+    for name in problem.wrt:  # the same numbers as eager forward mode, to rounding
+        assert_close(result.derivatives[name], eager.derivatives[name], rtol=1e-12)
+    assert differentiate(problem, "auto", compiled)[1] == "forward"
+
+
+def test_per_sample_parameters_as_a_coalesced_batch_has_them(
+        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
+    r = builtins["exponential_decay"]
+    form = CLOSED_FORMS[r.name]
+    n = CHUNK + 5
+    x = form.batch(n, seed=3)
+    k = torch.linspace(0.1, 2.0, n, dtype=torch.float64)
+    result = compiled.run(Problem(r, x, {"k": k}, ("k",)))
+    assert result is not None
+    for i in (0, CHUNK - 1, CHUNK, n - 1):  # each sample with its own k, across the chunks
+        values, derivs = form.expected(x[i:i + 1], {"k": float(k[i])})
+        assert_close(result.values[i:i + 1], values, rtol=AD_RTOL)
+        assert_close(result.derivatives["k"][i:i + 1], derivs["k"], rtol=AD_RTOL)
+
+
+def test_several_outputs_and_float32(builtins: dict[str, Routine],
+                                     compiled: CompiledForward) -> None:
+    r = builtins["softmax"]
+    problem = problem_for(r, CHUNK + 1, dtype=torch.float32)
+    result = compiled.run(problem)
+    assert result is not None
+    assert result.values.shape == (CHUNK + 1, len(r.outputs))
+    assert result.values.dtype == torch.float32
+    exact_values, exact = CLOSED_FORMS[r.name].expected(problem.inputs)
+    assert_close(result.values, exact_values, rtol=1e-5, atol=1e-6)
+    assert_close(result.derivatives["T"], exact["T"], rtol=1e-4, atol=1e-5)
+
+
+def test_small_launches_and_opted_out_routines_run_eagerly(
+        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
+    assert not compiled.applies(problem_for(builtins["linear"], 31))
+    assert compiled.applies(problem_for(builtins["linear"], 32))
+    assert not builtins["logistic_rk4"].compile
+    assert not compiled.applies(problem_for(builtins["logistic_rk4"], 1000))
+
+
+def test_what_cannot_compile_falls_back_and_is_not_tried_again(
+        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
+    r = builtins["gamma_survival"]  # igammac has no forward-mode formula
+    problem = problem_for(r, 40)
+    assert compiled.applies(problem)
+    result, ran = differentiate(problem, "auto", compiled)
+    assert ran == AUTO_FALLBACK
+    assert not compiled.applies(problem)  # refused for good: no second attempt
+    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
+    with pytest.raises(NotImplementedError, match="forward AD"):
+        differentiate(problem, "forward", compiled)
+
+
+@pytest.mark.anyio
+async def test_the_service_compiles_large_launches(make_client) -> None:  # type: ignore[no-untyped-def]
+    form = CLOSED_FORMS["linear"]
+    x = form.batch(100, seed=5)
+    async with make_client(compile_min_samples=50, compile_chunk=32) as c:
+        before = scrape((await c.get("/metrics")).text)
+        resp = await c.post("/v1/routines/linear/sensitivities",
+                            json={"inputs": x[:, 0].tolist(), "params": {"C": 1.5}})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["strategy"] == "forward"
+        assert body["derivatives"]["C"] == x[:, 0].tolist()
+        assert body["values"] == pytest.approx((1.5 * x[:, 0]).tolist(), rel=1e-15)
+        after = scrape((await c.get("/metrics")).text)
+        name = "dydc_compiled_graphs_total"
+        assert value(after, name, routine="linear") - value(before, name, routine="linear") == 1
+
+
+@pytest.mark.anyio
+async def test_compiling_can_be_switched_off(make_client) -> None:  # type: ignore[no-untyped-def]
+    async with make_client(compile=False, compile_min_samples=1) as c:
+        before = scrape((await c.get("/metrics")).text)
+        resp = await c.post("/v1/routines/linear/sensitivities",
+                            json={"inputs": [1.0, 2.0], "params": {"C": 1.5}})
+        assert resp.json()["derivatives"]["C"] == [1.0, 2.0]
+        after = scrape((await c.get("/metrics")).text)
+        name = "dydc_compiled_graphs_total"
+        assert value(after, name) == value(before, name)
+
