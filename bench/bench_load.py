@@ -25,6 +25,7 @@ load.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,12 +33,14 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -125,7 +128,8 @@ class Point:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Server:
@@ -186,7 +190,7 @@ def batch_counters(base: str) -> tuple[float, float] | None:
     return found["dydc_batch_requests_sum"], found["dydc_batch_requests_count"]
 
 
-def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) -> dict:
+def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) -> dict[str, Any]:
     threads = 1 if concurrency < 64 else 2
     cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{int(seconds)}s", "--timeout", "10s",
            "-s", str(lua), f"{base}/v1/routines/{routine}/sensitivities", "--",
@@ -194,7 +198,8 @@ def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) ->
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
-            return json.loads(line.removeprefix("WRKJSON "))
+            result: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+            return result
     raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
 
 
@@ -212,40 +217,82 @@ def check_one(base: str, routine: str) -> int:
     return len(r.content)
 
 
-def run_config(config: str, target: str, env: dict[str, str], routines: tuple[str, ...],
-               seconds: float, warm_s: float, lua: Path, logdir: Path) -> list[Point]:
+def measure(server: Server, routine: str, c: int, seconds: float, warm_s: float,
+            lua: Path) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """One wrk run (after a warm-up run when warm_s > 0), and the increase of the batch
+    counters over it."""
+    if warm_s > 0:
+        wrk(server.base, routine, c, warm_s, lua)  # warm: connections, caches
+    before = batch_counters(server.base)
+    res = wrk(server.base, routine, c, seconds, lua)
+    after = batch_counters(server.base)
+    delta = None
+    if before and after:
+        delta = (after[0] - before[0], after[1] - before[1])
+    return res, delta
+
+
+def run_all(configs: dict[str, tuple[str, dict[str, str]]], routines: tuple[str, ...],
+            seconds: float, warm_s: float, rounds: int, lua: Path,
+            logdir: Path) -> list[Point]:
+    """Every configuration's server runs at once (idle while another is measured); each point
+    is measured in ``rounds`` rounds that take the configurations in turn, in a rotating
+    order, so that a burst of load from elsewhere on a shared machine falls on all of them
+    rather than on whichever happened to be measured then."""
     points = []
-    with Server(target, env, logdir / f"server-{config}.log") as server:
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(Server(target, env, logdir / f"server-{name}.log"))
+                   for name, (target, env) in configs.items()}
+        names = list(servers)
         for routine in routines:
-            check_one(server.base, routine)
+            for server in servers.values():
+                check_one(server.base, routine)
             for c in CONCURRENCIES:
-                wrk(server.base, routine, c, warm_s, lua)  # warm: connections, caches
-                before = batch_counters(server.base)
-                res = wrk(server.base, routine, c, seconds, lua)
-                after = batch_counters(server.base)
-                per_launch = None
-                if before and after and after[1] > before[1]:
-                    per_launch = (after[0] - before[0]) / (after[1] - before[1])
-                secs = res["duration_us"] / 1e6
-                errors = sum(res[k] for k in ("connect", "read", "write", "status", "timeout"))
-                rps = res["requests"] / secs
-                p = Point(config, routine, c, res["requests"], round(secs, 2), rps,
-                          res["p50_us"] / 1e3, res["p99_us"] / 1e3, rps * N_SAMPLES,
-                          per_launch, errors,
-                          res["bytes"] / res["requests"] if res["requests"] else 0.0)
-                points.append(p)
-                rpl = "-" if per_launch is None else f"{per_launch:.1f}"
-                print(f"{config:5} {routine:19} c={c:<4} {rps:8.0f} req/s  p50 {p.p50_ms:7.2f} ms"
-                      f"  p99 {p.p99_ms:7.2f} ms  req/launch {rpl:>5}  errors {errors}",
-                      flush=True)
+                runs: dict[str, list[tuple[dict[str, Any], tuple[float, float] | None]]] = {
+                    name: [] for name in names}
+                for i in range(rounds):
+                    for name in names[i % len(names):] + names[:i % len(names)]:
+                        runs[name].append(measure(servers[name], routine, c, seconds,
+                                                  warm_s if i == 0 else 0, lua))
+                for name in names:
+                    points.append(_point(name, routine, c, runs[name]))
+                    _print(points[-1])
     return points
+
+
+def _point(config: str, routine: str, c: int,
+           runs: list[tuple[dict[str, Any], tuple[float, float] | None]]) -> Point:
+    """All rounds of one point together: requests over seconds, the median of the rounds'
+    percentiles, requests per launch from the summed counters."""
+    requests = sum(res["requests"] for res, _ in runs)
+    secs = sum(res["duration_us"] for res, _ in runs) / 1e6
+    errors = sum(res[k] for res, _ in runs
+                 for k in ("connect", "read", "write", "status", "timeout"))
+    launched = [d for _, d in runs if d is not None]
+    per_launch = None
+    if launched and sum(d[1] for d in launched) > 0:
+        per_launch = sum(d[0] for d in launched) / sum(d[1] for d in launched)
+    rps = requests / secs
+    return Point(config, routine, c, requests, round(secs, 2), rps,
+                 statistics.median(res["p50_us"] for res, _ in runs) / 1e3,
+                 statistics.median(res["p99_us"] for res, _ in runs) / 1e3,
+                 rps * N_SAMPLES, per_launch, errors,
+                 sum(res["bytes"] for res, _ in runs) / requests if requests else 0.0)
+
+
+def _print(p: Point) -> None:
+    rpl = "-" if p.requests_per_launch is None else f"{p.requests_per_launch:.1f}"
+    print(f"{p.config:5} {p.routine:19} c={p.concurrency:<4} {p.rps:8.0f} req/s  "
+          f"p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms  req/launch {rpl:>5}  "
+          f"errors {p.errors}", flush=True)
 
 
 def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def write_markdown(points: list[Point], path: Path, command: str, meta: dict) -> str:
+def write_markdown(points: list[Point], path: Path, command: str,
+                   meta: dict[str, Any]) -> str:
     lines = [
         "| routine | batching | concurrency | req/s | p50 ms | p99 ms | samples/s | "
         "req/launch | errors |",
@@ -278,8 +325,10 @@ def write_markdown(points: list[Point], path: Path, command: str, meta: dict) ->
         f"Command: `{command}`\n\n"
         f"{meta['when']}, {meta['machine']}; server: one uvicorn process (uvloop, httptools), "
         "DYDC_DEVICE=cpu, DYDC_TORCH_THREADS=1; client: wrk "
-        f"(1 thread below concurrency 64, 2 above), {meta['seconds']:g} s per point after "
-        f"{meta['warm_s']:g} s of warm-up; 16 samples and a distinct parameter value per "
+        f"(1 thread below concurrency 64, 2 above); per point, {meta['rounds']} rounds of "
+        f"{meta['seconds']:g} s that take the configurations in turn (all servers up at "
+        f"once), after {meta['warm_s']:g} s of warm-up each; 16 samples and a distinct "
+        "parameter value per "
         "request. Batching off = DYDC_MAX_BATCH_SAMPLES=16. Mean bytes read per response, headers "
         "included (wrk): "
         f"{meta['sizes']}.\n\n"
@@ -318,7 +367,10 @@ def plot(points: list[Point], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=int, default=4, help="measured seconds per point")
+    ap.add_argument("--seconds", type=int, default=2,
+                    help="measured seconds per point and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per point, taking the configurations in turn")
     ap.add_argument("--warm", type=int, default=1, help="warm-up seconds per point")
     ap.add_argument("--configs", default="on,off,bare")
     args = ap.parse_args()
@@ -339,22 +391,22 @@ def main() -> None:
         lua = Path(tmp) / "dydc.lua"
         lua.write_text(LUA)
         logdir = Path(tmp)
-        for config in args.configs.split(","):
-            target, env = configs[config]
-            try:
-                points += run_config(config, target, env, ROUTINES, args.seconds, args.warm,
-                                     lua, logdir)
-            except Exception:
-                for log in logdir.glob("server-*.log"):
-                    print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
-                raise
+        chosen = {name: configs[name] for name in args.configs.split(",")}
+        try:
+            points = run_all(chosen, ROUTINES, args.seconds, args.warm, args.rounds, lua,
+                             logdir)
+        except Exception:
+            for log in logdir.glob("server-*.log"):
+                print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
+            raise
     sizes = ", ".join(
         f"{c}/{r} {sum(ps) / len(ps):.0f}" for c in configs for r in ROUTINES
         if (ps := [p.response_bytes for p in points if p.config == c and p.routine == r]))
     meta = {"when": time.strftime("%Y-%m-%d"),
             "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                        "shared with other jobs (noisy)",
-            "seconds": args.seconds, "warm_s": args.warm, "sizes": sizes}
+            "seconds": args.seconds, "rounds": args.rounds, "warm_s": args.warm,
+            "sizes": sizes}
     (RESULTS / "load.json").write_text(json.dumps(
         {"meta": meta, "command": command, "points": [asdict(p) for p in points]}, indent=1))
     summary = write_markdown(points, RESULTS / "load.md", command, meta)

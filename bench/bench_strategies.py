@@ -118,6 +118,75 @@ def run(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[str, dict[int, fl
     return table
 
 
+FORWARD_SIZES = (100_000, 1_000_000)
+EAGER = "forward, eager (DYDC_COMPILE=false)"
+SERVED = "forward, as served (compiled)"
+
+
+def forward_table(rounds: int) -> list[tuple[str, int, float, float, float]]:
+    """Every routine, wrt all its parameters: plain evaluation, eager forward mode, and
+    forward mode as the service runs it (compiled where it applies), at N = 1e5 and 1e6.
+    [(routine, N, evaluate ms, eager ms, served ms)]"""
+    settings = Settings()
+    compiled = CompiledForward(settings.compile_chunk, settings.compile_min_samples)
+    out = []
+    for name, r in sorted(discover().items()):
+        params = {p.name: torch.tensor(p.default, dtype=torch.float64) for p in r.params}
+        form = FORWARD_INPUTS.get(name, _positive)
+        for n in FORWARD_SIZES:
+            x = form(torch.Generator().manual_seed(n), n, len(r.inputs))
+            problem = Problem(r, x, params, r.param_names)
+            started = time.perf_counter()
+            ran = differentiate(problem, "auto", compiled)[1]  # compiles, where it applies
+            first = time.perf_counter() - started
+            calls: dict[str, Callable[[], object]] = {
+                PLAIN: lambda r=r, x=x, params=params: evaluate_batch(r, x, params),
+                SERVED: lambda p=problem: differentiate(p, "auto", compiled),
+            }
+            if compiled.applies(problem):  # otherwise it is the same eager call
+                calls[EAGER] = lambda p=problem: differentiate(p, "auto")
+            ms = interleaved_ms(calls, rounds)
+            ms.setdefault(EAGER, ms[SERVED])
+            out.append((name, n, ms[PLAIN], ms[EAGER], ms[SERVED]))
+            print(f"{name:20s} N={n:>9,} ({ran}; first call {first:.1f} s) evaluate "
+                  f"{ms[PLAIN]:9.3f} ms  eager {ms[EAGER] / ms[PLAIN]:5.2f}x  served "
+                  f"{ms[SERVED] / ms[PLAIN]:5.2f}x", flush=True)
+    return out
+
+
+def _positive(g: torch.Generator, n: int, d: int) -> torch.Tensor:
+    return 0.5 + 4 * torch.rand(n, d, generator=g, dtype=torch.float64)
+
+
+FORWARD_INPUTS: dict[str, Callable[[torch.Generator, int, int], torch.Tensor]] = {
+    "black_scholes_call": lambda g, n, d: CASES[0].inputs(g, n),
+    "softmax": lambda g, n, d: 2 * torch.randn(n, d, generator=g, dtype=torch.float64),
+    "logistic_growth": lambda g, n, d: torch.stack([_uniform(g, n, 1, 90),
+                                                    _uniform(g, n, 0, 10)], 1),
+    "logistic_rk4": lambda g, n, d: torch.stack([_uniform(g, n, 1, 90),
+                                                 _uniform(g, n, 0, 10)], 1),
+}
+
+
+def forward_markdown(rows: list[tuple[str, int, float, float, float]]) -> str:
+    lines = [
+        "## forward against plain evaluation, every routine (wrt all its parameters)",
+        "",
+        "strategy=auto as the service runs it (forward mode; `vmap-grad` for `gamma_survival`, "
+        f"which has no forward formula), compiled for launches of at least "
+        f"{Settings().compile_min_samples:,} samples in chunks of {Settings().compile_chunk:,}"
+        " (the first call, which compiles, is not timed), beside eager forward mode; ratios "
+        "to plain evaluation of the same batch.",
+        "",
+        "| routine | N | evaluate | eager forward | forward as served |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for name, n, plain, eager, served in rows:
+        lines.append(f"| {name} | {_n(n)} | {plain:.3g} ms | {eager:.3g} ms "
+                     f"({eager / plain:.2g}x) | {served:.3g} ms ({served / plain:.2g}x) |")
+    return "\n".join(lines) + "\n"
+
+
 def _n(n: int) -> str:
     return f"{n:,}".replace(",", " ") if n < 10_000 else f"1e{len(str(n)) - 1}"
 
@@ -187,6 +256,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9,
                         help="timed calls of each strategy per N (the median is reported)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--forward-rounds", type=int, default=5,
+                        help="timed calls per cell of the every-routine forward table")
+    parser.add_argument("--skip-forward-table", action="store_true",
+                        help="only the strategy tables")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script, inside forward AD
     torch.manual_seed(0)
@@ -194,7 +267,10 @@ def main() -> None:
     table = run(sizes, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(["bench/bench_strategies.py", *sys.argv[1:]])
-    (args.out / "strategies.md").write_text(markdown(table, sizes, command))
+    doc = markdown(table, sizes, command)
+    if not args.skip_forward_table:
+        doc += "\n" + forward_markdown(forward_table(args.forward_rounds))
+    (args.out / "strategies.md").write_text(doc)
     plot(table, args.out / "strategies.png")
     print(f"wrote {args.out / 'strategies.md'} and {args.out / 'strategies.png'}")
 

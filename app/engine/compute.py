@@ -71,8 +71,10 @@ class _Output:
     strategy: str | None
 
     def all_finite(self) -> bool:
-        """One check for the whole launch; requests are checked one by one only if it fails."""
-        return all(bool(torch.isfinite(t).all())
+        """One check for the whole launch; requests are checked one by one only if it fails.
+        In numpy: on the host its calls keep the GIL, where each torch call would hand it to
+        the event loop's thread and wait to get it back."""
+        return all(bool(np.isfinite(t.numpy()).all())
                    for t in (self.values, *self.derivatives.values()))
 
 
@@ -115,11 +117,17 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
             f"routine {job.routine.name} failed under strategy {job.strategy or 'evaluate'}: "
             f"{type(exc).__name__}: {exc}".split("\n")[0]
         ) from exc
-    return _Output(
-        values.detach().to("cpu", job.dtype),
-        {name: d.detach().to("cpu", job.dtype) for name, d in derivs.items()},
-        ran,
-    )
+    return _Output(_to_host(values, job.dtype),
+                   {name: _to_host(d, job.dtype) for name, d in derivs.items()}, ran)
+
+
+def _to_host(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """On the CPU in ``dtype``, with no torch call where it already is (see all_finite)."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.device.type == "cpu" and t.dtype == dtype:
+        return t
+    return t.to("cpu", dtype)
 
 
 def _compute_chunked(job: Job, device: torch.device, chunk: int,
