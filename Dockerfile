@@ -47,6 +47,10 @@ FROM ${PYTHON_IMAGE} AS runtime
 # NVIDIA_DRIVER_CAPABILITIES: the driver libraries the NVIDIA Container Toolkit mounts. No
 # NVIDIA_VISIBLE_DEVICES=all: a container sees the GPUs it is given (--gpus, a Compose
 # reservation, a Kubernetes nvidia.com/gpu limit), and none otherwise.
+# DYDC_COMPILE=false: compiled forward mode (README, How requests run) needs a C compiler
+# (Inductor's C++ on the CPU, Triton's launcher on CUDA), which this slim image does not carry,
+# and it has been measured on the CPU only; without it every large launch would first try,
+# fail and log. Build FROM an image with gcc and g++ to set it true.
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -54,6 +58,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     DYDC_HOST=0.0.0.0 \
     DYDC_PORT=8000 \
     DYDC_DEVICE=auto \
+    DYDC_COMPILE=false \
     DYDC_GRACE_PERIOD_S=30
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/dydc dydc
 WORKDIR /app

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         65_536, description="Smallest launch that runs compiled forward mode."
     )
     compile_chunk: PositiveInt = Field(
-        65_536, description="Samples per call of a compiled graph: each graph is compiled for "
+        131_072, description="Samples per call of a compiled graph: each graph is compiled for "
         "this one size, and a launch runs in chunks of it (the last one padded)."
     )
     host_allocator_cache: bool = Field(
