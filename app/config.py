@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         131_072, description="Samples per call of a compiled graph: each graph is compiled for "
         "this one size, and a launch runs in chunks of it (the last one padded)."
     )
+    compile_warmup: bool = Field(
+        False, description="With DYDC_WARMUP and DYDC_COMPILE, also compile every routine's "
+        "forward mode for one large request (all parameters, float64) before reporting ready: "
+        "1-5 s a routine, instead of on the first such request."
+    )
     host_allocator_cache: bool = Field(
         True, description="Keep freed large host buffers for reuse instead of returning them "
         "to the OS (glibc malloc settings; Linux only)."

@@ -107,7 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         compiled = (CompiledForward(s.compile_chunk, s.compile_min_samples) if s.compile
                     else None)
         pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
-                          warmup=partial(warm_up, routines) if s.warmup else None,
+                          warmup=(partial(warm_up, routines,
+                                          compiled=compiled if s.compile_warmup else None)
+                                  if s.warmup else None),
                           compiled=compiled)
         app.state.settings = s
         app.state.engine = Engine(routines, _limits(s), pool)

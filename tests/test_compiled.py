@@ -8,11 +8,14 @@ whatever the size), so that the chunking, the padding and the views are exercise
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from test_routines import AD_RTOL, CLOSED_FORMS, assert_close
 from test_strategies import assert_matches_closed_form, problem_for
 
+from app.engine import cache_host_allocations, warm_up
 from app.engine.compiled import CompiledForward
 from app.engine.compute import AUTO_FALLBACK, differentiate
 from app.engine.strategies import Problem
@@ -124,3 +127,26 @@ async def test_compiling_can_be_switched_off(make_client) -> None:  # type: igno
         name = "dydc_compiled_graphs_total"
         assert value(after, name) == value(before, name)
 
+
+
+def test_warm_up_compiles_forward_mode_for_one_large_request(
+        builtins: dict[str, Routine]) -> None:
+    compiled = CompiledForward(chunk=CHUNK, min_samples=CHUNK)
+    routines = {name: builtins[name] for name in ("exponential_decay", "logistic_rk4")}
+    warm_up(routines, torch.device("cpu"), compiled)
+    exp = builtins["exponential_decay"]
+    assert compiled.compiled(exp, ("k",), torch.float64)  # all parameters, float64, shared
+    assert not compiled.compiled(builtins["logistic_rk4"], ("r", "K"), torch.float64)
+    # a real request of that kind then runs compiled, with no new graph
+    problem = problem_for(exp, 3 * CHUNK + 1)
+    before = compiled.graphs
+    result, ran = differentiate(problem, "auto", compiled)
+    assert ran == "forward" and compiled.graphs == before
+    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_host_allocations_are_cached_on_linux() -> None:
+    assert cache_host_allocations()
+    x = torch.ones(2_000_000, dtype=torch.float64)  # over glibc's default mmap threshold
+    assert float((x * 2).sum()) == 4_000_000.0

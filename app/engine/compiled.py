@@ -27,11 +27,13 @@ from torch import Tensor
 
 from app import metrics
 from app.engine.strategies import Derivatives, Problem, forward
+from routines import Routine
 
 __all__ = ["CompiledForward"]
 
 log = logging.getLogger(__name__)
 
+_CPU = torch.device("cpu")
 _Key = tuple[str, tuple[str, ...], torch.dtype, torch.device, tuple[tuple[str, bool], ...]]
 _Graph = Callable[[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]], None]
 
@@ -64,6 +66,17 @@ class CompiledForward:
         # A graph per key, all from the one code object of run() below: Dynamo's limit of 8
         # entries per code object is meant for recompiles of one function, not for this.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+
+    @property
+    def graphs(self) -> int:
+        """Graphs compiled so far (their first call succeeded)."""
+        return len(self._compiled)
+
+    def compiled(self, routine: Routine, wrt: tuple[str, ...], dtype: torch.dtype,
+                 device: torch.device = _CPU) -> bool:
+        """Whether the graph for one request of this kind (parameters shared) is compiled."""
+        layout = tuple((p.name, False) for p in routine.params)
+        return (routine.name, wrt, dtype, device, layout) in self._compiled
 
     def applies(self, problem: Problem) -> bool:
         return (problem.n >= self.min_samples and problem.routine.compile

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from app import metrics
+from app.engine.compiled import CompiledForward
 from app.engine.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -109,10 +110,14 @@ def cache_host_allocations() -> bool:
         mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
-def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
+def warm_up(routines: Mapping[str, Routine], device: torch.device,
+            compiled: CompiledForward | None = None) -> None:
     """Run every routine once, as strategy=auto would, so the first request pays no one-off
-    costs."""
-    from app.engine.compute import differentiate
+    costs; with ``compiled``, also compile each routine's forward mode for large launches of
+    one request (all parameters, float64, one value per parameter), so that the first such
+    request does not wait for it. Under the transforms lock, like every launch: another
+    worker may already be serving."""
+    from app.engine.compute import _TRANSFORMS_LOCK, differentiate
     from app.engine.strategies import Problem
 
     for r in routines.values():
@@ -120,9 +125,18 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device) -> None:
                   for p in r.params}
         x = torch.ones(2, len(r.inputs), dtype=torch.float64, device=device)
         try:
-            differentiate(Problem(r, x, params, r.param_names), "auto")
+            with _TRANSFORMS_LOCK:
+                differentiate(Problem(r, x, params, r.param_names), "auto")
         except Exception as exc:  # a routine undefined at ones is not a broken device
             log.warning("warm-up of routine %s skipped: %s", r.name, exc)
+            continue
+        if compiled is None:
+            continue
+        big = Problem(r, torch.ones(compiled.min_samples, len(r.inputs), dtype=torch.float64,
+                                    device=device), params, r.param_names)
+        if compiled.applies(big):
+            with _TRANSFORMS_LOCK:
+                compiled.run(big)  # on failure it logs, and the routine stays eager
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
