@@ -9,6 +9,7 @@ whatever the size), so that the chunking, the padding and the views are exercise
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from test_strategies import assert_matches_closed_form, problem_for
 
 from app.engine import cache_host_allocations, warm_up
 from app.engine.compiled import CompiledForward
-from app.engine.compute import AUTO_FALLBACK, differentiate
+from app.engine.compute import _TRANSFORMS_LOCK, AUTO_FALLBACK, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
 from tests.test_operations import scrape, value
@@ -150,3 +151,17 @@ def test_host_allocations_are_cached_on_linux() -> None:
     assert cache_host_allocations()
     x = torch.ones(2_000_000, dtype=torch.float64)  # over glibc's default mmap threshold
     assert float((x * 2).sum()) == 4_000_000.0
+
+
+def test_warm_up_waits_for_launches_in_flight(builtins: dict[str, Routine]) -> None:
+    """Forward-AD levels are process-wide: a worker warming up (after a restart, say) must not
+    run jvp beside another worker's launch, so it takes the same lock as launches."""
+    done = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (warm_up({"linear": builtins["linear"]}, torch.device("cpu")),
+                        done.set()))
+    with _TRANSFORMS_LOCK:  # a launch in flight on another worker
+        thread.start()
+        assert not done.wait(0.5)
+    assert done.wait(30)
+    thread.join()
