@@ -19,7 +19,7 @@ from test_strategies import assert_matches_closed_form, problem_for
 
 from app.engine import cache_host_allocations, warm_up
 from app.engine.compiled import CompiledForward
-from app.engine.compute import _TRANSFORMS_LOCK, AUTO_FALLBACK, differentiate
+from app.engine.compute import AUTO_FALLBACK, TRANSFORMS_LOCK, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
 from tests.test_operations import scrape, value
@@ -164,7 +164,7 @@ def test_warm_up_waits_for_launches_in_flight(builtins: dict[str, Routine]) -> N
     unhindered = time.perf_counter() - started
     done = threading.Event()
     thread = threading.Thread(target=lambda: (warm_up(routines, cpu), done.set()))
-    with _TRANSFORMS_LOCK:  # a launch in flight on another worker
+    with TRANSFORMS_LOCK:  # a launch in flight on another worker
         thread.start()
         assert not done.wait(max(1.0, 10 * unhindered))
     assert done.wait(30)

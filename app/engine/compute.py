@@ -23,7 +23,7 @@ from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, Servic
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.strategies import STRATEGIES, Derivatives, Problem, lacks_forward_formula
 
-__all__ = ["AUTO_FALLBACK", "batch_key", "differentiate", "run_batch", "run_job"]
+__all__ = ["AUTO_FALLBACK", "TRANSFORMS_LOCK", "batch_key", "differentiate", "run_batch", "run_job"]
 
 AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking forward formulas
 
@@ -31,7 +31,7 @@ AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking f
 # once corrupt each other's tangents (seen: zeros). Launches are therefore traced one at a
 # time; on CUDA the kernels still run asynchronously, and the copy back to the host (which
 # waits for them) happens outside the lock, so devices still overlap.
-_TRANSFORMS_LOCK = threading.Lock()
+TRANSFORMS_LOCK = threading.Lock()
 
 
 def batch_key(job: Job) -> tuple[object, ...] | None:
@@ -99,7 +99,7 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
     problem = Problem(job.routine, inputs.to(device, non_blocking=True), _params(jobs, device),
                       job.wrt)
     try:
-        with _TRANSFORMS_LOCK:
+        with TRANSFORMS_LOCK:
             if job.kind is JobKind.EVALUATE:
                 values, derivs, ran = problem.evaluate(), {}, None
             else:

@@ -117,7 +117,7 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
     one request (all parameters, float64, one value per parameter), so that the first such
     request does not wait for it. Under the transforms lock, like every launch: another
     worker may already be serving."""
-    from app.engine.compute import _TRANSFORMS_LOCK, differentiate
+    from app.engine.compute import TRANSFORMS_LOCK, differentiate
     from app.engine.strategies import Problem
 
     for r in routines.values():
@@ -125,7 +125,7 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
                   for p in r.params}
         x = torch.ones(2, len(r.inputs), dtype=torch.float64, device=device)
         try:
-            with _TRANSFORMS_LOCK:
+            with TRANSFORMS_LOCK:
                 differentiate(Problem(r, x, params, r.param_names), "auto")
         except Exception as exc:  # a routine undefined at ones is not a broken device
             log.warning("warm-up of routine %s skipped: %s", r.name, exc)
@@ -135,7 +135,7 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
         big = Problem(r, torch.ones(compiled.min_samples, len(r.inputs), dtype=torch.float64,
                                     device=device), params, r.param_names)
         if compiled.applies(big):
-            with _TRANSFORMS_LOCK:
+            with TRANSFORMS_LOCK:
                 compiled.run(big)  # on failure it logs, and the routine stays eager
     if device.type == "cuda":
         torch.cuda.synchronize(device)
