@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     compile_warmup: bool = Field(
         False, description="With DYDC_WARMUP and DYDC_COMPILE, also compile every routine's "
         "forward mode for one large request (all parameters, float64) before reporting ready: "
-        "1-5 s a routine, instead of on the first such request."
+        "seconds a routine, instead of on the first such request."
     )
     host_allocator_cache: bool = Field(
         True, description="Keep freed large host buffers for reuse instead of returning them "
