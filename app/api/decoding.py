@@ -36,11 +36,11 @@ __all__ = [
 _NUMBER = (int, float)
 
 
-def _too_large(size: int, limit: int, declared: bool) -> BodyTooLarge:
-    size_text = f"is {size} bytes" if declared else f"is over the limit of {limit} bytes"
-    limit_text = f"; the limit is {limit}" if declared else ""
+def _over_limit(limit: int) -> BodyTooLarge:
+    """A body without Content-Length that turned out too large, as it streamed in."""
     return BodyTooLarge(
-        f"request body {size_text}{limit_text} (DYDC_MAX_BODY_BYTES): split the batch"
+        f"request body is over the limit of {limit} bytes (DYDC_MAX_BODY_BYTES): "
+        "split the batch"
     )
 
 
@@ -50,7 +50,10 @@ def check_declared_length(declared: str | None, limit: int) -> int | None:
     if declared is None or not declared.isdigit():
         return None
     if int(declared) > limit:
-        raise _too_large(int(declared), limit, declared=True)
+        raise BodyTooLarge(
+            f"request body is {int(declared)} bytes; the limit is {limit} (DYDC_MAX_BODY_BYTES): "
+            "split the batch"
+        )
     return int(declared)
 
 
@@ -63,7 +66,7 @@ async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit, declared=False)
+            raise _over_limit(limit)
         yield chunk
 
 
@@ -86,7 +89,7 @@ async def receive_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit, declared=False)
+            raise _over_limit(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
