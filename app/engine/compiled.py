@@ -1,9 +1,9 @@
 """Forward mode through torch.compile, for large launches.
 
-PyTorch's eager forward mode pays for generality on every operation: a tangent rule that
-adds a materialised zero tangent, Python reference decompositions for operations with
-Python scalars, a kernel per operation. On the CPU that put ``forward`` at 3-7x the cost of
-plain evaluation at N >= 1e5 (bench/bench_strategies.py). torch.compile traces the same
+PyTorch's eager forward mode pays for generality on every operation: a Python reference
+implementation run on meta tensors beside it, materialised zero tangents, a kernel per
+operation. On the CPU that put ``forward`` at 2-11x the cost of plain evaluation at
+N >= 1e5 (bench/bench_strategies.py). torch.compile traces the same
 ``torch.func.jvp`` through the same ``vmap`` into one graph, and Inductor fuses values and
 tangents into one pass over the data.
 
@@ -12,7 +12,7 @@ is therefore cut into chunks of one fixed size (DYDC_COMPILE_CHUNK) and the last
 padded by repeating its last sample, so that each routine needs one graph per wrt set, dtype,
 device and parameter layout (shared or per-sample), compiled on first use and kept. What
 cannot be compiled (an operation without a forward formula, no C++ compiler, a routine that
-opts out) runs eagerly, as before: the compiled path only ever makes a launch faster.
+opts out) runs eagerly, as before, and is not tried again.
 """
 
 from __future__ import annotations
