@@ -208,11 +208,7 @@ def v2_errors() -> Iterator[None]:
 
 def _v2_failure(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, _V2Failure)
-    cause = exc.cause
-    for cls, handler in _HANDLERS:
-        if isinstance(cause, cls):
-            return handler(request, cause)
-    return _unexpected(request, cause)  # pragma: no cover  (Exception is the last entry)
+    return error_response(request, exc.cause)
 
 
 _HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Response]]] = [

@@ -16,7 +16,7 @@ import re
 from functools import partial
 
 from fastapi import FastAPI
-from starlette.datastructures import QueryParams
+from starlette.datastructures import Headers, QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive, Scope, Send
 
@@ -42,15 +42,8 @@ def route_of(scope: Scope) -> tuple[JobKind, str] | None:
     return _KINDS[match[2]], match[1]
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 async def _read(scope: Scope, receive: Receive, limit: int) -> bytes:
-    check_declared_length(_header(scope, b"content-length"), limit)
+    check_declared_length(Headers(scope=scope).get("content-length"), limit)
     return await receive_body(receive, limit)
 
 

@@ -82,8 +82,7 @@ class CompiledForward:
         return (problem.n >= self.min_samples and problem.routine.compile
                 and _key(problem) not in self._refused)
 
-    def _graph(self, problem: Problem) -> _Graph:
-        key = _key(problem)
+    def _graph(self, problem: Problem, key: _Key) -> _Graph:
         with self._lock:
             graph = self._graphs.get(key)
             if graph is None:
@@ -106,7 +105,7 @@ class CompiledForward:
         tried again, and the caller runs it eagerly)."""
         key = _key(problem)
         try:
-            return self._run(problem)
+            return self._run(problem, key)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
@@ -116,8 +115,7 @@ class CompiledForward:
                         problem.inputs.dtype, f"{type(exc).__name__}: {exc}".split("\n")[0])
             return None
 
-    def _first_call(self, problem: Problem, seconds: float) -> None:
-        key = _key(problem)
+    def _first_call(self, problem: Problem, key: _Key, seconds: float) -> None:
         if key in self._compiled:
             return
         self._compiled.add(key)
@@ -127,8 +125,8 @@ class CompiledForward:
                  problem.routine.name, ", ".join(problem.wrt), problem.inputs.dtype,
                  self.chunk, seconds)
 
-    def _run(self, problem: Problem) -> Derivatives:
-        graph = self._graph(problem)
+    def _run(self, problem: Problem, key: _Key) -> Derivatives:
+        graph = self._graph(problem, key)
         n, size = problem.n, self.chunk
         x = problem.inputs
         # room for whole chunks; the answer is a view of the first n rows
@@ -144,5 +142,5 @@ class CompiledForward:
             graph(_pad(x[start:start + rows], size), params, values[start:start + size],
                   {name: t[start:start + size] for name, t in tangents.items()})
             if start == 0:
-                self._first_call(problem, time.perf_counter() - began)
+                self._first_call(problem, key, time.perf_counter() - began)
         return Derivatives(values[:n], {name: t[:n] for name, t in tangents.items()})
