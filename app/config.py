@@ -62,8 +62,8 @@ class Settings(BaseSettings):
         65_536, description="Smallest launch that runs compiled forward mode."
     )
     compile_chunk: PositiveInt = Field(
-        131_072, description="Samples per call of a compiled graph: each graph is compiled for "
-        "this one size, and a launch runs in chunks of it (the last one padded)."
+        1_048_576, description="Most samples per call of a compiled graph; a larger launch takes "
+        "several calls (one graph serves every batch size)."
     )
     compile_warmup: bool = Field(
         False, description="With DYDC_WARMUP and DYDC_COMPILE, also compile every routine's "

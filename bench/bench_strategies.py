@@ -174,9 +174,9 @@ def forward_markdown(rows: list[tuple[str, int, float, float, float]]) -> str:
         "",
         "strategy=auto as the service runs it (forward mode; `vmap-grad` for `gamma_survival`, "
         f"which has no forward formula), compiled for launches of at least "
-        f"{Settings().compile_min_samples:,} samples in chunks of {Settings().compile_chunk:,}"
-        " (the first call, which compiles, is not timed), beside eager forward mode; ratios "
-        "to plain evaluation of the same batch.",
+        f"{Settings().compile_min_samples:,} samples, one graph for every N (the first call, "
+        "which compiles, is not timed), beside eager forward mode; ratios to plain evaluation "
+        "of the same batch.",
         "",
         "| routine | N | evaluate | eager forward | forward as served |",
         "|---|--:|--:|--:|--:|",

@@ -1,9 +1,9 @@
 """Forward mode through torch.compile (app.engine.compiled): the same numbers as the closed
-forms, in chunks with a padded last one, with shared and per-sample parameters; and eager
-forward mode wherever compiling does not apply or fails.
+forms, with shared and per-sample parameters, one graph for every batch size, in several calls
+for large launches; and eager forward mode wherever compiling does not apply or fails.
 
-Chunks here are tiny (a graph is compiled per chunk size, and compiling costs the same
-whatever the size), so that the chunking, the padding and the views are exercised at small N.
+Sizes here are small (compiling costs the same whatever the size), and so is the most one
+call takes, so that launches of several calls are exercised at small N.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import pytest
 import torch
 from test_routines import AD_RTOL, CLOSED_FORMS, assert_close
 from test_strategies import assert_matches_closed_form, problem_for
+from torch._dynamo.utils import counters
 
 from app.engine import cache_host_allocations, warm_up
-from app.engine.compiled import CompiledForward
+from app.engine import compiled as compiled_module
+from app.engine.compiled import TRACE_N, CompiledForward
 from app.engine.compute import AUTO_FALLBACK, TRANSFORMS_LOCK, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
@@ -37,7 +39,7 @@ def compiled() -> CompiledForward:
     return CompiledForward(chunk=CHUNK, min_samples=32)
 
 
-def test_shared_parameters_in_chunks_with_a_padded_last_one(
+def test_shared_parameters_in_several_calls_with_a_short_last_one(
         builtins: dict[str, Routine], compiled: CompiledForward) -> None:
     problem = problem_for(builtins["black_scholes_call"], 2 * CHUNK + 37, wrt=("sigma", "r"))
     assert compiled.applies(problem)
@@ -49,6 +51,76 @@ def test_shared_parameters_in_chunks_with_a_padded_last_one(
     for name in problem.wrt:  # the same numbers as eager forward mode, to rounding
         assert_close(result.derivatives[name], eager.derivatives[name], rtol=1e-12)
     assert differentiate(problem, "auto", compiled)[1] == "forward"
+
+
+def test_one_graph_serves_every_batch_size(builtins: dict[str, Routine]) -> None:
+    compiled = CompiledForward(chunk=CHUNK, min_samples=2)
+    r = builtins["logistic_growth"]
+    assert compiled.run(problem_for(r, 40)) is not None  # compiles
+    graphs = counters["stats"]["unique_graphs"]
+    for n in (2, 41, CHUNK, 3 * CHUNK + 5):
+        problem = problem_for(r, n)
+        result = compiled.run(problem)
+        assert result is not None and result.values.shape == (n, 1)
+        assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompile for a new N
+    assert compiled.graphs == 1
+
+
+def test_a_remainder_of_one_sample_joins_the_call_before(
+        builtins: dict[str, Routine], compiled: CompiledForward,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call of one sample would compile a graph of its own (torch.compile specialises the
+    sizes 0 and 1)."""
+    r = builtins["damped_oscillator"]
+    problem = problem_for(r, 2 * CHUNK + 1)
+    assert compiled.run(problem_for(r, CHUNK)) is not None
+    sizes: list[int] = []
+    graph = compiled._graphs[compiled_module._key(problem)]
+    monkeypatch.setitem(compiled._graphs, compiled_module._key(problem),
+                        lambda cols, params: (sizes.append(cols.shape[1]), graph(cols, params))[1])
+    result = compiled.run(problem)
+    assert sizes == [CHUNK, CHUNK + 1]
+    assert result is not None
+    assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
+
+
+def test_the_traced_graph_takes_any_batch_size(builtins: dict[str, Routine]) -> None:
+    """Traced at TRACE_N samples, with that size then replaced by the inputs' own: none of it
+    is left in the graph, which runs as it is (not compiled) at another N with eager forward
+    mode's numbers; here with three outputs a sample and a per-sample parameter."""
+    r = builtins["softmax"]
+    n = 50
+    x = problem_for(r, n).inputs
+    problem = Problem(r, x, {"T": torch.linspace(0.5, 2.0, n, dtype=torch.float64)}, ("T",))
+    gm = compiled_module._trace(problem)
+
+    def sizes(arg: object) -> list[int]:
+        if isinstance(arg, (list, tuple)):
+            return [v for a in arg for v in sizes(a)]
+        return [arg] if type(arg) is int else []
+
+    for node in gm.graph.nodes:
+        args = sizes(node.args) + sizes(list(node.kwargs.values()))
+        assert not [a for a in args if a and a % TRACE_N == 0], node.format_node()
+    values, tangent = gm(x.t().contiguous(), problem.params)
+    eager, _ = differentiate(problem, "forward")
+    assert_close(values, eager.values, rtol=1e-14)
+    assert_close(tangent, eager.derivatives["T"], rtol=1e-14)
+
+
+def test_a_graph_that_disagrees_with_eager_forward_mode_is_refused(
+        builtins: dict[str, Routine], monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = CompiledForward(chunk=CHUNK, min_samples=2)
+    trace = compiled_module._trace
+    monkeypatch.setattr(compiled_module, "_trace", lambda p: (
+        lambda cols, params: tuple(t * 1.001 for t in trace(p)(cols, params))))
+    problem = problem_for(builtins["exponential_decay"], 40)
+    assert compiled.run(problem) is None
+    assert not compiled.applies(problem) and compiled.graphs == 0
+    result, ran = differentiate(problem, "auto", compiled)  # eager, and right
+    assert ran == "forward"
+    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
 
 
 def test_per_sample_parameters_as_a_coalesced_batch_has_them(

@@ -3,39 +3,58 @@
 PyTorch's eager forward mode pays for generality on every operation: a Python reference
 implementation run on meta tensors beside it, materialised zero tangents, a kernel per
 operation. On the CPU that put ``forward`` at 2-11x the cost of plain evaluation at
-N >= 1e5 (bench/bench_strategies.py). torch.compile traces the same
-``torch.func.jvp`` through the same ``vmap`` into one graph, and Inductor fuses values and
-tangents into one pass over the data.
+N >= 1e5 (bench/bench_strategies.py). Here the same ``torch.func.jvp`` through the same
+``vmap`` is traced once into a graph of plain tensor operations, which Inductor fuses into
+one pass over the data that computes values and tangents together.
 
-``vmap`` needs a concrete batch size, so a compiled graph is specialised to its N. A launch
-is therefore cut into chunks of one fixed size (DYDC_COMPILE_CHUNK) and the last chunk is
-padded by repeating its last sample, so that each routine needs one graph per wrt set, dtype,
-device and parameter layout (shared or per-sample), compiled on first use and kept. What
-cannot be compiled (an operation without a forward formula, no C++ compiler, a routine that
-opts out) runs eagerly, as before, and is not tried again.
+How the graph is made, once per routine, wrt set, dtype, device and parameter layout:
+
+- **One jvp per parameter.** The traced function pushes one tangent per parameter rather
+  than vmapping over the basis (``jacfwd``): every tangent then lives in the same loop over
+  samples, where Inductor computes what they share (the values, an ``exp``) once.
+- **Inputs by column.** The graph takes the inputs transposed, (D, N) and contiguous, so
+  that each feature is read with unit stride and the fused loop vectorises; (N, D) rows made
+  Inductor fall back to scalar code for ``black_scholes_call``.
+- **Any batch size.** ``vmap`` fixes the batch size of what it traces (even under symbolic
+  tracing), so the graph is traced with fake tensors at a batch size no routine uses
+  otherwise, :data:`TRACE_N` (a prime), and every shape argument equal to it is then replaced
+  by the size of the input. torch.compile then builds one graph with a symbolic N: no
+  padding, no recompiling per size. After its first call a graph is checked against eager
+  forward mode on a few samples, which would catch a shape the replacement missed.
+
+What cannot be traced or compiled (an operation without a forward formula, no C++ compiler,
+a routine that opts out, a check that fails) runs eagerly, as before, and is not tried again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.fx import GraphModule, Node
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from app import metrics
 from app.engine.strategies import Derivatives, Problem, forward
 from routines import Routine
 
-__all__ = ["CompiledForward"]
+__all__ = ["TRACE_N", "CompiledForward"]
 
 log = logging.getLogger(__name__)
 
+TRACE_N = 104_729  # the 10,000th prime: a batch size that no routine's own shapes contain
+_CHECK_N = 13  # samples compared with eager forward mode on a graph's first call
+
 _CPU = torch.device("cpu")
 _Key = tuple[str, tuple[str, ...], torch.dtype, torch.device, tuple[tuple[str, bool], ...]]
-_Graph = Callable[[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]], None]
+_Graph = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, ...]]
 
 
 def _key(problem: Problem) -> _Key:
@@ -44,27 +63,95 @@ def _key(problem: Problem) -> _Key:
             layout)
 
 
-def _pad(t: Tensor, size: int) -> Tensor:
-    """The first dimension padded to ``size`` by repeating the last row: real inputs from the
-    routine's domain, so the padding computes finite numbers that are then dropped."""
-    missing = size - t.shape[0]
-    if missing == 0:
-        return t
-    return torch.cat([t, t[-1:].expand(missing, *t.shape[1:])])
+def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> _Graph:
+    """Values and one tangent per parameter, from inputs given as columns (D, N)."""
+
+    def run(columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        x = columns.t()
+        pushed = {name: forward(Problem(routine, x, params, (name,))) for name in wrt}
+        return (pushed[wrt[0]].values, *(d.derivatives[name] for name, d in pushed.items()))
+
+    return run
+
+
+def _any_batch_size(gm: GraphModule) -> GraphModule:
+    """The traced graph with every shape argument k * TRACE_N replaced by k * N, N read from
+    the inputs, and what the trace left unused removed."""
+    graph = gm.graph
+    columns = next(node for node in graph.nodes if node.op == "placeholder")
+    with graph.inserting_after(columns):
+        n = graph.call_function(torch.ops.aten.sym_size.int, (columns, 1))
+    scaled: dict[int, Node] = {1: n}
+
+    def size(k: int) -> Node:
+        if k not in scaled:
+            with graph.inserting_after(n):
+                scaled[k] = graph.call_function(operator.mul, (n, k))
+        return scaled[k]
+
+    def replace(arg: Any) -> Any:
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(replace(a) for a in arg)
+        if type(arg) is int and arg and arg % TRACE_N == 0:
+            return size(arg // TRACE_N)
+        return arg
+
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node not in scaled.values():
+            node.args = replace(node.args)
+            node.kwargs = {k: replace(v) for k, v in node.kwargs.items()}
+    for node in list(graph.nodes):  # shape checks vmap leaves behind, returning bools
+        if (node.op == "call_function" and not node.users
+                and node.target is torch.ops.aten.is_same_size.default):
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def _trace(problem: Problem) -> GraphModule:
+    """The problem's forward mode as a graph of plain tensor operations, for any N."""
+    x, routine = problem.inputs, problem.routine
+    columns = torch.empty((len(routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
+    params = {name: torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
+              for name, v in problem.params.items()}
+    run = _forward_by_columns(routine, problem.wrt)
+    return _any_batch_size(make_fx(run, tracing_mode="fake")(columns, params))
+
+
+def _columns(problem: Problem, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
+    params = {name: v[rows].contiguous() if v.dim() else v for name, v in problem.params.items()}
+    return problem.inputs[rows].t().contiguous(), params
+
+
+def _check(problem: Problem, graph: _Graph) -> None:
+    """Raise unless the graph gives eager forward mode's numbers on the first samples."""
+    rows = slice(0, min(_CHECK_N, problem.n))
+    got = graph(*_columns(problem, rows))
+    sub = Problem(problem.routine, problem.inputs[rows],
+                  {k: v[rows] if v.dim() else v for k, v in problem.params.items()}, problem.wrt)
+    eager = forward(sub)
+    want = (eager.values, *(eager.derivatives[name] for name in problem.wrt))
+    tol = 1e-9 if problem.inputs.dtype == torch.float64 else 1e-4
+    for g, w in zip(got, want, strict=True):
+        if g.shape != w.shape or not torch.allclose(g, w, rtol=tol, atol=tol, equal_nan=True):
+            raise ArithmeticError("the compiled graph disagrees with eager forward mode")
 
 
 class CompiledForward:
-    """``forward`` for launches of at least ``min_samples`` samples, in compiled chunks."""
+    """``forward`` for launches of at least ``min_samples`` samples, compiled; launches of
+    more than ``chunk`` samples run in several calls of at most ``chunk`` samples."""
 
     def __init__(self, chunk: int, min_samples: int) -> None:
-        self.chunk = chunk
-        self.min_samples = min_samples
+        # sizes 0 and 1 get graphs of their own under torch.compile: never call with them
+        self.chunk = max(chunk, 2)
+        self.min_samples = max(min_samples, 2)
         self._graphs: dict[_Key, _Graph] = {}
         self._refused: set[_Key] = set()
         self._compiled: set[_Key] = set()  # graphs whose first call (the compile) succeeded
         self._lock = threading.Lock()
-        # A graph per key, all from the one code object of run() below: Dynamo's limit of 8
-        # entries per code object is meant for recompiles of one function, not for this.
+        # A graph per key, each its own GraphModule, but Dynamo counts recompiles per code
+        # object, and equal graphs share one: its limit of 8 is meant for one function.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
 
     @property
@@ -82,24 +169,6 @@ class CompiledForward:
         return (problem.n >= self.min_samples and problem.routine.compile
                 and _key(problem) not in self._refused)
 
-    def _graph(self, problem: Problem, key: _Key) -> _Graph:
-        with self._lock:
-            graph = self._graphs.get(key)
-            if graph is None:
-                routine, wrt = problem.routine, problem.wrt
-
-                def run(inputs: Tensor, params: dict[str, Tensor], values: Tensor,
-                        tangents: dict[str, Tensor]) -> None:
-                    # results written into the caller's buffers: Inductor stores them from
-                    # the fused kernel, with no copy or concatenation after it
-                    d = forward(Problem(routine, inputs, params, wrt))
-                    values.copy_(d.values)
-                    for name in wrt:
-                        tangents[name].copy_(d.derivatives[name])
-
-                graph = self._graphs[key] = torch.compile(run, dynamic=False, fullgraph=True)
-            return graph
-
     def run(self, problem: Problem) -> Derivatives | None:
         """The derivatives, or None when this problem cannot be compiled (it is then never
         tried again, and the caller runs it eagerly)."""
@@ -115,32 +184,37 @@ class CompiledForward:
                         problem.inputs.dtype, f"{type(exc).__name__}: {exc}".split("\n")[0])
             return None
 
+    def _graph(self, problem: Problem, key: _Key) -> tuple[_Graph, bool]:
+        """The key's graph, and whether it is new (its first call compiles it)."""
+        with self._lock:
+            graph = self._graphs.get(key)
+            if graph is not None:
+                return graph, False
+            compiled: _Graph = torch.compile(_trace(problem), dynamic=True, fullgraph=True)
+            self._graphs[key] = compiled
+            return compiled, True
+
+    def _run(self, problem: Problem, key: _Key) -> Derivatives:
+        began = time.perf_counter()
+        graph, new = self._graph(problem, key)
+        n, wrt = problem.n, problem.wrt
+        bounds = [*range(0, n, self.chunk), n]
+        if len(bounds) > 2 and n - bounds[-2] < 2:  # no call of one sample: merge it
+            del bounds[-2]
+        # the first call compiles, with this launch's size as Inductor's hint for its choices
+        parts = [graph(*_columns(problem, slice(a, b))) for a, b in itertools.pairwise(bounds)]
+        if new:
+            _check(problem, graph)
+            self._first_call(problem, key, time.perf_counter() - began)
+        if len(parts) == 1:
+            values, *tangents = parts[0]
+        else:
+            values, *tangents = (torch.cat(ts) for ts in zip(*parts, strict=True))
+        return Derivatives(values, dict(zip(wrt, tangents, strict=True)))
+
     def _first_call(self, problem: Problem, key: _Key, seconds: float) -> None:
-        if key in self._compiled:
-            return
         self._compiled.add(key)
         metrics.child(metrics.COMPILED_GRAPHS, problem.routine.name).inc()
         metrics.COMPILE_SECONDS.observe(seconds)
-        log.info("compiled forward mode for routine %s (wrt %s, %s, chunks of %d) in %.1f s",
-                 problem.routine.name, ", ".join(problem.wrt), problem.inputs.dtype,
-                 self.chunk, seconds)
-
-    def _run(self, problem: Problem, key: _Key) -> Derivatives:
-        graph = self._graph(problem, key)
-        n, size = problem.n, self.chunk
-        x = problem.inputs
-        # room for whole chunks; the answer is a view of the first n rows
-        padded = -(-n // size) * size
-        values = torch.empty((padded, len(problem.routine.outputs)), dtype=x.dtype,
-                             device=x.device)
-        tangents = {name: torch.empty_like(values) for name in problem.wrt}
-        for start in range(0, n, size):
-            rows = min(size, n - start)
-            params = {name: _pad(v[start:start + rows], size) if v.dim() else v
-                      for name, v in problem.params.items()}
-            began = time.perf_counter()
-            graph(_pad(x[start:start + rows], size), params, values[start:start + size],
-                  {name: t[start:start + size] for name, t in tangents.items()})
-            if start == 0:
-                self._first_call(problem, key, time.perf_counter() - began)
-        return Derivatives(values[:n], {name: t[:n] for name, t in tangents.items()})
+        log.info("compiled forward mode for routine %s (wrt %s, %s) in %.1f s",
+                 problem.routine.name, ", ".join(problem.wrt), problem.inputs.dtype, seconds)
