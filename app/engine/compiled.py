@@ -2,7 +2,7 @@
 
 PyTorch's eager forward mode pays for generality on every operation: a Python reference
 implementation run on meta tensors beside it, materialised zero tangents, a kernel per
-operation. On the CPU that put ``forward`` at 2-11x the cost of plain evaluation at
+operation. On the CPU that puts eager ``forward`` at 2-11x the cost of plain evaluation at
 N >= 1e5 (bench/bench_strategies.py). Here the same ``torch.func.jvp`` through the same
 ``vmap`` is traced once into a graph of plain tensor operations, which Inductor fuses into
 one pass over the data that computes values and tangents together.
@@ -50,7 +50,7 @@ __all__ = ["TRACE_N", "CompiledForward"]
 log = logging.getLogger(__name__)
 
 TRACE_N = 104_729  # the 10,000th prime: a batch size that no routine's own shapes contain
-_CHECK_N = 13  # samples compared with eager forward mode on a graph's first call
+_CHECK_N = 13  # samples on which a new graph is compared with eager forward mode
 
 _CPU = torch.device("cpu")
 _Key = tuple[str, tuple[str, ...], torch.dtype, torch.device, tuple[tuple[str, bool], ...]]
