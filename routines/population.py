@@ -34,9 +34,6 @@ def logistic_growth(N0: Tensor, t: Tensor, *, r: Tensor, K: Tensor) -> Tensor:
     params=_PARAMS,
     inputs=["N0", "t"],
     outputs=["N"],
-    # the loop unrolls into a graph of every step: tracing its forward mode took 60 s for
-    # 49,614 operations, and compiling them had not finished after 5 minutes (2-core CPU)
-    compile=False,
 )
 def logistic_rk4(N0: Tensor, t: Tensor, *, r: Tensor, K: Tensor) -> Tensor:
     def rate(n: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ call takes, so that launches of several calls are exercised at small N.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -155,8 +156,8 @@ def test_small_launches_and_opted_out_routines_run_eagerly(
         builtins: dict[str, Routine], compiled: CompiledForward) -> None:
     assert not compiled.applies(problem_for(builtins["linear"], 31))
     assert compiled.applies(problem_for(builtins["linear"], 32))
-    assert not builtins["logistic_rk4"].compile
-    assert not compiled.applies(problem_for(builtins["logistic_rk4"], 1000))
+    opted_out = dataclasses.replace(builtins["linear"], compile=False)
+    assert not compiled.applies(problem_for(opted_out, 1000))
 
 
 def test_what_cannot_compile_falls_back_and_is_not_tried_again(
@@ -206,11 +207,12 @@ async def test_compiling_can_be_switched_off(make_client) -> None:  # type: igno
 def test_warm_up_compiles_forward_mode_for_one_large_request(
         builtins: dict[str, Routine]) -> None:
     compiled = CompiledForward(chunk=CHUNK, min_samples=CHUNK)
-    routines = {name: builtins[name] for name in ("exponential_decay", "logistic_rk4")}
+    opted_out = dataclasses.replace(builtins["linear"], compile=False)
+    routines = {"exponential_decay": builtins["exponential_decay"], "linear": opted_out}
     warm_up(routines, torch.device("cpu"), compiled)
     exp = builtins["exponential_decay"]
     assert compiled.compiled(exp, ("k",), torch.float64)  # all parameters, float64, shared
-    assert not compiled.compiled(builtins["logistic_rk4"], ("r", "K"), torch.float64)
+    assert not compiled.compiled(opted_out, ("C",), torch.float64)
     # a real request of that kind then runs compiled, with no new graph
     problem = problem_for(exp, 3 * CHUNK + 1)
     before = compiled.graphs

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support import ServerProcess, free_port, server_process
+from tests.test_operations import scrape, value
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -38,7 +39,15 @@ async def test_sigterm_drains_accepted_requests(server: ServerProcess) -> None:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         tasks = [asyncio.ensure_future(one(client, i)) for i in range(48)]
-        await asyncio.sleep(0.5)  # all sent and queued behind each other on the worker
+        # all accepted (queued behind each other on the worker) before the signal: a fixed
+        # sleep was too short when the test process itself ran slowly
+        async with httpx.AsyncClient(timeout=10) as probe:
+            for _ in range(300):
+                scraped = scrape((await probe.get(server.url + "/metrics")).text)
+                if value(scraped, "dydc_requests_in_flight") >= 48:
+                    break
+                await asyncio.sleep(0.05)
+        assert not any(task.done() for task in tasks)
         server.proc.send_signal(signal.SIGTERM)
         responses = await asyncio.gather(*tasks)
     for i, resp in enumerate(responses):

@@ -30,26 +30,25 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.fx import GraphModule, Node
-from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx import GraphModule
 
 from app import metrics
+from app.engine.evaluation import evaluate_batch
+from app.engine.rolled import RolledForward, find_loop
 from app.engine.strategies import Derivatives, Problem, forward
+from app.engine.tracing import TRACE_N, trace
 from routines import Routine
 
 __all__ = ["TRACE_N", "CompiledForward"]
 
 log = logging.getLogger(__name__)
 
-TRACE_N = 104_729  # the 10,000th prime: a batch size that no routine's own shapes contain
 _CHECK_N = 13  # samples on which a new graph is compared with eager forward mode
 
 _CPU = torch.device("cpu")
@@ -74,49 +73,33 @@ def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> _Graph:
     return run
 
 
-def _any_batch_size(gm: GraphModule) -> GraphModule:
-    """The traced graph with every shape argument k * TRACE_N replaced by k * N, N read from
-    the inputs, and what the trace left unused removed."""
-    graph = gm.graph
-    columns = next(node for node in graph.nodes if node.op == "placeholder")
-    with graph.inserting_after(columns):
-        n = graph.call_function(torch.ops.aten.sym_size.int, (columns, 1))
-    scaled: dict[int, Node] = {1: n}
-
-    def size(k: int) -> Node:
-        if k not in scaled:
-            with graph.inserting_after(n):
-                scaled[k] = graph.call_function(operator.mul, (n, k))
-        return scaled[k]
-
-    def replace(arg: Any) -> Any:
-        if isinstance(arg, (list, tuple)):
-            return type(arg)(replace(a) for a in arg)
-        if type(arg) is int and arg and arg % TRACE_N == 0:
-            return size(arg // TRACE_N)
-        return arg
-
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node not in scaled.values():
-            node.args = replace(node.args)
-            node.kwargs = {k: replace(v) for k, v in node.kwargs.items()}
-    for node in list(graph.nodes):  # shape checks vmap leaves behind, returning bools
-        if (node.op == "call_function" and not node.users
-                and node.target is torch.ops.aten.is_same_size.default):
-            graph.erase_node(node)
-    graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
-
-
 def _trace(problem: Problem) -> GraphModule:
     """The problem's forward mode as a graph of plain tensor operations, for any N."""
     x, routine = problem.inputs, problem.routine
     columns = torch.empty((len(routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
     params = {name: torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
               for name, v in problem.params.items()}
-    run = _forward_by_columns(routine, problem.wrt)
-    return _any_batch_size(make_fx(run, tracing_mode="fake")(columns, params))
+    return trace(_forward_by_columns(routine, problem.wrt), columns, params)
+
+
+def _build(problem: Problem) -> _Graph:
+    """The problem's compiled forward mode: the values' graph rolled around its loop if it has
+    one (app.engine.rolled), else the whole of forward mode traced and compiled."""
+    routine, names = problem.routine, tuple(problem.params)
+    x = problem.inputs
+    columns = torch.empty((len(routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
+    params = [torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
+              for v in problem.params.values()]
+
+    def values(columns: Tensor, *params: Tensor) -> Tensor:
+        return evaluate_batch(routine, columns.t(), dict(zip(names, params, strict=True)))
+
+    graph = trace(values, columns, *params)
+    loop = find_loop(graph.graph)
+    if loop is not None:
+        return RolledForward(graph, loop, names, problem.wrt)
+    compiled: _Graph = torch.compile(_trace(problem), dynamic=True, fullgraph=True)
+    return compiled
 
 
 def _columns(problem: Problem, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
@@ -194,9 +177,8 @@ class CompiledForward:
             graph = self._graphs.get(key)
             if graph is not None:
                 return graph, False
-            compiled: _Graph = torch.compile(_trace(problem), dynamic=True, fullgraph=True)
-            self._graphs[key] = compiled
-            return compiled, True
+            graph = self._graphs[key] = _build(problem)
+            return graph, True
 
     def _run(self, problem: Problem, key: _Key) -> Derivatives:
         began = time.perf_counter()
