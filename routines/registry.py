@@ -128,8 +128,8 @@ def routine(
     """Declare a function as a routine; the module attribute becomes a :class:`Routine`.
 
     ``compile=False`` keeps the service from compiling the routine's forward mode for large
-    launches: for code whose compiled graph would be huge (a long Python loop unrolls into
-    every step), where compiling costs more than it saves.
+    launches, for code where compiling costs more than it saves. (A long Python loop need not
+    opt out: the service compiles one step of it, app.engine.rolled.)
     """
 
     def declare(fn: RoutineFn) -> Routine:

@@ -15,6 +15,7 @@ from test_strategies import problem_for
 from torch import Tensor
 
 import routines.population
+from app.engine import compiled as compiled_module
 from app.engine.compiled import CompiledForward, _key
 from app.engine.compute import differentiate
 from app.engine.evaluation import evaluate_batch
@@ -137,3 +138,32 @@ def test_the_service_path_compiles_rk4_rolled(builtins: dict[str, Routine],
     eager, _ = differentiate(problem, "forward")
     for name in problem.wrt:
         assert_close(result.derivatives[name], eager.derivatives[name], rtol=1e-12)
+
+
+@routine(description="y = a y + x / (i + 2), 60 times: a different constant every step",
+         params=[Param("a", 0.5, "weight")], inputs=["x"])
+def series(x: Tensor, *, a: Tensor) -> Tensor:
+    y = x
+    for i in range(60):
+        y = y * a + x / (i + 2)
+    return y
+
+
+def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps that differ (here by a constant) are not a loop; a graph that long is then not
+    compiled whole either (MAX_OPERATIONS), since compiling it could take minutes."""
+    assert find_loop(values_graph(series, 1).graph) is None
+    monkeypatch.setattr(compiled_module, "MAX_OPERATIONS", 100)
+    compiled = CompiledForward(chunk=1 << 20, min_samples=2)
+    x = torch.linspace(0.5, 2.0, 20, dtype=torch.float64)[:, None]
+    problem = Problem(series, x, {"a": torch.tensor(0.5, dtype=torch.float64)}, ("a",))
+    assert compiled.run(problem) is None and not compiled.applies(problem)
+    result, ran = differentiate(problem, "auto", compiled)
+    assert ran == "forward" and compiled.graphs == 0
+    a, dy = 0.5, torch.zeros_like(x)  # d/da of the recurrence, step by step
+    y = x.clone()
+    for i in range(60):
+        dy = dy * a + y
+        y = y * a + x / (i + 2)
+    assert_close(result.values, y, rtol=1e-12)
+    assert_close(result.derivatives["a"], dy, rtol=1e-12)

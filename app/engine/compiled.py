@@ -19,11 +19,15 @@ How the graph is made, once per routine, wrt set, dtype, device and parameter la
   tracing), so the graph is traced with fake tensors at a batch size no routine uses
   otherwise, :data:`TRACE_N` (a prime), and every shape argument equal to it is then replaced
   by the size of the input. torch.compile then builds one graph with a symbolic N: no
-  padding, no recompiling per size. After its first call a graph is checked against eager
-  forward mode on a few samples, which would catch a shape the replacement missed.
+  padding, no recompiling per size (app.engine.tracing).
+- **Loops.** The routine's values are traced first; if they hold a long loop (a Python loop
+  unrolls into every step), one step is compiled and called once per iteration instead
+  (app.engine.rolled). A long graph with no loop to roll is not compiled at all.
 
-What cannot be traced or compiled (an operation without a forward formula, no C++ compiler,
-a routine that opts out, a check that fails) runs eagerly, as before, and is not tried again.
+After its first call a graph is checked against eager forward mode on a few samples, which
+would catch a shape the replacement missed. What cannot be traced or compiled (an operation
+without a forward formula, no C++ compiler, a routine that opts out, a check that fails) runs
+eagerly, as before, and is not tried again.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ __all__ = ["TRACE_N", "CompiledForward"]
 
 log = logging.getLogger(__name__)
 
+# values graphs larger than this, with no loop to roll, stay eager: compiling logistic_rk4's
+# forward mode whole (49,614 operations) had not finished after 5 minutes
+MAX_OPERATIONS = 4_000
 _CHECK_N = 13  # samples on which a new graph is compared with eager forward mode
 
 _CPU = torch.device("cpu")
@@ -98,6 +105,10 @@ def _build(problem: Problem) -> _Graph:
     loop = find_loop(graph.graph)
     if loop is not None:
         return RolledForward(graph, loop, names, problem.wrt)
+    operations = sum(node.op == "call_function" for node in graph.graph.nodes)
+    if operations > MAX_OPERATIONS:
+        raise ValueError(f"its values trace to {operations:,} operations with no loop to roll "
+                         f"(more than {MAX_OPERATIONS:,} are not compiled whole)")
     compiled: _Graph = torch.compile(_trace(problem), dynamic=True, fullgraph=True)
     return compiled
 
