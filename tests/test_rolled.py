@@ -23,6 +23,7 @@ from app.engine.rolled import MIN_COUNT, RolledForward, find_loop
 from app.engine.strategies import Problem
 from app.engine.tracing import TRACE_N, trace
 from routines import Param, Routine, discover, routine
+from tests.test_operations import scrape, value
 
 STEPS = 12
 
@@ -167,3 +168,27 @@ def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.Monke
         y = y * a + x / (i + 2)
     assert_close(result.values, y, rtol=1e-12)
     assert_close(result.derivatives["a"], dy, rtol=1e-12)
+
+
+@pytest.mark.anyio
+async def test_a_large_rk4_request_is_served_rolled(make_client, short_rk4: None,  # type: ignore[no-untyped-def]
+                                                    builtins: dict[str, Routine]) -> None:
+    problem = problem_for(builtins["logistic_rk4"], 60)
+    eager, _ = differentiate(problem, "forward")
+    async with make_client(compile_min_samples=50) as c:
+        before = scrape((await c.get("/metrics")).text)
+        resp = await c.post("/v1/routines/logistic_rk4/sensitivities",
+                            json={"inputs": problem.inputs.tolist(),
+                                  "params": {"r": 0.5, "K": 100.0}})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["strategy"] == "forward"
+        assert_close(torch.tensor(body["values"], dtype=torch.float64),
+                     eager.values[:, 0], rtol=1e-12)
+        for name in ("r", "K"):
+            assert_close(torch.tensor(body["derivatives"][name], dtype=torch.float64),
+                         eager.derivatives[name][:, 0], rtol=1e-12)
+        after = scrape((await c.get("/metrics")).text)
+        name = "dydc_compiled_graphs_total"
+        assert (value(after, name, routine="logistic_rk4")
+                - value(before, name, routine="logistic_rk4")) == 1
