@@ -192,3 +192,19 @@ async def test_a_large_rk4_request_is_served_rolled(make_client, short_rk4: None
         name = "dydc_compiled_graphs_total"
         assert (value(after, name, routine="logistic_rk4")
                 - value(before, name, routine="logistic_rk4")) == 1
+
+
+@routine(description="a rotation applied 30 times to (x, x): two carried values that start "
+         "from the same one", params=[Param("h", 0.1, "angle")], inputs=["x"])
+def rotations(x: Tensor, *, h: Tensor) -> Tensor:
+    a, b = x, x
+    for _ in range(30):
+        a, b = a + h * b, b - h * a
+    return a * b
+
+
+def test_carried_values_that_start_from_the_same_value() -> None:
+    x = torch.linspace(0.5, 2.0, 25, dtype=torch.float64)[:, None]
+    problem = Problem(rotations, x, {"h": torch.tensor(0.1, dtype=torch.float64)}, ("h",))
+    assert len(rolled(problem).step.carried) == 2
+    assert_same_as_eager(problem)

@@ -183,8 +183,6 @@ def _step(calls: Sequence[Node], loop: Loop) -> _Step:
     for a, b in zip(first, second, strict=True):
         pair(a.args, b.args)
         pair(a.kwargs, b.kwargs)
-    if set(invariants) & set(initial.values()):
-        raise ValueError("a value before the loop is both invariant and carried")
     carried = tuple(sorted(initial))
     last = calls[s0 + (loop.count - 1) * p:s0 + loop.count * p]
     end = s0 + loop.count * p
@@ -197,16 +195,22 @@ def _step(calls: Sequence[Node], loop: Loop) -> _Step:
     slots = {q: graph.placeholder(f"carried{q}") for q in carried}
     env: dict[Node, Node] = {}
 
-    def arg(n: Node) -> Node:
-        if n in env:
-            return env[n]
-        if n in inputs:
-            return inputs[n]
-        q = next(q for q, v in initial.items() if v is n)
-        return slots[q]
+    def remap(a: Any, b: Any) -> Any:
+        """Segment 0's argument a as the step reads it, told apart by segment 1's b: two
+        carried values may start from the same value before the loop."""
+        if isinstance(a, Node):
+            if a in env:
+                return env[a]
+            return inputs[a] if a is b else slots[pos[b] - s0]
+        if isinstance(a, (list, tuple)):
+            return type(a)(remap(x, y) for x, y in zip(a, b, strict=True))
+        if isinstance(a, dict):
+            return {k: remap(a[k], b[k]) for k in a}
+        return a
 
-    for node in first:
-        env[node] = graph.node_copy(node, arg)
+    for a, b in zip(first, second, strict=True):
+        env[a] = graph.create_node(a.op, a.target, remap(a.args, b.args),
+                                   remap(a.kwargs, b.kwargs), a.name)
     graph.output(tuple(env[first[q]] for q in outputs))
     for n in invariants:
         if not isinstance(n.meta.get("val"), Tensor):
