@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -13,12 +15,20 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import pytest
 
 from app.main import create_app
 
-__all__ = ["ROOT", "ServerProcess", "free_port", "route_paths", "server_process"]
+__all__ = ["ROOT", "ServerProcess", "free_port", "needs_cxx", "route_paths", "server_process"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Inductor compiles C++ on the CPU; without a compiler the service runs forward mode eagerly
+# (tested), and the tests of compiled graphs skip.
+needs_cxx = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="compiled forward mode needs a C++ compiler (g++: apt-get install g++)")
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ from app.engine.compiled import TRACE_N, CompiledForward
 from app.engine.compute import AUTO_FALLBACK, TRANSFORMS_LOCK, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
+from tests.support import needs_cxx
 from tests.test_operations import scrape, value
 
 CHUNK = 64
@@ -40,6 +41,7 @@ def compiled() -> CompiledForward:
     return CompiledForward(chunk=CHUNK, min_samples=32)
 
 
+@needs_cxx
 def test_shared_parameters_in_several_calls_with_a_short_last_one(
         builtins: dict[str, Routine], compiled: CompiledForward) -> None:
     problem = problem_for(builtins["black_scholes_call"], 2 * CHUNK + 37, wrt=("sigma", "r"))
@@ -54,6 +56,7 @@ def test_shared_parameters_in_several_calls_with_a_short_last_one(
     assert differentiate(problem, "auto", compiled)[1] == "forward"
 
 
+@needs_cxx
 def test_one_graph_serves_every_batch_size(builtins: dict[str, Routine]) -> None:
     compiled = CompiledForward(chunk=CHUNK, min_samples=2)
     r = builtins["logistic_growth"]
@@ -68,6 +71,7 @@ def test_one_graph_serves_every_batch_size(builtins: dict[str, Routine]) -> None
     assert compiled.graphs == 1
 
 
+@needs_cxx
 def test_a_remainder_of_one_sample_joins_the_call_before(
         builtins: dict[str, Routine], compiled: CompiledForward,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +114,7 @@ def test_the_traced_graph_takes_any_batch_size(builtins: dict[str, Routine]) -> 
     assert_close(tangent, eager.derivatives["T"], rtol=1e-14)
 
 
+@needs_cxx
 def test_a_graph_that_disagrees_with_eager_forward_mode_is_refused(
         builtins: dict[str, Routine], monkeypatch: pytest.MonkeyPatch) -> None:
     compiled = CompiledForward(chunk=CHUNK, min_samples=2)
@@ -124,6 +129,7 @@ def test_a_graph_that_disagrees_with_eager_forward_mode_is_refused(
     assert_matches_closed_form(problem, result.values, result.derivatives, ran)
 
 
+@needs_cxx
 def test_per_sample_parameters_as_a_coalesced_batch_has_them(
         builtins: dict[str, Routine], compiled: CompiledForward) -> None:
     r = builtins["exponential_decay"]
@@ -139,6 +145,7 @@ def test_per_sample_parameters_as_a_coalesced_batch_has_them(
         assert_close(result.derivatives["k"][i:i + 1], derivs["k"], rtol=AD_RTOL)
 
 
+@needs_cxx
 def test_several_outputs_and_float32(builtins: dict[str, Routine],
                                      compiled: CompiledForward) -> None:
     r = builtins["softmax"]
@@ -173,6 +180,7 @@ def test_what_cannot_compile_falls_back_and_is_not_tried_again(
         differentiate(problem, "forward", compiled)
 
 
+@needs_cxx
 @pytest.mark.anyio
 async def test_the_service_compiles_large_launches(make_client) -> None:  # type: ignore[no-untyped-def]
     form = CLOSED_FORMS["linear"]
@@ -204,6 +212,7 @@ async def test_compiling_can_be_switched_off(make_client) -> None:  # type: igno
 
 
 
+@needs_cxx
 def test_warm_up_compiles_forward_mode_for_one_large_request(
         builtins: dict[str, Routine]) -> None:
     compiled = CompiledForward(chunk=CHUNK, min_samples=CHUNK)

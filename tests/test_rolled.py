@@ -23,6 +23,7 @@ from app.engine.rolled import MIN_COUNT, RolledForward, find_loop
 from app.engine.strategies import Problem
 from app.engine.tracing import TRACE_N, trace
 from routines import Param, Routine, discover, routine
+from tests.support import needs_cxx
 from tests.test_operations import scrape, value
 
 STEPS = 12
@@ -102,12 +103,14 @@ def assert_same_as_eager(problem: Problem, rtol: float = 1e-12) -> None:
         assert_close(tangent, eager.derivatives[name], rtol=rtol, atol=1e-300)
 
 
+@needs_cxx
 @pytest.mark.parametrize("wrt", [("r", "K"), ("K",)])
 def test_rk4_rolled_gives_eager_forward_modes_numbers(
         builtins: dict[str, Routine], short_rk4: None, wrt: tuple[str, ...]) -> None:
     assert_same_as_eager(problem_for(builtins["logistic_rk4"], 50, wrt=wrt))
 
 
+@needs_cxx
 def test_per_sample_parameters_and_float32(builtins: dict[str, Routine],
                                           short_rk4: None) -> None:
     r = builtins["logistic_rk4"]
@@ -118,6 +121,7 @@ def test_per_sample_parameters_and_float32(builtins: dict[str, Routine],
     assert_same_as_eager(problem_for(r, 40, dtype=torch.float32), rtol=1e-5)
 
 
+@needs_cxx
 def test_two_carried_values_and_two_outputs() -> None:
     r = oscillator_euler
     g = torch.Generator().manual_seed(1)
@@ -129,6 +133,7 @@ def test_two_carried_values_and_two_outputs() -> None:
     assert_same_as_eager(Problem(r, x, params, ("omega", "gamma")))
 
 
+@needs_cxx
 def test_the_service_path_compiles_rk4_rolled(builtins: dict[str, Routine],
                                               short_rk4: None) -> None:
     compiled = CompiledForward(chunk=1 << 20, min_samples=2)
@@ -170,6 +175,7 @@ def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.Monke
     assert_close(result.derivatives["a"], dy, rtol=1e-12)
 
 
+@needs_cxx
 @pytest.mark.anyio
 async def test_a_large_rk4_request_is_served_rolled(make_client, short_rk4: None,  # type: ignore[no-untyped-def]
                                                     builtins: dict[str, Routine]) -> None:
@@ -203,6 +209,7 @@ def rotations(x: Tensor, *, h: Tensor) -> Tensor:
     return a * b
 
 
+@needs_cxx
 def test_carried_values_that_start_from_the_same_value() -> None:
     x = torch.linspace(0.5, 2.0, 25, dtype=torch.float64)[:, None]
     problem = Problem(rotations, x, {"h": torch.tensor(0.1, dtype=torch.float64)}, ("h",))
