@@ -270,11 +270,13 @@ class RolledForward:
         if self._step_forward is None or self._with_tangent != with_tangent:
             self._step_forward = self._compile(with_tangent)
             self._with_tangent = with_tangent
+
+        def tangent(n: Node, w: str) -> Tensor:  # a value that does not move with w: zeros
+            t: Tensor | None = tangents.get(n, {}).get(w)
+            return torch.zeros_like(values[n]) if t is None else t
+
         carried = [values[n] for n in step.initial]
-        carried_t = [[tangents.get(n, {}).get(w, None) for n in step.initial] for w in self.wrt]
-        carried_t = [[torch.zeros_like(c) if t is None else t for c, t in zip(carried, ts,
-                                                                            strict=True)]
-                     for ts in carried_t]
+        carried_t = [[tangent(n, w) for n in step.initial] for w in self.wrt]
         inv_t = [[tangents[n][w] for n, has in zip(step.invariants, mask, strict=True) if has]
                  for w, mask in zip(self.wrt, with_tangent, strict=True)]
         m, k = len(step.carried), len(step.outputs)
