@@ -18,10 +18,8 @@ import routines.population
 from app.engine import compiled as compiled_module
 from app.engine.compiled import CompiledForward, _key
 from app.engine.compute import differentiate
-from app.engine.evaluation import evaluate_batch
 from app.engine.rolled import MIN_COUNT, RolledForward, find_loop
 from app.engine.strategies import Problem
-from app.engine.tracing import TRACE_N, trace
 from routines import Param, Routine, discover, routine
 from tests.support import needs_cxx
 from tests.test_operations import scrape, value
@@ -52,13 +50,9 @@ def oscillator_euler(x0: Tensor, v0: Tensor, t: Tensor, *, omega: Tensor,
 
 
 def values_graph(r: Routine, d: int) -> torch.fx.GraphModule:
-    params = [torch.tensor(p.default, dtype=torch.float64) for p in r.params]
-    names = r.param_names
-
-    def values(columns: Tensor, *ps: Tensor) -> Tensor:
-        return evaluate_batch(r, columns.t(), dict(zip(names, ps, strict=True)))
-
-    return trace(values, torch.empty(d, TRACE_N, dtype=torch.float64), *params)
+    params = {p.name: torch.tensor(p.default, dtype=torch.float64) for p in r.params}
+    return compiled_module.values_graph(
+        Problem(r, torch.empty(1, d, dtype=torch.float64), params, r.param_names))
 
 
 def test_the_rk4_steps_are_found(builtins: dict[str, Routine], short_rk4: None) -> None:
@@ -79,19 +73,10 @@ def test_closed_forms_have_no_loop_and_short_loops_stay_unrolled(
 
 
 def rolled(problem: Problem) -> RolledForward:
-    r = problem.routine
-    names = tuple(problem.params)
-    params = [torch.empty(TRACE_N, dtype=v.dtype) if v.dim() else v
-              for v in problem.params.values()]
-
-    def values(columns: Tensor, *ps: Tensor) -> Tensor:
-        return evaluate_batch(r, columns.t(), dict(zip(names, ps, strict=True)))
-
-    graph = trace(values, torch.empty(len(r.inputs), TRACE_N, dtype=problem.inputs.dtype),
-                  *params)
+    graph = compiled_module.values_graph(problem)
     loop = find_loop(graph.graph)
     assert loop is not None
-    return RolledForward(graph, loop, names, problem.wrt)
+    return RolledForward(graph, loop, tuple(problem.params), problem.wrt)
 
 
 def assert_same_as_eager(problem: Problem, rtol: float = 1e-12) -> None:

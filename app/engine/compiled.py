@@ -49,7 +49,7 @@ from app.engine.strategies import Derivatives, Problem, forward
 from app.engine.tracing import TRACE_N, trace
 from routines import Routine
 
-__all__ = ["TRACE_N", "CompiledForward"]
+__all__ = ["TRACE_N", "CompiledForward", "values_graph"]
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +80,40 @@ def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> _Graph:
     return run
 
 
-def _trace(problem: Problem) -> GraphModule:
-    """The problem's forward mode as a graph of plain tensor operations, for any N."""
-    x, routine = problem.inputs, problem.routine
-    columns = torch.empty((len(routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
+def _examples(problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stand-ins for a graph's arguments at TRACE_N samples: inputs as columns (D, N), and
+    the parameters, per-sample ones (N,)."""
+    x = problem.inputs
+    columns = torch.empty((len(problem.routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
     params = {name: torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
               for name, v in problem.params.items()}
-    return trace(_forward_by_columns(routine, problem.wrt), columns, params)
+    return columns, params
+
+
+def _trace(problem: Problem) -> GraphModule:
+    """The problem's forward mode as a graph of plain tensor operations, for any N."""
+    return trace(_forward_by_columns(problem.routine, problem.wrt), *_examples(problem))
+
+
+def values_graph(problem: Problem) -> GraphModule:
+    """The routine's values alone (no tangents) as a graph, for any N: its inputs are the
+    columns, then the parameters in the problem's order."""
+    routine, names = problem.routine, tuple(problem.params)
+    columns, params = _examples(problem)
+
+    def values(columns: Tensor, *params: Tensor) -> Tensor:
+        return evaluate_batch(routine, columns.t(), dict(zip(names, params, strict=True)))
+
+    return trace(values, columns, *params.values())
 
 
 def _build(problem: Problem) -> _Graph:
     """The problem's compiled forward mode: the values' graph rolled around its loop if it has
     one (app.engine.rolled), else the whole of forward mode traced and compiled."""
-    routine, names = problem.routine, tuple(problem.params)
-    x = problem.inputs
-    columns = torch.empty((len(routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
-    params = [torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
-              for v in problem.params.values()]
-
-    def values(columns: Tensor, *params: Tensor) -> Tensor:
-        return evaluate_batch(routine, columns.t(), dict(zip(names, params, strict=True)))
-
-    graph = trace(values, columns, *params)
+    graph = values_graph(problem)
     loop = find_loop(graph.graph)
     if loop is not None:
-        return RolledForward(graph, loop, names, problem.wrt)
+        return RolledForward(graph, loop, tuple(problem.params), problem.wrt)
     operations = sum(node.op == "call_function" for node in graph.graph.nodes)
     if operations > MAX_OPERATIONS:
         raise ValueError(f"its values trace to {operations:,} operations with no loop to roll "

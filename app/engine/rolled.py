@@ -227,11 +227,16 @@ class RolledForward:
     def __init__(self, gm: GraphModule, loop: Loop, names: tuple[str, ...],
                  wrt: tuple[str, ...]):
         calls = [n for n in gm.graph.nodes if n.op == "call_function"]
-        self.gm, self.loop, self.names, self.wrt = gm, loop, names, wrt
+        self.loop, self.names, self.wrt = loop, names, wrt
         self.step = _step(calls, loop)
         end = loop.start + loop.count * loop.period
         self.entry = calls[loop.start]
-        self.inside = set(calls[loop.start:end])
+        inside = set(calls[loop.start:end])
+        nodes = list(gm.graph.nodes)
+        self.placeholders = [n for n in nodes if n.op == "placeholder"]
+        # what a call runs: the operations around the loop, and the loop where it begins
+        self.plan = [n for n in calls if n is self.entry or n not in inside]
+        self.output = next(n for n in nodes if n.op == "output").args[0]
         last = calls[end - loop.period:end]
         self.results = tuple(last[q] for q in self.step.outputs)
         first = calls[loop.start:loop.start + loop.period]
@@ -242,22 +247,19 @@ class RolledForward:
         self._with_tangent: tuple[tuple[bool, ...], ...] | None = None
 
     def __call__(self, columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        values: dict[Node, Any] = dict(zip(placeholders,
+        values: dict[Node, Any] = dict(zip(self.placeholders,
                                            (columns, *(params[k] for k in self.names)),
                                            strict=True))
         tangents: dict[Node, dict[str, Any]] = {
             n: {name: torch.ones_like(params[name])}
-            for n, name in zip(placeholders[1:], self.names, strict=True) if name in self.wrt}
-        out: Any = None
-        for node in self.gm.graph.nodes:
-            if node.op == "call_function" and node is self.entry:
+            for n, name in zip(self.placeholders[1:], self.names, strict=True)
+            if name in self.wrt}
+        for node in self.plan:
+            if node is self.entry:
                 self._run_loop(values, tangents)
-            elif node.op == "call_function" and node not in self.inside:
+            else:
                 _eager_forward(node, values, tangents, self.wrt)
-            elif node.op == "output":
-                out = node.args[0]
-        (result,) = pytree.tree_leaves(out)
+        (result,) = pytree.tree_leaves(self.output)
         t = tangents.get(result, {})
         return (values[result],
                 *(t[w] if w in t else torch.zeros_like(values[result]) for w in self.wrt))
