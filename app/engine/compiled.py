@@ -134,10 +134,9 @@ def _columns(problem: Problem, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
 def _check(problem: Problem, graph: _Graph) -> None:
     """Raise unless the graph gives eager forward mode's numbers on the first samples."""
     rows = slice(0, min(_CHECK_N, problem.n))
-    got = graph(*_columns(problem, rows))
-    sub = Problem(problem.routine, problem.inputs[rows],
-                  {k: v[rows] if v.dim() else v for k, v in problem.params.items()}, problem.wrt)
-    eager = forward(sub)
+    columns, params = _columns(problem, rows)
+    got = graph(columns, params)
+    eager = forward(Problem(problem.routine, problem.inputs[rows], params, problem.wrt))
     want = (eager.values, *(eager.derivatives[name] for name in problem.wrt))
     tol = 1e-9 if problem.inputs.dtype == torch.float64 else 1e-4
     for g, w in zip(got, want, strict=True):
@@ -154,8 +153,7 @@ class CompiledForward:
         self.chunk = max(chunk, 2)
         self.min_samples = max(min_samples, 2)
         self._graphs: dict[_Key, _Graph] = {}
-        self._refused: set[_Key] = set()
-        self._compiled: set[_Key] = set()  # graphs whose first call (the compile) succeeded
+        self._refused: set[_Key] = set()  # a graph that failed its first call is kept here too
         self._lock = threading.Lock()
         # A graph per key, each its own GraphModule, but Dynamo counts recompiles per code
         # object, and equal graphs share one: its limit of 8 is meant for one function.
@@ -164,13 +162,14 @@ class CompiledForward:
     @property
     def graphs(self) -> int:
         """Graphs compiled so far (their first call succeeded)."""
-        return len(self._compiled)
+        return len(self._graphs.keys() - self._refused)
 
     def compiled(self, routine: Routine, wrt: tuple[str, ...], dtype: torch.dtype,
                  device: torch.device = _CPU) -> bool:
         """Whether the graph for one request of this kind (parameters shared) is compiled."""
         layout = tuple((p.name, False) for p in routine.params)
-        return (routine.name, wrt, dtype, device, layout) in self._compiled
+        key = (routine.name, wrt, dtype, device, layout)
+        return key in self._graphs and key not in self._refused
 
     def applies(self, problem: Problem) -> bool:
         return (problem.n >= self.min_samples and problem.routine.compile
@@ -211,15 +210,14 @@ class CompiledForward:
         parts = [graph(*_columns(problem, slice(a, b))) for a, b in itertools.pairwise(bounds)]
         if new:
             _check(problem, graph)
-            self._first_call(problem, key, time.perf_counter() - began)
+            self._first_call(problem, time.perf_counter() - began)
         if len(parts) == 1:
             values, *tangents = parts[0]
         else:
             values, *tangents = (torch.cat(ts) for ts in zip(*parts, strict=True))
         return Derivatives(values, dict(zip(wrt, tangents, strict=True)))
 
-    def _first_call(self, problem: Problem, key: _Key, seconds: float) -> None:
-        self._compiled.add(key)
+    def _first_call(self, problem: Problem, seconds: float) -> None:
         metrics.child(metrics.COMPILED_GRAPHS, problem.routine.name).inc()
         metrics.COMPILE_SECONDS.observe(seconds)
         log.info("compiled forward mode for routine %s (wrt %s, %s) in %.1f s",

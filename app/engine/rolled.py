@@ -260,9 +260,7 @@ class RolledForward:
             else:
                 _eager_forward(node, values, tangents, self.wrt)
         (result,) = pytree.tree_leaves(self.output)
-        t = tangents.get(result, {})
-        return (values[result],
-                *(t[w] if w in t else torch.zeros_like(values[result]) for w in self.wrt))
+        return (values[result], *(_tangent(values, tangents, result, w) for w in self.wrt))
 
     def _run_loop(self, values: dict[Node, Any], tangents: dict[Node, dict[str, Any]]) -> None:
         step = self.step
@@ -272,13 +270,8 @@ class RolledForward:
         if self._step_forward is None or self._with_tangent != with_tangent:
             self._step_forward = self._compile(with_tangent)
             self._with_tangent = with_tangent
-
-        def tangent(n: Node, w: str) -> Tensor:  # a value that does not move with w: zeros
-            t: Tensor | None = tangents.get(n, {}).get(w)
-            return torch.zeros_like(values[n]) if t is None else t
-
         carried = [values[n] for n in step.initial]
-        carried_t = [[tangent(n, w) for n in step.initial] for w in self.wrt]
+        carried_t = [[_tangent(values, tangents, n, w) for n in step.initial] for w in self.wrt]
         inv_t = [[tangents[n][w] for n, has in zip(step.invariants, mask, strict=True) if has]
                  for w, mask in zip(self.wrt, with_tangent, strict=True)]
         m, k = len(step.carried), len(step.outputs)
@@ -328,6 +321,13 @@ class RolledForward:
         graph = trace(forward, *inv_ex, *car_ex, *tan_ex)
         compiled: _Forward = torch.compile(graph, dynamic=True, fullgraph=True)
         return compiled
+
+
+def _tangent(values: dict[Node, Any], tangents: dict[Node, dict[str, Any]], node: Node,
+             w: str) -> Tensor:
+    """The node's tangent for w; zeros for a value that does not move with w."""
+    t: Tensor | None = tangents.get(node, {}).get(w)
+    return torch.zeros_like(values[node]) if t is None else t
 
 
 def _eager_forward(node: Node, values: dict[Node, Any], tangents: dict[Node, dict[str, Any]],
