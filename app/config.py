@@ -28,6 +28,29 @@ class Settings(BaseSettings):
     max_samples: PositiveInt = Field(
         2_000_000, description="Largest batch N per request (413 above)."
     )
+    max_inflight_body_bytes: PositiveInt = Field(
+        256 * 2**20, description="Bytes of request bodies being read or parsed at once, over all "
+        "requests; a body that would go past it is refused at once with 503 + Retry-After."
+    )
+    read_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="A connection that has not sent a complete request (headers and "
+        "body) this long after it opened, or after its previous response, is closed."
+    )
+    max_connections: PositiveInt = Field(
+        2048, description="Open connections at most; the next one is answered 503 and closed."
+    )
+    strategies: str = Field(
+        "all", description="Strategies this server serves, comma-separated (default all); "
+        "the others are refused with 422 and listed as enabled: false."
+    )
+    max_job_cost: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="Most estimated device seconds one request may cost (422 above, "
+        "naming a cheaper strategy); a job whose first slices show it well over is stopped."
+    )
+    slice_ms: Annotated[float, Field(gt=0)] = Field(
+        50.0, description="Target length of one slice of a heavy job (O(N^2) strategies): "
+        "light requests wait at most about this long behind one."
+    )
     reverse_loop_max_n: PositiveInt = Field(1000, description="Cap on N for reverse-loop.")
     reverse_batched_max_n: PositiveInt = Field(4096, description="Cap on N for reverse-batched.")
     jacrev_max_n: PositiveInt = Field(4096, description="Cap on N for jacrev.")
@@ -85,6 +108,26 @@ class Settings(BaseSettings):
             raise ValueError("DYDC_DEVICE must be auto, cpu, cuda, cuda:N or a comma-separated "
                              "list of them")
         return ",".join(parts)
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: str) -> str:
+        from app.engine.strategies import STRATEGIES
+
+        names = [p.strip() for p in v.split(",") if p.strip()]
+        if names == ["all"]:
+            return "all"
+        unknown = [n for n in names if n not in STRATEGIES]
+        if not names or unknown:
+            raise ValueError(f"DYDC_STRATEGIES must be all, or strategies separated by commas "
+                             f"from: {', '.join(STRATEGIES)}")
+        return ",".join(names)
+
+    @property
+    def enabled_strategies(self) -> frozenset[str]:
+        from app.engine.strategies import STRATEGIES
+
+        return frozenset(STRATEGIES if self.strategies == "all" else self.strategies.split(","))
 
     @field_validator("log_level")
     @classmethod

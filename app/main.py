@@ -22,7 +22,9 @@ from app.api import health, v1, v2
 from app.api.fastpath import App
 from app.config import Settings
 from app.engine import (
+    STRATEGIES,
     CompiledForward,
+    CostModel,
     Engine,
     JobQueue,
     Limits,
@@ -39,23 +41,24 @@ __all__ = ["app", "create_app"]
 
 log = logging.getLogger(__name__)
 
-_CAPPED = ("reverse-loop", "reverse-batched", "jacrev")
 _SUPERVISE_EVERY_S = 0.2
 
 
 def _limits(settings: Settings) -> Limits:
-    caps = {}
-    for name in _CAPPED:
-        field = name.replace("-", "_") + "_max_n"
-        caps[name] = (field, int(getattr(settings, field)))
+    """The strategies' caps come from the one table that names their settings
+    (``Strategy.cap_setting``)."""
+    caps = {s.name: (s.cap_setting, int(getattr(settings, s.cap_setting)))
+            for s in STRATEGIES.values() if s.cap_setting is not None}
     return Limits(max_samples=settings.max_samples, caps=caps,
-                  timeout_s=settings.request_timeout_ms / 1e3)
+                  timeout_s=settings.request_timeout_ms / 1e3,
+                  enabled=settings.enabled_strategies, max_job_cost_s=settings.max_job_cost)
 
 
 @contextlib.contextmanager
-def _drain_on_sigterm(pool: WorkerPool) -> Iterator[None]:
+def _drain_on_sigterm(pool: WorkerPool, grace_s: float) -> Iterator[None]:
     """On SIGTERM, readiness goes to 503 and new work is refused at once; then the server's
-    own handler (uvicorn's) stops accepting connections and lets in-flight requests finish."""
+    own handler (uvicorn's) stops accepting connections and lets in-flight requests finish.
+    What is still queued or running ``grace_s`` after the signal is answered 503."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -63,7 +66,7 @@ def _drain_on_sigterm(pool: WorkerPool) -> Iterator[None]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         log.info("SIGTERM: draining")
-        pool.begin_drain()
+        pool.begin_drain(abort_after_s=grace_s)
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:
@@ -106,17 +109,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled = (CompiledForward(s.compile_chunk, s.compile_min_samples) if s.compile
                     else None)
+        limits = _limits(s)
+        costs = CostModel(limits.max_job_cost_s)
         pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
                           warmup=(partial(warm_up, routines,
-                                          compiled=compiled if s.compile_warmup else None)
+                                          compiled=compiled if s.compile_warmup else None,
+                                          costs=costs)
                                   if s.warmup else None),
-                          compiled=compiled)
+                          compiled=compiled, costs=costs, slice_s=s.slice_ms / 1e3)
         app.state.settings = s
-        app.state.engine = Engine(routines, _limits(s), pool)
+        app.state.engine = Engine(routines, limits, pool, costs)
         pool.start()
         supervisor = asyncio.create_task(_supervise(pool))
         try:
-            with _drain_on_sigterm(pool):
+            with _drain_on_sigterm(pool, s.grace_period_s):
                 yield
         finally:
             supervisor.cancel()

@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "BATCH_REQUESTS",
     "BATCH_SAMPLES",
+    "CANCELLED",
     "COMPILED_GRAPHS",
     "COMPILE_SECONDS",
     "COMPUTE_SECONDS",
@@ -18,6 +19,7 @@ __all__ = [
     "LAUNCH_SECONDS",
     "QUEUE_BOUND_SAMPLES",
     "QUEUE_DEPTH",
+    "QUEUE_HEAVY_SECONDS",
     "QUEUE_SAMPLES",
     "QUEUE_WAIT_SECONDS",
     "REJECTIONS",
@@ -94,10 +96,28 @@ LAUNCH_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 REJECTIONS = Counter(
-    "dydc_rejections_total", "Requests refused or dropped unrun, by reason.", ["reason"]
+    "dydc_rejections_total",
+    "Requests refused or dropped unrun, by reason: queue_full (503), deadline (504 while "
+    "queued), shutdown (503), cost (422, over DYDC_MAX_JOB_COST), body_bytes (503, over "
+    "DYDC_MAX_INFLIGHT_BODY_BYTES).",
+    ["reason"],
 )
-for _reason in ("queue_full", "deadline", "shutdown"):
+for _reason in ("queue_full", "deadline", "shutdown", "cost", "body_bytes"):
     REJECTIONS.labels(_reason)
+CANCELLED = Counter(
+    "dydc_cancelled_total",
+    "Jobs stopped after they started running, by reason: disconnect (the client went away), "
+    "deadline (504), cost (422: its first slices showed it over DYDC_MAX_JOB_COST), shutdown "
+    "(503 at the end of the grace period).",
+    ["reason"],
+)
+for _reason in ("disconnect", "deadline", "cost", "shutdown", "answered"):
+    CANCELLED.labels(_reason)
+QUEUE_HEAVY_SECONDS = Gauge(
+    "dydc_queue_heavy_seconds",
+    "Estimated device seconds of heavy jobs (sliced: O(N^2) strategies, requests larger than "
+    "a launch) queued or running.",
+)
 COMPILED_GRAPHS = Counter(
     "dydc_compiled_graphs_total",
     "Forward-mode graphs compiled for large launches (app.engine.compiled), by routine.",

@@ -1,5 +1,6 @@
 """The engine: strategies, the device worker and request validation. Knows nothing of HTTP."""
 
+from app.engine.admission import CostModel
 from app.engine.compiled import CompiledForward
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.service import (
@@ -17,6 +18,7 @@ __all__ = [
     "DTYPES",
     "STRATEGIES",
     "CompiledForward",
+    "CostModel",
     "DeviceWorker",
     "Engine",
     "Job",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +22,24 @@ from torch import Tensor
 from app.engine.compiled import CompiledForward
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.strategies import STRATEGIES, Derivatives, Problem, lacks_forward_formula
+from app.engine.strategies import (
+    STRATEGIES,
+    Derivatives,
+    Problem,
+    Steps,
+    lacks_forward_formula,
+)
 
-__all__ = ["AUTO_FALLBACK", "TRANSFORMS_LOCK", "batch_key", "differentiate", "run_batch", "run_job"]
+__all__ = [
+    "AUTO_FALLBACK",
+    "TRANSFORMS_LOCK",
+    "Sliced",
+    "batch_key",
+    "differentiate",
+    "run_batch",
+    "run_job",
+    "run_sliced",
+]
 
 AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking forward formulas
 
@@ -92,20 +108,11 @@ def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
     return out
 
 
-def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
-             compiled: CompiledForward | None) -> _Output:
-    """One launch. Engine errors pass through; what the routine raises is wrapped."""
-    job = jobs[0]
-    problem = Problem(job.routine, inputs.to(device, non_blocking=True), _params(jobs, device),
-                      job.wrt)
+@contextmanager
+def _translated(job: Job) -> Iterator[None]:
+    """Engine errors pass through; what the routine raises is wrapped, saying what to do."""
     try:
-        with TRANSFORMS_LOCK:
-            if job.kind is JobKind.EVALUATE:
-                values, derivs, ran = problem.evaluate(), {}, None
-            else:
-                assert job.strategy is not None
-                result, ran = differentiate(problem, job.strategy, compiled)
-                values, derivs = result.values, result.derivatives
+        yield
     except (EngineError, torch.cuda.OutOfMemoryError):
         raise
     except NotImplementedError as exc:
@@ -117,8 +124,31 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
             f"routine {job.routine.name} failed under strategy {job.strategy or 'evaluate'}: "
             f"{type(exc).__name__}: {exc}".split("\n")[0]
         ) from exc
+
+
+def _problem(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> Problem:
+    return Problem(jobs[0].routine, inputs.to(device, non_blocking=True), _params(jobs, device),
+                   jobs[0].wrt)
+
+
+def _output(job: Job, values: Tensor, derivs: dict[str, Tensor], ran: str | None) -> _Output:
     return _Output(_to_host(values, job.dtype),
                    {name: _to_host(d, job.dtype) for name, d in derivs.items()}, ran)
+
+
+def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
+             compiled: CompiledForward | None) -> _Output:
+    """One launch. Engine errors pass through; what the routine raises is wrapped."""
+    job = jobs[0]
+    problem = _problem(jobs, inputs, device)
+    with _translated(job), TRANSFORMS_LOCK:
+        if job.kind is JobKind.EVALUATE:
+            values, derivs, ran = problem.evaluate(), {}, None
+        else:
+            assert job.strategy is not None
+            result, ran = differentiate(problem, job.strategy, compiled)
+            values, derivs = result.values, result.derivatives
+    return _output(job, values, derivs, ran)
 
 
 def _to_host(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -130,10 +160,11 @@ def _to_host(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.to("cpu", dtype)
 
 
-def _compute_chunked(job: Job, device: torch.device, chunk: int,
-                     compiled: CompiledForward | None) -> _Output:
-    """A request larger than a launch runs in chunks; CUDA running out of memory halves the
-    chunk and retries, down to one sample, before the request is refused."""
+def _chunks(job: Job, device: torch.device, chunk: int,
+            compiled: CompiledForward | None) -> Generator[float, None, _Output]:
+    """A request larger than a launch runs in chunks, yielding the fraction done after each;
+    CUDA running out of memory halves the chunk and retries, down to one sample, before the
+    request is refused."""
     parts: list[_Output] = []
     start = 0
     while start < job.n:
@@ -149,6 +180,8 @@ def _compute_chunked(job: Job, device: torch.device, chunk: int,
             chunk = max(1, chunk // 2)
             continue
         start += size
+        if start < job.n:
+            yield start / job.n
     if len(parts) == 1:
         return parts[0]
     return _Output(
@@ -156,6 +189,37 @@ def _compute_chunked(job: Job, device: torch.device, chunk: int,
         {name: torch.cat([p.derivatives[name] for p in parts]) for name in parts[0].derivatives},
         parts[0].strategy,
     )
+
+
+def _steps(job: Job, device: torch.device, slice_s: float) -> Generator[float, None, _Output]:
+    """An O(N^2) strategy in its own slices, each under the transforms lock."""
+    assert job.strategy is not None
+    steps = STRATEGIES[job.strategy].steps
+    assert steps is not None
+    running = steps(_problem([job], job.inputs, device), slice_s)
+    while True:
+        with _translated(job), TRANSFORMS_LOCK:
+            progress, result = _step(running)
+        if result is not None:
+            return _output(job, result.values, result.derivatives, job.strategy)
+        if progress < 1:
+            yield progress
+
+
+def _step(steps: Steps) -> tuple[float, Derivatives | None]:
+    """One slice: (fraction done, None), or (1, the result) once the steps are over."""
+    try:
+        return next(steps), None
+    except StopIteration as done:
+        return 1.0, done.value
+
+
+def _drain(steps: Generator[float, None, _Output]) -> _Output:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _first_non_finite(t: Tensor) -> int | None:
@@ -192,7 +256,26 @@ def run_job(job: Job, device: torch.device, chunk: int = 2**62,
             compiled: CompiledForward | None = None) -> JobResult:
     """One request on its own (in chunks of at most ``chunk`` samples)."""
     started = time.perf_counter()
-    out = _compute_chunked(job, device, chunk, compiled)
+    out = _drain(_chunks(job, device, chunk, compiled))
+    return _result(job, out.values, out.derivatives, out.strategy, device, started,
+                   time.perf_counter())
+
+
+Sliced = Generator[float, None, JobResult]
+
+
+def run_sliced(job: Job, device: torch.device, chunk: int, compiled: CompiledForward | None,
+               slice_s: float) -> Sliced:
+    """One request in slices: an O(N^2) strategy in slices of about ``slice_s`` seconds, any
+    other in chunks of at most ``chunk`` samples. Yields the fraction done after each slice,
+    so that the caller can stop it (closing the generator frees what it holds) or serve other
+    work in between; returns the result."""
+    started = time.perf_counter()
+    strategy = STRATEGIES[job.strategy] if job.strategy is not None else None
+    if strategy is not None and strategy.steps is not None:
+        out = yield from _steps(job, device, slice_s)
+    else:
+        out = yield from _chunks(job, device, chunk, compiled)
     return _result(job, out.values, out.derivatives, out.strategy, device, started,
                    time.perf_counter())
 

@@ -4,10 +4,12 @@
      ├── UnknownRoutine        no routine by that name               (HTTP 404)
      ├── InvalidRequest        the request cannot be computed as is  (HTTP 422)
      │    ├── StrategyCapExceeded   N is over a strategy's cap
+     │    ├── StrategyDisabled      the operator turned the strategy off (DYDC_STRATEGIES)
+     │    ├── CostExceeded          the job's estimated or measured cost is over DYDC_MAX_JOB_COST
      │    └── RoutineFailed         the routine raised, or gave non-finite numbers, on these inputs
      ├── RequestTooLarge       over a configured size limit          (HTTP 413)
-     ├── DeadlineExceeded      still queued when its deadline passed (HTTP 504)
-     └── ServiceUnavailable    the device worker cannot take work    (HTTP 503)
+     ├── DeadlineExceeded      its deadline passed before it finished (HTTP 504)
+     └── ServiceUnavailable    the service cannot take the work now  (HTTP 503)
           └── QueueFull             the queue is at its bound; retry shortly
 
 Each message says what to change. The HTTP statuses are assigned in ``app.errors`` alone.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "DeadlineExceeded",
+    "CostExceeded",
     "EngineError",
     "InvalidRequest",
     "QueueFull",
@@ -24,6 +27,7 @@ __all__ = [
     "RoutineFailed",
     "ServiceUnavailable",
     "StrategyCapExceeded",
+    "StrategyDisabled",
     "UnknownRoutine",
 ]
 
@@ -52,6 +56,15 @@ class StrategyCapExceeded(InvalidRequest):
     """The batch is larger than the cap of the requested strategy."""
 
 
+class StrategyDisabled(InvalidRequest):
+    """The strategy exists, but the operator left it out of DYDC_STRATEGIES."""
+
+
+class CostExceeded(InvalidRequest):
+    """The job would cost more device time than DYDC_MAX_JOB_COST: estimated before it is
+    queued, or measured on its first slices (then it is stopped there)."""
+
+
 class RoutineFailed(InvalidRequest):
     """The routine raised, or produced non-finite numbers, for these inputs."""
 
@@ -65,14 +78,23 @@ class ServiceUnavailable(EngineError):
 
 
 class QueueFull(ServiceUnavailable):
-    """The queue holds DYDC_MAX_QUEUE_SAMPLES already: refused at once, never a hang."""
+    """The queue holds DYDC_MAX_QUEUE_SAMPLES already, or more heavy work than the job's
+    deadline leaves time for: refused at once, never a hang."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(EngineError):
-    """The request was still queued when its deadline passed, and was dropped unrun."""
+    """The request's deadline passed: still queued (dropped unrun), or running (stopped at
+    the next slice)."""
 
-    def __init__(self, waited_s: float) -> None:
+    def __init__(self, waited_s: float, *, running: bool = False) -> None:
         super().__init__(
+            f"the request ran past its deadline ({waited_s * 1e3:.0f} ms after it was queued) "
+            "and was stopped; raise timeout_ms, send fewer samples, or use a cheaper strategy"
+            if running else
             f"the request waited in the queue for its whole deadline ({waited_s * 1e3:.0f} ms) "
             "and was not run; retry, or raise timeout_ms"
         )

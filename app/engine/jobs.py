@@ -43,12 +43,25 @@ class Job:
     strategy: str | None
     dtype: torch.dtype
     future: asyncio.Future[JobResult] = field(repr=False)
-    deadline: float | None = None  # perf_counter time after which a queued job is dropped
+    deadline: float | None = None  # perf_counter time after which it is dropped or stopped
     enqueued_at: float = field(default_factory=time.perf_counter)
+    cost_s: float = 0.0  # estimated device seconds (app.engine.admission)
     n: int = field(init=False)  # samples: read on every hop, so kept as a plain int
 
     def __post_init__(self) -> None:
         self.n = int(self.inputs.shape[0])
+
+    def stop_reason(self, now: float) -> str | None:
+        """Why this job must not run on, read from the worker's thread: ``disconnect`` (its
+        request was cancelled), ``answered`` (it already has an answer, such as a shutdown's
+        503), ``deadline``; None to go on."""
+        if self.future.cancelled():
+            return "disconnect"
+        if self.future.done():
+            return "answered"
+        if self.deadline is not None and now > self.deadline:
+            return "deadline"
+        return None
 
     def resolve(self, result: JobResult | BaseException) -> None:
         """Hand the answer to the awaiting request, from any thread."""

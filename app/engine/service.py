@@ -20,12 +20,15 @@ import numpy as np
 import torch
 
 from app import metrics
+from app.engine.admission import CostModel
 from app.engine.compiled import CompiledForward
 from app.engine.errors import (
+    CostExceeded,
     DeadlineExceeded,
     InvalidRequest,
     RequestTooLarge,
     StrategyCapExceeded,
+    StrategyDisabled,
     UnknownRoutine,
 )
 from app.engine.jobs import Job, JobKind, JobResult
@@ -53,6 +56,8 @@ class Limits:
     max_samples: int
     caps: Mapping[str, tuple[str, int]]  # strategy -> (setting name, cap on N)
     timeout_s: float = 30.0  # default deadline of a request; clients may shorten it
+    enabled: frozenset[str] = frozenset(STRATEGIES)  # DYDC_STRATEGIES
+    max_job_cost_s: float = math.inf  # DYDC_MAX_JOB_COST
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class StrategyInfo:
     strategy: Strategy
     cap: int | None
     cap_setting: str | None
+    enabled: bool = True
 
 
 def _as_float(v: float) -> float:
@@ -111,12 +117,13 @@ def cache_host_allocations() -> bool:
 
 
 def warm_up(routines: Mapping[str, Routine], device: torch.device,
-            compiled: CompiledForward | None = None) -> None:
+            compiled: CompiledForward | None = None, costs: CostModel | None = None) -> None:
     """Run every routine once, as strategy=auto would, so the first request pays no one-off
-    costs; with ``compiled``, also compile each routine's forward mode for large launches of
-    one request (all parameters, float64, one value per parameter), so that the first such
-    request does not wait for it. Under the transforms lock, like every launch: another
-    worker may already be serving."""
+    costs, and measure its cost on the device for admission (``costs``); with ``compiled``,
+    also compile each routine's forward mode for large launches of one request (all
+    parameters, float64, one value per parameter), so that the first such request does not
+    wait for it. Under the transforms lock, like every launch: another worker may already be
+    serving."""
     from app.engine.compute import TRANSFORMS_LOCK, differentiate
     from app.engine.strategies import Problem
 
@@ -127,6 +134,8 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
         try:
             with TRANSFORMS_LOCK:
                 differentiate(Problem(r, x, params, r.param_names), "auto")
+                if costs is not None:
+                    costs.measure(r, device)
         except Exception as exc:  # a routine undefined at ones is not a broken device
             log.warning("warm-up of routine %s skipped: %s", r.name, exc)
             continue
@@ -142,10 +151,22 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
 
 
 class Engine:
-    def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: WorkerPool):
+    def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: WorkerPool,
+                 costs: CostModel | None = None):
         self.routines = dict(routines)
         self.limits = limits
         self.worker = worker
+        self.costs = costs if costs is not None else CostModel(limits.max_job_cost_s)
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def devices(self) -> list[torch.device]:
+        return self.worker.devices
+
+    def readiness(self) -> str | None:
+        """None when every device worker is up and warm; else why not."""
+        return self.worker.not_ready_reason()
 
     # -- catalogue ---------------------------------------------------------------------------
 
@@ -159,15 +180,23 @@ class Engine:
         out = []
         for s in STRATEGIES.values():
             setting, cap = self.limits.caps.get(s.name, (None, None))
-            out.append(StrategyInfo(s, cap, setting))
+            out.append(StrategyInfo(s, cap, setting, s.name in self.limits.enabled))
         return out
 
     # -- validation --------------------------------------------------------------------------
 
+    def _enabled(self) -> list[str]:
+        return [name for name in STRATEGIES if name in self.limits.enabled]
+
     def _strategy(self, name: str) -> str:
         if name not in STRATEGIES:
             raise InvalidRequest(
-                f"unknown strategy {name!r}; use one of: {', '.join(STRATEGIES)}"
+                f"unknown strategy {name!r}; use one of: {', '.join(self._enabled())}"
+            )
+        if name not in self.limits.enabled:
+            raise StrategyDisabled(
+                f"strategy {name} is turned off on this server (DYDC_STRATEGIES); use one of: "
+                f"{', '.join(self._enabled())}"
             )
         return name
 
@@ -265,6 +294,32 @@ class Engine:
                 "the batch"
             )
 
+    def _within_cap(self, strategy: str, n: int) -> bool:
+        return strategy not in self.limits.caps or n <= self.limits.caps[strategy][1]
+
+    def _cheaper(self, routine: Routine, n: int, p: int, cost: float) -> str:
+        """The cheapest enabled strategy for this request, as advice in a refusal."""
+        options = sorted(
+            (self.costs.estimate(routine, name, n, p), name) for name in self._enabled()
+            if name != "auto" and self._within_cap(name, n))
+        for estimate, name in options:
+            if estimate < cost and estimate <= self.limits.max_job_cost_s:
+                return f"use strategy={name} (about {estimate:.3g} s), or split the batch"
+        return "split the batch"
+
+    def _cost(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
+        cost = self.costs.estimate(routine, strategy, n, p)
+        if cost > self.limits.max_job_cost_s:
+            metrics.REJECTIONS.labels("cost").inc()
+            what = f"strategy {strategy}" if strategy else "evaluation"
+            raise CostExceeded(
+                f"{what} of routine {routine.name} at N = {n} with {p} parameter(s) is "
+                f"estimated at {cost:.3g} s of device time, over the limit of "
+                f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
+                f"{self._cheaper(routine, n, p, cost)}"
+            )
+        return cost
+
     def prepare(
         self,
         kind: JobKind,
@@ -292,6 +347,7 @@ class Engine:
         x = self._inputs(routine, inputs, torch_dtype)
         if chosen is not None:
             self._cap(chosen, x.shape[0])
+        cost = self._cost(routine, chosen, int(x.shape[0]), len(wrt_names))
         return Job(
             kind=kind,
             routine=routine,
@@ -303,13 +359,15 @@ class Engine:
             future=asyncio.get_running_loop().create_future(),
             deadline=time.perf_counter() + min(self.limits.timeout_s,
                                                (timeout_ms or math.inf) / 1e3),
+            cost_s=cost,
         )
 
     # -- running -----------------------------------------------------------------------------
 
     def _expire(self, job: Job) -> None:
-        """At the deadline: a job still queued is taken back and answered 504; one already
-        running keeps its place and gets its answer."""
+        """At the deadline: a job still queued is taken back and answered 504; a heavy job
+        already running is stopped by its worker at its next slice (504), and a launch in
+        progress gets its answer."""
         if not job.future.done() and self.worker.withdraw(job):
             metrics.REJECTIONS.labels("deadline").inc()
             job.future.set_exception(DeadlineExceeded(time.perf_counter() - job.enqueued_at))
@@ -324,7 +382,10 @@ class Engine:
         try:
             result = await job.future
         except asyncio.CancelledError:  # the client went away: do not compute for nobody
-            self.worker.withdraw(job)
+            # awaiting it, the cancelled task cancelled the future too: a worker running it
+            # sees that at its next slice and stops
+            if self.worker.withdraw(job):
+                metrics.CANCELLED.labels("disconnect").inc()
             raise
         finally:
             timer.cancel()

@@ -1,11 +1,19 @@
 """How dy/dC is computed: every strategy returns values (N, M) and one (N, M) derivative per
 differentiated parameter, the same numbers to rounding (finite differences to their own
 accuracy). Each is a plain function of a :class:`Problem`; none knows about HTTP or queues.
+
+Each strategy also states its :class:`Work` for a request of N samples, M outputs and P
+parameters, which the engine prices before queueing it (app.engine.admission). The O(N^2)
+strategies run in slices of output rows (``steps``), yielding the fraction done after each,
+so that the worker can stop them at a slice boundary and serve other work in between; their
+``run`` is the same steps run to the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +30,9 @@ __all__ = [
     "STRATEGIES",
     "Derivatives",
     "Problem",
+    "Steps",
     "Strategy",
+    "Work",
     "lacks_forward_formula",
 ]
 
@@ -58,14 +68,34 @@ class Derivatives:
 
 
 @dataclass(frozen=True)
+class Work:
+    """What a request costs a strategy, in the units the cost model prices: passes over the
+    routine (each pays its fixed overhead) and sample evaluations (each pays its time per
+    sample). The factors are this machine's measured ratios to plain evaluation, rounded up
+    (bench/results/strategies.md); the engine corrects them by what jobs actually took."""
+
+    passes: float
+    samples: float
+
+
+# (N, M, P) -> Work
+Complexity = Callable[[int, int, int], Work]
+# The steps of a sliced strategy: yields the fraction done after each slice, returns the result.
+Steps = Generator[float, None, Derivatives]
+
+
+@dataclass(frozen=True)
 class Strategy:
     name: str
     mode: str
     cost: str
     description: str
     run: Callable[[Problem], Derivatives]
+    work: Complexity
     cap_setting: str | None = None  # the Settings field that caps N, if any
     batchable: bool = False  # may coalesce requests with per-sample parameters
+    # O(N^2) strategies: the same computation in slices of about ``seconds`` each
+    steps: Callable[[Problem, float], Steps] | None = None
 
 
 def lacks_forward_formula(exc: BaseException) -> bool:
@@ -145,13 +175,56 @@ def _grads(outputs: Tensor, leaves: tuple[Tensor, ...], **kwargs: object) -> tup
                  for g, leaf in zip(got, leaves, strict=True))
 
 
-def reverse_loop(problem: Problem) -> Derivatives:
+def _in_slices(total: int, seconds: float, first: int,
+               work: Callable[[int, int], None]) -> Iterator[float]:
+    """``work(a, b)`` over consecutive ranges covering range(total), each sized from the time
+    the previous one took to last about ``seconds``; yields the fraction done after each."""
+    start, size = 0, (first if math.isfinite(seconds) else total)
+    while start < total:
+        end = min(total, start + size)
+        began = time.perf_counter()
+        work(start, end)
+        took = time.perf_counter() - began
+        start = end
+        if start < total:
+            size = max(1, min(4 * size, int(size * seconds / took))) if took > 0 else 4 * size
+        yield start / total
+
+
+def _unit_rows(a: int, b: int, total: int, like: Tensor) -> Tensor:
+    """Rows a..b-1 of the total x total identity."""
+    rows = torch.zeros(b - a, total, dtype=like.dtype, device=like.device)
+    rows[torch.arange(b - a), torch.arange(a, b)] = 1
+    return rows
+
+
+def _drain(steps: Steps) -> Derivatives:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def _whole(steps: Callable[[Problem, float], Steps]) -> Callable[[Problem], Derivatives]:
+    def run(problem: Problem) -> Derivatives:
+        return _drain(steps(problem, math.inf))
+
+    return run
+
+
+def reverse_loop_steps(problem: Problem, seconds: float) -> Steps:
     """The naive baseline: one autograd.grad call per output element, O(N^2) in all."""
     _require_shared(problem, "reverse-loop")
     leaves = _leaves(problem)
     values = problem.evaluate(problem.varying(*leaves))
     flat = values.reshape(-1)
-    rows = [_grads(flat[i], leaves, retain_graph=True) for i in range(flat.numel())]
+    rows: list[tuple[Tensor, ...]] = []
+
+    def work(a: int, b: int) -> None:
+        rows.extend(_grads(flat[i], leaves, retain_graph=True) for i in range(a, b))
+
+    yield from _in_slices(flat.numel(), seconds, 1, work)
     derivs = tuple(
         torch.stack([row[j] for row in rows]).reshape(values.shape).to(values.dtype)
         for j in range(len(leaves))
@@ -159,15 +232,45 @@ def reverse_loop(problem: Problem) -> Derivatives:
     return Derivatives(values.detach(), _per_param(problem, derivs))
 
 
-def reverse_batched(problem: Problem) -> Derivatives:
-    """One autograd.grad with is_grads_batched over the identity: vmapped backward passes."""
+def reverse_batched_steps(problem: Problem, seconds: float) -> Steps:
+    """autograd.grad with is_grads_batched over rows of the identity: vmapped backward
+    passes, a slice of rows at a time (one call over all N x M rows when not sliced)."""
     _require_shared(problem, "reverse-batched")
     leaves = _leaves(problem)
     values = problem.evaluate(problem.varying(*leaves))
     flat = values.reshape(-1)
-    eye = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
-    got = _grads(flat, leaves, grad_outputs=eye, is_grads_batched=True)
-    derivs = tuple(g.expand(flat.numel()).reshape(values.shape) for g in got)
+    parts: list[tuple[Tensor, ...]] = []
+
+    def work(a: int, b: int) -> None:
+        got = _grads(flat, leaves, grad_outputs=_unit_rows(a, b, flat.numel(), flat),
+                     is_grads_batched=True, retain_graph=True)
+        parts.append(tuple(g.expand(b - a) for g in got))
+
+    yield from _in_slices(flat.numel(), seconds, 16, work)
+    derivs = tuple(torch.cat([p[j] for p in parts]).reshape(values.shape)
+                   for j in range(len(leaves)))
+    return Derivatives(values.detach(), _per_param(problem, derivs))
+
+
+def jacrev_steps(problem: Problem, seconds: float) -> Steps:
+    """torch.func.jacrev of the batch output, as jacrev computes it (vjp, then vmap over rows
+    of the identity), a slice of rows at a time."""
+    _require_shared(problem, "jacrev")
+
+    def f(*theta: Tensor) -> Tensor:
+        return problem.evaluate(problem.varying(*theta))
+
+    values, vjp_fn = torch.func.vjp(f, *problem.wrt_values())
+    total = values.numel()
+    parts: list[tuple[Tensor, ...]] = []
+
+    def work(a: int, b: int) -> None:
+        rows = _unit_rows(a, b, total, values).reshape(b - a, *values.shape)
+        parts.append(tuple(vmap(vjp_fn)(rows)))
+
+    yield from _in_slices(total, seconds, 16, work)
+    derivs = tuple(torch.cat([p[j] for p in parts]).reshape(values.shape)
+                   for j in range(len(problem.wrt)))
     return Derivatives(values.detach(), _per_param(problem, derivs))
 
 
@@ -222,22 +325,19 @@ def _per_sample_copies(problem: Problem) -> Derivatives:
 # -- full Jacobians ----------------------------------------------------------------------------
 
 
-def _jacobian(transform: Callable[..., Callable[..., tuple[tuple[Tensor, ...], Tensor]]]):  # type: ignore[no-untyped-def]
-    def run(problem: Problem) -> Derivatives:
-        if transform is jacfwd and not problem.routine.vectorized and any(
-                v.dim() for v in problem.params.values()):
-            return _per_sample(problem, jacfwd)  # a coalesced batch: per-sample Jacobians
-        _require_shared(problem, transform.__name__)
+def jacobian_forward(problem: Problem) -> Derivatives:
+    """torch.func.jacfwd of the batch output (per-sample Jacobians for a coalesced batch)."""
+    if not problem.routine.vectorized and any(v.dim() for v in problem.params.values()):
+        return _per_sample(problem, jacfwd)
+    _require_shared(problem, "jacfwd")
 
-        def f(*theta: Tensor) -> tuple[Tensor, Tensor]:
-            y = problem.evaluate(problem.varying(*theta))
-            return y, y
+    def f(*theta: Tensor) -> tuple[Tensor, Tensor]:
+        y = problem.evaluate(problem.varying(*theta))
+        return y, y
 
-        argnums = tuple(range(len(problem.wrt)))
-        jac, values = transform(f, argnums=argnums, has_aux=True)(*problem.wrt_values())
-        return Derivatives(values, _per_param(problem, tuple(jac)))
-
-    return run
+    argnums = tuple(range(len(problem.wrt)))
+    jac, values = jacfwd(f, argnums=argnums, has_aux=True)(*problem.wrt_values())
+    return Derivatives(values, _per_param(problem, tuple(jac)))
 
 
 # -- finite differences ------------------------------------------------------------------------
@@ -273,37 +373,50 @@ def _with_fallback(problem: Problem) -> Derivatives:
     raise AssertionError("auto is resolved by the engine, which names the strategy that ran")
 
 
+def _linear(passes: float, samples: float) -> Complexity:
+    """Work proportional to N: ``passes`` and ``samples`` per sample-evaluation, per parameter."""
+    return lambda n, m, p: Work(passes * p, samples * n * p)
+
+
+def _quadratic(passes_per_row: float, samples: float) -> Complexity:
+    """One pass over all N samples per output element (N x M of them): O(N^2)."""
+    return lambda n, m, p: Work(1 + passes_per_row * n * m, n + samples * n * n * m)
+
+
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in [
         Strategy("auto", "forward", "1 forward pass per parameter (falls back to reverse mode)",
                  "forward mode; falls back to vmap-grad when an operation has no "
                  "forward-mode formula",
-                 _with_fallback, batchable=True),
+                 _with_fallback, _linear(2, 4), batchable=True),
         Strategy("forward", "forward", "1 forward pass per parameter, O(N)",
                  "torch.func.jvp (jacfwd over the parameter vector for several)",
-                 forward, batchable=True),
+                 forward, _linear(2, 4), batchable=True),
         Strategy("forward-dual", "forward", "1 forward pass per parameter, O(N)",
                  "dual numbers with torch.autograd.forward_ad make_dual / unpack_dual",
-                 forward_dual, batchable=True),
+                 forward_dual, _linear(2, 6), batchable=True),
         Strategy("reverse-loop", "reverse", "N x M backward passes, O(N^2)",
                  "one torch.autograd.grad call per output element: the naive baseline",
-                 reverse_loop, cap_setting="reverse_loop_max_n"),
+                 _whole(reverse_loop_steps), _quadratic(1, 4), cap_setting="reverse_loop_max_n",
+                 steps=reverse_loop_steps),
         Strategy("reverse-batched", "reverse", "N x M vmapped backward passes, O(N^2) memory",
                  "torch.autograd.grad(is_grads_batched=True) with identity grad_outputs",
-                 reverse_batched, cap_setting="reverse_batched_max_n"),
+                 _whole(reverse_batched_steps), _quadratic(0.01, 16),
+                 cap_setting="reverse_batched_max_n", steps=reverse_batched_steps),
         Strategy("vmap-grad", "reverse", "1 backward pass per sample, vmapped, O(N)",
                  "torch.func.vmap(torch.func.grad) over samples (jacrev when M > 1)",
-                 vmap_grad, batchable=True),
+                 vmap_grad, lambda n, m, p: Work(3, 6 * n * m), batchable=True),
         Strategy("jacrev", "reverse", "N x M vmapped backward passes, O(N^2) memory",
                  "torch.func.jacrev: the full Jacobian of the batch output",
-                 _jacobian(jacrev), cap_setting="jacrev_max_n"),
+                 _whole(jacrev_steps), _quadratic(0.01, 16), cap_setting="jacrev_max_n",
+                 steps=jacrev_steps),
         Strategy("jacfwd", "forward", "1 forward pass per parameter, vmapped, O(N)",
                  "torch.func.jacfwd: the full Jacobian of the batch output",
-                 _jacobian(jacfwd), batchable=True),
+                 jacobian_forward, _linear(3, 6), batchable=True),
         Strategy("finite-difference", "numeric", "2 evaluations per parameter, O(N)",
                  "central differences with h = eps^(1/3) max(1, |C|); ~1e-10 relative in "
                  "float64, ~1e-5 in float32",
-                 finite_difference),
+                 finite_difference, lambda n, m, p: Work(1 + 2 * p, n * (1 + 2 * p))),
     ]
 }

@@ -2,26 +2,42 @@
 
 Requests never compute on the event loop: they put a :class:`Job` on the :class:`JobQueue`
 and await its future. One :class:`DeviceWorker` thread per device takes work from the queue;
-an idle worker is the least loaded one, so work goes where there is room. ``JobQueue.take``
-coalesces compatible jobs (same routine, dtype, wrt and a batchable strategy) into one launch,
-each keeping its own parameter values.
+an idle worker is the least loaded one, so work goes where there is room.
+
+The queue has two lanes. *Light* jobs (a batchable strategy, at most a launch of samples)
+coalesce with compatible ones (same routine, dtype, wrt and strategy) into one launch, each
+keeping its own parameter values. *Heavy* jobs (the O(N^2) and other unbatchable strategies,
+and requests larger than a launch) run alone, in slices: between two slices the worker runs
+any light launch that is waiting, so small requests never wait behind a heavy job for more
+than about a slice, and it checks whether the heavy job should go on. A job whose client has
+gone, whose deadline has passed, or whose first slices show that it costs well over
+DYDC_MAX_JOB_COST, is stopped at the next slice boundary, and what it held is freed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from app import metrics
+from app.engine.admission import CostModel
 from app.engine.compiled import CompiledForward
-from app.engine.compute import batch_key, run_batch
-from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
-from app.engine.jobs import Job, resolve_all
+from app.engine.compute import TRANSFORMS_LOCK, Sliced, batch_key, run_batch, run_sliced
+from app.engine.errors import (
+    CostExceeded,
+    DeadlineExceeded,
+    EngineError,
+    QueueFull,
+    ServiceUnavailable,
+)
+from app.engine.jobs import Job, JobResult, resolve_all
 
 __all__ = ["DeviceWorker", "JobQueue", "WorkerPool", "resolve_devices"]
 
@@ -60,14 +76,17 @@ def resolve_devices(setting: str) -> list[torch.device]:
 
 
 class JobQueue:
-    """A FIFO bounded in samples, that hands out batches of compatible jobs."""
+    """A FIFO in two lanes (light and heavy, see the module docstring), bounded in samples,
+    and in the heavy lane by the work queued ahead of a job against its deadline."""
 
     def __init__(self, max_samples: int, max_batch_samples: int, max_delay_s: float):
         self.max_samples = max_samples
         self.max_batch_samples = max_batch_samples
         self.max_delay_s = max_delay_s
-        self._jobs: deque[Job] = deque()
+        self._light: deque[Job] = deque()
+        self._heavy: deque[Job] = deque()
         self._samples = 0
+        self._heavy_cost = 0.0  # estimated seconds of heavy jobs queued or running
         self._cond = threading.Condition()
         self._closed = False
         metrics.QUEUE_BOUND_SAMPLES.set(max_samples)
@@ -76,22 +95,44 @@ class JobQueue:
     def closed(self) -> bool:
         return self._closed
 
+    def heavy(self, job: Job) -> bool:
+        return batch_key(job) is None or job.n > self.max_batch_samples
+
     def _changed(self) -> None:
-        metrics.QUEUE_DEPTH.set(len(self._jobs))
+        metrics.QUEUE_DEPTH.set(len(self._light) + len(self._heavy))
         metrics.QUEUE_SAMPLES.set(self._samples)
+        metrics.QUEUE_HEAVY_SECONDS.set(self._heavy_cost)
+
+    def _admit_heavy(self, job: Job) -> None:
+        """Refuse a heavy job that the heavy work ahead of it leaves no time for."""
+        ahead = self._heavy_cost
+        left = math.inf if job.deadline is None else job.deadline - time.perf_counter()
+        if ahead > 0 and ahead + job.cost_s > left:
+            metrics.REJECTIONS.labels("queue_full").inc()
+            raise QueueFull(
+                f"heavy jobs ahead of this one need about {ahead:.1f} s of device time, and "
+                f"this one about {job.cost_s:.2f} s: it would not finish within its deadline "
+                f"({max(left, 0):.1f} s left); retry after a short wait, or use a cheaper "
+                "strategy", retry_after_s=max(1.0, ahead))
 
     def put(self, job: Job) -> None:
         with self._cond:
             if self._closed:
                 metrics.REJECTIONS.labels("shutdown").inc()
                 raise ServiceUnavailable("the service is shutting down; retry on another replica")
-            if self._jobs and self._samples + job.n > self.max_samples:
+            queued = self._light or self._heavy
+            if queued and self._samples + job.n > self.max_samples:
                 metrics.REJECTIONS.labels("queue_full").inc()
                 raise QueueFull(
                     f"the queue is full ({self._samples} samples waiting, bound "
                     f"{self.max_samples}, DYDC_MAX_QUEUE_SAMPLES); retry after a short wait"
                 )
-            self._jobs.append(job)
+            if self.heavy(job):
+                self._admit_heavy(job)
+                self._heavy.append(job)
+                self._heavy_cost += job.cost_s
+            else:
+                self._light.append(job)
             self._samples += job.n
             self._changed()
             self._cond.notify()
@@ -99,13 +140,23 @@ class JobQueue:
     def withdraw(self, job: Job) -> bool:
         """Take a job back if no worker has claimed it yet."""
         with self._cond:
-            try:
-                self._jobs.remove(job)
-            except ValueError:
-                return False
-            self._samples -= job.n
+            for lane in (self._light, self._heavy):
+                try:
+                    lane.remove(job)
+                except ValueError:
+                    continue
+                self._samples -= job.n
+                if lane is self._heavy:
+                    self._heavy_cost -= job.cost_s
+                self._changed()
+                return True
+            return False
+
+    def done(self, job: Job) -> None:
+        """A heavy job that a worker took has finished or stopped."""
+        with self._cond:
+            self._heavy_cost = max(0.0, self._heavy_cost - job.cost_s)
             self._changed()
-            return True
 
     def close(self) -> None:
         """Accept no more work; workers drain what is queued, then stop."""
@@ -115,28 +166,31 @@ class JobQueue:
 
     def fail_all(self, error: Exception) -> None:
         with self._cond:
-            left, self._jobs, self._samples = list(self._jobs), deque(), 0
+            left = [*self._light, *self._heavy]
+            self._light, self._heavy, self._samples = deque(), deque(), 0
+            self._heavy_cost -= sum(job.cost_s for job in left if self.heavy(job))
             self._changed()
         resolve_all([(job, error) for job in left])
 
-    def _pop_live(self) -> Job | None:
-        """The oldest job still worth running; drops cancelled and expired ones."""
+    def _pop_live(self, lane: deque[Job]) -> Job | None:
+        """The oldest job of the lane still worth running; drops cancelled and expired ones."""
         now = time.perf_counter()
-        while self._jobs:
-            job = self._jobs.popleft()
+        while lane:
+            job = lane.popleft()
             self._samples -= job.n
-            if job.future.done():  # the client went away
-                continue
-            if job.deadline is not None and now > job.deadline:
+            reason = job.stop_reason(now)
+            if reason is None:
+                return job
+            if lane is self._heavy:
+                self._heavy_cost -= job.cost_s
+            if reason == "deadline":
                 metrics.REJECTIONS.labels("deadline").inc()
                 job.resolve(DeadlineExceeded(now - job.enqueued_at))
-                continue
-            return job
         return None
 
     def _gather(self, batch: list[Job], key: object, samples: int) -> int:
         keep: deque[Job] = deque()
-        for job in self._jobs:
+        for job in self._light:
             if (not job.future.done() and samples + job.n <= self.max_batch_samples
                     and batch_key(job) == key):
                 batch.append(job)
@@ -144,49 +198,77 @@ class JobQueue:
                 self._samples -= job.n
             else:
                 keep.append(job)
-        self._jobs = keep
+        self._light = keep
         return samples
 
-    def take(self) -> list[Job] | None:
-        """Block for work; None once closed and drained. A lone job goes at once, a full
-        batch goes at once, and a partial batch waits for company until its first job has
-        waited DYDC_MAX_DELAY_MS."""
+    def _light_batch(self, first: Job, wait: bool) -> list[Job]:
+        """``first`` and the compatible jobs queued behind it; with ``wait``, a partial batch
+        waits for company until ``first`` has waited DYDC_MAX_DELAY_MS."""
+        batch = [first]
+        key = batch_key(first)
+        samples = first.n
+        while True:
+            samples = self._gather(batch, key, samples)
+            left = first.enqueued_at + self.max_delay_s - time.perf_counter()
+            if (not wait or len(batch) == 1 or samples >= self.max_batch_samples
+                    or left <= 0):
+                return batch
+            self._cond.wait(left)
+
+    def take(self, block: bool = True) -> list[Job] | Job | None:
+        """The next work: a light launch (a list of jobs) before a heavy job. Blocking, it
+        waits for work and returns None once closed and drained; a lone light job goes at
+        once, a full batch goes at once, and a partial batch waits for company until its
+        first job has waited DYDC_MAX_DELAY_MS. Not blocking, it returns a light launch that
+        is ready now, or None (never a heavy job)."""
         with self._cond:
             while True:
-                first = self._pop_live()
+                first = self._pop_live(self._light)
                 if first is not None:
-                    break
+                    batch = self._light_batch(first, wait=block)
+                    self._changed()
+                    return batch
+                if not block:
+                    self._changed()
+                    return None
+                heavy = self._pop_live(self._heavy)
                 self._changed()
+                if heavy is not None:
+                    return heavy
                 if self._closed:
                     return None
                 self._cond.wait()
-            batch = [first]
-            key = batch_key(first)
-            if key is not None:
-                samples = first.n
-                while True:
-                    samples = self._gather(batch, key, samples)
-                    wait = first.enqueued_at + self.max_delay_s - time.perf_counter()
-                    if len(batch) == 1 or samples >= self.max_batch_samples or wait <= 0:
-                        break
-                    self._cond.wait(wait)
-            self._changed()
-            return batch
+
+
+@dataclass
+class _Task:
+    """A heavy job in progress."""
+
+    job: Job
+    steps: Sliced
+    busy_s: float = 0.0  # time spent in its slices so far
 
 
 class DeviceWorker:
-    """Owns one device: a thread that warms it up, then runs batches from the queue."""
+    """Owns one device: a thread that warms it up, then runs light launches and heavy jobs
+    from the queue, the heavy ones a slice at a time."""
 
     def __init__(self, device: torch.device, queue: JobQueue, chunk: int,
                  warmup: Callable[[torch.device], None] | None = None,
-                 compiled: CompiledForward | None = None):
+                 compiled: CompiledForward | None = None, costs: CostModel | None = None,
+                 slice_s: float = 0.05):
         self.device = device
         self._queue = queue
         self._chunk = chunk
         self._compiled = compiled
+        self._costs = costs
+        self._slice_s = slice_s
         self._warmup = warmup
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._task: _Task | None = None
+        self._running: list[Job] = []  # the light launch in progress
+        self._aborted: Exception | None = None
         self.failure: str | None = None
         self.restarts = 0
 
@@ -208,10 +290,31 @@ class DeviceWorker:
     def ready(self) -> bool:
         return self._ready.is_set() and self.alive
 
+    def abort(self, error: Exception) -> None:
+        """At the end of a shutdown's grace period: answer what this worker is running with
+        ``error`` now; a heavy job stops at its next slice."""
+        self._aborted = error
+        metrics.CANCELLED.labels("shutdown").inc(len(self._running))
+        running = [*self._running, *([self._task.job] if self._task else [])]
+        resolve_all([(job, error) for job in running])
+
+    def _measure(self, jobs: Sequence[Job]) -> None:
+        """The routine's cost on this device, once, at its first launch (warm-up does it
+        before when it runs)."""
+        routine = jobs[0].routine
+        if self._costs is not None and not self._costs.measured(routine):
+            try:
+                with TRANSFORMS_LOCK:
+                    self._costs.measure(routine, self.device)
+            except Exception:  # a routine undefined at ones: the launch itself will say
+                log.debug("measuring routine %s failed", routine.name, exc_info=True)
+
     def _execute(self, batch: list[Job]) -> None:
         started = time.perf_counter()
         for job in batch:
             metrics.QUEUE_WAIT_SECONDS.observe(started - job.enqueued_at)
+        self._measure(batch)
+        self._running = batch
         try:
             results = run_batch(batch, self.device, self._chunk, self._compiled)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
@@ -219,12 +322,102 @@ class DeviceWorker:
                                       f"({type(exc).__name__}); retry")
             resolve_all([(job, lost) for job in batch])
             raise
+        finally:
+            self._running = []
         device = str(self.device)
         metrics.child(metrics.LAUNCHES, device).inc()
         metrics.child(metrics.LAUNCH_SECONDS, device).observe(time.perf_counter() - started)
         metrics.BATCH_REQUESTS.observe(len(batch))
         metrics.BATCH_SAMPLES.observe(sum(job.n for job in batch))
         resolve_all(list(zip(batch, results, strict=True)))
+
+    def _start(self, job: Job) -> None:
+        metrics.QUEUE_WAIT_SECONDS.observe(time.perf_counter() - job.enqueued_at)
+        self._measure([job])
+        self._task = _Task(job, run_sliced(job, self.device, self._chunk, self._compiled,
+                                           self._slice_s))
+
+    def _finish(self, task: _Task, answer: JobResult | Exception | None,
+                cancelled: str | None = None) -> None:
+        """The heavy job is over: close its steps (freeing what they hold), count it, and
+        hand over its answer."""
+        self._task = None
+        task.steps.close()
+        self._queue.done(task.job)
+        if cancelled is not None:
+            metrics.CANCELLED.labels(cancelled).inc()
+        else:
+            metrics.child(metrics.LAUNCHES, str(self.device)).inc()
+            metrics.child(metrics.LAUNCH_SECONDS, str(self.device)).observe(task.busy_s)
+            metrics.BATCH_REQUESTS.observe(1)
+            metrics.BATCH_SAMPLES.observe(task.job.n)
+        if answer is not None:
+            task.job.resolve(answer)
+
+    def _stop_error(self, task: _Task, reason: str) -> Exception | None:
+        job = task.job
+        if reason == "deadline":
+            return DeadlineExceeded(time.perf_counter() - job.enqueued_at, running=True)
+        if reason == "shutdown":
+            return self._aborted
+        return None  # disconnect, answered: nobody waits for an answer
+
+    def _advance(self) -> None:
+        """One slice of the heavy job in progress, unless it must stop first."""
+        task = self._task
+        assert task is not None
+        job = task.job
+        reason = "shutdown" if self._aborted is not None else job.stop_reason(
+            time.perf_counter())
+        if reason is not None:
+            self._finish(task, self._stop_error(task, reason), cancelled=reason)
+            return
+        began = time.perf_counter()
+        try:
+            progress = next(task.steps)
+        except StopIteration as done:
+            task.busy_s += time.perf_counter() - began
+            self._learn(task, task.busy_s)
+            self._finish(task, done.value)
+            return
+        except EngineError as exc:
+            self._finish(task, exc)
+            return
+        except BaseException as exc:  # the thread is dying: no request may be lost with it
+            lost = ServiceUnavailable(f"the device worker on {self.device} failed "
+                                      f"({type(exc).__name__}); retry")
+            self._finish(task, lost)
+            raise
+        task.busy_s += time.perf_counter() - began
+        projected = task.busy_s / progress
+        if self._costs is not None and self._costs.overrun(projected):
+            self._learn(task, projected)
+            self._finish(task, CostExceeded(
+                f"the job was stopped after {progress:.0%} of its work: at that rate it would "
+                f"need about {projected:.1f} s of device time, over the limit of "
+                f"{self._costs.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); send fewer samples or "
+                "use strategy=forward"), cancelled="cost")
+
+    def _learn(self, task: _Task, seconds: float) -> None:
+        if self._costs is not None:
+            job = task.job
+            self._costs.learn(job.routine, job.strategy, job.n, len(job.wrt), seconds)
+
+    def _serve(self) -> None:
+        while True:
+            if self._task is None:
+                work = self._queue.take()
+                if work is None:
+                    return
+                if isinstance(work, list):
+                    self._execute(work)
+                else:
+                    self._start(work)
+                continue
+            light = self._queue.take(block=False)
+            if isinstance(light, list):
+                self._execute(light)
+            self._advance()
 
     def _loop(self) -> None:
         try:
@@ -240,8 +433,7 @@ class DeviceWorker:
         self.failure = None
         self._ready.set()
         try:
-            while (batch := self._queue.take()) is not None:
-                self._execute(batch)
+            self._serve()
         finally:
             self._ready.clear()
 
@@ -251,10 +443,13 @@ class WorkerPool:
 
     def __init__(self, devices: Sequence[torch.device], queue: JobQueue, chunk: int,
                  warmup: Callable[[torch.device], None] | None = None,
-                 compiled: CompiledForward | None = None):
+                 compiled: CompiledForward | None = None, costs: CostModel | None = None,
+                 slice_s: float = 0.05):
         self.queue = queue
-        self.workers = [DeviceWorker(d, queue, chunk, warmup, compiled) for d in devices]
+        self.workers = [DeviceWorker(d, queue, chunk, warmup, compiled, costs, slice_s)
+                        for d in devices]
         self._started = False
+        self._abort_timer: threading.Timer | None = None
         self.drain_started: float | None = None  # time.monotonic() of the drain's start
 
     @property
@@ -272,22 +467,39 @@ class WorkerPool:
     def withdraw(self, job: Job) -> bool:
         return self.queue.withdraw(job)
 
-    def begin_drain(self) -> None:
-        """Readiness goes to 503 and new work is refused; queued work still runs."""
+    def begin_drain(self, abort_after_s: float | None = None) -> None:
+        """Readiness goes to 503 and new work is refused; queued work still runs. With
+        ``abort_after_s``, whatever is still queued or running that long after the drain
+        began is answered 503 then (the grace period's end)."""
         if self.drain_started is None:
             self.drain_started = time.monotonic()
+            if abort_after_s is not None:
+                self._abort_timer = threading.Timer(abort_after_s, self.abort)
+                self._abort_timer.daemon = True
+                self._abort_timer.start()
         self.queue.close()
+
+    def abort(self) -> None:
+        """Answer everything queued or running with 503 now; heavy jobs stop at their next
+        slice, and a launch in progress finishes for nobody."""
+        error = ServiceUnavailable("the service shut down before this request finished; "
+                                   "retry on another replica")
+        self.queue.close()
+        self.queue.fail_all(error)
+        for w in self.workers:
+            w.abort(error)
 
     def stop(self, grace: float = 30.0) -> None:
         """Drain the queue until ``grace`` seconds after the drain began (SIGTERM, or now);
-        fail whatever is left after that."""
+        answer whatever is left after that with 503."""
         self.begin_drain()
         assert self.drain_started is not None
         deadline = self.drain_started + grace
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
-        self.queue.fail_all(ServiceUnavailable("the service shut down before this request ran; "
-                                               "retry on another replica"))
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        self.abort()
         metrics.WORKERS_READY.set(0)
 
     def revive(self) -> int:

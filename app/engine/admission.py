@@ -1,0 +1,113 @@
+"""Pricing a job before it is queued, and holding it to that price while it runs.
+
+A job's cost is an estimate of the device time it needs, in seconds:
+
+    cost = passes x (the routine's fixed time per pass) + samples x (its time per sample)
+
+where ``passes`` and ``samples`` come from the strategy's complexity in N, M and the number
+of parameters (``Strategy.work``), and the routine's two times are measured on the device at
+warm-up (or at its first launch, when warm-up is off). Both are rough: what a job actually
+took corrects later estimates for that routine and strategy, and a sliced job whose first
+slices show that it will cost well over the limit is stopped there (app.engine.worker).
+
+Hand-written: serving frameworks bound requests by count or size (Triton's queue policy,
+Ray Serve's max_ongoing_requests), none by the work a request implies, which differs here by
+five orders of magnitude between strategies for the same N.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from app.engine.evaluation import evaluate_batch
+from app.engine.strategies import STRATEGIES, Work
+from routines import Routine
+
+__all__ = ["CostModel", "RoutineCost"]
+
+# How far a running job's projected cost may exceed the limit before it is stopped: the
+# estimate let it in, so only a clear overrun stops it.
+OVERRUN = 1.5
+_MEASURE_N = (64, 4096)
+
+
+@dataclass(frozen=True)
+class RoutineCost:
+    pass_s: float  # fixed time of one pass over the routine, whatever N
+    sample_s: float  # time per sample of one pass
+
+
+# Before a routine is measured: generous, so that an unmeasured routine is not refused for a
+# guess; a job that turns out heavy is stopped on its first slices.
+_PRIOR = RoutineCost(pass_s=1e-4, sample_s=1e-7)
+
+
+def _time(routine: Routine, n: int, device: torch.device) -> float:
+    x = torch.ones(n, len(routine.inputs), dtype=torch.float64, device=device)
+    params = {p.name: torch.tensor(p.default, dtype=torch.float64, device=device)
+              for p in routine.params}
+    best = math.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        evaluate_batch(routine, x, params)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+class CostModel:
+    """Estimates per job, corrected by what jobs took. Thread-safe."""
+
+    def __init__(self, max_job_cost_s: float) -> None:
+        self.max_job_cost_s = max_job_cost_s
+        self._routines: dict[str, RoutineCost] = {}
+        self._correction: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def measured(self, routine: Routine) -> bool:
+        return routine.name in self._routines
+
+    def measure(self, routine: Routine, device: torch.device) -> RoutineCost:
+        """Time plain evaluation at two sizes on ``device``: the fixed and per-sample parts.
+        The caller holds the transforms lock (vmap), as for any launch."""
+        small, large = _MEASURE_N
+        t_small, t_large = _time(routine, small, device), _time(routine, large, device)
+        sample_s = max((t_large - t_small) / (large - small), 1e-10)
+        cost = RoutineCost(pass_s=max(t_small - small * sample_s, 1e-6), sample_s=sample_s)
+        with self._lock:
+            self._routines[routine.name] = cost
+        return cost
+
+    def _raw(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
+        cost = self._routines.get(routine.name, _PRIOR)
+        m = len(routine.outputs)
+        work = STRATEGIES[strategy].work(n, m, max(p, 1)) if strategy else Work(1, n)
+        return work.passes * cost.pass_s + work.samples * cost.sample_s
+
+    def estimate(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
+        """Estimated seconds on the device for one request: ``strategy`` None is evaluate."""
+        correction = self._correction.get((routine.name, strategy or "evaluate"), 1.0)
+        return self._raw(routine, strategy, n, p) * correction
+
+    def learn(self, routine: Routine, strategy: str | None, n: int, p: int,
+              seconds: float) -> None:
+        """A job of this kind took ``seconds`` (or is projected to): move later estimates
+        halfway towards it, in log space, within a factor of 100 either way."""
+        raw = self._raw(routine, strategy, n, p)
+        if raw <= 0 or seconds <= 0:
+            return
+        ratio = min(max(seconds / raw, 1e-2), 1e2)
+        key = (routine.name, strategy or "evaluate")
+        with self._lock:
+            old = self._correction.get(key, 1.0)
+            self._correction[key] = math.sqrt(old * ratio)
+
+    def overrun(self, projected_s: float) -> bool:
+        """Whether a running job projected to take ``projected_s`` must be stopped."""
+        return projected_s > self.max_job_cost_s * OVERRUN
