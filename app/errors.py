@@ -1,21 +1,20 @@
-"""The one place where exceptions become HTTP responses: RFC 9457 problem details, and under
-``/v2`` the Open Inference Protocol's ``{"error": "..."}``.
+"""The one place where exceptions become HTTP statuses.
 
-Each domain error has its status here, and nothing else in the service picks one. No
-exception reaches the client as a traceback: anything unexpected is logged and answered 500
-with a generic problem.
-
-Under ``/v2`` the statuses are v1's with one change: what v1 answers 422 (a request that
-cannot be computed as sent, malformed JSON or binary framing included) v2 answers 400, as the
-protocol says a failed request is "typically 400" and its clients expect. 404 (unknown model
-or version), 413, 503 and 504 are the same in both.
+:func:`problem_of` maps any exception to a :class:`Problem`: its status, a slug, the detail
+that says what to change, and headers (``Retry-After`` on 503). Each protocol's codec then
+writes the problem in its own format: v1 as RFC 9457 problem details
+(:func:`problem_response`), v2 as the Open Inference Protocol's ``{"error": "..."}``
+(``app.api.v2``), where what v1 answers 422 is 400, as that protocol says a failed request is
+"typically 400" and its clients expect. No exception reaches the client as a traceback:
+anything unexpected is logged with its traceback and answered 500 with a generic problem.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -28,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app.engine.errors import (
+    CostExceeded,
     DeadlineExceeded,
     EngineError,
     InvalidRequest,
@@ -36,21 +36,23 @@ from app.engine.errors import (
     RoutineFailed,
     ServiceUnavailable,
     StrategyCapExceeded,
+    StrategyDisabled,
     UnknownRoutine,
 )
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
-    "V2_PREFIX",
+    "PROBLEM_JSON",
     "BodyTooLarge",
+    "BodiesInFlightFull",
     "MalformedBody",
     "MalformedFraming",
+    "Problem",
     "UnknownVersion",
-    "error_response",
     "install_error_handlers",
+    "problem_body",
+    "problem_of",
     "problem_response",
-    "status_for",
-    "v2_errors",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,8 @@ class MalformedBody(InvalidRequest):
 
 
 class BodyTooLarge(RequestTooLarge):
-    """The body is over DYDC_MAX_BODY_BYTES (HTTP 413), noticed before it is read in full."""
+    """The body is over DYDC_MAX_BODY_BYTES, or holds more samples than DYDC_MAX_SAMPLES
+    (HTTP 413), noticed before it is read or parsed in full."""
 
 
 class MalformedFraming(MalformedBody):
@@ -77,11 +80,18 @@ class UnknownVersion(EngineError):
     """v2: the model exists but not in the requested version (HTTP 404)."""
 
 
+class BodiesInFlightFull(ServiceUnavailable):
+    """The bodies being read or parsed at once hold DYDC_MAX_INFLIGHT_BODY_BYTES already
+    (HTTP 503 + Retry-After): refused before a byte of this one is read."""
+
+
 # (status, slug) per domain error; the most specific class wins.
 _STATUS: list[tuple[type[EngineError], int, str]] = [
     (UnknownRoutine, 404, "unknown-routine"),
     (UnknownVersion, 404, "unknown-version"),
     (StrategyCapExceeded, 422, "strategy-cap-exceeded"),
+    (StrategyDisabled, 422, "strategy-disabled"),
+    (CostExceeded, 422, "cost-exceeded"),
     (RoutineFailed, 422, "routine-failed"),
     (MalformedFraming, 422, "malformed-framing"),
     (MalformedBody, 422, "malformed-body"),
@@ -90,148 +100,93 @@ _STATUS: list[tuple[type[EngineError], int, str]] = [
     (RequestTooLarge, 413, "batch-too-large"),
     (DeadlineExceeded, 504, "deadline-exceeded"),
     (QueueFull, 503, "queue-full"),
+    (BodiesInFlightFull, 503, "bodies-in-flight-full"),
     (ServiceUnavailable, 503, "service-unavailable"),
 ]
 
 
-def problem_response(status: int, detail: str, slug: str | None = None,
-                     headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    body = {
-        "type": f"urn:dydc:problem:{slug}" if slug else "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON,
-                    headers=headers)
+@dataclass(frozen=True)
+class Problem:
+    """What went wrong, before any protocol writes it."""
 
-
-def _classify(exc: EngineError) -> tuple[int, str]:
-    for cls, status, slug in _STATUS:
-        if isinstance(exc, cls):
-            return status, slug
-    return 500, "internal-error"
-
-
-def status_for(exc: BaseException) -> int:
-    """The status a request that raised ``exc`` is answered with (for metrics)."""
-    if isinstance(exc, _V2Failure):
-        return _v2_status(status_for(exc.cause))
-    if isinstance(exc, EngineError):
-        return _classify(exc)[0]
-    if isinstance(exc, (RequestValidationError, ValidationError)):
-        return 422
-    if isinstance(exc, StarletteHTTPException):
-        return exc.status_code
-    if isinstance(exc, ClientDisconnect):
-        return CLIENT_CLOSED_REQUEST
-    return 500
-
-
-def _engine_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, EngineError)
-    status, slug = _classify(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return _respond(request, status, exc.message, slug, headers)
+    status: int
+    detail: str
+    slug: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # v1 problem members (``errors``)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body") or "body"
 
 
-def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, (RequestValidationError, ValidationError))
-    errors = [
-        {"loc": _location(tuple(e["loc"])), "msg": e["msg"]} for e in exc.errors()
-    ]
-    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
-    return _respond(request, 422, detail, "invalid-request", errors=errors)
+def _retry_after(exc: EngineError) -> dict[str, str]:
+    seconds = exc.retry_after_s if isinstance(exc, QueueFull) else 1.0
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    if exc.status_code == 404:
-        detail = f"no endpoint at {request.url.path}; see /docs for the API"
-    elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
-    return _respond(request, exc.status_code, detail, headers=exc.headers)
+def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
+    """The problem ``exc`` is answered with; ``method`` and ``path`` only word a 404 or 405.
+    Logs what was not expected, with its traceback."""
+    if isinstance(exc, EngineError):
+        for cls, status, slug in _STATUS:
+            if isinstance(exc, cls):
+                headers = _retry_after(exc) if status == 503 else {}
+                return Problem(status, exc.message, slug, headers)
+    if isinstance(exc, (RequestValidationError, ValidationError)):
+        errors = [{"loc": _location(tuple(e["loc"])), "msg": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
+        return Problem(422, detail, "invalid-request", extra={"errors": errors})
+    if isinstance(exc, StarletteHTTPException):
+        detail = (exc.detail if isinstance(exc.detail, str)
+                  else HTTPStatus(exc.status_code).phrase)
+        if exc.status_code == 404:
+            detail = f"no endpoint at {path}; see /docs for the API"
+        elif exc.status_code == 405:
+            detail = f"{method} is not allowed on {path}"
+        return Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+    if isinstance(exc, ClientDisconnect):
+        return Problem(CLIENT_CLOSED_REQUEST, "the client went away")
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return Problem(500, "internal error; it has been logged", "internal-error")
 
 
-def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _respond(request, 500, "internal error; it has been logged", "internal-error")
+def problem_body(problem: Problem) -> bytes:
+    """A problem as RFC 9457 problem details (v1, health, everything but v2)."""
+    return orjson.dumps({
+        "type": f"urn:dydc:problem:{problem.slug}" if problem.slug else "about:blank",
+        "title": HTTPStatus(problem.status).phrase,
+        "status": problem.status,
+        "detail": problem.detail,
+        **problem.extra,
+    })
 
 
-# -- the Open Inference Protocol (v2) -------------------------------------------------------
-
-V2_PREFIX = "/v2"
-
-
-def _speaks_v2(request: Request) -> bool:
-    path = request.url.path
-    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+def problem_response(problem: Problem) -> Response:
+    return Response(problem_body(problem), status_code=problem.status, media_type=PROBLEM_JSON,
+                    headers=problem.headers or None)
 
 
-def _v2_status(status: int) -> int:
-    return 400 if status == 422 else status
+# -- FastAPI's exception handlers ----------------------------------------------------------
+
+Writer = Callable[[Problem], Response]
 
 
-def _respond(request: Request, status: int, detail: str, slug: str | None = None,
-             headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
-    """A problem, or under /v2 the protocol's error object with the v2 status."""
-    headers = dict(headers) if headers is not None else None
-    if not _speaks_v2(request):
-        return problem_response(status, detail, slug, headers, **extra)
-    return Response(orjson.dumps({"error": detail}), status_code=_v2_status(status),
-                    media_type="application/json", headers=headers)
+def install_error_handlers(app: FastAPI, mounts: Mapping[str, Writer] | None = None) -> None:
+    """Answer what FastAPI's own routes raise, and FastAPI's 404 and 405, as problem details;
+    under each prefix of ``mounts`` (a path no route matched has no protocol but the API its
+    prefix mounts) with that API's writer instead. Routes that own a format (v2's) answer
+    their own errors before these handlers see them."""
+    prefixes = dict(mounts or {})
 
+    def handler(request: Request, exc: Exception) -> Response:
+        path = request.url.path
+        problem = problem_of(exc, request.method, path)
+        for prefix, write in prefixes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return write(problem)
+        return problem_response(problem)
 
-class _V2Failure(Exception):
-    """What a v2 route raised, tagged so that ``status_for`` (request metrics) counts the
-    status v2 answers; the response is the one its cause gets."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-@contextmanager
-def v2_errors() -> Iterator[None]:
-    """Wrap the body of a v2 route, inside ``observe``, so its metrics count v2 statuses."""
-    try:
-        yield
-    except Exception as exc:
-        raise _V2Failure(exc) from exc
-
-
-def _v2_failure(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, _V2Failure)
-    return error_response(request, exc.cause)
-
-
-_HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Response]]] = [
-    (EngineError, _engine_error),
-    (RequestValidationError, _validation_error),
-    (ValidationError, _validation_error),
-    (StarletteHTTPException, _http_error),
-    (Exception, _unexpected),
-]
-
-
-def error_response(request: Request, exc: Exception) -> Response:
-    """The response for ``exc``, as the installed handlers give it: for routes served outside
-    FastAPI's exception middleware (app.api.fastpath)."""
-    if isinstance(exc, _V2Failure):
-        return _v2_failure(request, exc)
-    for cls, handler in _HANDLERS:
-        if isinstance(exc, cls):
-            return handler(request, exc)
-    return _unexpected(request, exc)  # pragma: no cover  (Exception is the last entry)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(_V2Failure, _v2_failure)
-    for cls, handler in _HANDLERS:
+    for cls in (EngineError, RequestValidationError, ValidationError, StarletteHTTPException,
+                Exception):
         app.add_exception_handler(cls, handler)

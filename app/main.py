@@ -19,7 +19,9 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api import health, v1, v2
-from app.api.fastpath import App
+from app.api.bodies import BodyBudget
+from app.api.dispatch import App
+from app.api.v2.routes import error_response as v2_error_response
 from app.config import Settings
 from app.engine import (
     STRATEGIES,
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   if s.warmup else None),
                           compiled=compiled, costs=costs, slice_s=s.slice_ms / 1e3)
         app.state.settings = s
+        app.state.bodies = BodyBudget(s.max_inflight_body_bytes)
         app.state.engine = Engine(routines, limits, pool, costs)
         pool.start()
         supervisor = asyncio.create_task(_supervise(pool))
@@ -134,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="dy/dC for a whole batch: derivatives of numerical routines over HTTP.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, {"/v2": v2_error_response})
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)

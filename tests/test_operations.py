@@ -37,7 +37,7 @@ async def test_health_and_ready(client: httpx.AsyncClient) -> None:
 async def test_not_ready_until_warm(make_client: ClientFactory,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     warm = threading.Event()
-    monkeypatch.setattr(app.main, "warm_up", lambda routines, device, compiled=None: warm.wait(30))
+    monkeypatch.setattr(app.main, "warm_up", lambda routines, device, **_: warm.wait(30))
     from asgi_lifespan import LifespanManager
 
     from app.config import Settings

@@ -1,4 +1,4 @@
-"""Reading request bodies: a size limit before the body is read in full, strict JSON, and v1
+"""v1 request bodies: strict JSON, a count of the samples before anything is parsed, and
 inputs turned into one float64 array with errors that point at the offending element.
 
 A large flat ``inputs`` array takes a fast path: it is found in the raw bytes, parsed alone and
@@ -11,118 +11,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from itertools import chain
 from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import ClientDisconnect, Request
-from starlette.types import Receive
-
 from app.engine.errors import InvalidRequest
-from app.errors import BodyTooLarge, MalformedBody
+from app.errors import MalformedBody
 
 __all__ = [
-    "check_declared_length",
+    "count_samples",
     "decode_inputs",
     "parse_document",
     "parse_json",
-    "read_body",
-    "read_buffer",
-    "receive_body",
 ]
 
 _NUMBER = (int, float)
-
-
-def _over_limit(limit: int) -> BodyTooLarge:
-    """A body without Content-Length that turned out too large, as it streamed in."""
-    return BodyTooLarge(
-        f"request body is over the limit of {limit} bytes (DYDC_MAX_BODY_BYTES): "
-        "split the batch"
-    )
-
-
-def check_declared_length(declared: str | None, limit: int) -> int | None:
-    """The Content-Length header as a number (None if absent or not a number); BodyTooLarge
-    when it is over ``limit``, before a byte of the body is read."""
-    if declared is None or not declared.isdigit():
-        return None
-    if int(declared) > limit:
-        raise BodyTooLarge(
-            f"request body is {int(declared)} bytes; the limit is {limit} (DYDC_MAX_BODY_BYTES): "
-            "split the batch"
-        )
-    return int(declared)
-
-
-def _declared_length(request: Request, limit: int) -> int | None:
-    return check_declared_length(request.headers.get("content-length"), limit)
-
-
-async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _over_limit(limit)
-        yield chunk
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body; BodyTooLarge as soon as it is known to be over ``limit`` bytes."""
-    _declared_length(request, limit)
-    return b"".join([chunk async for chunk in _chunks(request, limit)])
-
-
-async def receive_body(receive: Receive, limit: int) -> bytes:
-    """:func:`read_body` for a bare ASGI ``receive`` (the caller checks Content-Length with
-    :func:`check_declared_length`). ClientDisconnect, as Starlette raises it, if the client
-    goes away before the body is complete."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _over_limit(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-_ALIGNMENT = 64
-
-
-def _aligned(size: int, aligned_at: int) -> memoryview:
-    raw = bytearray(size + _ALIGNMENT)
-    address = np.frombuffer(raw, dtype=np.uint8).ctypes.data
-    pad = -(address + aligned_at) % _ALIGNMENT
-    return memoryview(raw)[pad:pad + size]
-
-
-async def read_buffer(request: Request, limit: int, *, aligned_at: int = 0) -> memoryview:
-    """The whole body in one writable buffer, placed so that byte ``aligned_at`` of the body
-    starts on a 64-byte boundary: arrays viewed from there need neither a copy nor a
-    read-only warning. Same limit as :func:`read_body`."""
-    declared = _declared_length(request, limit)
-    if declared is None:  # chunked: gather, then copy once
-        body = b"".join([chunk async for chunk in _chunks(request, limit)])
-        buffer = _aligned(len(body), aligned_at)
-        buffer[:] = body
-        return buffer
-    buffer = _aligned(declared, aligned_at)
-    filled = 0
-    async for chunk in _chunks(request, limit):
-        if filled + len(chunk) > declared:  # the server enforces Content-Length; be safe
-            raise MalformedBody(f"request body is longer than its Content-Length ({declared})")
-        buffer[filled:filled + len(chunk)] = chunk
-        filled += len(chunk)
-    return buffer[:filled]
 
 
 def parse_json(body: bytes) -> Any:
@@ -171,6 +75,27 @@ def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
         return None
     doc["inputs"] = inputs
     return doc
+
+
+def count_samples(body: bytes) -> int | None:
+    """The number of samples in a v1 body's ``inputs``, counted in the raw bytes without
+    parsing them (a few ms for 60 MB): exact when ``inputs`` is a flat list of numbers or a
+    list of rows of numbers, None when it is anything else (the parse then decides)."""
+    key = body.find(b'"inputs"')
+    match = _INPUTS_ARRAY.match(body, key) if key >= 0 else None
+    if match is None:
+        return None
+    start = match.end()
+    first = start
+    while first < len(body) and body[first] in b" \t\r\n":
+        first += 1
+    if first == len(body) or body[first] == ord("]"):
+        return 0
+    rows = body[first] == ord("[")
+    end = body.find(b"]]" if rows else b"]", first)
+    if end < 0 or body.find(b'"', first, end) >= 0 or body.find(b"{", first, end) >= 0:
+        return None
+    return body.count(b"[", first, end) if rows else body.count(b",", first, end) + 1
 
 
 def parse_document(body: bytes) -> Any:

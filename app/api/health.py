@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from app import metrics
 from app.api.deps import EngineDep
-from app.errors import problem_response
+from app.errors import Problem, problem_response
 
 __all__ = ["router"]
 
@@ -25,17 +25,17 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "Not ready; the detail says why"}})
 async def readyz(engine: EngineDep) -> Response:
     """200 once the device worker is up and warm; 503 with the reason otherwise."""
-    reason = engine.worker.not_ready_reason()
+    reason = engine.readiness()
     if reason is not None:
-        return problem_response(503, reason, "not-ready", headers={"Retry-After": "1"})
-    devices = ",".join(str(d) for d in engine.worker.devices)
+        return problem_response(Problem(503, reason, "not-ready", {"Retry-After": "1"}))
+    devices = ",".join(str(d) for d in engine.devices)
     return Response(b'{"status":"ready","device":"%s"}' % devices.encode(),
                     media_type="application/json")
 
 
 @router.get("/metrics", response_class=Response)
 async def scrape(engine: EngineDep) -> Response:
-    for device in engine.worker.devices:
+    for device in engine.devices:
         if device.type == "cuda":
             metrics.DEVICE_MEMORY_BYTES.labels(str(device)).set(
                 torch.cuda.memory_allocated(device))

@@ -1,41 +1,27 @@
-"""Request metrics around the computation endpoints."""
+"""Request metrics of the computation endpoints."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from app import metrics
-from app.errors import CLIENT_CLOSED_REQUEST, status_for
 
-__all__ = ["RequestLabels", "observe"]
+__all__ = ["RequestLabels", "record"]
 
 
 @dataclass
 class RequestLabels:
-    """Filled in by the route as it learns them; unknown names never become label values."""
+    """Filled in by the pipeline and codecs as they learn them; unknown names never become
+    label values."""
 
     routine: str = "unknown"
     strategy: str = "none"
     status: int = 200
 
 
-@asynccontextmanager
-async def observe(endpoint: str) -> AsyncIterator[RequestLabels]:
-    labels = RequestLabels()
-    started = time.perf_counter()
-    metrics.REQUESTS_IN_FLIGHT.inc()
-    try:
-        yield labels
-    except BaseException as exc:
-        labels.status = (status_for(exc) if isinstance(exc, Exception)
-                         else CLIENT_CLOSED_REQUEST)
-        raise
-    finally:
-        metrics.REQUESTS_IN_FLIGHT.dec()
-        metrics.child(metrics.REQUESTS, labels.routine, labels.strategy, str(labels.status)).inc()
-        metrics.child(metrics.REQUEST_SECONDS, labels.routine, endpoint).observe(
-            time.perf_counter() - started
-        )
+def record(labels: RequestLabels, endpoint: str, started: float) -> None:
+    metrics.child(metrics.REQUESTS, labels.routine, labels.strategy, str(labels.status)).inc()
+    metrics.child(metrics.REQUEST_SECONDS, labels.routine, endpoint).observe(
+        time.perf_counter() - started
+    )

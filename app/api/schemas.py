@@ -103,6 +103,8 @@ class StrategyInfo(BaseModel):
     cap: int | None = Field(description="Largest N accepted, if capped.")
     cap_setting: str | None
     batchable: bool
+    enabled: bool = Field(True, description="false when the operator left it out of "
+                          "DYDC_STRATEGIES: requests for it get 422.")
 
 
 class StrategyList(BaseModel):

@@ -1,26 +1,29 @@
-"""The v1 REST API: routines, strategies, sensitivities and evaluation."""
+"""The v1 REST API: routines, strategies, sensitivities and evaluation.
+
+:class:`V1` is the JSON codec of the computation routes over the one request pipeline
+(app.api.pipeline); the routes below only describe them for OpenAPI and hand them to it.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api import schemas
-from app.api.decoding import decode_inputs, parse_document, read_body
-from app.api.deps import EngineDep, engine_of, settings_of
-from app.api.encoding import JSONBytes, encode_result
-from app.api.instrumentation import observe
-from app.config import Settings
-from app.engine import STRATEGIES, Engine, JobKind
+from app.api.decoding import count_samples, decode_inputs, parse_document
+from app.api.deps import EngineDep
+from app.api.encoding import encode_result
+from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.engine import STRATEGIES, Engine, Job, JobKind, JobResult
 from app.engine.errors import InvalidRequest
+from app.errors import PROBLEM_JSON, BodyTooLarge, Problem, problem_body
 from routines import Routine
 
-__all__ = ["compute", "router"]
+__all__ = ["EVALUATE", "SENSITIVITIES", "V1", "router"]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -29,10 +32,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown routine", **_PROBLEM},
     413: {"description": "Body or batch over the configured limits", **_PROBLEM},
     422: {"description": "Invalid request; the detail says what to change", **_PROBLEM},
-    503: {"description": "Worker not ready or shutting down", **_PROBLEM},
+    503: {"description": "Not ready, shutting down, or at a bound (queue, bodies in flight); "
+                         "Retry-After says when to retry", **_PROBLEM},
+    504: {"description": "The deadline passed before the answer", **_PROBLEM},
 }
 
-# The computation routes read their query options themselves (see app.api.deps); these
+# The computation routes read their query options themselves (app.api.pipeline); these
 # declare them in the OpenAPI document.
 _COMPUTE_QUERY: list[dict[str, Any]] = [
     {"name": "strategy", "in": "query", "required": False,
@@ -41,7 +46,7 @@ _COMPUTE_QUERY: list[dict[str, Any]] = [
     {"name": "timeout_ms", "in": "query", "required": False,
      "schema": {"type": "number", "exclusiveMinimum": 0},
      "description": "Deadline in ms, at most DYDC_REQUEST_TIMEOUT_MS: a request still queued "
-                    "when it passes is dropped and answered 504."},
+                    "or running when it passes is dropped or stopped, and answered 504."},
 ]
 
 
@@ -55,28 +60,59 @@ def _timeout_ms(query: Mapping[str, str]) -> float | None:
         raise InvalidRequest(f"timeout_ms = {given!r}; use a positive number of ms") from None
 
 
-async def compute(kind: JobKind, name: str, engine: Engine, settings: Settings,
-                  query: Mapping[str, str], read_body: Callable[[int], Awaitable[bytes]]) -> bytes:
-    """One computation request, from its path name, query options and body to the JSON
-    answer. Shared by the FastAPI routes below and the bare ASGI path (app.api.fastpath);
-    errors propagate to app.errors."""
-    started = time.perf_counter()
-    sensitivities = kind is JobKind.SENSITIVITIES
-    strategy = query.get("strategy", "auto")
-    async with observe(kind.value) as labels:
-        labels.routine = engine.routine(name).name
-        if sensitivities:
+def _check_count(body: bytes, limit: int) -> None:
+    """413 for a body with too many samples, counted before it is parsed."""
+    n = count_samples(body)
+    if n is not None and n > limit:
+        raise BodyTooLarge(
+            f"inputs has {n} samples; the limit is {limit} per request (DYDC_MAX_SAMPLES): "
+            "split the batch"
+        )
+
+
+class V1:
+    """v1 JSON: a body ``{"inputs", "params", "wrt", "dtype"}`` and query options in, the
+    values and derivatives as JSON out, problem details for errors."""
+
+    def __init__(self, kind: JobKind) -> None:
+        self.kind = kind
+        self.endpoint = kind.value
+        self._model = (schemas.SensitivityRequest if kind is JobKind.SENSITIVITIES
+                       else schemas.EvaluateRequest)
+
+    def _prepare(self, engine: Engine, routine: Routine, body: bytes, strategy: str,
+                 timeout_ms: float | None, loop: asyncio.AbstractEventLoop) -> Job:
+        document = self._model.model_validate(parse_document(body))
+        sensitivities = self.kind is JobKind.SENSITIVITIES
+        return engine.prepare(self.kind, routine.name, decode_inputs(document.inputs),
+                              document.params,
+                              wrt=document.wrt if sensitivities else None,
+                              strategy=strategy if sensitivities else "auto",
+                              dtype=document.dtype, timeout_ms=timeout_ms, loop=loop)
+
+    async def decode(self, request: Incoming, engine: Engine) -> Decoded:
+        labels = request.labels
+        routine = engine.routine(request.path_params["name"])
+        labels.routine = routine.name
+        strategy = request.query.get("strategy", "auto")
+        if self.kind is JobKind.SENSITIVITIES:
             labels.strategy = strategy if strategy in STRATEGIES else "invalid"
-        model = schemas.SensitivityRequest if sensitivities else schemas.EvaluateRequest
-        body = model.model_validate(parse_document(await read_body(settings.max_body_bytes)))
-        job = engine.prepare(kind, name, decode_inputs(body.inputs), body.params,
-                             wrt=body.wrt if sensitivities else None,
-                             strategy=strategy if sensitivities else "auto", dtype=body.dtype,
-                             timeout_ms=_timeout_ms(query))
-        result = await engine.run(job)
-        if sensitivities:
-            labels.strategy = result.strategy or strategy
-        return encode_result(job, result, started)
+        timeout_ms = _timeout_ms(request.query)
+        body = await request.body.read()
+        _check_count(body, request.settings.max_samples)
+        job = await offload(len(body), self._prepare, engine, routine, body, strategy,
+                            timeout_ms, asyncio.get_running_loop())
+        return Decoded(job)
+
+    def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
+        return Reply(200, encode_result(decoded.job, result, started), "application/json")
+
+    def error(self, problem: Problem) -> Reply:
+        return Reply(problem.status, problem_body(problem), PROBLEM_JSON, problem.headers)
+
+
+SENSITIVITIES = V1(JobKind.SENSITIVITIES)
+EVALUATE = V1(JobKind.EVALUATE)
 
 
 def _compute_openapi(model: type[schemas.EvaluateRequest],
@@ -108,9 +144,7 @@ def _info(r: Routine) -> schemas.RoutineInfo:
 )
 async def sensitivities(name: str, request: Request) -> Response:
     """Values and dy/d<param> for every sample of the batch."""
-    return JSONBytes(await compute(JobKind.SENSITIVITIES, name, engine_of(request),
-                                   settings_of(request), request.query_params,
-                                   partial(read_body, request)))
+    return await respond(SENSITIVITIES, request, name=name)
 
 
 @router.post(
@@ -121,9 +155,7 @@ async def sensitivities(name: str, request: Request) -> Response:
 )
 async def evaluate(name: str, request: Request) -> Response:
     """Values only."""
-    return JSONBytes(await compute(JobKind.EVALUATE, name, engine_of(request),
-                                   settings_of(request), request.query_params,
-                                   partial(read_body, request)))
+    return await respond(EVALUATE, request, name=name)
 
 
 @router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)
@@ -144,7 +176,7 @@ async def list_strategies(engine: EngineDep) -> schemas.StrategyList:
             name=i.strategy.name, mode=i.strategy.mode, cost=i.strategy.cost,
             description=i.strategy.description, cap=i.cap,
             cap_setting=f"DYDC_{i.cap_setting.upper()}" if i.cap_setting else None,
-            batchable=i.strategy.batchable,
+            batchable=i.strategy.batchable, enabled=i.enabled,
         )
         for i in engine.strategies()
     ])

@@ -331,10 +331,12 @@ class Engine:
         strategy: str = "auto",
         dtype: str = "float64",
         timeout_ms: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Job:
         """Check everything that can be checked before the device sees it; build the Job.
 
         ``timeout_ms`` shortens the default deadline (DYDC_REQUEST_TIMEOUT_MS), never extends it.
+        ``loop`` is the event loop that will await the job, when this runs in another thread.
         """
         if timeout_ms is not None and not (math.isfinite(timeout_ms) and timeout_ms > 0):
             raise InvalidRequest(f"timeout_ms = {timeout_ms}; use a positive number of ms")
@@ -356,7 +358,7 @@ class Engine:
             wrt=wrt_names,
             strategy=chosen,
             dtype=torch_dtype,
-            future=asyncio.get_running_loop().create_future(),
+            future=(loop or asyncio.get_running_loop()).create_future(),
             deadline=time.perf_counter() + min(self.limits.timeout_s,
                                                (timeout_ms or math.inf) / 1e3),
             cost_s=cost,

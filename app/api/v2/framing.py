@@ -13,20 +13,19 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import Headers
 
 from app.api.v2.schemas import RequestInput
 from app.errors import MalformedFraming
 
-__all__ = ["HEADER_LENGTH", "InferenceResponse", "header_length", "input_sections", "split"]
+__all__ = ["HEADER_LENGTH", "encode", "header_length", "input_sections", "split"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def header_length(request: Request) -> int | None:
+def header_length(headers: Headers) -> int | None:
     """The length of the JSON header, or None when the whole body is JSON."""
-    value = request.headers.get(HEADER_LENGTH)
+    value = headers.get(HEADER_LENGTH)
     if value is None:
         return None
     if not value.strip().isdigit():
@@ -90,15 +89,14 @@ def input_sections(inputs: Sequence[RequestInput],
     return sections
 
 
-class InferenceResponse(Response):
-    """The response JSON, then the binary outputs' bytes in JSON order (little-endian)."""
-
-    def __init__(self, header: dict[str, Any], binaries: Sequence[np.ndarray]) -> None:
-        head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
-        if not binaries:
-            super().__init__(head, media_type="application/json")
-            return
-        parts = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).data
-                 for a in binaries]
-        super().__init__(b"".join([head, *parts]), media_type="application/octet-stream",
-                         headers={HEADER_LENGTH: str(len(head))})
+def encode(header: dict[str, Any], binaries: Sequence[np.ndarray]
+           ) -> tuple[bytes, str, dict[str, str]]:
+    """The response body, its media type and headers: the JSON, then the binary outputs'
+    bytes in JSON order (little-endian)."""
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binaries:
+        return head, "application/json", {}
+    parts = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).data
+             for a in binaries]
+    return (b"".join([head, *parts]), "application/octet-stream",
+            {HEADER_LENGTH: str(len(head))})

@@ -1,44 +1,81 @@
 """The v2 REST endpoints: server and model metadata, health, and inference.
 
-Thin: they read the body (with the v1 size limit), let :mod:`~app.api.v2.framing` and
-:mod:`~app.api.v2.tensors` translate, and call the same engine as v1. Errors become
-``{"error": ...}`` in :mod:`app.errors`.
+:class:`V2` is the Open Inference Protocol's codec over the one request pipeline
+(app.api.pipeline): it reads the body (JSON, or Triton's binary tensor data), lets
+:mod:`~app.api.v2.framing` and :mod:`~app.api.v2.tensors` translate, and writes results and
+errors (``{"error": ...}``, with 400 where v1 answers 422) in the protocol's format. The
+other v2 routes answer their errors in that format too (:class:`V2Route`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from app import __version__
-from app.api.decoding import parse_json, read_body, read_buffer
-from app.api.deps import EngineDep, engine_of, settings_of
-from app.api.instrumentation import observe
+from app.api.decoding import parse_json
+from app.api.deps import EngineDep
+from app.api.instrumentation import RequestLabels
+from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.v2 import framing, tensors
 from app.api.v2.schemas import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
-from app.engine import STRATEGIES, Engine
-from app.errors import UnknownVersion, v2_errors
+from app.engine import STRATEGIES, Engine, Job, JobResult
+from app.errors import BodyTooLarge, Problem, UnknownVersion, problem_of
 from routines import Routine
 
-__all__ = ["router"]
-
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+__all__ = ["INFER", "V2", "error_response", "router"]
 
 SERVER_NAME = "dydc"
 EXTENSIONS = ["binary_tensor_data"]
 MODEL_VERSION = "1"  # routines are not versioned: each is served as version 1
 PLATFORM = "dydc"
 
+
+def _status(problem: Problem) -> int:
+    return 400 if problem.status == 422 else problem.status
+
+
+def error_body(problem: Problem) -> bytes:
+    return orjson.dumps({"error": problem.detail})
+
+
+def error_response(problem: Problem) -> Response:
+    """A problem in the protocol's format: ``{"error"}``, 400 where v1 says 422."""
+    return Response(error_body(problem), status_code=_status(problem),
+                    media_type="application/json", headers=problem.headers or None)
+
+
+class V2Route(APIRoute):
+    """A v2 route: whatever it raises is answered in the protocol's error format."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return error_response(problem_of(exc, request.method, request.url.path))
+
+        return run
+
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=V2Route)
+
 _ERROR = {"content": {"application/json": {"example": {"error": "what to change"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request, malformed binary framing included", **_ERROR},
     404: {"description": "Unknown model or version", **_ERROR},
     413: {"description": "Body or batch over the configured limits", **_ERROR},
-    503: {"description": "Not ready, or the queue is full", **_ERROR},
-    504: {"description": "Still queued at its deadline", **_ERROR},
+    503: {"description": "Not ready, or at a bound (queue, bodies in flight)", **_ERROR},
+    504: {"description": "The deadline passed before the answer", **_ERROR},
 }
 
 
@@ -55,6 +92,73 @@ def _model(engine: Engine, name: str, version: str | None) -> Routine:
     return routine
 
 
+# The first dimension of each input's declared shape, found without parsing the body.
+_SHAPE = re.compile(rb'"shape"\s*:\s*\[\s*(\d{1,30})')
+
+
+def _check_shapes(header: bytes, limit: int) -> None:
+    """413 for a request whose inputs declare more samples than DYDC_MAX_SAMPLES, before its
+    tensors are read."""
+    for match in _SHAPE.finditer(header):
+        n = int(match[1])
+        if n > limit:
+            raise BodyTooLarge(
+                f"an input has shape [{n}, ...]: {n} samples; the limit is {limit} per request "
+                "(DYDC_MAX_SAMPLES): split the batch"
+            )
+
+
+class V2:
+    """The Open Inference Protocol's inference request: JSON, or a JSON header and binary
+    tensors; its response in the same form; ``{"error"}`` for errors."""
+
+    endpoint = "infer"
+
+    def _prepare(self, engine: Engine, routine: Routine, header: bytes,
+                 binary: memoryview | None, labels: RequestLabels,
+                 loop: asyncio.AbstractEventLoop) -> tuple[Job, InferenceRequest, tensors.Call]:
+        inference = InferenceRequest.model_validate(parse_json(header))
+        strategy = inference.parameters.get("strategy", "auto")
+        labels.strategy = strategy if isinstance(strategy, str) and strategy in STRATEGIES \
+            else "invalid"
+        call = tensors.plan(routine, inference, framing.input_sections(inference.inputs, binary))
+        job = engine.prepare(call.kind, routine.name, call.inputs, call.params, wrt=call.wrt,
+                             strategy=call.strategy, dtype=call.dtype,
+                             timeout_ms=call.timeout_ms, loop=loop)
+        return job, inference, call
+
+    async def decode(self, request: Incoming, engine: Engine) -> Decoded:
+        labels = request.labels
+        routine = _model(engine, request.path_params["name"], request.path_params.get("version"))
+        labels.routine = routine.name
+        length = framing.header_length(request.headers)
+        binary: memoryview | None = None
+        if length is None:
+            header = await request.body.read()
+        else:
+            body = await request.body.read_aligned(length)
+            view, binary = framing.split(body, length)
+            header = bytes(view)
+        _check_shapes(header, request.settings.max_samples)
+        size = len(header) + (len(binary) if binary is not None else 0)
+        job, inference, call = await offload(size, self._prepare, engine, routine, header,
+                                             binary, labels, asyncio.get_running_loop())
+        return Decoded(job, (routine, inference.id, call))
+
+    def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
+        routine, request_id, call = decoded.context
+        header, binaries = tensors.response(routine, request_id, MODEL_VERSION, call, result)
+        body, media_type, headers = framing.encode(header, binaries)
+        return Reply(200, body, media_type, headers)
+
+    def error(self, problem: Problem) -> Reply:
+        return Reply(_status(problem), error_body(problem), "application/json",
+                     problem.headers)
+
+
+INFER = V2()
+
+
 @router.get("", response_model=ServerMetadata)
 async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
@@ -67,7 +171,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", responses={503: {"description": "Not ready; the error says why"}})
 async def ready(engine: EngineDep) -> Response:
-    reason = engine.worker.not_ready_reason()
+    reason = engine.readiness()
     if reason is not None:
         return _json({"ready": False, "error": reason}, 503)
     return _json({"ready": True})
@@ -100,7 +204,7 @@ async def model_version_metadata(name: str, version: str, engine: EngineDep) -> 
 
 async def _model_ready(engine: Engine, name: str, version: str | None) -> Response:
     routine = _model(engine, name, version)
-    ready = engine.worker.not_ready_reason() is None
+    ready = engine.readiness() is None
     return _json({"name": routine.name, "ready": ready}, 200 if ready else 503)
 
 
@@ -114,41 +218,12 @@ async def model_version_ready(name: str, version: str, engine: EngineDep) -> Res
     return await _model_ready(engine, name, version)
 
 
-async def _infer(name: str, version: str | None, request: Request, engine: Engine,
-                 limit: int) -> Response:
-    async with observe("infer") as labels:
-        with v2_errors():
-            routine = _model(engine, name, version)
-            labels.routine = routine.name
-            length = framing.header_length(request)
-            binary: memoryview | None = None
-            if length is None:
-                header: bytes | memoryview = await read_body(request, limit)
-            else:
-                body = await read_buffer(request, limit, aligned_at=length)
-                header, binary = framing.split(body, length)
-            inference = InferenceRequest.model_validate(parse_json(bytes(header)))
-            call = tensors.plan(routine, inference,
-                                framing.input_sections(inference.inputs, binary))
-            labels.strategy = call.strategy if call.strategy in STRATEGIES else "invalid"
-            job = engine.prepare(call.kind, routine.name, call.inputs, call.params,
-                                 wrt=call.wrt, strategy=call.strategy, dtype=call.dtype,
-                                 timeout_ms=call.timeout_ms)
-            result = await engine.run(job)
-            labels.strategy = result.strategy or "none"
-            header_doc, binaries = tensors.response(routine, inference.id, MODEL_VERSION,
-                                                    call, result)
-            return framing.InferenceResponse(header_doc, binaries)
-
-
 @router.post("/models/{name}/infer", responses=_ERRORS)
 async def infer(name: str, request: Request) -> Response:
     """Values and dy/d<param> of a routine, as Open Inference Protocol tensors."""
-    return await _infer(name, None, request, engine_of(request),
-                        settings_of(request).max_body_bytes)
+    return await respond(INFER, request, name=name)
 
 
 @router.post("/models/{name}/versions/{version}/infer", responses=_ERRORS)
 async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(name, version, request, engine_of(request),
-                        settings_of(request).max_body_bytes)
+    return await respond(INFER, request, name=name, version=version)

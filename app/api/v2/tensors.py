@@ -100,9 +100,17 @@ def _binary_data(where: str, given: RequestInput, section: memoryview) -> np.nda
     return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
 
 
+_MAX_DIMS = 2  # [N] or [N, D]
+
+
 def _tensor(i: int, given: RequestInput, section: memoryview | None) -> np.ndarray:
     """The tensor's values, shaped as declared."""
     where = f"inputs[{i}] ({given.name})"
+    if len(given.shape) > _MAX_DIMS:
+        raise InvalidRequest(
+            f"{where} has shape {given.shape[:8]}{'...' if len(given.shape) > 8 else ''} of "
+            f"{len(given.shape)} dimensions; inputs are [N] or [N, D]"
+        )
     if given.datatype not in DATATYPES:
         raise InvalidRequest(
             f"{where} is {given.datatype}; this model takes {' or '.join(DATATYPES)}"
@@ -162,7 +170,13 @@ def _timeout_ms(parameters: Parameters) -> float | None:
         raise InvalidRequest(
             f"parameters.timeout is {_describe(timeout)}; send a positive number of microseconds"
         )
-    return float(timeout) / 1e3
+    try:
+        return float(timeout) / 1e3
+    except OverflowError:  # an integer beyond float64
+        raise InvalidRequest(
+            "parameters.timeout is an integer too large for float64; send a positive number "
+            "of microseconds (at most the server's DYDC_REQUEST_TIMEOUT_MS applies anyway)"
+        ) from None
 
 
 def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...] | None,
@@ -197,7 +211,13 @@ def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...
                 f"parameters.{key} is {_describe(value)}; routine parameters must be numbers "
                 f"(the other parameters this server reads are {', '.join(_RESERVED)})"
             )
-        values[key] = float(value)  # type: ignore[arg-type]
+        try:
+            values[key] = float(value)  # type: ignore[arg-type]
+        except OverflowError:  # an integer beyond float64
+            raise InvalidRequest(
+                f"parameters.{key} is an integer too large for float64; parameters must be "
+                "finite numbers"
+            ) from None
     return values, wrt, strategy, binary
 
 

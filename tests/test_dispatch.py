@@ -1,5 +1,6 @@
-"""The computation routes' bare ASGI path (app.api.fastpath) answers exactly as the FastAPI
-routes do, good requests and bad, and is the path actually taken."""
+"""The application's dispatcher (app.api.dispatch) answers the computation routes exactly as
+the FastAPI routes do, good requests and bad, through the same pipeline, and is the path
+actually taken."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from fastapi import FastAPI
 from prometheus_client import generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.fastpath import App, route_of
+from app.api.dispatch import App, route_of
+from app.api.v1 import EVALUATE, SENSITIVITIES
+from app.api.v2.routes import INFER
 from app.config import Settings
-from app.engine import JobKind
 from app.main import create_app
 from tests.test_operations import scrape
 
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.anyio
 @dataclass
 class Clients:
     app: App
-    fast: httpx.AsyncClient  # through App.__call__: the bare path
+    fast: httpx.AsyncClient  # through App.__call__: the dispatcher
     framework: httpx.AsyncClient  # straight into FastAPI.__call__: routes and middleware
 
 
@@ -93,7 +95,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("path", "request_kwargs"), CASES,
                          ids=[f"{i}-{c[0].rsplit('/', 1)[-1]}" for i, c in enumerate(CASES)])
-async def test_bare_path_answers_as_the_fastapi_route_does(
+async def test_dispatcher_answers_as_the_fastapi_route_does(
         clients: Clients, path: str, request_kwargs: dict[str, Any]) -> None:
     fast = await clients.fast.post(path, **request_kwargs)
     slow = await clients.framework.post(path, **request_kwargs)
@@ -101,7 +103,7 @@ async def test_bare_path_answers_as_the_fastapi_route_does(
     assert fast.status_code < 500
 
 
-async def test_forum_example_on_the_bare_path(clients: Clients) -> None:
+async def test_forum_example_through_the_dispatcher(clients: Clients) -> None:
     resp = await clients.fast.post(SENS, json={"inputs": list(range(10)),
                                                "params": {"C": -5.0}, "wrt": ["C"]})
     assert resp.status_code == 200
@@ -138,13 +140,16 @@ def _scope(method: str = "POST", path: str = SENS, root_path: str = "") -> Scope
 
 
 def test_route_of() -> None:
-    assert route_of(_scope()) == (JobKind.SENSITIVITIES, "linear")
-    assert route_of(_scope(path="/v1/routines/a b/evaluate")) == (JobKind.EVALUATE, "a b")
+    assert route_of(_scope()) == (SENSITIVITIES, {"name": "linear"})
+    assert route_of(_scope(path="/v1/routines/a b/evaluate")) == (EVALUATE, {"name": "a b"})
+    assert route_of(_scope(path="/v2/models/linear/infer")) == (INFER, {"name": "linear"})
+    assert route_of(_scope(path="/v2/models/linear/versions/1/infer")) == (
+        INFER, {"name": "linear", "version": "1"})
+    assert route_of(_scope(path="/dydc" + SENS, root_path="/dydc")) == (
+        SENSITIVITIES, {"name": "linear"})
     assert route_of(_scope(method="GET")) is None
     assert route_of(_scope(path=SENS + "/")) is None
     assert route_of(_scope(path="/v1/routines/a/b/evaluate")) is None
-    assert route_of(_scope(path="/v2/models/linear/infer")) is None
-    assert route_of(_scope(root_path="/dydc")) is None
     assert route_of({"type": "websocket", "path": SENS}) is None
 
 
@@ -187,7 +192,7 @@ async def test_streamed_body_over_the_limit_is_413_before_the_end(clients: Clien
 
 async def test_declared_length_over_the_limit_is_413_unread(clients: Clients) -> None:
     sent = await _call(clients.app, [b"{}"], headers=[(b"content-length", b"5000")])
-    assert sent[0]["status"] == 413
+    assert sent[0]["status"] == 413, sent
     assert b"5000 bytes; the limit is 4096" in sent[1]["body"]
 
 
@@ -203,7 +208,7 @@ async def test_client_gone_mid_body_gets_no_answer_and_counts_499(clients: Clien
     assert gone() == before + 1
 
 
-async def test_under_a_root_path_fastapi_serves(clients: Clients) -> None:
+async def test_under_a_root_path(clients: Clients) -> None:
     async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=clients.app, root_path="/dydc"),
             base_url="http://dydc.test", timeout=60) as c:

@@ -1,0 +1,144 @@
+"""Reading request bodies within bounds: the size of one body, and the bytes of all bodies
+being read or parsed at once.
+
+A declared ``Content-Length`` over DYDC_MAX_BODY_BYTES is refused (413) before a byte is
+read, and a streamed body as soon as it goes past. Every body holds its bytes against one
+:class:`BodyBudget` (DYDC_MAX_INFLIGHT_BODY_BYTES) from the moment its reading starts until
+its codec has parsed it; a body that would go past the budget is refused with 503 and
+Retry-After at once, holding nothing, so that a flood of large bodies cannot take the
+process's memory.
+
+Hand-written: Starlette's ``Request.body()`` and uvicorn read without a bound (uvicorn has
+no body limit at all), and neither has a budget across requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
+from app.errors import BodiesInFlightFull, BodyTooLarge, MalformedBody
+
+__all__ = ["BodyBudget", "BodyReader", "check_declared_length"]
+
+_ALIGNMENT = 64
+
+
+class BodyBudget:
+    """Bytes of bodies being read or parsed at once, bounded. Used on the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int) -> None:
+        if self.used + size > self.limit and self.used > 0:
+            raise BodiesInFlightFull(
+                f"the server is reading or parsing {self.used} bytes of request bodies, and "
+                f"this one would take it past its bound of {self.limit} "
+                "(DYDC_MAX_INFLIGHT_BODY_BYTES); retry after a short wait"
+            )
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+def check_declared_length(declared: str | None, limit: int) -> int | None:
+    """The Content-Length header as a number (None if absent or not a number); BodyTooLarge
+    when it is over ``limit``, before a byte of the body is read."""
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limit:
+        raise BodyTooLarge(
+            f"request body is {int(declared)} bytes; the limit is {limit} (DYDC_MAX_BODY_BYTES): "
+            "split the batch"
+        )
+    return int(declared)
+
+
+def _over_limit(limit: int) -> BodyTooLarge:
+    """A body without Content-Length that turned out too large, as it streamed in."""
+    return BodyTooLarge(
+        f"request body is over the limit of {limit} bytes (DYDC_MAX_BODY_BYTES): split the batch"
+    )
+
+
+def _aligned(size: int, aligned_at: int) -> memoryview:
+    raw = bytearray(size + _ALIGNMENT)
+    address = np.frombuffer(raw, dtype=np.uint8).ctypes.data
+    pad = -(address + aligned_at) % _ALIGNMENT
+    return memoryview(raw)[pad:pad + size]
+
+
+class BodyReader:
+    """One request's body, read once, holding its bytes against the budget until
+    :meth:`release` (the pipeline calls it once the body is parsed)."""
+
+    def __init__(self, receive: Receive, declared: str | None, limit: int,
+                 budget: BodyBudget) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._budget = budget
+        self._declared = declared
+        self.length: int | None = None
+        self._held = 0
+        self.read_all = False
+
+    def _hold(self, size: int) -> None:
+        self._budget.reserve(size)
+        self._held += size
+
+    def release(self) -> None:
+        self._budget.release(self._held)
+        self._held = 0
+
+    async def _messages(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they come, held against the budget (all at once when its
+        length was declared) and checked against the limit."""
+        self.length = check_declared_length(self._declared, self._limit)
+        if self.length is not None:
+            self._hold(self.length)
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                raise _over_limit(self._limit)
+            if self.length is None:
+                self._hold(len(chunk))
+            elif size > self.length:  # the server enforces Content-Length; be safe
+                raise MalformedBody(
+                    f"request body is longer than its Content-Length ({self.length})")
+            yield chunk
+            if not message.get("more_body", False):
+                self.read_all = True
+                return
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        chunks = [chunk async for chunk in self._messages()]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def read_aligned(self, aligned_at: int) -> memoryview:
+        """The whole body in one writable buffer, placed so that byte ``aligned_at`` of the
+        body starts on a 64-byte boundary: arrays viewed from there need neither a copy nor
+        a read-only warning. With a declared length, chunks are written straight into it."""
+        self.length = check_declared_length(self._declared, self._limit)
+        if self.length is None:
+            body = await self.read()
+            buffer = _aligned(len(body), aligned_at)
+            buffer[:] = body
+            return buffer
+        buffer = _aligned(self.length, aligned_at)
+        filled = 0
+        async for chunk in self._messages():
+            buffer[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return buffer[:filled]

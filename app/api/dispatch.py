@@ -1,0 +1,91 @@
+"""The application: the chain of cross-cutting concerns, then the computation routes
+straight into the one request pipeline, and everything else to FastAPI.
+
+Other services call the computation routes thousands of times a second, and the event
+loop's thread is what limits them: FastAPI's own middleware layers, route search, and the
+Request and Response objects it builds around a route cost about as much as the route's own
+work. So :class:`App` matches those routes itself and serves them through
+:func:`app.api.pipeline.serve`; the FastAPI routes registered for them (which document them
+in OpenAPI) run the same pipeline, so the answers are the same either way. Every concern
+that must hold on every route (limits, authentication, request ids, compression) is a pure
+ASGI middleware in :attr:`App.middleware`, around both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.pipeline import Codec, Incoming, serve, shutdown_reply
+from app.api.v1 import EVALUATE, SENSITIVITIES
+from app.api.v2.routes import INFER
+
+__all__ = ["App", "Middleware", "route_of"]
+
+# (method POST) path -> codec; the named groups are the path parameters
+_ROUTES: list[tuple[re.Pattern[str], Codec]] = [
+    (re.compile(r"/v1/routines/(?P<name>[^/]+)/sensitivities"), SENSITIVITIES),
+    (re.compile(r"/v1/routines/(?P<name>[^/]+)/evaluate"), EVALUATE),
+    (re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), INFER),
+    (re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"), INFER),
+]
+
+Middleware = Callable[[ASGIApp], ASGIApp]
+
+
+def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:
+    """The codec and path parameters of a computation request, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    for pattern, codec in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            return codec, match.groupdict()
+    return None
+
+
+class App(FastAPI):
+    """FastAPI, with the computation routes dispatched to the pipeline, and the middleware
+    chain around everything."""
+
+    middleware: list[Middleware]  # outermost first; set before the first request
+    _chain: ASGIApp | None = None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.middleware = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not hasattr(self.state, "engine"):
+            await super().__call__(scope, receive, send)  # lifespan, or not started yet
+            return
+        if self._chain is None:
+            chain: ASGIApp = self._dispatch
+            for wrap in reversed(self.middleware):
+                chain = wrap(chain)
+            self._chain = chain
+        await self._chain(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = route_of(scope)
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        codec, path_params = route
+        state = self.state
+        incoming = Incoming(scope, receive, path_params, state.settings, state.bodies)
+        try:
+            reply = await serve(codec, incoming, state.engine)
+        except asyncio.CancelledError:  # the server's graceful shutdown timed out
+            await asyncio.shield(shutdown_reply(codec).send(send))
+            raise
+        if reply is not None:
+            await reply.send(send)

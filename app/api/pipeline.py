@@ -1,0 +1,189 @@
+"""The one request pipeline: every computation request, whatever its protocol, goes
+
+    read the body (bounded) -> decode (off the event loop when large) -> prepare -> run
+    (stopped if the client goes away) -> encode
+
+here, and any failure on the way is written by the request's own :class:`Codec`. v1 JSON
+(``app.api.v1``) and v2 JSON and binary (``app.api.v2``) are codecs over :func:`serve`; the
+application (``app.api.dispatch``) calls it straight from ASGI for the computation routes,
+and FastAPI's routes call it too (``respond``), so that both give the same answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from typing import Any, Protocol
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from app import metrics
+from app.api.bodies import BodyBudget, BodyReader
+from app.api.instrumentation import RequestLabels, record
+from app.config import Settings
+from app.engine import Engine, Job, JobResult
+from app.errors import CLIENT_CLOSED_REQUEST, Problem, problem_of
+
+__all__ = ["Codec", "Decoded", "Incoming", "Reply", "offload", "respond", "serve", "shutdown_reply"]
+
+# Bodies at least this large are parsed and validated in a worker thread, so that the event
+# loop keeps answering (health probes, small requests) while they are.
+OFFLOAD_BYTES = 1 << 20
+
+
+@dataclass
+class Reply:
+    """A response ready to send."""
+
+    status: int
+    body: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> Message:
+        headers = [(b"content-type", self.media_type.encode("latin-1")),
+                   (b"content-length", b"%d" % len(self.body))]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in self.headers.items()]
+        return {"type": "http.response.start", "status": self.status, "headers": headers}
+
+    async def send(self, send: Send) -> None:
+        await send(self.start())
+        await send({"type": "http.response.body", "body": self.body})
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, media_type=self.media_type,
+                        headers=self.headers or None)
+
+
+class Incoming:
+    """One computation request as the codecs see it: path parameters, query, headers and
+    the body, read on demand within its bounds."""
+
+    def __init__(self, scope: Scope, receive: Receive, path_params: dict[str, str],
+                 settings: Settings, budget: BodyBudget) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.path_params = path_params
+        self.settings = settings
+        self.labels = RequestLabels()
+        self.body = BodyReader(receive, self.headers.get("content-length"),
+                               settings.max_body_bytes, budget)
+
+    @cached_property
+    def headers(self) -> Headers:
+        return Headers(scope=self.scope)
+
+    @cached_property
+    def query(self) -> QueryParams:
+        raw = self.scope.get("query_string", b"")
+        return QueryParams(raw) if raw else QueryParams()
+
+    @property
+    def method(self) -> str:
+        return str(self.scope["method"])
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+
+@dataclass
+class Decoded:
+    """A request turned into the engine's job, with what its codec needs to answer it."""
+
+    job: Job
+    context: Any = None
+
+
+class Codec(Protocol):
+    """One protocol's translation between HTTP and the engine."""
+
+    endpoint: str  # the request metrics' endpoint label
+
+    async def decode(self, request: Incoming, engine: Engine) -> Decoded: ...
+
+    def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply: ...
+
+    def error(self, problem: Problem) -> Reply: ...
+
+
+async def offload(size: int, work: Any, *args: Any) -> Any:
+    """``work(*args)`` here for a small body, in a worker thread for a large one."""
+    if size < OFFLOAD_BYTES:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
+
+
+def _stop_on_disconnect(job: Job, watch: asyncio.Future[Message]) -> None:
+    if watch.cancelled() or watch.exception() is not None:
+        return
+    if watch.result().get("type") == "http.disconnect" and not job.future.done():
+        job.future.cancel()  # the engine withdraws it, or its worker stops at a slice
+
+
+async def _run(engine: Engine, job: Job, receive: Receive) -> JobResult:
+    """Run the job while watching the connection: a client that goes away cancels it."""
+    watch = asyncio.ensure_future(receive())
+    watch.add_done_callback(partial(_stop_on_disconnect, job))
+    try:
+        return await engine.run(job)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():  # the job's, not ours
+            raise ClientDisconnect from None
+        raise
+    finally:
+        watch.cancel()
+
+
+async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None:
+    """The answer to one computation request; None when its client went away."""
+    started = time.perf_counter()
+    labels = request.labels
+    reply: Reply | None = None
+    metrics.REQUESTS_IN_FLIGHT.inc()
+    try:
+        try:
+            decoded = await codec.decode(request, engine)
+        finally:
+            request.body.release()
+        result = await _run(engine, decoded.job, request.receive)
+        labels.strategy = result.strategy or "none"
+        reply = codec.encode(decoded, result, started)
+    except ClientDisconnect:
+        labels.status = CLIENT_CLOSED_REQUEST
+    except asyncio.CancelledError:  # the server gave up waiting for us (shutdown)
+        labels.status = 503
+        raise
+    except Exception as exc:
+        reply = codec.error(problem_of(exc, request.method, request.path))
+    finally:
+        if reply is not None:
+            labels.status = reply.status
+        metrics.REQUESTS_IN_FLIGHT.dec()
+        record(labels, codec.endpoint, started)
+    return reply
+
+
+def shutdown_reply(codec: Codec) -> Reply:
+    """For a request the server cancels at the end of its graceful shutdown."""
+    return codec.error(Problem(503, "the service shut down before this request finished; "
+                               "retry on another replica", "service-unavailable",
+                               {"Retry-After": "1"}))
+
+
+async def respond(codec: Codec, request: Request, **path_params: str) -> Response:
+    """:func:`serve` for a FastAPI route."""
+    state = request.app.state
+    incoming = Incoming(request.scope, request.receive, path_params, state.settings,
+                        state.bodies)
+    reply = await serve(codec, incoming, state.engine)
+    if reply is None:  # nobody to answer
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return reply.response()
