@@ -9,9 +9,11 @@ from app.config import Settings
 
 def main() -> None:
     settings = Settings()
+    # The application answers what is left 503 at the end of DYDC_GRACE_PERIOD_S itself
+    # (app.main); uvicorn's own limit, which cancels requests, comes after that.
     uvicorn.run("app.main:app", host=settings.host, port=settings.port,
                 log_level=settings.log_level,
-                timeout_graceful_shutdown=max(1, round(settings.grace_period_s)))
+                timeout_graceful_shutdown=max(1, round(settings.grace_period_s)) + 5)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from app.api.bodies import BodyBudget
 from app.api.dispatch import App
 from app.api.v2.routes import error_response as v2_error_response
 from app.config import Settings
+from app.server import ConnectionLimits, install
 from app.engine import (
     STRATEGIES,
     CompiledForward,
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or Settings()
+        # before the server opens its sockets: `uvicorn app.main:app` as well as python -m app
+        install(ConnectionLimits(s.read_timeout_s, s.max_connections))
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         load_torch_extensions()

@@ -12,6 +12,7 @@ __all__ = [
     "BATCH_SAMPLES",
     "CANCELLED",
     "COMPILED_GRAPHS",
+    "CONNECTIONS_CLOSED",
     "COMPILE_SECONDS",
     "COMPUTE_SECONDS",
     "DEVICE_MEMORY_BYTES",
@@ -113,6 +114,14 @@ CANCELLED = Counter(
 )
 for _reason in ("disconnect", "deadline", "cost", "shutdown", "answered"):
     CANCELLED.labels(_reason)
+CONNECTIONS_CLOSED = Counter(
+    "dydc_connections_closed_total",
+    "Connections the server closed on its own, by reason: read_timeout (no complete request "
+    "within DYDC_READ_TIMEOUT_S: 408), max_connections (over DYDC_MAX_CONNECTIONS: 503).",
+    ["reason"],
+)
+for _reason in ("read_timeout", "max_connections"):
+    CONNECTIONS_CLOSED.labels(_reason)
 QUEUE_HEAVY_SECONDS = Gauge(
     "dydc_queue_heavy_seconds",
     "Estimated device seconds of heavy jobs (sliced: O(N^2) strategies, requests larger than "

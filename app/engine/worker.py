@@ -247,6 +247,20 @@ class _Task:
     job: Job
     steps: Sliced
     busy_s: float = 0.0  # time spent in its slices so far
+    # the first slice (which also builds what the others share), for projections
+    first: tuple[float, float] | None = None  # (seconds, fraction done)
+
+    def projected_s(self, progress: float) -> float | None:
+        """The whole job's time at the rate of its slices after the first; None until
+        there is such a slice."""
+        if self.first is None:
+            self.first = (self.busy_s, progress)
+            return None
+        first_s, first_done = self.first
+        if progress <= first_done:
+            return None
+        rate = (self.busy_s - first_s) / (progress - first_done)
+        return first_s + rate * (1 - first_done)
 
 
 class DeviceWorker:
@@ -389,8 +403,8 @@ class DeviceWorker:
             self._finish(task, lost)
             raise
         task.busy_s += time.perf_counter() - began
-        projected = task.busy_s / progress
-        if self._costs is not None and self._costs.overrun(projected):
+        projected = task.projected_s(progress)
+        if projected is not None and self._costs is not None and self._costs.overrun(projected):
             self._learn(task, projected)
             self._finish(task, CostExceeded(
                 f"the job was stopped after {progress:.0%} of its work: at that rate it would "

@@ -1,0 +1,169 @@
+"""Bounded connections under uvicorn: a read timeout for requests, and a connection limit.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but has no timeout for a
+request that is arriving: a client that sends its headers, or its body, a byte at a time
+holds its connection, and with it a place in the server, for as long as it likes (measured
+on main: 500 such connections stayed open for 70 s and more). Its ``limit_concurrency``
+answers 503 once too many connections are open, but only after their headers arrived, and
+counts the trickling ones too, so they lock every new client out.
+
+This module adds both to uvicorn's two HTTP protocol classes (httptools and h11), at the
+three points they share: a connection made, data received, the connection lost.
+
+- **Read timeout** (``DYDC_READ_TIMEOUT_S``): a connection must deliver a complete request,
+  headers and body, within the timeout of opening, or of the data that started it on a
+  kept-alive connection; else it gets ``408 Request Timeout`` and is closed. A request whose
+  body is complete is never cut, however long its computation takes.
+- **Connection limit** (``DYDC_MAX_CONNECTIONS``): a connection beyond it gets ``503`` with
+  ``Retry-After`` and is closed at once.
+
+Why patch rather than configure: uvicorn offers neither setting, and ``uvicorn
+app.main:app`` builds its protocol objects from its own classes, so a subclass passed with
+``--http`` would protect only the deployments that remember to pass it. :func:`install` is
+called by the application's lifespan, which uvicorn runs before it opens its sockets, so the
+guard holds for ``python -m app``, ``uvicorn app.main:app`` and the image alike. Changing
+servers (Hypercorn has a read timeout) would give up the server every benchmark here was
+tuned on; a proxy in front (nginx's ``client_header_timeout`` and ``client_body_timeout``) is
+the right tool where there is one, but the service must not depend on it. If a future uvicorn
+changes the attributes used here, :func:`install` logs that and leaves uvicorn as it is;
+tests/test_connections.py exercises the guard against a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app import metrics
+
+__all__ = ["ConnectionLimits", "install"]
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
+         b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+def _problem(status: int, title: bytes, detail: bytes) -> bytes:
+    return (b'{"type":"about:blank","title":"%s","status":%d,"detail":"%s"}'
+            % (title, status, detail))
+
+
+@dataclass
+class ConnectionLimits:
+    read_timeout_s: float
+    max_connections: int
+
+
+_limits: ConnectionLimits | None = None
+_ATTRIBUTE = "_dydc_read_timer"
+
+
+def _timed_out(protocol: Any) -> None:
+    setattr(protocol, _ATTRIBUTE, None)
+    transport = getattr(protocol, "transport", None)
+    if transport is None or transport.is_closing():
+        return
+    cycle = getattr(protocol, "cycle", None)
+    if cycle is None or cycle.response_complete or not cycle.response_started:
+        assert _limits is not None
+        body = _problem(408, b"Request Timeout",
+                        b"the request was not complete within %g s (DYDC_READ_TIMEOUT_S)"
+                        % _limits.read_timeout_s)
+        transport.write(_TIMEOUT % (len(body), body))
+    metrics.CONNECTIONS_CLOSED.labels("read_timeout").inc()
+    transport.close()
+
+
+def _arm(protocol: Any) -> None:
+    if getattr(protocol, _ATTRIBUTE, None) is None and _limits is not None:
+        loop = asyncio.get_running_loop()
+        setattr(protocol, _ATTRIBUTE,
+                loop.call_later(_limits.read_timeout_s, _timed_out, protocol))
+
+
+def _disarm(protocol: Any) -> None:
+    timer = getattr(protocol, _ATTRIBUTE, None)
+    if timer is not None:
+        timer.cancel()
+        setattr(protocol, _ATTRIBUTE, None)
+
+
+def _connection_made(original: Callable[..., None]) -> Callable[..., None]:
+    def connection_made(self: Any, transport: Any) -> None:
+        original(self, transport)
+        if _limits is None:
+            return
+        if len(self.connections) > _limits.max_connections:
+            body = _problem(503, b"Service Unavailable",
+                            b"too many open connections (DYDC_MAX_CONNECTIONS = %d); retry "
+                            b"shortly" % _limits.max_connections)
+            transport.write(_FULL % (len(body), body))
+            metrics.CONNECTIONS_CLOSED.labels("max_connections").inc()
+            transport.close()
+            return
+        _arm(self)
+
+    return connection_made
+
+
+def _data_received(original: Callable[..., None]) -> Callable[..., None]:
+    def data_received(self: Any, data: bytes) -> None:
+        original(self, data)
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            _arm(self)  # a request is arriving (a new one on a kept-alive connection)
+        elif not cycle.more_body:
+            _disarm(self)  # complete: the application has it all
+
+    return data_received
+
+
+def _connection_lost(original: Callable[..., None]) -> Callable[..., None]:
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        _disarm(self)
+        original(self, exc)
+
+    return connection_lost
+
+
+def _protocols() -> list[type]:
+    found: list[type] = []
+    try:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        found.append(H11Protocol)
+    except ImportError:  # pragma: no cover  (h11 is one of uvicorn's own dependencies)
+        pass
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        found.append(HttpToolsProtocol)
+    except ImportError:  # httptools is optional
+        pass
+    return found
+
+
+def install(limits: ConnectionLimits) -> bool:
+    """Guard uvicorn's HTTP protocols with ``limits`` (again: the new limits replace the
+    old). False, with a warning, where uvicorn's protocols lack what the guard needs."""
+    global _limits
+    _limits = limits
+    installed = True
+    for cls in _protocols():
+        if getattr(cls, "_dydc_guarded", False):
+            continue
+        if not all(hasattr(cls, name) for name in
+                   ("connection_made", "data_received", "connection_lost")):
+            log.warning("uvicorn's %s has changed: requests have no read timeout and "
+                        "connections no limit", cls.__name__)
+            installed = False
+            continue
+        cls.connection_made = _connection_made(cls.connection_made)  # type: ignore[attr-defined]
+        cls.data_received = _data_received(cls.data_received)  # type: ignore[attr-defined]
+        cls.connection_lost = _connection_lost(cls.connection_lost)  # type: ignore[attr-defined]
+        cls._dydc_guarded = True  # type: ignore[attr-defined]
+    return installed

@@ -1,0 +1,127 @@
+"""Bounded connections on a real server (app.server): slow requests are cut at the read
+timeout, connections past the limit are refused, and honest clients are served meanwhile.
+The guard is installed by the application's lifespan, so both ways of starting it are
+checked: ``uvicorn app.main:app`` here, ``python -m app`` for the limit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import ServerProcess, free_port, server_process
+
+pytestmark = pytest.mark.slow
+
+READ_TIMEOUT_S = 1.0
+
+
+def _env(port: int, **extra: str) -> dict[str, str]:
+    return {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_HOST": "127.0.0.1", "DYDC_PORT": str(port),
+            "DYDC_WARMUP": "false", "DYDC_LOG_LEVEL": "warning",
+            "DYDC_READ_TIMEOUT_S": str(READ_TIMEOUT_S), **extra}
+
+
+@pytest.fixture(scope="module")
+def uvicorn_server() -> Iterator[ServerProcess]:
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning"]
+    with server_process(argv, _env(port, DYDC_MAX_JOB_COST="1000"), port) as running:
+        yield running
+
+
+def _connect(server: ServerProcess) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (socket.timeout, and so
+    a test failure, if it never does within 10 s)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _closed_total(server: ServerProcess, reason: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    line = f'dydc_connections_closed_total{{reason="{reason}"}} '
+    return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
+
+
+def test_unfinished_headers_get_408_and_are_closed(uvicorn_server: ServerProcess) -> None:
+    before = _closed_total(uvicorn_server, "read_timeout")
+    with _connect(uvicorn_server) as sock:
+        sock.sendall(b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\nHost: x\r\n")
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert b"DYDC_READ_TIMEOUT_S" in answer
+    assert _closed_total(uvicorn_server, "read_timeout") == before + 1
+
+
+def test_a_trickled_body_is_cut(uvicorn_server: ServerProcess) -> None:
+    with _connect(uvicorn_server) as sock:
+        sock.sendall(b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"inputs": [')
+        answer = _read_until_closed(sock)
+    # the application was reading the body: the connection closes under it (it counts 499)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_a_kept_alive_connection_is_timed_per_request(uvicorn_server: ServerProcess) -> None:
+    body = b'{"inputs": [1, 2], "params": {"C": 3}}'
+    request = (b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(body), body))
+    with _connect(uvicorn_server) as sock:
+        sock.sendall(request)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        sock.sendall(b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\n")  # and no more
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_a_long_computation_is_not_cut(uvicorn_server: ServerProcess) -> None:
+    """A complete request is never timed out, however long its work: reverse-loop over
+    logistic_rk4 takes seconds here, well past the 1 s read timeout."""
+    t = [0.05 * i for i in range(60)]
+    r = httpx.post(uvicorn_server.url + "/v1/routines/logistic_rk4/sensitivities"
+                   "?strategy=reverse-loop", timeout=120,
+                   json={"inputs": [[10.0, ti] for ti in t], "params": {"r": 0.3, "K": 50.0},
+                         "wrt": ["r"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["timing_ms"]["compute"] > READ_TIMEOUT_S * 1e3
+
+
+def test_connections_past_the_limit_are_refused_and_honest_clients_served() -> None:
+    port = free_port()
+    env = _env(port, DYDC_MAX_CONNECTIONS="8", DYDC_READ_TIMEOUT_S="3")
+    with server_process([sys.executable, "-m", "app"], env, port) as server:
+        held = [_connect(server) for _ in range(8)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+            with _connect(server) as extra:
+                answer = _read_until_closed(extra)
+            assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+            assert b"retry-after: 1" in answer.lower()
+            assert b"DYDC_MAX_CONNECTIONS" in answer
+            for sock in held:  # the slow ones are cut at the read timeout ...
+                assert _read_until_closed(sock).startswith(b"HTTP/1.1 408")
+        finally:
+            for sock in held:
+                sock.close()
+        # ... and then an honest client is served
+        r = httpx.post(server.url + "/v1/routines/linear/sensitivities", timeout=30,
+                       json={"inputs": [0, 1, 2], "params": {"C": -5}})
+        assert r.status_code == 200
+        assert r.json()["derivatives"] == {"C": [0.0, 1.0, 2.0]}
