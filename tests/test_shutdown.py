@@ -63,3 +63,39 @@ async def test_sigterm_drains_accepted_requests(server: ServerProcess) -> None:
     assert server.proc.wait(30) in (0, -signal.SIGTERM), server.output()
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/healthz", timeout=1)
+
+
+async def test_what_is_left_at_the_end_of_the_grace_period_gets_503() -> None:
+    """A heavy job still running, and requests queued behind it, when DYDC_GRACE_PERIOD_S
+    ends after SIGTERM: each gets 503 problem+json with Retry-After (v1) or the protocol's
+    error (v2), never uvicorn's text/plain 500, and the server exits."""
+    port = free_port()
+    env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_HOST": "127.0.0.1", "DYDC_PORT": str(port),
+           "DYDC_GRACE_PERIOD_S": "1", "DYDC_LOG_LEVEL": "warning", "DYDC_WARMUP": "false",
+           "DYDC_MAX_JOB_COST": "10000"}
+    heavy_body = {"inputs": [[10.0, 0.01 * i] for i in range(1000)], "params": {"r": 0.3}}
+    with server_process([sys.executable, "-m", "app"], env, port) as server:
+        async with httpx.AsyncClient(timeout=60) as client:
+            heavy = asyncio.ensure_future(client.post(
+                server.url + "/v1/routines/logistic_rk4/sensitivities?strategy=reverse-loop",
+                json=heavy_body))
+            queued = asyncio.ensure_future(client.post(
+                server.url + "/v2/models/logistic_rk4/infer",
+                json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [1000, 2],
+                                  "data": heavy_body["inputs"]}],
+                      "parameters": {"strategy": "reverse-loop", "r": 0.2}}))
+            for _ in range(300):
+                scraped = scrape((await client.get(server.url + "/metrics")).text)
+                if value(scraped, "dydc_requests_in_flight") >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            server.proc.send_signal(signal.SIGTERM)
+            first, second = await asyncio.gather(heavy, queued)
+        assert first.status_code == 503, first.text
+        assert first.headers["content-type"] == "application/problem+json"
+        assert first.headers["retry-after"] == "1"
+        assert "shut down before this request finished" in first.json()["detail"]
+        assert second.status_code == 503, second.text
+        assert second.headers["content-type"] == "application/json"
+        assert "shut down" in second.json()["error"]
+        assert server.proc.wait(30) in (0, -signal.SIGTERM), server.output()

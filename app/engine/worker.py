@@ -304,6 +304,12 @@ class DeviceWorker:
     def ready(self) -> bool:
         return self._ready.is_set() and self.alive
 
+    @property
+    def heavy_job(self) -> Job | None:
+        """The heavy job in progress, if any."""
+        task = self._task
+        return task.job if task is not None else None
+
     def abort(self, error: Exception) -> None:
         """At the end of a shutdown's grace period: answer what this worker is running with
         ``error`` now; a heavy job stops at its next slice."""
@@ -355,18 +361,20 @@ class DeviceWorker:
                 cancelled: str | None = None) -> None:
         """The heavy job is over: close its steps (freeing what they hold), count it, and
         hand over its answer."""
-        self._task = None
-        task.steps.close()
-        self._queue.done(task.job)
-        if cancelled is not None:
-            metrics.CANCELLED.labels(cancelled).inc()
-        else:
-            metrics.child(metrics.LAUNCHES, str(self.device)).inc()
-            metrics.child(metrics.LAUNCH_SECONDS, str(self.device)).observe(task.busy_s)
-            metrics.BATCH_REQUESTS.observe(1)
-            metrics.BATCH_SAMPLES.observe(task.job.n)
-        if answer is not None:
-            task.job.resolve(answer)
+        try:
+            task.steps.close()
+            self._queue.done(task.job)
+            if cancelled is not None:
+                metrics.CANCELLED.labels(cancelled).inc()
+            else:
+                metrics.child(metrics.LAUNCHES, str(self.device)).inc()
+                metrics.child(metrics.LAUNCH_SECONDS, str(self.device)).observe(task.busy_s)
+                metrics.BATCH_REQUESTS.observe(1)
+                metrics.BATCH_SAMPLES.observe(task.job.n)
+            if answer is not None:
+                task.job.resolve(answer)
+        finally:
+            self._task = None
 
     def _stop_error(self, task: _Task, reason: str) -> Exception | None:
         job = task.job

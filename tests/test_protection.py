@@ -1,0 +1,321 @@
+"""How the service protects itself, each attack at small scale, asserted by statuses and the
+order of events (never by wall-clock times): cost-aware admission, disabled strategies,
+running work stopped on disconnect and at its deadline, light requests served between the
+slices of a heavy one, bodies counted before they are parsed, the bound on bodies in flight,
+and the grace period's end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.types import Message
+
+import app.api.v1 as v1_module
+from app.config import Settings
+from app.engine import Engine
+from app.engine.admission import CostModel, RoutineCost
+from app.main import create_app
+from routines import discover
+from tests.conftest import ClientFactory
+from tests.test_operations import scrape, value
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/{}/sensitivities"
+INFER = "/v2/models/{}/infer"
+# 60 logistic_rk4 samples by reverse-loop: 60 backward passes through 200 RK4 steps, about
+# a second or more here, in slices of about DYDC_SLICE_MS
+T = [0.1 * i for i in range(60)]
+HEAVY = {"inputs": [[10.0, t] for t in T], "params": {"r": 0.3, "K": 50.0}, "wrt": ["r"]}
+
+
+def logistic(t: float, r: float = 0.3, K: float = 50.0, n0: float = 10.0) -> tuple[float, float]:
+    a, e = (K - n0) / n0, math.exp(-r * t)
+    return K / (1 + a * e), K * a * t * e / (1 + a * e) ** 2
+
+
+class Conversation:
+    """One request straight through the ASGI interface, its body and its client's departure
+    under the test's control."""
+
+    def __init__(self, application: Any, path: str, body: bytes, *,
+                 declared: bool = True) -> None:
+        self._incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self.sent: list[Message] = []
+        path, _, query = path.partition("?")
+        headers = [(b"content-type", b"application/json")]
+        if declared:
+            headers.append((b"content-length", b"%d" % len(body)))
+        self.scope = {"type": "http", "method": "POST", "path": path, "root_path": "",
+                      "query_string": query.encode(), "headers": headers,
+                      "http_version": "1.1", "scheme": "http", "server": ("t", 80),
+                      "client": ("127.0.0.1", 1)}
+        self.task = asyncio.ensure_future(application(self.scope, self._receive, self._send))
+
+    async def _receive(self) -> Message:
+        return await self._incoming.get()
+
+    async def _send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def body(self, chunk: bytes, more: bool = False) -> None:
+        self._incoming.put_nowait({"type": "http.request", "body": chunk, "more_body": more})
+
+    def disconnect(self) -> None:
+        self._incoming.put_nowait({"type": "http.disconnect"})
+
+    async def answer(self) -> tuple[int, Any]:
+        with anyio.fail_after(120):
+            await self.task
+        return self.sent[0]["status"], orjson.loads(self.sent[1]["body"])
+
+
+class Served:
+    def __init__(self, application: Any, client: httpx.AsyncClient) -> None:
+        self.app = application
+        self.client = client
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.app.state.engine
+        return engine
+
+    async def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        return scrape((await self.client.get("/metrics")).text)
+
+    async def until_heavy_runs(self) -> None:
+        with anyio.fail_after(60):
+            while self.engine.worker.workers[0].heavy_job is None:
+                await anyio.sleep(0.005)
+
+
+async def _served(**settings: Any) -> AsyncIterator[Served]:
+    application = create_app(Settings(**{"device": "cpu", **settings}))
+    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=60):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     timeout=120) as client:
+            with anyio.fail_after(60):
+                while (await client.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.02)
+            yield Served(application, client)
+
+
+@pytest.fixture(scope="module")
+async def served() -> AsyncIterator[Served]:
+    """Small slices, and a cost limit far away: these tests are about stopping work."""
+    async for s in _served(slice_ms=10, max_job_cost=1000):
+        yield s
+
+
+# -- admission ----------------------------------------------------------------------------
+
+
+def test_the_cost_model_prices_strategies_by_their_complexity() -> None:
+    rk4 = discover()["logistic_rk4"]
+    model = CostModel(max_job_cost_s=10)
+    model._routines[rk4.name] = RoutineCost(pass_s=0.02, sample_s=1e-6)
+    forward = model.estimate(rk4, "forward", 4096, 1)
+    batched = model.estimate(rk4, "reverse-batched", 4096, 1)
+    loop = model.estimate(rk4, "reverse-loop", 1000, 1)
+    assert forward == pytest.approx(2 * 0.02 + 4 * 4096 * 1e-6)
+    # O(N^2): 16 sample-evaluations per sample per output row, plus one pass per 100 rows
+    assert batched == pytest.approx((1 + 0.01 * 4096) * 0.02 + (4096 + 16 * 4096**2) * 1e-6)
+    assert loop == pytest.approx((1 + 1000) * 0.02 + (1000 + 4 * 1000**2) * 1e-6)
+    # what a job took corrects later estimates halfway, in log space
+    model.learn(rk4, "reverse-batched", 4096, 1, seconds=4 * batched)
+    assert model.estimate(rk4, "reverse-batched", 4096, 1) == pytest.approx(2 * batched)
+    assert model.estimate(rk4, "forward", 4096, 1) == pytest.approx(forward)
+
+
+async def test_a_job_over_the_cost_limit_is_refused_with_a_cheaper_strategy(
+        make_client: ClientFactory) -> None:
+    async with make_client(max_job_cost=5) as c:
+        body = {"inputs": [[10.0, 0.01 * i] for i in range(4096)], "params": {"r": 0.3}}
+        r = await c.post(SENS.format("logistic_rk4") + "?strategy=reverse-batched", json=body)
+        assert r.status_code == 422, r.text
+        problem = r.json()
+        assert problem["type"] == "urn:dydc:problem:cost-exceeded"
+        detail = problem["detail"]
+        assert "strategy reverse-batched of routine logistic_rk4 at N = 4096" in detail
+        assert "over the limit of 5 s (DYDC_MAX_JOB_COST)" in detail
+        assert "use strategy=" in detail
+        cheaper = detail.split("use strategy=")[1].split(" ")[0]
+        assert cheaper not in ("reverse-batched", "reverse-loop", "jacrev")
+        ok = await c.post(SENS.format("logistic_rk4") + f"?strategy={cheaper}", json=body)
+        assert ok.status_code == 200, ok.text
+        v2 = await c.post(INFER.format("logistic_rk4"), json={
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [4096, 2],
+                        "data": body["inputs"]}],
+            "parameters": {"strategy": "reverse-batched"}})
+        assert v2.status_code == 400 and "DYDC_MAX_JOB_COST" in v2.json()["error"]
+        metrics = scrape((await c.get("/metrics")).text)
+        assert value(metrics, "dydc_rejections_total", reason="cost") >= 2
+
+
+async def test_a_disabled_strategy_is_refused(make_client: ClientFactory) -> None:
+    async with make_client(strategies="auto,forward,vmap-grad") as c:
+        r = await c.post(SENS.format("linear") + "?strategy=reverse-loop", json={"inputs": [1]})
+        assert r.status_code == 422
+        assert r.json()["type"] == "urn:dydc:problem:strategy-disabled"
+        assert "turned off on this server (DYDC_STRATEGIES)" in r.json()["detail"]
+        assert "auto, forward, vmap-grad" in r.json()["detail"]
+        v2 = await c.post(INFER.format("linear"), json={
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}],
+            "parameters": {"strategy": "jacrev"}})
+        assert v2.status_code == 400 and "DYDC_STRATEGIES" in v2.json()["error"]
+        listed = {s["name"]: s["enabled"]
+                  for s in (await c.get("/v1/strategies")).json()["strategies"]}
+        assert listed["reverse-loop"] is False and listed["jacrev"] is False
+        assert listed["forward"] is True and listed["auto"] is True
+        ok = await c.post(SENS.format("linear") + "?strategy=vmap-grad", json={"inputs": [2]})
+        assert ok.json()["derivatives"] == {"C": [2.0]}
+
+
+# -- running work stops when nobody waits for it --------------------------------------------
+
+
+async def test_a_disconnect_stops_a_running_job(served: Served) -> None:
+    before = value(await served.metrics(), "dydc_cancelled_total", reason="disconnect")
+    talk = Conversation(served.app, SENS.format("logistic_rk4") + "?strategy=reverse-loop",
+                        orjson.dumps(HEAVY))
+    talk.body(orjson.dumps(HEAVY))
+    await served.until_heavy_runs()
+    talk.disconnect()
+    with anyio.fail_after(60):
+        await talk.task
+    assert talk.sent == []  # nobody to answer
+    with anyio.fail_after(60):  # the worker stops it at its next slice
+        while served.engine.worker.workers[0].heavy_job is not None:
+            await anyio.sleep(0.005)
+    after = await served.metrics()
+    assert value(after, "dydc_cancelled_total", reason="disconnect") == before + 1, after["dydc_cancelled_total"]
+    assert value(after, "dydc_requests_total", routine="logistic_rk4", status="499") >= 1
+
+
+async def test_a_slice_boundary_honours_the_deadline(served: Served) -> None:
+    before = value(await served.metrics(), "dydc_cancelled_total", reason="deadline")
+    talk = Conversation(served.app, SENS.format("logistic_rk4")
+                        + "?strategy=reverse-loop&timeout_ms=400", orjson.dumps(HEAVY))
+    talk.body(orjson.dumps(HEAVY))
+    status, problem = await talk.answer()
+    assert status == 504
+    assert problem["type"] == "urn:dydc:problem:deadline-exceeded"
+    assert "ran past its deadline" in problem["detail"]
+    assert value(await served.metrics(), "dydc_cancelled_total",
+                 reason="deadline") == before + 1
+
+
+async def test_light_requests_are_served_between_the_slices_of_a_heavy_one(
+        served: Served) -> None:
+    heavy = asyncio.ensure_future(served.client.post(
+        SENS.format("logistic_rk4") + "?strategy=reverse-loop", json=HEAVY))
+    await served.until_heavy_runs()
+    for i in range(5):
+        r = await served.client.post(SENS.format("linear"),
+                                     json={"inputs": [1.0, 2.0], "params": {"C": float(i)}})
+        assert r.status_code == 200
+        assert r.json()["values"] == [float(i), 2.0 * i]
+        assert not heavy.done(), "a light request waited for the whole heavy job"
+    r = await heavy
+    assert r.status_code == 200, r.text
+    body = r.json()
+    for t, y, dr in zip(T, body["values"], body["derivatives"]["r"], strict=True):
+        assert (y, dr) == pytest.approx(logistic(t), rel=1e-9, abs=1e-12)
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+async def test_too_many_samples_are_413_before_the_body_is_parsed(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(body: bytes) -> Any:
+        raise AssertionError("the body was parsed")
+
+    monkeypatch.setattr(v1_module, "parse_document", never)
+    limit = served.engine.limits.max_samples
+    flat = b'{"inputs": [' + b"1," * limit + b'1], "params": {"C": 1}}'
+    rows = b'{"inputs": [' + b"[1,2]," * limit + b'[1,2]]}'
+    for routine, body in (("linear", flat), ("exponential_decay", rows)):
+        r = await served.client.post(SENS.format(routine), content=body,
+                                     headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert f"inputs has {limit + 1} samples" in r.json()["detail"]
+        assert "DYDC_MAX_SAMPLES" in r.json()["detail"]
+
+
+async def test_v2_shapes_over_the_limit_are_413_before_the_tensors_are_read(
+        served: Served) -> None:
+    limit = served.engine.limits.max_samples
+    r = await served.client.post(INFER.format("linear"), json={
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [limit + 1], "data": [1.0]}]})
+    assert r.status_code == 413 and f"[{limit + 1}, ...]" in r.json()["error"]
+
+
+async def test_bodies_in_flight_are_bounded() -> None:
+    async for s in _served(max_inflight_body_bytes=1000):
+        body = orjson.dumps({"inputs": list(range(150)), "params": {"C": 2.0}})
+        assert 500 < len(body) < 1000
+        first = Conversation(s.app, SENS.format("linear"), body)
+        first.body(body[:100], more=True)  # holds its declared length while it trickles in
+        with anyio.fail_after(30):
+            while s.app.state.bodies.used == 0:
+                await anyio.sleep(0.005)
+        second = await s.client.post(SENS.format("linear"), content=body,
+                                     headers={"content-type": "application/json"})
+        assert second.status_code == 503, second.text
+        assert second.headers["retry-after"] == "1"
+        assert "DYDC_MAX_INFLIGHT_BODY_BYTES" in second.json()["detail"]
+        first.body(body[100:])
+        status, answer = await first.answer()
+        assert status == 200 and answer["derivatives"]["C"] == [float(i) for i in range(150)]
+        assert s.app.state.bodies.used == 0  # released once parsed
+        again = await s.client.post(SENS.format("linear"), content=body,
+                                    headers={"content-type": "application/json"})
+        assert again.status_code == 200
+        metrics = await s.metrics()
+        assert value(metrics, "dydc_requests_total", routine="linear", status="503") == 1
+
+
+# -- every bad input is a 4xx -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1] * 65, "data": [1.0]}]},
+     "65 dimensions"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}],
+      "parameters": {"C": 10**400}}, "parameters.C is an integer too large"),
+    ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}],
+      "parameters": {"timeout": 10**400}}, "parameters.timeout is an integer too large"),
+], ids=["65-dimensions", "401-digit-parameter", "401-digit-timeout"])
+async def test_v2_inputs_that_gave_500_are_400(served: Served, body: dict[str, Any],
+                                               needle: str) -> None:
+    r = await served.client.post(INFER.format("linear"), content=json.dumps(body),
+                                 headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+
+
+async def test_an_unexpected_error_is_500_and_logged_with_its_traceback(
+        served: Served, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("a bug in the encoder")
+
+    monkeypatch.setattr(v1_module, "encode_result", broken)
+    r = await served.client.post(SENS.format("linear"), json={"inputs": [1]})
+    assert r.status_code == 500
+    assert r.json()["detail"] == "internal error; it has been logged"
+    assert "a bug in the encoder" not in r.text
+    logged = [rec for rec in caplog.records if rec.exc_info and "unhandled" in rec.message]
+    assert logged and logged[0].exc_info is not None
+    assert isinstance(logged[0].exc_info[1], RuntimeError)
