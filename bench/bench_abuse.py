@@ -1,0 +1,344 @@
+"""Abuse benchmark: what an attacker on the same network does to everyone else.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python bench/bench_abuse.py            # about 3 minutes
+    .venv/bin/python bench/bench_abuse.py --duration 10   # a quicker look
+
+It starts the service as a real process (``python -m app`` on 127.0.0.1, a free port,
+DYDC_DEVICE=cpu, default settings otherwise) and measures a *probe* (a 16-sample ``linear``
+request, 2 a second, on its own connections) in four phases, in one run:
+
+- ``quiet``: probes alone, the reference;
+- ``heavy jobs``: two attackers send the heaviest jobs the strategies allow (O(N^2)
+  strategies at their caps, ``logistic_rk4`` and ``softmax``), one after the other in a loop;
+- ``large bodies``: 16 attackers each send a 60 MiB body of one-sample rows at once, in a
+  loop; ``/healthz`` is timed every 100 ms and the server's resident memory sampled;
+- ``slow connections``: 500 connections each trickle a request's headers a byte at a time;
+  the time until the server closes each is recorded.
+
+Targets (issue 10): no probe 504 and probe p99 <= 1 s under heavy jobs, every attacker answer
+200, 422 or 503; under large bodies /healthz <= 100 ms, probe p99 <= 1 s, memory <= 1 GiB over
+idle; slow connections closed within DYDC_READ_TIMEOUT_S + 1 s, probes still served. Writes
+bench/results/abuse.md, abuse.json and abuse.png (with matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SENS = "/v1/routines/{}/sensitivities"
+PROBE = {"inputs": [0.5 * i for i in range(16)], "params": {"C": -5.0}, "wrt": ["C"]}
+READ_TIMEOUT_S = 10.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _server() -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_HOST": "127.0.0.1", "DYDC_PORT": str(port),
+           "DYDC_LOG_LEVEL": "warning", "DYDC_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the server did not start:\n{log.read()}")
+                time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    probes: list[float] = field(default_factory=list)  # latencies, s
+    probe_statuses: Counter[int] = field(default_factory=Counter)
+    attacker_statuses: Counter[str] = field(default_factory=Counter)
+    health: list[float] = field(default_factory=list)  # /healthz latencies, s
+    rss_idle: int = 0
+    rss_peak: int = 0
+    closed_after: list[float] = field(default_factory=list)  # slow connections, s
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float | None:
+            if not values:
+                return None
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        return {
+            "phase": self.name,
+            "probes": len(self.probes) + self.probe_statuses.get(-1, 0),
+            "probe_statuses": dict(self.probe_statuses),
+            "probe_p50_ms": _ms(pct(self.probes, 0.5)),
+            "probe_p99_ms": _ms(pct(self.probes, 0.99)),
+            "probe_max_ms": _ms(max(self.probes, default=None)),
+            "attacker_statuses": dict(self.attacker_statuses),
+            "health_max_ms": _ms(max(self.health, default=None)),
+            "health_p99_ms": _ms(pct(self.health, 0.99)),
+            "rss_over_idle_mib": (round((self.rss_peak - self.rss_idle) / 2**20)
+                                  if self.rss_peak else None),
+            "slow_closed": len(self.closed_after),
+            "slow_closed_max_s": (round(max(self.closed_after), 2) if self.closed_after
+                                  else None),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 1)
+
+
+async def _probes(url: str, phase: Phase, stop: asyncio.Event) -> None:
+    """One probe every 0.5 s, each on its own task so that a slow one does not delay the
+    next; a probe that gets no answer within 60 s counts as -1."""
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as c:
+        async def one() -> None:
+            began = time.perf_counter()
+            try:
+                r = await c.post(url + SENS.format("linear"), json=PROBE)
+            except httpx.HTTPError:
+                phase.probe_statuses[-1] += 1
+                return
+            phase.probe_statuses[r.status_code] += 1
+            if r.status_code == 200:
+                phase.probes.append(time.perf_counter() - began)
+
+        tasks = []
+        while not stop.is_set():
+            tasks.append(asyncio.ensure_future(one()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        await asyncio.gather(*tasks)
+
+
+async def _health(url: str, phase: Phase, stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(timeout=30) as c:
+        while not stop.is_set():
+            began = time.perf_counter()
+            with contextlib.suppress(httpx.HTTPError):
+                await c.get(url + "/healthz")
+                phase.health.append(time.perf_counter() - began)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+
+async def _memory(pid: int, phase: Phase, stop: asyncio.Event) -> None:
+    phase.rss_idle = _rss_bytes(pid)
+    while not stop.is_set():
+        phase.rss_peak = max(phase.rss_peak, _rss_bytes(pid))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+def _heavy_jobs() -> list[tuple[str, str, dict[str, Any]]]:
+    rk4 = [[10.0, 0.01 * i] for i in range(4096)]
+    scores = [[0.1 * i, 1.0, -0.5 * i] for i in range(4096)]
+    return [
+        ("logistic_rk4", "reverse-batched", {"inputs": rk4, "params": {"r": 0.3}}),
+        ("softmax", "reverse-batched", {"inputs": scores, "params": {"T": 0.7}}),
+        ("logistic_rk4", "reverse-loop", {"inputs": rk4[:1000], "params": {"r": 0.3}}),
+        ("softmax", "jacrev", {"inputs": scores, "params": {"T": 0.7}}),
+        # just under the cost limit: run in slices beside the probes
+        ("logistic_rk4", "reverse-loop", {"inputs": rk4[:150], "params": {"r": 0.3}}),
+        ("black_scholes_call", "reverse-loop",
+         {"inputs": [[100.0, 95.0, 0.5]] * 1000, "params": {"sigma": 0.2}}),
+    ]
+
+
+async def _heavy_attacker(url: str, phase: Phase, stop: asyncio.Event, offset: int) -> None:
+    jobs = _heavy_jobs()
+    async with httpx.AsyncClient(timeout=600) as c:
+        i = offset
+        while not stop.is_set():
+            routine, strategy, body = jobs[i % len(jobs)]
+            i += 1
+            try:
+                r = await c.post(url + SENS.format(routine) + f"?strategy={strategy}", json=body)
+                phase.attacker_statuses[f"{r.status_code} {routine} {strategy}"] += 1
+            except httpx.HTTPError as exc:
+                phase.attacker_statuses[f"error {type(exc).__name__}"] += 1
+
+
+async def _body_attacker(url: str, phase: Phase, stop: asyncio.Event, body: bytes) -> None:
+    async with httpx.AsyncClient(timeout=120) as c:
+        while not stop.is_set():
+            try:
+                r = await c.post(url + SENS.format("linear"), content=body,
+                                 headers={"content-type": "application/json"})
+                phase.attacker_statuses[str(r.status_code)] += 1
+            except httpx.HTTPError as exc:
+                phase.attacker_statuses[f"error {type(exc).__name__}"] += 1
+
+
+async def _slow_connection(url: str, phase: Phase, stop: asyncio.Event) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+    except OSError:
+        phase.attacker_statuses["refused"] += 1
+        return
+    opened = time.perf_counter()
+    request = b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    try:
+        for i in range(10_000):
+            if stop.is_set():
+                break
+            writer.write(request[i:i + 1] if i < len(request) else b"a")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(65536), 0.5) == b"":
+                    phase.closed_after.append(time.perf_counter() - opened)
+                    return
+    except (ConnectionError, OSError):
+        phase.closed_after.append(time.perf_counter() - opened)
+        return
+    finally:
+        writer.close()
+    phase.attacker_statuses["still open at the end"] += 1
+
+
+async def _phase(name: str, url: str, pid: int, seconds: float, attackers: int = 0,
+                 body: bytes | None = None) -> Phase:
+    phase = Phase(name, seconds)
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(_probes(url, phase, stop)),
+             asyncio.ensure_future(_health(url, phase, stop)),
+             asyncio.ensure_future(_memory(pid, phase, stop))]
+    if name == "heavy jobs":
+        tasks += [asyncio.ensure_future(_heavy_attacker(url, phase, stop, k)) for k in range(2)]
+    elif name == "large bodies":
+        assert body is not None
+        tasks += [asyncio.ensure_future(_body_attacker(url, phase, stop, body))
+                  for _ in range(16)]
+    elif name == "slow connections":
+        tasks += [asyncio.ensure_future(_slow_connection(url, phase, stop)) for _ in range(500)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks)
+    print(json.dumps(phase.summary()), flush=True)
+    return phase
+
+
+def _large_body() -> bytes:
+    """60 MiB of one-sample rows: [[1],[1],...]."""
+    rows = (60 * 2**20 - 32) // 4
+    return b'{"inputs": [' + b"[1]," * (rows - 1) + b'[1]], "params": {"C": 1}}'
+
+
+def _table(phases: list[dict[str, Any]]) -> str:
+    head = ("| phase | probes | probe statuses | probe p50 ms | probe p99 ms | probe max ms "
+            "| /healthz max ms | memory over idle MiB | attacker answers | slow conns closed "
+            "(max s) |\n|---|--:|---|--:|--:|--:|--:|--:|---|---|\n")
+    rows = []
+    for p in phases:
+        attackers = ", ".join(f"{k}: {v}" for k, v in sorted(p["attacker_statuses"].items()))
+        slow = (f"{p['slow_closed']} ({p['slow_closed_max_s']})" if p["slow_closed"] else "-")
+        rows.append(f"| {p['phase']} | {p['probes']} | {p['probe_statuses']} | "
+                    f"{p['probe_p50_ms']} | {p['probe_p99_ms']} | {p['probe_max_ms']} | "
+                    f"{p['health_max_ms']} | {p['rss_over_idle_mib']} | {attackers or '-'} | "
+                    f"{slow} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def _plot(phases: list[Phase], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.boxplot([[1e3 * x for x in p.probes] or [0] for p in phases], whis=(1, 99))
+    ax.set_xticks(range(1, len(phases) + 1), [p.name for p in phases])
+    ax.set_yscale("log")
+    ax.set_ylabel("probe latency, ms (whiskers: p1-p99)")
+    ax.axhline(1000, color="red", linestyle=":", label="target p99: 1 s")
+    ax.set_title("16-sample linear probes, 2/s, under each attack")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+async def main_async(seconds: float) -> None:
+    body = _large_body()
+    phases: list[Phase] = []
+    with _server() as (url, pid):
+        for name in ("quiet", "heavy jobs", "large bodies", "slow connections"):
+            length = max(seconds, READ_TIMEOUT_S + 5) if name == "slow connections" else seconds
+            phases.append(await _phase(name, url, pid, length, body=body))
+    summaries = [p.summary() for p in phases]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "seconds": seconds,
+            "read_timeout_s": READ_TIMEOUT_S}
+    (RESULTS / "abuse.json").write_text(json.dumps({"meta": meta, "phases": summaries},
+                                                   indent=1))
+    quiet = statistics.median(phases[0].probes) if phases[0].probes else 0
+    text = (f"# Abuse benchmark\n\n`.venv/bin/python bench/bench_abuse.py --duration {seconds:g}`"
+            f" on {meta['machine']}; probe: 16-sample `linear`, 2/s; quiet probe median "
+            f"{quiet * 1e3:.1f} ms.\n\n" + _table(summaries))
+    (RESULTS / "abuse.md").write_text(text)
+    _plot(phases, RESULTS / "abuse.png")
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.duration))
+
+
+if __name__ == "__main__":
+    main()
