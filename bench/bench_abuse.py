@@ -246,24 +246,54 @@ async def _slow_connection(url: str, phase: Phase, stop: asyncio.Event) -> None:
     phase.attacker_statuses["still open at the end"] += 1
 
 
-async def _phase(name: str, url: str, pid: int, seconds: float, attackers: int = 0,
-                 body: bytes | None = None) -> Phase:
+def _attack(name: str, url: str, seconds: float, out: Any) -> None:
+    """The attackers of one phase, in a process of their own, so that their own work (60 MiB
+    bodies, 500 sockets) does not delay the probes' measurement."""
+
+    async def run() -> Phase:
+        phase = Phase(name, seconds)
+        stop = asyncio.Event()
+        if name == "heavy jobs":
+            tasks = [asyncio.ensure_future(_heavy_attacker(url, phase, stop, k))
+                     for k in range(2)]
+        elif name == "large bodies":
+            body = _large_body()
+            tasks = [asyncio.ensure_future(_body_attacker(url, phase, stop, body))
+                     for _ in range(16)]
+        else:
+            tasks = [asyncio.ensure_future(_slow_connection(url, phase, stop))
+                     for _ in range(500)]
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return phase
+
+    phase = asyncio.run(run())
+    out.put((dict(phase.attacker_statuses), phase.closed_after))
+
+
+async def _phase(name: str, url: str, pid: int, seconds: float) -> Phase:
+    import multiprocessing
+
     phase = Phase(name, seconds)
     stop = asyncio.Event()
+    attacker = None
+    if name != "quiet":
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        attacker = context.Process(target=_attack, args=(name, url, seconds, results))
+        attacker.start()
     tasks = [asyncio.ensure_future(_probes(url, phase, stop)),
              asyncio.ensure_future(_health(url, phase, stop)),
              asyncio.ensure_future(_memory(pid, phase, stop))]
-    if name == "heavy jobs":
-        tasks += [asyncio.ensure_future(_heavy_attacker(url, phase, stop, k)) for k in range(2)]
-    elif name == "large bodies":
-        assert body is not None
-        tasks += [asyncio.ensure_future(_body_attacker(url, phase, stop, body))
-                  for _ in range(16)]
-    elif name == "slow connections":
-        tasks += [asyncio.ensure_future(_slow_connection(url, phase, stop)) for _ in range(500)]
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(*tasks)
+    if attacker is not None:
+        statuses, closed = await asyncio.to_thread(results.get, True, 600)
+        attacker.join()
+        phase.attacker_statuses.update(statuses)
+        phase.closed_after = closed
     print(json.dumps(phase.summary()), flush=True)
     return phase
 
@@ -312,12 +342,11 @@ def _plot(phases: list[Phase], path: Path) -> None:
 
 
 async def main_async(seconds: float) -> None:
-    body = _large_body()
     phases: list[Phase] = []
     with _server() as (url, pid):
         for name in ("quiet", "heavy jobs", "large bodies", "slow connections"):
             length = max(seconds, READ_TIMEOUT_S + 5) if name == "slow connections" else seconds
-            phases.append(await _phase(name, url, pid, length, body=body))
+            phases.append(await _phase(name, url, pid, length))
     summaries = [p.summary() for p in phases]
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "seconds": seconds,
