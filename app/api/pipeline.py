@@ -163,6 +163,10 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
         raise
     except Exception as exc:
         reply = codec.error(problem_of(exc, request.method, request.path))
+        if not request.body.read_all:
+            # answered before its body was read (413, 503, 404...): close rather than read
+            # and discard the rest, which may be many megabytes
+            reply.headers["Connection"] = "close"
     finally:
         if reply is not None:
             labels.status = reply.status
