@@ -18,7 +18,7 @@ import torch
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health, v1, v2
+from app.api import health, limits, v1, v2
 from app.api.fastpath import App
 from app.config import Settings
 from app.engine import (
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    app.include_router(limits.router)
     return app
 
 
