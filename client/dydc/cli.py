@@ -232,9 +232,10 @@ def _show(result: Result, columns: list[tuple[str, Any]], rows: int) -> None:
                         f"{result.dtype} on {result.device}")
     for i in range(min(rows, result.n)):
         table.add_row(*(f"{float(values[i]):.10g}" for _, values in columns))
-    if result.n > rows:
-        table.caption = f"the first {rows} of {result.n} rows; --out FILE writes them all"
     out.print(table)
+    if result.n > rows:
+        out.print(f"the first {rows} of {result.n} rows; --out FILE writes them all",
+                  soft_wrap=True)
 
 
 def _emit(result: Result, info: RoutineInfo, samples: Any, target: str | None,
