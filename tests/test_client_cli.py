@@ -12,15 +12,15 @@ import os
 import sys
 from pathlib import Path
 
+import dydc
 import httpx
 import numpy as np
 import pytest
+from dydc.cli import _comparison_table, _params, app
+from dydc.tables import InputTable
 from rich.console import Console
 from typer.testing import CliRunner
 
-import dydc
-from dydc.cli import _comparison_table, _params, app
-from dydc.tables import InputTable
 from tests.support import free_port, server_process
 from tests.test_client_live import black_scholes, options
 
@@ -119,12 +119,14 @@ def test_tables_and_json_listings(dydc_url: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["describe", "nope"], "error: 404 Not Found: no routine named 'nope'"),
     (["sensitivities", "linear", "-i", "-", "-p", "C"], "error: --param 'C': write NAME=NUMBER"),
-    (["sensitivities", "linear", "-i", "-", "-p", "C=abc"], "error: --param 'C=abc': 'abc' is not a number"),
+    (["sensitivities", "linear", "-i", "-", "-p", "C=abc"],
+     "error: --param 'C=abc': 'abc' is not a number"),
     (["sensitivities", "linear", "-i", "-", "--strategy", "bogus"],
      "error: 422 Unprocessable Entity: unknown strategy 'bogus'"),
     (["sensitivities", "exponential_decay", "-i", "-"],
      "error: the inputs have no column y0, t; routine exponential_decay takes y0, t"),
-    (["sensitivities", "linear", "-i", "in.txt"], "error: --inputs in.txt: use a .csv, .npy or .json file"),
+    (["sensitivities", "linear", "-i", "in.txt"],
+     "error: --inputs in.txt: use a .csv, .npy or .json file"),
 ])
 def test_errors_are_one_line(dydc_url: str, args: list[str], message: str) -> None:
     code, out, err = dydc_cli(dydc_url, *args, stdin="x\n1\n")
@@ -142,7 +144,7 @@ def test_per_sample_parameter_from_a_column() -> None:
     params = _params(["sigma=@vol", "r=0.05"], table)
     assert params["r"] == 0.05
     np.testing.assert_array_equal(params["sigma"], [0.2, 0.3])
-    with pytest.raises(ValueError, match="no input column 'vols'.*columns: S, vol"):
+    with pytest.raises(ValueError, match=r"no input column 'vols'.*columns: S, vol"):
         _params(["sigma=@vols"], table)
 
 

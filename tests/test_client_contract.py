@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import dydc
 import httpx
 import numpy as np
 import pytest
-
-import dydc
 
 pytestmark = pytest.mark.anyio
 
@@ -91,7 +90,7 @@ def test_order_two_per_sample_check_and_bump_over_json() -> None:
     assert list(result.second_derivatives) == ["S,S", "S,sigma", "sigma,sigma"]
     np.testing.assert_array_equal(result.second_derivatives["S,sigma"], SIGMA + 4)
     assert result.check is not None and result.check.strategy == "finite-difference"
-    assert result.check.max_abs_diff["S"] == pytest.approx(80.0 * 1e-9)  # the worse chunk (X[2, 0] = 80 > 49)
+    assert result.check.max_abs_diff["S"] == pytest.approx(80.0 * 1e-9)  # the worse chunk: 80 > 49
     assert result.check.max_rel_diff["S,sigma"] == pytest.approx(80.0 * 1e-7)
     assert result.bump == dydc.Bump(1e-4, "relative", "central")
     assert result.params["sigma"] == SIGMA.tolist() and result.chunks == 2

@@ -8,10 +8,10 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import dydc
 import numpy as np
 import pytest
 
-import dydc
 from tests.client_servers import SMALL_LIMITS
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -184,7 +184,7 @@ async def test_async_methods(dydc_url: str, protocol: str) -> None:
 
 @pytest.mark.parametrize("client", PROTOCOLS, indirect=True)
 def test_errors(client: dydc.Client) -> None:
-    with pytest.raises(dydc.NotFound, match="registered routines: .*linear") as missing:
+    with pytest.raises(dydc.NotFound, match=r"registered routines: .*linear") as missing:
         client.sensitivities("nope", [1.0])
     assert missing.value.status == 404 and missing.value.title == "Not Found"
     with pytest.raises(dydc.InvalidRequest, match="unknown strategy 'bogus'") as bad:

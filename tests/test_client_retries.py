@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
+import dydc
 import httpx
 import numpy as np
 import pytest
-
-import dydc
 from dydc.retrying import RetryPolicy
+
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio

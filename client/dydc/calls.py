@@ -100,4 +100,5 @@ class Call(Generic[T]):
 
 
 def request_id(response: httpx.Response) -> str | None:
-    return response.headers.get(REQUEST_ID_HEADER)
+    given: str | None = response.headers.get(REQUEST_ID_HEADER)
+    return given

@@ -311,7 +311,8 @@ def sensitivities(
         table = Table("key", "max abs diff", "max rel diff",
                       title=f"check against {result.check.strategy}")
         for key, value in result.check.max_abs_diff.items():
-            table.add_row(key, f"{value:.3g}", f"{result.check.max_rel_diff.get(key, math.nan):.3g}")
+            rel = result.check.max_rel_diff.get(key, math.nan)
+            table.add_row(key, f"{value:.3g}", f"{rel:.3g}")
         err.print(table)
 
 

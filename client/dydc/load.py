@@ -28,7 +28,7 @@ from dydc.calls import Call
 from dydc.options import Kind, options
 from dydc.results import RoutineInfo
 
-__all__ = ["LoadPoint", "PROTOCOLS", "run_load"]
+__all__ = ["PROTOCOLS", "LoadPoint", "run_load"]
 
 PROTOCOLS = ("json", "binary")
 
@@ -97,9 +97,11 @@ async def _point(url: str, headers: dict[str, str], call: Call[Any], protocol: s
     return LoadPoint(protocol, concurrency, len(latencies), len(errors), duration, p50, p90, p99)
 
 
-def run_load(url: str, info: RoutineInfo, *, n: int = 16, concurrency: Sequence[int] = (1, 8, 64),
-             duration: float = 10.0, warmup: float = 1.0, protocols: Sequence[str] = PROTOCOLS,
-             params: Mapping[str, Any] | None = None, api_key: str | None = None) -> list[LoadPoint]:
+def run_load(url: str, info: RoutineInfo, *, n: int = 16,
+             concurrency: Sequence[int] = (1, 8, 64), duration: float = 10.0,
+             warmup: float = 1.0, protocols: Sequence[str] = PROTOCOLS,
+             params: Mapping[str, Any] | None = None,
+             api_key: str | None = None) -> list[LoadPoint]:
     """Every (protocol, concurrency) point in turn, against the service at ``url``."""
     headers = {"User-Agent": "dydc-bench"}
     if api_key:

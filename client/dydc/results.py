@@ -67,7 +67,7 @@ class RoutineInfo:
         known = {"name", "description", "params", "inputs", "outputs", "vectorized"}
         params = [Param(name=p["name"], default=float(p["default"]),
                         description=p.get("description", ""),
-                        bounds=tuple(p["bounds"]) if p.get("bounds") else None)  # type: ignore[arg-type]
+                        bounds=tuple(p["bounds"]) if p.get("bounds") else None)
                   for p in doc.get("params", [])]
         return cls(name=doc["name"], description=doc.get("description", ""), params=params,
                    inputs=list(doc.get("inputs", [])), outputs=list(doc.get("outputs", ["y"])),

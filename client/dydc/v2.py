@@ -32,7 +32,7 @@ __all__ = ["HEADER_LENGTH", "call", "output_keys"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VALUES = "y"
 _DATATYPES = {"float64": "FP64", "float32": "FP32"}
-_NUMPY = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
+_NUMPY: dict[str, np.dtype[Any]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 
 
 def output_keys(info: RoutineInfo) -> dict[str, tuple[int, str]]:
