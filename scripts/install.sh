@@ -26,5 +26,5 @@ EXTRAS="${DYDC_EXTRAS-test}"
 pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
 # The client (client/: dydc-client, import name dydc) and its command line `dydc`, so that the
 # suite covers them; it installs alone too (pip install ./client).
-pip install -q -e "./client[cli]"
+pip install -q -e "./client[cli,fast]"
 echo "install: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

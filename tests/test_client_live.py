@@ -243,3 +243,15 @@ def test_over_the_limit_without_chunks(small_dydc_url: str) -> None:
     error = dydc.errors.error_from_response(response)
     assert isinstance(error, dydc.TooLarge) and error.status == 413
     assert "DYDC_MAX_SAMPLES" in error.detail or "100" in error.detail
+
+
+def test_json_without_orjson(dydc_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard library's json (no ``fast`` extra) sends and reads the same numbers."""
+    x = options(64, seed=9)
+    with dydc.Client(dydc_url, protocol="json") as client:
+        fast = client.sensitivities("black_scholes_call", x, {"sigma": 0.3})
+        monkeypatch.setattr(dydc.v1, "orjson", None)
+        plain = client.sensitivities("black_scholes_call", x, {"sigma": 0.3})
+    np.testing.assert_array_equal(fast.values, plain.values)
+    for key in ("sigma", "r"):
+        np.testing.assert_array_equal(fast.derivatives[key], plain.derivatives[key])

@@ -5,11 +5,16 @@ JSON carries every option of the contract (order 2, checks, bump settings, compa
 float64 numbers round-trip exactly (Python writes and the service reads the shortest repr).
 JSON has no NaN or infinity, so non-finite numbers are refused here, named as the service
 names them.
+
+With the ``fast`` extra (orjson) arrays are written straight from their buffers and answers
+parsed in C: at N = 1e6 x 2 the body took 0.45 s instead of 6.0 s with the standard
+library's ``json`` here. Both write the shortest repr, so the bytes' numbers are the same.
 """
 
 from __future__ import annotations
 
 import json
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +26,13 @@ from dydc.calls import Call, request_id
 from dydc.options import Kind, Options
 from dydc.results import Comparison, Result
 
-__all__ = ["BYTES_PER_NUMBER", "call", "path"]
+__all__ = ["BYTES_PER_NUMBER", "call", "dumps", "loads", "path"]
+
+orjson: ModuleType | None
+try:
+    import orjson
+except ImportError:  # the standard library's json: the same numbers, slower
+    orjson = None
 
 # The longest float64 repr ("-2.2250738585072014e-308") and its separator: what a chunk's
 # body can cost per number at most.
@@ -46,8 +57,8 @@ def body(batch: Batch, options: Options) -> bytes:
     params: dict[str, Any] = dict(batch.scalars)
     for name, values in batch.per_sample.items():
         _finite(f"params.{name}", values)
-        params[name] = values.tolist()
-    doc: dict[str, Any] = {"inputs": batch.samples.tolist(), "params": params}
+        params[name] = values
+    doc: dict[str, Any] = {"inputs": batch.samples, "params": params}
     if options.dtype is not None:
         doc["dtype"] = options.dtype
     if options.kind is not Kind.EVALUATE:
@@ -57,15 +68,26 @@ def body(batch: Batch, options: Options) -> bytes:
             doc["order"] = options.order
         if options.cross:
             doc["cross"] = True
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return dumps(doc)
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    """JSON bytes; numpy arrays (contiguous) are written as lists."""
+    if orjson is not None:
+        return bytes(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+    return json.dumps(doc, separators=(",", ":"), default=np.ndarray.tolist).encode()
+
+
+def loads(content: bytes) -> Any:
+    return orjson.loads(content) if orjson is not None else json.loads(content)
 
 
 def _result(response: httpx.Response) -> Result:
-    return Result.from_json(response.json(), request_id(response))
+    return Result.from_json(loads(response.content), request_id(response))
 
 
 def _comparison(response: httpx.Response) -> Comparison:
-    return Comparison.from_json(response.json(), request_id(response))
+    return Comparison.from_json(loads(response.content), request_id(response))
 
 
 def call(routine: str, batch: Batch, options: Options) -> Call[Any]:
