@@ -21,8 +21,8 @@ from dydc.tables import InputTable
 from rich.console import Console
 from typer.testing import CliRunner
 
+from tests.client_support import black_scholes, options
 from tests.support import free_port, server_process
-from tests.test_client_live import black_scholes, options
 
 pytestmark = pytest.mark.slow
 

@@ -6,41 +6,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import dydc
 import numpy as np
 import pytest
 
-from tests.client_servers import SMALL_LIMITS
+from tests.client_support import SMALL_LIMITS, black_scholes, options
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 PROTOCOLS = ["json", "binary"]
-_erf = np.vectorize(math.erf)
-
-
-def _cdf(x: np.ndarray) -> np.ndarray:
-    return np.asarray(0.5 * (1 + _erf(x / math.sqrt(2))))
-
-
-def black_scholes(S: np.ndarray, K: np.ndarray, T: np.ndarray, sigma: Any,
-                  r: float) -> dict[str, np.ndarray]:
-    """Price, vega and rho in closed form (Hull)."""
-    d1 = (np.log(S / K) + (r + sigma**2 / 2) * T) / (sigma * np.sqrt(T))
-    d2 = d1 - sigma * np.sqrt(T)
-    pdf = np.exp(-d1**2 / 2) / math.sqrt(2 * math.pi)
-    return {"price": S * _cdf(d1) - K * np.exp(-r * T) * _cdf(d2),
-            "sigma": S * pdf * np.sqrt(T),
-            "r": K * T * np.exp(-r * T) * _cdf(d2)}
-
-
-def options(n: int, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.column_stack([rng.uniform(40, 60, n), rng.uniform(40, 60, n),
-                            rng.uniform(0.1, 2.0, n)])
-
-
 @pytest.fixture
 def client(dydc_url: str, request: pytest.FixtureRequest) -> Iterator[dydc.Client]:
     with dydc.Client(dydc_url, protocol=getattr(request, "param", "auto")) as c:
@@ -192,6 +167,8 @@ def test_errors(client: dydc.Client) -> None:
     assert bad.value.status in (400, 422)
     with pytest.raises(dydc.InvalidRequest, match="sigma"):
         client.sensitivities("black_scholes_call", [[1, 1, 1]], {"sigma": -1.0})
+    with pytest.raises(dydc.InvalidRequest, match="empty"):  # the service's to say
+        client.sensitivities("linear", np.zeros(0))
 
 
 def test_local_input_errors(client: dydc.Client) -> None:

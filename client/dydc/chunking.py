@@ -36,9 +36,10 @@ def _per_chunk(batch: Batch, limits: Limits, strategy: str, binary: bool) -> int
 
 def chunk_bounds(batch: Batch, limits: Limits, strategy: str = "auto",
                  binary: bool = False) -> list[tuple[int, int]]:
-    """(start, stop) of each chunk, in order; one chunk when the batch fits."""
+    """(start, stop) of each chunk, in order; one chunk when the batch fits (or is empty, for
+    the service to say so)."""
     size = _per_chunk(batch, limits, strategy, binary)
-    return [(start, min(start + size, batch.n)) for start in range(0, batch.n, size)]
+    return [(start, min(start + size, batch.n)) for start in range(0, batch.n, size)] or [(0, 0)]
 
 
 def _merge_check(checks: Sequence[Check | None]) -> Check | None:
