@@ -18,7 +18,7 @@ import torch
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health, v1, v2
+from app.api import health, limits, v1, v2
 from app.api.bodies import BodyBudget
 from app.api.dispatch import App
 from app.api.v2.routes import error_response as v2_error_response
@@ -114,8 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled = (CompiledForward(s.compile_chunk, s.compile_min_samples) if s.compile
                     else None)
-        limits = _limits(s)
-        costs = CostModel(limits.max_job_cost_s)
+        bounds = _limits(s)
+        costs = CostModel(bounds.max_job_cost_s)
         pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
                           warmup=(partial(warm_up, routines,
                                           compiled=compiled if s.compile_warmup else None,
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           compiled=compiled, costs=costs, slice_s=s.slice_ms / 1e3)
         app.state.settings = s
         app.state.bodies = BodyBudget(s.max_inflight_body_bytes)
-        app.state.engine = Engine(routines, limits, pool, costs)
+        app.state.engine = Engine(routines, bounds, pool, costs)
         pool.start()
         supervisor = asyncio.create_task(_supervise(pool))
         try:
@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    app.include_router(limits.router)
     return app
 
 

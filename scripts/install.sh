@@ -24,4 +24,10 @@ else
 fi
 EXTRAS="${DYDC_EXTRAS-test}"
 pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+# The client (client/: dydc-client, import name dydc) and its command line `dydc`, so that the
+# suite covers them; it installs alone too (pip install ./client). Not in the image, whose
+# build context has no client/.
+if [ -f client/pyproject.toml ]; then
+    pip install -q -e "./client[cli,fast]"
+fi
 echo "install: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

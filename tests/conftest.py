@@ -14,6 +14,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.engine import load_torch_extensions
 from app.main import create_app
+from tests.client_support import dydc_url, small_dydc_url  # noqa: F401  (fixtures)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,452 @@
+"""The ``dydc`` command line (``pip install 'dydc-client[cli]'``): Typer parses the arguments,
+Rich draws the tables and the upload progress bar.
+
+The service's URL comes from ``--url`` or ``DYDC_URL``, its key from ``--api-key`` or
+``DYDC_API_KEY``. An error prints one line with the service's detail and exits with 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+try:
+    import typer
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise SystemExit("the dydc command line needs its extra: pip install 'dydc-client[cli]'") \
+        from exc
+
+from dydc.client import DEFAULT_URL, PROTOCOLS, Client
+from dydc.errors import DydcError
+from dydc.load import run_load
+from dydc.results import Comparison, Result, RoutineInfo
+from dydc.tables import InputTable, read_inputs, result_columns, write_result
+
+__all__ = ["app", "main"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(help="Call the dydc sensitivity service: routines, derivatives, comparisons, "
+                  "load tests.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+_PROGRESS_MIN_BYTES = 4 << 20  # a bar for uploads from 4 MiB: below, it would only flicker
+
+
+@dataclass(frozen=True)
+class _Service:
+    url: str
+    api_key: str | None
+    protocol: str
+    timeout: float
+    retries: int
+
+    @contextmanager
+    def client(self, progress: bool = False) -> Iterator[Client]:
+        with _UploadBar() if progress else _no_bar() as bar, Client(
+                self.url, api_key=self.api_key, protocol=self.protocol, timeout=self.timeout,
+                retries=self.retries, progress=bar) as client:
+            yield client
+
+
+class _UploadBar:
+    """A Rich progress bar on stderr, shown once an upload of 4 MiB or more starts."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(console=err, transient=True)
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _UploadBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._progress.stop()
+
+    def __call__(self, sent: int, total: int) -> None:
+        if total < _PROGRESS_MIN_BYTES:
+            return
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task("upload", total=total)
+        self._progress.update(self._task, completed=sent)
+
+
+@contextmanager
+def _no_bar() -> Iterator[None]:
+    yield None
+
+
+def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """One line on stderr with what to change, and exit status 1, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (DydcError, ValueError, OSError) as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _service(ctx: typer.Context) -> _Service:
+    service: _Service = ctx.obj
+    return service
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="DYDC_URL", help="The service.")] = DEFAULT_URL,
+    api_key: Annotated[str | None, typer.Option(envvar="DYDC_API_KEY",
+                                                help="Sent as Authorization: Bearer.")] = None,
+    protocol: Annotated[str, typer.Option(help="auto, json (v1) or binary (v2).")] = "auto",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 60.0,
+    retries: Annotated[int, typer.Option(help="Retries on 503 and connection failures.")] = 3,
+) -> None:
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"use one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
+    ctx.obj = _Service(url, api_key, protocol, timeout, retries)
+
+
+# -- catalogue ---------------------------------------------------------------------------------
+
+def _print_json(doc: Any) -> None:
+    out.print_json(json.dumps(doc, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def _bounds(bounds: tuple[float | None, float | None] | None) -> str:
+    if bounds is None:
+        return ""
+    low, high = bounds
+    return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+@app.command()
+@_reports_errors
+def routines(ctx: typer.Context,
+             as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
+             ) -> None:
+    """List the routines."""
+    with _service(ctx).client() as client:
+        infos = client.routines()
+    if as_json:
+        _print_json(infos)
+        return
+    table = Table("routine", "params", "inputs", "outputs", "description")
+    for i in infos:
+        table.add_row(i.name, ", ".join(i.param_names), ", ".join(i.inputs),
+                      ", ".join(i.outputs), i.description)
+    out.print(table)
+
+
+@app.command()
+@_reports_errors
+def describe(ctx: typer.Context, name: str,
+             as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
+             ) -> None:
+    """Describe one routine: its parameters, inputs and outputs."""
+    with _service(ctx).client() as client:
+        info = client.routine(name)
+    if as_json:
+        _print_json(info)
+        return
+    table = Table("parameter", "default", "bounds", "description",
+                  title=f"{info.name}: {info.description}")
+    for p in info.params:
+        table.add_row(p.name, repr(p.default), _bounds(p.bounds), p.description)
+    out.print(table)
+    out.print(f"inputs: {', '.join(info.inputs)}    outputs: {', '.join(info.outputs)}")
+
+
+@app.command()
+@_reports_errors
+def strategies(ctx: typer.Context,
+               as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
+               ) -> None:
+    """List the strategies: how each differentiates, and its cap on N."""
+    with _service(ctx).client() as client:
+        rows = client.strategies()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("strategy", "mode", "cost", "cap", "batched")
+    for s in rows:
+        table.add_row(s.name, s.mode, s.cost, "" if s.cap is None else f"{s.cap:,}",
+                      "yes" if s.batchable else "no")
+    out.print(table)
+
+
+# -- computations ------------------------------------------------------------------------------
+
+def _params(given: Sequence[str], table: InputTable) -> dict[str, Any]:
+    """``--param sigma=0.2`` (shared) or ``--param sigma=@vol`` (the column vol, per sample)."""
+    params: dict[str, Any] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"--param {item!r}: write NAME=NUMBER, or NAME=@COLUMN for one "
+                             "value per sample")
+        value = value.strip()
+        if value.startswith("@"):
+            params[name.strip()] = table.column(value[1:])
+            continue
+        try:
+            params[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--param {item!r}: {value!r} is not a number (a column is "
+                             f"@{value})") from None
+    return params
+
+
+def _wrt(given: str | None) -> list[str] | None:
+    return None if given is None else [w.strip() for w in given.split(",") if w.strip()]
+
+
+def _show(result: Result, columns: list[tuple[str, Any]], rows: int) -> None:
+    table = Table(*(name for name, _ in columns),
+                  title=f"{result.routine}: {result.n} samples, strategy {result.strategy}, "
+                        f"{result.dtype} on {result.device}")
+    for i in range(min(rows, result.n)):
+        table.add_row(*(f"{float(values[i]):.10g}" for _, values in columns))
+    out.print(table)
+    if result.n > rows:
+        out.print(f"the first {rows} of {result.n} rows; --out FILE writes them all",
+                  soft_wrap=True)
+
+
+def _emit(result: Result, info: RoutineInfo, samples: Any, target: str | None,
+          rows: int) -> None:
+    columns = result_columns(result, info, samples)
+    if target is None:
+        _show(result, columns, rows)
+    else:
+        write_result(target, columns, result, sys.stdout)
+
+
+InputsOption = Annotated[str, typer.Option(
+    "--inputs", "-i", help=".csv (a column per feature, by name), .npy, .json, or - for stdin.")]
+ParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", help="NAME=NUMBER, or NAME=@COLUMN for one value per sample; repeatable.")]
+OutOption = Annotated[str | None, typer.Option(
+    "--out", "-o", help=".csv, .json or .npy, or - for CSV on stdout; a table when left out.")]
+RowsOption = Annotated[int, typer.Option(help="Rows of the table printed without --out.")]
+DtypeOption = Annotated[str | None, typer.Option(help="float64 (default) or float32.")]
+
+
+def _inputs(source: str, info: RoutineInfo, param: list[str] | None) -> tuple[Any, dict[str, Any]]:
+    table = read_inputs(source, sys.stdin)
+    return table.samples(info), _params(param or [], table)
+
+
+@app.command()
+@_reports_errors
+def evaluate(ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
+             out_file: OutOption = None, rows: RowsOption = 20, dtype: DtypeOption = None,
+             ) -> None:
+    """Values only."""
+    with _service(ctx).client(progress=True) as client:
+        info = client.routine(name)
+        samples, params = _inputs(inputs, info, param)
+        result = client.evaluate(name, samples, params, dtype=dtype)
+    _emit(result, info, samples, out_file, rows)
+
+
+@app.command()
+@_reports_errors
+def sensitivities(
+    ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
+    wrt: Annotated[str | None, typer.Option(
+        help="Parameters and/or input features, comma-separated; default all parameters.")
+    ] = None,
+    order: Annotated[int, typer.Option(help="1, or 2 for second derivatives.")] = 1,
+    cross: Annotated[bool, typer.Option(help="Order 2: every pair, not only the diagonal.")
+                     ] = False,
+    strategy: Annotated[str, typer.Option(help="How to differentiate (dydc strategies).")
+                        ] = "auto",
+    check: Annotated[bool, typer.Option(help="Also check against finite differences.")] = False,
+    shift: Annotated[float | None, typer.Option(help="finite-difference: the bump size.")
+                     ] = None,
+    shift_type: Annotated[str | None, typer.Option(help="absolute or relative.")] = None,
+    scheme: Annotated[str | None, typer.Option(help="central, forward or backward.")] = None,
+    dtype: DtypeOption = None,
+    timeout_ms: Annotated[float | None, typer.Option(help="The request's deadline.")] = None,
+    out_file: OutOption = None, rows: RowsOption = 20,
+) -> None:
+    """Values and derivatives for every sample of a file."""
+    bump = {k: v for k, v in (("shift", shift), ("shift_type", shift_type),
+                              ("scheme", scheme)) if v is not None}
+    with _service(ctx).client(progress=True) as client:
+        info = client.routine(name)
+        samples, params = _inputs(inputs, info, param)
+        result = client.sensitivities(name, samples, params, _wrt(wrt), order=order,
+                                      cross=cross, strategy=strategy, dtype=dtype,
+                                      timeout_ms=timeout_ms, check=check or None,
+                                      bump=bump or None)
+    _emit(result, info, samples, out_file, rows)
+    if result.check is not None:
+        table = Table("key", "max abs diff", "max rel diff",
+                      title=f"check against {result.check.strategy}")
+        for key, value in result.check.max_abs_diff.items():
+            rel = result.check.max_rel_diff.get(key, math.nan)
+            table.add_row(key, f"{value:.3g}", f"{rel:.3g}")
+        err.print(table)
+
+
+def _worst(diffs: dict[str, float]) -> str:
+    return f"{max(diffs.values()):.3g}" if diffs else ""
+
+
+def _comparison_table(comparison: Comparison) -> Table:
+    table = Table("strategy", "status", "time ms", "max abs diff", "max rel diff", "reason",
+                  title=f"{comparison.routine}: {comparison.n} samples, order "
+                        f"{comparison.order}, against {comparison.reference}")
+    for row in comparison.strategies:
+        table.add_row(row.strategy, row.status,
+                      "" if row.time_ms is None else f"{row.time_ms:.3g}",
+                      _worst(row.max_abs_diff), _worst(row.max_rel_diff), row.reason or "")
+    return table
+
+
+@app.command()
+@_reports_errors
+def compare(
+    ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
+    wrt: Annotated[str | None, typer.Option(help="Comma-separated; default all parameters.")
+                   ] = None,
+    order: Annotated[int, typer.Option(help="1 or 2.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
+) -> None:
+    """Every strategy's time and disagreement with the reference, side by side."""
+    with _service(ctx).client() as client:
+        info = client.routine(name)
+        samples, params = _inputs(inputs, info, param)
+        comparison = client.compare(name, samples, params, _wrt(wrt), order=order)
+    if as_json:
+        _print_json({"routine": comparison.routine, "n": comparison.n,
+                     "order": comparison.order, "reference": comparison.reference,
+                     "strategies": comparison.strategies})
+        return
+    out.print(_comparison_table(comparison))
+
+
+# -- load and serving --------------------------------------------------------------------------
+
+def _integers(given: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in given.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {given!r}: write whole numbers separated by commas") \
+            from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} {given!r}: every value must be 1 or more")
+    return values
+
+
+def _plot(points: Sequence[Any], path: str, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for protocol in dict.fromkeys(p.protocol for p in points):
+        mine = [p for p in points if p.protocol == protocol]
+        ax.plot([p.concurrency for p in mine], [p.throughput for p in mine], marker="o",
+                label=protocol)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency")
+    ax.set_ylabel("requests/s")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@app.command()
+@_reports_errors
+def bench(
+    ctx: typer.Context, name: str,
+    n: Annotated[int, typer.Option(help="Samples per request.")] = 16,
+    concurrency: Annotated[str, typer.Option(help="Requests in flight, comma-separated.")
+                           ] = "1,8,64",
+    duration: Annotated[float, typer.Option(help="Seconds measured per point.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Seconds before each point, not counted.")
+                      ] = 1.0,
+    protocols: Annotated[str, typer.Option(help="json (v1) and/or binary (v2).")
+                         ] = "json,binary",
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", help="NAME=NUMBER; repeatable.")] = None,
+    plot: Annotated[str | None, typer.Option(help="Also draw requests/s to this PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
+) -> None:
+    """Load-test the service: throughput and latency percentiles per concurrency."""
+    if n < 1 or duration <= 0 or warmup < 0:
+        raise typer.BadParameter("--n must be 1 or more, --duration positive, --warmup >= 0")
+    service = _service(ctx)
+    with service.client() as client:
+        info = client.routine(name)
+    points = run_load(service.url, info, n=n, concurrency=_integers(concurrency, "--concurrency"),
+                      duration=duration, warmup=warmup,
+                      protocols=[p.strip() for p in protocols.split(",") if p.strip()],
+                      params=_params(param or [], InputTable()), api_key=service.api_key)
+    if plot:
+        _plot(points, plot, f"{name}, {n} samples a request")
+    if as_json:
+        _print_json([{**asdict(p), "throughput": p.throughput} for p in points])
+        return
+    table = Table("protocol", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests",
+                  "errors", title=f"{name}: {n} samples a request, {duration:g} s a point")
+    for p in points:
+        table.add_row(p.protocol, str(p.concurrency), f"{p.throughput:,.0f}", f"{p.p50_ms:.2f}",
+                      f"{p.p90_ms:.2f}", f"{p.p99_ms:.2f}", f"{p.requests:,}", str(p.errors))
+    out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Sets DYDC_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Sets DYDC_PORT.")] = None,
+) -> None:
+    """Start the service here (needs the server, the `dydc` distribution, installed)."""
+    try:
+        from app.__main__ import main as serve_main
+    except ImportError:
+        err.print("error: the dydc server is not installed here; install it with its "
+                  "repository's scripts/install.sh, or run its container", markup=False)
+        raise typer.Exit(1) from None
+    if host is not None:
+        os.environ["DYDC_HOST"] = host
+    if port is not None:
+        os.environ["DYDC_PORT"] = str(port)
+    serve_main()
+
+
+def main() -> None:
+    app()

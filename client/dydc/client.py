@@ -1,0 +1,354 @@
+"""``dydc.Client`` and ``dydc.AsyncClient``: the service's v1 and v2 APIs as method calls
+with numpy in and out, retries, and large batches split under the service's limits.
+
+Each method is written once, as steps that yield the HTTP calls they need and receive their
+answers (:class:`_Steps`); the sync client sends them with ``httpx.Client`` (several chunks
+from a thread pool), the async one with ``httpx.AsyncClient`` (several chunks as tasks), each
+with the same :class:`~dydc.retrying.RetryPolicy`. Both are context managers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from dydc import v1, v2
+from dydc.batches import make_batch
+from dydc.calls import Call, Progress, Upload
+from dydc.chunking import chunk_bounds, merge
+from dydc.errors import ConnectionFailed
+from dydc.options import Kind, Options, options
+from dydc.results import Bump, Comparison, Limits, Result, RoutineInfo, StrategyInfo
+from dydc.retrying import RetryPolicy
+
+__all__ = ["AUTO_BINARY_MIN_SAMPLES", "PROTOCOLS", "AsyncClient", "Client"]
+
+T = TypeVar("T")
+Steps = Generator[list[Call[Any]], list[Any], T]
+
+PROTOCOLS = ("auto", "json", "binary")
+AUTO_BINARY_MIN_SAMPLES = 2048
+"""``protocol="auto"`` sends batches of at least this many samples as v2 binary tensors and
+smaller ones as v1 JSON (measured by bench/bench_client.py; client/README.md has the table)."""
+DEFAULT_URL = "http://127.0.0.1:8000"
+Inputs = Any  # an ndarray (N,) or (N, D), nested lists, or a mapping of feature to column
+Params = Mapping[str, Any] | None
+Wrt = str | Sequence[str] | None
+BumpLike = Bump | Mapping[str, Any] | None
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+class _Steps:
+    """Configuration, caches and every method as steps; no I/O."""
+
+    def __init__(self, url: str, *, api_key: str | None, protocol: str,
+                 policy: RetryPolicy, max_concurrency: int, binary_min_samples: int,
+                 progress: Progress | None) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency is {max_concurrency}; use 1 or more")
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.policy = policy
+        self.max_concurrency = max_concurrency
+        self.binary_min_samples = binary_min_samples
+        self.progress = progress
+        self.headers = {"User-Agent": "dydc-client"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._routines: dict[str, RoutineInfo] = {}
+        self._limits: Limits | None = None
+
+    def upload(self, calls: Sequence[Call[Any]]) -> Upload | None:
+        total = sum(c.size for c in calls)
+        return Upload(total, self.progress) if self.progress is not None and total else None
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def routines_steps(self) -> Steps[list[RoutineInfo]]:
+        (doc,) = yield [Call("GET", "/v1/routines", _json)]
+        infos = [RoutineInfo.from_json(r) for r in doc["routines"]]
+        self._routines |= {i.name: i for i in infos}
+        return infos
+
+    def routine_steps(self, name: str) -> Steps[RoutineInfo]:
+        if name not in self._routines:
+            (doc,) = yield [Call("GET", f"/v1/routines/{quote(name, safe='')}", _json)]
+            self._routines[name] = RoutineInfo.from_json(doc)
+        return self._routines[name]
+
+    def strategies_steps(self) -> Steps[list[StrategyInfo]]:
+        (doc,) = yield [Call("GET", "/v1/strategies", _json)]
+        return [StrategyInfo.from_json(s) for s in doc["strategies"]]
+
+    def limits_steps(self) -> Steps[Limits]:
+        """The service's limits, read once; none known from a service without the route."""
+        if self._limits is None:
+            (doc,) = yield [Call("GET", "/v1/limits", _json, if_missing=dict)]
+            self._limits = Limits.from_json(doc)
+        return self._limits
+
+    def compute_steps(self, routine: str, inputs: Inputs, params: Params,
+                      opts: Options) -> Steps[Any]:
+        info = (yield from self.routine_steps(routine)) if isinstance(inputs, Mapping) else None
+        batch = make_batch(inputs, params, info.inputs if info else None, opts.dtype)
+        binary = opts.binary_capable and (
+            self.protocol == "binary"
+            or (self.protocol == "auto" and batch.n >= self.binary_min_samples))
+        if binary and info is None:
+            info = yield from self.routine_steps(routine)
+        limits = yield from self.limits_steps()
+        bounds = ([(0, batch.n)] if opts.kind is Kind.COMPARE
+                  else chunk_bounds(batch, limits, opts.strategy, binary))
+        started = time.perf_counter()
+        parts = [batch.part(start, stop) for start, stop in bounds]
+        calls = [v2.call(info, part, opts) if binary and info is not None
+                 else v1.call(routine, part, opts) for part in parts]
+        results = yield calls
+        if opts.kind is Kind.COMPARE:
+            return results[0]
+        return merge(results, (time.perf_counter() - started) * 1e3)
+
+
+def _connection_failed(url: str, call: Call[Any], exc: httpx.TransportError,
+                       attempts: int) -> ConnectionFailed:
+    return ConnectionFailed(f"{call.method} {url}{call.path}: {type(exc).__name__}: "
+                            f"{exc or 'no answer'} (after {attempts} attempt"
+                            f"{'s' if attempts > 1 else ''})")
+
+
+class Client:
+    """A synchronous client over ``httpx.Client``::
+
+        with dydc.Client("http://127.0.0.1:8000") as client:
+            r = client.sensitivities("black_scholes_call", x, {"sigma": 0.2}, wrt=["sigma"])
+            r.derivatives["sigma"]   # vega, one per sample
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, protocol: str = "auto",
+                 retry_on_timeout: bool = False, backoff: float = 0.5,
+                 max_retry_after: float = 30.0, max_concurrency: int = 4,
+                 binary_min_samples: int = AUTO_BINARY_MIN_SAMPLES,
+                 progress: Progress | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        policy = RetryPolicy(retries, retry_on_timeout, backoff, max_retry_after=max_retry_after)
+        self._steps = _Steps(url, api_key=api_key, protocol=protocol, policy=policy,
+                             max_concurrency=max_concurrency,
+                             binary_min_samples=binary_min_samples, progress=progress)
+        self._http = httpx.Client(base_url=self._steps.url, headers=self._steps.headers,
+                                  timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def routines(self) -> list[RoutineInfo]:
+        return self._run(self._steps.routines_steps())
+
+    def routine(self, name: str) -> RoutineInfo:
+        return self._run(self._steps.routine_steps(name))
+
+    def strategies(self) -> list[StrategyInfo]:
+        return self._run(self._steps.strategies_steps())
+
+    def limits(self) -> Limits:
+        return self._run(self._steps.limits_steps())
+
+    def evaluate(self, routine: str, inputs: Inputs, params: Params = None, *,
+                 dtype: str | None = None, timeout_ms: float | None = None) -> Result:
+        opts = options(Kind.EVALUATE, dtype=dtype, timeout_ms=timeout_ms)
+        result: Result = self._run(self._steps.compute_steps(routine, inputs, params, opts))
+        return result
+
+    def sensitivities(self, routine: str, inputs: Inputs, params: Params = None,
+                      wrt: Wrt = None, *, order: int = 1, cross: bool = False,
+                      strategy: str = "auto", dtype: str | None = None,
+                      timeout_ms: float | None = None, check: str | bool | None = None,
+                      bump: BumpLike = None) -> Result:
+        opts = options(Kind.SENSITIVITIES, wrt=wrt, order=order, cross=cross,
+                       strategy=strategy, dtype=dtype, timeout_ms=timeout_ms, check=check,
+                       bump=bump)
+        result: Result = self._run(self._steps.compute_steps(routine, inputs, params, opts))
+        return result
+
+    def compare(self, routine: str, inputs: Inputs, params: Params = None, wrt: Wrt = None,
+                *, order: int = 1) -> Comparison:
+        opts = options(Kind.COMPARE, wrt=wrt, order=order)
+        comparison: Comparison = self._run(
+            self._steps.compute_steps(routine, inputs, params, opts))
+        return comparison
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _run(self, steps: Steps[T]) -> T:
+        try:
+            calls = next(steps)
+            while True:
+                calls = steps.send(self._send_all(calls))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _send_all(self, calls: list[Call[Any]]) -> list[Any]:
+        upload = self._steps.upload(calls)
+        if len(calls) == 1:
+            return [self._send(calls[0], upload)]
+        pool = ThreadPoolExecutor(min(self._steps.max_concurrency, len(calls)),
+                                  thread_name_prefix="dydc-chunk")
+        try:
+            return list(pool.map(lambda c: self._send(c, upload), calls))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _send(self, call: Call[T], upload: Upload | None) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(call.request(self._http, call.body(upload)))
+            except httpx.TransportError as exc:
+                wait = self._steps.policy.wait_after(attempt, exc=exc)
+                if wait is None:
+                    raise _connection_failed(self._steps.url, call, exc, attempt + 1) from exc
+            else:
+                wait = self._steps.policy.wait_after(
+                    attempt, status=response.status_code,
+                    retry_after=response.headers.get("Retry-After"))
+                if wait is None:
+                    return call.outcome(response)
+            time.sleep(wait)
+            attempt += 1
+
+
+class AsyncClient:
+    """The same API as :class:`Client`, async, over ``httpx.AsyncClient``::
+
+        async with dydc.AsyncClient() as client:
+            r = await client.sensitivities("linear", x, {"C": -5.0})
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, protocol: str = "auto",
+                 retry_on_timeout: bool = False, backoff: float = 0.5,
+                 max_retry_after: float = 30.0, max_concurrency: int = 4,
+                 binary_min_samples: int = AUTO_BINARY_MIN_SAMPLES,
+                 progress: Progress | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        policy = RetryPolicy(retries, retry_on_timeout, backoff, max_retry_after=max_retry_after)
+        self._steps = _Steps(url, api_key=api_key, protocol=protocol, policy=policy,
+                             max_concurrency=max_concurrency,
+                             binary_min_samples=binary_min_samples, progress=progress)
+        self._http = httpx.AsyncClient(base_url=self._steps.url, headers=self._steps.headers,
+                                       timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- the API -------------------------------------------------------------------------------
+
+    async def routines(self) -> list[RoutineInfo]:
+        return await self._run(self._steps.routines_steps())
+
+    async def routine(self, name: str) -> RoutineInfo:
+        return await self._run(self._steps.routine_steps(name))
+
+    async def strategies(self) -> list[StrategyInfo]:
+        return await self._run(self._steps.strategies_steps())
+
+    async def limits(self) -> Limits:
+        return await self._run(self._steps.limits_steps())
+
+    async def evaluate(self, routine: str, inputs: Inputs, params: Params = None, *,
+                       dtype: str | None = None, timeout_ms: float | None = None) -> Result:
+        opts = options(Kind.EVALUATE, dtype=dtype, timeout_ms=timeout_ms)
+        result: Result = await self._run(
+            self._steps.compute_steps(routine, inputs, params, opts))
+        return result
+
+    async def sensitivities(self, routine: str, inputs: Inputs, params: Params = None,
+                            wrt: Wrt = None, *, order: int = 1, cross: bool = False,
+                            strategy: str = "auto", dtype: str | None = None,
+                            timeout_ms: float | None = None,
+                            check: str | bool | None = None, bump: BumpLike = None) -> Result:
+        opts = options(Kind.SENSITIVITIES, wrt=wrt, order=order, cross=cross,
+                       strategy=strategy, dtype=dtype, timeout_ms=timeout_ms, check=check,
+                       bump=bump)
+        result: Result = await self._run(
+            self._steps.compute_steps(routine, inputs, params, opts))
+        return result
+
+    async def compare(self, routine: str, inputs: Inputs, params: Params = None,
+                      wrt: Wrt = None, *, order: int = 1) -> Comparison:
+        opts = options(Kind.COMPARE, wrt=wrt, order=order)
+        comparison: Comparison = await self._run(
+            self._steps.compute_steps(routine, inputs, params, opts))
+        return comparison
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _run(self, steps: Steps[T]) -> T:
+        try:
+            calls = next(steps)
+            while True:
+                calls = steps.send(await self._send_all(calls))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _send_all(self, calls: list[Call[Any]]) -> list[Any]:
+        upload = self._steps.upload(calls)
+        if len(calls) == 1:
+            return [await self._send(calls[0], upload)]
+        slots = asyncio.Semaphore(self._steps.max_concurrency)
+
+        async def send(call: Call[Any]) -> Any:
+            async with slots:
+                return await self._send(call, upload)
+
+        tasks = [asyncio.ensure_future(send(c)) for c in calls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def _send(self, call: Call[T], upload: Upload | None) -> T:
+        attempt = 0
+        while True:
+            content = call.body(None) if upload is None else call.abody(upload)
+            try:
+                response = await self._http.send(call.request(self._http, content))
+            except httpx.TransportError as exc:
+                wait = self._steps.policy.wait_after(attempt, exc=exc)
+                if wait is None:
+                    raise _connection_failed(self._steps.url, call, exc, attempt + 1) from exc
+            else:
+                wait = self._steps.policy.wait_after(
+                    attempt, status=response.status_code,
+                    retry_after=response.headers.get("Retry-After"))
+                if wait is None:
+                    return call.outcome(response)
+            await asyncio.sleep(wait)
+            attempt += 1

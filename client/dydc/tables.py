@@ -1,0 +1,196 @@
+"""The command line's files: inputs from CSV, ``.npy`` or JSON (or stdin), results to CSV,
+JSON or ``.npy``.
+
+A CSV has a header row and a column per feature, by the routine's feature names; other
+columns may carry per-sample parameters (``--param sigma=@vol``) or anything else, and are
+ignored otherwise. Results are written as the inputs' columns, then ``y`` (the output names
+when a routine has several), ``dy_d<a>`` and ``d2y_d<a>_d<b>`` (``dy_d<a>[<output>]`` per
+output when there are several). Numbers are written as Python's shortest repr, so float64
+values survive the trip exactly.
+
+Hand-written over the standard library's ``csv`` and ``json`` and numpy's ``.npy``: pandas
+would read these in one call, but as a dependency it weighs more than the whole client.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from dydc.results import Result, RoutineInfo
+
+__all__ = ["InputTable", "read_inputs", "result_columns", "result_document", "write_result"]
+
+SUFFIXES = (".csv", ".npy", ".json")
+
+
+@dataclass(frozen=True)
+class InputTable:
+    """What an input file held: named columns (CSV, a JSON object of columns), or an array
+    of samples (``.npy``, a JSON list)."""
+
+    columns: dict[str, np.ndarray] | None = None
+    array: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        if self.array is not None:
+            return int(self.array.shape[0])
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def samples(self, info: RoutineInfo) -> np.ndarray:
+        """(N,) or (N, D) in the routine's feature order."""
+        if self.array is not None:
+            return self.array
+        assert self.columns is not None
+        missing = [f for f in info.inputs if f not in self.columns]
+        if missing:
+            raise ValueError(f"the inputs have no column {', '.join(missing)}; routine "
+                             f"{info.name} takes {', '.join(info.inputs)} (columns found: "
+                             f"{', '.join(self.columns) or 'none'})")
+        columns = [self.columns[f] for f in info.inputs]
+        return columns[0] if len(columns) == 1 else np.stack(columns, axis=1)
+
+    def column(self, name: str) -> np.ndarray:
+        if self.columns is None or name not in self.columns:
+            found = ", ".join(self.columns) if self.columns else "none: the file has no names"
+            raise ValueError(f"no input column {name!r} for a per-sample parameter "
+                             f"(columns: {found})")
+        return self.columns[name]
+
+
+def _csv(text: str, where: str) -> InputTable:
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise ValueError(f"{where} is empty; send a header row of feature names, then rows")
+    rows = [row for row in reader if row]
+    columns: dict[str, list[float]] = {name.strip(): [] for name in header}
+    names = list(columns)
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(names):
+            raise ValueError(f"{where} line {line} has {len(row)} fields; the header has "
+                             f"{len(names)}")
+        for name, field in zip(names, row, strict=True):
+            try:
+                columns[name].append(float(field))
+            except ValueError:
+                raise ValueError(f"{where} line {line}, column {name}: {field!r} is not a "
+                                 "number") from None
+    return InputTable(columns={k: np.asarray(v, dtype=np.float64) for k, v in columns.items()})
+
+
+def _json(text: str, where: str) -> InputTable:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not JSON: {exc}") from None
+    if isinstance(doc, Mapping) and "inputs" in doc:
+        doc = doc["inputs"]
+    if isinstance(doc, Mapping):
+        return InputTable(columns={str(k): np.asarray(v, dtype=np.float64)
+                                   for k, v in doc.items()})
+    if isinstance(doc, list):
+        return InputTable(array=np.asarray(doc, dtype=np.float64))
+    raise ValueError(f"{where} holds {type(doc).__name__}; send a list of samples, an object "
+                     "of columns, or {\"inputs\": ...}")
+
+
+def read_inputs(source: str, stdin: IO[str] | None = None) -> InputTable:
+    """Inputs from a ``.csv``, ``.npy`` or ``.json`` file, or ``-`` for stdin (JSON when it
+    starts with ``[`` or ``{``, else CSV)."""
+    if source == "-":
+        text = (stdin.read() if stdin is not None else "")
+        parse = _json if text.lstrip()[:1] in ("[", "{") else _csv
+        return parse(text, "stdin")
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"--inputs {source}: use a .csv, .npy or .json file, or - for stdin")
+    if suffix == ".npy":
+        return InputTable(array=np.load(path, allow_pickle=False))
+    text = path.read_text()
+    return _csv(text, source) if suffix == ".csv" else _json(text, source)
+
+
+def _named(prefix: str, array: np.ndarray, outputs: Sequence[str]) -> list[tuple[str, Any]]:
+    if array.ndim == 1:
+        return [(prefix, array)]
+    return [(f"{prefix}[{o}]", array[:, j]) for j, o in enumerate(outputs)]
+
+
+def result_columns(result: Result, info: RoutineInfo,
+                   samples: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+    """The output table's columns in order: inputs, values, first then second derivatives."""
+    columns: list[tuple[str, np.ndarray]] = []
+    if samples is not None:
+        matrix = samples.reshape(len(samples), -1)
+        columns += [(f, matrix[:, j]) for j, f in enumerate(info.inputs)]
+    if result.values.ndim == 1:
+        columns.append(("y", result.values))
+    else:
+        columns += [(o, result.values[:, j]) for j, o in enumerate(result.outputs)]
+    for key, d in result.derivatives.items():
+        columns += _named(f"dy_d{key}", d, result.outputs)
+    for key, d in result.second_derivatives.items():
+        a, _, b = key.partition(",")
+        columns += _named(f"d2y_d{a}_d{b}", d, result.outputs)
+    return columns
+
+
+def result_document(result: Result) -> dict[str, Any]:
+    """The result as the service's JSON would have it."""
+    doc: dict[str, Any] = {"routine": result.routine, "strategy": result.strategy,
+                           "dtype": result.dtype, "device": result.device, "n": result.n,
+                           "outputs": result.outputs, "values": result.values.tolist(),
+                           "derivatives": {k: v.tolist() for k, v in result.derivatives.items()}}
+    if result.second_derivatives:
+        doc["second_derivatives"] = {k: v.tolist() for k, v in
+                                     result.second_derivatives.items()}
+    for name in ("timing_ms", "check", "bump"):
+        value = getattr(result, name)
+        if value is not None:
+            doc[name] = value if isinstance(value, dict) else value.__dict__
+    return doc
+
+
+def write_result(target: str, columns: list[tuple[str, np.ndarray]], result: Result,
+                 stdout: IO[str]) -> None:
+    """To ``.csv``, ``.json`` or ``.npy`` by suffix; ``-`` writes CSV to stdout."""
+    suffix = Path(target).suffix.lower() if target != "-" else ".csv"
+    if suffix not in SUFFIXES:
+        raise ValueError(f"--out {target}: use a .csv, .json or .npy file, or - for stdout")
+    if suffix == ".json":
+        Path(target).write_text(json.dumps(result_document(result)))
+        return
+    if suffix == ".npy":
+        table = np.empty(result.n, dtype=[(name, np.float64) for name, _ in columns])
+        for name, values in columns:
+            table[name] = values
+        np.save(target, table, allow_pickle=False)
+        return
+    with (open(target, "w", newline="") if target != "-" else _keep(stdout)) as out:
+        writer = csv.writer(out)
+        writer.writerow([name for name, _ in columns])
+        lists = [values.tolist() for _, values in columns]
+        writer.writerows(zip(*lists, strict=True))
+
+
+class _keep:
+    """stdout as a context manager that does not close it."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> IO[str]:
+        return self.stream
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.flush()

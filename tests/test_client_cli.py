@@ -1,0 +1,186 @@
+"""The ``dydc`` command line, in-process through Typer's CliRunner against a live service:
+CSV (or .npy, JSON, stdin) in, CSV (or JSON, .npy) out, values checked against closed forms;
+errors as one line and a non-zero exit; ``dydc bench`` at a tiny scale; ``dydc serve``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import dydc
+import httpx
+import numpy as np
+import pytest
+from dydc.cli import _comparison_table, _params, app
+from dydc.tables import InputTable
+from rich.console import Console
+from typer.testing import CliRunner
+
+from tests.client_support import black_scholes, options
+from tests.support import free_port, server_process
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+
+
+def dydc_cli(url: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["--url", url, *args], input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def read_csv(text: str) -> tuple[list[str], np.ndarray]:
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0], np.asarray(rows[1:], dtype=np.float64)
+
+
+def test_csv_in_csv_out(dydc_url: str, tmp_path: Path) -> None:
+    x = options(120, seed=5)
+    source = tmp_path / "options.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "T", "S", "K"])  # by name, in any order, with extra columns
+        writer.writerows([i, t, s, k] for i, (s, k, t) in enumerate(x.tolist()))
+    target = tmp_path / "greeks.csv"
+    code, _, err = dydc_cli(dydc_url, "sensitivities", "black_scholes_call", "--inputs",
+                            str(source), "--param", "sigma=0.25", "--param", "r=0.03",
+                            "--wrt", "sigma,r", "--out", str(target))
+    assert code == 0, err
+    header, table = read_csv(target.read_text())
+    assert header == ["S", "K", "T", "y", "dy_dsigma", "dy_dr"]
+    np.testing.assert_array_equal(table[:, :3], x)
+    expected = black_scholes(x[:, 0], x[:, 1], x[:, 2], 0.25, 0.03)
+    np.testing.assert_allclose(table[:, 3], expected["price"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(table[:, 4], expected["sigma"], rtol=1e-9)
+    np.testing.assert_allclose(table[:, 5], expected["r"], rtol=1e-9)
+
+
+def test_stdin_to_stdout_exact(dydc_url: str) -> None:
+    code, out, err = dydc_cli(dydc_url, "sensitivities", "linear", "-i", "-", "-p", "C=-5",
+                              "--out", "-", stdin="x\n0\n1\n2.5\n1e-300\n")
+    assert code == 0, err
+    header, table = read_csv(out)
+    assert header == ["x", "y", "dy_dC"]
+    np.testing.assert_array_equal(table[:, 1], -5 * np.array([0, 1, 2.5, 1e-300]))
+    np.testing.assert_array_equal(table[:, 2], [0, 1, 2.5, 1e-300])
+
+
+def test_npy_in_json_and_npy_out(dydc_url: str, tmp_path: Path) -> None:
+    y0t = np.array([[1.0, 0.5], [2.0, 1.0], [3.0, 2.0]])
+    np.save(tmp_path / "in.npy", y0t)
+    for suffix in ("json", "npy"):
+        code, _, err = dydc_cli(dydc_url, "--protocol", "binary", "sensitivities",
+                                "exponential_decay", "-i", str(tmp_path / "in.npy"), "-p",
+                                "k=0.4", "-o", str(tmp_path / f"out.{suffix}"))
+        assert code == 0, err
+    expected = -y0t[:, 1] * y0t[:, 0] * np.exp(-0.4 * y0t[:, 1])
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["routine"] == "exponential_decay" and doc["n"] == 3
+    np.testing.assert_allclose(doc["derivatives"]["k"], expected, rtol=1e-14)
+    table = np.load(tmp_path / "out.npy")
+    assert table.dtype.names == ("y0", "t", "y", "dy_dk")
+    np.testing.assert_allclose(table["dy_dk"], expected, rtol=1e-14)
+
+
+def test_json_inputs_and_several_outputs(dydc_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "z.json"
+    source.write_text(json.dumps({"inputs": [[1, 2, 3], [0, 0, 0]]}))
+    code, out, err = dydc_cli(dydc_url, "evaluate", "softmax", "-i", str(source), "-p", "T=1",
+                              "-o", "-")
+    assert code == 0, err
+    header, table = read_csv(out)
+    with dydc.Client(dydc_url) as client:
+        outputs = client.routine("softmax").outputs
+    assert header == ["z1", "z2", "z3", *outputs]
+    np.testing.assert_allclose(table[:, 3:].sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(table[1, 3:], [1 / 3] * 3, rtol=1e-15)
+
+
+def test_tables_and_json_listings(dydc_url: str, tmp_path: Path) -> None:
+    code, out, _ = dydc_cli(dydc_url, "routines", "--json")
+    assert code == 0 and "black_scholes_call" in [r["name"] for r in json.loads(out)]
+    code, out, _ = dydc_cli(dydc_url, "describe", "black_scholes_call")
+    assert code == 0 and "sigma" in out and "inputs: S, K, T" in out
+    code, out, _ = dydc_cli(dydc_url, "describe", "linear", "--json")
+    assert code == 0 and json.loads(out)["params"][0]["name"] == "C"
+    code, out, _ = dydc_cli(dydc_url, "strategies")
+    assert code == 0 and "reverse-loop" in out and "1,000" in out
+    (tmp_path / "x.csv").write_text("x\n" + "\n".join(map(str, range(30))) + "\n")
+    code, out, _ = dydc_cli(dydc_url, "sensitivities", "linear", "-i", str(tmp_path / "x.csv"),
+                            "--rows", "5")
+    assert code == 0 and "dy_dC" in out and "the first 5 of 30 rows" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["describe", "nope"], "error: 404 Not Found: no routine named 'nope'"),
+    (["sensitivities", "linear", "-i", "-", "-p", "C"], "error: --param 'C': write NAME=NUMBER"),
+    (["sensitivities", "linear", "-i", "-", "-p", "C=abc"],
+     "error: --param 'C=abc': 'abc' is not a number"),
+    (["sensitivities", "linear", "-i", "-", "--strategy", "bogus"],
+     "error: 422 Unprocessable Entity: unknown strategy 'bogus'"),
+    (["sensitivities", "exponential_decay", "-i", "-"],
+     "error: the inputs have no column y0, t; routine exponential_decay takes y0, t"),
+    (["sensitivities", "linear", "-i", "in.txt"],
+     "error: --inputs in.txt: use a .csv, .npy or .json file"),
+])
+def test_errors_are_one_line(dydc_url: str, args: list[str], message: str) -> None:
+    code, out, err = dydc_cli(dydc_url, *args, stdin="x\n1\n")
+    assert code == 1 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_connection_refused_is_one_line() -> None:
+    code, _, err = dydc_cli(f"http://127.0.0.1:{free_port()}", "--retries", "0", "routines")
+    assert code == 1 and err.startswith("error: GET http://127.0.0.1:") and "ConnectError" in err
+
+
+def test_per_sample_parameter_from_a_column() -> None:
+    table = InputTable(columns={"S": np.array([1.0, 2.0]), "vol": np.array([0.2, 0.3])})
+    params = _params(["sigma=@vol", "r=0.05"], table)
+    assert params["r"] == 0.05
+    np.testing.assert_array_equal(params["sigma"], [0.2, 0.3])
+    with pytest.raises(ValueError, match=r"no input column 'vols'.*columns: S, vol"):
+        _params(["sigma=@vols"], table)
+
+
+def test_compare_table() -> None:
+    row = dydc.StrategyRow("jacfwd", "ok", None, 1.25, {"sigma": 3e-16}, {"sigma": 1e-15})
+    skipped = dydc.StrategyRow("jacrev", "skipped", "N over the cap 4096", None, {}, {})
+    comparison = dydc.Comparison("black_scholes_call", 5000, 1, "forward", [row, skipped],
+                                 np.zeros(1))
+    console = Console(file=io.StringIO(), width=200)
+    console.print(_comparison_table(comparison))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "jacfwd" in text and "1.25" in text and "1e-15" in text
+    assert "skipped" in text and "N over the cap 4096" in text
+
+
+def test_bench_tiny(dydc_url: str, tmp_path: Path) -> None:
+    code, out, err = dydc_cli(dydc_url, "bench", "linear", "--n", "4", "--concurrency", "1,2",
+                              "--duration", "1", "--warmup", "0", "--json")
+    assert code == 0, err
+    points = json.loads(out)
+    assert [(p["protocol"], p["concurrency"]) for p in points] == [
+        ("json", 1), ("json", 2), ("binary", 1), ("binary", 2)]
+    for p in points:
+        assert p["requests"] > 0 and p["errors"] == 0
+        assert p["throughput"] == pytest.approx(p["requests"] / p["seconds"])
+        assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
+    code, _, err = dydc_cli(dydc_url, "bench", "linear", "--concurrency", "0")
+    assert code == 1 and "every value must be 1 or more" in err
+
+
+def test_serve(tmp_path: Path) -> None:
+    port = free_port()
+    dydc_script = Path(sys.executable).with_name("dydc")
+    env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_WARMUP": "false",
+           "DYDC_LOG_LEVEL": "warning"}
+    with server_process([str(dydc_script), "serve", "--port", str(port)], env, port) as server:
+        limits = httpx.get(f"{server.url}/v1/limits").json()
+    assert limits["max_samples"] == 2_000_000
+    assert math.isfinite(limits["request_timeout_ms"])
