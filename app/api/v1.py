@@ -13,8 +13,10 @@ from starlette.responses import Response
 from app.api import schemas
 from app.api.decoding import decode_inputs, parse_document, read_body
 from app.api.deps import EngineDep, engine_of, settings_of
-from app.api.encoding import JSONBytes, encode_result
+from app.api.encoding import JSONBytes, encode_comparison, encode_result
 from app.api.instrumentation import observe
+from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
+from app.api.sensitivity_options import engine_arguments
 from app.config import Settings
 from app.engine import STRATEGIES, Engine, JobKind
 from app.engine.errors import InvalidRequest
@@ -72,7 +74,9 @@ async def compute(kind: JobKind, name: str, engine: Engine, settings: Settings,
         job = engine.prepare(kind, name, decode_inputs(body.inputs), body.params,
                              wrt=body.wrt if sensitivities else None,
                              strategy=strategy if sensitivities else "auto", dtype=body.dtype,
-                             timeout_ms=_timeout_ms(query))
+                             timeout_ms=_timeout_ms(query),
+                             **(engine_arguments(query, body.order, body.cross)
+                                if sensitivities else {}))
         result = await engine.run(job)
         if sensitivities:
             labels.strategy = result.strategy or strategy
@@ -104,7 +108,7 @@ def _info(r: Routine) -> schemas.RoutineInfo:
     "/routines/{name}/sensitivities",
     response_model=schemas.SensitivityResponse,
     responses=_ERRORS,
-    openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY),
+    openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY + _OPTIONS_QUERY),
 )
 async def sensitivities(name: str, request: Request) -> Response:
     """Values and dy/d<param> for every sample of the batch."""
@@ -126,6 +130,29 @@ async def evaluate(name: str, request: Request) -> Response:
                                    partial(read_body, request)))
 
 
+@router.post(
+    "/routines/{name}/compare",
+    response_model=schemas.CompareResponse,
+    responses=_ERRORS,
+    openapi_extra=_compute_openapi(schemas.SensitivityRequest,
+                                   _COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
+)
+async def compare(name: str, request: Request) -> Response:
+    """Every strategy that applies, side by side: status, time and differences from forward
+    mode; values and derivatives are forward mode's. The body is that of sensitivities."""
+    engine, query = engine_of(request), request.query_params
+    async with observe("compare") as labels:
+        labels.routine = engine.routine(name).name
+        limit = settings_of(request).max_body_bytes
+        body = schemas.SensitivityRequest.model_validate(
+            parse_document(await read_body(request, limit)))
+        arguments = engine_arguments(query, body.order, body.cross) | {"check": None}
+        job = engine.prepare(JobKind.SENSITIVITIES, name, decode_inputs(body.inputs),
+                             body.params, wrt=body.wrt, strategy="finite-difference",
+                             dtype=body.dtype, timeout_ms=_timeout_ms(query), **arguments)
+        return JSONBytes(encode_comparison(job, await engine.compare(job)))
+
+
 @router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)
 async def list_routines(engine: EngineDep) -> schemas.RoutineList:
     return schemas.RoutineList(routines=[_info(r) for r in engine.routines.values()])
@@ -144,7 +171,8 @@ async def list_strategies(engine: EngineDep) -> schemas.StrategyList:
             name=i.strategy.name, mode=i.strategy.mode, cost=i.strategy.cost,
             description=i.strategy.description, cap=i.cap,
             cap_setting=f"DYDC_{i.cap_setting.upper()}" if i.cap_setting else None,
-            batchable=i.strategy.batchable,
+            batchable=i.strategy.batchable, order2=i.order2,
+            per_sample_params=i.per_sample_params,
         )
         for i in engine.strategies()
     ])

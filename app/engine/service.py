@@ -24,6 +24,7 @@ from app import metrics
 from app.engine.bumping import Bump, validate_bump
 from app.engine.capabilities import cap_refusal, refusal, supports_order2, supports_per_sample
 from app.engine.checking import Check, differences
+from app.engine.comparison import Comparison, compare
 from app.engine.compiled import CompiledForward
 from app.engine.errors import (
     DeadlineExceeded,
@@ -83,6 +84,10 @@ def _index(flat: int, shape: tuple[int, ...]) -> str:
 ParamValue = float | Sequence[float] | np.ndarray
 
 
+def _describe(v: object) -> str:
+    return json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
+
+
 def _interval(bounds: tuple[float | None, float | None] | None) -> str:
     low, high = bounds or (None, None)
     return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
@@ -98,8 +103,7 @@ def _per_sample(name: str, given: Sequence[float] | np.ndarray, n: int,
             "number, shared by every sample, or a list of one number per sample")
     if not isinstance(given, np.ndarray) and not set(map(type, given)) <= {int, float}:
         i, v = next((i, v) for i, v in enumerate(given) if type(v) not in (int, float))
-        what = json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
-        raise InvalidRequest(f"params.{name}[{i}] is {what}; send a number")
+        raise InvalidRequest(f"params.{name}[{i}] is {_describe(v)}; send a number")
     try:
         a = np.asarray(given, dtype=np.float64)
     except OverflowError:
@@ -242,6 +246,9 @@ class Engine:
             if isinstance(v, (list, tuple, np.ndarray)):
                 values[p.name] = _per_sample(p.name, v, n, p.bounds)
                 continue
+            if type(v) not in (int, float) and not isinstance(v, (np.floating, np.integer)):
+                raise InvalidRequest(f"params.{p.name} is {_describe(v)}; send a number, or a "
+                                     "list of one number per sample")
             f = _as_float(v)  # type: ignore[arg-type]  # a number: lists are handled above
             if not math.isfinite(f):
                 raise InvalidRequest(f"params.{p.name} is {f}; parameters must be finite numbers")
@@ -425,6 +432,11 @@ class Engine:
         if job.check is not None:
             result = await self._checked(job, result)
         return result
+
+    async def compare(self, job: Job) -> Comparison:
+        """Every strategy that applies on the request (prepared with
+        strategy=finite-difference), against forward mode (app.engine.comparison)."""
+        return await compare(self, job)
 
     def again(self, job: Job, strategy: str, bump: Bump | None = None,
               check: str | None = None) -> Job:
