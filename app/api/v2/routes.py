@@ -133,7 +133,7 @@ async def _infer(name: str, version: str | None, request: Request, engine: Engin
             labels.strategy = call.strategy if call.strategy in STRATEGIES else "invalid"
             job = engine.prepare(call.kind, routine.name, call.inputs, call.params,
                                  wrt=call.wrt, strategy=call.strategy, dtype=call.dtype,
-                                 timeout_ms=call.timeout_ms)
+                                 timeout_ms=call.timeout_ms, order=call.order, cross=call.cross)
             result = await engine.run(job)
             labels.strategy = result.strategy or "none"
             header_doc, binaries = tensors.response(routine, inference.id, MODEL_VERSION,
