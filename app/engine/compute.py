@@ -56,7 +56,9 @@ def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | N
     only). Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
     if order == 2 or (bump is not None and strategy == "finite-difference"):
         return differentiate2(problem, strategy, cross, bump, order=order)
-    if strategy in ("auto", "forward") and compiled is not None and compiled.applies(problem):
+    over_params = not set(problem.wrt) & set(problem.routine.inputs)  # no input feature
+    if (strategy in ("auto", "forward") and compiled is not None and over_params
+            and compiled.applies(problem)):
         result = compiled.run(problem)
         if result is not None:
             return result, "forward"

@@ -8,8 +8,9 @@ every strategy here is one of its own first-order tools applied twice:
   (e_a, e_b) gives y, dy/da, dy/db and d²y/da db together; a tangent of ones on a per-sample
   parameter is its own per-sample direction, since row i depends only on sample i.
 - ``jacfwd``: ``jacfwd`` of ``jacfwd``, per sample under ``vmap``.
-- ``vmap-grad``: forward over reverse (``jacfwd`` of ``jacrev``, as ``torch.func.hessian``),
-  per sample.
+- ``vmap-grad``: reverse over reverse (``jacrev`` of ``jacrev``), per sample: no forward
+  formula needed anywhere, so it is also ``auto``'s fallback (``gamma_survival``'s ``igammac``
+  has none, which rules out ``torch.func.hessian``'s forward over reverse).
 - ``finite-difference``: second differences (app.engine.bumping).
 
 ``forward-dual`` cannot nest (one dual level at a time) and the O(N²) reverse strategies have
@@ -79,8 +80,9 @@ def _ordered(problem: Problem, out: dict[str, Tensor], cross: bool) -> dict[str,
 
 
 def _per_sample2(problem: Problem, cross: bool,
-                 inner: Callable[..., Callable[..., Any]]) -> Derivatives:
-    """vmap over samples of jacfwd of ``inner`` (jacfwd or jacrev) of the one-sample routine."""
+                 transform: Callable[..., Callable[..., Any]]) -> Derivatives:
+    """vmap over samples of ``transform`` (jacfwd or jacrev) applied twice to the one-sample
+    routine."""
     rest = {k: v for k, v in problem.params.items() if k not in problem.wrt}
 
     def sample(theta: tuple[Tensor, ...], x: Tensor,
@@ -91,12 +93,12 @@ def _per_sample2(problem: Problem, cross: bool,
 
     def first(theta: tuple[Tensor, ...], x: Tensor,
               others: dict[str, Tensor]) -> tuple[Any, tuple[Any, Tensor]]:
-        jac, y = inner(sample, has_aux=True)(theta, x, others)
+        jac, y = transform(sample, has_aux=True)(theta, x, others)
         return jac, (jac, y)
 
     theta = problem.wrt_values()
     in_dims = (tuple(0 if t.dim() else None for t in theta), 0, param_in_dims(rest))
-    hess, (jac, values) = vmap(jacfwd(first, has_aux=True), in_dims=in_dims)(
+    hess, (jac, values) = vmap(transform(first, has_aux=True), in_dims=in_dims)(
         theta, problem.inputs, rest)
     index = {name: i for i, name in enumerate(problem.wrt)}
     out = {name: jac[i].reshape(values.shape) for name, i in index.items()}
