@@ -11,6 +11,7 @@ import torch
 
 from app.engine.bumping import Bump
 from app.engine.capabilities import refusal, supports_order2
+from app.engine.compiled_second_order import for_settings
 from app.engine.compute import differentiate
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.strategies import STRATEGIES, Problem
@@ -137,6 +138,7 @@ class _Exploding:
     """A CompiledForward that claims every problem and fails if it is ever run."""
 
     min_samples = 1
+    chunk = 2**20
 
     def applies(self, problem: Problem) -> bool:
         return True
@@ -145,8 +147,9 @@ class _Exploding:
         raise AssertionError("compiled forward mode ran at order 2 or for an input feature")
 
 
-@pytest.mark.parametrize(("wrt", "order"), [(("k",), 2), (("t",), 1), (("k", "y0"), 2)])
-def test_order_2_and_input_features_never_run_compiled(wrt: tuple[str, ...],
+@pytest.mark.parametrize(("wrt", "order"), [(("t",), 2), (("t",), 1), (("k", "y0"), 2),
+                                            (("k",), 2)])
+def test_order_2_and_input_features_never_run_compiled_forward(wrt: tuple[str, ...],
                                                        order: int) -> None:
     from app.engine.compute import _compute
     from app.engine.jobs import Job, JobKind
@@ -161,6 +164,10 @@ def test_order_2_and_input_features_never_run_compiled(wrt: tuple[str, ...],
         loop.close()
     for key in wrt:
         assert torch.isfinite(out.derivatives[key]).all()
+    second = for_settings(_Exploding())  # type: ignore[arg-type]
+    assert not second.applies(with_features_as_params(Problem(
+        ROUTINES["exponential_decay"], x, {"k": torch.tensor(0.7, dtype=F64)}, ("t", "k"))),
+        cross=False)
 
 
 def test_which_strategies_have_a_second_order() -> None:

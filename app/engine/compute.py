@@ -20,6 +20,7 @@ from torch import Tensor
 
 from app.engine.bumping import Bump
 from app.engine.compiled import CompiledForward
+from app.engine.compiled_second_order import for_settings
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
@@ -54,6 +55,11 @@ def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | N
     """Run a strategy; ``auto`` is forward mode, or AUTO_FALLBACK where forward mode lacks a
     formula. Forward mode runs compiled where ``compiled`` applies to the problem (order 1
     only). Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
+    if (order == 2 and strategy in ("auto", "forward") and compiled is not None
+            and (second := for_settings(compiled)).applies(problem, cross)):
+        result = second.run(problem, cross)
+        if result is not None:
+            return result, "forward"
     if order == 2 or (bump is not None and strategy == "finite-difference"):
         return differentiate2(problem, strategy, cross, bump, order=order)
     over_params = not set(problem.wrt) & set(problem.routine.inputs)  # no input feature
