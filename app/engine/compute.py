@@ -20,7 +20,7 @@ from torch import Tensor
 
 from app.engine.bumping import Bump
 from app.engine.compiled import CompiledForward
-from app.engine.compiled_second_order import for_settings
+from app.engine.compiled_sensitivities import for_settings
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
@@ -53,21 +53,14 @@ def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | N
                   *, order: int = 1, cross: bool = False,
                   bump: Bump | None = None) -> tuple[Derivatives, str]:
     """Run a strategy; ``auto`` is forward mode, or AUTO_FALLBACK where forward mode lacks a
-    formula. Forward mode runs compiled where ``compiled`` applies to the problem (order 1
-    only). Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
-    if (order == 2 and strategy in ("auto", "forward") and compiled is not None
-            and (second := for_settings(compiled)).applies(problem, cross)):
-        result = second.run(problem, cross)
+    formula. Forward mode runs compiled where ``compiled`` applies to the problem. Returns
+    the derivatives (second ones keyed "a,b") and the strategy that ran."""
+    if strategy in ("auto", "forward") and compiled is not None:
+        result = _run_compiled(problem, compiled, order, cross)
         if result is not None:
             return result, "forward"
     if order == 2 or (bump is not None and strategy == "finite-difference"):
         return differentiate2(problem, strategy, cross, bump, order=order)
-    over_params = not set(problem.wrt) & set(problem.routine.inputs)  # no input feature
-    if (strategy in ("auto", "forward") and compiled is not None and over_params
-            and compiled.applies(problem)):
-        result = compiled.run(problem)
-        if result is not None:
-            return result, "forward"
     if strategy != "auto":
         return STRATEGIES[strategy].run(problem), strategy
     try:
@@ -76,6 +69,17 @@ def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | N
         if not lacks_forward_formula(exc):
             raise
     return STRATEGIES[AUTO_FALLBACK].run(problem), AUTO_FALLBACK
+
+
+def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
+                  cross: bool) -> Derivatives | None:
+    """Compiled forward mode for order 1 over parameters (app.engine.compiled), the compiled
+    sensitivities for order 2 and input features (app.engine.compiled_sensitivities); None
+    where neither applies or compiling failed."""
+    if order == 1 and not set(problem.wrt) & set(problem.routine.inputs):
+        return compiled.run(problem) if compiled.applies(problem) else None
+    beyond = for_settings(compiled)
+    return beyond.run(problem, cross, order) if beyond.applies(problem, cross, order) else None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,9 @@ def _derived(routine: Routine, features: tuple[str, ...]) -> Routine:
         outputs=routine.outputs,
         fn=with_features,
         vectorized=routine.vectorized,
-        compile=False,  # compiled forward mode serves parameters only (app.engine.compiled)
+        # compiled by app.engine.compiled_sensitivities; compute.differentiate keeps it from
+        # app.engine.compiled, which serves parameters only
+        compile=routine.compile,
     )
 
 
