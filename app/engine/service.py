@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -249,7 +250,7 @@ class Engine:
             if type(v) not in (int, float) and not isinstance(v, (np.floating, np.integer)):
                 raise InvalidRequest(f"params.{p.name} is {_describe(v)}; send a number, or a "
                                      "list of one number per sample")
-            f = _as_float(v)  # type: ignore[arg-type]  # a number: lists are handled above
+            f = _as_float(cast(float, v))  # a number: lists are handled above
             if not math.isfinite(f):
                 raise InvalidRequest(f"params.{p.name} is {f}; parameters must be finite numbers")
             if p.violates_bounds(f):
