@@ -185,3 +185,50 @@ def test_second_differences_take_the_bump_settings() -> None:
         assert got == pytest.approx(want, rel=rel), bump
         assert got != pytest.approx(want, rel=1e-12)  # a difference quotient, not AD
 
+
+
+def _vectorized_decay() -> Any:
+    from routines import Param, Routine
+
+    def fn(y0: torch.Tensor, t: torch.Tensor, *, k: torch.Tensor) -> torch.Tensor:
+        return y0 * torch.exp(-k * t)  # whole columns, k 0-d or (N,)
+
+    return Routine(name="decay_columns", description="exponential decay on columns",
+                   params=(Param("k", 1.0),), inputs=("y0", "t"), outputs=("y",), fn=fn,
+                   vectorized=True)
+
+
+def test_a_vectorized_routine_at_order_2() -> None:
+    routine = _vectorized_decay()
+    rows = [[2.0, 0.5], [1.0, 3.0]]
+    x = torch.tensor(rows, dtype=F64)
+    shared = Problem(routine, x, {"k": torch.tensor(0.7, dtype=F64)}, ("k",))
+    for strategy in ("forward", "jacfwd", "finite-difference"):
+        result, _ = differentiate(shared, strategy, order=2)
+        _check(result.derivatives, [cf.exponential_decay(y0, t, 0.7) for y0, t in rows],
+               strategy)
+    per_sample = Problem(routine, x, {"k": torch.tensor([0.7, 0.2], dtype=F64)}, ("k",))
+    result, _ = differentiate(per_sample, "forward", order=2)
+    _check(result.derivatives, [cf.exponential_decay(2.0, 0.5, 0.7),
+                                cf.exponential_decay(1.0, 3.0, 0.2)], "forward")
+    from app.engine.errors import InvalidRequest
+    with pytest.raises(InvalidRequest, match="strategy=forward"):
+        differentiate(per_sample, "jacfwd", order=2)
+    with pytest.raises(InvalidRequest, match="vectorized"):
+        differentiate(shared, "vmap-grad", order=2)
+    reason = refusal("jacfwd", routine, order=2, per_sample=True)
+    assert reason is not None and "jacfwd" not in reason.split("use one of:")[1]
+
+
+def test_float32_order_2_to_its_precision() -> None:
+    h = cf.HULL
+    problem = Problem(ROUTINES["black_scholes_call"],
+                      torch.tensor([[h["S"], h["K"], h["T"]]], dtype=torch.float32),
+                      {"sigma": torch.tensor(h["sigma"]), "r": torch.tensor(h["r"])},
+                      ("sigma",))
+    want = cf.black_scholes_greeks(**h)
+    for strategy in ORDER2:
+        result, _ = differentiate(problem, strategy, order=2)
+        rel = 1e-2 if strategy == "finite-difference" else 1e-4
+        assert float(result.derivatives["sigma,sigma"][0, 0]) == pytest.approx(
+            want["sigma,sigma"], rel=rel, abs=rel * abs(want["price"])), strategy
