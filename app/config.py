@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(True, description="Run every routine once at start-up before ready.")
     compile: bool = Field(
-        True, description="Run forward mode (forward, auto) through torch.compile for launches "
-        "of at least DYDC_COMPILE_MIN_SAMPLES samples; needs a C++ compiler on the CPU (Triton "
-        "on CUDA), and falls back to eager forward mode without one."
+        True, description="Run forward mode (forward, auto; order 1 and 2) through "
+        "torch.compile for launches of at least DYDC_COMPILE_MIN_SAMPLES samples; needs a C++ "
+        "compiler on the CPU (Triton on CUDA), and falls back to eager forward mode without one."
     )
     compile_min_samples: PositiveInt = Field(
         65_536, description="Smallest launch that runs compiled forward mode."

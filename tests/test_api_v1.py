@@ -171,10 +171,14 @@ async def test_concurrent_requests_each_get_their_own_answer(client: httpx.Async
 async def test_openapi_documents_the_computation_routes(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     sens = doc["paths"]["/v1/routines/{name}/sensitivities"]["post"]
-    assert [p["name"] for p in sens["parameters"]] == ["name", "strategy", "timeout_ms"]
+    assert [p["name"] for p in sens["parameters"]] == [
+        "name", "strategy", "timeout_ms", "shift", "shift_type", "scheme", "check"]
     assert set(sens["parameters"][1]["schema"]["enum"]) == set(STRATEGIES)
     body = sens["requestBody"]["content"]["application/json"]["schema"]
-    assert {"inputs", "params", "wrt", "dtype"} <= set(body["properties"])
+    assert {"inputs", "params", "wrt", "dtype", "order", "cross"} <= set(body["properties"])
+    compare = doc["paths"]["/v1/routines/{name}/compare"]["post"]
+    assert [p["name"] for p in compare["parameters"]] == [
+        "name", "timeout_ms", "shift", "shift_type", "scheme"]
     evaluate = doc["paths"]["/v1/routines/{name}/evaluate"]["post"]
     assert [p["name"] for p in evaluate["parameters"]] == ["name", "timeout_ms"]
     assert (await client.get("/docs")).status_code == 200

@@ -11,9 +11,9 @@ import orjson
 from starlette.responses import Response
 from torch import Tensor
 
-from app.engine import Job, JobResult
+from app.engine import Comparison, Job, JobResult
 
-__all__ = ["JSONBytes", "encode_result"]
+__all__ = ["JSONBytes", "encode_comparison", "encode_result"]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -42,9 +42,43 @@ def encode_result(job: Job, result: JobResult, started: float) -> bytes:
     }
     if result.strategy is not None:
         doc["derivatives"] = {name: _array(d) for name, d in result.derivatives.items()}
+        doc |= _beyond_first(job, result)
     doc["timing_ms"] = {
         "queue": round(result.queue_s * 1e3, 3),
         "compute": round(result.compute_s * 1e3, 3),
         "total": round((time.perf_counter() - started) * 1e3, 3),
     }
+    return orjson.dumps(doc, option=_OPTIONS)
+
+
+def _beyond_first(job: Job, result: JobResult) -> dict[str, Any]:
+    """second_derivatives (order 2), bump (when finite differences ran) and check."""
+    doc: dict[str, Any] = {}
+    if job.order == 2:
+        doc["second_derivatives"] = {k: _array(d) for k, d in result.second_derivatives.items()}
+    if job.bump is not None and (result.strategy == "finite-difference" or result.check):
+        doc["bump"] = job.bump.echo(job.dtype, job.order)
+    if result.check is not None:
+        doc["check"] = {"strategy": result.check.strategy,
+                        "max_abs_diff": result.check.max_abs_diff,
+                        "max_rel_diff": result.check.max_rel_diff}
+    return doc
+
+
+def encode_comparison(job: Job, comparison: Comparison) -> bytes:
+    """The compare answer: one row per strategy, then the reference's numbers."""
+    doc: dict[str, Any] = {
+        "routine": job.routine.name, "n": job.n, "order": job.order,
+        "reference": comparison.reference,
+        "strategies": [{"strategy": row.strategy, "status": row.status, "reason": row.reason,
+                        "time_ms": row.time_ms, "max_abs_diff": row.max_abs_diff,
+                        "max_rel_diff": row.max_rel_diff} for row in comparison.rows],
+    }
+    result = comparison.result
+    if result is not None:
+        doc["values"] = _array(result.values)
+        doc["derivatives"] = {name: _array(d) for name, d in result.derivatives.items()}
+        if job.order == 2:
+            doc["second_derivatives"] = {k: _array(d)
+                                         for k, d in result.second_derivatives.items()}
     return orjson.dumps(doc, option=_OPTIONS)

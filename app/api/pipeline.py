@@ -108,7 +108,9 @@ class Codec(Protocol):
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded: ...
 
-    def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply: ...
+    async def run(self, engine: Engine, decoded: Decoded) -> Any: ...
+
+    def encode(self, decoded: Decoded, result: Any, started: float) -> Reply: ...
 
     def error(self, problem: Problem) -> Reply: ...
 
@@ -120,22 +122,29 @@ async def offload(size: int, work: Any, *args: Any) -> Any:
     return await asyncio.to_thread(work, *args)
 
 
-def _stop_on_disconnect(job: Job, watch: asyncio.Future[Message]) -> None:
-    if watch.cancelled() or watch.exception() is not None:
-        return
-    if watch.result().get("type") == "http.disconnect" and not job.future.done():
-        job.future.cancel()  # the engine withdraws it, or its worker stops at a slice
+async def _run(codec: Codec, engine: Engine, decoded: Decoded, receive: Receive) -> Any:
+    """Run the request while watching the connection: a client that goes away cancels the
+    run, and with it the job it awaits (the engine withdraws a queued job; a worker stops a
+    running one at its next slice)."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
 
+    def watch_done(watch: asyncio.Future[Message]) -> None:
+        nonlocal gone
+        if watch.cancelled() or watch.exception() is not None:
+            return
+        if watch.result().get("type") == "http.disconnect":
+            gone = True
+            task.cancel()
 
-async def _run(engine: Engine, job: Job, receive: Receive) -> JobResult:
-    """Run the job while watching the connection: a client that goes away cancels it."""
     watch = asyncio.ensure_future(receive())
-    watch.add_done_callback(partial(_stop_on_disconnect, job))
+    watch.add_done_callback(watch_done)
     try:
-        return await engine.run(job)
+        return await codec.run(engine, decoded)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and not task.cancelling():  # the job's, not ours
+        if gone and task.cancelling() <= 1:  # ours, not the server's
+            task.uncancel()
             raise ClientDisconnect from None
         raise
     finally:
@@ -153,8 +162,8 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
             decoded = await codec.decode(request, engine)
         finally:
             request.body.release()
-        result = await _run(engine, decoded.job, request.receive)
-        labels.strategy = result.strategy or "none"
+        result = await _run(codec, engine, decoded, request.receive)
+        labels.strategy = getattr(result, "strategy", None) or labels.strategy
         reply = codec.encode(decoded, result, started)
     except ClientDisconnect:
         labels.status = CLIENT_CLOSED_REQUEST

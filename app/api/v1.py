@@ -16,14 +16,16 @@ from starlette.responses import Response
 from app.api import schemas
 from app.api.decoding import count_samples, decode_inputs, parse_document
 from app.api.deps import EngineDep
-from app.api.encoding import encode_result
+from app.api.encoding import encode_comparison, encode_result
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
-from app.engine import STRATEGIES, Engine, Job, JobKind, JobResult
+from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
+from app.api.sensitivity_options import engine_arguments
+from app.engine import STRATEGIES, Comparison, Engine, Job, JobKind, JobResult
 from app.engine.errors import InvalidRequest
 from app.errors import PROBLEM_JSON, BodyTooLarge, Problem, problem_body
 from routines import Routine
 
-__all__ = ["EVALUATE", "SENSITIVITIES", "V1", "router"]
+__all__ = ["COMPARE", "EVALUATE", "SENSITIVITIES", "V1", "V1Compare", "router"]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -80,29 +82,36 @@ class V1:
         self._model = (schemas.SensitivityRequest if kind is JobKind.SENSITIVITIES
                        else schemas.EvaluateRequest)
 
-    def _prepare(self, engine: Engine, routine: Routine, body: bytes, strategy: str,
-                 timeout_ms: float | None, loop: asyncio.AbstractEventLoop) -> Job:
+    def _prepare(self, engine: Engine, routine: Routine, body: bytes,
+                 query: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Job:
         document = self._model.model_validate(parse_document(body))
-        sensitivities = self.kind is JobKind.SENSITIVITIES
+        timeout_ms = _timeout_ms(query)
+        if self.kind is JobKind.EVALUATE:
+            return engine.prepare(self.kind, routine.name, decode_inputs(document.inputs),
+                                  document.params, dtype=document.dtype,
+                                  timeout_ms=timeout_ms, loop=loop)
+        assert isinstance(document, schemas.SensitivityRequest)
         return engine.prepare(self.kind, routine.name, decode_inputs(document.inputs),
-                              document.params,
-                              wrt=document.wrt if sensitivities else None,
-                              strategy=strategy if sensitivities else "auto",
-                              dtype=document.dtype, timeout_ms=timeout_ms, loop=loop)
+                              document.params, wrt=document.wrt,
+                              strategy=query.get("strategy", "auto"), dtype=document.dtype,
+                              timeout_ms=timeout_ms, loop=loop,
+                              **engine_arguments(query, document.order, document.cross))
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
         labels = request.labels
         routine = engine.routine(request.path_params["name"])
         labels.routine = routine.name
-        strategy = request.query.get("strategy", "auto")
         if self.kind is JobKind.SENSITIVITIES:
+            strategy = request.query.get("strategy", "auto")
             labels.strategy = strategy if strategy in STRATEGIES else "invalid"
-        timeout_ms = _timeout_ms(request.query)
         body = await request.body.read()
         _check_count(body, request.settings.max_samples)
-        job = await offload(len(body), self._prepare, engine, routine, body, strategy,
-                            timeout_ms, asyncio.get_running_loop())
+        job = await offload(len(body), self._prepare, engine, routine, body, request.query,
+                            asyncio.get_running_loop())
         return Decoded(job)
+
+    async def run(self, engine: Engine, decoded: Decoded) -> JobResult:
+        return await engine.run(decoded.job)
 
     def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
         return Reply(200, encode_result(decoded.job, result, started), "application/json")
@@ -111,8 +120,36 @@ class V1:
         return Reply(problem.status, problem_body(problem), PROBLEM_JSON, problem.headers)
 
 
+class V1Compare(V1):
+    """``compare``: the body of sensitivities; every strategy that applies, side by side."""
+
+    def __init__(self) -> None:
+        super().__init__(JobKind.SENSITIVITIES)
+        self.endpoint = "compare"
+
+    def _prepare(self, engine: Engine, routine: Routine, body: bytes,
+                 query: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Job:
+        document = schemas.SensitivityRequest.model_validate(parse_document(body))
+        arguments = engine_arguments(query, document.order, document.cross) | {"check": None}
+        # prepared as finite differences, which take every bump setting; compare then runs
+        # each strategy that this server serves and that applies
+        return engine.prepare(JobKind.SENSITIVITIES, routine.name,
+                              decode_inputs(document.inputs), document.params,
+                              wrt=document.wrt, strategy="finite-difference",
+                              dtype=document.dtype, timeout_ms=_timeout_ms(query), loop=loop,
+                              any_strategy=True, **arguments)
+
+    async def run(self, engine: Engine, decoded: Decoded) -> Comparison:  # type: ignore[override]
+        return await engine.compare(decoded.job)
+
+    def encode(self, decoded: Decoded, result: Comparison,  # type: ignore[override]
+               started: float) -> Reply:
+        return Reply(200, encode_comparison(decoded.job, result), "application/json")
+
+
 SENSITIVITIES = V1(JobKind.SENSITIVITIES)
 EVALUATE = V1(JobKind.EVALUATE)
+COMPARE = V1Compare()
 
 
 def _compute_openapi(model: type[schemas.EvaluateRequest],
@@ -140,7 +177,7 @@ def _info(r: Routine) -> schemas.RoutineInfo:
     "/routines/{name}/sensitivities",
     response_model=schemas.SensitivityResponse,
     responses=_ERRORS,
-    openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY),
+    openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY + _OPTIONS_QUERY),
 )
 async def sensitivities(name: str, request: Request) -> Response:
     """Values and dy/d<param> for every sample of the batch."""
@@ -156,6 +193,19 @@ async def sensitivities(name: str, request: Request) -> Response:
 async def evaluate(name: str, request: Request) -> Response:
     """Values only."""
     return await respond(EVALUATE, request, name=name)
+
+
+@router.post(
+    "/routines/{name}/compare",
+    response_model=schemas.CompareResponse,
+    responses=_ERRORS,
+    openapi_extra=_compute_openapi(schemas.SensitivityRequest,
+                                   _COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
+)
+async def compare(name: str, request: Request) -> Response:
+    """Every strategy that applies, side by side: status, time and differences from forward
+    mode; values and derivatives are forward mode's. The body is that of sensitivities."""
+    return await respond(COMPARE, request, name=name)
 
 
 @router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)
@@ -176,7 +226,8 @@ async def list_strategies(engine: EngineDep) -> schemas.StrategyList:
             name=i.strategy.name, mode=i.strategy.mode, cost=i.strategy.cost,
             description=i.strategy.description, cap=i.cap,
             cap_setting=f"DYDC_{i.cap_setting.upper()}" if i.cap_setting else None,
-            batchable=i.strategy.batchable, enabled=i.enabled,
+            batchable=i.strategy.batchable, enabled=i.enabled, order2=i.order2,
+            per_sample_params=i.per_sample_params,
         )
         for i in engine.strategies()
     ])

@@ -1,6 +1,9 @@
 """The engine: strategies, the device worker and request validation. Knows nothing of HTTP."""
 
 from app.engine.admission import CostModel
+from app.engine.bumping import Bump
+from app.engine.checking import Check
+from app.engine.comparison import Comparison
 from app.engine.compiled import CompiledForward
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.service import (
@@ -17,6 +20,9 @@ from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_device
 __all__ = [
     "DTYPES",
     "STRATEGIES",
+    "Bump",
+    "Check",
+    "Comparison",
     "CompiledForward",
     "CostModel",
     "DeviceWorker",

@@ -13,15 +13,19 @@ import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from app.engine.bumping import Bump
 from app.engine.compiled import CompiledForward
+from app.engine.compiled_sensitivities import for_settings
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
+from app.engine.input_sensitivities import with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
+from app.engine.second_order import differentiate2
 from app.engine.strategies import (
     STRATEGIES,
     Derivatives,
@@ -58,18 +62,21 @@ def batch_key(job: Job) -> tuple[object, ...] | None:
             return None
         if job.routine.vectorized and job.strategy == "jacfwd":
             return None
-    return (job.kind, job.routine.name, job.dtype, job.wrt, job.strategy)
+    return (job.kind, job.routine.name, job.dtype, job.wrt, job.strategy, job.order, job.cross)
 
 
-def differentiate(problem: Problem, strategy: str,
-                  compiled: CompiledForward | None = None) -> tuple[Derivatives, str]:
+def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | None = None,
+                  *, order: int = 1, cross: bool = False,
+                  bump: Bump | None = None) -> tuple[Derivatives, str]:
     """Run a strategy; ``auto`` is forward mode, or AUTO_FALLBACK where forward mode lacks a
     formula. Forward mode runs compiled where ``compiled`` applies to the problem. Returns
-    the derivatives and the name of the strategy that ran."""
-    if strategy in ("auto", "forward") and compiled is not None and compiled.applies(problem):
-        result = compiled.run(problem)
+    the derivatives (second ones keyed "a,b") and the strategy that ran."""
+    if strategy in ("auto", "forward") and compiled is not None:
+        result = _run_compiled(problem, compiled, order, cross)
         if result is not None:
             return result, "forward"
+    if order == 2 or (bump is not None and strategy == "finite-difference"):
+        return differentiate2(problem, strategy, cross, bump, order=order)
     if strategy != "auto":
         return STRATEGIES[strategy].run(problem), strategy
     try:
@@ -78,6 +85,17 @@ def differentiate(problem: Problem, strategy: str,
         if not lacks_forward_formula(exc):
             raise
     return STRATEGIES[AUTO_FALLBACK].run(problem), AUTO_FALLBACK
+
+
+def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
+                  cross: bool) -> Derivatives | None:
+    """Compiled forward mode for order 1 over parameters (app.engine.compiled), the compiled
+    sensitivities for order 2 and input features (app.engine.compiled_sensitivities); None
+    where neither applies or compiling failed."""
+    if order == 1 and not set(problem.wrt) & set(problem.routine.inputs):
+        return compiled.run(problem) if compiled.applies(problem) else None
+    beyond = for_settings(compiled)
+    return beyond.run(problem, cross, order) if beyond.applies(problem, cross, order) else None
 
 
 @dataclass(frozen=True)
@@ -95,16 +113,21 @@ class _Output:
 
 
 def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
+    """0-d where every job shares one value, else one value per sample."""
     first = jobs[0]
     out: dict[str, Tensor] = {}
     for name in first.params:
         values = [job.params[name] for job in jobs]
-        if all(v == values[0] for v in values):
+        if any(isinstance(v, np.ndarray) for v in values):  # per-sample values in a request
+            per_sample = np.concatenate([v if isinstance(v, np.ndarray) else np.full(job.n, v)
+                                         for v, job in zip(values, jobs, strict=True)])
+        elif all(v == values[0] for v in values):
             out[name] = torch.tensor(values[0], dtype=first.dtype, device=device)
+            continue
         else:  # numpy: torch.repeat_interleave with a tensor of counts costs ~0.5 ms
             per_sample = np.repeat(np.asarray(values, dtype=np.float64),
                                    [job.n for job in jobs])
-            out[name] = torch.from_numpy(per_sample).to(device, first.dtype)
+        out[name] = torch.from_numpy(per_sample).to(device, first.dtype)
     return out
 
 
@@ -127,8 +150,10 @@ def _translated(job: Job) -> Iterator[None]:
 
 
 def _problem(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> Problem:
-    return Problem(jobs[0].routine, inputs.to(device, non_blocking=True), _params(jobs, device),
-                   jobs[0].wrt)
+    """The launch's problem; input features in wrt become per-sample parameters."""
+    return with_features_as_params(Problem(
+        jobs[0].routine, inputs.to(device, non_blocking=True), _params(jobs, device),
+        jobs[0].wrt))
 
 
 def _output(job: Job, values: Tensor, derivs: dict[str, Tensor], ran: str | None) -> _Output:
@@ -146,7 +171,8 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
             values, derivs, ran = problem.evaluate(), {}, None
         else:
             assert job.strategy is not None
-            result, ran = differentiate(problem, job.strategy, compiled)
+            result, ran = differentiate(problem, job.strategy, compiled, order=job.order,
+                                        cross=job.cross, bump=job.bump)
             values, derivs = result.values, result.derivatives
     return _output(job, values, derivs, ran)
 
@@ -160,6 +186,14 @@ def _to_host(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.to("cpu", dtype)
 
 
+def _rows(job: Job, rows: slice) -> Job:
+    """The part of a job that one chunk computes: its inputs and per-sample values."""
+    if rows == slice(0, job.n):
+        return job
+    params = {k: v[rows] if isinstance(v, np.ndarray) else v for k, v in job.params.items()}
+    return replace(job, inputs=job.inputs[rows], params=params)
+
+
 def _chunks(job: Job, device: torch.device, chunk: int,
             compiled: CompiledForward | None) -> Generator[float, None, _Output]:
     """A request larger than a launch runs in chunks, yielding the fraction done after each;
@@ -170,7 +204,8 @@ def _chunks(job: Job, device: torch.device, chunk: int,
     while start < job.n:
         size = min(chunk, job.n - start)
         try:
-            parts.append(_compute([job], job.inputs[start:start + size], device, compiled))
+            part = _rows(job, slice(start, start + size))
+            parts.append(_compute([part], part.inputs, device, compiled))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if chunk == 1:
@@ -246,10 +281,20 @@ def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str |
     if not checked:
         _check_finite(job, "value", values)
         for name, d in derivs.items():
-            _check_finite(job, f"dy/d{name}", d)
-    return JobResult(values=values, derivatives=derivs, strategy=strategy,
+            _check_finite(job, _derivative_name(name), d)
+    first = {name: d for name, d in derivs.items() if "," not in name}
+    second = {name: d for name, d in derivs.items() if "," in name}
+    return JobResult(values=values, derivatives=first, strategy=strategy,
                      device=str(device), queue_s=started - job.enqueued_at,
-                     compute_s=finished - started)
+                     compute_s=finished - started, second_derivatives=second)
+
+
+def _derivative_name(key: str) -> str:
+    """dy/dsigma, or d2y/dS dsigma for the second derivative keyed "S,sigma"."""
+    if "," not in key:
+        return f"dy/d{key}"
+    a, b = key.split(",")
+    return f"d2y/d{a}2" if a == b else f"d2y/d{a} d{b}"
 
 
 def run_job(job: Job, device: torch.device, chunk: int = 2**62,
@@ -272,7 +317,7 @@ def run_sliced(job: Job, device: torch.device, chunk: int, compiled: CompiledFor
     work in between; returns the result."""
     started = time.perf_counter()
     strategy = STRATEGIES[job.strategy] if job.strategy is not None else None
-    if strategy is not None and strategy.steps is not None:
+    if strategy is not None and strategy.steps is not None and job.order == 1:
         out = yield from _steps(job, device, slice_s)
     else:
         out = yield from _chunks(job, device, chunk, compiled)

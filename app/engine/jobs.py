@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from app.engine.bumping import Bump
+from app.engine.checking import Check
 from routines import Routine
 
 __all__ = ["Job", "JobKind", "JobResult", "resolve_all"]
@@ -29,6 +32,8 @@ class JobResult:
     device: str
     queue_s: float
     compute_s: float  # of the launch (shared by the requests batched into it)
+    second_derivatives: dict[str, Tensor] = field(default_factory=dict)  # "a,b" -> (N, M)
+    check: Check | None = None  # AD against bumping, when the request asked for it
 
 
 @dataclass(eq=False)
@@ -38,11 +43,15 @@ class Job:
     kind: JobKind
     routine: Routine
     inputs: Tensor  # (N, D), CPU, in the requested dtype
-    params: dict[str, float]
-    wrt: tuple[str, ...]
+    params: dict[str, float | np.ndarray]  # a number, or one float64 value per sample (N,)
+    wrt: tuple[str, ...]  # parameters and/or input features
     strategy: str | None
     dtype: torch.dtype
     future: asyncio.Future[JobResult] = field(repr=False)
+    order: int = 1  # 2 adds second derivatives
+    cross: bool = False  # order 2: every unordered pair of wrt, not only the diagonal
+    bump: Bump | None = None  # finite-difference settings (strategy or check)
+    check: str | None = None  # "finite-difference": compare the answer with bumping
     deadline: float | None = None  # perf_counter time after which it is dropped or stopped
     enqueued_at: float = field(default_factory=time.perf_counter)
     cost_s: float = 0.0  # estimated device seconds (app.engine.admission)

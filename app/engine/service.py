@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import math
 import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
 
 from app import metrics
 from app.engine.admission import CostModel
+from app.engine.bumping import Bump, validate_bump
+from app.engine.capabilities import cap_refusal, refusal, supports_order2, supports_per_sample
+from app.engine.checking import Check, differences
+from app.engine.comparison import Comparison, compare
 from app.engine.compiled import CompiledForward
 from app.engine.errors import (
     CostExceeded,
@@ -31,8 +37,9 @@ from app.engine.errors import (
     StrategyDisabled,
     UnknownRoutine,
 )
+from app.engine.input_sensitivities import features_in, with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.strategies import STRATEGIES, Strategy
+from app.engine.strategies import STRATEGIES, Problem, Strategy
 from app.engine.worker import WorkerPool
 from routines import Routine
 
@@ -66,6 +73,8 @@ class StrategyInfo:
     cap: int | None
     cap_setting: str | None
     enabled: bool = True
+    order2: bool = False  # computes second derivatives
+    per_sample_params: bool = False  # takes per-sample parameters and input features in wrt
 
 
 def _as_float(v: float) -> float:
@@ -77,6 +86,53 @@ def _as_float(v: float) -> float:
 
 def _index(flat: int, shape: tuple[int, ...]) -> str:
     return "".join(f"[{i}]" for i in np.unravel_index(flat, shape))
+
+
+ParamValue = float | Sequence[float] | np.ndarray
+
+
+def _describe(v: object) -> str:
+    return json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
+
+
+def _interval(bounds: tuple[float | None, float | None] | None) -> str:
+    low, high = bounds or (None, None)
+    return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+def _per_sample(name: str, given: Sequence[float] | np.ndarray, n: int,
+                bounds: tuple[float | None, float | None] | None) -> np.ndarray:
+    """One float64 value per sample, each finite and within the bounds; the message names the
+    element (params.sigma[17])."""
+    if len(given) != n:
+        raise InvalidRequest(
+            f"params.{name} has {len(given)} values, but inputs has {n} samples; send one "
+            "number, shared by every sample, or a list of one number per sample")
+    if not isinstance(given, np.ndarray) and not set(map(type, given)) <= {int, float}:
+        i, v = next((i, v) for i, v in enumerate(given) if type(v) not in (int, float))
+        raise InvalidRequest(f"params.{name}[{i}] is {_describe(v)}; send a number")
+    try:
+        a = np.asarray(given, dtype=np.float64)
+    except OverflowError:
+        raise InvalidRequest(f"params.{name} has a number too large for float64") from None
+    if a.ndim != 1:
+        raise InvalidRequest(f"params.{name} has shape {list(a.shape)}; send a flat list of {n}")
+    finite = np.isfinite(a)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise InvalidRequest(f"params.{name}[{i}] is {a[i]}; parameters must be finite numbers")
+    if bounds is not None:
+        low, high = bounds
+        bad = np.zeros(n, dtype=bool)
+        if low is not None:
+            bad |= a < low
+        if high is not None:
+            bad |= a > high
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InvalidRequest(
+                f"params.{name}[{i}] = {a[i]} is outside its bounds {_interval(bounds)}")
+    return a if a.flags.writeable else a.copy()
 
 
 def load_torch_extensions() -> None:
@@ -150,6 +206,15 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
         torch.cuda.synchronize(device)
 
 
+def _passes(job: Job) -> int:
+    """How many first-order passes a job's derivatives cost: one per name in wrt, one per
+    pair at order 2, and a check by bumping costs about as much again."""
+    p = len(job.wrt)
+    if job.order == 2:
+        p += p * (p + 1) // 2 if job.cross else p
+    return p * (2 if job.check is not None else 1)
+
+
 class Engine:
     def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: WorkerPool,
                  costs: CostModel | None = None):
@@ -180,7 +245,8 @@ class Engine:
         out = []
         for s in STRATEGIES.values():
             setting, cap = self.limits.caps.get(s.name, (None, None))
-            out.append(StrategyInfo(s, cap, setting, s.name in self.limits.enabled))
+            out.append(StrategyInfo(s, cap, setting, s.name in self.limits.enabled,
+                                    supports_order2(s.name), supports_per_sample(s.name)))
         return out
 
     # -- validation --------------------------------------------------------------------------
@@ -188,12 +254,12 @@ class Engine:
     def _enabled(self) -> list[str]:
         return [name for name in STRATEGIES if name in self.limits.enabled]
 
-    def _strategy(self, name: str) -> str:
+    def _strategy(self, name: str, any_strategy: bool = False) -> str:
         if name not in STRATEGIES:
             raise InvalidRequest(
                 f"unknown strategy {name!r}; use one of: {', '.join(self._enabled())}"
             )
-        if name not in self.limits.enabled:
+        if name not in self.limits.enabled and not any_strategy:
             raise StrategyDisabled(
                 f"strategy {name} is turned off on this server (DYDC_STRATEGIES); use one of: "
                 f"{', '.join(self._enabled())}"
@@ -205,24 +271,30 @@ class Engine:
             raise InvalidRequest(f"dtype {name!r} is not supported; use float64 or float32")
         return DTYPES[name]
 
-    def _params(self, routine: Routine, given: Mapping[str, float]) -> dict[str, float]:
+    def _params(self, routine: Routine, given: Mapping[str, ParamValue],
+                n: int) -> dict[str, float | np.ndarray]:
         unknown = sorted(set(given) - set(routine.param_names))
         if unknown:
             raise InvalidRequest(
                 f"routine {routine.name} has no parameter {', '.join(map(repr, unknown))}; "
                 f"its parameters are: {', '.join(routine.param_names)}"
             )
-        values = {p.name: _as_float(given.get(p.name, p.default)) for p in routine.params}
+        values: dict[str, float | np.ndarray] = {}
         for p in routine.params:
-            v = values[p.name]
-            if not math.isfinite(v):
-                raise InvalidRequest(f"params.{p.name} is {v}; parameters must be finite numbers")
-            if p.violates_bounds(v):
-                low, high = p.bounds or (None, None)
-                raise InvalidRequest(
-                    f"params.{p.name} = {v} is outside its bounds "
-                    f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-                )
+            v = given.get(p.name, p.default)
+            if isinstance(v, (list, tuple, np.ndarray)):
+                values[p.name] = _per_sample(p.name, v, n, p.bounds)
+                continue
+            if type(v) not in (int, float) and not isinstance(v, (np.floating, np.integer)):
+                raise InvalidRequest(f"params.{p.name} is {_describe(v)}; send a number, or a "
+                                     "list of one number per sample")
+            f = _as_float(cast(float, v))  # a number: lists are handled above
+            if not math.isfinite(f):
+                raise InvalidRequest(f"params.{p.name} is {f}; parameters must be finite numbers")
+            if p.violates_bounds(f):
+                raise InvalidRequest(f"params.{p.name} = {f} is outside its bounds "
+                                     f"{_interval(p.bounds)}")
+            values[p.name] = f
         return values
 
     def _wrt(self, routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
@@ -233,11 +305,13 @@ class Engine:
                 "wrt is empty; name at least one parameter, or omit wrt to differentiate "
                 f"with respect to all of {', '.join(routine.param_names)} (or call /evaluate)"
             )
-        unknown = [w for w in wrt if w not in routine.param_names]
+        unknown = [w for w in wrt if w not in routine.param_names
+                   and not (w in routine.inputs and w.isidentifier())]
         if unknown:
             raise InvalidRequest(
-                f"wrt names {', '.join(map(repr, unknown))}, not a parameter of routine "
-                f"{routine.name}; its parameters are: {', '.join(routine.param_names)}"
+                f"wrt names {', '.join(map(repr, unknown))}, neither a parameter nor an input "
+                f"of routine {routine.name}; its parameters are: "
+                f"{', '.join(routine.param_names)}; its inputs are: {', '.join(routine.inputs)}"
             )
         if len(set(wrt)) != len(wrt):
             raise InvalidRequest(f"wrt lists a parameter twice: {list(wrt)}")
@@ -284,15 +358,37 @@ class Engine:
         return torch.from_numpy(a)
 
     def _cap(self, strategy: str, n: int) -> None:
-        if strategy not in self.limits.caps:
-            return
-        setting, cap = self.limits.caps[strategy]
-        if n > cap:
-            raise StrategyCapExceeded(
-                f"strategy {strategy} is capped at N = {cap} samples (DYDC_{setting.upper()}); "
-                f"this request has N = {n}. Use strategy=forward (one pass, no cap), or split "
-                "the batch"
-            )
+        reason = cap_refusal(strategy, n, self.limits.caps)
+        if reason is not None:
+            raise StrategyCapExceeded(reason)
+
+    def _beyond_first(self, routine: Routine, strategy: str, job: Job,
+                      bump: Bump | None) -> Job:
+        """Order, cross, per-sample values, bumps and the check: each refused with what to
+        change when the strategy cannot honour it."""
+        if job.order not in (1, 2) or isinstance(job.order, bool):
+            raise InvalidRequest(f"order = {job.order!r}; use 1 or 2")
+        if job.cross and job.order != 2:
+            raise InvalidRequest("cross applies to second derivatives; send order: 2 with it")
+        per_sample = bool(features_in(routine, job.wrt)) or any(
+            isinstance(v, np.ndarray) for v in job.params.values())
+        reason = refusal(strategy, routine, order=job.order, per_sample=per_sample)
+        if reason is not None:
+            raise InvalidRequest(reason)
+        if job.check is not None and job.check != "finite-difference":
+            raise InvalidRequest(f"check = {job.check!r}; the one check is finite-difference")
+        if bump is not None and strategy != "finite-difference" and job.check is None:
+            raise InvalidRequest(
+                "shift, shift_type and scheme configure bumps: use them with "
+                "strategy=finite-difference or check=finite-difference")
+        if strategy == "finite-difference" or job.check is not None:
+            bump = bump or Bump()
+            validate_bump(with_features_as_params(Problem(
+                routine, job.inputs, {k: torch.as_tensor(v, dtype=job.dtype)
+                                      for k, v in job.params.items()}, job.wrt)),
+                bump, job.order)
+            return replace(job, bump=bump)
+        return job
 
     def _within_cap(self, strategy: str, n: int) -> bool:
         return strategy not in self.limits.caps or n <= self.limits.caps[strategy][1]
@@ -325,32 +421,40 @@ class Engine:
         kind: JobKind,
         routine_name: str,
         inputs: np.ndarray | torch.Tensor,
-        params: Mapping[str, float],
+        params: Mapping[str, ParamValue],
         *,
         wrt: Sequence[str] | None = None,
         strategy: str = "auto",
         dtype: str = "float64",
         timeout_ms: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        order: int = 1,
+        cross: bool = False,
+        bump: Bump | None = None,
+        check: str | None = None,
+        any_strategy: bool = False,
     ) -> Job:
         """Check everything that can be checked before the device sees it; build the Job.
 
-        ``timeout_ms`` shortens the default deadline (DYDC_REQUEST_TIMEOUT_MS), never extends it.
-        ``loop`` is the event loop that will await the job, when this runs in another thread.
+        A parameter is a number or one number per sample. ``timeout_ms`` shortens the default
+        deadline (DYDC_REQUEST_TIMEOUT_MS), never extends it. ``order``, ``cross``, ``bump``
+        and ``check`` apply to sensitivities only. ``loop`` is the event loop that will await
+        the job, when this runs in another thread. ``any_strategy`` admits a strategy the
+        server does not serve (compare prepares its request as finite differences, then runs
+        only the strategies served).
         """
         if timeout_ms is not None and not (math.isfinite(timeout_ms) and timeout_ms > 0):
             raise InvalidRequest(f"timeout_ms = {timeout_ms}; use a positive number of ms")
         routine = self.routine(routine_name)
         sensitivities = kind is JobKind.SENSITIVITIES
-        chosen = self._strategy(strategy) if sensitivities else None
+        chosen = self._strategy(strategy, any_strategy) if sensitivities else None
         torch_dtype = self._dtype(dtype)
-        values = self._params(routine, params)
         wrt_names = self._wrt(routine, wrt) if sensitivities else ()
         x = self._inputs(routine, inputs, torch_dtype)
+        values = self._params(routine, params, int(x.shape[0]))
         if chosen is not None:
             self._cap(chosen, x.shape[0])
-        cost = self._cost(routine, chosen, int(x.shape[0]), len(wrt_names))
-        return Job(
+        job = Job(
             kind=kind,
             routine=routine,
             inputs=x,
@@ -361,8 +465,15 @@ class Engine:
             future=(loop or asyncio.get_running_loop()).create_future(),
             deadline=time.perf_counter() + min(self.limits.timeout_s,
                                                (timeout_ms or math.inf) / 1e3),
-            cost_s=cost,
+            order=order if sensitivities else 1,
+            cross=cross if sensitivities else False,
+            check=check if sensitivities else None,
         )
+        if chosen is not None:
+            job = self._beyond_first(routine, chosen, job, bump)
+        job.cost_s = (self.costs.estimate(routine, chosen, job.n, _passes(job)) if any_strategy
+                      else self._cost(routine, chosen, job.n, _passes(job)))
+        return job
 
     # -- running -----------------------------------------------------------------------------
 
@@ -394,4 +505,41 @@ class Engine:
         label = result.strategy or "none"
         metrics.child(metrics.COMPUTE_SECONDS, job.routine.name, label).observe(result.compute_s)
         metrics.child(metrics.SAMPLES, job.routine.name, label).inc(job.n)
+        if job.check is not None:
+            result = await self._checked(job, result)
         return result
+
+    async def compare(self, job: Job) -> Comparison:
+        """Every strategy that applies on the request (prepared with
+        strategy=finite-difference), against forward mode (app.engine.comparison)."""
+        return await compare(self, job)
+
+    def again(self, job: Job, strategy: str, bump: Bump | None = None,
+              check: str | None = None) -> Job:
+        """The same request under another strategy, as a new job with its own future."""
+        again = replace(job, strategy=strategy, bump=bump, check=check,
+                        future=asyncio.get_running_loop().create_future(),
+                        enqueued_at=time.perf_counter())
+        again.cost_s = self.costs.estimate(job.routine, strategy, job.n, _passes(again))
+        return again
+
+    def unaffordable(self, job: Job, strategy: str) -> str | None:
+        """Why this server would not run ``job`` under ``strategy`` (turned off, or over
+        the cost limit), or None."""
+        if strategy not in self.limits.enabled:
+            return f"strategy {strategy} is turned off on this server (DYDC_STRATEGIES)"
+        cost = self.costs.estimate(job.routine, strategy, job.n, _passes(job))
+        if cost > self.limits.max_job_cost_s:
+            return (f"estimated at {cost:.3g} s of device time, over the limit of "
+                    f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST)")
+        return None
+
+    async def _checked(self, job: Job, result: JobResult) -> JobResult:
+        """The answer with its AD-vs-bump check: the same request by finite differences."""
+        bumped = await self.run(self.again(job, "finite-difference", job.bump))
+        assert job.bump is not None
+        abs_diff, rel_diff = differences(
+            {**result.derivatives, **result.second_derivatives},
+            {**bumped.derivatives, **bumped.second_derivatives})
+        return replace(result, check=Check("finite-difference", abs_diff, rel_diff,
+                                           job.bump.echo(job.dtype, job.order)))

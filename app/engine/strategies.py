@@ -96,6 +96,7 @@ class Strategy:
     batchable: bool = False  # may coalesce requests with per-sample parameters
     # O(N^2) strategies: the same computation in slices of about ``seconds`` each
     steps: Callable[[Problem, float], Steps] | None = None
+    per_sample_params: bool = True  # takes a parameter with one value per sample
 
 
 def lacks_forward_formula(exc: BaseException) -> bool:
@@ -345,28 +346,12 @@ def jacobian_forward(problem: Problem) -> Derivatives:
 
 def finite_difference(problem: Problem) -> Derivatives:
     """Central differences, h = eps^(1/3) max(1, |C|); one-sided second order at a bound,
-    stepping away from it, so that the routine never sees a parameter outside its bounds."""
-    _require_shared(problem, "finite-difference")
-    values = problem.evaluate()
-    derivs: dict[str, Tensor] = {}
-    for name in problem.wrt:
-        c = problem.params[name]
-        h = torch.finfo(c.dtype).eps ** (1 / 3) * max(1.0, abs(float(c)))
-        low, high = problem.routine.param(name).bounds or (None, None)
-        at_low_bound = low is not None and float(c) - h < low
-        at_high_bound = high is not None and float(c) + h > high
+    stepping away from it, so that the routine never sees a parameter outside its bounds.
+    Other bumps, and second differences: app.engine.bumping."""
+    from app.engine.bumping import Bump
+    from app.engine.bumping import finite_difference as bump_and_revalue
 
-        def at(v: Tensor, name: str = name) -> Tensor:
-            return problem.evaluate({**problem.params, name: v})
-
-        if at_low_bound or at_high_bound:
-            # the step as represented, not as intended; negative when stepping down
-            step = (c + h) - c if at_low_bound else (c - h) - c
-            derivs[name] = (-3 * values + 4 * at(c + step) - at(c + 2 * step)) / (2 * step)
-        else:
-            plus, minus = c + h, c - h
-            derivs[name] = (at(plus) - at(minus)) / (plus - minus)
-    return Derivatives(values, derivs)
+    return bump_and_revalue(problem, Bump())
 
 
 def _with_fallback(problem: Problem) -> Derivatives:
@@ -399,24 +384,25 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("reverse-loop", "reverse", "N x M backward passes, O(N^2)",
                  "one torch.autograd.grad call per output element: the naive baseline",
                  _whole(reverse_loop_steps), _quadratic(1, 4), cap_setting="reverse_loop_max_n",
-                 steps=reverse_loop_steps),
+                 steps=reverse_loop_steps, per_sample_params=False),
         Strategy("reverse-batched", "reverse", "N x M vmapped backward passes, O(N^2) memory",
                  "torch.autograd.grad(is_grads_batched=True) with identity grad_outputs",
                  _whole(reverse_batched_steps), _quadratic(0.01, 16),
-                 cap_setting="reverse_batched_max_n", steps=reverse_batched_steps),
+                 cap_setting="reverse_batched_max_n", steps=reverse_batched_steps,
+                 per_sample_params=False),
         Strategy("vmap-grad", "reverse", "1 backward pass per sample, vmapped, O(N)",
                  "torch.func.vmap(torch.func.grad) over samples (jacrev when M > 1)",
                  vmap_grad, lambda n, m, p: Work(3, 6 * n * m), batchable=True),
         Strategy("jacrev", "reverse", "N x M vmapped backward passes, O(N^2) memory",
                  "torch.func.jacrev: the full Jacobian of the batch output",
                  _whole(jacrev_steps), _quadratic(0.01, 16), cap_setting="jacrev_max_n",
-                 steps=jacrev_steps),
+                 steps=jacrev_steps, per_sample_params=False),
         Strategy("jacfwd", "forward", "1 forward pass per parameter, vmapped, O(N)",
                  "torch.func.jacfwd: the full Jacobian of the batch output",
                  jacobian_forward, _linear(3, 6), batchable=True),
         Strategy("finite-difference", "numeric", "2 evaluations per parameter, O(N)",
                  "central differences with h = eps^(1/3) max(1, |C|); ~1e-10 relative in "
-                 "float64, ~1e-5 in float32",
+                 "float64, ~1e-5 in float32 (bump settings: shift, shift_type, scheme)",
                  finite_difference, lambda n, m, p: Work(1 + 2 * p, n * (1 + 2 * p))),
     ]
 }

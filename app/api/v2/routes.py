@@ -124,7 +124,8 @@ class V2:
         call = tensors.plan(routine, inference, framing.input_sections(inference.inputs, binary))
         job = engine.prepare(call.kind, routine.name, call.inputs, call.params, wrt=call.wrt,
                              strategy=call.strategy, dtype=call.dtype,
-                             timeout_ms=call.timeout_ms, loop=loop)
+                             timeout_ms=call.timeout_ms, loop=loop, order=call.order,
+                             cross=call.cross)
         return job, inference, call
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
@@ -144,6 +145,9 @@ class V2:
         job, inference, call = await offload(size, self._prepare, engine, routine, header,
                                              binary, labels, asyncio.get_running_loop())
         return Decoded(job, (routine, inference.id, call))
+
+    async def run(self, engine: Engine, decoded: Decoded) -> JobResult:
+        return await engine.run(decoded.job)
 
     def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
         routine, request_id, call = decoded.context

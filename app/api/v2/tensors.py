@@ -2,8 +2,10 @@
 parameters to engine arguments, results to output tensors.
 
 Inputs are one tensor per feature, named as the routine names them, of shape [N] or [N, 1];
-or one tensor ``x`` of shape [N, D]. Outputs are ``y`` (the routine's M outputs) and one
-``dy_d<param>`` per differentiated parameter, each [N] when M = 1 and [N, M] otherwise.
+or one tensor ``x`` of shape [N, D]; and, for a parameter with one value per sample, a tensor
+named after the parameter, of shape [N]. Outputs are ``y`` (the routine's M outputs), one
+``dy_d<a>`` per differentiated parameter or input feature, and at order 2 one
+``d2y_d<a>_d<b>`` per pair; each [N] when M = 1 and [N, M] otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
 from app.engine import JobKind, JobResult
+from app.engine.bumping import pairs
 from app.engine.errors import InvalidRequest
 from app.errors import MalformedFraming
 from routines import Routine
@@ -35,15 +38,22 @@ MATRIX_INPUT = "x"
 VALUES = "y"
 # Read by this server; Triton's "timeout" (microseconds) is the request's deadline, and its
 # "priority" is accepted and has no effect (one queue, first come first served).
-_RESERVED = ("strategy", "wrt", "binary_data_output", "timeout", "priority")
+_RESERVED = ("strategy", "wrt", "order", "cross", "binary_data_output", "timeout", "priority")
 
 
 def derivative_name(param: str) -> str:
     return f"dy_d{param}"
 
 
-def model_outputs(routine: Routine, wrt: tuple[str, ...] | None = None) -> list[str]:
-    return [VALUES, *(derivative_name(p) for p in (routine.param_names if wrt is None else wrt))]
+def second_derivative_name(a: str, b: str) -> str:
+    return f"d2y_d{a}_d{b}"
+
+
+def model_outputs(routine: Routine, wrt: tuple[str, ...] | None = None, order: int = 1,
+                  cross: bool = False) -> list[str]:
+    names = routine.param_names if wrt is None else wrt
+    second = [second_derivative_name(a, b) for a, b in pairs(names, cross)] if order == 2 else []
+    return [VALUES, *(derivative_name(p) for p in names), *second]
 
 
 @dataclass(frozen=True)
@@ -52,12 +62,14 @@ class Call:
 
     kind: JobKind
     inputs: np.ndarray
-    params: dict[str, float]
+    params: dict[str, float | np.ndarray]
     wrt: tuple[str, ...] | None
     strategy: str
     dtype: str
     outputs: list[tuple[str, bool]]  # (name, as binary), in response order
     timeout_ms: float | None = None
+    order: int = 1
+    cross: bool = False
 
 
 def _describe(v: Any) -> str:
@@ -221,9 +233,34 @@ def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...
     return values, wrt, strategy, binary
 
 
+def _order(parameters: Parameters) -> tuple[int, bool]:
+    """(order, cross) from the request parameters; the engine checks their values."""
+    order, cross = parameters.get("order", 1), parameters.get("cross", False)
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise InvalidRequest(f"parameters.order is {_describe(order)}; send 1 or 2")
+    if not isinstance(cross, bool):
+        raise InvalidRequest(f"parameters.cross is {_describe(cross)}; send a boolean")
+    return order, cross
+
+
+def _per_sample_params(routine: Routine, request: InferenceRequest,
+                       tensors: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Input tensors named after a parameter (not a feature): one value per sample."""
+    found: dict[str, np.ndarray] = {}
+    for given, t in zip(request.inputs, tensors, strict=True):
+        if given.name in routine.param_names and given.name not in routine.inputs:
+            if t.ndim != 1:
+                raise InvalidRequest(
+                    f"input {given.name} (a parameter with one value per sample) has shape "
+                    f"{list(t.shape)}; send shape [N]")
+            found[given.name] = t.astype(np.float64)
+    return found
+
+
 def _outputs(routine: Routine, request: InferenceRequest, wrt: tuple[str, ...] | None,
-             binary_default: bool) -> list[tuple[str, bool]]:
-    available = model_outputs(routine, wrt)
+             binary_default: bool, order: int = 1,
+             cross: bool = False) -> list[tuple[str, bool]]:
+    available = model_outputs(routine, wrt, order, cross)
     if request.outputs is None:
         return [(name, binary_default) for name in available]
     chosen: list[tuple[str, bool]] = []
@@ -250,9 +287,13 @@ def plan(routine: Routine, request: InferenceRequest,
          sections: list[memoryview | None]) -> Call:
     """What to ask the engine for this request, with every check that needs no device."""
     params, wrt, strategy, binary_default = _arguments(request.parameters)
-    outputs = _outputs(routine, request, wrt, binary_default)
+    order, cross = _order(request.parameters)
+    outputs = _outputs(routine, request, wrt, binary_default, order, cross)
+    named = {name for name, _ in outputs}
     differentiate = tuple(p for p in (wrt if wrt is not None else routine.param_names)
-                          if derivative_name(p) in {name for name, _ in outputs})
+                          if derivative_name(p) in named or order == 2)
+    if order == 2 and not named - {VALUES}:
+        differentiate = ()
     if not request.inputs:
         raise InvalidRequest("inputs is empty; send one tensor per input of the model")
     datatypes = sorted({given.datatype for given in request.inputs})
@@ -260,15 +301,20 @@ def plan(routine: Routine, request: InferenceRequest,
                for i, (given, section) in enumerate(zip(request.inputs, sections, strict=True))]
     if len(datatypes) > 1:
         raise InvalidRequest(f"inputs mix {' and '.join(datatypes)}; send them in one datatype")
+    per_sample = _per_sample_params(routine, request, tensors)
+    features = [(given, t) for given, t in zip(request.inputs, tensors, strict=True)
+                if given.name not in per_sample]
     return Call(
         kind=JobKind.SENSITIVITIES if differentiate else JobKind.EVALUATE,
-        inputs=_samples(routine, request.inputs, tensors),
-        params=params,
+        inputs=_samples(routine, [g for g, _ in features], [t for _, t in features]),
+        params={**params, **per_sample},
         wrt=differentiate or None,
         strategy=strategy,
         dtype=DATATYPES[datatypes[0]][1],
         outputs=outputs,
         timeout_ms=_timeout_ms(request.parameters),
+        order=order if differentiate else 1,
+        cross=cross if differentiate else False,
     )
 
 
@@ -279,6 +325,8 @@ def response(routine: Routine, request_id: str | None, version: str, call: Call,
     """The response JSON and the arrays sent as binary data, in order."""
     tensors: dict[str, Tensor] = {VALUES: result.values}
     tensors |= {derivative_name(p): d for p, d in result.derivatives.items()}
+    tensors |= {second_derivative_name(*key.split(",")): d
+                for key, d in result.second_derivatives.items()}
     datatype = _WIRE[call.dtype]
     outputs: list[dict[str, Any]] = []
     binaries: list[np.ndarray] = []

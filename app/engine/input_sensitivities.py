@@ -1,0 +1,63 @@
+"""Derivatives with respect to input features (delta = dPrice/dS), per sample.
+
+An input feature named in ``wrt`` becomes a per-sample parameter of a derived routine that
+takes the feature from that parameter instead of from its column. Row i of a routine depends
+only on sample i, so the derivative along a tangent of ones on that parameter is exactly the
+per-sample dy_i/dx_ij that a one-hot tangent on column j gives: every strategy that takes
+per-sample parameters (forward mode, its second order, vmap-grad, jacfwd, finite
+differences) then differentiates inputs with no code of its own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from torch import Tensor
+
+from app.engine.strategies import Problem
+from routines import Param, Routine
+
+__all__ = ["features_in", "with_features_as_params"]
+
+
+def features_in(routine: Routine, wrt: tuple[str, ...]) -> tuple[str, ...]:
+    """The wrt names that are input features (a name that is also a parameter is the
+    parameter)."""
+    return tuple(w for w in wrt if w in routine.inputs and w not in routine.param_names)
+
+
+@lru_cache(maxsize=256)
+def _derived(routine: Routine, features: tuple[str, ...]) -> Routine:
+    columns = {f: routine.inputs.index(f) for f in features}
+    fn = routine.fn
+
+    def with_features(*xs: Any, **params: Any) -> Any:
+        row = list(xs)
+        for feature, j in columns.items():
+            row[j] = params.pop(feature)
+        return fn(*row, **params)
+
+    return Routine(
+        name=routine.name,
+        description=routine.description,
+        params=(*routine.params, *(Param(f, 0.0, "input feature") for f in features)),
+        inputs=routine.inputs,
+        outputs=routine.outputs,
+        fn=with_features,
+        vectorized=routine.vectorized,
+        # compiled by app.engine.compiled_sensitivities; compute.differentiate keeps it from
+        # app.engine.compiled, which serves parameters only
+        compile=routine.compile,
+    )
+
+
+def with_features_as_params(problem: Problem) -> Problem:
+    """The same problem, with each input feature in wrt moved to a per-sample parameter."""
+    features = features_in(problem.routine, problem.wrt)
+    if not features:
+        return problem
+    columns: dict[str, Tensor] = {
+        f: problem.inputs[:, problem.routine.inputs.index(f)] for f in features}
+    return Problem(_derived(problem.routine, features), problem.inputs,
+                   {**problem.params, **columns}, problem.wrt)
