@@ -8,12 +8,19 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
 
+from app.config import Settings
+from app.main import create_app
 from tests.support import free_port, server_process
 
 __all__ = ["SMALL_LIMITS", "black_scholes", "dydc_url", "options", "small_dydc_url"]
@@ -23,26 +30,47 @@ SMALL_LIMITS = {"DYDC_MAX_SAMPLES": "100", "DYDC_MAX_BODY_BYTES": "16384",
                 "DYDC_MAX_BATCH_SAMPLES": "64", "DYDC_REVERSE_LOOP_MAX_N": "30"}
 
 
-def _serve(settings: dict[str, str]) -> Iterator[str]:
-    port = free_port()
+def _serve(argv: list[str], port: int, settings: dict[str, str]) -> Iterator[str]:
     env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning",
            "DYDC_WARMUP": "false", "DYDC_TORCH_THREADS": "1", **settings}
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--no-access-log"]
     with server_process(argv, env, port) as server:
         yield server.url
 
 
 @pytest.fixture(scope="session")
 def dydc_url() -> Iterator[str]:
-    """``http://127.0.0.1:<port>`` of a service with the default limits."""
-    yield from _serve({})
+    """``http://127.0.0.1:<port>`` of a service with the default limits, started by the
+    client's own ``dydc serve`` (so that every test using it also tests that command)."""
+    port = free_port()
+    dydc_script = Path(sys.executable).with_name("dydc")
+    yield from _serve([str(dydc_script), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                      port, {})
 
 
 @pytest.fixture(scope="session")
 def small_dydc_url() -> Iterator[str]:
-    """A service with :data:`SMALL_LIMITS`."""
-    yield from _serve(SMALL_LIMITS)
+    """A service with :data:`SMALL_LIMITS`: uvicorn on a thread of this process, which has
+    torch imported already (a second process took 28 s to start on the loaded 2-core
+    machine)."""
+    settings = Settings(device="cpu", warmup=False, torch_threads=1,
+                        **{k.removeprefix("DYDC_").lower(): int(v)
+                           for k, v in SMALL_LIMITS.items()})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False, ws="none",
+                                           http="h11", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="small-dydc", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not (server.started and httpx.get(f"{url}/readyz").status_code == 200):
+            assert thread.is_alive() and time.monotonic() < deadline, "not ready within 60 s"
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
 
 
 _erf = np.vectorize(math.erf)

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.client_support import black_scholes, options
-from tests.support import free_port, server_process
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -175,12 +174,15 @@ def test_bench_tiny(dydc_url: str, tmp_path: Path) -> None:
     assert code == 1 and "every value must be 1 or more" in err
 
 
-def test_serve(tmp_path: Path) -> None:
-    port = free_port()
-    dydc_script = Path(sys.executable).with_name("dydc")
-    env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_WARMUP": "false",
-           "DYDC_LOG_LEVEL": "warning"}
-    with server_process([str(dydc_script), "serve", "--port", str(port)], env, port) as server:
-        limits = httpx.get(f"{server.url}/v1/limits").json()
-    assert limits["max_samples"] == 2_000_000
-    assert math.isfinite(limits["request_timeout_ms"])
+def test_serve(dydc_url: str) -> None:
+    """The default live service of these tests is started by ``dydc serve --port``."""
+    response = httpx.get(f"{dydc_url}/v1/limits")
+    assert response.status_code == 200 and response.json()["max_samples"] == 2_000_000
+    assert math.isfinite(response.json()["request_timeout_ms"])
+
+
+def test_serve_without_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "app.__main__", None)  # as if not installed
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the dydc server is not installed here")
