@@ -209,6 +209,8 @@ class DeviceWorker:
         return self._ready.is_set() and self.alive
 
     def _execute(self, batch: list[Job]) -> None:
+        if self._compiled is not None:  # between launches: graphs built meanwhile, loaded
+            self._compiled.swap_in(self.device)
         started = time.perf_counter()
         for job in batch:
             metrics.QUEUE_WAIT_SECONDS.observe(started - job.enqueued_at)
