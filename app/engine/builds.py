@@ -90,6 +90,10 @@ class BuildRefused(Exception):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[BuildRefused], tuple[str, str]]:
+        # from the build process back to the service: both arguments, not just the message
+        return BuildRefused, (self.reason, str(self))
+
 
 @dataclass(frozen=True)
 class Kind:

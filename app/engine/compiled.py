@@ -34,7 +34,6 @@ import concurrent.futures
 import itertools
 import logging
 import threading
-from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -95,7 +94,6 @@ class CompiledForward:
         self._lock = threading.Lock()
         self._routines: dict[Kind, Routine] = {}
         self._pending: dict[Kind, Future[Artefact]] = {}
-        self._finished: deque[Kind] = deque()  # builds done, to be swapped in
         self._artefacts: dict[Kind, Artefact] = {}
         self._graphs: dict[_Loaded, Graph] = {}
         self._launches: dict[_Loaded, int] = {}
@@ -209,29 +207,32 @@ class CompiledForward:
             else:
                 done = self.builder.submit(kind, Samples.of(problem), problem.routine)
             self._pending[kind] = done
-        done.add_done_callback(lambda _: self._finished.append(kind))
+        done.add_done_callback(lambda _: self._built(kind))
+
+    def _built(self, kind: Kind) -> None:
+        """A build has finished (in the builder's thread): its graph is swapped in at the next
+        :meth:`swap_in`, or the kind is refused."""
+        with self._lock:
+            done = self._pending.pop(kind)
+            try:
+                artefact = done.result()
+            except BuildRefused as exc:
+                self._refuse(kind, exc.reason, str(exc))
+                return
+            except Exception as exc:  # the build process died, or was stopped
+                self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
+                return
+            self._artefacts[kind] = artefact
+        metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
+        if artefact.seconds:
+            metrics.COMPILE_SECONDS.observe(artefact.seconds)
+        log.info("compiled forward mode for %s ready (%s)", _describe(kind),
+                 f"built in {artefact.seconds:.1f} s" if artefact.seconds
+                 else "from the cache directory")
 
     def swap_in(self, device: torch.device) -> int:
         """Load the graphs built since the last call, for ``device``; returns how many. Call
         between launches: each takes milliseconds (a package loaded), never a build."""
-        while self._finished:
-            kind = self._finished.popleft()
-            with self._lock:
-                done = self._pending.pop(kind)
-                try:
-                    artefact = done.result()
-                except BuildRefused as exc:
-                    self._refuse(kind, exc.reason, str(exc))
-                except Exception as exc:  # the build process died, or was stopped
-                    self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
-                else:
-                    self._artefacts[kind] = artefact
-                    metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
-                    if artefact.seconds:
-                        metrics.COMPILE_SECONDS.observe(artefact.seconds)
-                    log.info("compiled forward mode for %s ready (%s)", _describe(kind),
-                             f"built in {artefact.seconds:.1f} s" if artefact.seconds
-                             else "from the cache directory")
         loaded = 0
         place = str(device)
         for kind, artefact in list(self._artefacts.items()):

@@ -13,8 +13,25 @@ with after 5 minutes. But the steps are the same operations on new values. So he
 4. A launch runs what comes before the loop and after it operation by operation in eager
    forward mode (a few dozen operations), and calls the compiled step once per iteration.
 
+Why hand-written: PyTorch 2.13's own tools for repeated blocks were tried for this job, on
+logistic_rk4's 200 steps under ``jvp(vmap(...))`` at N = 1,000 (bench/eval_loop_ops.py,
+``.venv/bin/python bench/eval_loop_ops.py``, run once on a 2-core CPU):
+
+- ``torch._higher_order_ops.scan`` fails in all three ways it would be used: eagerly
+  (UncapturedHigherOrderOpError: it runs only when torch.compile captures it whole), traced by
+  ``make_fx`` ("Unsupported functorch tracing attempt": no vmap or jvp rule under tracing),
+  and through ``torch.compile`` (AssertionError: expected a FakeTensor after unwrapping).
+- ``torch.compiler.nested_compile_region`` runs eagerly (it does nothing there), and under
+  ``make_fx`` it unrolls like plain Python: 65,419 operations in 258 s, the graph this module
+  exists to avoid; through ``torch.compile`` of ``jvp(vmap(...))`` it failed (AssertionError:
+  expected a FakeTensor). It only deduplicates compiled regions under Dynamo, which the
+  ahead-of-time packages of app.engine.builds do not run at call time.
+
+So the roller stays, for every loop; try the two again on a newer PyTorch.
+
 Nothing here knows HTTP, queues or metrics: :class:`~app.engine.compiled.CompiledForward`
-decides when to use it and checks its numbers against eager forward mode like any graph.
+and app.engine.builds decide when to use it and check its numbers against eager forward mode
+like any graph.
 """
 
 from __future__ import annotations
