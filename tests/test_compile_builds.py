@@ -30,7 +30,7 @@ from app.engine.compiled import CompiledForward
 from app.engine.compute import differentiate
 from app.engine.strategies import Problem
 from app.main import create_app
-from routines import Param, Routine, discover, routine
+from routines import Param, Routine, routine
 from tests.support import needs_cxx
 
 CPU = torch.device("cpu")
@@ -257,17 +257,23 @@ class CountingBuilder(ProcessBuilder):
 
 
 @needs_cxx
-def test_warm_up_fills_the_cache_and_a_second_start_loads_from_it(tmp_path: Path) -> None:
-    routines = {"linear": discover()["linear"]}
-    linear = routines["linear"]
+def test_warm_up_fills_the_cache_and_a_second_start_loads_from_it(
+        built: CompiledForward, tmp_path: Path) -> None:
+    """Warm-up builds every routine's kind in each dtype (here one routine; its float64 kind
+    is already in the directory, from the module's builds, so one build: float32), and a
+    second start finds them all there."""
+    routines = {"series": series}
+    cache = prepare_cache_dir(tmp_path / "cache")
+    for f in built.cache_dir.glob("series-float64-*"):
+        shutil.copy(f, cache / f.name)
     for start in ("cold", "warm"):
-        builder = CountingBuilder(prepare_cache_dir(tmp_path / "cache"))
+        builder = CountingBuilder(cache)
         compiled = CompiledForward(chunk=1 << 20, min_samples=64, builder=builder)
         try:
             warm_up(routines, CPU, compiled)
         finally:
             compiled.close()
         for dtype in (torch.float64, torch.float32):  # ready before warm-up returns
-            assert compiled.compiled(linear, ("C",), dtype), (start, dtype)
-        assert len(builder.submitted) == (2 if start == "cold" else 0)
-        assert len(list((tmp_path / "cache").glob("linear-*.pt2"))) == 2
+            assert compiled.compiled(series, ("a",), dtype), (start, dtype)
+        assert [k.dtype for k in builder.submitted] == (["float32"] if start == "cold" else [])
+        assert len(list(cache.glob("series-*.pt2"))) == 2

@@ -137,13 +137,13 @@ class Samples:
                     for k, v in problem.params.items()})
 
     def problem(self, routine: Routine, kind: Kind, n: int) -> Problem:
-        """The rows tiled to ``n``, as the kind has them (on the CPU)."""
+        """The rows tiled to ``n``, as the kind has them (on its device type)."""
         reps = -(-n // len(self.inputs))
-        dtype = getattr(torch, kind.dtype)
-        x = torch.from_numpy(np.tile(self.inputs, (reps, 1))[:n]).to(dtype)
+        dtype, device = getattr(torch, kind.dtype), torch.device(kind.device)
+        x = torch.from_numpy(np.tile(self.inputs, (reps, 1))[:n]).to(device, dtype)
         params = {}
         for name, v in self.params.items():
-            t = torch.from_numpy(np.tile(v, reps)[:n] if v.ndim else v).to(dtype)
+            t = torch.from_numpy(np.tile(v, reps)[:n] if v.ndim else v).to(device, dtype)
             params[name] = t.expand(n).contiguous() if kind.per_sample and not t.dim() else t
         return Problem(routine, x, params, kind.wrt)
 
@@ -300,7 +300,7 @@ def locate(kind: Kind) -> Routine:
 def build(kind: Kind, samples: Samples, cache_dir: str | Path,
           routine: Routine | None = None) -> Artefact:
     """Build, check and store the kind's compiled forward mode (or find it stored); raises
-    BuildRefused. On the CPU of the calling process."""
+    BuildRefused. In the calling process, on the kind's device type."""
     started = time.perf_counter()
     cache = Path(cache_dir)
     routine = routine if routine is not None else locate(kind)
@@ -319,7 +319,7 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
     if loop is not None:
         def compile_step(gm: GraphModule, args: list[Tensor]) -> Callable[..., Any]:
             _package(gm, args, cache / package)
-            loaded = _load_package(cache / package, -1)
+            loaded = _load_package(cache / package, -1)  # the current device
             return lambda *flat: tuple(loaded(*flat))
 
         try:
@@ -345,7 +345,7 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
             raise BuildRefused("compile", _say(exc)) from exc
     artefact = Artefact(kind, package, rolled, 0.0)
     try:
-        compiled = load(artefact, cache, torch.device("cpu"))
+        compiled = load(artefact, cache, torch.device(kind.device))
         for n in CHECK_SIZES:
             check(compiled, samples.problem(routine, kind, n))
     except BuildRefused:
