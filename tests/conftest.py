@@ -21,6 +21,8 @@ from app.main import create_app
 # the build process keeps an operator's TORCHINDUCTOR_CACHE_DIR, so that the headers AOTInductor
 # precompiles are compiled once, not once per test.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-inductor-"))
+# apps started by tests keep their compiled graphs out of the user's own cache directory
+os.environ.setdefault("DYDC_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-compiled-"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
