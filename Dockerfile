@@ -47,10 +47,13 @@ FROM ${PYTHON_IMAGE} AS runtime
 # NVIDIA_DRIVER_CAPABILITIES: the driver libraries the NVIDIA Container Toolkit mounts. No
 # NVIDIA_VISIBLE_DEVICES=all: a container sees the GPUs it is given (--gpus, a Compose
 # reservation, a Kubernetes nvidia.com/gpu limit), and none otherwise.
-# DYDC_COMPILE=false: compiled forward mode (README, How requests run) needs a C compiler
-# (Inductor's C++ on the CPU, Triton's launcher on CUDA), which this slim image does not carry,
-# and it has been measured on the CPU only; without it every large launch would first try,
-# fail and log. Build FROM an image with gcc and g++ to set it true.
+# DYDC_COMPILE=true with DYDC_COMPILE_WARMUP=true: before /readyz turns 200, every routine's
+# forward mode (all parameters, each dtype) is built by a build process with AOTInductor, or
+# loaded from DYDC_COMPILE_CACHE_DIR when an earlier start built it (docs/compiled.md: minutes
+# cold, seconds warm). That needs a C++ compiler (g++, for the packages' wrappers and the CPU's
+# kernels; Triton, which the CUDA wheel of torch brings, compiles the GPU's kernels and needs a
+# C compiler for its launcher). The cache lives in /var/cache/dydc, a volume in Compose and
+# Kubernetes; the service creates DYDC_COMPILE_CACHE_DIR inside it, mode 0700.
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -58,9 +61,16 @@ ENV PATH=/app/.venv/bin:$PATH \
     DYDC_HOST=0.0.0.0 \
     DYDC_PORT=8000 \
     DYDC_DEVICE=auto \
-    DYDC_COMPILE=false \
+    DYDC_COMPILE=true \
+    DYDC_COMPILE_WARMUP=true \
+    DYDC_COMPILE_CACHE_DIR=/var/cache/dydc/compiled \
     DYDC_GRACE_PERIOD_S=30
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/dydc dydc
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --create-home --home-dir /home/dydc dydc \
+ && install -d -m 0700 -o 10001 -g 10001 /var/cache/dydc
 WORKDIR /app
 COPY --from=build /app /app
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
@@ -69,7 +79,7 @@ EXPOSE 8000
 
 # Liveness, with the image's own Python (there is no curl in it). Compose and Kubernetes
 # check readiness (/readyz) themselves.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 
 # One process: `python -m app` runs one uvicorn server in-process (no --workers: each process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -89,9 +90,24 @@ class Settings(BaseSettings):
         "several calls (one graph serves every batch size)."
     )
     compile_warmup: bool = Field(
-        False, description="With DYDC_WARMUP and DYDC_COMPILE, also compile every routine's "
-        "forward mode for one large request (all parameters, float64) before reporting ready "
-        "(0.2-20 s a routine, measured on a 2-core CPU), instead of on the first such request."
+        False, description="With DYDC_WARMUP and DYDC_COMPILE, build (or load from "
+        "DYDC_COMPILE_CACHE_DIR) every routine's compiled forward mode for one large request "
+        "(all parameters, shared, each dtype) before /readyz turns 200, instead of in the "
+        "background after the first such request (docs/compiled.md: time to ready)."
+    )
+    compile_cache_dir: Path | None = Field(
+        None, description="Where compiled graphs are kept across restarts: created mode 0700, "
+        "and refused at start-up if another user owns it or others can reach it (its files are "
+        "loaded as code). Default: $XDG_CACHE_HOME/dydc, else ~/.cache/dydc."
+    )
+    compile_max_graphs: PositiveInt = Field(
+        128, description="Most compiled graphs (kinds: routine x wrt x dtype x device x "
+        "parameter layout); launches of further kinds run eagerly, counted in "
+        "dydc_compile_refusals_total{reason=\"max_graphs\"}."
+    )
+    compile_recheck_every: PositiveInt = Field(
+        1000, description="A compiled graph's first launch and every this many after it are "
+        "compared with eager forward mode on a few rows; a mismatch retires the graph."
     )
     host_allocator_cache: bool = Field(
         True, description="Keep freed large host buffers for reuse instead of returning them "

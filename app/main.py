@@ -37,6 +37,7 @@ from app.engine import (
     resolve_devices,
     warm_up,
 )
+from app.engine.compile_cache import default_cache_dir, prepare_cache_dir
 from app.errors import install_error_handlers
 from routines import discover
 
@@ -112,8 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routines = discover()
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
-        compiled = (CompiledForward(s.compile_chunk, s.compile_min_samples) if s.compile
-                    else None)
+        compiled = (CompiledForward(
+            s.compile_chunk, s.compile_min_samples,
+            cache_dir=prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
+            max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
+            if s.compile else None)
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)
         pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
@@ -133,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             supervisor.cancel()
             await asyncio.to_thread(pool.stop, s.grace_period_s)
+            if compiled is not None:
+                compiled.close()
 
     app = App(
         title="dydc",

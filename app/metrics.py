@@ -12,6 +12,8 @@ __all__ = [
     "BATCH_SAMPLES",
     "CANCELLED",
     "COMPILED_GRAPHS",
+    "COMPILE_REFUSALS",
+    "COMPILE_REFUSAL_REASONS",
     "CONNECTIONS_CLOSED",
     "COMPILE_SECONDS",
     "COMPUTE_SECONDS",
@@ -129,14 +131,28 @@ QUEUE_HEAVY_SECONDS = Gauge(
 )
 COMPILED_GRAPHS = Counter(
     "dydc_compiled_graphs_total",
-    "Forward-mode graphs compiled for large launches (app.engine.compiled), by routine.",
+    "Forward-mode graphs made ready for large launches (app.engine.compiled), built or found "
+    "in DYDC_COMPILE_CACHE_DIR, by routine.",
     ["routine"],
 )
 COMPILE_SECONDS = Histogram(
     "dydc_compile_duration_seconds",
-    "Time to compile a forward-mode graph (its first call: the launch that needed it waits).",
+    "Time to build and check a forward-mode graph, in the build process (no launch waits for "
+    "it: launches of its kind run eagerly meanwhile).",
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
+COMPILE_REFUSALS = Counter(
+    "dydc_compile_refusals_total",
+    "Kinds (routine, wrt, dtype, device, parameter layout) whose forward mode runs eagerly, "
+    "by reason: trace, operations (too many to compile whole), compile, verification (the "
+    "check before it served), recheck (a live launch disagreed with eager forward mode: the "
+    "graph was retired), max_graphs (DYDC_COMPILE_MAX_GRAPHS reached).",
+    ["reason"],
+)
+COMPILE_REFUSAL_REASONS = ("trace", "operations", "compile", "verification", "recheck",
+                           "max_graphs")
+for _reason in COMPILE_REFUSAL_REASONS:
+    COMPILE_REFUSALS.labels(_reason)
 WORKER_RESTARTS = Counter("dydc_worker_restarts_total", "Device workers restarted after dying.")
 WORKERS_READY = Gauge("dydc_workers_ready", "Device workers up and warm.")
 

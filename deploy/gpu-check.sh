@@ -10,17 +10,25 @@
 #    both are ready (the /readyz healthcheck: workers up and warm);
 # 3. sends one sensitivities request per routine to each and compares the answers (values and
 #    derivatives, float64, rtol 1e-6) with deploy/gpu-compare.py, run by the image's Python;
+# 3b. compiled against eager on CUDA: the GPU project serves compiled forward mode (the image's
+#    DYDC_COMPILE=true, warm-up on: every graph built before ready, in the compile-cache
+#    volume); a second container on the GPU with DYDC_COMPILE=false serves it eagerly; one
+#    request per routine of 100,000 samples (above DYDC_COMPILE_MIN_SAMPLES) to each, compared
+#    (rtol 1e-6), and no graph retired by a live re-check (dydc_compile_refusals_total);
 # 4. checks the image alone (docker run --gpus all, DYDC_DEVICE=auto): its HEALTHCHECK turns
 #    healthy, it picks the GPU, and it exits 0 on docker stop (the SIGTERM drain);
 # 5. stops everything, also on failure (KEEP=1 leaves the two projects running).
 #
-# Ports: GPU_PORT (default 18000), CPU_PORT (18001), IMAGE_PORT (18002), all on 127.0.0.1.
+# Ports: GPU_PORT (default 18000), CPU_PORT (18001), IMAGE_PORT (18002), EAGER_PORT (18003),
+# all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GPU_PORT="${GPU_PORT:-18000}"
 CPU_PORT="${CPU_PORT:-18001}"
 IMAGE_PORT="${IMAGE_PORT:-18002}"
+EAGER_PORT="${EAGER_PORT:-18003}"
+EAGER=dydc-gpu-check-eager
 IMAGE=dydc:local
 ALONE=dydc-gpu-check-image
 
@@ -31,7 +39,7 @@ cpu() { DYDC_HOST_PORT="127.0.0.1:$CPU_PORT" docker compose -p dydc-cpu-check \
 step() { printf '\n== %s\n' "$*"; }
 
 cleanup() {
-    docker rm -f "$ALONE" >/dev/null 2>&1 || true
+    docker rm -f "$ALONE" "$EAGER" >/dev/null 2>&1 || true
     if [ "${KEEP:-0}" != 1 ]; then
         gpu down --remove-orphans >/dev/null 2>&1 || true
         cpu down --remove-orphans >/dev/null 2>&1 || true
@@ -59,6 +67,22 @@ step "one request per routine: GPU against CPU"
 docker run --rm -i --network host --entrypoint python "$IMAGE" - \
     --test "http://127.0.0.1:$GPU_PORT" --reference "http://127.0.0.1:$CPU_PORT" \
     --expect-device cuda < deploy/gpu-compare.py
+
+step "compiled against eager on CUDA, 100,000 samples a request"
+docker run -d --name "$EAGER" --gpus all -p "127.0.0.1:$EAGER_PORT:8000" \
+    -e DYDC_COMPILE=false -e DYDC_DEVICE=cuda "$IMAGE" >/dev/null
+for _ in $(seq 90); do
+    curl -fsS "http://127.0.0.1:$EAGER_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 2
+done
+docker run --rm -i --network host --entrypoint python "$IMAGE" - \
+    --test "http://127.0.0.1:$GPU_PORT" --reference "http://127.0.0.1:$EAGER_PORT" \
+    --expect-device cuda -n 100000 < deploy/gpu-compare.py
+curl -fsS "http://127.0.0.1:$GPU_PORT/metrics" | grep '^dydc_compiled_graphs_total'
+if curl -fsS "http://127.0.0.1:$GPU_PORT/metrics" \
+        | grep -E '^dydc_compile_refusals_total\{reason="(recheck|verification)"\} [1-9]'; then
+    echo "a compiled graph disagreed with eager forward mode on CUDA"; exit 1
+fi
 
 step "metrics: device memory is exported on CUDA"
 curl -fsS "http://127.0.0.1:$GPU_PORT/metrics" | grep '^dydc_device_memory_bytes'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -15,6 +17,13 @@ from app.config import Settings
 from app.engine import load_torch_extensions
 from app.main import create_app
 from tests.client_support import dydc_url, small_dydc_url  # noqa: F401  (fixtures)
+
+# One Inductor cache for the session's builds (each test's DYDC_COMPILE_CACHE_DIR is its own):
+# the build process keeps an operator's TORCHINDUCTOR_CACHE_DIR, so that the headers AOTInductor
+# precompiles are compiled once, not once per test.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-inductor-"))
+# apps started by tests keep their compiled graphs out of the user's own cache directory
+os.environ.setdefault("DYDC_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-compiled-"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

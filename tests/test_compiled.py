@@ -1,34 +1,42 @@
-"""Forward mode through torch.compile (app.engine.compiled): the same numbers as the closed
-forms, with shared and per-sample parameters, one graph for every batch size, in several calls
-for large launches; and eager forward mode wherever compiling does not apply or fails.
+"""Compiled forward mode on the serving side (app.engine.compiled): a launch never waits for a
+build, graphs are swapped in between launches, one graph per canonical kind, the same numbers
+as the closed forms in several calls, live re-checks that retire a wrong graph, the bound on
+graphs, and the service's path from a first eager answer to a compiled one.
 
-Sizes here are small (compiling costs the same whatever the size), and so is the most one
-call takes, so that launches of several calls are exercised at small N.
+Builds cost seconds (AOTInductor compiles C++), so the module builds two graphs once, in the
+build process as the service does, and the tests share them; a test that must not disturb
+them copies their files into its own cache directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import concurrent.futures
+import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 import torch
 from test_routines import AD_RTOL, CLOSED_FORMS, assert_close
 from test_strategies import assert_matches_closed_form, problem_for
-from torch._dynamo.utils import counters
+from torch import Tensor
 
 from app.engine import cache_host_allocations, warm_up
 from app.engine import compiled as compiled_module
+from app.engine.builds import Artefact, InlineBuilder, Kind, Samples, forward_graph, kind_of
 from app.engine.compiled import TRACE_N, CompiledForward
-from app.engine.compute import AUTO_FALLBACK, TRANSFORMS_LOCK, differentiate
+from app.engine.compute import TRANSFORMS_LOCK, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
 from tests.support import needs_cxx
 from tests.test_operations import scrape, value
 
 CHUNK = 64
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -36,58 +44,272 @@ def builtins() -> dict[str, Routine]:
     return discover()
 
 
+def black_scholes(builtins: dict[str, Routine], n: int,
+                  wrt: tuple[str, ...] = ("sigma", "r")) -> Problem:
+    return problem_for(builtins["black_scholes_call"], n, wrt=wrt)
+
+
+def decay_per_sample(builtins: dict[str, Routine], n: int, scale: float = 1.0) -> Problem:
+    r = builtins["exponential_decay"]
+    x = CLOSED_FORMS[r.name].batch(n, seed=3)
+    x[:, 0] *= scale
+    return Problem(r, x, {"k": torch.linspace(0.1, 2.0, n, dtype=torch.float64)}, ("k",))
+
+
 @pytest.fixture(scope="module")
-def compiled() -> CompiledForward:
-    return CompiledForward(chunk=CHUNK, min_samples=32)
+def built(builtins: dict[str, Routine],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompiledForward]:
+    """Black-Scholes (wrt sigma, r; shared) and exponential decay (per-sample k), built by the
+    build process and swapped in."""
+    if shutil.which("g++") is None:
+        pytest.skip("compiled forward mode needs a C++ compiler")
+    compiled = CompiledForward(chunk=CHUNK, min_samples=32,
+                               cache_dir=tmp_path_factory.mktemp("compiled"))
+    for problem in (black_scholes(builtins, 100), decay_per_sample(builtins, 100)):
+        assert compiled.run(problem) is None  # not built yet: eager, and a build is asked for
+    concurrent.futures.wait(list(compiled._pending.values()))
+    assert compiled.swap_in(CPU) == 2, compiled._refused
+    yield compiled
+    compiled.close()
+
+
+def copy_of(built: CompiledForward, directory: Path, **options: int) -> CompiledForward:
+    """A CompiledForward over a copy of the module's built files (found there, not built)."""
+    for f in built.cache_dir.iterdir():
+        if f.is_file():
+            shutil.copy(f, directory / f.name)
+    return CompiledForward(chunk=CHUNK, min_samples=32, builder=InlineBuilder(directory),
+                           **options)
 
 
 @needs_cxx
 def test_shared_parameters_in_several_calls_with_a_short_last_one(
-        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
-    problem = problem_for(builtins["black_scholes_call"], 2 * CHUNK + 37, wrt=("sigma", "r"))
-    assert compiled.applies(problem)
-    result = compiled.run(problem)
+        builtins: dict[str, Routine], built: CompiledForward) -> None:
+    problem = black_scholes(builtins, 2 * CHUNK + 37)
+    result = built.run(problem)
     assert result is not None
     assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
-    eager, ran = differentiate(problem, "forward")
-    assert ran == "forward"
+    eager, _ = differentiate(problem, "forward")
     for name in problem.wrt:  # the same numbers as eager forward mode, to rounding
         assert_close(result.derivatives[name], eager.derivatives[name], rtol=1e-12)
-    assert differentiate(problem, "auto", compiled)[1] == "forward"
 
 
 @needs_cxx
-def test_one_graph_serves_every_batch_size(builtins: dict[str, Routine]) -> None:
-    compiled = CompiledForward(chunk=CHUNK, min_samples=2)
-    r = builtins["logistic_growth"]
-    assert compiled.run(problem_for(r, 40)) is not None  # compiles
-    graphs = counters["stats"]["unique_graphs"]
-    for n in (2, 41, CHUNK, 3 * CHUNK + 5):
-        problem = problem_for(r, n)
-        result = compiled.run(problem)
-        assert result is not None and result.values.shape == (n, 1)
-        assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
-    assert counters["stats"]["unique_graphs"] == graphs  # no recompile for a new N
-    assert compiled.graphs == 1
+def test_wrt_in_either_order_is_one_graph(builtins: dict[str, Routine],
+                                          built: CompiledForward) -> None:
+    graphs = dict(built._graphs)
+    one, other = black_scholes(builtins, 90, ("sigma", "r")), black_scholes(builtins, 90,
+                                                                            ("r", "sigma"))
+    assert kind_of(one) == kind_of(other)
+    a, b = built.run(one), built.run(other)
+    assert a is not None and b is not None
+    assert list(b.derivatives) == ["r", "sigma"]  # the request's order, the graph's numbers
+    for name in ("sigma", "r"):
+        assert torch.equal(a.derivatives[name], b.derivatives[name])
+    assert built._graphs == graphs and not built._pending  # nothing new built or asked for
 
 
 @needs_cxx
 def test_a_remainder_of_one_sample_joins_the_call_before(
-        builtins: dict[str, Routine], compiled: CompiledForward,
+        builtins: dict[str, Routine], built: CompiledForward,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A call of one sample would compile a graph of its own (torch.compile specialises the
-    sizes 0 and 1)."""
-    r = builtins["damped_oscillator"]
-    problem = problem_for(r, 2 * CHUNK + 1)
-    assert compiled.run(problem_for(r, CHUNK)) is not None
-    sizes: list[int] = []
-    graph = compiled._graphs[compiled_module._key(problem)]
-    monkeypatch.setitem(compiled._graphs, compiled_module._key(problem),
+    problem = black_scholes(builtins, 2 * CHUNK + 1)
+    key = (kind_of(problem), "cpu")
+    graph, sizes = built._graphs[key], []
+    monkeypatch.setitem(built._graphs, key,
                         lambda cols, params: (sizes.append(cols.shape[1]), graph(cols, params))[1])
-    result = compiled.run(problem)
+    result = built.run(problem)
     assert sizes == [CHUNK, CHUNK + 1]
     assert result is not None
     assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
+
+
+@needs_cxx
+def test_per_sample_parameters_and_shared_ones_share_the_per_sample_graph(
+        builtins: dict[str, Routine], built: CompiledForward) -> None:
+    r, form = builtins["exponential_decay"], CLOSED_FORMS["exponential_decay"]
+    n = CHUNK + 5
+    problem = decay_per_sample(builtins, n)
+    result = built.run(problem)
+    assert result is not None
+    for i in (0, CHUNK - 1, CHUNK, n - 1):  # each sample with its own k, across the calls
+        values, derivs = form.expected(problem.inputs[i:i + 1],
+                                       {"k": float(problem.params["k"][i])})
+        assert_close(result.values[i:i + 1], values, rtol=AD_RTOL)
+        assert_close(result.derivatives["k"][i:i + 1], derivs["k"], rtol=AD_RTOL)
+    shared = Problem(r, problem.inputs, {"k": torch.tensor(0.7, dtype=torch.float64)}, ("k",))
+    result = built.run(shared)  # no shared graph: the per-sample one, k expanded
+    assert result is not None and not built._pending
+    values, derivs = form.expected(shared.inputs, {"k": 0.7})
+    assert_close(result.values, values, rtol=AD_RTOL)
+    assert_close(result.derivatives["k"], derivs["k"], rtol=AD_RTOL)
+
+
+class GatedBuilder:
+    """A builder whose build finishes when the test says, with a real artefact."""
+
+    def __init__(self, cache_dir: Path, events: list[str]) -> None:
+        self.cache_dir, self.events = cache_dir, events
+        self.done: Future[Artefact] = Future()
+
+    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
+        self.events.append("build asked for")
+        return self.done
+
+    def close(self) -> None:
+        pass
+
+
+@needs_cxx
+def test_a_launch_never_waits_for_a_build(builtins: dict[str, Routine], built: CompiledForward,
+                                         tmp_path: Path) -> None:
+    events: list[str] = []
+    artefact = next(a for k, a in built._artefacts.items() if k.routine == "black_scholes_call")
+    shutil.copy(built.cache_dir / artefact.package, tmp_path / artefact.package)
+    builder = GatedBuilder(tmp_path, events)
+    compiled = CompiledForward(chunk=CHUNK, min_samples=32, builder=builder)
+
+    def launch(problem: Problem) -> None:
+        result, _ = differentiate(problem, "auto", compiled)
+        events.append("compiled" if compiled._launches else "eager")
+        assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
+
+    launch(black_scholes(builtins, 100))  # asks for the build, answered eagerly at once
+    assert compiled.swap_in(CPU) == 0  # between launches: the build has not finished
+    launch(black_scholes(builtins, 120))  # still eagerly, and no second build
+    builder.done.set_result(artefact)
+    events.append("build finished")
+    launch(black_scholes(builtins, 130))  # not swapped in yet: eagerly
+    assert compiled.swap_in(CPU) == 1
+    launch(black_scholes(builtins, 140))
+    assert events == ["build asked for", "eager", "eager", "build finished", "eager",
+                      "compiled"]
+
+
+def wrong_by_half(graph: compiled_module.Graph, after: int = 0) -> compiled_module.Graph:
+    """The graph with its values 50% off from its ``after + 1``-th call on."""
+    calls = [0]
+
+    def call(cols: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        values, *tangents = graph(cols, params)
+        calls[0] += 1
+        return (values * 1.5 if calls[0] > after else values, *tangents)
+
+    return call
+
+
+@needs_cxx
+def test_a_live_mismatch_retires_the_graph_and_is_counted(
+        builtins: dict[str, Routine], built: CompiledForward, tmp_path: Path) -> None:
+    """Re-checked on the first launch and every RECHECK_EVERY-th: a graph that goes wrong
+    after its first launch is caught at the next re-check, on outputs of 1e-10 too."""
+    compiled = copy_of(built, tmp_path, recheck_every=3)
+    problem = decay_per_sample(builtins, CHUNK, scale=1e-10)  # one call a launch
+    assert compiled.run(problem) is None  # found in the cache directory: swapped in next
+    assert compiled.swap_in(CPU) == 1
+    key = (kind_of(problem), "cpu")
+    compiled._graphs[key] = wrong_by_half(compiled._graphs[key], after=1)
+    before = scrape_refusals()
+    assert compiled.run(problem) is not None  # launch 1: re-checked, right
+    for _ in range(2):  # launches 2 and 3 are not re-checked: served (the price of sampling)
+        assert compiled.run(problem) is not None
+    assert compiled.run(problem) is None  # launch 4: re-checked, wrong, retired
+    assert compiled.refused(problem) == "recheck" and key not in compiled._graphs
+    assert scrape_refusals()["recheck"] - before["recheck"] == 1
+    assert not list(tmp_path.glob("exponential_decay-*"))  # not loaded again at a restart
+    result, ran = differentiate(problem, "auto", compiled)  # eagerly from now on, and right
+    assert ran == "forward" and compiled.run(problem) is None
+    assert_close(result.derivatives["k"], differentiate(problem, "forward")[0].derivatives["k"],
+                 rtol=1e-15)
+
+
+@needs_cxx
+def test_past_max_graphs_launches_run_eagerly_and_a_metric_says_so(
+        builtins: dict[str, Routine], built: CompiledForward, tmp_path: Path) -> None:
+    compiled = copy_of(built, tmp_path, max_graphs=1)
+    first = black_scholes(builtins, 100)
+    compiled.request(first)
+    assert compiled.swap_in(CPU) == 1
+    before = scrape_refusals()
+    other = decay_per_sample(builtins, 100)
+    assert compiled.run(other) is None and compiled.refused(other) == "max_graphs"
+    assert compiled.run(other) is None  # counted once per kind
+    assert scrape_refusals()["max_graphs"] - before["max_graphs"] == 1
+    assert compiled.run(first) is not None
+
+
+def scrape_refusals() -> dict[str, float]:
+    from prometheus_client import REGISTRY, generate_latest
+
+    samples = scrape(generate_latest(REGISTRY).decode())
+    return {reason: value(samples, "dydc_compile_refusals_total", reason=reason)
+            for reason in ("recheck", "max_graphs", "verification", "trace", "operations")}
+
+
+def test_small_launches_and_opted_out_routines_run_eagerly(
+        builtins: dict[str, Routine], tmp_path: Path) -> None:
+    import dataclasses
+
+    compiled = CompiledForward(chunk=CHUNK, min_samples=32, builder=InlineBuilder(tmp_path))
+    assert not compiled.applies(problem_for(builtins["linear"], 31))
+    assert compiled.applies(problem_for(builtins["linear"], 32))
+    opted_out = dataclasses.replace(builtins["linear"], compile=False)
+    assert not compiled.applies(problem_for(opted_out, 1000))
+
+
+def test_what_cannot_trace_is_refused_and_not_tried_again(
+        builtins: dict[str, Routine], tmp_path: Path) -> None:
+    compiled = CompiledForward(chunk=CHUNK, min_samples=32, builder=InlineBuilder(tmp_path))
+    problem = problem_for(builtins["gamma_survival"], 40)  # igammac: no forward formula
+    before = scrape_refusals()
+    result, ran = differentiate(problem, "auto", compiled)
+    assert ran == "vmap-grad"
+    compiled.swap_in(CPU)
+    assert compiled.refused(problem) == "trace" and not compiled.applies(problem)
+    assert scrape_refusals()["trace"] - before["trace"] == 1
+    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
+
+
+@needs_cxx
+@pytest.mark.anyio
+async def test_the_service_answers_eagerly_then_compiled(make_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import anyio
+
+    form = CLOSED_FORMS["linear"]
+    x = form.batch(100, seed=5)
+    name = "dydc_compiled_graphs_total"
+    async with make_client(compile_min_samples=50, compile_chunk=32,
+                           compile_cache_dir=tmp_path / "cache") as c:
+        async def ask() -> None:
+            resp = await c.post("/v1/routines/linear/sensitivities",
+                                json={"inputs": x[:, 0].tolist(), "params": {"C": 1.5}})
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["strategy"] == "forward"
+            assert body["derivatives"]["C"] == x[:, 0].tolist()
+            assert body["values"] == pytest.approx((1.5 * x[:, 0]).tolist(), rel=1e-15)
+
+        before = scrape((await c.get("/metrics")).text)
+        await ask()  # answered at once, eagerly; the build runs in its own process
+        with anyio.fail_after(240):
+            while value(scrape((await c.get("/metrics")).text), name, routine="linear") == \
+                    value(before, name, routine="linear"):
+                await anyio.sleep(0.2)
+        await ask()  # swapped in before this launch
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    assert list((tmp_path / "cache").glob("linear-float64-cpu-*.pt2"))
+
+
+@pytest.mark.anyio
+async def test_compiling_can_be_switched_off(make_client) -> None:  # type: ignore[no-untyped-def]
+    async with make_client(compile=False, compile_min_samples=2) as c:
+        before = scrape((await c.get("/metrics")).text)
+        resp = await c.post("/v1/routines/linear/sensitivities",
+                            json={"inputs": [1.0, 2.0], "params": {"C": 1.5}})
+        assert resp.json()["derivatives"]["C"] == [1.0, 2.0]
+        after = scrape((await c.get("/metrics")).text)
+        name = "dydc_compiled_graphs_total"
+        assert value(after, name) == value(before, name)
 
 
 def test_the_traced_graph_takes_any_batch_size(builtins: dict[str, Routine]) -> None:
@@ -98,7 +320,7 @@ def test_the_traced_graph_takes_any_batch_size(builtins: dict[str, Routine]) -> 
     n = 50
     x = problem_for(r, n).inputs
     problem = Problem(r, x, {"T": torch.linspace(0.5, 2.0, n, dtype=torch.float64)}, ("T",))
-    gm = compiled_module._trace(problem)
+    gm = forward_graph(problem)
 
     def sizes(arg: object) -> list[int]:
         if isinstance(arg, (list, tuple)):
@@ -112,122 +334,6 @@ def test_the_traced_graph_takes_any_batch_size(builtins: dict[str, Routine]) -> 
     eager, _ = differentiate(problem, "forward")
     assert_close(values, eager.values, rtol=1e-14)
     assert_close(tangent, eager.derivatives["T"], rtol=1e-14)
-
-
-@needs_cxx
-def test_a_graph_that_disagrees_with_eager_forward_mode_is_refused(
-        builtins: dict[str, Routine], monkeypatch: pytest.MonkeyPatch) -> None:
-    compiled = CompiledForward(chunk=CHUNK, min_samples=2)
-    trace = compiled_module._trace
-    monkeypatch.setattr(compiled_module, "_trace", lambda p: (
-        lambda cols, params: tuple(t * 1.001 for t in trace(p)(cols, params))))
-    problem = problem_for(builtins["exponential_decay"], 40)
-    assert compiled.run(problem) is None
-    assert not compiled.applies(problem) and compiled.graphs == 0
-    result, ran = differentiate(problem, "auto", compiled)  # eager, and right
-    assert ran == "forward"
-    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
-
-
-@needs_cxx
-def test_per_sample_parameters_as_a_coalesced_batch_has_them(
-        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
-    r = builtins["exponential_decay"]
-    form = CLOSED_FORMS[r.name]
-    n = CHUNK + 5
-    x = form.batch(n, seed=3)
-    k = torch.linspace(0.1, 2.0, n, dtype=torch.float64)
-    result = compiled.run(Problem(r, x, {"k": k}, ("k",)))
-    assert result is not None
-    for i in (0, CHUNK - 1, CHUNK, n - 1):  # each sample with its own k, across the chunks
-        values, derivs = form.expected(x[i:i + 1], {"k": float(k[i])})
-        assert_close(result.values[i:i + 1], values, rtol=AD_RTOL)
-        assert_close(result.derivatives["k"][i:i + 1], derivs["k"], rtol=AD_RTOL)
-
-
-@needs_cxx
-def test_several_outputs_and_float32(builtins: dict[str, Routine],
-                                     compiled: CompiledForward) -> None:
-    r = builtins["softmax"]
-    problem = problem_for(r, CHUNK + 1, dtype=torch.float32)
-    result = compiled.run(problem)
-    assert result is not None
-    assert result.values.shape == (CHUNK + 1, len(r.outputs))
-    assert result.values.dtype == torch.float32
-    exact_values, exact = CLOSED_FORMS[r.name].expected(problem.inputs)
-    assert_close(result.values, exact_values, rtol=1e-5, atol=1e-6)
-    assert_close(result.derivatives["T"], exact["T"], rtol=1e-4, atol=1e-5)
-
-
-def test_small_launches_and_opted_out_routines_run_eagerly(
-        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
-    assert not compiled.applies(problem_for(builtins["linear"], 31))
-    assert compiled.applies(problem_for(builtins["linear"], 32))
-    opted_out = dataclasses.replace(builtins["linear"], compile=False)
-    assert not compiled.applies(problem_for(opted_out, 1000))
-
-
-def test_what_cannot_compile_falls_back_and_is_not_tried_again(
-        builtins: dict[str, Routine], compiled: CompiledForward) -> None:
-    r = builtins["gamma_survival"]  # igammac has no forward-mode formula
-    problem = problem_for(r, 40)
-    assert compiled.applies(problem)
-    result, ran = differentiate(problem, "auto", compiled)
-    assert ran == AUTO_FALLBACK
-    assert not compiled.applies(problem)  # refused for good: no second attempt
-    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
-    with pytest.raises(NotImplementedError, match="forward AD"):
-        differentiate(problem, "forward", compiled)
-
-
-@needs_cxx
-@pytest.mark.anyio
-async def test_the_service_compiles_large_launches(make_client) -> None:  # type: ignore[no-untyped-def]
-    form = CLOSED_FORMS["linear"]
-    x = form.batch(100, seed=5)
-    async with make_client(compile_min_samples=50, compile_chunk=32) as c:
-        before = scrape((await c.get("/metrics")).text)
-        resp = await c.post("/v1/routines/linear/sensitivities",
-                            json={"inputs": x[:, 0].tolist(), "params": {"C": 1.5}})
-        assert resp.status_code == 200, resp.text
-        body = resp.json()
-        assert body["strategy"] == "forward"
-        assert body["derivatives"]["C"] == x[:, 0].tolist()
-        assert body["values"] == pytest.approx((1.5 * x[:, 0]).tolist(), rel=1e-15)
-        after = scrape((await c.get("/metrics")).text)
-        name = "dydc_compiled_graphs_total"
-        assert value(after, name, routine="linear") - value(before, name, routine="linear") == 1
-
-
-@pytest.mark.anyio
-async def test_compiling_can_be_switched_off(make_client) -> None:  # type: ignore[no-untyped-def]
-    async with make_client(compile=False, compile_min_samples=1) as c:
-        before = scrape((await c.get("/metrics")).text)
-        resp = await c.post("/v1/routines/linear/sensitivities",
-                            json={"inputs": [1.0, 2.0], "params": {"C": 1.5}})
-        assert resp.json()["derivatives"]["C"] == [1.0, 2.0]
-        after = scrape((await c.get("/metrics")).text)
-        name = "dydc_compiled_graphs_total"
-        assert value(after, name) == value(before, name)
-
-
-
-@needs_cxx
-def test_warm_up_compiles_forward_mode_for_one_large_request(
-        builtins: dict[str, Routine]) -> None:
-    compiled = CompiledForward(chunk=CHUNK, min_samples=CHUNK)
-    opted_out = dataclasses.replace(builtins["linear"], compile=False)
-    routines = {"exponential_decay": builtins["exponential_decay"], "linear": opted_out}
-    warm_up(routines, torch.device("cpu"), compiled)
-    exp = builtins["exponential_decay"]
-    assert compiled.compiled(exp, ("k",), torch.float64)  # all parameters, float64, shared
-    assert not compiled.compiled(opted_out, ("C",), torch.float64)
-    # a real request of that kind then runs compiled, with no new graph
-    problem = problem_for(exp, 3 * CHUNK + 1)
-    before = compiled.graphs
-    result, ran = differentiate(problem, "auto", compiled)
-    assert ran == "forward" and compiled.graphs == before
-    assert_matches_closed_form(problem, result.values, result.derivatives, ran)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -126,6 +126,16 @@ def test_service_reserves_gpus_and_checks_readiness() -> None:
     assert seconds(dydc["stop_grace_period"]) > drain_seconds()
 
 
+def test_compiled_graphs_live_on_a_named_volume() -> None:
+    from tests.test_deploy_image import image_env
+
+    compose = load(COMPOSE)
+    cache = Path(image_env()["DYDC_COMPILE_CACHE_DIR"])
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["dydc"]["volumes"])
+    named = {source for source, target in mounts.items() if target == str(cache.parent)}
+    assert named and named <= set(compose["volumes"]), mounts
+
+
 def test_cpu_override_drops_the_gpu_and_changes_nothing_else() -> None:
     base, merged = load(COMPOSE), merge(load(COMPOSE), load(CPU_OVERRIDE))
     dydc = merged["services"]["dydc"]

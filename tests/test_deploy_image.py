@@ -117,6 +117,21 @@ def test_runtime_stage_runs_one_non_root_process_on_the_service_port() -> None:
     assert env["PATH"].startswith(f"{IMAGE_ROOT}/.venv/bin:")
 
 
+def test_the_image_serves_compiled_with_a_compiler_and_a_private_cache() -> None:
+    env = image_env()
+    assert env["DYDC_COMPILE"] == "true" and env["DYDC_COMPILE_WARMUP"] == "true"
+    Settings(compile=env["DYDC_COMPILE"], compile_warmup=env["DYDC_COMPILE_WARMUP"],
+             compile_cache_dir=env["DYDC_COMPILE_CACHE_DIR"])
+    cache = Path(env["DYDC_COMPILE_CACHE_DIR"])
+    assert not cache.is_relative_to("/tmp")
+    runs = " ".join(rest for word, rest in instructions("runtime") if word == "RUN")
+    assert re.search(r"apt-get install .*\bg\+\+", runs), "Inductor needs a C++ compiler"
+    user = next(rest for word, rest in instructions("runtime") if word == "USER").split(":")[0]
+    # the volume's mount point, the service user's own and closed to others; the service
+    # creates the cache directory inside it (mode 0700)
+    assert f"install -d -m 0700 -o {user} -g {user} {cache.parent}" in runs
+
+
 def test_healthcheck_is_liveness_with_the_image_python() -> None:
     checks = [rest for word, rest in instructions("runtime") if word == "HEALTHCHECK"]
     assert len(checks) == 1
@@ -129,14 +144,18 @@ def test_healthcheck_is_liveness_with_the_image_python() -> None:
 
 
 @pytest.fixture(scope="module")
-def image_server() -> Iterator[str]:
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The image's CMD with the image's environment, on the CPU, at 127.0.0.1:<free port>;
     stopped with SIGTERM at the end, and expected to drain and exit cleanly."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DYDC_")}
     env.update(image_env())
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", DYDC_DEVICE="cpu",
-               DYDC_HOST="127.0.0.1", DYDC_PORT=str(port), DYDC_TORCH_THREADS="1")
+               DYDC_HOST="127.0.0.1", DYDC_PORT=str(port), DYDC_TORCH_THREADS="1",
+               # the image's compiled warm-up builds every routine (minutes: measured in
+               # bench/bench_compile.py), and its cache directory is the image's own
+               DYDC_COMPILE_WARMUP="false",
+               DYDC_COMPILE_CACHE_DIR=str(tmp_path_factory.mktemp("image") / "compiled"))
     with server_process(image_cmd(), env, port) as server:
         yield server.url
         server.stop()

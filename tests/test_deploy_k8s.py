@@ -78,6 +78,18 @@ def check_container(container: dict[str, Any]) -> None:
     Settings(**{k.removeprefix("DYDC_").lower(): v for k, v in env.items()})
 
 
+def test_compiled_graphs_live_on_a_volume_of_the_pod() -> None:
+    """An emptyDir (the reasoning is in deployment.yaml): it outlives container restarts."""
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["DYDC_COMPILE"] == "true" and env["DYDC_COMPILE_WARMUP"] == "true"
+    cache = env["DYDC_COMPILE_CACHE_DIR"]
+    mount = next(m for m in container["volumeMounts"] if cache.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume
+
+
 def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     found = manifests()
     assert set(found) == {"Deployment", "Service", "PodDisruptionBudget",

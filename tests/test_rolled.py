@@ -8,6 +8,8 @@ tracing it takes a fraction of a second rather than the 5 s of its 200 steps.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_routines import assert_close
@@ -15,14 +17,15 @@ from test_strategies import problem_for
 from torch import Tensor
 
 import routines.population
+from app.engine import builds
 from app.engine import compiled as compiled_module
-from app.engine.compiled import CompiledForward, _key
+from app.engine.builds import InlineBuilder
+from app.engine.compiled import CompiledForward
 from app.engine.compute import differentiate
 from app.engine.rolled import MIN_COUNT, RolledForward, find_loop
 from app.engine.strategies import Problem
 from routines import Param, Routine, discover, routine
 from tests.support import needs_cxx
-from tests.test_operations import scrape, value
 
 STEPS = 12
 
@@ -118,19 +121,6 @@ def test_two_carried_values_and_two_outputs() -> None:
     assert_same_as_eager(Problem(r, x, params, ("omega", "gamma")))
 
 
-@needs_cxx
-def test_the_service_path_compiles_rk4_rolled(builtins: dict[str, Routine],
-                                              short_rk4: None) -> None:
-    compiled = CompiledForward(chunk=1 << 20, min_samples=2)
-    problem = problem_for(builtins["logistic_rk4"], 64)
-    result, ran = differentiate(problem, "auto", compiled)
-    assert ran == "forward" and compiled.graphs == 1
-    assert isinstance(compiled._graphs[_key(problem)], RolledForward)
-    eager, _ = differentiate(problem, "forward")
-    for name in problem.wrt:
-        assert_close(result.derivatives[name], eager.derivatives[name], rtol=1e-12)
-
-
 @routine(description="y = a y + x / (i + 2), 60 times: a different constant every step",
          params=[Param("a", 0.5, "weight")], inputs=["x"])
 def series(x: Tensor, *, a: Tensor) -> Tensor:
@@ -140,15 +130,17 @@ def series(x: Tensor, *, a: Tensor) -> Tensor:
     return y
 
 
-def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
     """Steps that differ (here by a constant) are not a loop; a graph that long is then not
     compiled whole either (MAX_OPERATIONS), since compiling it could take minutes."""
     assert find_loop(values_graph(series, 1).graph) is None
-    monkeypatch.setattr(compiled_module, "MAX_OPERATIONS", 100)
-    compiled = CompiledForward(chunk=1 << 20, min_samples=2)
+    monkeypatch.setattr(builds, "MAX_OPERATIONS", 100)
+    compiled = CompiledForward(chunk=1 << 20, min_samples=2, builder=InlineBuilder(tmp_path))
     x = torch.linspace(0.5, 2.0, 20, dtype=torch.float64)[:, None]
     problem = Problem(series, x, {"a": torch.tensor(0.5, dtype=torch.float64)}, ("a",))
-    assert compiled.run(problem) is None and not compiled.applies(problem)
+    assert compiled.run(problem) is None  # the build is refused at once
+    assert compiled.refused(problem) == "operations" and not compiled.applies(problem)
     result, ran = differentiate(problem, "auto", compiled)
     assert ran == "forward" and compiled.graphs == 0
     a, dy = 0.5, torch.zeros_like(x)  # d/da of the recurrence, step by step
@@ -158,31 +150,6 @@ def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.Monke
         y = y * a + x / (i + 2)
     assert_close(result.values, y, rtol=1e-12)
     assert_close(result.derivatives["a"], dy, rtol=1e-12)
-
-
-@needs_cxx
-@pytest.mark.anyio
-async def test_a_large_rk4_request_is_served_rolled(make_client, short_rk4: None,  # type: ignore[no-untyped-def]
-                                                    builtins: dict[str, Routine]) -> None:
-    problem = problem_for(builtins["logistic_rk4"], 60)
-    eager, _ = differentiate(problem, "forward")
-    async with make_client(compile_min_samples=50) as c:
-        before = scrape((await c.get("/metrics")).text)
-        resp = await c.post("/v1/routines/logistic_rk4/sensitivities",
-                            json={"inputs": problem.inputs.tolist(),
-                                  "params": {"r": 0.5, "K": 100.0}})
-        assert resp.status_code == 200, resp.text
-        body = resp.json()
-        assert body["strategy"] == "forward"
-        assert_close(torch.tensor(body["values"], dtype=torch.float64),
-                     eager.values[:, 0], rtol=1e-12)
-        for name in ("r", "K"):
-            assert_close(torch.tensor(body["derivatives"][name], dtype=torch.float64),
-                         eager.derivatives[name][:, 0], rtol=1e-12)
-        after = scrape((await c.get("/metrics")).text)
-        name = "dydc_compiled_graphs_total"
-        assert (value(after, name, routine="logistic_rk4")
-                - value(before, name, routine="logistic_rk4")) == 1
 
 
 @routine(description="a rotation applied 30 times to (x, x): two carried values that start "

@@ -1,224 +1,283 @@
-"""Forward mode through torch.compile, for large launches.
+"""Forward mode through compiled graphs, for large launches; no launch ever waits for one.
 
 PyTorch's eager forward mode pays for generality on every operation: a Python reference
 implementation run on meta tensors beside it, materialised zero tangents, a kernel per
 operation. On the CPU that puts eager ``forward`` at 2-11x the cost of plain evaluation at
 N >= 1e5 (bench/bench_strategies.py). Here the same ``torch.func.jvp`` through the same
-``vmap`` is traced once into a graph of plain tensor operations, which Inductor fuses into
-one pass over the data that computes values and tangents together.
+``vmap`` is traced once into a graph of plain tensor operations, which Inductor fuses into one
+pass over the data that computes values and tangents together (app.engine.builds says how a
+graph is made, app.engine.tracing how it serves every batch size, app.engine.rolled what
+happens to long loops).
 
-How the graph is made, once per routine, wrt set, dtype, device and parameter layout:
+The serving side, here:
 
-- **One jvp per parameter.** The traced function pushes one tangent per parameter rather
-  than vmapping over the basis (``jacfwd``): every tangent then lives in the same loop over
-  samples, where Inductor computes what they share (the values, an ``exp``) once.
-- **Inputs by column.** The graph takes the inputs transposed, (D, N) and contiguous, so
-  that each feature is read with unit stride and the fused loop vectorises; (N, D) rows made
-  Inductor fall back to scalar code for ``black_scholes_call``.
-- **Any batch size.** ``vmap`` fixes the batch size of what it traces (even under symbolic
-  tracing), so the graph is traced with fake tensors at a batch size no routine uses
-  otherwise, :data:`TRACE_N` (a prime), and every shape argument equal to it is then replaced
-  by the size of the input. torch.compile then builds one graph with a symbolic N: no
-  padding, no recompiling per size (app.engine.tracing).
-- **Loops.** The routine's values are traced first; if they hold a long loop (a Python loop
-  unrolls into every step), one step is compiled and called once per iteration instead
-  (app.engine.rolled). A long graph with no loop to roll is not compiled at all.
-
-After its first call a graph is checked against eager forward mode on a few samples, which
-would catch a shape the replacement missed. What cannot be traced or compiled (an operation
-without a forward formula, no C++ compiler, a routine that opts out, a check that fails) runs
-eagerly, as before, and is not tried again.
+- **A launch never waits.** :meth:`CompiledForward.run` returns None at once when its kind
+  has no loaded graph (the caller then runs eager forward mode) and asks for a build, which
+  runs in a process of its own (:class:`~app.engine.builds.ProcessBuilder`). Finished builds
+  are loaded between launches by :meth:`CompiledForward.swap_in`: milliseconds a graph.
+- **A bounded, canonical set of kinds** (:class:`~app.engine.builds.Kind`): ``wrt`` in the
+  routine's order, so ``sigma,r`` and ``r,sigma`` are one graph; parameters either all shared
+  (0-d) or all per sample (N,), a launch with some of each using the per-sample graph with
+  the shared ones expanded, and a shared launch the per-sample graph while its own is not
+  built; at most ``max_graphs`` kinds (DYDC_COMPILE_MAX_GRAPHS), beyond which launches run
+  eagerly and ``dydc_compile_refusals_total{reason="max_graphs"}`` counts the kinds refused.
+- **Checked, then re-checked.** A build is checked against eager forward mode at two batch
+  sizes before it is stored; once loaded, a graph's first launch and every
+  ``recheck_every``-th (DYDC_COMPILE_RECHECK_EVERY) are compared with eager forward mode on a
+  few of their rows. A mismatch retires the graph (and deletes its files): that launch and
+  the kind's later ones run eagerly. Every refusal is counted by reason.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.fx import GraphModule
 
 from app import metrics
-from app.engine.evaluation import evaluate_batch
-from app.engine.rolled import RolledForward, find_loop
+from app.engine.builds import (
+    MAX_OPERATIONS,
+    Artefact,
+    Builder,
+    BuildRefused,
+    Graph,
+    Kind,
+    ProcessBuilder,
+    Samples,
+    cached,
+    columns,
+    forget,
+    kind_of,
+    load,
+    private_tempdir,
+    values_graph,
+)
 from app.engine.strategies import Derivatives, Problem, forward
-from app.engine.tracing import TRACE_N, trace
+from app.engine.tracing import TRACE_N
+from app.engine.verification import mismatch
 from routines import Routine
 
-__all__ = ["TRACE_N", "CompiledForward", "values_graph"]
+__all__ = ["MAX_OPERATIONS", "TRACE_N", "CompiledForward", "values_graph"]
 
 log = logging.getLogger(__name__)
 
-# values graphs larger than this, with no loop to roll, stay eager: compiling logistic_rk4's
-# forward mode whole (49,614 operations) had not finished after 5 minutes
-MAX_OPERATIONS = 4_000
-_CHECK_N = 13  # samples on which a new graph is compared with eager forward mode
-
 _CPU = torch.device("cpu")
-_Key = tuple[str, tuple[str, ...], torch.dtype, torch.device, tuple[tuple[str, bool], ...]]
-_Graph = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, ...]]
+_RECHECK_ROWS = 4  # rows of a live launch compared with eager forward mode
 
-
-def _key(problem: Problem) -> _Key:
-    layout = tuple((name, bool(v.dim())) for name, v in problem.params.items())
-    return (problem.routine.name, problem.wrt, problem.inputs.dtype, problem.inputs.device,
-            layout)
-
-
-def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> _Graph:
-    """Values and one tangent per parameter, from inputs given as columns (D, N)."""
-
-    def run(columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        x = columns.t()
-        pushed = {name: forward(Problem(routine, x, params, (name,))) for name in wrt}
-        return (pushed[wrt[0]].values, *(d.derivatives[name] for name, d in pushed.items()))
-
-    return run
-
-
-def _examples(problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
-    """Stand-ins for a graph's arguments at TRACE_N samples: inputs as columns (D, N), and
-    the parameters, per-sample ones (N,)."""
-    x = problem.inputs
-    columns = torch.empty((len(problem.routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
-    params = {name: torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
-              for name, v in problem.params.items()}
-    return columns, params
-
-
-def _trace(problem: Problem) -> GraphModule:
-    """The problem's forward mode as a graph of plain tensor operations, for any N."""
-    return trace(_forward_by_columns(problem.routine, problem.wrt), *_examples(problem))
-
-
-def values_graph(problem: Problem) -> GraphModule:
-    """The routine's values alone (no tangents) as a graph, for any N: its inputs are the
-    columns, then the parameters in the problem's order."""
-    routine, names = problem.routine, tuple(problem.params)
-    columns, params = _examples(problem)
-
-    def values(columns: Tensor, *params: Tensor) -> Tensor:
-        return evaluate_batch(routine, columns.t(), dict(zip(names, params, strict=True)))
-
-    return trace(values, columns, *params.values())
-
-
-def _build(problem: Problem) -> _Graph:
-    """The problem's compiled forward mode: the values' graph rolled around its loop if it has
-    one (app.engine.rolled), else the whole of forward mode traced and compiled."""
-    graph = values_graph(problem)
-    loop = find_loop(graph.graph)
-    if loop is not None:
-        return RolledForward(graph, loop, tuple(problem.params), problem.wrt)
-    operations = sum(node.op == "call_function" for node in graph.graph.nodes)
-    if operations > MAX_OPERATIONS:
-        raise ValueError(f"its values trace to {operations:,} operations with no loop to roll "
-                         f"(more than {MAX_OPERATIONS:,} are not compiled whole)")
-    compiled: _Graph = torch.compile(_trace(problem), dynamic=True, fullgraph=True)
-    return compiled
-
-
-def _columns(problem: Problem, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
-    """A graph's arguments: inputs (D, N) contiguous. One column is a view; several are
-    stacked, which copies them 7x faster than ``.t().contiguous()`` (0.07 against 0.5 ms
-    for 1e5 x 2 here)."""
-    params = {name: v[rows].contiguous() if v.dim() else v for name, v in problem.params.items()}
-    x = problem.inputs[rows]
-    return (x.t() if x.shape[1] == 1 else torch.stack(x.unbind(1))), params
-
-
-def _check(problem: Problem, graph: _Graph) -> None:
-    """Raise unless the graph gives eager forward mode's numbers on the first samples."""
-    rows = slice(0, min(_CHECK_N, problem.n))
-    columns, params = _columns(problem, rows)
-    got = graph(columns, params)
-    eager = forward(Problem(problem.routine, problem.inputs[rows], params, problem.wrt))
-    want = (eager.values, *(eager.derivatives[name] for name in problem.wrt))
-    tol = 1e-9 if problem.inputs.dtype == torch.float64 else 1e-4
-    for g, w in zip(got, want, strict=True):
-        if g.shape != w.shape or not torch.allclose(g, w, rtol=tol, atol=tol, equal_nan=True):
-            raise ArithmeticError("the compiled graph disagrees with eager forward mode")
+_Loaded = tuple[Kind, str]  # a kind, on one device
 
 
 class CompiledForward:
-    """``forward`` for launches of at least ``min_samples`` samples, compiled; launches of
-    more than ``chunk`` samples run in several calls of at most ``chunk`` samples."""
+    """Compiled forward mode for launches of at least ``min_samples`` samples; launches of
+    more than ``chunk`` samples run in several calls of at most ``chunk`` samples. Graphs are
+    built by ``builder`` (a build process storing them in ``cache_dir`` by default)."""
 
-    def __init__(self, chunk: int, min_samples: int) -> None:
+    def __init__(self, chunk: int, min_samples: int, *, cache_dir: Path | None = None,
+                 max_graphs: int = 128, recheck_every: int = 1000,
+                 builder: Builder | None = None) -> None:
         # sizes 0 and 1 get graphs of their own under torch.compile: never call with them
         self.chunk = max(chunk, 2)
         self.min_samples = max(min_samples, 2)
-        self._graphs: dict[_Key, _Graph] = {}
-        self._refused: set[_Key] = set()  # a graph that failed its first call is kept here too
+        self.max_graphs = max_graphs
+        self.recheck_every = recheck_every
+        if builder is None:
+            builder = ProcessBuilder(cache_dir if cache_dir is not None else private_tempdir())
+        self.builder = builder
         self._lock = threading.Lock()
-        # A graph per key, each its own GraphModule, but Dynamo counts recompiles per code
-        # object, and equal graphs share one: its limit of 8 is meant for one function.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        self._routines: dict[Kind, Routine] = {}
+        self._pending: dict[Kind, Future[Artefact]] = {}
+        self._artefacts: dict[Kind, Artefact] = {}
+        self._graphs: dict[_Loaded, Graph] = {}
+        self._launches: dict[_Loaded, int] = {}
+        self._refused: dict[Kind, str] = {}
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.builder.cache_dir
 
     @property
     def graphs(self) -> int:
-        """Graphs compiled so far (their first call succeeded)."""
-        return len(self._graphs.keys() - self._refused)
+        """Kinds built and ready to load (or loaded)."""
+        return len(self._artefacts)
 
     def compiled(self, routine: Routine, wrt: tuple[str, ...], dtype: torch.dtype,
                  device: torch.device = _CPU) -> bool:
-        """Whether the graph for one request of this kind (parameters shared) is compiled."""
-        layout = tuple((p.name, False) for p in routine.params)
-        key = (routine.name, wrt, dtype, device, layout)
-        return key in self._graphs and key not in self._refused
+        """Whether a graph for one request of this kind (parameters shared) is loaded."""
+        kind = Kind(routine.name, routine.fn.__module__,
+                    tuple(n for n in routine.param_names if n in wrt),
+                    str(dtype).removeprefix("torch."), device.type, False)
+        return (kind, str(device)) in self._graphs
+
+    def refused(self, problem: Problem) -> str | None:
+        """Why the problem's kind runs eagerly for good (a reason of REASONS), or None."""
+        return self._refused.get(kind_of(problem))
 
     def applies(self, problem: Problem) -> bool:
         return (problem.n >= self.min_samples and problem.routine.compile
-                and _key(problem) not in self._refused)
+                and kind_of(problem) not in self._refused)
+
+    # -- serving ---------------------------------------------------------------------------
 
     def run(self, problem: Problem) -> Derivatives | None:
-        """The derivatives, or None when this problem cannot be compiled (it is then never
-        tried again, and the caller runs it eagerly)."""
-        key = _key(problem)
+        """The derivatives from a loaded graph, or None at once (the caller runs eager
+        forward mode): no graph is loaded for the problem's kind (a build is asked for), or
+        the graph failed its re-check (it is retired)."""
+        kind = kind_of(problem)
+        place = str(problem.inputs.device)
+        graph, kind_served = self._graphs.get((kind, place)), kind
+        if graph is None and not kind.per_sample:
+            shared_as_per_sample = replace(kind, per_sample=True)
+            graph, kind_served = self._graphs.get((shared_as_per_sample, place)), \
+                shared_as_per_sample
+        if graph is None:
+            self.request(problem)
+            return None
+        if kind_served.per_sample:
+            problem = Problem(problem.routine, problem.inputs,
+                              {k: v.expand(problem.n) if not v.dim() else v
+                               for k, v in problem.params.items()}, problem.wrt)
         try:
-            return self._run(problem, key)
+            out = self._call(graph, problem)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
-            self._refused.add(key)
-            log.warning("forward mode for routine %s (wrt %s, %s) runs eagerly: compiling "
-                        "it failed: %s", problem.routine.name, ", ".join(problem.wrt),
-                        problem.inputs.dtype, f"{type(exc).__name__}: {exc}".split("\n")[0])
+            self._retire(kind_served, place, "recheck", f"its call failed: {exc}")
             return None
+        key = (kind_served, place)
+        count = self._launches.get(key, 0)
+        self._launches[key] = count + 1
+        if count % self.recheck_every == 0:
+            wrong = self._recheck(problem, kind_served, out)
+            if wrong is not None:
+                self._retire(kind_served, place, "recheck", wrong)
+                return None
+        values, *tangents = out
+        by_name = dict(zip(kind_served.wrt, tangents, strict=True))
+        return Derivatives(values, {name: by_name[name] for name in problem.wrt})
 
-    def _graph(self, problem: Problem, key: _Key) -> tuple[_Graph, bool]:
-        """The key's graph, and whether it is new (its first call compiles it)."""
-        with self._lock:
-            graph = self._graphs.get(key)
-            if graph is not None:
-                return graph, False
-            graph = self._graphs[key] = _build(problem)
-            return graph, True
-
-    def _run(self, problem: Problem, key: _Key) -> Derivatives:
-        began = time.perf_counter()
-        graph, new = self._graph(problem, key)
-        n, wrt = problem.n, problem.wrt
+    def _call(self, graph: Graph, problem: Problem) -> tuple[Tensor, ...]:
+        n = problem.n
         bounds = [*range(0, n, self.chunk), n]
         if len(bounds) > 2 and n - bounds[-2] < 2:  # no call of one sample: merge it
             del bounds[-2]
-        # the first call compiles, with this launch's size as Inductor's hint for its choices
-        parts = [graph(*_columns(problem, slice(a, b))) for a, b in itertools.pairwise(bounds)]
-        if new:
-            _check(problem, graph)
-            self._first_call(problem, time.perf_counter() - began)
+        parts = [graph(*columns(problem, slice(a, b))) for a, b in itertools.pairwise(bounds)]
         if len(parts) == 1:
-            values, *tangents = parts[0]
-        else:
-            values, *tangents = (torch.cat(ts) for ts in zip(*parts, strict=True))
-        return Derivatives(values, dict(zip(wrt, tangents, strict=True)))
+            return parts[0]
+        return tuple(torch.cat(ts) for ts in zip(*parts, strict=True))
 
-    def _first_call(self, problem: Problem, seconds: float) -> None:
-        metrics.child(metrics.COMPILED_GRAPHS, problem.routine.name).inc()
-        metrics.COMPILE_SECONDS.observe(seconds)
-        log.info("compiled forward mode for routine %s (wrt %s, %s) in %.1f s",
-                 problem.routine.name, ", ".join(problem.wrt), problem.inputs.dtype, seconds)
+    def _recheck(self, problem: Problem, kind: Kind, out: tuple[Tensor, ...]) -> str | None:
+        """Compare a few rows of a launch with eager forward mode (the caller holds the
+        transforms lock, as every launch does)."""
+        n = problem.n
+        idx = sorted({0, n // 3, 2 * n // 3, n - 1})[:_RECHECK_ROWS]
+        rows = torch.tensor(idx, device=problem.inputs.device)
+        params = {k: v[rows] if v.dim() else v for k, v in problem.params.items()}
+        eager = forward(Problem(problem.routine, problem.inputs[rows], params, kind.wrt))
+        want = (eager.values, *(eager.derivatives[name] for name in kind.wrt))
+        names = ("values", *(f"dy/d{name}" for name in kind.wrt))
+        return mismatch([t[rows] for t in out], want, names)
+
+    # -- building and swapping in ----------------------------------------------------------
+
+    def request(self, problem: Problem) -> None:
+        """Ask for the problem's kind to be built, unless it is built, being built or refused
+        (returns at once). An earlier build stored in the cache directory is taken as
+        built."""
+        kind = kind_of(problem)
+        with self._lock:
+            if kind in self._pending or kind in self._artefacts or kind in self._refused:
+                return
+            if len(self._artefacts) + len(self._pending) >= self.max_graphs:
+                self._refuse(kind, "max_graphs", f"DYDC_COMPILE_MAX_GRAPHS={self.max_graphs} "
+                             "graphs are built or being built")
+                return
+            self._routines[kind] = problem.routine
+            found = cached(kind, problem.routine, self.cache_dir)
+            if found is not None:
+                done: Future[Artefact] = Future()
+                done.set_result(found)
+            else:
+                done = self.builder.submit(kind, Samples.of(problem), problem.routine)
+            self._pending[kind] = done
+        done.add_done_callback(lambda _: self._built(kind))
+
+    def _built(self, kind: Kind) -> None:
+        """A build has finished (in the builder's thread): its graph is swapped in at the next
+        :meth:`swap_in`, or the kind is refused."""
+        with self._lock:
+            done = self._pending.pop(kind)
+            try:
+                artefact = done.result()
+            except BuildRefused as exc:
+                self._refuse(kind, exc.reason, str(exc))
+                return
+            except Exception as exc:  # the build process died, or was stopped
+                self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
+                return
+            self._artefacts[kind] = artefact
+        metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
+        if artefact.seconds:
+            metrics.COMPILE_SECONDS.observe(artefact.seconds)
+        log.info("compiled forward mode for %s ready (%s)", _describe(kind),
+                 f"built in {artefact.seconds:.1f} s" if artefact.seconds
+                 else "from the cache directory")
+
+    def swap_in(self, device: torch.device) -> int:
+        """Load the graphs built since the last call, for ``device``; returns how many. Call
+        between launches: each takes milliseconds (a package loaded), never a build."""
+        loaded = 0
+        place = str(device)
+        for kind, artefact in list(self._artefacts.items()):
+            if kind.device != device.type or (kind, place) in self._graphs:
+                continue
+            try:
+                self._graphs[(kind, place)] = load(artefact, self.cache_dir, device)
+            except Exception as exc:
+                self._retire(kind, place, "compile", f"loading it failed: {exc}")
+                continue
+            loaded += 1
+        return loaded
+
+    def warm_up(self, problems: Iterable[Problem], device: torch.device) -> None:
+        """Build (or find in the cache directory) the problems' kinds and load them; returns
+        when every build has finished, refused or not."""
+        for problem in problems:
+            if self.applies(problem):
+                self.request(problem)
+        concurrent.futures.wait(list(self._pending.values()))
+        self.swap_in(device)
+
+    def close(self) -> None:
+        """Stop the build process (builds in progress are abandoned)."""
+        self.builder.close()
+
+    def _refuse(self, kind: Kind, reason: str, why: str) -> None:
+        if kind in self._refused:
+            return
+        self._refused[kind] = reason
+        metrics.child(metrics.COMPILE_REFUSALS, reason).inc()
+        log.warning("forward mode for %s runs eagerly (%s): %s", _describe(kind), reason,
+                    why.split("\n")[0])
+
+    def _retire(self, kind: Kind, place: str, reason: str, why: str) -> None:
+        with self._lock:
+            self._graphs.pop((kind, place), None)
+            self._artefacts.pop(kind, None)
+            self._refuse(kind, reason, why)
+            routine = self._routines.get(kind)
+        if routine is not None:
+            forget(kind, routine, self.cache_dir)
+
+
+def _describe(kind: Kind) -> str:
+    layout = "per-sample" if kind.per_sample else "shared"
+    return (f"routine {kind.routine} (wrt {', '.join(kind.wrt)}, {kind.dtype}, {kind.device}, "
+            f"{layout} parameters)")

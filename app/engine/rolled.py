@@ -13,8 +13,25 @@ with after 5 minutes. But the steps are the same operations on new values. So he
 4. A launch runs what comes before the loop and after it operation by operation in eager
    forward mode (a few dozen operations), and calls the compiled step once per iteration.
 
+Why hand-written: PyTorch 2.13's own tools for repeated blocks were tried for this job, on
+logistic_rk4's 200 steps under ``jvp(vmap(...))`` at N = 1,000 (bench/eval_loop_ops.py,
+``.venv/bin/python bench/eval_loop_ops.py``, run once on a 2-core CPU):
+
+- ``torch._higher_order_ops.scan`` fails in all three ways it would be used: eagerly
+  (UncapturedHigherOrderOpError: it runs only when torch.compile captures it whole), traced by
+  ``make_fx`` ("Unsupported functorch tracing attempt": no vmap or jvp rule under tracing),
+  and through ``torch.compile`` (AssertionError: expected a FakeTensor after unwrapping).
+- ``torch.compiler.nested_compile_region`` runs eagerly (it does nothing there), and under
+  ``make_fx`` it unrolls like plain Python: 65,419 operations in 258 s, the graph this module
+  exists to avoid; through ``torch.compile`` of ``jvp(vmap(...))`` it failed (AssertionError:
+  expected a FakeTensor). It only deduplicates compiled regions under Dynamo, which the
+  ahead-of-time packages of app.engine.builds do not run at call time.
+
+So the roller stays, for every loop; try the two again on a newer PyTorch.
+
 Nothing here knows HTTP, queues or metrics: :class:`~app.engine.compiled.CompiledForward`
-decides when to use it and checks its numbers against eager forward mode like any graph.
+and app.engine.builds decide when to use it and check its numbers against eager forward mode
+like any graph.
 """
 
 from __future__ import annotations
@@ -219,62 +236,139 @@ def _step(calls: Sequence[Node], loop: Loop) -> _Step:
                  tuple(initial[q] for q in carried), outputs)
 
 
+class _Ref(int):
+    """A value of the program: its slot (a graph input, a constant, an operation's result)."""
+
+
+_Target = Any  # an OpOverload, an operator function, or (pickled) the name of an OpOverload
+
+
+def _target_name(target: Any) -> Any:
+    """What pickles of a target: OpOverloads (aten.mul.Tensor) do not, and go by name."""
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    return target
+
+
+def _resolve(target: Any) -> Any:
+    if isinstance(target, str):
+        namespace, name, overload = target.split(".")
+        return getattr(getattr(getattr(torch.ops, namespace), name), overload)
+    return target
+
+
+@dataclass(frozen=True)
+class _Op:
+    target: _Target
+    args: Any  # pytrees with _Ref leaves for values
+    kwargs: Any
+    out: int
+
+
 class RolledForward:
     """Forward mode of a routine whose values graph ``gm`` holds ``loop``: called with the
     inputs as columns (D, N) and the parameters (named in ``names``, in the graph's input
-    order), it returns the values and the tangent for each parameter in ``wrt``."""
+    order), it returns the values and the tangent for each parameter in ``wrt``.
+
+    Once made it holds no graph, only a program over numbered values (the operations around
+    the loop, and where the loop runs), so that it pickles: a build process makes it, and the
+    service runs it with the step's compiled forward mode attached (:meth:`attach`).
+    ``compile_step`` turns the step's traced forward mode into a callable (torch.compile by
+    default; ahead-of-time compiled packages in app.engine.builds)."""
 
     def __init__(self, gm: GraphModule, loop: Loop, names: tuple[str, ...],
-                 wrt: tuple[str, ...]):
+                 wrt: tuple[str, ...],
+                 compile_step: Callable[[GraphModule, list[Tensor]], _Forward] | None = None):
         calls = [n for n in gm.graph.nodes if n.op == "call_function"]
         self.loop, self.names, self.wrt = loop, names, wrt
         self.step = _step(calls, loop)
         end = loop.start + loop.count * loop.period
-        self.entry = calls[loop.start]
-        inside = set(calls[loop.start:end])
-        nodes = list(gm.graph.nodes)
-        self.placeholders = [n for n in nodes if n.op == "placeholder"]
-        # what a call runs: the operations around the loop, and the loop where it begins
-        self.plan = [n for n in calls if n is self.entry or n not in inside]
-        self.output = next(n for n in nodes if n.op == "output").args[0]
-        last = calls[end - loop.period:end]
-        self.results = tuple(last[q] for q in self.step.outputs)
         first = calls[loop.start:loop.start + loop.period]
         for q, initial in zip(self.step.carried, self.step.initial, strict=True):
             if initial.meta["val"].shape != first[q].meta["val"].shape:
                 raise ValueError("a carried value changes shape in the loop")
+        nodes = list(gm.graph.nodes)
+        slots: dict[Node, _Ref] = {}
+
+        def ref(n: Node) -> _Ref:
+            return slots.setdefault(n, _Ref(len(slots)))
+
+        placeholders = [n for n in nodes if n.op == "placeholder"]
+        self._inputs = tuple(ref(n) for n in placeholders)
+        self._constants = {ref(n): getattr(gm, str(n.target)) for n in nodes
+                           if n.op == "get_attr"}
+        self._parameters = {ref(n): name for n, name in zip(placeholders[1:], names,
+                                                             strict=True)}
+        entry, inside = calls[loop.start], set(calls[loop.start:end])
+
+        def refs(a: Any) -> Any:
+            return pytree.tree_map_only(Node, ref, a)
+
+        # what a call runs: the operations around the loop, and the loop (None) where it begins
+        self._plan: list[_Op | None] = [
+            None if n is entry else _Op(n.target, refs(n.args), refs(n.kwargs), ref(n))
+            for n in calls if n is entry or n not in inside]
+        last = calls[end - loop.period:end]
+        self._invariants = tuple(ref(n) for n in self.step.invariants)
+        self._initial = tuple(ref(n) for n in self.step.initial)
+        self._results = tuple(ref(last[q]) for q in self.step.outputs)
+        (result,) = pytree.tree_leaves(next(n for n in nodes if n.op == "output").args[0])
+        self._result = ref(result)
+        self._examples = ([example(n) for n in self.step.invariants],
+                          [example(n) for n in self.step.initial])
+        self._compile_step = compile_step or _torch_compile
         self._step_forward: _Forward | None = None
-        self._with_tangent: tuple[tuple[bool, ...], ...] | None = None
+        self.with_tangent: tuple[tuple[bool, ...], ...] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__, _step_forward=None, _compile_step=None, step=None,
+                     _examples=None)
+        state["_plan"] = [None if op is None else _Op(_target_name(op.target), op.args,
+                                                      op.kwargs, op.out)
+                          for op in self._plan]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["_plan"] = [None if op is None else _Op(_resolve(op.target), op.args, op.kwargs,
+                                                      op.out)
+                          for op in state["_plan"]]
+        self.__dict__.update(state)
+
+    def attach(self, step_forward: _Forward) -> None:
+        """The step's compiled forward mode, for the tangents ``with_tangent`` says."""
+        self._step_forward = step_forward
 
     def __call__(self, columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        values: dict[Node, Any] = dict(zip(self.placeholders,
-                                           (columns, *(params[k] for k in self.names)),
-                                           strict=True))
-        tangents: dict[Node, dict[str, Any]] = {
-            n: {name: torch.ones_like(params[name])}
-            for n, name in zip(self.placeholders[1:], self.names, strict=True)
-            if name in self.wrt}
-        for node in self.plan:
-            if node is self.entry:
+        values: dict[int, Any] = dict(zip(self._inputs,
+                                          (columns, *(params[k] for k in self.names)),
+                                          strict=True))
+        for slot, constant in self._constants.items():
+            values[slot] = constant.to(columns.device)
+        tangents: dict[int, dict[str, Any]] = {
+            slot: {name: torch.ones_like(params[name])}
+            for slot, name in self._parameters.items() if name in self.wrt}
+        for op in self._plan:
+            if op is None:
                 self._run_loop(values, tangents)
             else:
-                _eager_forward(node, values, tangents, self.wrt)
-        (result,) = pytree.tree_leaves(self.output)
-        return (values[result], *(_tangent(values, tangents, result, w) for w in self.wrt))
+                _eager_forward(op, values, tangents, self.wrt)
+        return (values[self._result],
+                *(_tangent(values, tangents, self._result, w) for w in self.wrt))
 
-    def _run_loop(self, values: dict[Node, Any], tangents: dict[Node, dict[str, Any]]) -> None:
-        step = self.step
-        inv = [values[n] for n in step.invariants]
-        with_tangent = tuple(tuple(w in tangents.get(n, {}) for n in step.invariants)
+    def _run_loop(self, values: dict[int, Any], tangents: dict[int, dict[str, Any]]) -> None:
+        inv = [values[n] for n in self._invariants]
+        with_tangent = tuple(tuple(w in tangents.get(n, {}) for n in self._invariants)
                              for w in self.wrt)
-        if self._step_forward is None or self._with_tangent != with_tangent:
-            self._step_forward = self._compile(with_tangent)
-            self._with_tangent = with_tangent
-        carried = [values[n] for n in step.initial]
-        carried_t = [[_tangent(values, tangents, n, w) for n in step.initial] for w in self.wrt]
-        inv_t = [[tangents[n][w] for n, has in zip(step.invariants, mask, strict=True) if has]
+        if self._step_forward is None or self.with_tangent != with_tangent:
+            if self._compile_step is None:
+                raise ValueError("the step was built for other tangents than this call's")
+            self._step_forward = self._compile_step(*self.step_forward_graph(with_tangent))
+            self.with_tangent = with_tangent
+        carried = [values[n] for n in self._initial]
+        carried_t = [[_tangent(values, tangents, n, w) for n in self._initial] for w in self.wrt]
+        inv_t = [[tangents[n][w] for n, has in zip(self._invariants, mask, strict=True) if has]
                  for w, mask in zip(self.wrt, with_tangent, strict=True)]
-        m, k = len(step.carried), len(step.outputs)
+        m, k = len(self._initial), len(self._results)
         outs: tuple[Tensor, ...] = ()
         for _ in range(self.loop.count):
             flat = self._step_forward(*inv, *carried,
@@ -283,12 +377,14 @@ class RolledForward:
             outs = flat
             carried = list(flat[:m])
             carried_t = [list(flat[k + i * k:k + i * k + m]) for i in range(len(self.wrt))]
-        for j, node in enumerate(self.results):
-            values[node] = outs[j]
-            tangents[node] = {w: outs[k + i * k + j] for i, w in enumerate(self.wrt)}
+        for j, slot in enumerate(self._results):
+            values[slot] = outs[j]
+            tangents[slot] = {w: outs[k + i * k + j] for i, w in enumerate(self.wrt)}
 
-    def _compile(self, with_tangent: tuple[tuple[bool, ...], ...]) -> _Forward:
-        """The step's forward mode, one jvp per parameter, traced and compiled."""
+    def step_forward_graph(self, with_tangent: tuple[tuple[bool, ...], ...]
+                           ) -> tuple[GraphModule, list[Tensor]]:
+        """The step's forward mode, one jvp per parameter, traced for any batch size, and
+        example arguments for it (at TRACE_N samples)."""
         step = self.step
         n_inv, n_car = len(step.invariants), len(step.carried)
 
@@ -312,41 +408,43 @@ class RolledForward:
                 pushed.extend(t)
             return (*outs, *pushed)
 
-        inv_ex = [example(n) for n in step.invariants]
-        car_ex = [example(n) for n in step.initial]
+        inv_ex, car_ex = self._examples
         tan_ex = [x for mask in with_tangent
                   for x in (*(torch.empty_like(e)  # distinct: make_fx maps by identity
                               for e, has in zip(inv_ex, mask, strict=True) if has),
                             *(torch.empty_like(c) for c in car_ex))]
-        graph = trace(forward, *inv_ex, *car_ex, *tan_ex)
-        compiled: _Forward = torch.compile(graph, dynamic=True, fullgraph=True)
-        return compiled
+        args = [*inv_ex, *car_ex, *tan_ex]
+        return trace(forward, *args), args
 
 
-def _tangent(values: dict[Node, Any], tangents: dict[Node, dict[str, Any]], node: Node,
+def _torch_compile(graph: GraphModule, args: list[Tensor]) -> _Forward:
+    compiled: _Forward = torch.compile(graph, dynamic=True, fullgraph=True)
+    return compiled
+
+
+def _tangent(values: dict[int, Any], tangents: dict[int, dict[str, Any]], slot: int,
              w: str) -> Tensor:
-    """The node's tangent for w; zeros for a value that does not move with w."""
-    t: Tensor | None = tangents.get(node, {}).get(w)
-    return torch.zeros_like(values[node]) if t is None else t
+    """The value's tangent for w; zeros for a value that does not move with w."""
+    t: Tensor | None = tangents.get(slot, {}).get(w)
+    return torch.zeros_like(values[slot]) if t is None else t
 
 
-def _eager_forward(node: Node, values: dict[Node, Any], tangents: dict[Node, dict[str, Any]],
+def _eager_forward(op: _Op, values: dict[int, Any], tangents: dict[int, dict[str, Any]],
                    wrt: tuple[str, ...]) -> None:
     """One operation outside the loop, with its tangents (jvp of that operation alone)."""
-    if node.target is operator.getitem:  # one value of an operation with several
-        source, index = node.args
-        assert isinstance(source, Node)
-        values[node] = values[source][index]
-        tangents[node] = {w: t[index] for w, t in tangents.get(source, {}).items()}
+    if op.target is operator.getitem:  # one value of an operation with several
+        source, index = op.args
+        values[op.out] = values[source][index]
+        tangents[op.out] = {w: t[index] for w, t in tangents.get(source, {}).items()}
         return
-    flat, spec = pytree.tree_flatten((node.args, node.kwargs))
-    resolved = [values[x] if isinstance(x, Node) else x for x in flat]
+    flat, spec = pytree.tree_flatten((op.args, op.kwargs))
+    resolved = [values[x] if isinstance(x, _Ref) else x for x in flat]
     args, kwargs = pytree.tree_unflatten(resolved, spec)
-    target: Callable[..., Any] = node.target  # type: ignore[assignment]  # call_function
-    values[node] = target(*args, **kwargs)
+    target: Callable[..., Any] = op.target
+    values[op.out] = target(*args, **kwargs)
     pushed: dict[str, Any] = {}
     for w in wrt:
-        moving = [i for i, x in enumerate(flat) if isinstance(x, Node) and w in tangents.get(x, {})]
+        moving = [i for i, x in enumerate(flat) if isinstance(x, _Ref) and w in tangents.get(x, {})]
         if not moving:
             continue
 
@@ -360,4 +458,4 @@ def _eager_forward(node: Node, values: dict[Node, Any], tangents: dict[Node, dic
         pushed[w] = jvp(f, tuple(resolved[i] for i in moving),
                         tuple(tangents[flat[i]][w] for i in moving))[1]
     if pushed:
-        tangents[node] = pushed
+        tangents[op.out] = pushed

@@ -176,13 +176,14 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
             compiled: CompiledForward | None = None, costs: CostModel | None = None) -> None:
     """Run every routine once, as strategy=auto would, so the first request pays no one-off
     costs, and measure its cost on the device for admission (``costs``); with ``compiled``,
-    also compile each routine's forward mode for large launches of one request (all
-    parameters, float64, one value per parameter), so that the first such request does not
-    wait for it. Under the transforms lock, like every launch: another worker may already be
-    serving."""
+    also build (or load from the cache directory) every routine's compiled forward mode for
+    one large request in each dtype (all parameters, shared), and return once they are
+    loaded or refused. Launches run under the transforms lock: another worker may already
+    be serving; the builds run in their own process."""
     from app.engine.compute import TRANSFORMS_LOCK, differentiate
     from app.engine.strategies import Problem
 
+    large: list[Problem] = []
     for r in routines.values():
         params = {p.name: torch.tensor(p.default, dtype=torch.float64, device=device)
                   for p in r.params}
@@ -197,11 +198,15 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
             continue
         if compiled is None:
             continue
-        big = Problem(r, torch.ones(compiled.min_samples, len(r.inputs), dtype=torch.float64,
-                                    device=device), params, r.param_names)
-        if compiled.applies(big):
-            with TRANSFORMS_LOCK:
-                compiled.run(big)  # on failure it logs, and the routine stays eager
+        n = compiled.min_samples
+        # rows near ones (where the routine was just run), not all equal
+        rows = 1 + 0.25 * torch.rand(n, len(r.inputs), dtype=torch.float64,
+                                     generator=torch.Generator().manual_seed(0))
+        for dtype in DTYPES.values():
+            large.append(Problem(r, rows.to(device, dtype),
+                                 {k: v.to(dtype) for k, v in params.items()}, r.param_names))
+    if compiled is not None:
+        compiled.warm_up(large, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

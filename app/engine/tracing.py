@@ -31,7 +31,8 @@ def example(node: Node) -> Tensor:
 def trace(fn: Callable[..., Any], *args: Any) -> GraphModule:
     """``fn`` traced on fake tensors like ``args`` (tensors, or pytrees of them, with batch size
     TRACE_N), for any batch size."""
-    return any_batch_size(make_fx(fn, tracing_mode="fake")(*args))
+    # real tensors the function closes over (a routine's constants) become graph constants
+    return any_batch_size(make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*args))
 
 
 def any_batch_size(gm: GraphModule) -> GraphModule:

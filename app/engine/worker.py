@@ -330,6 +330,8 @@ class DeviceWorker:
                 log.debug("measuring routine %s failed", routine.name, exc_info=True)
 
     def _execute(self, batch: list[Job]) -> None:
+        if self._compiled is not None:  # between launches: graphs built meanwhile, loaded
+            self._compiled.swap_in(self.device)
         started = time.perf_counter()
         for job in batch:
             metrics.QUEUE_WAIT_SECONDS.observe(started - job.enqueued_at)
@@ -352,6 +354,8 @@ class DeviceWorker:
         resolve_all(list(zip(batch, results, strict=True)))
 
     def _start(self, job: Job) -> None:
+        if self._compiled is not None:  # between launches: graphs built meanwhile, loaded
+            self._compiled.swap_in(self.device)
         metrics.QUEUE_WAIT_SECONDS.observe(time.perf_counter() - job.enqueued_at)
         self._measure([job])
         self._task = _Task(job, run_sliced(job, self.device, self._chunk, self._compiled,

@@ -1,0 +1,455 @@
+"""Compiled forward mode built away from the serving path: in a process of its own, ahead of
+time, into files that the service loads in milliseconds.
+
+Why a process: PyTorch's forward-AD levels are process-wide and torch.compile is not
+thread-safe (pytorch/pytorch#118260, #136833), so a build in a thread beside the device
+workers would corrupt their tangents or be corrupted by them; a build inside a worker made the
+launch that needed it, and every launch queued behind it, wait 2-20 s. One spawned process
+(``concurrent.futures.ProcessPoolExecutor``, spawn context, one worker, niced) builds one
+kind at a time.
+
+Why AOTInductor rather than filling torch.compile's caches for the service to read: loading
+from a warm Inductor cache still runs Dynamo, AOTAutograd and the trace (jvp) in the service,
+0.2-7 s a kind (measured, docs/compiled.md), under the lock that every launch needs.
+``torch._inductor.aoti_compile_and_package`` turns the exported graph (a dynamic batch
+dimension) into a package whose ``aoti_load_package`` takes milliseconds, needs no Dynamo at
+call time, and persists as a file across restarts.
+
+A build: the routine found again by module and name, its values traced; a long loop is rolled
+(app.engine.rolled) and its step packaged, otherwise the whole of forward mode is traced and
+packaged; the result checked against eager forward mode at two batch sizes
+(app.engine.verification); then written to the cache directory under a name that hashes the
+kind, the routine's code and the torch version. What fails is refused with a reason
+(:data:`REASONS`) and served eagerly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import inspect
+import logging
+import multiprocessing
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.fx import GraphModule
+
+from app import metrics
+from app.engine.rolled import RolledForward, find_loop
+from app.engine.strategies import Problem, forward
+from app.engine.tracing import TRACE_N, trace
+from app.engine.verification import mismatch
+from routines import Routine
+
+__all__ = [
+    "MAX_OPERATIONS",
+    "REASONS",
+    "Artefact",
+    "BuildRefused",
+    "Builder",
+    "InlineBuilder",
+    "Kind",
+    "ProcessBuilder",
+    "Samples",
+    "build",
+    "columns",
+    "kind_of",
+    "load",
+    "values_graph",
+]
+
+log = logging.getLogger(__name__)
+
+# values graphs larger than this, with no loop to roll, stay eager: compiling logistic_rk4's
+# forward mode whole (49,614 operations) had not finished after 5 minutes
+MAX_OPERATIONS = 4_000
+# why a kind runs eagerly (dydc_compile_refusals_total{reason})
+REASONS = metrics.COMPILE_REFUSAL_REASONS
+CHECK_SIZES = (5, 131)  # batch sizes at which a new graph is compared with eager forward mode
+_FORMAT = 1  # bump when what a build writes changes
+
+Graph = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, ...]]
+
+
+class BuildRefused(Exception):
+    """A kind that will not be compiled; ``reason`` is one of REASONS."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[BuildRefused], tuple[str, str]]:
+        # from the build process back to the service: both arguments, not just the message
+        return BuildRefused, (self.reason, str(self))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What one graph serves: a routine (found again by a new process in ``module``), the
+    parameters differentiated (in the routine's order, whatever order a request names them),
+    dtype, device type, and whether parameters come per sample (N,) or shared (0-d)."""
+
+    routine: str
+    module: str
+    wrt: tuple[str, ...]
+    dtype: str
+    device: str
+    per_sample: bool
+
+
+def kind_of(problem: Problem, per_sample: bool | None = None) -> Kind:
+    """The problem's kind; parameters per sample if any one is (the shared ones then come
+    expanded), unless ``per_sample`` says otherwise."""
+    r = problem.routine
+    if per_sample is None:
+        per_sample = any(v.dim() for v in problem.params.values())
+    return Kind(r.name, r.fn.__module__, tuple(n for n in r.param_names if n in problem.wrt),
+                str(problem.inputs.dtype).removeprefix("torch."), problem.inputs.device.type,
+                per_sample)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Rows a build traces and checks on (numpy: they travel to the build process)."""
+
+    inputs: np.ndarray  # (n, D)
+    params: dict[str, np.ndarray]  # 0-d (shared) or (n,) (per sample)
+
+    @classmethod
+    def of(cls, problem: Problem, rows: int = 64) -> Samples:
+        """Up to ``rows`` rows spread over the problem's."""
+        idx = torch.linspace(0, problem.n - 1, min(rows, problem.n)).round().long()
+        idx = idx.to(problem.inputs.device)
+        return cls(problem.inputs[idx].cpu().numpy(),
+                   {k: (v[idx] if v.dim() else v).cpu().numpy()
+                    for k, v in problem.params.items()})
+
+    def problem(self, routine: Routine, kind: Kind, n: int) -> Problem:
+        """The rows tiled to ``n``, as the kind has them (on its device type)."""
+        reps = -(-n // len(self.inputs))
+        dtype, device = getattr(torch, kind.dtype), torch.device(kind.device)
+        x = torch.from_numpy(np.tile(self.inputs, (reps, 1))[:n]).to(device, dtype)
+        params = {}
+        for name, v in self.params.items():
+            t = torch.from_numpy(np.tile(v, reps)[:n] if v.ndim else v).to(device, dtype)
+            params[name] = t.expand(n).contiguous() if kind.per_sample and not t.dim() else t
+        return Problem(routine, x, params, kind.wrt)
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A built kind: ``package`` (a file in the cache directory) holds the whole of forward
+    mode, or the step of ``rolled``'s loop."""
+
+    kind: Kind
+    package: str
+    rolled: RolledForward | None
+    seconds: float
+
+
+def columns(problem: Problem, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
+    """A graph's arguments: inputs (D, N) contiguous. One column is a view; several are
+    stacked, which copies them 7x faster than ``.t().contiguous()`` (0.07 against 0.5 ms
+    for 1e5 x 2 here)."""
+    params = {name: v[rows].contiguous() if v.dim() else v for name, v in problem.params.items()}
+    x = problem.inputs[rows]
+    return (x.t() if x.shape[1] == 1 else torch.stack(x.unbind(1))), params
+
+
+def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> Graph:
+    """Values and one tangent per parameter, from inputs given as columns (D, N)."""
+
+    def run(columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        x = columns.t()
+        pushed = {name: forward(Problem(routine, x, params, (name,))) for name in wrt}
+        return (pushed[wrt[0]].values, *(d.derivatives[name] for name, d in pushed.items()))
+
+    return run
+
+
+def _examples(problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stand-ins for a graph's arguments at TRACE_N samples: inputs as columns (D, N), and
+    the parameters, per-sample ones (N,)."""
+    x = problem.inputs
+    cols = torch.empty((len(problem.routine.inputs), TRACE_N), dtype=x.dtype, device=x.device)
+    params = {name: torch.empty(TRACE_N, dtype=v.dtype, device=v.device) if v.dim() else v
+              for name, v in problem.params.items()}
+    return cols, params
+
+
+def forward_graph(problem: Problem) -> GraphModule:
+    """The problem's forward mode as a graph of plain tensor operations, for any N."""
+    return trace(_forward_by_columns(problem.routine, problem.wrt), *_examples(problem))
+
+
+def values_graph(problem: Problem) -> GraphModule:
+    """The routine's values alone (no tangents) as a graph, for any N: its inputs are the
+    columns, then the parameters in the problem's order."""
+    from app.engine.evaluation import evaluate_batch
+
+    routine, names = problem.routine, tuple(problem.params)
+    cols, params = _examples(problem)
+
+    def values(columns: Tensor, *params: Tensor) -> Tensor:
+        return evaluate_batch(routine, columns.t(), dict(zip(names, params, strict=True)))
+
+    return trace(values, cols, *params.values())
+
+
+def _package(gm: GraphModule, args: Any, path: Path) -> None:
+    """``gm`` exported with every dimension of size TRACE_N as one dynamic batch size, and
+    compiled ahead of time into the package ``path`` (written whole or not at all)."""
+    n = torch.export.Dim("n", min=2, max=2**40)
+    dynamic = torch.utils._pytree.tree_map(
+        lambda a: {d: n for d, s in enumerate(a.shape) if s == TRACE_N} or None
+        if isinstance(a, Tensor) else None, args)
+    exported = torch.export.export(gm, tuple(args), dynamic_shapes=tuple(dynamic), strict=False)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.pt2")
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_package(path: Path, device_index: int) -> Callable[..., Any]:
+    loaded: Callable[..., Any] = torch._inductor.aoti_load_package(
+        str(path), device_index=device_index)
+    return loaded
+
+
+def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> Graph:
+    """The artefact as a callable on ``device``: (columns (D, N), params) -> values and the
+    tangents in ``artefact.kind.wrt`` order."""
+    package = _load_package(cache_dir / artefact.package,
+                            -1 if device.index is None else device.index)
+    if artefact.rolled is not None:
+        rolled: RolledForward = pickle.loads(pickle.dumps(artefact.rolled))  # its own copy
+        rolled.attach(lambda *flat: tuple(package(*flat)))
+        return rolled
+
+    def call(cols: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        return tuple(package(cols, params))
+
+    return call
+
+
+def _identity(kind: Kind, routine: Routine) -> str:
+    """A file name for the kind's artefact that changes with the routine's code (its
+    function's and its module's source) and with torch."""
+    fn = routine.fn
+    parts: list[Any] = [_FORMAT, torch.__version__, TRACE_N, kind, routine.inputs,
+                        routine.outputs, routine.vectorized]
+    for obj in (fn, inspect.getmodule(fn)):
+        try:
+            parts.append(inspect.getsource(obj))  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            parts.append(fn.__code__.co_code)
+    for cell in fn.__closure__ or ():  # a closure's tensor constants
+        with contextlib.suppress(ValueError):
+            value = cell.cell_contents
+            parts.append(value.cpu().numpy().tobytes() if isinstance(value, Tensor)
+                         else repr(value))
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
+    return f"{kind.routine}-{kind.dtype}-{kind.device}-{digest}"
+
+
+def cached(kind: Kind, routine: Routine, cache_dir: Path) -> Artefact | None:
+    """The kind's artefact from an earlier build, if the cache directory holds it."""
+    path = cache_dir / f"{_identity(kind, routine)}.artefact"
+    try:
+        with path.open("rb") as f:
+            artefact: Artefact = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # unreadable: build it again
+        log.warning("compiled artefact %s unreadable (%s); building it again", path, exc)
+        return None
+    if artefact.kind != kind or not (cache_dir / artefact.package).is_file():
+        return None
+    return replace(artefact, seconds=0.0)
+
+
+def forget(kind: Kind, routine: Routine, cache_dir: Path) -> None:
+    """Remove the kind's artefact (a retired graph must not come back at the next start)."""
+    stem = _identity(kind, routine)
+    for suffix in (".artefact", ".pt2"):
+        with contextlib.suppress(FileNotFoundError):
+            (cache_dir / f"{stem}{suffix}").unlink()
+
+
+def locate(kind: Kind) -> Routine:
+    """The kind's routine, found in its module by name (in a new process too)."""
+    module = importlib.import_module(kind.module)
+    for obj in vars(module).values():
+        if isinstance(obj, Routine) and obj.name == kind.routine:
+            return obj
+    raise BuildRefused("trace", f"routine {kind.routine} is not a module-level name of "
+                                f"{kind.module}, where a build process looks for it")
+
+
+def build(kind: Kind, samples: Samples, cache_dir: str | Path,
+          routine: Routine | None = None) -> Artefact:
+    """Build, check and store the kind's compiled forward mode (or find it stored); raises
+    BuildRefused. In the calling process, on the kind's device type."""
+    started = time.perf_counter()
+    cache = Path(cache_dir)
+    routine = routine if routine is not None else locate(kind)
+    found = cached(kind, routine, cache)
+    if found is not None:
+        return found
+    stem = _identity(kind, routine)
+    problem = samples.problem(routine, kind, CHECK_SIZES[-1])
+    try:
+        graph = values_graph(problem)
+    except Exception as exc:
+        raise BuildRefused("trace", _say(exc)) from exc
+    loop = find_loop(graph.graph)
+    package = f"{stem}.pt2"
+    rolled: RolledForward | None = None
+    if loop is not None:
+        def compile_step(gm: GraphModule, args: list[Tensor]) -> Callable[..., Any]:
+            _package(gm, args, cache / package)
+            loaded = _load_package(cache / package, -1)  # the current device
+            return lambda *flat: tuple(loaded(*flat))
+
+        try:
+            rolled = RolledForward(graph, loop, tuple(problem.params), kind.wrt, compile_step)
+            rolled(*columns(problem, slice(None)))  # packages the step for these tangents
+        except BuildRefused:
+            raise
+        except Exception as exc:
+            raise BuildRefused("compile", _say(exc)) from exc
+    else:
+        operations = sum(node.op == "call_function" for node in graph.graph.nodes)
+        if operations > MAX_OPERATIONS:
+            raise BuildRefused("operations", f"its values trace to {operations:,} operations "
+                               f"with no loop to roll (more than {MAX_OPERATIONS:,} are not "
+                               "compiled whole)")
+        try:
+            whole = forward_graph(problem)
+        except Exception as exc:
+            raise BuildRefused("trace", _say(exc)) from exc
+        try:
+            _package(whole, _examples(problem), cache / package)
+        except Exception as exc:
+            raise BuildRefused("compile", _say(exc)) from exc
+    artefact = Artefact(kind, package, rolled, 0.0)
+    try:
+        compiled = load(artefact, cache, torch.device(kind.device))
+        for n in CHECK_SIZES:
+            check(compiled, samples.problem(routine, kind, n))
+    except BuildRefused:
+        forget(kind, routine, cache)
+        raise
+    artefact = replace(artefact, seconds=time.perf_counter() - started)
+    tmp = cache / f".{stem}.{os.getpid()}.artefact"
+    with tmp.open("wb") as f:
+        pickle.dump(artefact, f)
+    os.replace(tmp, cache / f"{stem}.artefact")
+    return artefact
+
+
+def check(graph: Graph, problem: Problem) -> None:
+    """Raise BuildRefused("verification") unless the graph gives eager forward mode's numbers
+    on the problem (app.engine.verification)."""
+    try:
+        got = graph(*columns(problem, slice(None)))
+    except Exception as exc:
+        raise BuildRefused("verification", f"the compiled graph failed at N = {problem.n}: "
+                                           f"{_say(exc)}") from exc
+    eager = forward(problem)
+    want = (eager.values, *(eager.derivatives[name] for name in problem.wrt))
+    names = ("values", *(f"dy/d{name}" for name in problem.wrt))
+    wrong = mismatch(got, want, names)
+    if wrong is not None:
+        raise BuildRefused("verification", f"at N = {problem.n}: {wrong}")
+
+
+def _say(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".split("\n")[0]
+
+
+class Builder(Protocol):
+    """Where builds run: ``submit`` returns at once."""
+
+    cache_dir: Path
+
+    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]: ...
+
+    def close(self) -> None: ...
+
+
+class InlineBuilder:
+    """Builds in the calling thread, before ``submit`` returns: for tests that need the
+    caller's state (a monkeypatched routine) and for tools. Hold the transforms lock."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+
+    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
+        done: Future[Artefact] = Future()
+        try:
+            done.set_result(build(kind, samples, self.cache_dir, routine))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def _start_build_process(cache_dir: str, threads: int) -> None:
+    """In the build process: lower priority than the service, few threads, and PyTorch's
+    compile caches inside the private cache directory instead of /tmp (unless the operator
+    set TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR)."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        os.environ.setdefault(name, os.path.join(cache_dir, sub))  # an operator's choice stands
+    torch.set_num_threads(threads)
+
+
+class ProcessBuilder:
+    """One spawned process that builds one kind at a time (started on the first build)."""
+
+    def __init__(self, cache_dir: Path, threads: int = 1) -> None:
+        self.cache_dir = cache_dir
+        self._threads = threads
+        self._executor: ProcessPoolExecutor | None = None
+
+    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
+        if self._executor is None or getattr(self._executor, "_broken", False):
+            self._executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_build_process,
+                initargs=(str(self.cache_dir), self._threads))
+        return self._executor.submit(build, kind, samples, str(self.cache_dir))
+
+    def close(self) -> None:
+        """Stop at once: a build in progress is abandoned (its files are written whole or not
+        at all)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes = list(getattr(executor, "_processes", {}).values())  # no public handle
+        executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join(5)
+
+
+def private_tempdir() -> Path:
+    """A fresh directory of ours, mode 0700 (tempfile.mkdtemp), for a cache that need not
+    outlive the process."""
+    return Path(tempfile.mkdtemp(prefix="dydc-compile-"))

@@ -1,0 +1,308 @@
+"""Compiled forward mode while graphs are built: probe latency, large requests, time to ready.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python bench/bench_compile.py            # both parts, ~20-40 min on 2 cores
+    .venv/bin/python bench/bench_compile.py --part builds
+    .venv/bin/python bench/bench_compile.py --part ready
+
+Every server is a real ``python -m app`` subprocess on 127.0.0.1 (a free port, DYDC_DEVICE=cpu)
+with a fresh DYDC_COMPILE_CACHE_DIR and a fresh TORCHINDUCTOR_CACHE_DIR (a fresh cache: as on
+a new host).
+
+``builds``: one server with compiling on, one with it off (the eager reference).
+1. Eager reference: each of 10 kinds (routine x dtype x wrt) at N = 1e5, three times on the
+   server with DYDC_COMPILE=false; its median is the kind's eager time.
+2. Baseline probes: 16-sample ``linear`` requests at concurrency 4 (a thread of their own) for
+   PROBE_S seconds, no builds.
+3. Builds: the same probes run while the 10 kinds are requested in turn, round after round,
+   until each kind has been served compiled (its graph built in the build process and swapped
+   in) or refused, or a time limit passes. Each large request's time against its kind's eager
+   time; the probes' p50, p99 and maximum against the baseline's.
+
+``ready``: DYDC_COMPILE_WARMUP=true, time from process start to /readyz 200 with an empty
+cache directory (cold: every routine x dtype built), then again with the same directory (warm).
+
+Writes bench/results/compile.md, compile.json and compile.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+N_LARGE = 100_000
+PROBE_CONCURRENCY = 4
+PROBE_S = 20.0
+BUILD_LIMIT_S = 1500.0
+# (routine, dtype, wrt or None for all): 10 kinds. Not logistic_rk4: its eager forward mode
+# took 138 s at N = 1e5 here (measured by this benchmark's eager reference), so every probe
+# behind an eager rk4 launch waits that long whatever the builds do (head-of-line blocking in
+# one worker); its build is timed in the time-to-ready part.
+KINDS: list[tuple[str, str, list[str] | None]] = [
+    ("black_scholes_call", "float64", None),
+    ("black_scholes_call", "float64", ["sigma"]),
+    ("black_scholes_call", "float32", None),
+    ("exponential_decay", "float64", None),
+    ("exponential_decay", "float32", None),
+    ("logistic_growth", "float64", None),
+    ("damped_oscillator", "float64", None),
+    ("softmax", "float64", None),
+    ("linear", "float64", None),
+    ("logistic_growth", "float32", None),
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(env: dict[str, str], log: Path, ready_timeout: float = 3600) -> Iterator[
+        tuple[str, float]]:
+    """A ``python -m app`` process; yields its URL and the seconds it took to be ready."""
+    port = free_port()
+    full = {**os.environ, "DYDC_HOST": "127.0.0.1", "DYDC_PORT": str(port),
+            "DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "info", **env}
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full,
+                                stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                assert time.perf_counter() - started < ready_timeout, "not ready"
+                time.sleep(0.1)
+            yield url, time.perf_counter() - started
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def fresh_caches(root: Path) -> dict[str, str]:
+    return {"DYDC_COMPILE_CACHE_DIR": str(root / "compiled"),
+            "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor")}
+
+
+def large_bodies() -> list[bytes]:
+    """One JSON body per kind, N_LARGE samples in the routine's domain."""
+    from routines import discover
+
+    routines = discover()
+    rng = np.random.default_rng(0)
+    bodies = []
+    for name, dtype, wrt in KINDS:
+        d = len(routines[name].inputs)
+        x = 0.5 + rng.random((N_LARGE, d))
+        body: dict[str, Any] = {"inputs": x.tolist() if d > 1 else x[:, 0].tolist(),
+                                "dtype": dtype}
+        if wrt is not None:
+            body["wrt"] = wrt
+        bodies.append(orjson.dumps(body))
+    return bodies
+
+
+def post_large(client: httpx.Client, url: str, i: int, body: bytes) -> float:
+    started = time.perf_counter()
+    resp = client.post(f"{url}/v1/routines/{KINDS[i][0]}/sensitivities", content=body,
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text[:500]
+    return time.perf_counter() - started
+
+
+class Probes:
+    """16-sample linear requests at PROBE_CONCURRENCY, in a thread of their own."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.latencies = url, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(PROBE_CONCURRENCY)]
+
+    def _run(self, i: int) -> None:
+        body = orjson.dumps({"inputs": [float(k) for k in range(16)], "params": {"C": 1.0 + i}})
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                resp = client.post(f"{self.url}/v1/routines/linear/sensitivities",
+                                   content=body, headers={"content-type": "application/json"})
+                assert resp.status_code == 200, resp.text
+                self.latencies.append(time.perf_counter() - started)
+
+    def __enter__(self) -> Probes:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    a = np.array(latencies) * 1e3
+    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
+            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+def compiled_kinds(url: str) -> float:
+    """Graphs made ready so far, plus kinds refused (from /metrics)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(("dydc_compiled_graphs_total{", "dydc_compile_refusals_total{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def part_builds(tmp: Path) -> dict[str, Any]:
+    bodies = large_bodies()
+    with server({"DYDC_COMPILE": "false"}, tmp / "eager.log") as (url, _), \
+            httpx.Client(timeout=600) as client:
+        eager = [statistics.median(post_large(client, url, i, b) for _ in range(3))
+                 for i, b in enumerate(bodies)]
+        print("eager reference (s):", [round(e, 3) for e in eager], flush=True)
+    out: dict[str, Any] = {"eager_s": eager, "requests": []}
+    with server(fresh_caches(tmp / "builds"), tmp / "builds.log") as (url, _), \
+            httpx.Client(timeout=600) as client:
+        with Probes(url) as probes:
+            time.sleep(PROBE_S)
+        out["probes_idle"] = summary(probes.latencies)
+        print("probes, no builds:", out["probes_idle"], flush=True)
+        started = time.perf_counter()
+        with Probes(url) as probes:
+            rounds, last = 0, False
+            while time.perf_counter() - started < BUILD_LIMIT_S:
+                rounds += 1
+                for i, body in enumerate(bodies):
+                    seconds = post_large(client, url, i, body)
+                    out["requests"].append({"kind": i, "round": rounds, "s": seconds,
+                                            "at_s": time.perf_counter() - started,
+                                            "vs_eager": seconds / eager[i]})
+                ready = compiled_kinds(url)
+                print(f"round {rounds}: {ready:.0f} kinds built or refused, "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
+                if last:  # a whole round after the last build: every kind served compiled
+                    break
+                last = ready >= len(KINDS)
+        out["probes_building"] = summary(probes.latencies)
+        out["build_phase_s"] = time.perf_counter() - started
+        out["rounds"] = rounds
+        out["metrics"] = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                          if line.startswith(("dydc_compiled_graphs_total{",
+                                              "dydc_compile_refusals_total{",
+                                              "dydc_compile_duration_seconds_sum",
+                                              "dydc_compile_duration_seconds_count"))]
+        print("probes, building:", out["probes_building"], flush=True)
+    return out
+
+
+def part_ready(tmp: Path) -> dict[str, Any]:
+    env = {**fresh_caches(tmp / "ready"), "DYDC_COMPILE_WARMUP": "true"}
+    out = {}
+    for start in ("cold", "warm"):
+        with server(env, tmp / f"ready-{start}.log") as (_, seconds):
+            out[f"{start}_s"] = seconds
+            print(f"time to ready, {start} cache: {seconds:.1f} s", flush=True)
+    return out
+
+
+def write(results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "compile.json").write_text(json.dumps(results, indent=1))
+    lines = ["# bench_compile", "", f"`.venv/bin/python bench/bench_compile.py` on "
+             f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads default.", ""]
+    b = results.get("builds")
+    if b:
+        idle, busy = b["probes_idle"], b["probes_building"]
+        lines += ["| probes (16-sample linear, concurrency 4) | n | p50 ms | p99 ms | max ms |",
+                  "|---|---|---|---|---|"]
+        for label, s in (("no builds", idle), ("while building", busy)):
+            lines.append(f"| {label} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                         f"{s['max_ms']:.1f} |")
+        lines += ["", f"p99 while building / no builds: {busy['p99_ms'] / idle['p99_ms']:.2f}x; "
+                  f"build phase {b['build_phase_s']:.0f} s, {b['rounds']} rounds.", "",
+                  "| kind (N = 1e5) | eager s | worst while building / eager | last round / "
+                  "eager |", "|---|---|---|---|"]
+        for i, (name, dtype, wrt) in enumerate(KINDS):
+            mine = [r for r in b["requests"] if r["kind"] == i]
+            worst = max(r["vs_eager"] for r in mine)
+            last = mine[-1]["vs_eager"]
+            label = f"{name} {dtype}" + (f" wrt {','.join(wrt)}" if wrt else "")
+            lines.append(f"| {label} | {b['eager_s'][i]:.3f} | {worst:.2f}x | {last:.2f}x |")
+        lines += ["", "```", *b["metrics"], "```", ""]
+    r = results.get("ready")
+    if r:
+        lines += ["| time to ready (DYDC_COMPILE_WARMUP=true) | s |", "|---|---|",
+                  f"| cold cache | {r['cold_s']:.1f} |", f"| warm cache | {r['warm_s']:.1f} |",
+                  ""]
+    (RESULTS / "compile.md").write_text("\n".join(lines))
+    if b:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for i, (name, dtype, wrt) in enumerate(KINDS):
+            mine = [r for r in b["requests"] if r["kind"] == i]
+            ax.plot([r["at_s"] for r in mine], [r["vs_eager"] for r in mine], "o-", ms=3,
+                    label=f"{name} {dtype}" + (" wrt sigma" if wrt else ""))
+        ax.axhline(1.5, color="k", ls="--", lw=0.8, label="target 1.5x eager")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds since the first large request (fresh cache)")
+        ax.set_ylabel("large request time / its eager time")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "compile.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("builds", "ready", "all"), default="all")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    previous = RESULTS / "compile.json"
+    if previous.exists():
+        results = json.loads(previous.read_text())
+    with tempfile.TemporaryDirectory(prefix="dydc-bench-compile-") as tmp:
+        if args.part in ("builds", "all"):
+            results["builds"] = part_builds(Path(tmp))
+            write(results)
+        if args.part in ("ready", "all"):
+            results["ready"] = part_ready(Path(tmp))
+            write(results)
+
+
+if __name__ == "__main__":
+    main()
