@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uvicorn
 
-from app.config import Settings
+from app.config import load_settings
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     uvicorn.run("app.main:app", host=settings.host, port=settings.port,
-                log_level=settings.log_level,
+                log_level=settings.log_level, access_log=False,  # app.http.access_log
                 timeout_graceful_shutdown=max(1, round(settings.grace_period_s)))
 
 

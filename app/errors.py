@@ -38,6 +38,7 @@ from app.engine.errors import (
     StrategyCapExceeded,
     UnknownRoutine,
 )
+from app.http.record import instance_of
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
@@ -183,6 +184,8 @@ def _respond(request: Request, status: int, detail: str, slug: str | None = None
     """A problem, or under /v2 the protocol's error object with the v2 status."""
     headers = dict(headers) if headers is not None else None
     if not _speaks_v2(request):
+        if (instance := instance_of(request.scope)) is not None:
+            extra["instance"] = instance
         return problem_response(status, detail, slug, headers, **extra)
     return Response(orjson.dumps({"error": detail}), status_code=_v2_status(status),
                     media_type="application/json", headers=headers)

@@ -16,11 +16,14 @@ from types import FrameType
 
 import torch
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import health, v1, v2
+from app.api.docs import install_docs
 from app.api.fastpath import App
-from app.config import Settings
+from app.api.openapi import install_openapi
+from app.config import Settings, load_settings
 from app.engine import (
     CompiledForward,
     Engine,
@@ -33,9 +36,10 @@ from app.engine import (
     warm_up,
 )
 from app.errors import install_error_handlers
-from routines import discover
+from app.http.stack import wrap
+from routines import RoutineDefinitionError, discover
 
-__all__ = ["app", "create_app"]
+__all__ = ["Service", "StartupError", "app", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +96,47 @@ async def _supervise(pool: WorkerPool) -> None:
         pool.revive()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the server logs (no traceback)."""
+
+
+class Service(App):
+    """The application with the operator's middlewares (app.http) around all of it, the bare
+    computation path included; a start-up failure is reported as its one line."""
+
+    http_stack: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.http_stack(scope, receive, send)
+            return
+
+        async def send_one_line(message: Message) -> None:
+            failure = getattr(self.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and failure is not None:
+                message = {**message, "message": str(failure)}
+            await send(message)
+
+        await super().__call__(scope, receive, send_one_line)
+
+
+def create_app(settings: Settings | None = None) -> Service:
+    """The service for ``settings`` (default: the environment, where a bad value ends the
+    process with one line)."""
+    s = settings or load_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        s = settings or Settings()
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         load_torch_extensions()
         if s.host_allocator_cache:
             cache_host_allocations()
-        routines = discover()
+        try:
+            routines = discover(folders=s.routine_folders)
+        except RoutineDefinitionError as exc:
+            app.state.startup_error = StartupError(f"cannot start: {exc}")
+            raise app.state.startup_error from None
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled = (CompiledForward(s.compile_chunk, s.compile_min_samples) if s.compile
@@ -111,7 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                           compiled=compiled if s.compile_warmup else None)
                                   if s.warmup else None),
                           compiled=compiled)
-        app.state.settings = s
         app.state.engine = Engine(routines, _limits(s), pool)
         pool.start()
         supervisor = asyncio.create_task(_supervise(pool))
@@ -122,16 +156,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             supervisor.cancel()
             await asyncio.to_thread(pool.stop, s.grace_period_s)
 
-    app = App(
+    app = Service(
         title="dydc",
         version=__version__,
         summary="dy/dC for a whole batch: derivatives of numerical routines over HTTP.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by app.api.docs
+        redoc_url=None,
+        redirect_slashes=False,  # a redirect would be built from the Host header
     )
+    app.state.settings = s
     install_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    install_docs(app)
+    install_openapi(app, s)
+    app.http_stack = wrap(partial(App.__call__, app), s)
     return app
 
 

@@ -28,8 +28,10 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown routine", **_PROBLEM},
     413: {"description": "Body or batch over the configured limits", **_PROBLEM},
+    415: {"description": "Body not sent as application/json", **_PROBLEM},
     422: {"description": "Invalid request; the detail says what to change", **_PROBLEM},
     503: {"description": "Worker not ready or shutting down", **_PROBLEM},
+    504: {"description": "Still queued at its deadline", **_PROBLEM},
 }
 
 # The computation routes read their query options themselves (see app.api.deps); these
@@ -74,6 +76,7 @@ async def compute(kind: JobKind, name: str, engine: Engine, settings: Settings,
                              strategy=strategy if sensitivities else "auto", dtype=body.dtype,
                              timeout_ms=_timeout_ms(query))
         result = await engine.run(job)
+        labels.ran(job, result)
         if sensitivities:
             labels.strategy = result.strategy or strategy
         return encode_result(job, result, started)

@@ -18,9 +18,16 @@ from app.api.decoding import parse_json, read_body, read_buffer
 from app.api.deps import EngineDep, engine_of, settings_of
 from app.api.instrumentation import observe
 from app.api.v2 import framing, tensors
-from app.api.v2.schemas import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
+from app.api.v2.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
 from app.engine import STRATEGIES, Engine
 from app.errors import UnknownVersion, v2_errors
+from app.http.record import current_record
 from routines import Routine
 
 __all__ = ["router"]
@@ -37,9 +44,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request, malformed binary framing included", **_ERROR},
     404: {"description": "Unknown model or version", **_ERROR},
     413: {"description": "Body or batch over the configured limits", **_ERROR},
+    415: {"description": "Body sent as a form or as text", **_ERROR},
     503: {"description": "Not ready, or the queue is full", **_ERROR},
     504: {"description": "Still queued at its deadline", **_ERROR},
 }
+
+
+def _request_id() -> str | None:
+    """The request's X-Request-ID, the answer's ``id`` when the request has none."""
+    record = current_record()
+    return record.id if record is not None else None
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -135,20 +149,39 @@ async def _infer(name: str, version: str | None, request: Request, engine: Engin
                                  wrt=call.wrt, strategy=call.strategy, dtype=call.dtype,
                                  timeout_ms=call.timeout_ms)
             result = await engine.run(job)
+            labels.ran(job, result)
             labels.strategy = result.strategy or "none"
-            header_doc, binaries = tensors.response(routine, inference.id, MODEL_VERSION,
-                                                    call, result)
+            header_doc, binaries = tensors.response(routine, inference.id or _request_id(),
+                                                    MODEL_VERSION, call, result)
             return framing.InferenceResponse(header_doc, binaries)
 
 
-@router.post("/models/{name}/infer", responses=_ERRORS)
+# The route reads its body itself (JSON, or binary tensor data after a JSON header); this
+# documents both.
+_INFER_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": InferenceRequest.model_json_schema(
+        ref_template="#/components/schemas/{model}")},
+    "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"},
+        "description": "binary_tensor_data: the JSON header, then the tensors' bytes; "
+                       "Inference-Header-Content-Length gives the header's length"},
+}}}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": InferenceResponse, "description": "The outputs (values, dy/d<param>)"},
+    **_ERRORS,
+}
+
+
+@router.post("/models/{name}/infer", responses=_INFER_RESPONSES,
+             openapi_extra=_INFER_OPENAPI)
 async def infer(name: str, request: Request) -> Response:
     """Values and dy/d<param> of a routine, as Open Inference Protocol tensors."""
     return await _infer(name, None, request, engine_of(request),
                         settings_of(request).max_body_bytes)
 
 
-@router.post("/models/{name}/versions/{version}/infer", responses=_ERRORS)
+@router.post("/models/{name}/versions/{version}/infer", responses=_INFER_RESPONSES,
+             openapi_extra=_INFER_OPENAPI)
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(name, version, request, engine_of(request),
                         settings_of(request).max_body_bytes)

@@ -1,0 +1,137 @@
+"""gzip both ways.
+
+Requests: a body sent with ``Content-Encoding: gzip`` is inflated here, as it arrives, and
+the route sees the plain body with its true Content-Length. DYDC_MAX_BODY_BYTES applies to
+the compressed bytes and to the inflated ones, checked while inflating (zlib's
+``max_length``), so a compression bomb costs at most the limit and gets 413. Starlette has
+no request-side decompression, hence this module; large chunks inflate in a thread, off the
+event loop.
+
+Responses: Starlette's GZipMiddleware, which fits as it is (it honours Accept-Encoding,
+skips bodies under a minimum size and streams); :func:`response_gzip` sets it up.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import anyio.to_thread
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.refusal import refuse
+
+__all__ = ["GzipRequestMiddleware", "response_gzip"]
+
+_GZIP = (b"gzip", b"x-gzip")
+_OFF_LOOP_BYTES = 256 * 1024  # inflate chunks larger than this in a thread
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Malformed(Exception):
+    pass
+
+
+class _Inflater:
+    """Inflates a gzip stream, never holding more than ``limit`` + 1 inflated bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] = []
+        self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> None:
+        while data and not self.z.eof:
+            try:
+                out = self.z.decompress(data, self.limit + 1 - self.size)
+            except zlib.error as exc:
+                raise _Malformed(str(exc)) from None
+            self.size += len(out)
+            if self.size > self.limit:
+                raise _TooLarge
+            self.parts.append(out)
+            data = self.z.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if not self.z.eof:
+            raise _Malformed("the gzip stream ends early")
+        return b"".join(self.parts)
+
+
+async def _read_inflated(receive: Receive, limit: int) -> bytes | None:
+    """The inflated body, or None if the client went away."""
+    inflater = _Inflater(limit)
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise _TooLarge
+        if len(chunk) > _OFF_LOOP_BYTES:
+            await anyio.to_thread.run_sync(inflater.feed, chunk)
+        else:
+            inflater.feed(chunk)
+        if not message.get("more_body", False):
+            return inflater.finish()
+
+
+class GzipRequestMiddleware:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        encoding = next((v.strip().lower() for k, v in scope["headers"]
+                         if k == b"content-encoding"), None)
+        if encoding is None or encoding == b"identity":
+            await self.app(scope, receive, send)
+            return
+        if encoding not in _GZIP:
+            await refuse(scope, receive, send, 415,
+                         f"Content-Encoding {encoding.decode('latin-1')} is not supported; "
+                         "send the body as is, or with Content-Encoding: gzip",
+                         "unsupported-media-type")
+            return
+        try:
+            body = await _read_inflated(receive, self.limit)
+        except _TooLarge:
+            await refuse(scope, receive, send, 413,
+                         f"the request body is over the limit of {self.limit} bytes "
+                         "(DYDC_MAX_BODY_BYTES), compressed or inflated: split the batch",
+                         "body-too-large")
+            return
+        except _Malformed as exc:
+            await refuse(scope, receive, send, 422,
+                         f"the body is not valid gzip ({exc}); send it compressed with gzip, "
+                         "or without Content-Encoding", "malformed-body")
+            return
+        if body is None:
+            return
+        headers = [(k, v) for k, v in scope["headers"]
+                   if k not in (b"content-encoding", b"content-length")]
+        headers.append((b"content-length", b"%d" % len(body)))
+        delivered = False
+
+        async def receive_inflated() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, receive_inflated, send)
+
+
+def response_gzip(app: ASGIApp, min_bytes: int, level: int) -> ASGIApp:
+    """Responses over ``min_bytes`` gzip-compressed at ``level`` for clients that accept it."""
+    return GZipMiddleware(app, minimum_size=min_bytes, compresslevel=level)
