@@ -1,7 +1,7 @@
 """The OpenAPI document as the running service serves it: FastAPI's, completed with what only
 the running service knows and with what Swagger UI needs to render it right.
 
-- The routine name of every route that takes one is an enum of the registered routines, and
+- The routine name of every route (and the v2 model version) that takes one is an enum of the registered routines, and
   the v1 computation bodies have one example per routine (they exist once the lifespan has
   discovered the routines; the document is cached from then on).
 - With API keys on, the key schemes and a 401 on every guarded operation.
@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api.v2.routes import MODEL_VERSION
 from app.config import Settings
 from app.http.auth import is_open
 from routines import Routine
@@ -80,6 +81,8 @@ def _name_routines(doc: dict[str, Any], routines: dict[str, Routine]) -> None:
             for parameter in op.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "name":
                     parameter["schema"]["enum"] = names
+                elif parameter["in"] == "path" and parameter["name"] == "version":
+                    parameter["schema"]["enum"] = [MODEL_VERSION]
         if path in _BODY_ROUTES:
             media = op["requestBody"]["content"]["application/json"]
             media["examples"] = {

@@ -11,6 +11,8 @@ preflight-free types are refused there."""
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http.refusal import refuse, speaks_v2
@@ -23,7 +25,8 @@ JSON = "application/json"
 PREFLIGHT_FREE = frozenset(
     {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
-_V1_PREFIX = "/v1/"
+# The v1 routes that read a body (other POSTs fall through to the router: 404 or 405).
+_V1_BODIES = re.compile(r"/v1/routines/[^/]+/(sensitivities|evaluate)")
 
 
 def media_type(scope: Scope) -> str | None:
@@ -44,7 +47,7 @@ class ContentTypeMiddleware:
             return
         path = scope["path"]
         given = media_type(scope)
-        if path.startswith(_V1_PREFIX) and given != JSON:
+        if given != JSON and _V1_BODIES.fullmatch(path):
             what = f"Content-Type {given}" if given else "no Content-Type"
             detail = f"the body was sent with {what}; send it as {JSON}"
         elif speaks_v2(path) and given in PREFLIGHT_FREE:
