@@ -1,9 +1,10 @@
 """The OpenAPI document as the running service serves it: FastAPI's, completed with what only
 the running service knows and with what Swagger UI needs to render it right.
 
-- The routine name of every route (and the v2 model version) that takes one is an enum of the registered routines, and
-  the v1 computation bodies have one example per routine (they exist once the lifespan has
-  discovered the routines; the document is cached from then on).
+- The routine name of every route that takes one is an enum of the registered routines (the
+  v2 model version an enum of its one version), and the v1 computation bodies have one
+  example per routine (they exist once the lifespan has discovered the routines; the
+  document is cached from then on).
 - With API keys on, the key schemes and a 401 on every guarded operation.
 - Every description is HTML-escaped, because Swagger UI renders them as Markdown with HTML:
   "dy/d<param>" would otherwise lose its ``<param>``.
