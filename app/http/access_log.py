@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -70,7 +69,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        at = datetime.now(UTC)
+        at = time.time()
         bytes_in = 0
         bytes_out = 0
         status = 500  # what the server answers when the app fails before a response
@@ -93,20 +92,27 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, counted_receive, counted_send)
         finally:
-            record = record_of(scope)
-            entry = {
-                "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "id": record.id if record else None,
-                "method": scope["method"],
-                "path": scope["path"],
-                "routine": record.routine if record else None,
-                "strategy": record.strategy if record else None,
-                "n": record.n if record else None,
-                "status": status,
-                "queue_ms": record.queue_ms if record else None,
-                "compute_ms": record.compute_ms if record else None,
-                "total_ms": round((time.perf_counter() - started) * 1e3, 3),
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-            }
-            self.logger.info(self.format(entry))
+            if self.logger.isEnabledFor(logging.INFO):
+                self.logger.info(self.format(self._entry(scope, at, started, status, bytes_in,
+                                                         bytes_out)))
+
+    @staticmethod
+    def _entry(scope: Scope, at: float, started: float, status: int, bytes_in: int,
+               bytes_out: int) -> dict[str, Any]:
+        record = record_of(scope)
+        return {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+            + f".{int(at % 1 * 1000):03d}Z",
+            "id": record.id if record else None,
+            "method": scope["method"],
+            "path": scope["path"],
+            "routine": record.routine if record else None,
+            "strategy": record.strategy if record else None,
+            "n": record.n if record else None,
+            "status": status,
+            "queue_ms": record.queue_ms if record else None,
+            "compute_ms": record.compute_ms if record else None,
+            "total_ms": round((time.perf_counter() - started) * 1e3, 3),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }

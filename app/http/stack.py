@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 from app.config import Settings
 from app.http.access_log import AccessLogMiddleware
 from app.http.auth import ApiKeyMiddleware
-from app.http.compression import GzipRequestMiddleware, response_gzip
+from app.http.compression import GzipRequestMiddleware, GzipResponseMiddleware
 from app.http.content_type import ContentTypeMiddleware
 from app.http.request_id import RequestIdMiddleware
 from app.http.tracing import traced
@@ -33,7 +33,7 @@ def wrap(app: ASGIApp, settings: Settings) -> ASGIApp:
     if keys:
         stack = ApiKeyMiddleware(stack, keys, public_metrics=settings.public_metrics,
                                  public_docs=settings.public_docs)
-    stack = response_gzip(stack, settings.gzip_min_bytes, settings.gzip_level)
+    stack = GzipResponseMiddleware(stack, settings.gzip_min_bytes, settings.gzip_level)
     if settings.cors_origin_list:
         stack = CORSMiddleware(stack, allow_origins=settings.cors_origin_list,
                                allow_methods=["GET", "HEAD", "POST"],
