@@ -12,6 +12,7 @@ uvicorn's own access line (no id, no fields) is off under ``python -m app``; wit
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -39,6 +40,11 @@ def access_logger() -> logging.Logger:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
+
+
+@functools.lru_cache(maxsize=4)
+def _second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
 
 
 def _text(entry: dict[str, Any]) -> str:
@@ -93,16 +99,18 @@ class AccessLogMiddleware:
             await self.app(scope, counted_receive, counted_send)
         finally:
             if self.logger.isEnabledFor(logging.INFO):
-                self.logger.info(self.format(self._entry(scope, at, started, status, bytes_in,
-                                                         bytes_out)))
+                line = self.format(self._entry(scope, at, started, status, bytes_in, bytes_out))
+                # handle() a record made here: logger.info() would also walk the stack to
+                # find its caller, which cost more than the rest of the line (measured).
+                self.logger.handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0, line,
+                                                     None, None))
 
     @staticmethod
     def _entry(scope: Scope, at: float, started: float, status: int, bytes_in: int,
                bytes_out: int) -> dict[str, Any]:
         record = record_of(scope)
         return {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
-            + f".{int(at % 1 * 1000):03d}Z",
+            "time": f"{_second(int(at))}.{int(at % 1 * 1000):03d}Z",
             "id": record.id if record else None,
             "method": scope["method"],
             "path": scope["path"],
