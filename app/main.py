@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from app.engine import (
 )
 from app.errors import install_error_handlers
 from app.http.stack import wrap
+from app.http.tracing import TracingUnavailable
 from routines import RoutineDefinitionError, discover
 
 __all__ = ["Service", "StartupError", "app", "create_app"]
@@ -172,7 +174,11 @@ def create_app(settings: Settings | None = None) -> Service:
     app.include_router(health.router)
     install_docs(app)
     install_openapi(app, s)
-    app.http_stack = wrap(partial(App.__call__, app), s)
+    try:
+        app.http_stack = wrap(partial(App.__call__, app), s)
+    except TracingUnavailable as exc:  # one line, as for a bad setting
+        print(f"dydc: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     return app
 
 

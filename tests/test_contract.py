@@ -28,7 +28,7 @@ def test_schemathesis_checks_all(tmp_path: Path) -> None:
     with server_process([sys.executable, "-m", "app"], env, port) as server:
         done = subprocess.run(
             [str(SCHEMATHESIS) if SCHEMATHESIS.exists() else "schemathesis", "run",
-             f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "6",
+             f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "4",
              "--seed", "20261202", "--no-color"],
             cwd=ROOT, env={**os.environ, "HOME": str(tmp_path)}, capture_output=True,
             text=True, timeout=240)
