@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uvicorn
 
-from app.config import Settings
+from app.config import load_settings
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     # The application answers what is left 503 at the end of DYDC_GRACE_PERIOD_S itself
     # (app.main); uvicorn's own limit, which cancels requests, comes after that.
     uvicorn.run("app.main:app", host=settings.host, port=settings.port,
-                log_level=settings.log_level,
+                log_level=settings.log_level, access_log=False,  # app.http.access_log
                 timeout_graceful_shutdown=max(1, round(settings.grace_period_s)) + 5)
 
 

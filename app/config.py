@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "load_settings", "settings_error"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _read_keys(text: str) -> frozenset[str]:
+    lines = (line.strip() for line in text.splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 class Settings(BaseSettings):
@@ -115,6 +122,35 @@ class Settings(BaseSettings):
     )
     torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
     log_level: str = Field("info", description="Python logging level.")
+    access_log: bool = Field(True, description="Write a line per request (DYDC_LOG_FORMAT).")
+    log_format: str = Field(
+        "text", description="Access log: text (a line per request) or json (one JSON object a "
+        "line, fields as in the README)."
+    )
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; when set (or DYDC_API_KEYS_FILE), every "
+        "route except health needs one."
+    )
+    api_keys_file: str | None = Field(
+        None, description="A file of API keys, one a line (blank lines and # comments skipped)."
+    )
+    public_metrics: bool = Field(True, description="/metrics needs no key.")
+    public_docs: bool = Field(True, description="/docs, /openapi.json and their assets need "
+                              "no key.")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS (* for any); empty: CORS off."
+    )
+    gzip_min_bytes: Annotated[int, Field(ge=0)] = Field(
+        65_536, description="Responses larger than this are gzip-compressed for clients that "
+        "accept it."
+    )
+    gzip_level: Annotated[int, Field(ge=1, le=9)] = Field(
+        1, description="zlib level for gzip responses (1 fastest .. 9 smallest)."
+    )
+    routines_path: str = Field(
+        "", description="Colon-separated folders whose .py modules are imported at start-up "
+        "as routines."
+    )
 
     @field_validator("device")
     @classmethod
@@ -152,8 +188,83 @@ class Settings(BaseSettings):
             raise ValueError("DYDC_LOG_LEVEL must be critical, error, warning, info or debug")
         return v.lower()
 
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, v: str) -> str:
+        if v.lower() not in {"text", "json"}:
+            raise ValueError("DYDC_LOG_FORMAT must be text or json")
+        return v.lower()
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _api_keys_file(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                _read_keys(Path(v).read_text())
+            except OSError as exc:
+                raise ValueError(f"DYDC_API_KEYS_FILE cannot be read ({exc.strerror}); "
+                                 "give a readable file of keys, one a line") from None
+        return v or None
+
+    @field_validator("routines_path")
+    @classmethod
+    def _routines_path(cls, v: str) -> str:
+        for folder in filter(None, v.split(":")):
+            if not Path(folder).is_dir():
+                raise ValueError(f"DYDC_ROUTINES_PATH names {folder}, which is not a folder; "
+                                 "give folders separated by ':'")
+        return v
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """Every accepted key: DYDC_API_KEYS and the lines of DYDC_API_KEYS_FILE."""
+        keys = _read_keys(self.api_keys.replace(",", "\n"))
+        if self.api_keys_file:
+            keys |= _read_keys(Path(self.api_keys_file).read_text())
+        return keys
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def routine_folders(self) -> list[Path]:
+        return [Path(f) for f in self.routines_path.split(":") if f]
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.max_queue_samples < self.max_batch_samples:
             raise ValueError("DYDC_MAX_QUEUE_SAMPLES must be at least DYDC_MAX_BATCH_SAMPLES")
         return self
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line naming each bad variable, its value and what is allowed."""
+    parts = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings: its message names them
+            parts.append(message)
+            continue
+        field = str(error["loc"][0])
+        variable = f"DYDC_{field.upper()}"
+        if variable in message:  # our own validators name the variable and what is allowed
+            parts.append(f"{variable}={error['input']!r}: {message}")
+            continue
+        info = Settings.model_fields[field]
+        allowed = f"{info.description} Default: {info.default!r}" if info.description else ""
+        parts.append(f"{variable}={error['input']!r}: {message.lower()} ({allowed})")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value ends the process with one line on stderr
+    (no traceback), for ``python -m app`` and ``uvicorn app.main:app`` alike."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        line = settings_error(exc)
+    except SettingsError as exc:  # a value pydantic-settings could not even decode
+        line = f"invalid settings: {exc}"
+    print(f"dydc: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Scope
 
 from app.engine.errors import (
     CostExceeded,
@@ -39,6 +40,7 @@ from app.engine.errors import (
     StrategyDisabled,
     UnknownRoutine,
 )
+from app.http.record import instance_of
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
@@ -53,6 +55,7 @@ __all__ = [
     "problem_body",
     "problem_of",
     "problem_response",
+    "with_instance",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,6 +154,14 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
     return Problem(500, "internal error; it has been logged", "internal-error")
 
 
+def with_instance(problem: Problem, scope: Scope) -> Problem:
+    """The problem with its request's id as ``instance`` (app.http.request_id), if any."""
+    instance = instance_of(scope)
+    if instance is None:
+        return problem
+    return replace(problem, extra={**problem.extra, "instance": instance})
+
+
 def problem_body(problem: Problem) -> bytes:
     """A problem as RFC 9457 problem details (v1, health, everything but v2)."""
     return orjson.dumps({
@@ -181,7 +192,7 @@ def install_error_handlers(app: FastAPI, mounts: Mapping[str, Writer] | None = N
 
     def handler(request: Request, exc: Exception) -> Response:
         path = request.url.path
-        problem = problem_of(exc, request.method, path)
+        problem = with_instance(problem_of(exc, request.method, path), request.scope)
         for prefix, write in prefixes.items():
             if path == prefix or path.startswith(prefix + "/"):
                 return write(problem)

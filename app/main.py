@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -16,13 +17,16 @@ from types import FrameType
 
 import torch
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import health, limits, v1, v2
 from app.api.bodies import BodyBudget
 from app.api.dispatch import App
+from app.api.docs import install_docs
+from app.api.openapi import install_openapi
 from app.api.v2.routes import error_response as v2_error_response
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.server import ConnectionLimits, install
 from app.engine import (
     STRATEGIES,
@@ -39,9 +43,11 @@ from app.engine import (
 )
 from app.engine.compile_cache import default_cache_dir, prepare_cache_dir
 from app.errors import install_error_handlers
-from routines import discover
+from app.http.stack import wrap
+from app.http.tracing import TracingUnavailable
+from routines import RoutineDefinitionError, discover
 
-__all__ = ["app", "create_app"]
+__all__ = ["Service", "StartupError", "app", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +105,37 @@ async def _supervise(pool: WorkerPool) -> None:
         pool.revive()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the server logs (no traceback)."""
+
+
+class Service(App):
+    """The application with the operator's middlewares (app.http) around all of it, the bare
+    computation path included; a start-up failure is reported as its one line."""
+
+    http_stack: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.http_stack(scope, receive, send)
+            return
+
+        async def send_one_line(message: Message) -> None:
+            failure = getattr(self.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and failure is not None:
+                message = {**message, "message": str(failure)}
+            await send(message)
+
+        await super().__call__(scope, receive, send_one_line)
+
+
+def create_app(settings: Settings | None = None) -> Service:
+    """The service for ``settings`` (default: the environment, where a bad value ends the
+    process with one line)."""
+    s = settings or load_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        s = settings or Settings()
         # before the server opens its sockets: `uvicorn app.main:app` as well as python -m app
         install(ConnectionLimits(s.read_timeout_s, s.max_connections))
         if s.torch_threads:
@@ -110,7 +143,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         load_torch_extensions()
         if s.host_allocator_cache:
             cache_host_allocations()
-        routines = discover()
+        try:
+            routines = discover(folders=s.routine_folders)
+        except RoutineDefinitionError as exc:
+            app.state.startup_error = StartupError(f"cannot start: {exc}")
+            raise app.state.startup_error from None
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled = (CompiledForward(
@@ -126,7 +163,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                           costs=costs)
                                   if s.warmup else None),
                           compiled=compiled, costs=costs, slice_s=s.slice_ms / 1e3)
-        app.state.settings = s
         app.state.bodies = BodyBudget(s.max_inflight_body_bytes)
         app.state.engine = Engine(routines, bounds, pool, costs)
         pool.start()
@@ -140,17 +176,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if compiled is not None:
                 compiled.close()
 
-    app = App(
+    app = Service(
         title="dydc",
         version=__version__,
         summary="dy/dC for a whole batch: derivatives of numerical routines over HTTP.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by app.api.docs
+        redoc_url=None,
+        redirect_slashes=False,  # a redirect would be built from the Host header
     )
+    app.state.settings = s
     install_error_handlers(app, {"/v2": v2_error_response})
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(limits.router)
+    install_docs(app)
+    install_openapi(app, s)
+    try:
+        app.http_stack = wrap(partial(App.__call__, app), s)
+    except TracingUnavailable as exc:  # one line, as for a bad setting
+        print(f"dydc: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     return app
 
 

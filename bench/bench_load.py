@@ -14,7 +14,13 @@ Configurations:
 - ``on``: the service with its default settings (dynamic batching on);
 - ``off``: DYDC_MAX_BATCH_SAMPLES=16 (every launch is a single 16-sample request);
 - ``bare``: bench/bare_app.py, same route, same server stack, JSON in and JSON out of the same
-  size, no compute: the framework's own limit.
+  size, no compute: the framework's own limit;
+- ``auth``: ``on`` with API keys (DYDC_API_KEYS): every request's key checked (app.http.auth).
+
+Every configuration gets the same ``Authorization: Bearer`` header, and none writes an access
+log (DYDC_ACCESS_LOG=false, as ``--no-access-log`` for uvicorn's), so that the only difference
+between ``on`` and ``auth`` is the key check. ``--configs on,auth --routines linear --out
+load_auth`` measures just that (bench/results/load_auth.md).
 
 Per point: requests/s, p50 and p99 latency (wrk's), samples/s, and mean requests per launch
 (from /metrics: the increase of dydc_batch_requests_sum over that of dydc_batch_requests_count
@@ -50,6 +56,8 @@ PYTHON = sys.executable
 N_SAMPLES = 16
 ROUTINES = ("black_scholes_call", "linear")
 CONCURRENCIES = (1, 4, 16, 64, 256)
+BENCH_KEY = "bench-key-6f1d0c2a9e7b4f35"
+LABELS = {"on": "on", "off": "off", "bare": "bare endpoint", "auth": "on, API key checked"}
 
 # wrk script: a distinct parameter value in every request (thread id and a counter), inputs
 # fixed per routine; done() prints one JSON line that the benchmark parses.
@@ -83,6 +91,7 @@ function init(args)
   end
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer " .. args[3]
 end
 
 function request()
@@ -139,7 +148,8 @@ class Server:
         self.target = target
         self.port = free_port()
         self.env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_TORCH_THREADS": "1",
-                    "DYDC_GRACE_PERIOD_S": "5", "DYDC_LOG_LEVEL": "warning", **env}
+                    "DYDC_GRACE_PERIOD_S": "5", "DYDC_LOG_LEVEL": "warning",
+                    "DYDC_ACCESS_LOG": "false", **env}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -194,7 +204,7 @@ def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) ->
     threads = 1 if concurrency < 64 else 2
     cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{int(seconds)}s", "--timeout", "10s",
            "-s", str(lua), f"{base}/v1/routines/{routine}/sensitivities", "--",
-           routine, str(N_SAMPLES)]
+           routine, str(N_SAMPLES), BENCH_KEY]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
@@ -211,7 +221,8 @@ def check_one(base: str, routine: str) -> int:
     else:
         body = {"inputs": [[100.0 + i, 100.0, 1.0] for i in range(N_SAMPLES)],
                 "params": {"sigma": 0.2, "r": 0.05}, "wrt": ["sigma", "r"]}
-    r = httpx.post(f"{base}/v1/routines/{routine}/sensitivities", json=body, timeout=10)
+    r = httpx.post(f"{base}/v1/routines/{routine}/sensitivities", json=body, timeout=10,
+                   headers={"Authorization": f"Bearer {BENCH_KEY}"})
     r.raise_for_status()
     assert len(r.json()["values"]) == N_SAMPLES, r.text
     return len(r.content)
@@ -298,10 +309,9 @@ def write_markdown(points: list[Point], path: Path, command: str,
         "req/launch | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    label = {"on": "on", "off": "off", "bare": "bare endpoint"}
     for p in points:
         lines.append(
-            f"| {p.routine} | {label[p.config]} | {p.concurrency} | {p.rps:,.0f} | "
+            f"| {p.routine} | {LABELS[p.config]} | {p.concurrency} | {p.rps:,.0f} | "
             f"{p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.samples_per_s:,.0f} | "
             f"{_fmt(p.requests_per_launch, '.1f')} | {p.errors} |"
         )
@@ -320,6 +330,12 @@ def write_markdown(points: list[Point], path: Path, command: str,
         ok = lin >= 0.5 * bare
         t.append(f"- linear at concurrency 64: {lin:,.0f} req/s vs bare endpoint {bare:,.0f} "
                  f"req/s = {lin / bare:.2f} (target ≥ 0.5): {'met' if ok else 'NOT met'}")
+    auth = by.get(("auth", "linear", 64))
+    if lin and auth:
+        ok = auth >= 0.97 * lin
+        t.append(f"- linear at concurrency 64 with API keys on: {auth:,.0f} req/s vs off "
+                 f"{lin:,.0f} req/s = {auth / lin:.3f} (target ≥ 0.97): "
+                 f"{'met' if ok else 'NOT met'}")
     doc = (
         "# Load benchmark: dynamic batching\n\n"
         f"Command: `{command}`\n\n"
@@ -347,14 +363,13 @@ def plot(points: list[Point], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    style = {"on": "-o", "off": "--s", "bare": ":^"}
-    for config in ("on", "off", "bare"):
+    style = {"on": "-o", "off": "--s", "bare": ":^", "auth": "-.x"}
+    for config in ("on", "off", "bare", "auth"):
         for routine in ROUTINES:
             ps = [p for p in points if p.config == config and p.routine == routine]
             if ps:
-                name = {"on": "batching on", "off": "batching off", "bare": "bare endpoint"}
                 ax.plot([p.concurrency for p in ps], [p.rps for p in ps], style[config],
-                        label=f"{routine}, {name[config]}")
+                        label=f"{routine}, {LABELS[config]}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(CONCURRENCIES, [str(c) for c in CONCURRENCIES])
     ax.set_xlabel("concurrency (connections)")
@@ -373,7 +388,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds per point, taking the configurations in turn")
     ap.add_argument("--warm", type=int, default=1, help="warm-up seconds per point")
-    ap.add_argument("--configs", default="on,off,bare")
+    ap.add_argument("--configs", default="on,off,bare",
+                    help="of on, off, bare, auth")
+    ap.add_argument("--routines", default=",".join(ROUTINES))
+    ap.add_argument("--out", default="load", help="results file stem under bench/results")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -385,7 +403,9 @@ def main() -> None:
         "off": ("app.main:app", {"DYDC_MAX_BATCH_SAMPLES": str(N_SAMPLES),
                                  "DYDC_MAX_QUEUE_SAMPLES": "4000000"}),
         "bare": ("bench.bare_app:app", {}),
+        "auth": ("app.main:app", {"DYDC_API_KEYS": BENCH_KEY}),
     }
+    routines = tuple(args.routines.split(","))
     started = time.monotonic()
     points: list[Point] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -394,25 +414,25 @@ def main() -> None:
         logdir = Path(tmp)
         chosen = {name: configs[name] for name in args.configs.split(",")}
         try:
-            points = run_all(chosen, ROUTINES, args.seconds, args.warm, args.rounds, lua,
+            points = run_all(chosen, routines, args.seconds, args.warm, args.rounds, lua,
                              logdir)
         except Exception:
             for log in logdir.glob("server-*.log"):
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
             raise
     sizes = ", ".join(
-        f"{c}/{r} {sum(ps) / len(ps):.0f}" for c in configs for r in ROUTINES
+        f"{c}/{r} {sum(ps) / len(ps):.0f}" for c in configs for r in routines
         if (ps := [p.response_bytes for p in points if p.config == c and p.routine == r]))
     meta = {"when": time.strftime("%Y-%m-%d"),
             "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                        "shared with other jobs (noisy)",
             "seconds": args.seconds, "rounds": args.rounds, "warm_s": args.warm,
             "sizes": sizes}
-    (RESULTS / "load.json").write_text(json.dumps(
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(
         {"meta": meta, "command": command, "points": [asdict(p) for p in points]}, indent=1))
-    summary = write_markdown(points, RESULTS / "load.md", command, meta)
-    plot(points, RESULTS / "load.png")
-    print(f"\n{summary}\n\nwrote {RESULTS}/load.md, load.json, load.png in "
+    summary = write_markdown(points, RESULTS / f"{args.out}.md", command, meta)
+    plot(points, RESULTS / f"{args.out}.png")
+    print(f"\n{summary}\n\nwrote {RESULTS}/{args.out}.md, .json, .png in "
           f"{time.monotonic() - started:.0f} s")
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import math
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -168,11 +171,39 @@ def _builtin_modules() -> Iterator[ModuleType]:
             yield importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-def discover(group: str = ENTRY_POINT_GROUP, builtins: bool = True) -> dict[str, Routine]:
-    """Every routine in this package's modules and in the entry-point group, by name.
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _folder_modules(folders: Sequence[Path]) -> Iterator[tuple[str, ModuleType]]:
+    """The ``.py`` modules of each folder (DYDC_ROUTINES_PATH), imported under names of their
+    own (``dydc_routines_path.<n>.<stem>``) so that two folders may hold a ``util.py``."""
+    for index, folder in enumerate(folders):
+        for file in sorted(Path(folder).glob("*.py")):
+            if file.name.startswith("_"):
+                continue
+            name = f"dydc_routines_path.{index}.{file.stem}"
+            spec = importlib.util.spec_from_file_location(name, file)
+            if spec is None or spec.loader is None:  # pragma: no cover  (a .py always has one)
+                raise RoutineDefinitionError(f"{file}: not importable")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[name]
+                raise RoutineDefinitionError(f"{file}: {_one_line(exc)}") from exc
+            yield str(file), module
+
+
+def discover(group: str = ENTRY_POINT_GROUP, builtins: bool = True,
+             folders: Sequence[Path] = ()) -> dict[str, Routine]:
+    """Every routine in this package's modules, in the entry-point group and in the ``.py``
+    modules of ``folders``, by name.
 
     An entry point may name a Routine, a module (all its Routines) or a list of Routines.
-    Two routines with one name are an error: the service must not pick one silently.
+    Two routines with one name are an error: the service must not pick one silently. So is a
+    module that fails to import, named by its file with the error on one line.
     """
     found: dict[str, tuple[Routine, str]] = {}
     sources: list[tuple[str, Any]] = []
@@ -183,6 +214,7 @@ def discover(group: str = ENTRY_POINT_GROUP, builtins: bool = True) -> dict[str,
             sources.append((f"entry point {ep.name} ({ep.value})", ep.load()))
         except Exception as exc:
             raise RoutineDefinitionError(f"entry point {ep.name} ({ep.value}): {exc}") from exc
+    sources += list(_folder_modules(folders))
     for origin, obj in sources:
         for r in _routines_in(obj):
             if r.name in found and found[r.name][0] is not r:

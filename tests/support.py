@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -19,7 +20,15 @@ import pytest
 
 from app.main import create_app
 
-__all__ = ["ROOT", "ServerProcess", "free_port", "needs_cxx", "route_paths", "server_process"]
+__all__ = [
+    "ROOT",
+    "ServerProcess",
+    "access_log_lines",
+    "free_port",
+    "needs_cxx",
+    "route_paths",
+    "server_process",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +105,21 @@ def route_paths() -> set[str]:
             paths.add(path)
         pending += getattr(getattr(route, "original_router", route), "routes", [])
     return paths
+
+
+@contextmanager
+def access_log_lines() -> Iterator[list[str]]:
+    """The access log's lines (app.http.access_log) written while the block runs."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Collect()
+    logger = logging.getLogger("dydc.access")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

@@ -10,6 +10,7 @@ from tests.conftest import ClientFactory
 pytestmark = pytest.mark.anyio
 
 SENS = "/v1/routines/{}/sensitivities"
+JSON = {"content-type": "application/json"}
 
 
 def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict[str, object]:
@@ -75,21 +76,23 @@ async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:
 )
 async def test_bad_requests_are_422(client: httpx.AsyncClient, url: str, body: object,
                                     needles: list[str]) -> None:
-    sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+    sent = {"content": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
     assert_problem(await client.post(url, **sent), 422, *needles)
 
 
 async def test_nan_literals_name_the_element(client: httpx.AsyncClient) -> None:
-    r = await client.post(SENS.format("linear"), content=b'{"inputs": [1, NaN, 3]}')
+    r = await client.post(SENS.format("linear"), content=b'{"inputs": [1, NaN, 3]}',
+                          headers=JSON)
     assert_problem(r, 422, "inputs[1]", "not finite")
     r = await client.post(SENS.format("linear"),
-                          content=b'{"inputs": [1], "params": {"C": Infinity}}')
+                          content=b'{"inputs": [1], "params": {"C": Infinity}}', headers=JSON)
     assert_problem(r, 422, "params.C")
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b'{"inputs": [1,]}', b"\xff\xfe"])
 async def test_malformed_json_is_422(client: httpx.AsyncClient, raw: bytes) -> None:
-    assert_problem(await client.post(SENS.format("linear"), content=raw), 422, "JSON")
+    assert_problem(await client.post(SENS.format("linear"), content=raw, headers=JSON),
+                   422, "JSON")
 
 
 async def test_strategy_caps(make_client: ClientFactory) -> None:
@@ -121,7 +124,8 @@ async def test_size_limits_are_413(make_client: ClientFactory) -> None:
                 yield b"1.0, 2.0, "
             yield b"3.0]}"
 
-        assert_problem(await c.post(SENS.format("linear"), content=chunks()), 413,
+        assert_problem(await c.post(SENS.format("linear"), content=chunks(), headers=JSON),
+                       413,
                        "DYDC_MAX_BODY_BYTES")
 
 

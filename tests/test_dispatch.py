@@ -58,10 +58,12 @@ def _comparable(resp: httpx.Response) -> tuple[int, str, Any, str | None]:
     body = resp.json()
     if isinstance(body, dict):
         body.pop("timing_ms", None)
+        body.pop("instance", None)  # the request's own id
     return resp.status_code, resp.headers["content-type"], body, resp.headers.get("retry-after")
 
 
 SENS = "/v1/routines/linear/sensitivities"
+_JSON = {"content-type": "application/json"}
 CASES: list[tuple[str, dict[str, Any]]] = [
     (SENS, {"json": {"inputs": list(range(10)), "params": {"C": -5.0}, "wrt": ["C"]}}),
     (SENS + "?strategy=jacfwd&timeout_ms=5000", {"json": {"inputs": [1.5, 2.5]}}),
@@ -74,14 +76,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     (SENS + "?strategy=backwards", {"json": {"inputs": [1]}}),
     (SENS + "?timeout_ms=soon", {"json": {"inputs": [1]}}),
     (SENS + "?timeout_ms=-1", {"json": {"inputs": [1]}}),
-    (SENS, {"content": b"{not json"}),
-    (SENS, {"content": b""}),
-    (SENS, {"content": b"[1, 2]"}),
+    (SENS, {"content": b"{not json", "headers": _JSON}),
+    (SENS, {"content": b"", "headers": _JSON}),
+    (SENS, {"content": b"[1, 2]", "headers": _JSON}),
     (SENS, {"json": {"inputs": [1], "extra": 1}}),
     (SENS, {"json": {"inputs": [[1], [2, 3]]}}),
     (SENS, {"json": {"inputs": [1, "2"]}}),
     (SENS, {"json": {"inputs": []}}),
-    (SENS, {"content": b'{"inputs": [1, NaN]}'}),
+    (SENS, {"content": b'{"inputs": [1, NaN]}', "headers": _JSON}),
     (SENS, {"json": {"inputs": [1], "params": {"D": 1}}}),
     (SENS, {"json": {"inputs": [1], "wrt": []}}),
     (SENS, {"json": {"inputs": [1], "dtype": "float16"}}),
@@ -169,6 +171,7 @@ async def _call(app: App, chunks: list[bytes], *, headers: list[tuple[bytes, byt
     async def send(message: Message) -> None:
         sent.append(message)
 
+    headers = [(b"content-type", b"application/json"), *headers]
     await app({**_scope(), "headers": headers, "query_string": b"", "http_version": "1.1",
                "scheme": "http", "server": ("dydc.test", 80), "client": ("127.0.0.1", 1)},
               receive, send)

@@ -114,10 +114,11 @@ async def test_output_selection_and_multi_output_shape(client: httpx.AsyncClient
     assert out["data"][3:] == pytest.approx([0.0, 0.0, 0.0], abs=1e-15)
     # only y: evaluated without derivatives
     body["outputs"] = [{"name": "y"}]
-    doc = (await client.post(INFER.format("softmax"), json=body)).json()
+    answer = await client.post(INFER.format("softmax"), json=body)
+    doc = answer.json()
     assert [o["name"] for o in doc["outputs"]] == ["y"] and "strategy" not in doc["parameters"]
     assert doc["outputs"][0]["data"][3:] == pytest.approx([1 / 3] * 3, rel=1e-12)
-    assert "id" not in doc
+    assert doc["id"] == answer.headers["x-request-id"]  # no id sent: the request's X-Request-ID
 
 
 async def test_wrt_narrows_outputs(client: httpx.AsyncClient) -> None:

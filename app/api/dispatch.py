@@ -7,24 +7,23 @@ Request and Response objects it builds around a route cost about as much as the 
 work. So :class:`App` matches those routes itself and serves them through
 :func:`app.api.pipeline.serve`; the FastAPI routes registered for them (which document them
 in OpenAPI) run the same pipeline, so the answers are the same either way. Every concern
-that must hold on every route (limits, authentication, request ids, compression) is a pure
-ASGI middleware in :attr:`App.middleware`, around both.
+that must hold on every route (authentication, request ids, compression) is a pure ASGI
+middleware around both (app.http, applied by app.main's Service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.api.pipeline import Codec, Incoming, serve, shutdown_reply
 from app.api.v1 import COMPARE, EVALUATE, SENSITIVITIES
 from app.api.v2.routes import INFER
 
-__all__ = ["App", "Middleware", "route_of"]
+__all__ = ["App", "route_of"]
 
 # (method POST) path -> codec; the named groups are the path parameters
 _ROUTES: list[tuple[re.Pattern[str], Codec]] = [
@@ -34,9 +33,6 @@ _ROUTES: list[tuple[re.Pattern[str], Codec]] = [
     (re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), INFER),
     (re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"), INFER),
 ]
-
-Middleware = Callable[[ASGIApp], ASGIApp]
-
 
 def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:
     """The codec and path parameters of a computation request, else None."""
@@ -54,26 +50,14 @@ def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:
 
 
 class App(FastAPI):
-    """FastAPI, with the computation routes dispatched to the pipeline, and the middleware
-    chain around everything."""
-
-    middleware: list[Middleware]  # outermost first; set before the first request
-    _chain: ASGIApp | None = None
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.middleware = []
+    """FastAPI, with the computation routes dispatched to the pipeline. (The middleware
+    chain around all of it is app.main's Service.)"""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not hasattr(self.state, "engine"):
             await super().__call__(scope, receive, send)  # lifespan, or not started yet
             return
-        if self._chain is None:
-            chain: ASGIApp = self._dispatch
-            for wrap in reversed(self.middleware):
-                chain = wrap(chain)
-            self._chain = chain
-        await self._chain(scope, receive, send)
+        await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -16,13 +18,19 @@ __all__ = ["router"]
 router = APIRouter(tags=["operations"])
 
 
+@router.head("/healthz", operation_id="healthz_head")
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """200 while the process serves."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; the detail says why"}})
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Not ready; the detail says why"}}
+
+
+@router.head("/readyz", operation_id="readyz_head", responses=_NOT_READY)
+@router.get("/readyz", responses=_NOT_READY)
 async def readyz(engine: EngineDep) -> Response:
     """200 once the device worker is up and warm; 503 with the reason otherwise."""
     reason = engine.readiness()

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 
 from app import metrics
+from app.engine import Job, JobResult
+from app.http.record import current_record
 
 __all__ = ["RequestLabels", "record"]
 
@@ -18,9 +20,33 @@ class RequestLabels:
     routine: str = "unknown"
     strategy: str = "none"
     status: int = 200
+    n: int | None = None
+    queue_s: float | None = None
+    compute_s: float | None = None
+
+    def ran(self, job: Job, result: JobResult) -> None:
+        """What the access log reports of a job that ran."""
+        self.n = job.n
+        self.queue_s = result.queue_s
+        self.compute_s = result.compute_s
+
+
+def _to_record(labels: RequestLabels) -> None:
+    """Copy what the route learnt into the request's record (app.http.record)."""
+    record = current_record()
+    if record is None:
+        return
+    record.routine = labels.routine if labels.routine != "unknown" else None
+    record.strategy = labels.strategy if labels.strategy not in ("none", "invalid") else None
+    record.n = labels.n
+    if labels.queue_s is not None and labels.compute_s is not None:
+        record.queue_ms = round(labels.queue_s * 1e3, 3)
+        record.compute_ms = round(labels.compute_s * 1e3, 3)
 
 
 def record(labels: RequestLabels, endpoint: str, started: float) -> None:
+    """Count the request, and hand what it learnt to the access log's record."""
+    _to_record(labels)
     metrics.child(metrics.REQUESTS, labels.routine, labels.strategy, str(labels.status)).inc()
     metrics.child(metrics.REQUEST_SECONDS, labels.routine, endpoint).observe(
         time.perf_counter() - started

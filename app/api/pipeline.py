@@ -27,7 +27,7 @@ from app.api.bodies import BodyBudget, BodyReader
 from app.api.instrumentation import RequestLabels, record
 from app.config import Settings
 from app.engine import Engine, Job, JobResult
-from app.errors import CLIENT_CLOSED_REQUEST, Problem, problem_of
+from app.errors import CLIENT_CLOSED_REQUEST, Problem, problem_of, with_instance
 
 __all__ = ["Codec", "Decoded", "Incoming", "Reply", "offload", "respond", "serve", "shutdown_reply"]
 
@@ -163,7 +163,9 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
         finally:
             request.body.release()
         result = await _run(codec, engine, decoded, request.receive)
-        labels.strategy = getattr(result, "strategy", None) or labels.strategy
+        if isinstance(result, JobResult):
+            labels.ran(decoded.job, result)
+            labels.strategy = result.strategy or "none"
         reply = codec.encode(decoded, result, started)
     except ClientDisconnect:
         labels.status = CLIENT_CLOSED_REQUEST
@@ -171,7 +173,8 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
         labels.status = 503
         raise
     except Exception as exc:
-        reply = codec.error(problem_of(exc, request.method, request.path))
+        reply = codec.error(with_instance(problem_of(exc, request.method, request.path),
+                                          request.scope))
         if not request.body.read_all:
             # answered before its body was read (413, 503, 404...): close rather than read
             # and discard the rest, which may be many megabytes

@@ -33,40 +33,39 @@ __all__ = [
 Number = StrictFloat | StrictInt
 # Inputs are checked element by element by app.api.decoding, with messages that point at the
 # offending element and without a Python object per number on the way to a tensor.
-Inputs = Annotated[list[Number] | list[list[Number]], SkipValidation]
+# The schema says what the engine checks: at least one sample, at least one feature a row.
+Row = Annotated[list[Number], Field(min_length=1)]
+Inputs = Annotated[Annotated[list[Number], Field(min_length=1)]
+                   | Annotated[list[Row], Field(min_length=1)], SkipValidation]
 Values = list[float] | list[list[float]]
 # A number shared by every sample, or one per sample: checked by the engine, element by
 # element (params.sigma[17]), without a Python object per number on the way to an array.
 ParamValue = Annotated[Number | list[Number], SkipValidation]
 
 
+ParamName = Annotated[str, Field(min_length=1)]
+
+
 class EvaluateRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"inputs": [0, 1, 2, 3], "params": {"C": -5.0}}]},
-    )
+    """(The examples, one per routine, are in the OpenAPI document: app.api.openapi.)"""
+
+    model_config = ConfigDict(extra="forbid")
 
     inputs: Inputs = Field(description="N x D rows, or a flat list of N numbers when D = 1.")
     params: dict[str, ParamValue] = Field(
         default_factory=dict, description="Parameter values, each a number shared by every "
         "sample or a list of N numbers (one per sample); defaults for those left out."
     )
-    dtype: str = Field("float64", description="float64 or float32.")
-    wrt: list[str] | None = Field(None, description="Ignored by /evaluate; accepted so that "
-                                  "one body serves both endpoints.")
+    dtype: str = Field("float64", description="float64 or float32.",
+                       json_schema_extra={"enum": ["float64", "float32"]})
+    wrt: list[ParamName] | None = Field(None, description="Ignored by /evaluate; accepted so "
+                                        "that one body serves both endpoints.")
     order: StrictInt = Field(1, description="Ignored by /evaluate.")
     cross: StrictBool = Field(False, description="Ignored by /evaluate.")
 
 
 class SensitivityRequest(EvaluateRequest):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [
-            {"inputs": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "params": {"C": -5.0}, "wrt": ["C"]}
-        ]},
-    )
-
-    wrt: list[str] | None = Field(
+    wrt: list[ParamName] | None = Field(
         None, description="Parameters and/or input features to differentiate with respect "
         "to; default all parameters. For an input feature j the derivative is dy_i/dx_ij."
     )

@@ -33,6 +33,7 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown routine", **_PROBLEM},
     413: {"description": "Body or batch over the configured limits", **_PROBLEM},
+    415: {"description": "Body not sent as application/json", **_PROBLEM},
     422: {"description": "Invalid request; the detail says what to change", **_PROBLEM},
     503: {"description": "Not ready, shutting down, or at a bound (queue, bodies in flight); "
                          "Retry-After says when to retry", **_PROBLEM},

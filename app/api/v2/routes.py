@@ -25,9 +25,16 @@ from app.api.deps import EngineDep
 from app.api.instrumentation import RequestLabels
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.v2 import framing, tensors
-from app.api.v2.schemas import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
+from app.api.v2.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
 from app.engine import STRATEGIES, Engine, Job, JobResult
 from app.errors import BodyTooLarge, Problem, UnknownVersion, problem_of
+from app.http.record import current_record
 from routines import Routine
 
 __all__ = ["INFER", "V2", "error_response", "router"]
@@ -74,9 +81,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request, malformed binary framing included", **_ERROR},
     404: {"description": "Unknown model or version", **_ERROR},
     413: {"description": "Body or batch over the configured limits", **_ERROR},
+    415: {"description": "Body sent as a form or as text", **_ERROR},
     503: {"description": "Not ready, or at a bound (queue, bodies in flight)", **_ERROR},
     504: {"description": "The deadline passed before the answer", **_ERROR},
 }
+
+
+def _request_id() -> str | None:
+    """The request's X-Request-ID, the answer's ``id`` when the request has none."""
+    record = current_record()
+    return record.id if record is not None else None
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -106,6 +120,12 @@ def _check_shapes(header: bytes, limit: int) -> None:
                 f"an input has shape [{n}, ...]: {n} samples; the limit is {limit} per request "
                 "(DYDC_MAX_SAMPLES): split the batch"
             )
+
+
+def _request_id() -> str | None:
+    """The request's X-Request-ID, the answer's ``id`` when the request has none."""
+    record = current_record()
+    return record.id if record is not None else None
 
 
 class V2:
@@ -151,7 +171,8 @@ class V2:
 
     def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
         routine, request_id, call = decoded.context
-        header, binaries = tensors.response(routine, request_id, MODEL_VERSION, call, result)
+        header, binaries = tensors.response(routine, request_id or _request_id(),
+                                            MODEL_VERSION, call, result)
         body, media_type, headers = framing.encode(header, binaries)
         return Reply(200, body, media_type, headers)
 
@@ -222,12 +243,30 @@ async def model_version_ready(name: str, version: str, engine: EngineDep) -> Res
     return await _model_ready(engine, name, version)
 
 
-@router.post("/models/{name}/infer", responses=_ERRORS)
+# The route reads its body itself (JSON, or binary tensor data after a JSON header); this
+# documents both.
+_INFER_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": InferenceRequest.model_json_schema(
+        ref_template="#/components/schemas/{model}")},
+    "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"},
+        "description": "binary_tensor_data: the JSON header, then the tensors' bytes; "
+                       "Inference-Header-Content-Length gives the header's length"},
+}}}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": InferenceResponse, "description": "The outputs (values, dy/d<param>)"},
+    **_ERRORS,
+}
+
+
+@router.post("/models/{name}/infer", responses=_INFER_RESPONSES,
+             openapi_extra=_INFER_OPENAPI)
 async def infer(name: str, request: Request) -> Response:
     """Values and dy/d<param> of a routine, as Open Inference Protocol tensors."""
     return await respond(INFER, request, name=name)
 
 
-@router.post("/models/{name}/versions/{version}/infer", responses=_ERRORS)
+@router.post("/models/{name}/versions/{version}/infer", responses=_INFER_RESPONSES,
+             openapi_extra=_INFER_OPENAPI)
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await respond(INFER, request, name=name, version=version)

@@ -19,10 +19,12 @@ from pydantic import (
 
 __all__ = [
     "InferenceRequest",
+    "InferenceResponse",
     "ModelMetadata",
     "Parameters",
     "RequestInput",
     "RequestOutput",
+    "ResponseOutput",
     "ServerMetadata",
     "TensorMetadata",
 ]
@@ -58,8 +60,29 @@ class InferenceRequest(BaseModel):
 
     id: StrictStr | None = None
     parameters: Parameters = Field(default_factory=dict)
-    inputs: list[RequestInput]
+    # minItems for the document; an empty list gets app.api.v2.tensors' own message
+    inputs: list[RequestInput] = Field(json_schema_extra={"minItems": 1})
     outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """$response_output: ``data`` is absent when the tensor is sent as binary data."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: Parameters | None = None
+    data: list[float] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """$inference_response (documentation: the route writes it from the tensors)."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = Field(None, description="The request's id, or its X-Request-ID.")
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
 
 
 class ServerMetadata(BaseModel):

@@ -1,0 +1,126 @@
+"""The access log: one line per request, written when the answer is complete, with the
+request's id and what the route recorded (app.http.record).
+
+``text`` gives a readable line, ``json`` one JSON object a line with the fields time, id,
+method, path, routine, strategy, n, status, queue_ms, compute_ms, total_ms, bytes_in and
+bytes_out (absent values are null). The path is logged without its query string and no
+header is logged, so an API key never reaches the log. Lines go to the ``dydc.access``
+logger, which writes them to stdout itself: uvicorn configures only its own loggers.
+uvicorn's own access line (no id, no fields) is off under ``python -m app``; with the
+``uvicorn`` command pass ``--no-access-log``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.record import record_of
+
+__all__ = ["FIELDS", "AccessLogMiddleware", "access_logger"]
+
+FIELDS = ("time", "id", "method", "path", "routine", "strategy", "n", "status", "queue_ms",
+          "compute_ms", "total_ms", "bytes_in", "bytes_out")
+LOGGER = "dydc.access"
+
+
+def access_logger() -> logging.Logger:
+    """``dydc.access``, with a stdout handler of its own (once)."""
+    logger = logging.getLogger(LOGGER)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+@functools.lru_cache(maxsize=4)
+def _second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
+
+
+def _text(entry: dict[str, Any]) -> str:
+    line = (f'{entry["time"]} {entry["id"]} "{entry["method"]} {entry["path"]}" '
+            f'{entry["status"]} {entry["total_ms"]}ms in={entry["bytes_in"]} '
+            f'out={entry["bytes_out"]}')
+    extra = " ".join(f"{k}={entry[k]}" for k in ("routine", "strategy", "n", "queue_ms",
+                                                  "compute_ms") if entry[k] is not None)
+    return f"{line} {extra}" if extra else line
+
+
+class AccessLogMiddleware:
+    """Inside RequestIdMiddleware (it reads the id), outside compression (it counts the
+    bytes on the wire)."""
+
+    def __init__(self, app: ASGIApp, log_format: str = "text",
+                 logger: logging.Logger | None = None) -> None:
+        self.app = app
+        self.format = _text if log_format == "text" else self._json
+        self.logger = logger or access_logger()
+
+    @staticmethod
+    def _json(entry: dict[str, Any]) -> str:
+        return orjson.dumps(entry).decode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        at = time.time()
+        bytes_in = 0
+        bytes_out = 0
+        status = 500  # what the server answers when the app fails before a response
+
+        async def counted_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            return message
+
+        async def counted_send(message: Message) -> None:
+            nonlocal bytes_out, status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, counted_send)
+        finally:
+            if self.logger.isEnabledFor(logging.INFO):
+                line = self.format(self._entry(scope, at, started, status, bytes_in, bytes_out))
+                # handle() a record made here: logger.info() would also walk the stack to
+                # find its caller, which cost more than the rest of the line (measured).
+                self.logger.handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0, line,
+                                                     None, None))
+
+    @staticmethod
+    def _entry(scope: Scope, at: float, started: float, status: int, bytes_in: int,
+               bytes_out: int) -> dict[str, Any]:
+        record = record_of(scope)
+        return {
+            "time": f"{_second(int(at))}.{int(at % 1 * 1000):03d}Z",
+            "id": record.id if record else None,
+            "method": scope["method"],
+            "path": scope["path"],
+            "routine": record.routine if record else None,
+            "strategy": record.strategy if record else None,
+            "n": record.n if record else None,
+            "status": status,
+            "queue_ms": record.queue_ms if record else None,
+            "compute_ms": record.compute_ms if record else None,
+            "total_ms": round((time.perf_counter() - started) * 1e3, 3),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }

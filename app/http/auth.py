@@ -1,0 +1,88 @@
+"""API keys: with keys configured, every route but health (and, by default, /metrics and the
+docs) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; anything else is a 401
+with ``WWW-Authenticate: Bearer``.
+
+Why by hand: Starlette's AuthenticationMiddleware answers failures with plain text and
+FastAPI's security dependencies only guard the routes that declare them (not the bare
+computation path, not the docs' assets); a key check is a dozen lines. Keys are compared as
+SHA-256 digests with :func:`hmac.compare_digest`, against every configured key without
+stopping at the first match, so the time taken says nothing about any key. Nothing here logs
+a header or counts by key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.http.refusal import refuse
+
+__all__ = ["DOCS_PATHS", "HEALTH_PATHS", "ApiKeyMiddleware", "is_open", "presented_key"]
+
+HEALTH_PATHS = ("/healthz", "/readyz")
+HEALTH_PREFIX = "/v2/health/"
+METRICS_PATH = "/metrics"
+DOCS_PATHS = ("/docs", "/openapi.json")
+DOCS_PREFIX = "/docs/"
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_HOW = "send Authorization: Bearer <key> or X-API-Key: <key>"
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+def is_open(path: str, *, public_metrics: bool, public_docs: bool) -> bool:
+    """Whether ``path`` is served without a key."""
+    if path in HEALTH_PATHS or path.startswith(HEALTH_PREFIX):
+        return True
+    if public_metrics and path == METRICS_PATH:
+        return True
+    return public_docs and (path in DOCS_PATHS or path.startswith(DOCS_PREFIX))
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The key a request carries: X-API-Key, else an Authorization Bearer token."""
+    bearer = None
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.strip()
+        if name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                bearer = token.strip()
+    return bearer
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, keys: Iterable[str], *, public_metrics: bool = True,
+                 public_docs: bool = True) -> None:
+        self.app = app
+        self.digests = [_digest(k.encode()) for k in keys]
+        if not self.digests:
+            raise ValueError("ApiKeyMiddleware needs at least one key")
+        self.public_metrics = public_metrics
+        self.public_docs = public_docs
+
+    def accepts(self, key: bytes) -> bool:
+        candidate = _digest(key)
+        match = False
+        for digest in self.digests:
+            match |= hmac.compare_digest(candidate, digest)
+        return match
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open(scope["path"], public_metrics=self.public_metrics,
+                                              public_docs=self.public_docs):
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(scope["headers"])
+        if key is not None and self.accepts(key):
+            await self.app(scope, receive, send)
+            return
+        detail = (f"this service needs an API key: {_HOW}" if key is None
+                  else f"the API key is not accepted; {_HOW} with a valid key")
+        await refuse(scope, receive, send, 401, detail, "unauthorized", _CHALLENGE)

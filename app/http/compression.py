@@ -1,0 +1,163 @@
+"""gzip both ways.
+
+Requests: a body sent with ``Content-Encoding: gzip`` is inflated here, as it arrives, and
+the route sees the plain body with its true Content-Length. DYDC_MAX_BODY_BYTES applies to
+the compressed bytes and to the inflated ones, checked while inflating (zlib's
+``max_length``), so a compression bomb costs at most the limit and gets 413. Starlette has
+no request-side decompression, hence this module; large chunks inflate in a thread, off the
+event loop.
+
+Responses: Starlette's GZipResponder (it skips bodies under a minimum size, streams, and
+compresses large bodies in a thread), behind :class:`GzipResponseMiddleware`, which differs
+from Starlette's GZipMiddleware in one way: a request that does not accept gzip goes straight
+to the app, without a responder that parses the response headers, and the responder it makes
+has a short list of excluded types (both measured in bench/bench_middleware.py).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import anyio.to_thread
+from starlette.middleware.gzip import GZipResponder
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.refusal import refuse
+
+__all__ = ["GzipRequestMiddleware", "GzipResponseMiddleware"]
+
+_GZIP = (b"gzip", b"x-gzip")
+_OFF_LOOP_BYTES = 256 * 1024  # inflate chunks larger than this in a thread
+# What the service serves that is compressed already (the docs' icons). Short: the responder
+# normalises the list on every request (Starlette's default list of 14 cost more than the
+# rest of the stack together).
+_NOT_COMPRESSED = ("image/*",)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Malformed(Exception):
+    pass
+
+
+class _Inflater:
+    """Inflates a gzip stream, never holding more than ``limit`` + 1 inflated bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] = []
+        self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> None:
+        while data and not self.z.eof:
+            try:
+                out = self.z.decompress(data, self.limit + 1 - self.size)
+            except zlib.error as exc:
+                raise _Malformed(str(exc)) from None
+            self.size += len(out)
+            if self.size > self.limit:
+                raise _TooLarge
+            self.parts.append(out)
+            data = self.z.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if not self.z.eof:
+            raise _Malformed("the gzip stream ends early")
+        return b"".join(self.parts)
+
+
+async def _read_inflated(receive: Receive, limit: int) -> bytes | None:
+    """The inflated body, or None if the client went away."""
+    inflater = _Inflater(limit)
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise _TooLarge
+        if len(chunk) > _OFF_LOOP_BYTES:
+            await anyio.to_thread.run_sync(inflater.feed, chunk)
+        else:
+            inflater.feed(chunk)
+        if not message.get("more_body", False):
+            return inflater.finish()
+
+
+class GzipRequestMiddleware:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        encoding = next((v.strip().lower() for k, v in scope["headers"]
+                         if k == b"content-encoding"), None)
+        if encoding is None or encoding == b"identity":
+            await self.app(scope, receive, send)
+            return
+        if encoding not in _GZIP:
+            await refuse(scope, receive, send, 415,
+                         f"Content-Encoding {encoding.decode('latin-1')} is not supported; "
+                         "send the body as is, or with Content-Encoding: gzip",
+                         "unsupported-media-type")
+            return
+        try:
+            body = await _read_inflated(receive, self.limit)
+        except _TooLarge:
+            await refuse(scope, receive, send, 413,
+                         f"the request body is over the limit of {self.limit} bytes "
+                         "(DYDC_MAX_BODY_BYTES), compressed or inflated: split the batch",
+                         "body-too-large")
+            return
+        except _Malformed as exc:
+            await refuse(scope, receive, send, 422,
+                         f"the body is not valid gzip ({exc}); send it compressed with gzip, "
+                         "or without Content-Encoding", "malformed-body")
+            return
+        if body is None:
+            return
+        headers = [(k, v) for k, v in scope["headers"]
+                   if k not in (b"content-encoding", b"content-length")]
+        headers.append((b"content-length", b"%d" % len(body)))
+        delivered = False
+
+        async def receive_inflated() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, receive_inflated, send)
+
+
+def _accepts_gzip(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            return b"gzip" in value
+    return False
+
+
+class GzipResponseMiddleware:
+    """Responses over ``min_bytes`` gzip-compressed at ``level`` for clients that accept it."""
+
+    def __init__(self, app: ASGIApp, min_bytes: int, level: int) -> None:
+        self.app = app
+        self.min_bytes = min_bytes
+        self.level = level
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _accepts_gzip(scope):
+            await self.app(scope, receive, send)
+            return
+        responder = GZipResponder(self.app, self.min_bytes, compresslevel=self.level,
+                                  exclude_content_types=_NOT_COMPRESSED)
+        await responder(scope, receive, send)

@@ -1,0 +1,59 @@
+"""Request bodies a browser cannot send cross-site without asking first.
+
+A web page may POST ``text/plain``, ``application/x-www-form-urlencoded`` or
+``multipart/form-data`` anywhere without a CORS preflight, so without this check a page
+could make its visitors' browsers submit work (v1 parsed any body as JSON). v1 POST bodies
+must therefore be ``application/json`` (parameters such as ``charset=utf-8`` allowed; other
+``+json`` types are refused, as nothing sends them); anything else, no Content-Type
+included, is a 415. v2 keeps its own types (JSON, and Triton's binary tensors, which
+tritonclient sends as ``application/octet-stream`` or with no type at all), so only the three
+preflight-free types are refused there."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.http.refusal import refuse, speaks_v2
+
+__all__ = ["ContentTypeMiddleware", "media_type"]
+
+JSON = "application/json"
+# The types a browser sends cross-site without a preflight (the Fetch standard's
+# CORS-safelisted Content-Type values).
+PREFLIGHT_FREE = frozenset(
+    {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
+)
+# The v1 routes that read a body (other POSTs fall through to the router: 404 or 405).
+_V1_BODIES = re.compile(r"/v1/routines/[^/]+/(sensitivities|evaluate)")
+
+
+def media_type(scope: Scope) -> str | None:
+    """The Content-Type's media type, lower case, without parameters; None when absent."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return str(value.decode("latin-1")).partition(";")[0].strip().lower()
+    return None
+
+
+class ContentTypeMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        given = media_type(scope)
+        if given != JSON and _V1_BODIES.fullmatch(path):
+            what = f"Content-Type {given}" if given else "no Content-Type"
+            detail = f"the body was sent with {what}; send it as {JSON}"
+        elif speaks_v2(path) and given in PREFLIGHT_FREE:
+            detail = (f"the body was sent with Content-Type {given}; send {JSON}, or "
+                      "application/octet-stream with binary tensor data")
+        else:
+            await self.app(scope, receive, send)
+            return
+        await refuse(scope, receive, send, 415, detail, "unsupported-media-type")

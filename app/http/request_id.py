@@ -1,0 +1,50 @@
+"""``X-Request-ID``: taken from the request when it is 1-128 visible ASCII characters,
+generated otherwise (32 random hex digits, as a UUID4's), and echoed on every answer, errors and
+refusals by the other middlewares included. An invalid id is replaced, not refused: a
+tracing header must never cost a client its answer."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.record import RequestRecord, publish, withdraw
+
+__all__ = ["HEADER", "MAX_LENGTH", "RequestIdMiddleware", "accepted_id"]
+
+HEADER = b"x-request-id"
+MAX_LENGTH = 128
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
+
+
+def accepted_id(given: bytes | None) -> str:
+    """``given`` when it is a valid id, else a new one."""
+    if given is not None and _VISIBLE_ASCII.fullmatch(given):
+        return given.decode("ascii")
+    return os.urandom(16).hex()
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == HEADER), None)
+        record = RequestRecord(accepted_id(given))
+        echo = (HEADER, record.id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), echo]
+            await send(message)
+
+        token = publish(scope, record)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            withdraw(token)

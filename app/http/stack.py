@@ -1,0 +1,46 @@
+"""The order of the operator's middlewares around the whole service (:func:`wrap`).
+
+Outermost first: the request id (every answer carries it, refusals included), the access
+log (it sees the final status and the bytes on the wire), tracing, CORS (it answers
+preflights before the key check, and its headers let a browser read a 401), response gzip,
+the API key, the content type, and innermost the inflating of gzip bodies, so that a request
+without a valid key is refused before its body is read.
+"""
+
+from __future__ import annotations
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
+
+from app.config import Settings
+from app.http.access_log import AccessLogMiddleware
+from app.http.auth import ApiKeyMiddleware
+from app.http.compression import GzipRequestMiddleware, GzipResponseMiddleware
+from app.http.content_type import ContentTypeMiddleware
+from app.http.request_id import RequestIdMiddleware
+from app.http.tracing import traced
+
+__all__ = ["wrap"]
+
+_CORS_HEADERS = ["Authorization", "Content-Type", "Content-Encoding", "X-API-Key",
+                 "X-Request-ID", "Inference-Header-Content-Length"]
+
+
+def wrap(app: ASGIApp, settings: Settings) -> ASGIApp:
+    stack: ASGIApp = GzipRequestMiddleware(app, settings.max_body_bytes)
+    stack = ContentTypeMiddleware(stack)
+    keys = settings.api_key_set
+    if keys:
+        stack = ApiKeyMiddleware(stack, keys, public_metrics=settings.public_metrics,
+                                 public_docs=settings.public_docs)
+    stack = GzipResponseMiddleware(stack, settings.gzip_min_bytes, settings.gzip_level)
+    if settings.cors_origin_list:
+        stack = CORSMiddleware(stack, allow_origins=settings.cors_origin_list,
+                               allow_methods=["GET", "HEAD", "POST"],
+                               allow_headers=_CORS_HEADERS,
+                               expose_headers=["X-Request-ID",
+                                               "Inference-Header-Content-Length"])
+    stack = traced(stack)
+    if settings.access_log:
+        stack = AccessLogMiddleware(stack, settings.log_format)
+    return RequestIdMiddleware(stack)

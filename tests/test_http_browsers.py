@@ -1,0 +1,106 @@
+"""What a web page can make a visitor's browser do: content types (415), CORS, redirects."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory
+from tests.test_api_errors import assert_problem
+from tests.test_v2_protocol import assert_error, tensor
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/linear/sensitivities"
+INFER = "/v2/models/linear/infer"
+BODY = b'{"inputs": [1.5, 2.5], "params": {"C": 3.0}}'
+ORIGIN = "https://app.example"
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "application/octet-stream", "application/xml",
+    "application/problem+json",
+])
+async def test_v1_bodies_must_be_json(client: httpx.AsyncClient, content_type: str | None
+                                      ) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    for path in (SENS, "/v1/routines/linear/evaluate"):
+        r = await client.post(path, content=BODY, headers=headers)
+        body = assert_problem(r, 415, "application/json")
+        assert body["type"] == "urn:dydc:problem:unsupported-media-type"
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
+])
+async def test_v1_json_with_parameters_is_accepted(client: httpx.AsyncClient,
+                                                   content_type: str) -> None:
+    r = await client.post(SENS, content=BODY, headers={"content-type": content_type})
+    assert r.status_code == 200, r.text
+    assert r.json()["derivatives"]["C"] == [1.5, 2.5] and r.json()["values"] == [4.5, 7.5]
+
+
+async def test_v2_refuses_the_types_a_form_can_send(client: httpx.AsyncClient) -> None:
+    body = httpx.Request("POST", "/", json={"inputs": [tensor("x", [2.0])]}).read()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded",
+                         "multipart/form-data; boundary=x"):
+        assert_error(await client.post(INFER, content=body,
+                                       headers={"content-type": content_type}), 415,
+                     "application/json")
+    for headers in ({}, {"content-type": "application/json"},
+                    {"content-type": "application/octet-stream"}):
+        r = await client.post(INFER, content=body, headers=headers)
+        assert r.status_code == 200, (headers, r.text)
+
+
+async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:
+    r = await client.post(SENS, content=BODY, headers={"content-type": "application/json",
+                                                       "origin": ORIGIN})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    preflight = await client.options(SENS, headers={
+        "origin": ORIGIN, "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+    assert preflight.status_code == 405
+
+
+async def test_cors_when_origins_are_set(make_client: ClientFactory) -> None:
+    async with make_client(cors_origins=f"{ORIGIN}, https://other.example",
+                           api_keys="k") as c:
+        preflight = await c.options(SENS, headers={
+            "origin": ORIGIN, "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type, authorization"})
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == ORIGIN
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        refused = await c.options(SENS, headers={
+            "origin": "https://evil.example", "access-control-request-method": "POST"})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+        # the browser can read the answer, a 401 included, and the request id
+        r = await c.post(SENS, content=BODY, headers={"content-type": "application/json",
+                                                      "origin": ORIGIN})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ORIGIN
+        r = await c.post(SENS, content=BODY, headers={"content-type": "application/json",
+                                                      "origin": ORIGIN, "x-api-key": "k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+        assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.parametrize("path", ["/v1/routines/", "/v1/routines/linear/", "/healthz/",
+                                  "/v2/models/linear/", "/docs/", SENS + "/"])
+async def test_trailing_slash_is_404_without_a_redirect(client: httpx.AsyncClient,
+                                                        path: str) -> None:
+    for method in ("GET", "POST"):
+        r = await client.request(method, path, headers={"host": "evil.example",
+                                                        "content-type": "application/json"},
+                                 content=BODY if method == "POST" else None)
+        assert r.status_code in (404, 405), (method, path, r.status_code)
+        assert "location" not in r.headers
+        assert "evil.example" not in r.text
+
+
+async def test_head_on_health(client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz"):
+        r = await client.head(path)
+        assert r.status_code == 200 and r.content == b"", path

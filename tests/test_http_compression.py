@@ -1,0 +1,104 @@
+"""gzip request bodies (a bomb is a 413) and gzip responses (app.http.compression)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from tests.conftest import ClientFactory
+from tests.test_api_errors import assert_problem
+from tests.test_v2_protocol import assert_error, tensor
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/linear/sensitivities"
+INFER = "/v2/models/linear/infer"
+GZIP_JSON = {"content-type": "application/json", "content-encoding": "gzip"}
+
+
+def _x(n: int) -> list[float]:
+    return [float(v) for v in np.linspace(-3.0, 7.0, n)]
+
+
+async def test_gzip_request_body_v1_and_v2(client: httpx.AsyncClient) -> None:
+    x = _x(500)
+    v1 = await client.post(SENS, content=gzip.compress(orjson.dumps(
+        {"inputs": x, "params": {"C": -2.0}})), headers=GZIP_JSON)
+    assert v1.status_code == 200, v1.text
+    assert v1.json()["derivatives"]["C"] == x  # dy/dC = x, exactly
+    assert v1.json()["values"] == [-2.0 * v for v in x]
+    v2 = await client.post(INFER, content=gzip.compress(orjson.dumps(
+        {"inputs": [tensor("x", x)], "parameters": {"C": 4.0}})), headers=GZIP_JSON)
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o["data"] for o in v2.json()["outputs"]}
+    assert outputs["dy_dC"] == x and outputs["y"] == [4.0 * v for v in x]
+
+
+async def test_gzip_streamed_in_chunks(client: httpx.AsyncClient) -> None:
+    packed = gzip.compress(orjson.dumps({"inputs": _x(3000)}))
+
+    async def chunks():  # no Content-Length, many small pieces
+        for i in range(0, len(packed), 100):
+            yield packed[i:i + 100]
+
+    r = await client.post(SENS, content=chunks(), headers=GZIP_JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["derivatives"]["C"] == _x(3000)
+
+
+async def test_gzip_bomb_is_413(make_client: ClientFactory) -> None:
+    limit = 100_000
+    # 50 MB of zeros inflate from about 50 kB: under the limit on the wire, over it inflated
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    packed = bomb.compress(b'{"inputs": [' + b"0," * 25_000_000) + bomb.compress(b"0]}")
+    packed += bomb.flush()
+    assert len(packed) < limit
+    async with make_client(max_body_bytes=limit) as c:
+        body = assert_problem(await c.post(SENS, content=packed, headers=GZIP_JSON), 413,
+                              "DYDC_MAX_BODY_BYTES", "inflated")
+        assert body["type"] == "urn:dydc:problem:body-too-large"
+        assert_error(await c.post(INFER, content=packed, headers=GZIP_JSON), 413,
+                     "DYDC_MAX_BODY_BYTES")
+        # just under the limit inflated: accepted
+        doc = orjson.dumps({"inputs": [1.0] * 10, "pad": None})
+        ok = await c.post(SENS, content=gzip.compress(doc), headers=GZIP_JSON)
+        assert_problem(ok, 422, "pad")  # parsed: an unknown field, not a size problem
+
+
+async def test_bad_gzip_and_other_encodings(client: httpx.AsyncClient) -> None:
+    body = orjson.dumps({"inputs": [1.0]})
+    assert_problem(await client.post(SENS, content=body, headers=GZIP_JSON), 422, "gzip")
+    truncated = gzip.compress(body)[:-12]
+    assert_problem(await client.post(SENS, content=truncated, headers=GZIP_JSON), 422, "gzip")
+    assert_error(await client.post(INFER, content=body, headers=GZIP_JSON), 400, "gzip")
+    for encoding in ("br", "deflate", "gzip, br"):
+        r = await client.post(SENS, content=body, headers={
+            "content-type": "application/json", "content-encoding": encoding})
+        assert_problem(r, 415, encoding)
+    identity = await client.post(SENS, content=body, headers={
+        "content-type": "application/json", "content-encoding": "identity"})
+    assert identity.status_code == 200
+
+
+async def test_large_responses_are_gzipped_when_accepted(make_client: ClientFactory) -> None:
+    x = _x(20_000)
+    async with make_client(gzip_min_bytes=10_000) as c:
+        small = await c.post(SENS, json={"inputs": x[:10]},
+                             headers={"accept-encoding": "gzip"})
+        assert "content-encoding" not in small.headers
+        big = await c.post(SENS, json={"inputs": x}, headers={"accept-encoding": "gzip"})
+        assert big.headers["content-encoding"] == "gzip"
+        assert int(big.headers["content-length"]) < len(big.content) / 2  # on the wire
+        assert big.json()["derivatives"]["C"] == x  # httpx inflates it
+        plain = await c.post(SENS, json={"inputs": x}, headers={"accept-encoding": "identity"})
+        assert "content-encoding" not in plain.headers
+        assert plain.json()["derivatives"]["C"] == x
+        infer = await c.post(INFER, json={"inputs": [tensor("x", x)]},
+                             headers={"accept-encoding": "gzip"})
+        assert infer.headers["content-encoding"] == "gzip"
+        assert {o["name"]: o["data"] for o in infer.json()["outputs"]}["dy_dC"] == x

@@ -1,0 +1,107 @@
+"""X-Request-ID (app.http.request_id) and the access log (app.http.access_log)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+from app.http.request_id import accepted_id
+from tests.conftest import ClientFactory
+from tests.support import access_log_lines
+from tests.test_api_errors import assert_problem
+from tests.test_v2_protocol import assert_error, tensor
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/linear/sensitivities"
+INFER = "/v2/models/damped_oscillator/infer"
+GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+async def test_given_id_is_echoed_everywhere(client: httpx.AsyncClient) -> None:
+    rid = "req-" + "x" * 124  # 128 visible characters: the longest accepted
+    ok = await client.post(SENS, json={"inputs": [1]}, headers={"x-request-id": rid})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == rid
+    bad = await client.post(SENS, json={"inputs": ["a"]}, headers={"x-request-id": "abc"})
+    assert assert_problem(bad, 422)["instance"] == "urn:dydc:request:abc"
+    assert bad.headers["x-request-id"] == "abc"
+    refused = await client.post(SENS, content=b"{}", headers={"x-request-id": "t1"})
+    assert assert_problem(refused, 415)["instance"] == "urn:dydc:request:t1"
+    missing = await client.get("/v1/nope", headers={"x-request-id": "t2"})
+    assert assert_problem(missing, 404)["instance"] == "urn:dydc:request:t2"
+    for path in ("/healthz", "/metrics", "/v2", "/docs"):
+        assert (await client.get(path, headers={"x-request-id": "h"})).headers[
+            "x-request-id"] == "h"
+    v2 = await client.post(INFER, json={"inputs": []}, headers={"x-request-id": "v2e"})
+    assert_error(v2, 400)
+    assert v2.headers["x-request-id"] == "v2e"
+
+
+@pytest.mark.parametrize("given", [None, "", "x" * 129, "has space", "tab\there", "caf\u00e9",
+                                   "new\nline"])
+async def test_missing_or_invalid_id_is_generated(client: httpx.AsyncClient,
+                                                  given: str | None) -> None:
+    headers = {} if given is None else {"x-request-id": given.encode("utf-8")}
+    r = await client.post(SENS, json={"inputs": ["a"]}, headers=headers)
+    rid = r.headers["x-request-id"]
+    assert GENERATED.fullmatch(rid), rid
+    assert r.json()["instance"] == f"urn:dydc:request:{rid}"
+
+
+def test_generated_ids_differ() -> None:
+    assert len({accepted_id(None) for _ in range(100)}) == 100
+    assert accepted_id(b"!~") == "!~"
+
+
+async def test_v2_answer_id(client: httpx.AsyncClient) -> None:
+    body = {"inputs": [tensor("t", [0.0, 1.0])], "parameters": {"gamma": 0.5, "omega": 2.0}}
+    r = await client.post(INFER, json=body, headers={"x-request-id": "from-header"})
+    assert r.status_code == 200 and r.json()["id"] == "from-header"
+    r = await client.post(INFER, json={**body, "id": "from-body"},
+                          headers={"x-request-id": "from-header"})
+    assert r.json()["id"] == "from-body" and r.headers["x-request-id"] == "from-header"
+
+
+async def test_json_log_line(make_client: ClientFactory) -> None:
+    t = [0.0, 0.5, 1.0, 2.0]
+    body = {"inputs": t, "params": {"gamma": 0.5, "omega": 2.0}, "wrt": ["gamma"]}
+    async with make_client(log_format="json") as c:
+        with access_log_lines() as lines:
+            ok = await c.post("/v1/routines/damped_oscillator/sensitivities?strategy=forward",
+                              json=body, headers={"x-request-id": "log-1"})
+            bad = await c.post("/v1/routines/nope/evaluate", json=body,
+                               headers={"x-request-id": "log-2"})
+            infer = await c.post(INFER, json={"inputs": [tensor("t", t)],
+                                              "parameters": {"gamma": 0.5, "omega": 2.0}},
+                                 headers={"x-request-id": "log-3"})
+    assert ok.status_code == 200 and bad.status_code == 404 and infer.status_code == 200
+    entries = [json.loads(line) for line in lines]
+    assert [e["id"] for e in entries] == ["log-1", "log-2", "log-3"]
+    first, second, third = entries
+    assert set(first) == {"time", "id", "method", "path", "routine", "strategy", "n", "status",
+                          "queue_ms", "compute_ms", "total_ms", "bytes_in", "bytes_out"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert first | {"time": None, "queue_ms": None, "compute_ms": None, "total_ms": None} == {
+        "time": None, "id": "log-1", "method": "POST",
+        "path": "/v1/routines/damped_oscillator/sensitivities", "routine": "damped_oscillator",
+        "strategy": "forward", "n": 4, "status": 200, "queue_ms": None, "compute_ms": None,
+        "total_ms": None, "bytes_in": len(ok.request.content), "bytes_out": len(ok.content)}
+    timing = ok.json()["timing_ms"]
+    assert first["queue_ms"] == timing["queue"] and first["compute_ms"] == timing["compute"]
+    assert first["total_ms"] >= first["queue_ms"] + first["compute_ms"] - 0.002  # rounding
+    assert second["status"] == 404 and second["routine"] is None and second["n"] is None
+    assert third["routine"] == "damped_oscillator" and third["n"] == 4
+    assert third["strategy"] == infer.json()["parameters"]["strategy"]
+    assert third["bytes_out"] == len(infer.content)
+
+
+async def test_text_log_line(client: httpx.AsyncClient) -> None:
+    with access_log_lines() as lines:
+        await client.post(SENS + "?secret=1", json={"inputs": [1, 2]},
+                          headers={"x-request-id": "text-1"})
+    (line,) = lines
+    assert ' text-1 "POST /v1/routines/linear/sensitivities" 200 ' in line
+    assert "routine=linear" in line and "n=2" in line and "secret" not in line

@@ -1,0 +1,59 @@
+"""A bad DYDC_* value stops start-up with one line: the variable, the value, what is allowed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings, settings_error
+from tests.support import ROOT
+
+
+def _error(**values: object) -> str:
+    with pytest.raises(ValidationError) as caught:
+        Settings(**values)  # type: ignore[arg-type]
+    return settings_error(caught.value)
+
+
+@pytest.mark.parametrize(("values", "needles"), [
+    ({"port": "abc"}, ["DYDC_PORT='abc'", "valid integer", "Port for"]),
+    ({"port": 70000}, ["DYDC_PORT=70000", "less than or equal to 65535"]),
+    ({"max_samples": 0}, ["DYDC_MAX_SAMPLES=0", "greater than 0"]),
+    ({"warmup": "maybe"}, ["DYDC_WARMUP='maybe'", "boolean"]),
+    ({"device": "tpu"}, ["DYDC_DEVICE='tpu'", "auto, cpu, cuda"]),
+    ({"log_format": "yaml"}, ["DYDC_LOG_FORMAT='yaml'", "text or json"]),
+    ({"gzip_level": 0}, ["DYDC_GZIP_LEVEL=0", "greater than or equal to 1"]),
+    ({"api_keys_file": "/no/such/file"}, ["DYDC_API_KEYS_FILE='/no/such/file'", "readable"]),
+    ({"routines_path": "/no/such/dir"}, ["DYDC_ROUTINES_PATH='/no/such/dir'", "folder"]),
+    ({"max_queue_samples": 10}, ["DYDC_MAX_QUEUE_SAMPLES", "DYDC_MAX_BATCH_SAMPLES"]),
+])
+def test_the_line_names_variable_value_and_rule(values: dict[str, object],
+                                                needles: list[str]) -> None:
+    line = _error(**values)
+    assert "\n" not in line
+    for needle in needles:
+        assert needle in line, (needle, line)
+
+
+def test_two_bad_values_in_one_line() -> None:
+    line = _error(port="abc", device="tpu")
+    assert "\n" not in line and "DYDC_PORT" in line and "DYDC_DEVICE" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    [sys.executable, "-m", "app"],
+    [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+])
+def test_start_up_stops_without_a_traceback(argv: list[str]) -> None:
+    env = {**os.environ, "DYDC_PORT": "abc", "DYDC_DEVICE": "cpu"}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("dydc: invalid settings: DYDC_PORT='abc'")
