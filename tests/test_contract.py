@@ -33,4 +33,4 @@ def test_schemathesis_checks_all(tmp_path: Path) -> None:
             cwd=ROOT, env={**os.environ, "HOME": str(tmp_path)}, capture_output=True,
             text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "Tested: 19" in done.stdout, done.stdout[-3000:]
+    assert "Tested: 21" in done.stdout, done.stdout[-3000:]

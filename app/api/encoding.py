@@ -75,10 +75,8 @@ def encode_comparison(job: Job, comparison: Comparison) -> bytes:
                         "max_rel_diff": row.max_rel_diff} for row in comparison.rows],
     }
     result = comparison.result
-    if result is not None:
-        doc["values"] = _array(result.values)
-        doc["derivatives"] = {name: _array(d) for name, d in result.derivatives.items()}
-        if job.order == 2:
-            doc["second_derivatives"] = {k: _array(d)
-                                         for k, d in result.second_derivatives.items()}
+    doc["values"] = _array(result.values)
+    doc["derivatives"] = {name: _array(d) for name, d in result.derivatives.items()}
+    if job.order == 2:
+        doc["second_derivatives"] = {k: _array(d) for k, d in result.second_derivatives.items()}
     return orjson.dumps(doc, option=_OPTIONS)

@@ -44,6 +44,9 @@ ParamValue = Annotated[Number | list[Number], SkipValidation]
 
 
 ParamName = Annotated[str, Field(min_length=1)]
+# Omitted means every parameter; an empty list is refused (422) by the engine, whose message
+# says what to do: the schema says so with minItems.
+Wrt = Annotated[list[ParamName], Field(json_schema_extra={"minItems": 1})]
 
 
 class EvaluateRequest(BaseModel):
@@ -58,14 +61,14 @@ class EvaluateRequest(BaseModel):
     )
     dtype: str = Field("float64", description="float64 or float32.",
                        json_schema_extra={"enum": ["float64", "float32"]})
-    wrt: list[ParamName] | None = Field(None, description="Ignored by /evaluate; accepted so "
+    wrt: Wrt | None = Field(None, description="Ignored by /evaluate; accepted so "
                                         "that one body serves both endpoints.")
     order: StrictInt = Field(1, description="Ignored by /evaluate.")
     cross: StrictBool = Field(False, description="Ignored by /evaluate.")
 
 
 class SensitivityRequest(EvaluateRequest):
-    wrt: list[ParamName] | None = Field(
+    wrt: Wrt | None = Field(
         None, description="Parameters and/or input features to differentiate with respect "
         "to; default all parameters. For an input feature j the derivative is dy_i/dx_ij."
     )

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from app.engine.capabilities import cap_refusal, refusal
 from app.engine.checking import differences
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, RoutineFailed
 from app.engine.input_sensitivities import features_in
 from app.engine.jobs import Job, JobResult
 from app.engine.strategies import STRATEGIES
@@ -44,7 +44,7 @@ class Row:
 class Comparison:
     reference: str
     rows: list[Row]
-    result: JobResult | None  # the reference's answer; None when every strategy failed
+    result: JobResult  # the reference's answer
 
 
 def _all(result: JobResult) -> dict[str, Tensor]:
@@ -77,12 +77,15 @@ async def compare(engine: Engine, job: Job) -> Comparison:
             answers[name] = await engine.run(engine.again(job, name, bump))
         except EngineError as exc:
             failed[name] = exc.message
-    reference = REFERENCE if REFERENCE in answers else next(iter(answers), REFERENCE)
-    ref = answers.get(reference)
+    if not answers:  # nothing to compare: the request itself is what must change
+        reasons = "; ".join(f"{name}: {why}" for name, why in {**skipped, **failed}.items())
+        raise RoutineFailed(f"no strategy could answer this request ({reasons})")
+    reference = REFERENCE if REFERENCE in answers else next(iter(answers))
+    ref = answers[reference]
     rows: list[Row] = []
     for name in STRATEGIES:
         if name in answers:
-            abs_diff, rel_diff = differences(_all(answers[name]), _all(ref)) if ref else ({}, {})
+            abs_diff, rel_diff = differences(_all(answers[name]), _all(ref))
             rows.append(Row(name, "ok", None, round(answers[name].compute_s * 1e3, 3),
                             abs_diff, rel_diff))
         elif name in skipped:
