@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         "parameter layout); launches of further kinds run eagerly, counted in "
         "dydc_compile_refusals_total{reason=\"max_graphs\"}."
     )
+    compile_build_niceness: Annotated[int, Field(ge=0, le=19)] = Field(
+        10, description="How much lower the build process's CPU priority is than the "
+        "service's (nice): builds then take what serving leaves. 0 on a host whose other "
+        "tenants would starve them."
+    )
     compile_recheck_every: PositiveInt = Field(
         1000, description="A compiled graph's first launch and every this many after it are "
         "compared with eager forward mode on a few rows; a mismatch retires the graph."

@@ -41,6 +41,7 @@ from app.engine import (
     resolve_devices,
     warm_up,
 )
+from app.engine.builds import ProcessBuilder
 from app.engine.compile_cache import default_cache_dir, prepare_cache_dir
 from app.errors import install_error_handlers
 from app.http.stack import wrap
@@ -152,7 +153,8 @@ def create_app(settings: Settings | None = None) -> Service:
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled = (CompiledForward(
             s.compile_chunk, s.compile_min_samples,
-            cache_dir=prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
+            builder=ProcessBuilder(prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
+                                   niceness=s.compile_build_niceness),
             max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
             if s.compile else None)
         bounds = _limits(s)

@@ -408,12 +408,12 @@ class InlineBuilder:
         pass
 
 
-def _start_build_process(cache_dir: str, threads: int) -> None:
+def _start_build_process(cache_dir: str, threads: int, niceness: int) -> None:
     """In the build process: lower priority than the service, few threads, and PyTorch's
     compile caches inside the private cache directory instead of /tmp (unless the operator
     set TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR)."""
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(niceness)
     for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
         os.environ.setdefault(name, os.path.join(cache_dir, sub))  # an operator's choice stands
     torch.set_num_threads(threads)
@@ -422,9 +422,9 @@ def _start_build_process(cache_dir: str, threads: int) -> None:
 class ProcessBuilder:
     """One spawned process that builds one kind at a time (started on the first build)."""
 
-    def __init__(self, cache_dir: Path, threads: int = 1) -> None:
+    def __init__(self, cache_dir: Path, threads: int = 1, niceness: int = 10) -> None:
         self.cache_dir = cache_dir
-        self._threads = threads
+        self._threads, self._niceness = threads, niceness
         self._executor: ProcessPoolExecutor | None = None
 
     def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
@@ -432,7 +432,7 @@ class ProcessBuilder:
             self._executor = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_build_process,
-                initargs=(str(self.cache_dir), self._threads))
+                initargs=(str(self.cache_dir), self._threads, self._niceness))
         return self._executor.submit(build, kind, samples, str(self.cache_dir))
 
     def close(self) -> None:
