@@ -236,9 +236,11 @@ def run(sizes: tuple[int, ...], reps: int) -> dict[str, Any]:
     import httpx
 
     results: dict[str, Any] = {"sizes": list(sizes), "reps": reps, "points": {}}
-    env = {"DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning"}
+    # the service's own access log off, as uvicorn's is (--no-access-log); identity encoding,
+    # since the floor does not compress (a client asking for gzip gets it: bench_gzip.py)
+    env = {"DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning", "DYDC_ACCESS_LOG": "false"}
     with serve("app.main:app", env) as service, serve("bench.bench_wire:bare") as floor, \
-            httpx.Client(timeout=300) as client:
+            httpx.Client(timeout=300, headers={"Accept-Encoding": "identity"}) as client:
         for n in sizes:
             t = np.linspace(0.0, 50.0, n)
             requests = {

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import orjson
@@ -164,8 +165,10 @@ async def clients() -> AsyncIterator[Clients]:
                                      base_url=base, timeout=60) as a, \
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=framework),
                                   base_url=base, timeout=60) as b:
-            while (await a.get("/readyz")).status_code != 200:
-                pass
+            with anyio.fail_after(60):
+                while (ready := await a.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.02)
+            assert ready.json()["status"] == "ready"
             yield Clients(a, b)
 
 
