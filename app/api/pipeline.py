@@ -122,6 +122,12 @@ async def offload(size: int, work: Any, *args: Any) -> Any:
     return await asyncio.to_thread(work, *args)
 
 
+# A request still running this long after its body was read starts watching its connection:
+# most answer sooner, and a watch (a task awaiting the next ASGI message) costs each request
+# about a fifth of the event loop's time at 16 samples (measured with an in-process driver).
+_WATCH_AFTER_S = 0.02
+
+
 async def _run(codec: Codec, engine: Engine, decoded: Decoded, receive: Receive) -> Any:
     """Run the request while watching the connection: a client that goes away cancels the
     run, and with it the job it awaits (the engine withdraws a queued job; a worker stops a
@@ -129,17 +135,22 @@ async def _run(codec: Codec, engine: Engine, decoded: Decoded, receive: Receive)
     task = asyncio.current_task()
     assert task is not None
     gone = False
+    watch: asyncio.Future[Message] | None = None
 
-    def watch_done(watch: asyncio.Future[Message]) -> None:
+    def watch_done(done: asyncio.Future[Message]) -> None:
         nonlocal gone
-        if watch.cancelled() or watch.exception() is not None:
+        if done.cancelled() or done.exception() is not None:
             return
-        if watch.result().get("type") == "http.disconnect":
+        if done.result().get("type") == "http.disconnect":
             gone = True
             task.cancel()
 
-    watch = asyncio.ensure_future(receive())
-    watch.add_done_callback(watch_done)
+    def start_watching() -> None:
+        nonlocal watch
+        watch = asyncio.ensure_future(receive())
+        watch.add_done_callback(watch_done)
+
+    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, start_watching)
     try:
         return await codec.run(engine, decoded)
     except asyncio.CancelledError:
@@ -148,7 +159,9 @@ async def _run(codec: Codec, engine: Engine, decoded: Decoded, receive: Receive)
             raise ClientDisconnect from None
         raise
     finally:
-        watch.cancel()
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()
 
 
 async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None:
