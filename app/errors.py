@@ -45,8 +45,8 @@ from app.http.record import instance_of
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "PROBLEM_JSON",
-    "BodyTooLarge",
     "BodiesInFlightFull",
+    "BodyTooLarge",
     "MalformedBody",
     "MalformedFraming",
     "Problem",

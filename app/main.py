@@ -27,7 +27,6 @@ from app.api.docs import install_docs
 from app.api.openapi import install_openapi
 from app.api.v2.routes import error_response as v2_error_response
 from app.config import Settings, load_settings
-from app.server import ConnectionLimits, install
 from app.engine import (
     STRATEGIES,
     CompiledForward,
@@ -46,6 +45,7 @@ from app.engine.compile_cache import default_cache_dir, prepare_cache_dir
 from app.errors import install_error_handlers
 from app.http.stack import wrap
 from app.http.tracing import TracingUnavailable
+from app.server import ConnectionLimits, install
 from routines import RoutineDefinitionError, discover
 
 __all__ = ["Service", "StartupError", "app", "create_app"]

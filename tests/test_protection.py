@@ -198,7 +198,7 @@ async def test_a_disconnect_stops_a_running_job(served: Served) -> None:
         while served.engine.worker.workers[0].heavy_job is not None:
             await anyio.sleep(0.005)
     after = await served.metrics()
-    assert value(after, "dydc_cancelled_total", reason="disconnect") == before + 1, after["dydc_cancelled_total"]
+    assert value(after, "dydc_cancelled_total", reason="disconnect") == before + 1
     assert value(after, "dydc_requests_total", routine="logistic_rk4", status="499") >= 1
 
 

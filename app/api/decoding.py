@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from app.engine.errors import InvalidRequest
 from app.errors import MalformedBody
 

@@ -254,7 +254,8 @@ def _drain(steps: Generator[float, None, _Output]) -> _Output:
         try:
             next(steps)
         except StopIteration as done:
-            return done.value
+            out: _Output = done.value
+            return out
 
 
 def _first_non_finite(t: Tensor) -> int | None:

@@ -18,8 +18,8 @@ Each message says what to change. The HTTP statuses are assigned in ``app.errors
 from __future__ import annotations
 
 __all__ = [
-    "DeadlineExceeded",
     "CostExceeded",
+    "DeadlineExceeded",
     "EngineError",
     "InvalidRequest",
     "QueueFull",

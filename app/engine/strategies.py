@@ -204,7 +204,8 @@ def _drain(steps: Steps) -> Derivatives:
         try:
             next(steps)
         except StopIteration as done:
-            return done.value
+            result: Derivatives = done.value
+            return result
 
 
 def _whole(steps: Callable[[Problem, float], Steps]) -> Callable[[Problem], Derivatives]:
@@ -261,7 +262,8 @@ def jacrev_steps(problem: Problem, seconds: float) -> Steps:
     def f(*theta: Tensor) -> Tensor:
         return problem.evaluate(problem.varying(*theta))
 
-    values, vjp_fn = torch.func.vjp(f, *problem.wrt_values())
+    pulled = torch.func.vjp(f, *problem.wrt_values())
+    values, vjp_fn = pulled[0], pulled[1]
     total = values.numel()
     parts: list[tuple[Tensor, ...]] = []
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -62,7 +62,7 @@ def error_response(problem: Problem) -> Response:
 class V2Route(APIRoute):
     """A v2 route: whatever it raises is answered in the protocol's error format."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def run(request: Request) -> Response:
@@ -120,12 +120,6 @@ def _check_shapes(header: bytes, limit: int) -> None:
                 f"an input has shape [{n}, ...]: {n} samples; the limit is {limit} per request "
                 "(DYDC_MAX_SAMPLES): split the batch"
             )
-
-
-def _request_id() -> str | None:
-    """The request's X-Request-ID, the answer's ``id`` when the request has none."""
-    record = current_record()
-    return record.id if record is not None else None
 
 
 class V2:
