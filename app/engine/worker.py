@@ -318,6 +318,18 @@ class DeviceWorker:
         running = [*self._running, *([self._task.job] if self._task else [])]
         resolve_all([(job, error) for job in running])
 
+    def _died(self, exc: BaseException) -> ServiceUnavailable:
+        """The answer for the requests of a launch that killed the worker's thread."""
+        return ServiceUnavailable(f"the device worker on {self.device} failed "
+                                  f"({type(exc).__name__}); retry")
+
+    def _count_launch(self, jobs: Sequence[Job], seconds: float) -> None:
+        device = str(self.device)
+        metrics.child(metrics.LAUNCHES, device).inc()
+        metrics.child(metrics.LAUNCH_SECONDS, device).observe(seconds)
+        metrics.BATCH_REQUESTS.observe(len(jobs))
+        metrics.BATCH_SAMPLES.observe(sum(job.n for job in jobs))
+
     def _measure(self, jobs: Sequence[Job]) -> None:
         """The routine's cost on this device, once, at its first launch (warm-up does it
         before when it runs)."""
@@ -340,17 +352,12 @@ class DeviceWorker:
         try:
             results = run_batch(batch, self.device, self._chunk, self._compiled)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
-            lost = ServiceUnavailable(f"the device worker on {self.device} failed "
-                                      f"({type(exc).__name__}); retry")
+            lost = self._died(exc)
             resolve_all([(job, lost) for job in batch])
             raise
         finally:
             self._running = []
-        device = str(self.device)
-        metrics.child(metrics.LAUNCHES, device).inc()
-        metrics.child(metrics.LAUNCH_SECONDS, device).observe(time.perf_counter() - started)
-        metrics.BATCH_REQUESTS.observe(len(batch))
-        metrics.BATCH_SAMPLES.observe(sum(job.n for job in batch))
+        self._count_launch(batch, time.perf_counter() - started)
         resolve_all(list(zip(batch, results, strict=True)))
 
     def _start(self, job: Job) -> None:
@@ -371,10 +378,7 @@ class DeviceWorker:
             if cancelled is not None:
                 metrics.CANCELLED.labels(cancelled).inc()
             else:
-                metrics.child(metrics.LAUNCHES, str(self.device)).inc()
-                metrics.child(metrics.LAUNCH_SECONDS, str(self.device)).observe(task.busy_s)
-                metrics.BATCH_REQUESTS.observe(1)
-                metrics.BATCH_SAMPLES.observe(task.job.n)
+                self._count_launch([task.job], task.busy_s)
             if answer is not None:
                 task.job.resolve(answer)
         finally:
@@ -410,9 +414,7 @@ class DeviceWorker:
             self._finish(task, exc)
             return
         except BaseException as exc:  # the thread is dying: no request may be lost with it
-            lost = ServiceUnavailable(f"the device worker on {self.device} failed "
-                                      f"({type(exc).__name__}); retry")
-            self._finish(task, lost)
+            self._finish(task, self._died(exc))
             raise
         task.busy_s += time.perf_counter() - began
         projected = task.projected_s(progress)
