@@ -111,7 +111,7 @@ CANCELLED = Counter(
     "dydc_cancelled_total",
     "Jobs stopped after they started running, by reason: disconnect (the client went away), "
     "deadline (504), cost (422: its first slices showed it over DYDC_MAX_JOB_COST), shutdown "
-    "(503 at the end of the grace period).",
+    "(503 at the end of the grace period), answered (it already had its answer).",
     ["reason"],
 )
 for _reason in ("disconnect", "deadline", "cost", "shutdown", "answered"):
