@@ -3,11 +3,14 @@ path when it applies, and no opinion (None) whenever anything is unusual."""
 
 from __future__ import annotations
 
+import json
+import random
+
 import numpy as np
 import orjson
 import pytest
 
-from app.api.decoding import _parse_with_flat_inputs, decode_inputs, parse_json
+from app.api.decoding import SampleCounter, _parse_with_flat_inputs, decode_inputs, parse_json
 
 
 @pytest.mark.parametrize("body", [
@@ -51,3 +54,52 @@ def test_same_document_as_the_general_path(body: bytes) -> None:
 ])
 def test_anything_unusual_takes_the_general_path(body: bytes) -> None:
     assert _parse_with_flat_inputs(body) is None
+
+
+def _chunked(body: bytes, rng: random.Random) -> SampleCounter:
+    counter = SampleCounter()
+    cuts = sorted(rng.sample(range(len(body) + 1), min(len(body) + 1, rng.randint(0, 6))))
+    for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
+        counter.feed(body[start:end])
+    return counter
+
+
+def test_samples_are_counted_exactly_in_any_chunking() -> None:
+    """The count of ``inputs`` in the raw bytes, fed in random chunks (every split of a
+    keyword, a separator or the closing brackets across chunks): the number of samples, for
+    flat lists and rows, in any key order and spacing JSON writers use."""
+    rng = random.Random(7)
+    for _ in range(3000):
+        n = rng.choice([0, 1, 2, rng.randint(3, 60)])
+        d = rng.randint(1, 3)
+        rows = rng.random() < 0.5
+        inputs = [[rng.uniform(-1e3, 1e3) for _ in range(d)] if rows else rng.random() * 10
+                  for _ in range(n)]
+        doc = {"params": {"C": 1.5, "ab": [1, 2]}, "inputs": inputs, "wrt": ["C"]}
+        if rng.random() < 0.5:
+            doc = {"inputs": inputs, **doc}
+        body = json.dumps(doc, separators=rng.choice([(",", ":"), (", ", ": ")])).encode()
+        counter = _chunked(body, rng)
+        assert counter.result() == n, body
+        assert counter.at_least == n
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"params": {}}', None),                      # no inputs
+    (b'{"inputs": 5}', None),                       # not an array
+    (b'{"name": "inputs", "inputs": [1]}', None),   # the first "inputs" is not the key
+    (b'{"inputs": [[1], [2]', None),                # no end
+    (b'{"inputs": [ ]}', 0),
+    (b'{"inputs": [1,2,3]}', 3),
+    (b'{"inputs": [[1,2],[3,4],[5,6]]}', 3),
+])
+def test_bodies_the_count_has_no_opinion_on(body: bytes, expected: int | None) -> None:
+    for seed in range(20):
+        assert _chunked(body, random.Random(seed)).result() == expected
+
+
+def test_the_count_gives_up_on_a_long_head() -> None:
+    counter = SampleCounter()
+    counter.feed(b'{"params": {"x": "' + b"a" * SampleCounter.HEAD_LIMIT)
+    counter.feed(b'"}, "inputs": [1, 2]}')
+    assert counter.gave_up and counter.result() is None

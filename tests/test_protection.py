@@ -73,6 +73,11 @@ class Conversation:
     def disconnect(self) -> None:
         self._incoming.put_nowait({"type": "http.disconnect"})
 
+    @property
+    def waiting(self) -> bool:
+        """Every message sent so far has been received."""
+        return self._incoming.empty()
+
     async def answer(self) -> tuple[int, Any]:
         with anyio.fail_after(120):
             await self.task
@@ -251,6 +256,49 @@ async def test_too_many_samples_are_413_before_the_body_is_parsed(
         assert r.status_code == 413, r.text
         assert f"inputs has {limit + 1} samples" in r.json()["detail"]
         assert "DYDC_MAX_SAMPLES" in r.json()["detail"]
+
+
+async def test_a_body_is_refused_as_soon_as_its_arrived_bytes_prove_too_many_samples(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count runs over the chunks as they arrive: once the first chunk holds more rows
+    than the limit, the body's bytes are released while the rest is still on its way; the
+    rest is read and dropped, and the 413 keeps the connection (no reset mid-upload)."""
+    def never(body: bytes) -> Any:
+        raise AssertionError("the body was parsed")
+
+    monkeypatch.setattr(v1_module, "parse_document", never)
+    limit = served.engine.limits.max_samples
+    first = b'{"inputs": [' + b"[1]," * (limit + 1)
+    rest = b"[1]," * 1000 + b'[1]], "params": {"C": 1}}'
+    talk = Conversation(served.app, SENS.format("linear"), first + rest)
+    talk.body(first, more=True)
+    with anyio.fail_after(10):  # its declared length is held from before the first chunk...
+        while not (talk.waiting and served.app.state.bodies.used == 0):  # ...until refused
+            await anyio.sleep(0.001)
+    assert not talk.sent, "answered before the body was read"
+    talk.body(rest[:100], more=True)
+    talk.body(rest[100:])
+    status, problem = await talk.answer()
+    assert status == 413, problem
+    assert f"inputs has more than {limit} samples" in problem["detail"]
+    headers = dict(talk.sent[0]["headers"])
+    assert b"connection" not in headers  # read to its end: the connection is kept
+
+
+async def test_a_body_over_its_byte_limit_while_it_is_dropped_still_closes() -> None:
+    """A body refused for its samples is read to its end only within DYDC_MAX_BODY_BYTES: one
+    sent without Content-Length that goes past it is cut off, and the connection closed."""
+    async for s in _served(max_body_bytes=4000, max_samples=100):
+        limit = s.engine.limits.max_samples
+        assert 4 * (limit + 1) < 4000
+        talk = Conversation(s.app, SENS.format("linear"), b"", declared=False)
+        talk.body(b'{"inputs": [' + b"[1]," * (limit + 1), more=True)
+        talk.body(b" " * 4000, more=True)
+        with anyio.fail_after(30):
+            await talk.task
+        assert talk.sent[0]["status"] == 413
+        assert "DYDC_MAX_BODY_BYTES" in orjson.loads(talk.sent[1]["body"])["detail"]
+        assert dict(talk.sent[0]["headers"])[b"connection"] == b"close"
 
 
 async def test_v2_shapes_over_the_limit_are_413_before_the_tensors_are_read(

@@ -14,7 +14,7 @@ no body limit at all), and neither has a budget across requests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 
 import numpy as np
 from starlette.requests import ClientDisconnect
@@ -86,6 +86,7 @@ class BodyReader:
         self._declared = declared
         self.length: int | None = None
         self._held = 0
+        self._size = 0
         self.read_all = False
 
     def _hold(self, size: int) -> None:
@@ -96,34 +97,58 @@ class BodyReader:
         self._budget.release(self._held)
         self._held = 0
 
-    async def _messages(self) -> AsyncIterator[bytes]:
+    async def _messages(self) -> AsyncGenerator[bytes, None]:
         """The body's chunks as they come, held against the budget (all at once when its
         length was declared) and checked against the limit."""
         self.length = check_declared_length(self._declared, self._limit)
         if self.length is not None:
             self._hold(self.length)
-        size = 0
-        while True:
-            message = await self._receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnect
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._limit:
-                raise _over_limit(self._limit)
+        while not self.read_all:
+            chunk = await self._next()
             if self.length is None:
                 self._hold(len(chunk))
-            elif size > self.length:  # the server enforces Content-Length; be safe
+            elif self._size > self.length:  # the server enforces Content-Length; be safe
                 raise MalformedBody(
                     f"request body is longer than its Content-Length ({self.length})")
             yield chunk
-            if not message.get("more_body", False):
-                self.read_all = True
-                return
 
-    async def read(self) -> bytes:
-        """The whole body."""
-        chunks = [chunk async for chunk in self._messages()]
+    async def _next(self) -> bytes:
+        message = await self._receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
+        self._size += len(chunk)
+        if self._size > self._limit:
+            raise _over_limit(self._limit)
+        if not message.get("more_body", False):
+            self.read_all = True
+        return chunk
+
+    async def read(self, watch: Callable[[bytes], None] | None = None) -> bytes:
+        """The whole body. ``watch`` sees each chunk as it arrives and may refuse the body
+        with :class:`BodyTooLarge` (a count of its samples, say): the rest of the body is then
+        read and dropped, holding nothing, and the refusal raised. (Closing the connection
+        on unread bytes would reset it, and a client still sending could lose the answer.)"""
+        chunks = []
+        refusal: BodyTooLarge | None = None
+        messages = self._messages()
+        try:
+            async for chunk in messages:
+                chunks.append(chunk)
+                if watch is not None:
+                    try:
+                        watch(chunk)
+                    except BodyTooLarge as exc:
+                        refusal = exc
+                        break
+        finally:
+            await messages.aclose()
+        if refusal is not None:
+            chunks.clear()
+            self.release()
+            while not self.read_all:
+                await self._next()
+            raise refusal
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def read_aligned(self, aligned_at: int) -> memoryview:

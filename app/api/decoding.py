@@ -21,6 +21,7 @@ from app.engine.errors import InvalidRequest
 from app.errors import MalformedBody
 
 __all__ = [
+    "SampleCounter",
     "count_samples",
     "decode_inputs",
     "parse_document",
@@ -78,28 +79,117 @@ def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
     return doc
 
 
+class SampleCounter:
+    """The number of samples in a v1 body's ``inputs``, counted in the raw bytes as they
+    arrive, without joining or parsing them: exact when ``inputs`` is a flat list of numbers
+    or a list of rows of numbers (no spaces between a row's closing bracket and the list's),
+    None when the end of ``inputs`` is not found (the parse then decides).
+
+    Fed chunk by chunk, a body with too many samples is known to be so after the bytes that
+    prove it, each chunk scanned once while it is in cache, so the event loop is held for
+    microseconds at a time instead of for a scan of the whole body (about 100 ms per 60 MiB).
+    A body whose inputs hold strings or objects is invalid anyway: if its separators
+    outnumber the limit it is refused as too large instead of malformed.
+    """
+
+    # Bytes searched for the start of the ``inputs`` array before giving up.
+    HEAD_LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self._head = bytearray()  # the bytes before the array, while it is looked for
+        self._opened = False  # its opening bracket was seen
+        self._rows: bool | None = None  # None until its first value is seen
+        self._last = 0  # the last byte of the previous chunk, while counting rows
+        self._count = 0
+        self.done = False  # the end of inputs was found: the count is exact
+        self.gave_up = False
+
+    @property
+    def at_least(self) -> int:
+        """A lower bound of the count so far (the count itself once :attr:`done`)."""
+        return self._count + (1 if self._rows is False and not self.done else 0)
+
+    def result(self) -> int | None:
+        """After the last chunk: the count, or None."""
+        if self.done:
+            return self._count
+        return 0 if self._opened and self._rows is None and not self.gave_up else None
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        if self.done or self.gave_up or not chunk:
+            return
+        if self._rows is None:
+            self._head += chunk
+            first = self._first_value()
+            if first is None:
+                if len(self._head) > self.HEAD_LIMIT:
+                    self.gave_up = True
+                if self.gave_up:
+                    self._head = bytearray()
+                return
+            chunk, self._head = self._head[first:], bytearray()
+            if self.done:
+                return
+        self._scan(chunk)
+
+    def _first_value(self) -> int | None:
+        """The offset in the head of the first value of ``inputs``; None while more bytes
+        are needed (or never: :attr:`gave_up`)."""
+        head = self._head
+        i = head.find(b'"inputs"')
+        if i < 0:
+            return None
+        i += len(b'"inputs"')
+        for expected in b":[":
+            i = _skip_space(head, i)
+            if i == len(head):
+                return None
+            if head[i] != expected:
+                self.gave_up = True
+                return None
+            i += 1
+        self._opened = True
+        i = _skip_space(head, i)
+        if i == len(head):
+            return None
+        if head[i] == ord("]"):
+            self.done = True
+        else:
+            self._rows = head[i] == ord("[")
+        return i
+
+    def _scan(self, chunk: bytes | bytearray) -> None:
+        if self._rows:
+            if self._last == ord("]") and chunk[0] == ord("]"):
+                self.done = True
+                return
+            end = chunk.find(b"]]")
+            if end >= 0:
+                self._count += chunk.count(b"[", 0, end)
+                self.done = True
+                return
+            self._count += chunk.count(b"[")
+            self._last = chunk[-1]
+        else:
+            end = chunk.find(b"]")
+            if end >= 0:
+                self._count += chunk.count(b",", 0, end) + 1
+                self.done = True
+                return
+            self._count += chunk.count(b",")
+
+
+def _skip_space(data: bytearray, i: int) -> int:
+    while i < len(data) and data[i] in b" \t\r\n":
+        i += 1
+    return i
+
+
 def count_samples(body: bytes) -> int | None:
-    """The number of samples in a v1 body's ``inputs``, counted in the raw bytes without
-    parsing them: exact when ``inputs`` is a flat list of numbers or a list of rows of
-    numbers, None when its end cannot be found (the parse then decides)."""
-    key = body.find(b'"inputs"')
-    match = _INPUTS_ARRAY.match(body, key) if key >= 0 else None
-    if match is None:
-        return None
-    start = match.end()
-    first = start
-    while first < len(body) and body[first] in b" \t\r\n":
-        first += 1
-    if first == len(body) or body[first] == ord("]"):
-        return 0
-    rows = body[first] == ord("[")
-    end = body.find(b"]]" if rows else b"]", first)
-    if end < 0:
-        return None
-    # Two passes over the bytes in all (this find and the count), each holding the event loop
-    # for a few ms per 10 MB. A body whose inputs hold strings or objects is invalid anyway:
-    # if its separators outnumber the limit it is refused as too large instead of malformed.
-    return body.count(b"[", first, end) if rows else body.count(b",", first, end) + 1
+    """:class:`SampleCounter` over a whole body."""
+    counter = SampleCounter()
+    counter.feed(body)
+    return counter.result()
 
 
 def parse_document(body: bytes) -> Any:

@@ -7,14 +7,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api import schemas
-from app.api.decoding import count_samples, decode_inputs, parse_document
+from app.api.decoding import SampleCounter, decode_inputs, parse_document
 from app.api.deps import EngineDep
 from app.api.encoding import encode_comparison, encode_result
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
@@ -63,14 +63,23 @@ def _timeout_ms(query: Mapping[str, str]) -> float | None:
         raise InvalidRequest(f"timeout_ms = {given!r}; use a positive number of ms") from None
 
 
-def _check_count(body: bytes, limit: int) -> None:
-    """413 for a body with too many samples, counted before it is parsed."""
-    n = count_samples(body)
-    if n is not None and n > limit:
-        raise BodyTooLarge(
-            f"inputs has {n} samples; the limit is {limit} per request (DYDC_MAX_SAMPLES): "
-            "split the batch"
-        )
+def _sample_watch(limit: int) -> Callable[[bytes], None]:
+    """A watch over a body's chunks (``BodyReader.read``) that refuses it with 413 once its
+    samples, counted in the raw bytes as they arrive, are over ``limit``: before it is
+    parsed, and as soon as its bytes prove it."""
+    counter = SampleCounter()
+
+    def watch(chunk: bytes) -> None:
+        counter.feed(chunk)
+        if counter.at_least > limit:
+            count = (f"{counter.at_least}" if counter.done
+                     else f"more than {limit}")
+            raise BodyTooLarge(
+                f"inputs has {count} samples; the limit is {limit} per request "
+                "(DYDC_MAX_SAMPLES): split the batch"
+            )
+
+    return watch
 
 
 class V1:
@@ -105,8 +114,7 @@ class V1:
         if self.kind is JobKind.SENSITIVITIES:
             strategy = request.query.get("strategy", "auto")
             labels.strategy = strategy if strategy in STRATEGIES else "invalid"
-        body = await request.body.read()
-        _check_count(body, request.settings.max_samples)
+        body = await request.body.read(_sample_watch(request.settings.max_samples))
         job = await offload(len(body), self._prepare, engine, routine, body, request.query,
                             asyncio.get_running_loop())
         return Decoded(job)
