@@ -32,6 +32,7 @@ from app.engine import (
     CompiledForward,
     CostModel,
     Engine,
+    Executor,
     JobQueue,
     Limits,
     WorkerPool,
@@ -159,12 +160,13 @@ def create_app(settings: Settings | None = None) -> Service:
             if s.compile else None)
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)
-        pool = WorkerPool(resolve_devices(s.device), queue, s.max_batch_samples,
-                          warmup=(partial(warm_up, routines,
-                                          compiled=compiled if s.compile_warmup else None,
-                                          costs=costs)
+        executors = [Executor(device, s.max_batch_samples, compiled)
+                     for device in resolve_devices(s.device)]
+        pool = WorkerPool(executors, queue,
+                          warmup=(partial(warm_up, routines, costs=costs,
+                                          compile=s.compile_warmup)
                                   if s.warmup else None),
-                          compiled=compiled, costs=costs, slice_s=s.slice_ms / 1e3)
+                          costs=costs, slice_s=s.slice_ms / 1e3)
         app.state.bodies = BodyBudget(s.max_inflight_body_bytes)
         app.state.engine = Engine(routines, bounds, pool, costs)
         pool.start()

@@ -37,13 +37,13 @@ def black_scholes(S: float, K: float, T: float, sigma: float, r: float) -> tuple
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Holds the device worker inside its next launch until the event is set."""
     release = threading.Event()
-    real = worker_module.run_batch
+    real = worker_module.Executor.run_batch
 
     def held(*args: Any, **kwargs: Any) -> Any:
         release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "run_batch", held)
+    monkeypatch.setattr(worker_module.Executor, "run_batch", held)
     yield release
     release.set()
 
@@ -108,7 +108,7 @@ async def test_a_failing_request_fails_alone(make_client: ClientFactory,
 async def test_a_raising_routine_is_isolated_in_its_batch() -> None:
     import torch
 
-    from app.engine.compute import run_batch
+    from app.engine.compute import Executor
     from app.engine.jobs import Job, JobKind
     from routines import Param, routine
 
@@ -123,7 +123,7 @@ async def test_a_raising_routine_is_isolated_in_its_batch() -> None:
     jobs = [Job(JobKind.SENSITIVITIES, picky, torch.tensor([[v], [4.0]], dtype=torch.float64),
                 {"C": c}, ("C",), "forward", torch.float64, loop.create_future())
             for v, c in [(1.0, 2.0), (-1.0, 3.0), (9.0, 4.0)]]
-    results = run_batch(jobs, torch.device("cpu"), chunk=1000)
+    results = Executor(torch.device("cpu"), chunk=1000).run_batch(jobs)
     assert isinstance(results[1], Exception) and "x must be >= 0" in str(results[1])
     for i in (0, 2):
         r = results[i]
@@ -187,7 +187,7 @@ class WorkerCrash(BaseException):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_dead_worker_is_restarted(make_client: ClientFactory,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    real = worker_module.run_batch
+    real = worker_module.Executor.run_batch
     crashed = threading.Event()
 
     def crash_once(*args: Any, **kwargs: Any) -> Any:
@@ -196,7 +196,7 @@ async def test_a_dead_worker_is_restarted(make_client: ClientFactory,
             raise WorkerCrash
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "run_batch", crash_once)
+    monkeypatch.setattr(worker_module.Executor, "run_batch", crash_once)
     async with make_client() as c:
         before = scrape((await c.get("/metrics")).text)
         lost = await c.post(SENS.format("linear"), json={"inputs": [1]})
@@ -244,12 +244,11 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
     real = compute._compute
     sizes: list[int] = []
 
-    def small_device(jobs: Any, inputs: torch.Tensor, device: torch.device,
-                     compiled: Any) -> Any:
+    def small_device(jobs: Any, inputs: torch.Tensor, ex: compute.Executor) -> Any:
         sizes.append(int(inputs.shape[0]))
         if inputs.shape[0] > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(jobs, inputs, device, compiled)
+        return real(jobs, inputs, ex)
 
     monkeypatch.setattr(compute, "_compute", small_device)
     linear = discover()["linear"]
@@ -257,14 +256,14 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
     x = torch.arange(50, dtype=torch.float64).reshape(-1, 1)
     job = Job(JobKind.SENSITIVITIES, linear, x, {"C": 2.0}, ("C",), "forward", torch.float64,
               loop.create_future())
-    result = compute.run_job(job, torch.device("cpu"), chunk=40)
+    result = compute.Executor(torch.device("cpu"), chunk=40).run_job(job)
     assert result.derivatives["C"][:, 0].tolist() == x[:, 0].tolist()
     assert result.values[:, 0].tolist() == (2 * x[:, 0]).tolist()
     assert sizes[:3] == [40, 20, 10] and max(sizes[3:]) <= 8 and sum(sizes[3:]) == 50
 
-    def no_memory(jobs: Any, inputs: torch.Tensor, device: torch.device, compiled: Any) -> Any:
+    def no_memory(jobs: Any, inputs: torch.Tensor, ex: compute.Executor) -> Any:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(compute, "_compute", no_memory)
     with pytest.raises(ServiceUnavailable, match="out of memory"):
-        compute.run_job(job, torch.device("cpu"), chunk=4)
+        compute.Executor(torch.device("cpu"), chunk=4).run_job(job)

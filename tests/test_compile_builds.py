@@ -27,7 +27,7 @@ from app.engine import builds, warm_up
 from app.engine.builds import Artefact, BuildRefused, Kind, ProcessBuilder, Samples, kind_of
 from app.engine.compile_cache import CacheDirError, prepare_cache_dir
 from app.engine.compiled import CompiledForward
-from app.engine.compute import differentiate
+from app.engine.compute import Executor, differentiate
 from app.engine.strategies import Problem
 from app.main import create_app
 from routines import Param, Routine, routine
@@ -259,9 +259,9 @@ class CountingBuilder(ProcessBuilder):
 @needs_cxx
 def test_warm_up_fills_the_cache_and_a_second_start_loads_from_it(
         built: CompiledForward, tmp_path: Path) -> None:
-    """Warm-up builds every routine's kind in each dtype (here one routine; its float64 kind
-    is already in the directory, from the module's builds, so one build: float32), and a
-    second start finds them all there."""
+    """Warm-up builds every routine's kind in each dtype at order 1 and 2 (here one routine;
+    its float64 kind at order 1 is already in the directory, from the module's builds, so
+    three builds), and a second start finds them all there."""
     routines = {"series": series}
     cache = prepare_cache_dir(tmp_path / "cache")
     for f in built.cache_dir.glob("series-float64-*"):
@@ -270,10 +270,14 @@ def test_warm_up_fills_the_cache_and_a_second_start_loads_from_it(
         builder = CountingBuilder(cache)
         compiled = CompiledForward(chunk=1 << 20, min_samples=64, builder=builder)
         try:
-            warm_up(routines, CPU, compiled)
+            warm_up(routines, Executor(CPU, compiled=compiled), compile=True)
         finally:
             compiled.close()
         for dtype in (torch.float64, torch.float32):  # ready before warm-up returns
-            assert compiled.compiled(series, ("a",), dtype), (start, dtype)
-        assert [k.dtype for k in builder.submitted] == (["float32"] if start == "cold" else [])
-        assert len(list(cache.glob("series-*.pt2"))) == 2
+            for order in (1, 2):
+                assert compiled.compiled(series, ("a",), dtype, order=order), \
+                    (start, dtype, order)
+        submitted = [(k.dtype, k.order) for k in builder.submitted]
+        assert sorted(submitted) == ([("float32", 1), ("float32", 2), ("float64", 2)]
+                                     if start == "cold" else [])
+        assert len(list(cache.glob("series-*.pt2"))) == 4

@@ -29,7 +29,7 @@ from app.engine import cache_host_allocations, warm_up
 from app.engine import compiled as compiled_module
 from app.engine.builds import Artefact, InlineBuilder, Kind, Samples, forward_graph, kind_of
 from app.engine.compiled import TRACE_N, CompiledForward
-from app.engine.compute import TRANSFORMS_LOCK, differentiate
+from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
 from tests.support import needs_cxx
@@ -346,7 +346,7 @@ def test_host_allocations_are_cached_on_linux() -> None:
 def test_warm_up_waits_for_launches_in_flight(builtins: dict[str, Routine]) -> None:
     """Forward-AD levels are process-wide: a worker warming up (after a restart, say) must not
     run jvp beside another worker's launch, so it takes the same lock as launches."""
-    routines, cpu = {"linear": builtins["linear"]}, torch.device("cpu")
+    routines, cpu = {"linear": builtins["linear"]}, Executor(torch.device("cpu"))
     warm_up(routines, cpu)  # the first jvp's one-off costs out of the way
     started = time.perf_counter()
     warm_up(routines, cpu)

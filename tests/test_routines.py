@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 import routines.population
-from app.engine.compute import run_job
+from app.engine.compute import Executor
 from app.engine.evaluation import evaluate_batch
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.strategies import STRATEGIES, Problem
@@ -211,7 +211,7 @@ def run_engine(loop: asyncio.AbstractEventLoop, r: Routine, inputs: Tensor,
         dtype=inputs.dtype,
         future=loop.create_future(),
     )
-    return run_job(job, torch.device("cpu"))
+    return Executor(torch.device("cpu")).run_job(job)
 
 
 # -- each built-in routine against its closed form ---------------------------------------------

@@ -3,7 +3,6 @@ order 2 against closed forms in float64, the "a,b" keys, and what may not run at
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -131,39 +130,6 @@ def test_auto_falls_back_to_reverse_mode_where_forward_mode_lacks_a_formula() ->
     for key in ("lam", "lam,lam"):
         assert torch.allclose(result.derivatives[key], bumped.derivatives[key], rtol=1e-5,
                               atol=1e-6)
-
-
-class _Exploding:
-    """A CompiledForward that claims every problem and fails if it is ever run (its sizes
-    keep the compiled sensitivities, which take its settings, out of the way)."""
-
-    min_samples = 10**9
-    chunk = 2**20
-
-    def applies(self, problem: Problem) -> bool:
-        return True
-
-    def run(self, problem: Problem) -> Any:
-        raise AssertionError("compiled forward mode ran at order 2 or for an input feature")
-
-
-@pytest.mark.parametrize(("wrt", "order"), [(("t",), 2), (("t",), 1), (("k", "y0"), 2),
-                                            (("k",), 2)])
-def test_order_2_and_input_features_never_run_compiled_forward(wrt: tuple[str, ...],
-                                                       order: int) -> None:
-    from app.engine.compute import _compute
-    from app.engine.jobs import Job, JobKind
-
-    loop = asyncio.new_event_loop()
-    x = torch.tensor([[2.0, 0.5], [1.0, 3.0]], dtype=F64)
-    job = Job(JobKind.SENSITIVITIES, ROUTINES["exponential_decay"], x, {"k": 0.7}, wrt,
-              "forward", F64, loop.create_future(), order=order)
-    try:
-        out = _compute([job], x, torch.device("cpu"), _Exploding())  # type: ignore[arg-type]
-    finally:
-        loop.close()
-    for key in wrt:
-        assert torch.isfinite(out.derivatives[key]).all()
 
 
 def test_which_strategies_have_a_second_order() -> None:

@@ -5,6 +5,7 @@ from app.engine.bumping import Bump
 from app.engine.checking import Check
 from app.engine.comparison import Comparison
 from app.engine.compiled import CompiledForward
+from app.engine.compute import Executor
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.service import (
     DTYPES,
@@ -27,6 +28,7 @@ __all__ = [
     "CostModel",
     "DeviceWorker",
     "Engine",
+    "Executor",
     "Job",
     "JobKind",
     "JobQueue",

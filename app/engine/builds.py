@@ -35,6 +35,7 @@ import os
 import pickle
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -44,10 +45,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from torch.func import jvp
 from torch.fx import GraphModule
 
 from app import metrics
+from app.engine.bumping import pair_key, pairs
+from app.engine.input_sensitivities import derived, origin
 from app.engine.rolled import RolledForward, find_loop
+from app.engine.second_order import forward2
 from app.engine.strategies import Problem, forward
 from app.engine.tracing import TRACE_N, trace
 from app.engine.verification import mismatch
@@ -65,6 +70,7 @@ __all__ = [
     "Samples",
     "build",
     "columns",
+    "eager_outputs",
     "kind_of",
     "load",
     "values_graph",
@@ -78,7 +84,7 @@ MAX_OPERATIONS = 4_000
 # why a kind runs eagerly (dydc_compile_refusals_total{reason})
 REASONS = metrics.COMPILE_REFUSAL_REASONS
 CHECK_SIZES = (5, 131)  # batch sizes at which a new graph is compared with eager forward mode
-_FORMAT = 1  # bump when what a build writes changes
+_FORMAT = 2  # bump when what a build writes changes
 
 Graph = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, ...]]
 
@@ -99,7 +105,10 @@ class BuildRefused(Exception):
 class Kind:
     """What one graph serves: a routine (found again by a new process in ``module``), the
     parameters differentiated (in the routine's order, whatever order a request names them),
-    dtype, device type, and whether parameters come per sample (N,) or shared (0-d)."""
+    dtype, device type, whether parameters come per sample (N,) or shared (0-d), the order,
+    whether order 2 has the cross terms, and the input features taken as per-sample
+    parameters (app.engine.input_sensitivities: delta is a parameter of a derived
+    routine)."""
 
     routine: str
     module: str
@@ -107,17 +116,31 @@ class Kind:
     dtype: str
     device: str
     per_sample: bool
+    order: int = 1
+    cross: bool = False
+    features: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What its graph returns after the values: dy/da for each a in wrt, then at order 2
+        the second derivatives keyed "a,b"."""
+        if self.order == 1:
+            return self.wrt
+        return (*self.wrt, *(pair_key(a, b) for a, b in pairs(self.wrt, self.cross)))
 
 
-def kind_of(problem: Problem, per_sample: bool | None = None) -> Kind:
+def kind_of(problem: Problem, per_sample: bool | None = None, order: int = 1,
+            cross: bool = False) -> Kind:
     """The problem's kind; parameters per sample if any one is (the shared ones then come
     expanded), unless ``per_sample`` says otherwise."""
     r = problem.routine
+    base, features = origin(r)
     if per_sample is None:
         per_sample = any(v.dim() for v in problem.params.values())
-    return Kind(r.name, r.fn.__module__, tuple(n for n in r.param_names if n in problem.wrt),
+    wrt = tuple(n for n in r.param_names if n in problem.wrt)
+    return Kind(base.name, base.fn.__module__, wrt,
                 str(problem.inputs.dtype).removeprefix("torch."), problem.inputs.device.type,
-                per_sample)
+                per_sample, order, cross and order == 2 and len(wrt) > 1, features)
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,46 @@ def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> Graph:
     return run
 
 
+def _second_by_columns(kind: Kind, first: Graph) -> Graph:
+    """Values, first and second derivatives from the traced first order: one jvp of it per
+    direction b, whose tangents are d2y/da db for every a (the pairs of ``kind.outputs``)."""
+    index = {name: i for i, name in enumerate(kind.wrt)}
+    wanted = pairs(kind.wrt, kind.cross)
+
+    def run(columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        second: dict[tuple[str, str], Tensor] = {}
+        primal: tuple[Tensor, ...] = ()
+        for b in dict.fromkeys(b for _, b in wanted):
+            along = {k: torch.ones_like(v) if k == b else torch.zeros_like(v)
+                     for k, v in params.items()}
+            pushed = jvp(lambda p: first(columns, p), (params,), (along,))
+            primal, tangent = pushed[0], pushed[1]
+            for a, b2 in wanted:
+                if b2 == b:
+                    second[(a, b)] = tangent[1 + index[a]]
+        return (*primal, *(second[pair] for pair in wanted))
+
+    return run
+
+
+def eager_outputs(problem: Problem, kind: Kind) -> tuple[Tensor, ...]:
+    """What the kind's graph computes, by eager forward mode: the values, then
+    ``kind.outputs`` (the problem's wrt is the kind's)."""
+    got = forward2(problem, kind.cross) if kind.order == 2 else forward(problem)
+    return (got.values, *(got.derivatives[name] for name in kind.outputs))
+
+
+def output_names(kind: Kind) -> tuple[str, ...]:
+    """The outputs as a person reads them: values, dy/da, d2y/da db."""
+    def name(key: str) -> str:
+        if "," not in key:
+            return f"dy/d{key}"
+        a, b = key.split(",")
+        return f"d2y/d{a}2" if a == b else f"d2y/d{a} d{b}"
+
+    return ("values", *(name(k) for k in kind.outputs))
+
+
 def _examples(problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
     """Stand-ins for a graph's arguments at TRACE_N samples: inputs as columns (D, N), and
     the parameters, per-sample ones (N,)."""
@@ -215,9 +278,14 @@ def _package(gm: GraphModule, args: Any, path: Path) -> None:
     dynamic = torch.utils._pytree.tree_map(
         lambda a: {d: n for d, s in enumerate(a.shape) if s == TRACE_N} or None
         if isinstance(a, Tensor) else None, args)
-    exported = torch.export.export(gm, tuple(args), dynamic_shapes=tuple(dynamic), strict=False)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.pt2")
-    torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
+    with warnings.catch_warnings():
+        # torch.export's own use of a pytree API it deprecates (torch 2.13): not ours to fix,
+        # and an error where warnings are errors (the test suite builds in-process too)
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        exported = torch.export.export(gm, tuple(args), dynamic_shapes=tuple(dynamic),
+                                       strict=False)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     os.replace(tmp, path)
 
 
@@ -228,8 +296,8 @@ def _load_package(path: Path, device_index: int) -> Callable[..., Any]:
 
 
 def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> Graph:
-    """The artefact as a callable on ``device``: (columns (D, N), params) -> values and the
-    tangents in ``artefact.kind.wrt`` order."""
+    """The artefact as a callable on ``device``: (columns (D, N), params) -> the values, then
+    ``artefact.kind.outputs``."""
     package = _load_package(cache_dir / artefact.package,
                             -1 if device.index is None else device.index)
     if artefact.rolled is not None:
@@ -245,7 +313,9 @@ def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> Graph:
 
 def _identity(kind: Kind, routine: Routine) -> str:
     """A file name for the kind's artefact that changes with the routine's code (its
-    function's and its module's source) and with torch."""
+    function's and its module's source) and with torch. A derived routine (input features as
+    parameters) is named by the routine it derives from: the kind holds its features."""
+    routine, _ = origin(routine)
     fn = routine.fn
     parts: list[Any] = [_FORMAT, torch.__version__, TRACE_N, kind, routine.inputs,
                         routine.outputs, routine.vectorized]
@@ -292,7 +362,7 @@ def locate(kind: Kind) -> Routine:
     module = importlib.import_module(kind.module)
     for obj in vars(module).values():
         if isinstance(obj, Routine) and obj.name == kind.routine:
-            return obj
+            return derived(obj, kind.features) if kind.features else obj
     raise BuildRefused("trace", f"routine {kind.routine} is not a module-level name of "
                                 f"{kind.module}, where a build process looks for it")
 
@@ -313,7 +383,7 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
         graph = values_graph(problem)
     except Exception as exc:
         raise BuildRefused("trace", _say(exc)) from exc
-    loop = find_loop(graph.graph)
+    loop = find_loop(graph.graph) if kind.order == 1 else None
     package = f"{stem}.pt2"
     rolled: RolledForward | None = None
     if loop is not None:
@@ -337,6 +407,9 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
                                "compiled whole)")
         try:
             whole = forward_graph(problem)
+            if kind.order == 2:  # forward mode of the traced forward mode: nesting jvp in one
+                # trace leaves an operation Inductor cannot take with a symbolic N
+                whole = trace(_second_by_columns(kind, whole), *_examples(problem))
         except Exception as exc:
             raise BuildRefused("trace", _say(exc)) from exc
         try:
@@ -347,7 +420,7 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
     try:
         compiled = load(artefact, cache, torch.device(kind.device))
         for n in CHECK_SIZES:
-            check(compiled, samples.problem(routine, kind, n))
+            check(compiled, samples.problem(routine, kind, n), kind)
     except BuildRefused:
         forget(kind, routine, cache)
         raise
@@ -359,7 +432,7 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
     return artefact
 
 
-def check(graph: Graph, problem: Problem) -> None:
+def check(graph: Graph, problem: Problem, kind: Kind) -> None:
     """Raise BuildRefused("verification") unless the graph gives eager forward mode's numbers
     on the problem (app.engine.verification)."""
     try:
@@ -367,10 +440,7 @@ def check(graph: Graph, problem: Problem) -> None:
     except Exception as exc:
         raise BuildRefused("verification", f"the compiled graph failed at N = {problem.n}: "
                                            f"{_say(exc)}") from exc
-    eager = forward(problem)
-    want = (eager.values, *(eager.derivatives[name] for name in problem.wrt))
-    names = ("values", *(f"dy/d{name}" for name in problem.wrt))
-    wrong = mismatch(got, want, names)
+    wrong = mismatch(got, eager_outputs(problem, kind), output_names(kind))
     if wrong is not None:
         raise BuildRefused("verification", f"at N = {problem.n}: {wrong}")
 

@@ -15,8 +15,11 @@ The serving side, here:
   has no loaded graph (the caller then runs eager forward mode) and asks for a build, which
   runs in a process of its own (:class:`~app.engine.builds.ProcessBuilder`). Finished builds
   are loaded between launches by :meth:`CompiledForward.swap_in`: milliseconds a graph.
+- **Every order through here.** Order 2 (with or without cross terms) and input features in
+  wrt (delta) are kinds like any other, built and served the same way.
 - **A bounded, canonical set of kinds** (:class:`~app.engine.builds.Kind`): ``wrt`` in the
-  routine's order, so ``sigma,r`` and ``r,sigma`` are one graph; parameters either all shared
+  routine's order, so ``sigma,r`` and ``r,sigma`` are one graph (at order 2 too: d2y/da db is
+  d2y/db da); parameters either all shared
   (0-d) or all per sample (N,), a launch with some of each using the per-sample graph with
   the shared ones expanded, and a shared launch the per-sample graph while its own is not
   built; at most ``max_graphs`` kinds (DYDC_COMPILE_MAX_GRAPHS), beyond which launches run
@@ -54,13 +57,16 @@ from app.engine.builds import (
     Samples,
     cached,
     columns,
+    eager_outputs,
     forget,
     kind_of,
     load,
+    output_names,
     private_tempdir,
     values_graph,
 )
-from app.engine.strategies import Derivatives, Problem, forward
+from app.engine.bumping import pair_key, pairs
+from app.engine.strategies import Derivatives, Problem
 from app.engine.tracing import TRACE_N
 from app.engine.verification import mismatch
 from routines import Routine
@@ -109,28 +115,29 @@ class CompiledForward:
         return len(self._artefacts)
 
     def compiled(self, routine: Routine, wrt: tuple[str, ...], dtype: torch.dtype,
-                 device: torch.device = _CPU) -> bool:
+                 device: torch.device = _CPU, order: int = 1, cross: bool = False) -> bool:
         """Whether a graph for one request of this kind (parameters shared) is loaded."""
         kind = Kind(routine.name, routine.fn.__module__,
                     tuple(n for n in routine.param_names if n in wrt),
-                    str(dtype).removeprefix("torch."), device.type, False)
+                    str(dtype).removeprefix("torch."), device.type, False, order,
+                    cross and order == 2 and len(wrt) > 1)
         return (kind, str(device)) in self._graphs
 
-    def refused(self, problem: Problem) -> str | None:
+    def refused(self, problem: Problem, order: int = 1, cross: bool = False) -> str | None:
         """Why the problem's kind runs eagerly for good (a reason of REASONS), or None."""
-        return self._refused.get(kind_of(problem))
+        return self._refused.get(kind_of(problem, order=order, cross=cross))
 
-    def applies(self, problem: Problem) -> bool:
+    def applies(self, problem: Problem, order: int = 1, cross: bool = False) -> bool:
         return (problem.n >= self.min_samples and problem.routine.compile
-                and kind_of(problem) not in self._refused)
+                and kind_of(problem, order=order, cross=cross) not in self._refused)
 
     # -- serving ---------------------------------------------------------------------------
 
-    def run(self, problem: Problem) -> Derivatives | None:
+    def run(self, problem: Problem, order: int = 1, cross: bool = False) -> Derivatives | None:
         """The derivatives from a loaded graph, or None at once (the caller runs eager
         forward mode): no graph is loaded for the problem's kind (a build is asked for), or
         the graph failed its re-check (it is retired)."""
-        kind = kind_of(problem)
+        kind = kind_of(problem, order=order, cross=cross)
         place = str(problem.inputs.device)
         graph, kind_served = self._graphs.get((kind, place)), kind
         if graph is None and not kind.per_sample:
@@ -138,7 +145,7 @@ class CompiledForward:
             graph, kind_served = self._graphs.get((shared_as_per_sample, place)), \
                 shared_as_per_sample
         if graph is None:
-            self.request(problem)
+            self.request(problem, order, cross)
             return None
         if kind_served.per_sample:
             problem = Problem(problem.routine, problem.inputs,
@@ -159,9 +166,11 @@ class CompiledForward:
             if wrong is not None:
                 self._retire(kind_served, place, "recheck", wrong)
                 return None
-        values, *tangents = out
-        by_name = dict(zip(kind_served.wrt, tangents, strict=True))
-        return Derivatives(values, {name: by_name[name] for name in problem.wrt})
+        values, *rest = out
+        by_name = dict(zip(kind_served.outputs, rest, strict=True))
+        wanted = [*problem.wrt, *(pair_key(a, b) for a, b in pairs(problem.wrt, cross)
+                                  if order == 2)]
+        return Derivatives(values, {name: _symmetric(by_name, name) for name in wanted})
 
     def _call(self, graph: Graph, problem: Problem) -> tuple[Tensor, ...]:
         n = problem.n
@@ -180,18 +189,16 @@ class CompiledForward:
         idx = sorted({0, n // 3, 2 * n // 3, n - 1})[:_RECHECK_ROWS]
         rows = torch.tensor(idx, device=problem.inputs.device)
         params = {k: v[rows] if v.dim() else v for k, v in problem.params.items()}
-        eager = forward(Problem(problem.routine, problem.inputs[rows], params, kind.wrt))
-        want = (eager.values, *(eager.derivatives[name] for name in kind.wrt))
-        names = ("values", *(f"dy/d{name}" for name in kind.wrt))
-        return mismatch([t[rows] for t in out], want, names)
+        few = Problem(problem.routine, problem.inputs[rows], params, kind.wrt)
+        return mismatch([t[rows] for t in out], eager_outputs(few, kind), output_names(kind))
 
     # -- building and swapping in ----------------------------------------------------------
 
-    def request(self, problem: Problem) -> None:
+    def request(self, problem: Problem, order: int = 1, cross: bool = False) -> None:
         """Ask for the problem's kind to be built, unless it is built, being built or refused
         (returns at once). An earlier build stored in the cache directory is taken as
         built."""
-        kind = kind_of(problem)
+        kind = kind_of(problem, order=order, cross=cross)
         with self._lock:
             if kind in self._pending or kind in self._artefacts or kind in self._refused:
                 return
@@ -226,7 +233,7 @@ class CompiledForward:
         metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
         if artefact.seconds:
             metrics.COMPILE_SECONDS.observe(artefact.seconds)
-        log.info("compiled forward mode for %s ready (%s)", _describe(kind),
+        log.info("compiled %s ready (%s)", _describe(kind),
                  f"built in {artefact.seconds:.1f} s" if artefact.seconds
                  else "from the cache directory")
 
@@ -246,12 +253,14 @@ class CompiledForward:
             loaded += 1
         return loaded
 
-    def warm_up(self, problems: Iterable[Problem], device: torch.device) -> None:
-        """Build (or find in the cache directory) the problems' kinds and load them; returns
-        when every build has finished, refused or not."""
+    def warm_up(self, problems: Iterable[Problem], device: torch.device,
+                orders: tuple[int, ...] = (1,)) -> None:
+        """Build (or find in the cache directory) the problems' kinds at each order and load
+        them; returns when every build has finished, refused or not."""
         for problem in problems:
-            if self.applies(problem):
-                self.request(problem)
+            for order in orders:
+                if self.applies(problem, order):
+                    self.request(problem, order)
         concurrent.futures.wait(list(self._pending.values()))
         self.swap_in(device)
 
@@ -264,7 +273,7 @@ class CompiledForward:
             return
         self._refused[kind] = reason
         metrics.child(metrics.COMPILE_REFUSALS, reason).inc()
-        log.warning("forward mode for %s runs eagerly (%s): %s", _describe(kind), reason,
+        log.warning("%s runs eagerly (%s): %s", _describe(kind), reason,
                     why.split("\n")[0])
 
     def _retire(self, kind: Kind, place: str, reason: str, why: str) -> None:
@@ -277,7 +286,19 @@ class CompiledForward:
             forget(kind, routine, self.cache_dir)
 
 
+def _symmetric(by_name: dict[str, Tensor], key: str) -> Tensor:
+    """A derivative by its key; d2y/db da is d2y/da db (a graph keys pairs in the routine's
+    order of wrt, a request in its own)."""
+    if key in by_name or "," not in key:
+        return by_name[key]
+    a, b = key.split(",")
+    return by_name[pair_key(b, a)]
+
+
 def _describe(kind: Kind) -> str:
     layout = "per-sample" if kind.per_sample else "shared"
-    return (f"routine {kind.routine} (wrt {', '.join(kind.wrt)}, {kind.dtype}, {kind.device}, "
-            f"{layout} parameters)")
+    what = "forward mode" if kind.order == 1 else \
+        f"order 2{' with cross terms' if kind.cross else ''}"
+    features = f"; input features {', '.join(kind.features)}" if kind.features else ""
+    return (f"{what} of routine {kind.routine} (wrt {', '.join(kind.wrt)}, {kind.dtype}, "
+            f"{kind.device}, {layout} parameters{features})")

@@ -1,6 +1,10 @@
 """Running jobs on a device: one launch for a coalesced batch, chunks for a large request,
 the auto fallback, and the checks on what comes back.
 
+An :class:`Executor` is one device's runner: its device, its largest launch (``chunk``) and
+the compiled graphs its forward mode may use travel together, and every run of a job goes
+through one (one per device worker, app.engine.worker).
+
 A batch of several requests is one Problem whose parameters hold one value per sample (or a
 shared 0-d value where every request agrees). Row i of every routine depends only on sample
 i, so the results split back by row counts. Whatever goes wrong for the batch as a whole is
@@ -21,7 +25,6 @@ from torch import Tensor
 
 from app.engine.bumping import Bump
 from app.engine.compiled import CompiledForward
-from app.engine.compiled_sensitivities import for_settings
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
@@ -37,12 +40,10 @@ from app.engine.strategies import (
 __all__ = [
     "AUTO_FALLBACK",
     "TRANSFORMS_LOCK",
+    "Executor",
     "Sliced",
     "batch_key",
     "differentiate",
-    "run_batch",
-    "run_job",
-    "run_sliced",
 ]
 
 AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking forward formulas
@@ -89,13 +90,10 @@ def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | N
 
 def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
                   cross: bool) -> Derivatives | None:
-    """Compiled forward mode for order 1 over parameters (app.engine.compiled), the compiled
-    sensitivities for order 2 and input features (app.engine.compiled_sensitivities); None
-    where neither applies or compiling failed."""
-    if order == 1 and not set(problem.wrt) & set(problem.routine.inputs):
-        return compiled.run(problem) if compiled.applies(problem) else None
-    beyond = for_settings(compiled)
-    return beyond.run(problem, cross, order) if beyond.applies(problem, cross, order) else None
+    """Compiled forward mode (app.engine.compiled), at order 1 or 2, over parameters and
+    input features alike; None where it does not apply or its graph is not loaded yet."""
+    return compiled.run(problem, order, cross) if compiled.applies(problem, order, cross) \
+        else None
 
 
 @dataclass(frozen=True)
@@ -161,17 +159,16 @@ def _output(job: Job, values: Tensor, derivs: dict[str, Tensor], ran: str | None
                    {name: _to_host(d, job.dtype) for name, d in derivs.items()}, ran)
 
 
-def _compute(jobs: Sequence[Job], inputs: Tensor, device: torch.device,
-             compiled: CompiledForward | None) -> _Output:
+def _compute(jobs: Sequence[Job], inputs: Tensor, ex: Executor) -> _Output:
     """One launch. Engine errors pass through; what the routine raises is wrapped."""
     job = jobs[0]
-    problem = _problem(jobs, inputs, device)
+    problem = _problem(jobs, inputs, ex.device)
     with _translated(job), TRANSFORMS_LOCK:
         if job.kind is JobKind.EVALUATE:
             values, derivs, ran = problem.evaluate(), {}, None
         else:
             assert job.strategy is not None
-            result, ran = differentiate(problem, job.strategy, compiled, order=job.order,
+            result, ran = differentiate(problem, job.strategy, ex.compiled, order=job.order,
                                         cross=job.cross, bump=job.bump)
             values, derivs = result.values, result.derivatives
     return _output(job, values, derivs, ran)
@@ -194,23 +191,22 @@ def _rows(job: Job, rows: slice) -> Job:
     return replace(job, inputs=job.inputs[rows], params=params)
 
 
-def _chunks(job: Job, device: torch.device, chunk: int,
-            compiled: CompiledForward | None) -> Generator[float, None, _Output]:
+def _chunks(job: Job, ex: Executor) -> Generator[float, None, _Output]:
     """A request larger than a launch runs in chunks, yielding the fraction done after each;
     CUDA running out of memory halves the chunk and retries, down to one sample, before the
     request is refused."""
     parts: list[_Output] = []
-    start = 0
+    start, chunk = 0, ex.chunk
     while start < job.n:
         size = min(chunk, job.n - start)
         try:
             part = _rows(job, slice(start, start + size))
-            parts.append(_compute([part], part.inputs, device, compiled))
+            parts.append(_compute([part], part.inputs, ex))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if chunk == 1:
                 raise ServiceUnavailable(
-                    f"out of memory on {device} even one sample at a time; retry later"
+                    f"out of memory on {ex.device} even one sample at a time; retry later"
                 ) from None
             chunk = max(1, chunk // 2)
             continue
@@ -298,65 +294,84 @@ def _derivative_name(key: str) -> str:
     return f"d2y/d{a}2" if a == b else f"d2y/d{a} d{b}"
 
 
-def run_job(job: Job, device: torch.device, chunk: int = 2**62,
-            compiled: CompiledForward | None = None) -> JobResult:
-    """One request on its own (in chunks of at most ``chunk`` samples)."""
-    started = time.perf_counter()
-    out = _drain(_chunks(job, device, chunk, compiled))
-    return _result(job, out.values, out.derivatives, out.strategy, device, started,
-                   time.perf_counter())
-
-
 Sliced = Generator[float, None, JobResult]
 
 
-def run_sliced(job: Job, device: torch.device, chunk: int, compiled: CompiledForward | None,
-               slice_s: float) -> Sliced:
-    """One request in slices: an O(N^2) strategy in slices of about ``slice_s`` seconds, any
-    other in chunks of at most ``chunk`` samples. Yields the fraction done after each slice,
-    so that the caller can stop it (closing the generator frees what it holds) or serve other
-    work in between; returns the result."""
-    started = time.perf_counter()
-    strategy = STRATEGIES[job.strategy] if job.strategy is not None else None
-    if strategy is not None and strategy.steps is not None and job.order == 1:
-        out = yield from _steps(job, device, slice_s)
-    else:
-        out = yield from _chunks(job, device, chunk, compiled)
-    return _result(job, out.values, out.derivatives, out.strategy, device, started,
-                   time.perf_counter())
+@dataclass(frozen=True)
+class Executor:
+    """One device's runner: its device, the largest launch in samples (``chunk``: a request
+    larger runs in several), and the compiled graphs its forward mode may use (``compiled``,
+    shared by the devices: one build process, graphs loaded per device).
 
+    A launch runs under TRANSFORMS_LOCK, which is process-wide rather than the executor's:
+    PyTorch's transform and forward-AD levels are process-wide, so no two devices may trace
+    at once. Nothing else takes it: builds run in the build process, and :meth:`swap_in`
+    loads them between launches."""
 
-def run_batch(jobs: Sequence[Job], device: torch.device, chunk: int,
-              compiled: CompiledForward | None = None) -> list[JobResult | Exception]:
-    """Jobs with one batch_key in one launch; each gets its own result or its own error."""
-    if len(jobs) > 1:
+    device: torch.device
+    chunk: int = 2**62
+    compiled: CompiledForward | None = None
+
+    def swap_in(self) -> None:
+        """Load the graphs built since the last launch (milliseconds each)."""
+        if self.compiled is not None:
+            self.compiled.swap_in(self.device)
+
+    def run_job(self, job: Job) -> JobResult:
+        """One request on its own (in chunks of at most ``chunk`` samples)."""
         started = time.perf_counter()
-        try:
-            out = _compute(jobs, torch.cat([job.inputs for job in jobs]), device, compiled)
-        except Exception:
-            pass  # isolate the culprit: every request again, on its own, below
+        out = _drain(_chunks(job, self))
+        return _result(job, out.values, out.derivatives, out.strategy, self.device, started,
+                       time.perf_counter())
+
+    def run_sliced(self, job: Job, slice_s: float) -> Sliced:
+        """One request in slices: an O(N^2) strategy in slices of about ``slice_s`` seconds,
+        any other in chunks of at most ``chunk`` samples. Yields the fraction done after each
+        slice, so that the caller can stop it (closing the generator frees what it holds) or
+        serve other work in between; returns the result."""
+        started = time.perf_counter()
+        strategy = STRATEGIES[job.strategy] if job.strategy is not None else None
+        if strategy is not None and strategy.steps is not None and job.order == 1:
+            out = yield from _steps(job, self.device, slice_s)
         else:
-            finished = time.perf_counter()
-            finite = out.all_finite()
-            # one split per tensor, not one slice per request: every torch call releases
-            # and retakes the GIL, which the event loop's thread is waiting for
-            sizes = [job.n for job in jobs]
-            values = torch.split(out.values, sizes)
-            derivs = {name: torch.split(d, sizes) for name, d in out.derivatives.items()}
-            results: list[JobResult | Exception] = []
-            for i, job in enumerate(jobs):
-                try:
-                    results.append(_result(job, values[i],
-                                           {name: d[i] for name, d in derivs.items()},
-                                           out.strategy, device, started, finished,
-                                           checked=finite))
-                except Exception as exc:
-                    results.append(exc)
-            return results
-    results = []
-    for job in jobs:
+            out = yield from _chunks(job, self)
+        return _result(job, out.values, out.derivatives, out.strategy, self.device, started,
+                       time.perf_counter())
+
+    def run_batch(self, jobs: Sequence[Job]) -> list[JobResult | Exception]:
+        """Jobs with one batch_key in one launch; each gets its own result or its own
+        error."""
+        if len(jobs) > 1:
+            started = time.perf_counter()
+            try:
+                out = _compute(jobs, torch.cat([job.inputs for job in jobs]), self)
+            except Exception:
+                pass  # isolate the culprit: every request again, on its own, below
+            else:
+                return _split(jobs, out, self.device, started, time.perf_counter())
+        results: list[JobResult | Exception] = []
+        for job in jobs:
+            try:
+                results.append(self.run_job(job))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+
+def _split(jobs: Sequence[Job], out: _Output, device: torch.device, started: float,
+           finished: float) -> list[JobResult | Exception]:
+    """A coalesced launch's output, back to its requests by row counts."""
+    finite = out.all_finite()
+    # one split per tensor, not one slice per request: every torch call releases and retakes
+    # the GIL, which the event loop's thread is waiting for
+    sizes = [job.n for job in jobs]
+    values = torch.split(out.values, sizes)
+    derivs = {name: torch.split(d, sizes) for name, d in out.derivatives.items()}
+    results: list[JobResult | Exception] = []
+    for i, job in enumerate(jobs):
         try:
-            results.append(run_job(job, device, chunk, compiled))
+            results.append(_result(job, values[i], {name: d[i] for name, d in derivs.items()},
+                                   out.strategy, device, started, finished, checked=finite))
         except Exception as exc:
             results.append(exc)
     return results

@@ -18,7 +18,10 @@ from torch import Tensor
 from app.engine.strategies import Problem
 from routines import Param, Routine
 
-__all__ = ["features_in", "with_features_as_params"]
+__all__ = ["derived", "features_in", "origin", "with_features_as_params"]
+
+# derived routine -> (the routine it derives from, its features)
+_ORIGINS: dict[Routine, tuple[Routine, tuple[str, ...]]] = {}
 
 
 def features_in(routine: Routine, wrt: tuple[str, ...]) -> tuple[str, ...]:
@@ -27,8 +30,16 @@ def features_in(routine: Routine, wrt: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(w for w in wrt if w in routine.inputs and w not in routine.param_names)
 
 
+def origin(routine: Routine) -> tuple[Routine, tuple[str, ...]]:
+    """The routine a derived one was made from and the features it takes as parameters;
+    ``(routine, ())`` for any other."""
+    return _ORIGINS.get(routine, (routine, ()))
+
+
 @lru_cache(maxsize=256)
-def _derived(routine: Routine, features: tuple[str, ...]) -> Routine:
+def derived(routine: Routine, features: tuple[str, ...]) -> Routine:
+    """``routine`` taking ``features`` from per-sample parameters of those names (the same
+    object for the same arguments)."""
     columns = {f: routine.inputs.index(f) for f in features}
     fn = routine.fn
 
@@ -38,7 +49,7 @@ def _derived(routine: Routine, features: tuple[str, ...]) -> Routine:
             row[j] = params.pop(feature)
         return fn(*row, **params)
 
-    return Routine(
+    made = Routine(
         name=routine.name,
         description=routine.description,
         params=(*routine.params, *(Param(f, 0.0, "input feature") for f in features)),
@@ -46,10 +57,10 @@ def _derived(routine: Routine, features: tuple[str, ...]) -> Routine:
         outputs=routine.outputs,
         fn=with_features,
         vectorized=routine.vectorized,
-        # compiled by app.engine.compiled_sensitivities; compute.differentiate keeps it from
-        # app.engine.compiled, which serves parameters only
         compile=routine.compile,
     )
+    _ORIGINS[made] = (routine, features)
+    return made
 
 
 def with_features_as_params(problem: Problem) -> Problem:
@@ -59,5 +70,5 @@ def with_features_as_params(problem: Problem) -> Problem:
         return problem
     columns: dict[str, Tensor] = {
         f: problem.inputs[:, problem.routine.inputs.index(f)] for f in features}
-    return Problem(_derived(problem.routine, features), problem.inputs,
+    return Problem(derived(problem.routine, features), problem.inputs,
                    {**problem.params, **columns}, problem.wrt)

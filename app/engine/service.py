@@ -27,7 +27,7 @@ from app.engine.bumping import Bump, validate_bump
 from app.engine.capabilities import cap_refusal, refusal, supports_order2, supports_per_sample
 from app.engine.checking import Check, differences
 from app.engine.comparison import Comparison, compare
-from app.engine.compiled import CompiledForward
+from app.engine.compute import Executor
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
@@ -172,17 +172,20 @@ def cache_host_allocations() -> bool:
         mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
-def warm_up(routines: Mapping[str, Routine], device: torch.device,
-            compiled: CompiledForward | None = None, costs: CostModel | None = None) -> None:
-    """Run every routine once, as strategy=auto would, so the first request pays no one-off
-    costs, and measure its cost on the device for admission (``costs``); with ``compiled``,
-    also build (or load from the cache directory) every routine's compiled forward mode for
-    one large request in each dtype (all parameters, shared), and return once they are
-    loaded or refused. Launches run under the transforms lock: another worker may already
-    be serving; the builds run in their own process."""
+def warm_up(routines: Mapping[str, Routine], executor: Executor,
+            costs: CostModel | None = None, compile: bool = False) -> None:
+    """Run every routine once on the executor's device, as strategy=auto would, so the first
+    request pays no one-off costs, and measure its cost there for admission (``costs``); with
+    ``compile``, also build (or load from the cache directory) every routine's compiled
+    forward mode for one large request in each dtype (all parameters, shared), at order 1 and
+    order 2 (no cross terms), and return once they are loaded or refused. Launches run under
+    the transforms lock: another worker may already be serving; the builds run in their own
+    process."""
     from app.engine.compute import TRANSFORMS_LOCK, differentiate
     from app.engine.strategies import Problem
 
+    device = executor.device
+    compiled = executor.compiled if compile else None
     large: list[Problem] = []
     for r in routines.values():
         params = {p.name: torch.tensor(p.default, dtype=torch.float64, device=device)
@@ -206,7 +209,7 @@ def warm_up(routines: Mapping[str, Routine], device: torch.device,
             large.append(Problem(r, rows.to(device, dtype),
                                  {k: v.to(dtype) for k, v in params.items()}, r.param_names))
     if compiled is not None:
-        compiled.warm_up(large, device)
+        compiled.warm_up(large, device, orders=(1, 2))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

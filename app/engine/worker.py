@@ -28,8 +28,7 @@ import torch
 
 from app import metrics
 from app.engine.admission import CostModel
-from app.engine.compiled import CompiledForward
-from app.engine.compute import TRANSFORMS_LOCK, Sliced, batch_key, run_batch, run_sliced
+from app.engine.compute import TRANSFORMS_LOCK, Executor, Sliced, batch_key
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
@@ -264,17 +263,15 @@ class _Task:
 
 
 class DeviceWorker:
-    """Owns one device: a thread that warms it up, then runs light launches and heavy jobs
-    from the queue, the heavy ones a slice at a time."""
+    """Owns one device through its executor: a thread that warms it up, then runs light
+    launches and heavy jobs from the queue, the heavy ones a slice at a time."""
 
-    def __init__(self, device: torch.device, queue: JobQueue, chunk: int,
-                 warmup: Callable[[torch.device], None] | None = None,
-                 compiled: CompiledForward | None = None, costs: CostModel | None = None,
-                 slice_s: float = 0.05):
-        self.device = device
+    def __init__(self, executor: Executor, queue: JobQueue,
+                 warmup: Callable[[Executor], None] | None = None,
+                 costs: CostModel | None = None, slice_s: float = 0.05):
+        self.executor = executor
+        self.device = executor.device
         self._queue = queue
-        self._chunk = chunk
-        self._compiled = compiled
         self._costs = costs
         self._slice_s = slice_s
         self._warmup = warmup
@@ -342,15 +339,14 @@ class DeviceWorker:
                 log.debug("measuring routine %s failed", routine.name, exc_info=True)
 
     def _execute(self, batch: list[Job]) -> None:
-        if self._compiled is not None:  # between launches: graphs built meanwhile, loaded
-            self._compiled.swap_in(self.device)
+        self.executor.swap_in()  # between launches: graphs built meanwhile, loaded
         started = time.perf_counter()
         for job in batch:
             metrics.QUEUE_WAIT_SECONDS.observe(started - job.enqueued_at)
         self._measure(batch)
         self._running = batch
         try:
-            results = run_batch(batch, self.device, self._chunk, self._compiled)
+            results = self.executor.run_batch(batch)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
             lost = self._died(exc)
             resolve_all([(job, lost) for job in batch])
@@ -361,12 +357,10 @@ class DeviceWorker:
         resolve_all(list(zip(batch, results, strict=True)))
 
     def _start(self, job: Job) -> None:
-        if self._compiled is not None:  # between launches: graphs built meanwhile, loaded
-            self._compiled.swap_in(self.device)
+        self.executor.swap_in()  # between launches: graphs built meanwhile, loaded
         metrics.QUEUE_WAIT_SECONDS.observe(time.perf_counter() - job.enqueued_at)
         self._measure([job])
-        self._task = _Task(job, run_sliced(job, self.device, self._chunk, self._compiled,
-                                           self._slice_s))
+        self._task = _Task(job, self.executor.run_sliced(job, self._slice_s))
 
     def _finish(self, task: _Task, answer: JobResult | Exception | None,
                 cancelled: str | None = None) -> None:
@@ -451,7 +445,7 @@ class DeviceWorker:
         try:
             if self._warmup is not None:
                 started = time.perf_counter()
-                self._warmup(self.device)
+                self._warmup(self.executor)
                 log.info("device worker warm on %s in %.2f s", self.device,
                          time.perf_counter() - started)
         except Exception as exc:
@@ -467,15 +461,14 @@ class DeviceWorker:
 
 
 class WorkerPool:
-    """One worker per device over one shared queue; restarts workers that die."""
+    """One worker per device (one executor each) over one shared queue; restarts workers
+    that die."""
 
-    def __init__(self, devices: Sequence[torch.device], queue: JobQueue, chunk: int,
-                 warmup: Callable[[torch.device], None] | None = None,
-                 compiled: CompiledForward | None = None, costs: CostModel | None = None,
-                 slice_s: float = 0.05):
+    def __init__(self, executors: Sequence[Executor], queue: JobQueue,
+                 warmup: Callable[[Executor], None] | None = None,
+                 costs: CostModel | None = None, slice_s: float = 0.05):
         self.queue = queue
-        self.workers = [DeviceWorker(d, queue, chunk, warmup, compiled, costs, slice_s)
-                        for d in devices]
+        self.workers = [DeviceWorker(ex, queue, warmup, costs, slice_s) for ex in executors]
         self._started = False
         self._abort_timer: threading.Timer | None = None
         self.drain_started: float | None = None  # time.monotonic() of the drain's start
