@@ -305,8 +305,8 @@ class Executor:
 
     A launch runs under TRANSFORMS_LOCK, which is process-wide rather than the executor's:
     PyTorch's transform and forward-AD levels are process-wide, so no two devices may trace
-    at once. Nothing else takes it: builds run in the build process, and :meth:`swap_in`
-    loads them between launches."""
+    at once (warm-up and cost measurements take it too). Builds never do: they run in the
+    build process, and :meth:`swap_in` loads them between launches."""
 
     device: torch.device
     chunk: int = 2**62
