@@ -184,7 +184,8 @@ def forward_markdown(rows: list[tuple[str, int, float, float, float]]) -> str:
         "",
         "strategy=auto (forward mode; `vmap-grad` for `gamma_survival`, which has no forward "
         "formula), eager and compiled (one graph for every N, built in the build process and "
-        "loaded before the timing, as on a warm service); ratios to plain evaluation of the same batch. The service runs the "
+        "loaded before the timing, as on a warm service); ratios to plain evaluation of the "
+        "same batch. The service runs the "
         f"compiled graph for launches of at least {Settings().compile_min_samples:,} samples "
         "(DYDC_COMPILE_MIN_SAMPLES) and eager forward mode below that.",
         "",
