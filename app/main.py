@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Service:
         install(ConnectionLimits(s.read_timeout_s, s.max_connections))
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
-        load_torch_extensions()
+        load_torch_extensions(compiled=s.compile)
         if s.host_allocator_cache:
             cache_host_allocations()
         try:

@@ -9,7 +9,6 @@ a user's. Their builds run once for the module, in the build process.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import shutil
 from collections.abc import Iterator
@@ -135,7 +134,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompiledForward]
                                cache_dir=tmp_path_factory.mktemp("builds"))
     for r in (*USER_ROUTINES, by_batch_size):
         compiled.request(problem(r, N))
-    concurrent.futures.wait(list(compiled._pending.values()))
+    assert compiled.settle(600)
     compiled.swap_in(CPU)
     yield compiled
     compiled.close()

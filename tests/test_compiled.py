@@ -10,7 +10,6 @@ them copies their files into its own cache directory.
 
 from __future__ import annotations
 
-import concurrent.futures
 import shutil
 import sys
 import threading
@@ -67,7 +66,7 @@ def built(builtins: dict[str, Routine],
                                cache_dir=tmp_path_factory.mktemp("compiled"))
     for problem in (black_scholes(builtins, 100), decay_per_sample(builtins, 100)):
         assert compiled.run(problem) is None  # not built yet: eager, and a build is asked for
-    concurrent.futures.wait(list(compiled._pending.values()))
+    assert compiled.settle(600)
     assert compiled.swap_in(CPU) == 2, compiled._refused
     yield compiled
     compiled.close()
@@ -358,3 +357,45 @@ def test_warm_up_waits_for_launches_in_flight(builtins: dict[str, Routine]) -> N
         assert not done.wait(max(1.0, 10 * unhindered))
     assert done.wait(30)
     thread.join()
+
+
+class HeldBuilder:
+    """Builds that finish when the test says, in a thread of the test's choosing."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.futures: list[tuple[Kind, Future[Artefact]]] = []
+
+    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
+        done: Future[Artefact] = Future()
+        self.futures.append((kind, done))
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_finished_build_is_loaded_in_the_builders_thread_not_the_workers(
+        builtins: dict[str, Routine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a package costs up to a second the first time: it happens as the build
+    finishes, where the builder reports it; the worker's swap_in only publishes it."""
+    loads: list[str] = []
+
+    def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> object:
+        loads.append(threading.current_thread().name)
+        return lambda cols, params: (cols[0], cols[0])
+
+    monkeypatch.setattr(compiled_module, "load", load)
+    builder = HeldBuilder(tmp_path)
+    compiled = CompiledForward(chunk=CHUNK, min_samples=2, builder=builder)
+    assert compiled.swap_in(CPU) == 0  # the worker serves the CPU
+    problem = problem_for(builtins["linear"], 10)
+    assert compiled.run(problem) is None
+    [(kind, done)] = builder.futures
+    finish = threading.Thread(target=done.set_result, name="builder",
+                              args=(Artefact(kind, "linear.pt2", None, 1.0),))
+    finish.start()
+    finish.join()
+    assert compiled.settle(0) and loads == ["builder"]
+    assert compiled.swap_in(CPU) == 1 and loads == ["builder"]  # published, not loaded again
+    assert compiled.compiled(builtins["linear"], ("C",), torch.float64)

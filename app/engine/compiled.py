@@ -13,8 +13,9 @@ The serving side, here:
 
 - **A launch never waits.** :meth:`CompiledForward.run` returns None at once when its kind
   has no loaded graph (the caller then runs eager forward mode) and asks for a build, which
-  runs in a process of its own (:class:`~app.engine.builds.ProcessBuilder`). Finished builds
-  are loaded between launches by :meth:`CompiledForward.swap_in`: milliseconds a graph.
+  runs in a process of its own (:class:`~app.engine.builds.ProcessBuilder`). A finished
+  build is loaded as it finishes, in the builder's thread, and published between launches by
+  :meth:`CompiledForward.swap_in`; what loading first imports is imported at start-up.
 - **Every order through here.** Order 2 (with or without cross terms) and input features in
   wrt (delta) are kinds like any other, built and served the same way.
 - **A bounded, canonical set of kinds** (:class:`~app.engine.builds.Kind`): ``wrt`` in the
@@ -33,7 +34,6 @@ The serving side, here:
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import logging
 import threading
@@ -102,6 +102,10 @@ class CompiledForward:
         self._pending: dict[Kind, Future[Artefact]] = {}
         self._artefacts: dict[Kind, Artefact] = {}
         self._graphs: dict[_Loaded, Graph] = {}
+        self._devices: set[torch.device] = set()  # those swap_in has served
+        self._preloaded: dict[_Loaded, Graph] = {}  # loaded when built, swapped in next
+        self._unsettled: set[Kind] = set()  # asked for, and not yet built and loaded, or refused
+        self._settled = threading.Condition(self._lock)
         self._launches: dict[_Loaded, int] = {}
         self._refused: dict[Kind, str] = {}
 
@@ -214,11 +218,21 @@ class CompiledForward:
             else:
                 done = self.builder.submit(kind, Samples.of(problem), problem.routine)
             self._pending[kind] = done
+            self._unsettled.add(kind)
         done.add_done_callback(lambda _: self._built(kind))
 
     def _built(self, kind: Kind) -> None:
-        """A build has finished (in the builder's thread): its graph is swapped in at the next
-        :meth:`swap_in`, or the kind is refused."""
+        """A build has finished (in the builder's thread): its graph is loaded for the
+        devices served so far and swapped in at their next :meth:`swap_in`, or the kind is
+        refused."""
+        try:
+            self._take(kind)
+        finally:
+            with self._lock:
+                self._unsettled.discard(kind)
+                self._settled.notify_all()
+
+    def _take(self, kind: Kind) -> None:
         with self._lock:
             done = self._pending.pop(kind)
             try:
@@ -229,6 +243,15 @@ class CompiledForward:
             except Exception as exc:  # the build process died, or was stopped
                 self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
                 return
+            devices = [d for d in self._devices if d.type == kind.device]
+        loaded = {}
+        for device in devices:  # here, not in the device worker between its launches
+            try:
+                loaded[(kind, str(device))] = load(artefact, self.cache_dir, device)
+            except Exception:  # swap_in tries again, and retires it if it fails there too
+                log.debug("preloading %s failed", _describe(kind), exc_info=True)
+        with self._lock:
+            self._preloaded.update(loaded)
             self._artefacts[kind] = artefact
         metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
         if artefact.seconds:
@@ -238,15 +261,21 @@ class CompiledForward:
                  else "from the cache directory")
 
     def swap_in(self, device: torch.device) -> int:
-        """Load the graphs built since the last call, for ``device``; returns how many. Call
-        between launches: each takes milliseconds (a package loaded), never a build."""
+        """Take in the graphs built since the last call, for ``device``; returns how many.
+        Call between launches: a graph built while the service ran was loaded when its build
+        finished, in the builder's thread, so this only publishes it; one found in the cache
+        directory (or not loaded ahead) is loaded here, in milliseconds. Never a build."""
         loaded = 0
         place = str(device)
-        for kind, artefact in list(self._artefacts.items()):
-            if kind.device != device.type or (kind, place) in self._graphs:
-                continue
+        with self._lock:
+            self._devices.add(device)
+            fresh = [(kind, artefact, self._preloaded.pop((kind, place), None))
+                     for kind, artefact in self._artefacts.items()
+                     if kind.device == device.type and (kind, place) not in self._graphs]
+        for kind, artefact, graph in fresh:
             try:
-                self._graphs[(kind, place)] = load(artefact, self.cache_dir, device)
+                self._graphs[(kind, place)] = graph if graph is not None else load(
+                    artefact, self.cache_dir, device)
             except Exception as exc:
                 self._retire(kind, place, "compile", f"loading it failed: {exc}")
                 continue
@@ -261,8 +290,14 @@ class CompiledForward:
             for order in orders:
                 if self.applies(problem, order):
                     self.request(problem, order)
-        concurrent.futures.wait(list(self._pending.values()))
+        self.settle()
         self.swap_in(device)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every kind asked for is built and loaded, or refused (False if
+        ``timeout`` passed first)."""
+        with self._settled:
+            return self._settled.wait_for(lambda: not self._unsettled, timeout)
 
     def close(self) -> None:
         """Stop the build process (builds in progress are abandoned)."""
@@ -279,6 +314,7 @@ class CompiledForward:
     def _retire(self, kind: Kind, place: str, reason: str, why: str) -> None:
         with self._lock:
             self._graphs.pop((kind, place), None)
+            self._preloaded.pop((kind, place), None)
             self._artefacts.pop(kind, None)
             self._refuse(kind, reason, why)
             routine = self._routines.get(kind)

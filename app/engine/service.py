@@ -135,15 +135,19 @@ def _per_sample(name: str, given: Sequence[float] | np.ndarray, n: int,
     return a if a.flags.writeable else a.copy()
 
 
-def load_torch_extensions() -> None:
+def load_torch_extensions(compiled: bool = False) -> None:
     """Import what torch loads lazily on the first dual number and the first compiled graph,
     on the calling (main) thread: those imports warn (torch.jit.script and script_method are
     deprecated), and a worker thread must not touch the process-wide warning filters to hide
-    them."""
+    them. With ``compiled``, also what loading a built graph imports (2.4 s here): otherwise
+    the first graph's swap-in would hold its device worker, and every launch, that long."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch._decomp.decompositions_for_jvp
-        import torch.fx.experimental.optimization  # noqa: F401  (Inductor's, via mkldnn)
+        import torch.fx.experimental.optimization
+
+        if compiled:
+            import torch._inductor.package  # noqa: F401
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
