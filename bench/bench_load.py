@@ -329,7 +329,8 @@ def write_markdown(points: list[Point], path: Path, command: str,
     if lin and bare:
         ok = lin >= 0.55 * bare
         t.append(f"- linear at concurrency 64: {lin:,.0f} req/s vs bare endpoint {bare:,.0f} "
-                 f"req/s = {lin / bare:.2f} (target ≥ 0.55, issue 10): {'met' if ok else 'NOT met'}")
+                 f"req/s = {lin / bare:.2f} (target ≥ 0.55, issue 10): "
+                 f"{'met' if ok else 'NOT met'}")
     auth = by.get(("auth", "linear", 64))
     if lin and auth:
         ok = auth >= 0.97 * lin
