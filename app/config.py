@@ -117,6 +117,10 @@ class Settings(BaseSettings):
         "service's (nice): builds then take what serving leaves. 0 on a host whose other "
         "tenants would starve them."
     )
+    compile_build_idle: bool = Field(
+        True, description="Run the build process under Linux's SCHED_IDLE policy as well: it "
+        "then gets only CPU time that nothing else wants, so a build never slows serving. "
+        "false where the host is never idle and builds would not finish.")
     compile_recheck_every: PositiveInt = Field(
         1000, description="A compiled graph's first launch and every this many after it are "
         "compared with eager forward mode on a few rows; a mismatch retires the graph."

@@ -155,7 +155,8 @@ def create_app(settings: Settings | None = None) -> Service:
         compiled = (CompiledForward(
             s.compile_chunk, s.compile_min_samples,
             builder=ProcessBuilder(prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
-                                   niceness=s.compile_build_niceness),
+                                   niceness=s.compile_build_niceness,
+                                   idle=s.compile_build_idle),
             max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
             if s.compile else None)
         bounds = _limits(s)

@@ -24,6 +24,8 @@ from tests.client_support import dydc_url, small_dydc_url  # noqa: F401  (fixtur
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-inductor-"))
 # apps started by tests keep their compiled graphs out of the user's own cache directory
 os.environ.setdefault("DYDC_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-compiled-"))
+# the suite keeps both cores busy: builds that waited for idle CPU would wait for its end
+os.environ.setdefault("DYDC_COMPILE_BUILD_IDLE", "false")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

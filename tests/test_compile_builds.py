@@ -280,3 +280,18 @@ def test_warm_up_fills_the_cache_and_a_second_start_loads_from_it(
         assert sorted(submitted) == ([("float32", 1), ("float32", 2), ("float64", 2)]
                                      if start == "cold" else [])
         assert len(list(cache.glob("series-*.pt2"))) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_build_process_takes_only_idle_cpu_when_asked(tmp_path: Path) -> None:
+    """DYDC_COMPILE_BUILD_IDLE (the service's default): the build process runs at SCHED_IDLE
+    beside its niceness; without it, at its niceness alone."""
+    for idle in (True, False):
+        builder = ProcessBuilder(tmp_path, niceness=7, idle=idle)
+        try:
+            policy = builder.pool().submit(os.sched_getscheduler, 0).result(timeout=120)
+            nice = builder.pool().submit(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=5)
+        finally:
+            builder.close()
+        assert policy == (os.SCHED_IDLE if idle else os.SCHED_OTHER), idle
+        assert nice >= 7

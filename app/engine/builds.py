@@ -478,12 +478,17 @@ class InlineBuilder:
         pass
 
 
-def _start_build_process(cache_dir: str, threads: int, niceness: int) -> None:
-    """In the build process: lower priority than the service, few threads, and PyTorch's
-    compile caches inside the private cache directory instead of /tmp (unless the operator
-    set TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR)."""
+def _start_build_process(cache_dir: str, threads: int, niceness: int,
+                         idle: bool = False) -> None:
+    """In the build process: lower priority than the service (and with ``idle``, Linux's
+    SCHED_IDLE policy, which its compilers inherit: only CPU time nothing else wants), few
+    threads, and PyTorch's compile caches inside the private cache directory instead of /tmp
+    (unless the operator set TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR)."""
     with contextlib.suppress(OSError):
         os.nice(niceness)
+    if idle and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
         os.environ.setdefault(name, os.path.join(cache_dir, sub))  # an operator's choice stands
     torch.set_num_threads(threads)
@@ -492,18 +497,23 @@ def _start_build_process(cache_dir: str, threads: int, niceness: int) -> None:
 class ProcessBuilder:
     """One spawned process that builds one kind at a time (started on the first build)."""
 
-    def __init__(self, cache_dir: Path, threads: int = 1, niceness: int = 10) -> None:
+    def __init__(self, cache_dir: Path, threads: int = 1, niceness: int = 10,
+                 idle: bool = False) -> None:
         self.cache_dir = cache_dir
-        self._threads, self._niceness = threads, niceness
+        self._threads, self._niceness, self._idle = threads, niceness, idle
         self._executor: ProcessPoolExecutor | None = None
 
     def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
+        return self.pool().submit(build, kind, samples, str(self.cache_dir))
+
+    def pool(self) -> ProcessPoolExecutor:
+        """The build process (started, or started again after it died, here)."""
         if self._executor is None or getattr(self._executor, "_broken", False):
             self._executor = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_build_process,
-                initargs=(str(self.cache_dir), self._threads, self._niceness))
-        return self._executor.submit(build, kind, samples, str(self.cache_dir))
+                initargs=(str(self.cache_dir), self._threads, self._niceness, self._idle))
+        return self._executor
 
     def close(self) -> None:
         """Stop at once: a build in progress is abandoned (its files are written whole or not

@@ -139,8 +139,9 @@ def load_torch_extensions(compiled: bool = False) -> None:
     """Import what torch loads lazily on the first dual number and the first compiled graph,
     on the calling (main) thread: those imports warn (torch.jit.script and script_method are
     deprecated), and a worker thread must not touch the process-wide warning filters to hide
-    them. With ``compiled``, also what loading a built graph imports (2.4 s here): otherwise
-    the first graph's swap-in would hold its device worker, and every launch, that long."""
+    them. With ``compiled``, also what loading a built graph first does: its imports (2.4 s
+    here) and the probe of the CPU's vector instructions (0.8 s, compiling with g++), which
+    would otherwise stall the service when the first graph is loaded."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch._decomp.decompositions_for_jvp
@@ -148,6 +149,9 @@ def load_torch_extensions(compiled: bool = False) -> None:
 
         if compiled:
             import torch._inductor.package  # noqa: F401
+            from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+            pick_vec_isa()  # cached for the process
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
