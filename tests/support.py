@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,13 @@ from typing import IO
 import httpx
 import pytest
 
+from app.engine.builds import Artefact, Kind, Samples
 from app.main import create_app
+from routines import Routine
 
 __all__ = [
     "ROOT",
+    "GatedBuilder",
     "ServerProcess",
     "access_log_lines",
     "free_port",
@@ -38,6 +42,25 @@ ROOT = Path(__file__).resolve().parent.parent
 needs_cxx = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None,
     reason="compiled forward mode needs a C++ compiler (g++: apt-get install g++)")
+
+
+class GatedBuilder:
+    """A builder whose one build finishes when the test says (``done``), in the thread the
+    test sets its result from; it records the kinds asked for, and ``events``."""
+
+    def __init__(self, cache_dir: Path, events: list[str] | None = None) -> None:
+        self.cache_dir = cache_dir
+        self.events = events if events is not None else []
+        self.kinds: list[Kind] = []
+        self.done: Future[Artefact] = Future()
+
+    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
+        self.events.append("build asked for")
+        self.kinds.append(kind)
+        return self.done
+
+    def close(self) -> None:
+        pass
 
 
 def free_port() -> int:

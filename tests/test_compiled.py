@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,12 @@ from torch import Tensor
 
 from app.engine import cache_host_allocations, warm_up
 from app.engine import compiled as compiled_module
-from app.engine.builds import Artefact, InlineBuilder, Kind, Samples, forward_graph, kind_of
+from app.engine.builds import Artefact, InlineBuilder, forward_graph, kind_of
 from app.engine.compiled import TRACE_N, CompiledForward
 from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
 from app.engine.strategies import Problem
 from routines import Routine, discover
-from tests.support import needs_cxx
+from tests.support import GatedBuilder, needs_cxx
 from tests.test_operations import scrape, value
 
 CHUNK = 64
@@ -142,21 +141,6 @@ def test_per_sample_parameters_and_shared_ones_share_the_per_sample_graph(
     values, derivs = form.expected(shared.inputs, {"k": 0.7})
     assert_close(result.values, values, rtol=AD_RTOL)
     assert_close(result.derivatives["k"], derivs["k"], rtol=AD_RTOL)
-
-
-class GatedBuilder:
-    """A builder whose build finishes when the test says, with a real artefact."""
-
-    def __init__(self, cache_dir: Path, events: list[str]) -> None:
-        self.cache_dir, self.events = cache_dir, events
-        self.done: Future[Artefact] = Future()
-
-    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
-        self.events.append("build asked for")
-        return self.done
-
-    def close(self) -> None:
-        pass
 
 
 @needs_cxx
@@ -359,22 +343,6 @@ def test_warm_up_waits_for_launches_in_flight(builtins: dict[str, Routine]) -> N
     thread.join()
 
 
-class HeldBuilder:
-    """Builds that finish when the test says, in a thread of the test's choosing."""
-
-    def __init__(self, cache_dir: Path) -> None:
-        self.cache_dir = cache_dir
-        self.futures: list[tuple[Kind, Future[Artefact]]] = []
-
-    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
-        done: Future[Artefact] = Future()
-        self.futures.append((kind, done))
-        return done
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_finished_build_is_loaded_in_the_builders_thread_not_the_workers(
         builtins: dict[str, Routine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading a package costs up to a second the first time: it happens as the build
@@ -386,13 +354,13 @@ def test_a_finished_build_is_loaded_in_the_builders_thread_not_the_workers(
         return lambda cols, params: (cols[0], cols[0])
 
     monkeypatch.setattr(compiled_module, "load", load)
-    builder = HeldBuilder(tmp_path)
+    builder = GatedBuilder(tmp_path)
     compiled = CompiledForward(chunk=CHUNK, min_samples=2, builder=builder)
     assert compiled.swap_in(CPU) == 0  # the worker serves the CPU
     problem = problem_for(builtins["linear"], 10)
     assert compiled.run(problem) is None
-    [(kind, done)] = builder.futures
-    finish = threading.Thread(target=done.set_result, name="builder",
+    [kind] = builder.kinds
+    finish = threading.Thread(target=builder.done.set_result, name="builder",
                               args=(Artefact(kind, "linear.pt2", None, 1.0),))
     finish.start()
     finish.join()

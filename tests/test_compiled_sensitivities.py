@@ -5,7 +5,6 @@ parameters, in chunks, whatever order wrt names them in; and what stays eager.""
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +12,17 @@ import pytest
 import torch
 
 from app.engine import CompiledForward, builds
-from app.engine.builds import Artefact, InlineBuilder, Kind, Samples, kind_of, locate
+from app.engine.builds import InlineBuilder, kind_of, locate
 from app.engine.compute import differentiate
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.strategies import Problem
-from routines import Routine, discover
+from routines import discover
 from tests import closed_forms as cf
-from tests.support import needs_cxx
+from tests.support import GatedBuilder, needs_cxx
 
 F64 = torch.float64
 CPU = torch.device("cpu")
 ROUTINES = discover()
-
-
-class Pending:
-    """A builder whose builds never finish: what a request sees while its kind is built."""
-
-    def __init__(self, cache_dir: Path) -> None:
-        self.cache_dir = cache_dir
-        self.kinds: list[Kind] = []
-
-    def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
-        self.kinds.append(kind)
-        return Future()
-
-    def close(self) -> None:
-        pass
 
 
 def built(problem: Problem, compiled: CompiledForward, order: int,
@@ -59,7 +43,7 @@ def test_order_2_and_input_features_run_eagerly_while_their_kind_is_built(
         tmp_path: Path, wrt: tuple[str, ...], order: int) -> None:
     """Never a wait: the launch asks for its own kind (its order, its features) and runs
     eager forward mode at once."""
-    builder = Pending(tmp_path)
+    builder = GatedBuilder(tmp_path)  # its build never finishes here
     compiled = CompiledForward(chunk=1 << 20, min_samples=2, builder=builder)
     x = torch.tensor([[2.0, 0.5], [1.0, 3.0], [4.0, 1.5]], dtype=F64)
     problem = with_features_as_params(Problem(ROUTINES["exponential_decay"], x,

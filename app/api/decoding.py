@@ -22,7 +22,6 @@ from app.errors import MalformedBody
 
 __all__ = [
     "SampleCounter",
-    "count_samples",
     "decode_inputs",
     "parse_document",
     "parse_json",
@@ -183,13 +182,6 @@ def _skip_space(data: bytearray, i: int) -> int:
     while i < len(data) and data[i] in b" \t\r\n":
         i += 1
     return i
-
-
-def count_samples(body: bytes) -> int | None:
-    """:class:`SampleCounter` over a whole body."""
-    counter = SampleCounter()
-    counter.feed(body)
-    return counter.result()
 
 
 def parse_document(body: bytes) -> Any:

@@ -49,7 +49,7 @@ from torch.func import jvp
 from torch.fx import GraphModule
 
 from app import metrics
-from app.engine.bumping import pair_key, pairs
+from app.engine.bumping import derivative_name, pair_key, pairs
 from app.engine.input_sensitivities import derived, origin
 from app.engine.rolled import RolledForward, find_loop
 from app.engine.second_order import forward2
@@ -69,6 +69,7 @@ __all__ = [
     "ProcessBuilder",
     "Samples",
     "build",
+    "canonical_cross",
     "columns",
     "eager_outputs",
     "kind_of",
@@ -129,6 +130,12 @@ class Kind:
         return (*self.wrt, *(pair_key(a, b) for a, b in pairs(self.wrt, self.cross)))
 
 
+def canonical_cross(wrt: tuple[str, ...], order: int, cross: bool) -> bool:
+    """Whether a kind has cross terms: only order 2 has them, and with one name in wrt the
+    diagonal is all there is."""
+    return cross and order == 2 and len(wrt) > 1
+
+
 def kind_of(problem: Problem, per_sample: bool | None = None, order: int = 1,
             cross: bool = False) -> Kind:
     """The problem's kind; parameters per sample if any one is (the shared ones then come
@@ -140,7 +147,7 @@ def kind_of(problem: Problem, per_sample: bool | None = None, order: int = 1,
     wrt = tuple(n for n in r.param_names if n in problem.wrt)
     return Kind(base.name, base.fn.__module__, wrt,
                 str(problem.inputs.dtype).removeprefix("torch."), problem.inputs.device.type,
-                per_sample, order, cross and order == 2 and len(wrt) > 1, features)
+                per_sample, order, canonical_cross(wrt, order, cross), features)
 
 
 @dataclass(frozen=True)
@@ -233,13 +240,7 @@ def eager_outputs(problem: Problem, kind: Kind) -> tuple[Tensor, ...]:
 
 def output_names(kind: Kind) -> tuple[str, ...]:
     """The outputs as a person reads them: values, dy/da, d2y/da db."""
-    def name(key: str) -> str:
-        if "," not in key:
-            return f"dy/d{key}"
-        a, b = key.split(",")
-        return f"d2y/d{a}2" if a == b else f"d2y/d{a} d{b}"
-
-    return ("values", *(name(k) for k in kind.outputs))
+    return ("values", *(derivative_name(k) for k in kind.outputs))
 
 
 def _examples(problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:

@@ -36,6 +36,7 @@ __all__ = [
     "SHIFT_TYPES",
     "Bump",
     "default_shift",
+    "derivative_name",
     "finite_difference",
     "pair_key",
     "pairs",
@@ -56,6 +57,15 @@ def pairs(wrt: tuple[str, ...], cross: bool) -> list[tuple[str, str]]:
 
 def pair_key(a: str, b: str) -> str:
     return f"{a},{b}"
+
+
+def derivative_name(key: str) -> str:
+    """A derivative's key as a person reads it: dy/dsigma, or d2y/dS dsigma for the second
+    derivative keyed "S,sigma"."""
+    if "," not in key:
+        return f"dy/d{key}"
+    a, b = key.split(",")
+    return f"d2y/d{a}2" if a == b else f"d2y/d{a} d{b}"
 
 
 def default_shift(dtype: torch.dtype, order: int) -> float:

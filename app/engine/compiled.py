@@ -56,6 +56,7 @@ from app.engine.builds import (
     ProcessBuilder,
     Samples,
     cached,
+    canonical_cross,
     columns,
     eager_outputs,
     forget,
@@ -121,10 +122,10 @@ class CompiledForward:
     def compiled(self, routine: Routine, wrt: tuple[str, ...], dtype: torch.dtype,
                  device: torch.device = _CPU, order: int = 1, cross: bool = False) -> bool:
         """Whether a graph for one request of this kind (parameters shared) is loaded."""
-        kind = Kind(routine.name, routine.fn.__module__,
-                    tuple(n for n in routine.param_names if n in wrt),
+        names = tuple(n for n in routine.param_names if n in wrt)
+        kind = Kind(routine.name, routine.fn.__module__, names,
                     str(dtype).removeprefix("torch."), device.type, False, order,
-                    cross and order == 2 and len(wrt) > 1)
+                    canonical_cross(names, order, cross))
         return (kind, str(device)) in self._graphs
 
     def refused(self, problem: Problem, order: int = 1, cross: bool = False) -> str | None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.bumping import Bump
+from app.engine.bumping import Bump, derivative_name
 from app.engine.compiled import CompiledForward
 from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
 from app.engine.input_sensitivities import with_features_as_params
@@ -278,20 +278,12 @@ def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str |
     if not checked:
         _check_finite(job, "value", values)
         for name, d in derivs.items():
-            _check_finite(job, _derivative_name(name), d)
+            _check_finite(job, derivative_name(name), d)
     first = {name: d for name, d in derivs.items() if "," not in name}
     second = {name: d for name, d in derivs.items() if "," in name}
     return JobResult(values=values, derivatives=first, strategy=strategy,
                      device=str(device), queue_s=started - job.enqueued_at,
                      compute_s=finished - started, second_derivatives=second)
-
-
-def _derivative_name(key: str) -> str:
-    """dy/dsigma, or d2y/dS dsigma for the second derivative keyed "S,sigma"."""
-    if "," not in key:
-        return f"dy/d{key}"
-    a, b = key.split(",")
-    return f"d2y/d{a}2" if a == b else f"d2y/d{a} d{b}"
 
 
 Sliced = Generator[float, None, JobResult]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from torch import Tensor
 
@@ -20,8 +21,9 @@ from routines import Param, Routine
 
 __all__ = ["derived", "features_in", "origin", "with_features_as_params"]
 
-# derived routine -> (the routine it derives from, its features)
-_ORIGINS: dict[Routine, tuple[Routine, tuple[str, ...]]] = {}
+# derived routine -> (the routine it derives from, its features); weak, so that a routine
+# the cache of derived() lets go of is forgotten here too
+_ORIGINS: WeakKeyDictionary[Routine, tuple[Routine, tuple[str, ...]]] = WeakKeyDictionary()
 
 
 def features_in(routine: Routine, wrt: tuple[str, ...]) -> tuple[str, ...]:

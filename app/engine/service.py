@@ -145,7 +145,7 @@ def load_torch_extensions(compiled: bool = False) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch._decomp.decompositions_for_jvp
-        import torch.fx.experimental.optimization
+        import torch.fx.experimental.optimization  # Inductor's, via mkldnn
 
         if compiled:
             import torch._inductor.package  # noqa: F401

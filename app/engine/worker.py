@@ -270,7 +270,6 @@ class DeviceWorker:
                  warmup: Callable[[Executor], None] | None = None,
                  costs: CostModel | None = None, slice_s: float = 0.05):
         self.executor = executor
-        self.device = executor.device
         self._queue = queue
         self._costs = costs
         self._slice_s = slice_s
@@ -282,6 +281,10 @@ class DeviceWorker:
         self._aborted: Exception | None = None
         self.failure: str | None = None
         self.restarts = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.executor.device
 
     def start(self) -> None:
         self._ready.clear()
