@@ -292,15 +292,14 @@ async def _phase(name: str, url: str, pid: int, seconds: float) -> Phase:
 
     phase = Phase(name, seconds)
     stop = asyncio.Event()
+    context = multiprocessing.get_context("spawn")
     attacker = None
     if name != "quiet":
-        context = multiprocessing.get_context("spawn")
         results = context.Queue()
         attacker = context.Process(target=_attack, args=(name, url, seconds, results))
         attacker.start()
-    health_times = multiprocessing.get_context("spawn").Queue()
-    checker = multiprocessing.get_context("spawn").Process(
-        target=_health_checks, args=(url, seconds, health_times))
+    health_times = context.Queue()
+    checker = context.Process(target=_health_checks, args=(url, seconds, health_times))
     checker.start()
     tasks = [asyncio.ensure_future(_probes(url, phase, stop)),
              asyncio.ensure_future(_memory(pid, phase, stop))]
