@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import httpx
@@ -54,6 +55,24 @@ async def test_missing_or_invalid_id_is_generated(client: httpx.AsyncClient,
 def test_generated_ids_differ() -> None:
     assert len({accepted_id(None) for _ in range(100)}) == 100
     assert accepted_id(b"!~") == "!~"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_generates_its_own_ids() -> None:
+    """Server workers forked from one parent (uvicorn --workers) must not repeat each other's
+    ids: the generator is reseeded in the child."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running any cleanup
+        os.write(write, "".join(accepted_id(None) for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    parent = "".join(accepted_id(None) for _ in range(3))
+    assert len(child) == len(parent) == 96
+    assert child != parent
 
 
 async def test_v2_answer_id(client: httpx.AsyncClient) -> None:

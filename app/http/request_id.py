@@ -6,6 +6,7 @@ tracing header must never cost a client its answer."""
 from __future__ import annotations
 
 import os
+import random
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,13 +18,18 @@ __all__ = ["HEADER", "MAX_LENGTH", "RequestIdMiddleware", "accepted_id"]
 HEADER = b"x-request-id"
 MAX_LENGTH = 128
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
+# Ids name requests, they guard nothing: a generator seeded from os.urandom (reseeded in a
+# forked child) instead of a system call per request, which also let the device worker take
+# the interpreter's lock in the middle of every request
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 def accepted_id(given: bytes | None) -> str:
     """``given`` when it is a valid id, else a new one."""
     if given is not None and _VISIBLE_ASCII.fullmatch(given):
         return given.decode("ascii")
-    return os.urandom(16).hex()
+    return f"{_ids.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:
