@@ -43,6 +43,7 @@ from app.engine import (
 )
 from app.engine.builds import ProcessBuilder
 from app.engine.compile_cache import default_cache_dir, prepare_cache_dir
+from app.engine.pacing import Pacer
 from app.errors import install_error_handlers
 from app.http.stack import wrap
 from app.http.tracing import TracingUnavailable
@@ -152,13 +153,15 @@ def create_app(settings: Settings | None = None) -> Service:
             raise app.state.startup_error from None
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
-        compiled = (CompiledForward(
-            s.compile_chunk, s.compile_min_samples,
-            builder=ProcessBuilder(prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
-                                   niceness=s.compile_build_niceness,
-                                   idle=s.compile_build_idle),
-            max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
-            if s.compile else None)
+        compiled: CompiledForward | None = None
+        if s.compile:
+            builder = ProcessBuilder(prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
+                                     niceness=s.compile_build_niceness,
+                                     idle=s.compile_build_idle)
+            compiled = CompiledForward(
+                s.compile_chunk, s.compile_min_samples, builder=builder,
+                pacer=Pacer(builder.process_group, s.compile_build_share),
+                max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)
         executors = [Executor(device, s.max_batch_samples, compiled)

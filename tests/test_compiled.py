@@ -28,6 +28,7 @@ from app.engine import compiled as compiled_module
 from app.engine.builds import Artefact, InlineBuilder, forward_graph, kind_of
 from app.engine.compiled import TRACE_N, CompiledForward
 from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
+from app.engine.pacing import Pacer
 from app.engine.strategies import Problem
 from routines import Routine, discover
 from tests.support import GatedBuilder, needs_cxx
@@ -367,3 +368,33 @@ def test_a_finished_build_is_loaded_in_the_builders_thread_not_the_workers(
     assert compiled.settle(0) and loads == ["builder"]
     assert compiled.swap_in(CPU) == 1 and loads == ["builder"]  # published, not loaded again
     assert compiled.compiled(builtins["linear"], ("C",), torch.float64)
+
+
+def test_a_finished_build_waits_for_large_requests_to_end_before_it_is_loaded(
+        builtins: dict[str, Routine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading holds the interpreter's lock for a while: not while a large request is
+    served (app.engine.pacing), unless none ends within a bound."""
+    events: list[str] = []
+
+    def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> object:
+        events.append("loaded")
+        return lambda cols, params: (cols[0], cols[0])
+
+    monkeypatch.setattr(compiled_module, "load", load)
+    builder = GatedBuilder(tmp_path)
+    compiled = CompiledForward(chunk=CHUNK, min_samples=2, builder=builder,
+                               pacer=Pacer(lambda: None, share=0.5))
+    compiled.swap_in(CPU)
+    assert compiled.run(problem_for(builtins["linear"], 10)) is None
+    [kind] = builder.kinds
+    finish = threading.Thread(target=builder.done.set_result, name="builder",
+                              args=(Artefact(kind, "linear.pt2", None, 1.0),))
+    with compiled.serving_large():
+        finish.start()
+        finish.join(0.5)
+        events.append("large request served")
+    finish.join(10)
+    assert not finish.is_alive()
+    assert events == ["large request served", "loaded"]
+    assert compiled.settle(0) and compiled.swap_in(CPU) == 1
+    compiled.close()

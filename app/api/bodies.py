@@ -89,6 +89,13 @@ class BodyReader:
         self._size = 0
         self.read_all = False
 
+    @property
+    def declared_length(self) -> int | None:
+        """The Content-Length the request declared, when it is a plain number (checked
+        properly when the body is read)."""
+        declared = self._declared
+        return int(declared) if declared is not None and declared.isdigit() else None
+
     def _hold(self, size: int) -> None:
         self._budget.reserve(size)
         self._held += size

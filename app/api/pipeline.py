@@ -12,6 +12,7 @@ and FastAPI's routes call it too (``respond``), so that both give the same answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -171,15 +172,24 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
     reply: Reply | None = None
     metrics.REQUESTS_IN_FLIGHT.inc()
     try:
-        try:
-            decoded = await codec.decode(request, engine)
-        finally:
-            request.body.release()
-        result = await _run(codec, engine, decoded, request.receive)
-        if isinstance(result, JobResult):
-            labels.ran(decoded.job, result)
-            labels.strategy = result.strategy or "none"
-        reply = codec.encode(decoded, result, started)
+        # a large request (a large body, or as many samples as compiled graphs are for)
+        # has graphs being built step aside while it is served
+        with contextlib.ExitStack() as large:
+            declared = request.body.declared_length
+            paced = declared is not None and declared >= OFFLOAD_BYTES
+            if paced:
+                large.enter_context(engine.serving_large())
+            try:
+                decoded = await codec.decode(request, engine)
+            finally:
+                request.body.release()
+            if not paced and engine.large(decoded.job.n):
+                large.enter_context(engine.serving_large())
+            result = await _run(codec, engine, decoded, request.receive)
+            if isinstance(result, JobResult):
+                labels.ran(decoded.job, result)
+                labels.strategy = result.strategy or "none"
+            reply = codec.encode(decoded, result, started)
     except ClientDisconnect:
         labels.status = CLIENT_CLOSED_REQUEST
     except asyncio.CancelledError:  # the server gave up waiting for us (shutdown)

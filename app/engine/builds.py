@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import tempfile
 import time
 import warnings
@@ -482,11 +483,15 @@ class InlineBuilder:
 def _start_build_process(cache_dir: str, threads: int, niceness: int,
                          idle: bool = False) -> None:
     """In the build process: lower priority than the service (and with ``idle``, Linux's
-    SCHED_IDLE policy, which its compilers inherit: only CPU time nothing else wants), few
-    threads, and PyTorch's compile caches inside the private cache directory instead of /tmp
-    (unless the operator set TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR)."""
+    SCHED_IDLE policy, which its compilers inherit: only CPU time nothing else wants), a
+    process group of its own (which its compilers join, so that the service can stop and
+    continue them together), few threads, and PyTorch's compile caches inside the private
+    cache directory instead of /tmp (unless the operator set TORCHINDUCTOR_CACHE_DIR or
+    TRITON_CACHE_DIR)."""
     with contextlib.suppress(OSError):
         os.nice(niceness)
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpgid(0, 0)  # a group of its own, its compilers with it: paced as one (pacing.py)
     if idle and hasattr(os, "SCHED_IDLE"):
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -516,14 +521,38 @@ class ProcessBuilder:
                 initargs=(str(self.cache_dir), self._threads, self._niceness, self._idle))
         return self._executor
 
+    def process_group(self) -> int | None:
+        """The build process's own process group, while it runs (None before the first
+        build, or where it could not get a group of its own: the service's group is never
+        handed out)."""
+        executor = self._executor
+        if executor is None:
+            return None
+        for process in list(getattr(executor, "_processes", {}).values()):  # no public handle
+            pid = process.pid
+            if pid is None or not process.is_alive():
+                continue
+            try:
+                group = os.getpgid(pid)
+            except OSError:
+                continue
+            if group == pid and group != os.getpgrp():
+                return group
+        return None
+
     def close(self) -> None:
         """Stop at once: a build in progress is abandoned (its files are written whole or not
         at all)."""
+        group = self.process_group()
         executor, self._executor = self._executor, None
         if executor is None:
             return
         processes = list(getattr(executor, "_processes", {}).values())  # no public handle
         executor.shutdown(wait=False, cancel_futures=True)
+        if group is not None:  # its compilers too, and continued if it was stopped (pacing)
+            for sig in (signal.SIGTERM, signal.SIGCONT):
+                with contextlib.suppress(OSError):
+                    os.killpg(group, sig)
         for p in processes:
             p.terminate()
         for p in processes:

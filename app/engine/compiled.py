@@ -30,14 +30,19 @@ The serving side, here:
   ``recheck_every``-th (DYDC_COMPILE_RECHECK_EVERY) are compared with eager forward mode on a
   few of their rows. A mismatch retires the graph (and deletes its files): that launch and
   the kind's later ones run eagerly. Every refusal is counted by reason.
+- **Builds step aside for large requests.** While a request of at least ``min_samples``
+  samples is served (:meth:`CompiledForward.serving_large`), the build process runs only a
+  share of the time (:class:`~app.engine.pacing.Pacer`, DYDC_COMPILE_BUILD_SHARE), and a
+  finished build is loaded once no such request is in progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +72,7 @@ from app.engine.builds import (
     values_graph,
 )
 from app.engine.bumping import pair_key, pairs
+from app.engine.pacing import Pacer
 from app.engine.strategies import Derivatives, Problem
 from app.engine.tracing import TRACE_N
 from app.engine.verification import mismatch
@@ -78,6 +84,9 @@ log = logging.getLogger(__name__)
 
 _CPU = torch.device("cpu")
 _RECHECK_ROWS = 4  # rows of a live launch compared with eager forward mode
+# A finished build waits at most this long for a moment with no large request in progress
+# before it is loaded (the load holds the interpreter's lock for a while, in this process)
+_LOAD_QUIET_WAIT_S = 30.0
 
 _Loaded = tuple[Kind, str]  # a kind, on one device
 
@@ -89,7 +98,7 @@ class CompiledForward:
 
     def __init__(self, chunk: int, min_samples: int, *, cache_dir: Path | None = None,
                  max_graphs: int = 128, recheck_every: int = 1000,
-                 builder: Builder | None = None) -> None:
+                 builder: Builder | None = None, pacer: Pacer | None = None) -> None:
         # sizes 0 and 1 get graphs of their own under torch.compile: never call with them
         self.chunk = max(chunk, 2)
         self.min_samples = max(min_samples, 2)
@@ -98,6 +107,7 @@ class CompiledForward:
         if builder is None:
             builder = ProcessBuilder(cache_dir if cache_dir is not None else private_tempdir())
         self.builder = builder
+        self.pacer = pacer
         self._lock = threading.Lock()
         self._routines: dict[Kind, Routine] = {}
         self._pending: dict[Kind, Future[Artefact]] = {}
@@ -245,6 +255,8 @@ class CompiledForward:
                 self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
                 return
             devices = [d for d in self._devices if d.type == kind.device]
+        if devices and self.pacer is not None:
+            self.pacer.quiet(_LOAD_QUIET_WAIT_S)
         loaded = {}
         for device in devices:  # here, not in the device worker between its launches
             try:
@@ -300,8 +312,20 @@ class CompiledForward:
         with self._settled:
             return self._settled.wait_for(lambda: not self._unsettled, timeout)
 
+    @contextlib.contextmanager
+    def serving_large(self) -> Iterator[None]:
+        """Around the whole of a large request (decode, launch, encode): the build process
+        runs only its share of the time meanwhile."""
+        if self.pacer is None:
+            yield
+            return
+        with self.pacer.large():
+            yield
+
     def close(self) -> None:
         """Stop the build process (builds in progress are abandoned)."""
+        if self.pacer is not None:
+            self.pacer.close()
         self.builder.close()
 
     def _refuse(self, kind: Kind, reason: str, why: str) -> None:

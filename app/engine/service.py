@@ -7,6 +7,7 @@ Protocol-neutral: callers hand it names, numbers and arrays, and get back tensor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -238,12 +239,27 @@ class Engine:
         self.limits = limits
         self.worker = worker
         self.costs = costs if costs is not None else CostModel(limits.max_job_cost_s)
+        # one set of compiled graphs (and one build process) shared by the devices
+        self._compiled = next((w.executor.compiled for w in worker.workers
+                               if w.executor.compiled is not None), None)
 
     # -- state -------------------------------------------------------------------------------
 
     @property
     def devices(self) -> list[torch.device]:
         return self.worker.devices
+
+    def large(self, samples: int) -> bool:
+        """Whether a request of this many samples is one that compiled graphs are for
+        (DYDC_COMPILE_MIN_SAMPLES and over), with compiling on."""
+        return self._compiled is not None and samples >= self._compiled.min_samples
+
+    def serving_large(self) -> contextlib.AbstractContextManager[None]:
+        """Around the serving of a large request: graphs being built meanwhile step aside
+        (their build process runs only a share of the time, app.engine.pacing)."""
+        if self._compiled is None:
+            return contextlib.nullcontext()
+        return self._compiled.serving_large()
 
     def readiness(self) -> str | None:
         """None when every device worker is up and warm; else why not."""

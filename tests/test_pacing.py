@@ -1,0 +1,196 @@
+"""Builds step aside while large requests are served (app.engine.pacing): the build process
+group, its compilers included, is stopped and continued in turns while a large request is in
+progress, runs freely otherwise, and is never left stopped; the pipeline holds the pacing for
+exactly the large requests, from the moment it knows them to be large."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.engine import Engine
+from app.engine.builds import ProcessBuilder
+from app.engine.pacing import Pacer
+from tests.conftest import ClientFactory
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads process states from /proc")
+
+SENS = "/v1/routines/linear/sensitivities"
+# a build process and the compiler it runs: a process in a group of its own, and its child
+_GROUP = ("import subprocess, sys\n"
+          "child = subprocess.Popen([sys.executable, '-c', "
+          "'import time\\nwhile True: time.sleep(0.002)'])\n"
+          "print(child.pid, flush=True)\n"
+          "child.wait()\n")
+
+
+def state(pid: int) -> str:
+    """The process's state letter: T while stopped."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture
+def group() -> Iterator[tuple[int, int]]:
+    """(leader, child): the leader's pid is the group's id."""
+    leader = subprocess.Popen([sys.executable, "-c", _GROUP], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    yield leader.pid, child
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait(10)
+    leader.stdout.close()
+
+
+def states_until(pids: tuple[int, ...], wanted: set[tuple[int, bool]],
+                 timeout: float = 10) -> set[tuple[int, bool]]:
+    """Poll the processes' states, collecting (pid, stopped) pairs, until all of ``wanted``
+    were seen or ``timeout`` passed."""
+    seen: set[tuple[int, bool]] = set()
+    deadline = time.monotonic() + timeout
+    while not wanted <= seen and time.monotonic() < deadline:
+        seen |= {(pid, state(pid) == "T") for pid in pids}
+        time.sleep(0.002)
+    return seen
+
+
+def states_for(pids: tuple[int, ...], seconds: float) -> set[tuple[int, bool]]:
+    """The (pid, stopped) pairs seen while polling for ``seconds``."""
+    seen: set[tuple[int, bool]] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen |= {(pid, state(pid) == "T") for pid in pids}
+        time.sleep(0.002)
+    return seen
+
+
+@linux_only
+def test_while_a_large_request_is_served_the_group_runs_a_share_of_the_time(
+        group: tuple[int, int]) -> None:
+    leader, child = group
+    pacer = Pacer(lambda: leader, share=0.3, period_s=0.1)
+    try:
+        assert states_for(group, 0.3) == {(leader, False), (child, False)}
+        with pacer.large():
+            # the group's processes are stopped in turns, the compiler with the build, and
+            # run in between: both states are seen for both
+            wanted = {(pid, stopped) for pid in group for stopped in (True, False)}
+            assert states_until(group, wanted) == wanted
+        # the last large request has ended: continued at once, and left running
+        assert states_until(group, {(leader, False), (child, False)}, 2)
+        time.sleep(0.3)
+        assert states_for(group, 0.3) == {(leader, False), (child, False)}
+        assert pacer.stopped_s > 0
+    finally:
+        pacer.close()
+
+
+@linux_only
+def test_closing_continues_a_stopped_group(group: tuple[int, int]) -> None:
+    leader, child = group
+    pacer = Pacer(lambda: leader, share=0.01, period_s=5.0)  # stopped for 4.95 s a turn
+    with pacer.large():
+        assert (leader, True) in states_until(group, {(leader, True)})
+        pacer.close()
+        assert states_until(group, {(leader, False), (child, False)}, 2) >= {
+            (leader, False), (child, False)}
+        time.sleep(0.3)
+        assert states_for(group, 0.3) == {(leader, False), (child, False)}
+
+
+@linux_only
+def test_a_full_share_or_no_build_process_stops_nothing(group: tuple[int, int]) -> None:
+    leader, _ = group
+    full = Pacer(lambda: leader, share=1.0, period_s=0.05)
+    none_yet = Pacer(lambda: None, share=0.1, period_s=0.05)
+    with full.large(), none_yet.large():
+        seen = states_for(group, 0.5)
+    assert not any(stopped for _, stopped in seen)
+    assert full.stopped_s == none_yet.stopped_s == 0
+    full.close()
+    none_yet.close()
+    with pytest.raises(ValueError, match="share"):
+        Pacer(lambda: None, share=0)
+
+
+def test_quiet_waits_for_the_last_large_request() -> None:
+    pacer = Pacer(lambda: None, share=0.5)
+    assert pacer.quiet(0)
+    with pacer.large():
+        with pacer.large():
+            assert not pacer.quiet(0.05)
+        assert not pacer.quiet(0.05)
+    assert pacer.quiet(0)
+    pacer.close()
+
+
+@linux_only
+def test_the_build_process_has_a_group_of_its_own(tmp_path: Path) -> None:
+    """So that pacing stops its compilers with it, and never the service's own group."""
+    builder = ProcessBuilder(tmp_path)
+    try:
+        assert builder.process_group() is None  # started on the first build
+        pid = builder.pool().submit(os.getpid).result(timeout=120)
+        assert builder.process_group() == pid == os.getpgid(pid)
+        assert pid != os.getpgrp()
+    finally:
+        builder.close()
+    assert builder.process_group() is None
+
+
+@pytest.mark.anyio
+async def test_the_pipeline_paces_builds_for_exactly_the_large_requests(
+        make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def serving_large(self: Engine) -> Iterator[None]:
+        events.append("large")
+        try:
+            yield
+        finally:
+            events.append("done")
+
+    prepare = Engine.prepare
+
+    def recorded_prepare(self: Engine, *args: object, **kwargs: object) -> object:
+        events.append("prepare")
+        return prepare(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Engine, "serving_large", serving_large)
+    monkeypatch.setattr(Engine, "large", lambda self, n: n >= 100)
+    monkeypatch.setattr(Engine, "prepare", recorded_prepare)
+    async with make_client() as c:
+        small = await c.post(SENS, json={"inputs": list(range(10)), "params": {"C": 2}})
+        assert small.status_code == 200
+        assert events == ["prepare"]
+
+        events.clear()
+        many = await c.post(SENS, json={"inputs": list(range(100)), "params": {"C": 2}})
+        assert many.status_code == 200
+        assert many.json()["derivatives"]["C"] == [float(i) for i in range(100)]
+        assert events == ["prepare", "large", "done"]  # large once its samples are known
+
+        events.clear()  # a large body: paced from before it is read and parsed
+        padded = b'{"inputs": [1.5, 2.5], "params": {"C": 3}' + b" " * (1 << 20) + b"}"
+        big = await c.post(SENS, content=padded, headers={"content-type": "application/json"})
+        assert big.status_code == 200
+        assert big.json()["derivatives"]["C"] == [1.5, 2.5]
+        assert events == ["large", "prepare", "done"]
+
+        events.clear()  # refused: the pacing ends with the request all the same
+        refused = await c.post(SENS + "?strategy=nope", content=padded,
+                               headers={"content-type": "application/json"})
+        assert refused.status_code == 422
+        assert events == ["large", "prepare", "done"]
