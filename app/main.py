@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> Service:
                                      idle=s.compile_build_idle)
             compiled = CompiledForward(
                 s.compile_chunk, s.compile_min_samples, builder=builder,
-                pacer=Pacer(builder.process_group, s.compile_build_share),
+                pacer=Pacer(builder.process, s.compile_build_share),
                 max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)

@@ -222,15 +222,18 @@ def part_builds(tmp: Path) -> dict[str, Any]:
             httpx.Client(timeout=600) as client:
         started = time.perf_counter()
         with Probes(url) as probes:
-            rounds, last = 0, False
+            rounds, last, ready = 0, False, 0.0
             while time.perf_counter() - started < BUILD_LIMIT_S:
                 rounds += 1
                 for i, body in enumerate(bodies):
                     seconds = post_large(client, url, i, body)
+                    # graphs made ready while it ran (loaded meanwhile, or just before)
+                    before, ready = ready, compiled_kinds(url)
                     out["requests"].append({"kind": i, "round": rounds, "s": seconds,
                                             "at_s": time.perf_counter() - started,
-                                            "vs_eager": seconds / eager[i]})
-                ready = compiled_kinds(url)
+                                            "vs_eager": seconds / eager[i],
+                                            "graphs_ready": ready,
+                                            "graph_became_ready": ready > before})
                 print(f"round {rounds}: {ready:.0f} kinds built or refused, "
                       f"{time.perf_counter() - started:.0f} s", flush=True)
                 if last:  # a whole round after the last build: every kind served compiled

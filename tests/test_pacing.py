@@ -97,6 +97,28 @@ def test_while_a_large_request_is_served_the_group_runs_a_share_of_the_time(
 
 
 @linux_only
+def test_a_process_still_starting_is_paced_alone_never_the_services_group() -> None:
+    """Before its start-up gives it a group of its own, the build process shares the
+    service's group: it alone is stopped (were the group signalled, this test would stop
+    too)."""
+    starting = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: "
+                                 "time.sleep(0.002)"])
+    pacer = Pacer(lambda: starting.pid, share=0.3, period_s=0.1)
+    try:
+        assert os.getpgid(starting.pid) == os.getpgrp()
+        with pacer.large():
+            wanted = {(starting.pid, True), (starting.pid, False)}
+            assert states_until((starting.pid,), wanted) == wanted
+        assert states_until((starting.pid,), {(starting.pid, False)}, 2)
+        time.sleep(0.3)
+        assert states_for((starting.pid,), 0.3) == {(starting.pid, False)}
+    finally:
+        pacer.close()
+        starting.kill()
+        starting.wait(10)
+
+
+@linux_only
 def test_closing_continues_a_stopped_group(group: tuple[int, int]) -> None:
     leader, child = group
     pacer = Pacer(lambda: leader, share=0.01, period_s=5.0)  # stopped for 4.95 s a turn
@@ -140,9 +162,9 @@ def test_the_build_process_has_a_group_of_its_own(tmp_path: Path) -> None:
     """So that pacing stops its compilers with it, and never the service's own group."""
     builder = ProcessBuilder(tmp_path)
     try:
-        assert builder.process_group() is None  # started on the first build
+        assert builder.process() is None and builder.process_group() is None  # not started
         pid = builder.pool().submit(os.getpid).result(timeout=120)
-        assert builder.process_group() == pid == os.getpgid(pid)
+        assert builder.process() == builder.process_group() == pid == os.getpgid(pid)
         assert pid != os.getpgrp()
     finally:
         builder.close()

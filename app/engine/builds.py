@@ -521,24 +521,27 @@ class ProcessBuilder:
                 initargs=(str(self.cache_dir), self._threads, self._niceness, self._idle))
         return self._executor
 
-    def process_group(self) -> int | None:
-        """The build process's own process group, while it runs (None before the first
-        build, or where it could not get a group of its own: the service's group is never
-        handed out)."""
+    def process(self) -> int | None:
+        """The build process's pid, while it runs (None before the first build)."""
         executor = self._executor
         if executor is None:
             return None
         for process in list(getattr(executor, "_processes", {}).values()):  # no public handle
-            pid = process.pid
-            if pid is None or not process.is_alive():
-                continue
-            try:
-                group = os.getpgid(pid)
-            except OSError:
-                continue
-            if group == pid and group != os.getpgrp():
-                return group
+            if process.pid is not None and process.is_alive():
+                return process.pid
         return None
+
+    def process_group(self) -> int | None:
+        """The build process's own process group, once it has one (its start-up makes it;
+        the service's own group is never handed out)."""
+        pid = self.process()
+        if pid is None:
+            return None
+        try:
+            group = os.getpgid(pid)
+        except OSError:
+            return None
+        return group if group == pid and group != os.getpgrp() else None
 
     def close(self) -> None:
         """Stop at once: a build in progress is abandoned (its files are written whole or not

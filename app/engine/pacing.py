@@ -9,7 +9,8 @@ because the two share the core's execution units and caches, not its time slices
 
 So while at least one large request is being served, :class:`Pacer` holds the build process
 to a share of the time: it stops the process group (SIGSTOP: the build and the compilers it
-runs) and continues it (SIGCONT) in turns. With no large request it runs freely again; it
+runs; the process alone while it is still starting, before it has a group of its own) and
+continues it (SIGCONT) in turns. With no large request it runs freely again; it
 always makes progress, at ``share`` of its speed at worst, so a service under a steady stream
 of large requests still gets its graphs.
 
@@ -35,20 +36,21 @@ log = logging.getLogger(__name__)
 
 
 class Pacer:
-    """Holds a process group to ``share`` of the time, in turns of ``period_s``, while any
-    :meth:`large` block is open. ``group`` gives the process group to pace, or None while
-    there is none (the build process starts on the first build)."""
+    """Holds a process (and the process group it leads, once it leads one) to ``share`` of
+    the time, in turns of ``period_s``, while any :meth:`large` block is open. ``process``
+    gives the pid to pace, or None while there is none (the build process starts on the first
+    build)."""
 
-    def __init__(self, group: Callable[[], int | None], share: float,
+    def __init__(self, process: Callable[[], int | None], share: float,
                  period_s: float = 0.15) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], not {share}")
         self.share = share
         self.period_s = period_s
-        self._group = group
+        self._process = process
         self._cond = threading.Condition()
         self._large = 0  # large requests being served
-        self._stopped: int | None = None  # the group stopped now, if any
+        self._stopped: int | None = None  # the process stopped now, if any
         self._thread: threading.Thread | None = None
         self._closed = False
         self.stopped_s = 0.0  # time the group spent stopped, for tests and the log
@@ -91,9 +93,13 @@ class Pacer:
         if self._thread is not None:
             self._thread.join(5)
 
-    def _signal(self, group: int, sig: signal.Signals) -> bool:
+    def _signal(self, pid: int, sig: signal.Signals) -> bool:
+        """``sig`` to the group that ``pid`` leads, else (still starting) to ``pid`` alone."""
         try:
-            os.killpg(group, sig)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):  # gone, or replaced by a new one
             return False
         return True
@@ -111,12 +117,12 @@ class Pacer:
                 if self._large == 0:
                     self._cond.wait()
                     continue
-                group = self._group()
-                if group is None:  # no build process yet: look again in a while
+                pid = self._process()
+                if pid is None:  # no build process yet: look again in a while
                     self._cond.wait(self.period_s)
                     continue
-                if self._signal(group, signal.SIGSTOP):
-                    self._stopped = group
+                if self._signal(pid, signal.SIGSTOP):
+                    self._stopped = pid
                     began = time.monotonic()
                     # stopped for off_s, or less if the last large request ends or we close
                     self._cond.wait_for(lambda: self._large == 0 or self._closed, off_s)
