@@ -79,7 +79,7 @@ def states_for(pids: tuple[int, ...], seconds: float) -> set[tuple[int, bool]]:
 def test_while_a_large_request_is_served_the_group_runs_a_share_of_the_time(
         group: tuple[int, int]) -> None:
     leader, child = group
-    pacer = Pacer(lambda: leader, share=0.3, period_s=0.1)
+    pacer = Pacer(lambda: leader, share=0.3, period_s=0.1, linger_s=0)
     try:
         assert states_for(group, 0.3) == {(leader, False), (child, False)}
         with pacer.large():
@@ -103,7 +103,7 @@ def test_a_process_still_starting_is_paced_alone_never_the_services_group() -> N
     too)."""
     starting = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: "
                                  "time.sleep(0.002)"])
-    pacer = Pacer(lambda: starting.pid, share=0.3, period_s=0.1)
+    pacer = Pacer(lambda: starting.pid, share=0.3, period_s=0.1, linger_s=0)
     try:
         assert os.getpgid(starting.pid) == os.getpgrp()
         with pacer.large():
@@ -116,6 +116,24 @@ def test_a_process_still_starting_is_paced_alone_never_the_services_group() -> N
         pacer.close()
         starting.kill()
         starting.wait(10)
+
+
+@linux_only
+def test_pacing_lingers_after_the_last_large_request(group: tuple[int, int]) -> None:
+    """Its client is still reading the answer, or about to send the next one."""
+    leader, child = group
+    pacer = Pacer(lambda: leader, share=0.3, period_s=0.1, linger_s=1.5)
+    try:
+        with pacer.large():
+            assert (leader, True) in states_until(group, {(leader, True)})
+        ended = time.monotonic()
+        time.sleep(0.2)  # past the turn in progress when it ended: still stopped in turns
+        assert (leader, True) in states_until(group, {(leader, True)}, 0.8)
+        assert time.monotonic() - ended < 1.5
+        time.sleep(max(0.0, ended + 1.7 - time.monotonic()))  # lingering over (+ a turn)
+        assert states_for(group, 0.3) == {(leader, False), (child, False)}
+    finally:
+        pacer.close()
 
 
 @linux_only

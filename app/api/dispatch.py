@@ -68,9 +68,12 @@ class App(FastAPI):
         state = self.state
         incoming = Incoming(scope, receive, path_params, state.settings, state.bodies)
         try:
-            reply = await serve(codec, incoming, state.engine)
-        except asyncio.CancelledError:  # the server's graceful shutdown timed out
-            await asyncio.shield(shutdown_reply(codec).send(send))
-            raise
-        if reply is not None:
-            await reply.send(send)
+            try:
+                reply = await serve(codec, incoming, state.engine)
+            except asyncio.CancelledError:  # the server's graceful shutdown timed out
+                await asyncio.shield(shutdown_reply(codec).send(send))
+                raise
+            if reply is not None:
+                await reply.send(send)  # (compressed on the way, for a large answer)
+        finally:
+            incoming.finish()

@@ -75,6 +75,20 @@ class Incoming:
         self.labels = RequestLabels()
         self.body = BodyReader(receive, self.headers.get("content-length"),
                                settings.max_body_bytes, budget)
+        self._large: contextlib.ExitStack | None = None
+
+    def serving_large(self, engine: Engine) -> None:
+        """From now until :meth:`finish`: a large request, which graphs being built step
+        aside for (app.engine.pacing)."""
+        if self._large is None:
+            self._large = contextlib.ExitStack()
+            self._large.enter_context(engine.serving_large())
+
+    def finish(self) -> None:
+        """The request is over (its answer sent, or never to be)."""
+        if self._large is not None:
+            self._large.close()
+            self._large = None
 
     @cached_property
     def headers(self) -> Headers:
@@ -172,24 +186,23 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
     reply: Reply | None = None
     metrics.REQUESTS_IN_FLIGHT.inc()
     try:
-        # a large request (a large body, or as many samples as compiled graphs are for)
-        # has graphs being built step aside while it is served
-        with contextlib.ExitStack() as large:
-            declared = request.body.declared_length
-            paced = declared is not None and declared >= OFFLOAD_BYTES
-            if paced:
-                large.enter_context(engine.serving_large())
-            try:
-                decoded = await codec.decode(request, engine)
-            finally:
-                request.body.release()
-            if not paced and engine.large(decoded.job.n):
-                large.enter_context(engine.serving_large())
-            result = await _run(codec, engine, decoded, request.receive)
-            if isinstance(result, JobResult):
-                labels.ran(decoded.job, result)
-                labels.strategy = result.strategy or "none"
-            reply = codec.encode(decoded, result, started)
+        # a large request (a large body, or as many samples as compiled graphs are for) has
+        # graphs being built step aside from the moment it is known to be large until its
+        # answer is sent (the caller's request.finish())
+        declared = request.body.declared_length
+        if declared is not None and declared >= OFFLOAD_BYTES:
+            request.serving_large(engine)
+        try:
+            decoded = await codec.decode(request, engine)
+        finally:
+            request.body.release()
+        if engine.large(decoded.job.n):
+            request.serving_large(engine)
+        result = await _run(codec, engine, decoded, request.receive)
+        if isinstance(result, JobResult):
+            labels.ran(decoded.job, result)
+            labels.strategy = result.strategy or "none"
+        reply = codec.encode(decoded, result, started)
     except ClientDisconnect:
         labels.status = CLIENT_CLOSED_REQUEST
     except asyncio.CancelledError:  # the server gave up waiting for us (shutdown)
@@ -222,7 +235,10 @@ async def respond(codec: Codec, request: Request, **path_params: str) -> Respons
     state = request.app.state
     incoming = Incoming(request.scope, request.receive, path_params, state.settings,
                         state.bodies)
-    reply = await serve(codec, incoming, state.engine)
+    try:
+        reply = await serve(codec, incoming, state.engine)
+    finally:
+        incoming.finish()  # (Starlette sends the response after this returns)
     if reply is None:  # nobody to answer
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return reply.response()

@@ -7,12 +7,13 @@ beside a large request (N = 1e5, mostly JSON) made it up to 1.7x slower than wit
 because the two share the core's execution units and caches, not its time slices
 (bench/bench_compile.py, docs/compiled.md).
 
-So while at least one large request is being served, :class:`Pacer` holds the build process
-to a share of the time: it stops the process group (SIGSTOP: the build and the compilers it
-runs; the process alone while it is still starting, before it has a group of its own) and
-continues it (SIGCONT) in turns. With no large request it runs freely again; it
-always makes progress, at ``share`` of its speed at worst, so a service under a steady stream
-of large requests still gets its graphs.
+So while at least one large request is being served, and for a moment after the last one
+(``linger_s``: its client is still reading the answer, and a client sending one large request
+after another sends the next), :class:`Pacer` holds the build process to a share of the time:
+it stops the process group (SIGSTOP: the build and the compilers it runs; the process alone
+while it is still starting, before it has a group of its own) and continues it (SIGCONT) in
+turns. Otherwise it runs freely; it always makes progress, at ``share`` of its speed at
+worst, so a service under a steady stream of large requests still gets its graphs.
 
 Why by hand: the kernel's CPU bandwidth control (the cgroup ``cpu.max`` quota) does this
 without signals, but it needs a cgroup delegated to the service, which a container rarely
@@ -37,19 +38,21 @@ log = logging.getLogger(__name__)
 
 class Pacer:
     """Holds a process (and the process group it leads, once it leads one) to ``share`` of
-    the time, in turns of ``period_s``, while any :meth:`large` block is open. ``process``
-    gives the pid to pace, or None while there is none (the build process starts on the first
-    build)."""
+    the time, in turns of ``period_s``, while any :meth:`large` block is open and for
+    ``linger_s`` after the last one closed. ``process`` gives the pid to pace, or None while
+    there is none (the build process starts on the first build)."""
 
     def __init__(self, process: Callable[[], int | None], share: float,
-                 period_s: float = 0.15) -> None:
+                 period_s: float = 0.15, linger_s: float = 0.25) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], not {share}")
         self.share = share
         self.period_s = period_s
+        self.linger_s = linger_s
         self._process = process
         self._cond = threading.Condition()
         self._large = 0  # large requests being served
+        self._until = 0.0  # time.monotonic() until which pacing lingers after the last one
         self._stopped: int | None = None  # the process stopped now, if any
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -73,16 +76,18 @@ class Pacer:
         finally:
             with self._cond:
                 self._large -= 1
+                if self._large == 0:
+                    self._until = time.monotonic() + self.linger_s
                 self._cond.notify_all()
 
     def quiet(self, timeout: float) -> bool:
-        """Wait until no large request is being served (False if ``timeout`` passed first)."""
+        """Wait until no large request is being served (False if ``timeout`` passed first);
+        the lingering after one does not count."""
         with self._cond:
             return self._cond.wait_for(lambda: self._large == 0 or self._closed, timeout)
 
-    @property
-    def serving_large(self) -> int:
-        return self._large
+    def _pacing(self) -> bool:
+        return self._large > 0 or time.monotonic() < self._until
 
     def close(self) -> None:
         """Continue the group if it is stopped, and pace no more."""
@@ -114,7 +119,7 @@ class Pacer:
         on_s = self.period_s * self.share
         with self._cond:
             while not self._closed:
-                if self._large == 0:
+                if not self._pacing():
                     self._cond.wait()
                     continue
                 pid = self._process()
@@ -124,8 +129,9 @@ class Pacer:
                 if self._signal(pid, signal.SIGSTOP):
                     self._stopped = pid
                     began = time.monotonic()
-                    # stopped for off_s, or less if the last large request ends or we close
-                    self._cond.wait_for(lambda: self._large == 0 or self._closed, off_s)
+                    # stopped for off_s, or less if pacing ends (noticed when the last large
+                    # request ends, or at the end of the turn after its lingering) or we close
+                    self._cond.wait_for(lambda: not self._pacing() or self._closed, off_s)
                     self.stopped_s += time.monotonic() - began
                     self._continue()
                 # running for on_s whatever happens meanwhile: a build always gets its share
