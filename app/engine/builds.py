@@ -527,8 +527,9 @@ class ProcessBuilder:
         if executor is None:
             return None
         for process in list(getattr(executor, "_processes", {}).values()):  # no public handle
-            if process.pid is not None and process.is_alive():
-                return process.pid
+            pid: int | None = process.pid
+            if pid is not None and process.is_alive():
+                return pid
         return None
 
     def process_group(self) -> int | None:
