@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -138,12 +139,24 @@ def large_bodies() -> list[bytes]:
     return bodies
 
 
-def post_large(client: httpx.Client, url: str, i: int, body: bytes) -> float:
+_TIMING = re.compile(rb'"timing_ms":\{"queue":([0-9.e+-]+),"compute":([0-9.e+-]+),'
+                     rb'"total":([0-9.e+-]+)\}')
+
+
+def post_large(client: httpx.Client, url: str, i: int, body: bytes,
+               timing: dict[str, float] | None = None) -> float:
+    """The request's time at the client; with ``timing``, the server's own figures too
+    (queue, compute and total ms, read from the end of the answer)."""
     started = time.perf_counter()
     resp = client.post(f"{url}/v1/routines/{KINDS[i][0]}/sensitivities", content=body,
                        headers={"content-type": "application/json"})
+    seconds = time.perf_counter() - started
     assert resp.status_code == 200, resp.text[:500]
-    return time.perf_counter() - started
+    found = _TIMING.search(resp.content[-200:])
+    if timing is not None and found is not None:
+        timing.update(zip(("queue_ms", "compute_ms", "server_ms"),
+                          map(float, found.groups()), strict=True))
+    return seconds
 
 
 class Probes:
@@ -226,14 +239,15 @@ def part_builds(tmp: Path) -> dict[str, Any]:
             while time.perf_counter() - started < BUILD_LIMIT_S:
                 rounds += 1
                 for i, body in enumerate(bodies):
-                    seconds = post_large(client, url, i, body)
+                    timing: dict[str, float] = {}
+                    seconds = post_large(client, url, i, body, timing)
                     # graphs made ready while it ran (loaded meanwhile, or just before)
                     before, ready = ready, compiled_kinds(url)
                     out["requests"].append({"kind": i, "round": rounds, "s": seconds,
                                             "at_s": time.perf_counter() - started,
                                             "vs_eager": seconds / eager[i],
                                             "graphs_ready": ready,
-                                            "graph_became_ready": ready > before})
+                                            "graph_became_ready": ready > before, **timing})
                 print(f"round {rounds}: {ready:.0f} kinds built or refused, "
                       f"{time.perf_counter() - started:.0f} s", flush=True)
                 if last:  # a whole round after the last build: every kind served compiled
