@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -72,7 +73,7 @@ def built(builtins: dict[str, Routine],
     compiled.close()
 
 
-def copy_of(built: CompiledForward, directory: Path, **options: int) -> CompiledForward:
+def copy_of(built: CompiledForward, directory: Path, **options: Any) -> CompiledForward:
     """A CompiledForward over a copy of the module's built files (found there, not built)."""
     for f in built.cache_dir.iterdir():
         if f.is_file():
@@ -389,12 +390,48 @@ def test_a_finished_build_waits_for_large_requests_to_end_before_it_is_loaded(
     [kind] = builder.kinds
     finish = threading.Thread(target=builder.done.set_result, name="builder",
                               args=(Artefact(kind, "linear.pt2", None, 1.0),))
+    problem = problem_for(builtins["linear"], 10)
     with compiled.serving_large():
         finish.start()
         finish.join(0.5)
+        # meanwhile the kind is still being built as far as launches can tell: eagerly, and
+        # not asked for again (nor looked for in the cache directory)
+        assert compiled.run(problem) is None
+        assert len(builder.kinds) == 1
         events.append("large request served")
     finish.join(10)
     assert not finish.is_alive()
     assert events == ["large request served", "loaded"]
     assert compiled.settle(0) and compiled.swap_in(CPU) == 1
+    compiled.close()
+
+
+@needs_cxx
+def test_a_graph_found_in_the_cache_directory_is_loaded_between_launches_not_in_one(
+        builtins: dict[str, Routine], built: CompiledForward, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launch that finds it (during a large request) goes on eagerly at once: it neither
+    loads it nor waits for the large request to end; the next swap_in loads it."""
+    loads: list[str] = []
+    real_load = compiled_module.load
+
+    def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> object:
+        loads.append(threading.current_thread().name)
+        return real_load(artefact, cache_dir, device)
+
+    monkeypatch.setattr(compiled_module, "load", load)
+    compiled = copy_of(built, tmp_path, pacer=Pacer(lambda: None, share=0.5))
+    compiled.swap_in(CPU)  # the worker serves the CPU
+    problem = black_scholes(builtins, 100)
+    answers: list[object] = []
+    launch = threading.Thread(target=lambda: answers.append(compiled.run(problem)),
+                              name="worker")
+    with compiled.serving_large():
+        launch.start()
+        launch.join(20)  # the large request is still in progress
+        assert not launch.is_alive() and answers == [None] and loads == []
+    assert compiled.swap_in(CPU) == 1 and loads == ["MainThread"]
+    result = compiled.run(problem)
+    assert result is not None
+    assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
     compiled.close()

@@ -230,31 +230,39 @@ class CompiledForward:
                 done = self.builder.submit(kind, Samples.of(problem), problem.routine)
             self._pending[kind] = done
             self._unsettled.add(kind)
-        done.add_done_callback(lambda _: self._built(kind))
+        asker = threading.get_ident()
+        # run at once, in this thread, when the build is already done (found in the cache
+        # directory): then nothing is loaded here (a device worker may be asking, in a launch)
+        done.add_done_callback(lambda _: self._built(kind, ahead=threading.get_ident() != asker))
 
-    def _built(self, kind: Kind) -> None:
-        """A build has finished (in the builder's thread): its graph is loaded for the
-        devices served so far and swapped in at their next :meth:`swap_in`, or the kind is
-        refused."""
+    def _built(self, kind: Kind, ahead: bool = True) -> None:
+        """A build has finished: its graph is loaded for the devices served so far (with
+        ``ahead``, in the builder's thread, once no large request is in progress) and
+        published at their next :meth:`swap_in`, which loads what was not loaded ahead; or
+        the kind is refused."""
         try:
-            self._take(kind)
+            self._take(kind, ahead)
         finally:
             with self._lock:
                 self._unsettled.discard(kind)
                 self._settled.notify_all()
 
-    def _take(self, kind: Kind) -> None:
+    def _take(self, kind: Kind, ahead: bool) -> None:
+        # the kind stays pending until it is published or refused, so that nobody asks for
+        # it again meanwhile
         with self._lock:
-            done = self._pending.pop(kind)
+            done = self._pending[kind]
             try:
                 artefact = done.result()
             except BuildRefused as exc:
+                del self._pending[kind]
                 self._refuse(kind, exc.reason, str(exc))
                 return
             except Exception as exc:  # the build process died, or was stopped
+                del self._pending[kind]
                 self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
                 return
-            devices = [d for d in self._devices if d.type == kind.device]
+            devices = [d for d in self._devices if d.type == kind.device] if ahead else []
         if devices and self.pacer is not None:
             self.pacer.quiet(_LOAD_QUIET_WAIT_S)
         loaded = {}
@@ -266,6 +274,7 @@ class CompiledForward:
         with self._lock:
             self._preloaded.update(loaded)
             self._artefacts[kind] = artefact
+            del self._pending[kind]
         metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
         if artefact.seconds:
             metrics.COMPILE_SECONDS.observe(artefact.seconds)
