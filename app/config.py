@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         0.25, description="While a large request (DYDC_COMPILE_MIN_SAMPLES samples or more, "
         "or a body of 1 MiB or more) is served, and for 250 ms after, the build process runs "
         "only this share of the time: it and its compilers are stopped and continued in turns "
-        "of 150 ms, so that a build beside it costs the request little even where CPUs share "
+        "of 40 ms, so that a build beside it costs the request little even where CPUs share "
         "a core. 1: never stopped.")
     compile_recheck_every: PositiveInt = Field(
         1000, description="A compiled graph's first launch and every this many after it are "

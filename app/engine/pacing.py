@@ -13,7 +13,9 @@ after another sends the next), :class:`Pacer` holds the build process to a share
 it stops the process group (SIGSTOP: the build and the compilers it runs; the process alone
 while it is still starting, before it has a group of its own) and continues it (SIGCONT) in
 turns. Otherwise it runs freely; it always makes progress, at ``share`` of its speed at
-worst, so a service under a steady stream of large requests still gets its graphs.
+worst, so a service under a steady stream of large requests still gets its graphs. The turns
+are short (40 ms) so that every large request sees about the same share of build beside it:
+in turns of 150 ms, a request of 150 ms could meet two of the build's turns or none.
 
 Why by hand: the kernel's CPU bandwidth control (the cgroup ``cpu.max`` quota) does this
 without signals, but it needs a cgroup delegated to the service, which a container rarely
@@ -43,7 +45,7 @@ class Pacer:
     there is none (the build process starts on the first build)."""
 
     def __init__(self, process: Callable[[], int | None], share: float,
-                 period_s: float = 0.15, linger_s: float = 0.25) -> None:
+                 period_s: float = 0.04, linger_s: float = 0.25) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], not {share}")
         self.share = share
