@@ -42,7 +42,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -251,16 +251,14 @@ class CompiledForward:
         # the kind stays pending until it is published or refused, so that nobody asks for
         # it again meanwhile
         with self._lock:
-            done = self._pending[kind]
             try:
-                artefact = done.result()
-            except BuildRefused as exc:
+                artefact = self._pending[kind].result()
+            except Exception as exc:  # refused, or the build process died or was stopped
                 del self._pending[kind]
-                self._refuse(kind, exc.reason, str(exc))
-                return
-            except Exception as exc:  # the build process died, or was stopped
-                del self._pending[kind]
-                self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, BuildRefused):
+                    self._refuse(kind, exc.reason, str(exc))
+                else:
+                    self._refuse(kind, "compile", f"{type(exc).__name__}: {exc}")
                 return
             devices = [d for d in self._devices if d.type == kind.device] if ahead else []
         if devices and self.pacer is not None:
@@ -321,15 +319,10 @@ class CompiledForward:
         with self._settled:
             return self._settled.wait_for(lambda: not self._unsettled, timeout)
 
-    @contextlib.contextmanager
-    def serving_large(self) -> Iterator[None]:
+    def serving_large(self) -> contextlib.AbstractContextManager[None]:
         """Around the whole of a large request (decode, launch, encode): the build process
         runs only its share of the time meanwhile."""
-        if self.pacer is None:
-            yield
-            return
-        with self.pacer.large():
-            yield
+        return contextlib.nullcontext() if self.pacer is None else self.pacer.large()
 
     def close(self) -> None:
         """Stop the build process (builds in progress are abandoned)."""

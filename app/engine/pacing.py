@@ -26,7 +26,6 @@ compilers are other processes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import threading
@@ -34,8 +33,6 @@ import time
 from collections.abc import Callable, Iterator
 
 __all__ = ["Pacer"]
-
-log = logging.getLogger(__name__)
 
 
 class Pacer:
