@@ -50,6 +50,7 @@ ROUTINE = "damped_oscillator"
 PARAMS = {"gamma": 0.1, "omega": 1.0}
 HEADER = "Inference-Header-Content-Length"
 SIZES = (10_000, 100_000, 1_000_000)
+WIRE_TARGET = 1.2  # at most this times (a bare endpoint moving the same bytes + compute)
 
 
 # -- the bare endpoint: the floor ----------------------------------------------------------------
@@ -310,13 +311,14 @@ def write_markdown(results: dict[str, Any], parse: dict[str, float], path: Path)
     big = results["points"].get(str(max(results["sizes"])))
     if big is not None:
         c = big["compute"]
-        v1_ok = big["v1 JSON"] <= 1.3 * (big["bare v1 JSON"] + c)
-        bin_ok = big["v2 binary"] <= 1.3 * (big["bare v2 binary"] + c)
+        v1_ok = big["v1 JSON"] <= WIRE_TARGET * (big["bare v1 JSON"] + c)
+        bin_ok = big["v2 binary"] <= WIRE_TARGET * (big["bare v2 binary"] + c)
         half_ok = big["v2 binary"] <= 0.5 * big["v1 JSON"]
         lines += [
             "",
-            f"Targets at N = {max(results['sizes']):.0e}: v1 JSON within 1.3x of "
-            f"(bare + compute): **{'met' if v1_ok else 'missed'}**; v2 binary within 1.3x of "
+            f"Targets at N = {max(results['sizes']):.0e} (issue 10): v1 JSON within "
+            f"{WIRE_TARGET}x of (bare + compute): **{'met' if v1_ok else 'missed'}**; "
+            f"v2 binary within {WIRE_TARGET}x of "
             f"(bare + compute): **{'met' if bin_ok else 'missed'}**; v2 binary at most half "
             f"of v1 JSON: **{'met' if half_ok else 'missed'}**.",
             "",
