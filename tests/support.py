@@ -59,6 +59,9 @@ class GatedBuilder:
         self.kinds.append(kind)
         return self.done
 
+    def start(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

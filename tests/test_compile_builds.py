@@ -270,6 +270,8 @@ def test_warm_up_fills_the_cache_and_a_second_start_loads_from_it(
         compiled = CompiledForward(chunk=1 << 20, min_samples=64, builder=builder)
         try:
             warm_up(routines, Executor(CPU, compiled=compiled), compile=True)
+            # started before ready, warm start too: no large request meets its start later
+            assert builder.process() is not None, start
         finally:
             compiled.close()
         for dtype in (torch.float64, torch.float32):  # ready before warm-up returns

@@ -458,6 +458,9 @@ class Builder(Protocol):
 
     def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]: ...
 
+    def start(self) -> None:
+        """Start what runs the builds now rather than at the first build; returns at once."""
+
     def close(self) -> None: ...
 
 
@@ -475,6 +478,9 @@ class InlineBuilder:
         except Exception as exc:
             done.set_exception(exc)
         return done
+
+    def start(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -501,7 +507,8 @@ def _start_build_process(cache_dir: str, threads: int, niceness: int,
 
 
 class ProcessBuilder:
-    """One spawned process that builds one kind at a time (started on the first build)."""
+    """One spawned process that builds one kind at a time (started at the first build, or
+    by :meth:`start`)."""
 
     def __init__(self, cache_dir: Path, threads: int = 1, niceness: int = 10,
                  idle: bool = False) -> None:
@@ -511,6 +518,12 @@ class ProcessBuilder:
 
     def submit(self, kind: Kind, samples: Samples, routine: Routine) -> Future[Artefact]:
         return self.pool().submit(build, kind, samples, str(self.cache_dir))
+
+    def start(self) -> None:
+        """Start the build process now (warm-up does, before the service is ready): its own
+        start, Python's and torch's imports, about a second of CPU, then falls beside no
+        large request, as it would at the first build of a kind found in no cache."""
+        self.pool().submit(os.getpid)
 
     def pool(self) -> ProcessPoolExecutor:
         """The build process (started, or started again after it died, here)."""
@@ -522,7 +535,7 @@ class ProcessBuilder:
         return self._executor
 
     def process(self) -> int | None:
-        """The build process's pid, while it runs (None before the first build)."""
+        """The build process's pid, while it runs (None before it started)."""
         executor = self._executor
         if executor is None:
             return None

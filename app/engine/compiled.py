@@ -305,7 +305,9 @@ class CompiledForward:
     def warm_up(self, problems: Iterable[Problem], device: torch.device,
                 orders: tuple[int, ...] = (1,)) -> None:
         """Build (or find in the cache directory) the problems' kinds at each order and load
-        them; returns when every build has finished, refused or not."""
+        them; returns when every build has finished, refused or not. The build process is
+        started here even when every graph is found in the cache directory."""
+        self.builder.start()
         for problem in problems:
             for order in orders:
                 if self.applies(problem, order):

@@ -39,7 +39,7 @@ class Pacer:
     """Holds a process (and the process group it leads, once it leads one) to ``share`` of
     the time, in turns of ``period_s``, while any :meth:`large` block is open and for
     ``linger_s`` after the last one closed. ``process`` gives the pid to pace, or None while
-    there is none (the build process starts on the first build)."""
+    there is none (the build process starts at the first build or at warm-up)."""
 
     def __init__(self, process: Callable[[], int | None], share: float,
                  period_s: float = 0.04, linger_s: float = 0.25) -> None:
