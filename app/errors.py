@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Scope
 
+from app import metrics
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
@@ -50,6 +51,7 @@ __all__ = [
     "MalformedBody",
     "MalformedFraming",
     "Problem",
+    "ResponseTooLarge",
     "UnknownVersion",
     "install_error_handlers",
     "problem_body",
@@ -83,29 +85,39 @@ class UnknownVersion(EngineError):
     """v2: the model exists but not in the requested version (HTTP 404)."""
 
 
+class ResponseTooLarge(InvalidRequest):
+    """The answer, priced before the job runs (outputs x derivatives x N, in the encoding
+    asked for), would be over DYDC_MAX_RESPONSE_BYTES (HTTP 422)."""
+
+
 class BodiesInFlightFull(ServiceUnavailable):
     """The bodies being read or parsed at once hold DYDC_MAX_INFLIGHT_BODY_BYTES already
     (HTTP 503 + Retry-After): refused before a byte of this one is read."""
 
 
-# (status, slug) per domain error; the most specific class wins.
-_STATUS: list[tuple[type[EngineError], int, str]] = [
-    (UnknownRoutine, 404, "unknown-routine"),
-    (UnknownVersion, 404, "unknown-version"),
-    (StrategyCapExceeded, 422, "strategy-cap-exceeded"),
-    (StrategyDisabled, 422, "strategy-disabled"),
-    (CostExceeded, 422, "cost-exceeded"),
-    (RoutineFailed, 422, "routine-failed"),
-    (MalformedFraming, 422, "malformed-framing"),
-    (MalformedBody, 422, "malformed-body"),
-    (InvalidRequest, 422, "invalid-request"),
-    (BodyTooLarge, 413, "body-too-large"),
-    (RequestTooLarge, 413, "batch-too-large"),
-    (DeadlineExceeded, 504, "deadline-exceeded"),
-    (QueueFull, 503, "queue-full"),
-    (BodiesInFlightFull, 503, "bodies-in-flight-full"),
-    (ServiceUnavailable, 503, "service-unavailable"),
+# (status, slug, reason) per domain error; the most specific class wins. A reason counts the
+# refusal in dydc_rejections_total here (the engine counts its own: queue_full, deadline,
+# shutdown, cost).
+_STATUS: list[tuple[type[EngineError], int, str, str | None]] = [
+    (UnknownRoutine, 404, "unknown-routine", None),
+    (UnknownVersion, 404, "unknown-version", None),
+    (StrategyCapExceeded, 422, "strategy-cap-exceeded", None),
+    (StrategyDisabled, 422, "strategy-disabled", None),
+    (CostExceeded, 422, "cost-exceeded", None),
+    (ResponseTooLarge, 422, "response-too-large", "response_bytes"),
+    (RoutineFailed, 422, "routine-failed", None),
+    (MalformedFraming, 422, "malformed-framing", None),
+    (MalformedBody, 422, "malformed-body", None),
+    (InvalidRequest, 422, "invalid-request", None),
+    (BodyTooLarge, 413, "body-too-large", "body_size"),
+    (RequestTooLarge, 413, "batch-too-large", "samples"),
+    (DeadlineExceeded, 504, "deadline-exceeded", None),
+    (QueueFull, 503, "queue-full", None),
+    (BodiesInFlightFull, 503, "bodies-in-flight-full", "body_bytes"),
+    (ServiceUnavailable, 503, "service-unavailable", None),
 ]
+# Validation errors a problem lists at most (a list of 10,000 wrong items is 10,000 errors).
+_ERRORS_AT_MOST = 10
 
 
 @dataclass(frozen=True)
@@ -132,13 +144,19 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
     """The problem ``exc`` is answered with; ``method`` and ``path`` only word a 404 or 405.
     Logs what was not expected, with its traceback."""
     if isinstance(exc, EngineError):
-        for cls, status, slug in _STATUS:
+        for cls, status, slug, reason in _STATUS:
             if isinstance(exc, cls):
+                if reason is not None:
+                    metrics.child(metrics.REJECTIONS, reason).inc()
                 headers = _retry_after(exc) if status == 503 else {}
                 return Problem(status, exc.message, slug, headers)
     if isinstance(exc, (RequestValidationError, ValidationError)):
-        errors = [{"loc": _location(tuple(e["loc"])), "msg": e["msg"]} for e in exc.errors()]
+        found = exc.errors()
+        errors = [{"loc": _location(tuple(e["loc"])), "msg": e["msg"]}
+                  for e in found[:_ERRORS_AT_MOST]]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
+        if len(found) > len(errors):
+            detail += f" ... and {len(found) - len(errors)} more errors"
         return Problem(422, detail, "invalid-request", extra={"errors": errors})
     if isinstance(exc, StarletteHTTPException):
         detail = (exc.detail if isinstance(exc.detail, str)

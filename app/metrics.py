@@ -26,6 +26,7 @@ __all__ = [
     "QUEUE_SAMPLES",
     "QUEUE_WAIT_SECONDS",
     "REJECTIONS",
+    "REJECTION_REASONS",
     "REQUESTS",
     "REQUESTS_IN_FLIGHT",
     "REQUEST_SECONDS",
@@ -102,10 +103,14 @@ REJECTIONS = Counter(
     "dydc_rejections_total",
     "Requests refused or dropped unrun, by reason: queue_full (503), deadline (504 while "
     "queued), shutdown (503), cost (422, over DYDC_MAX_JOB_COST), body_bytes (503, over "
-    "DYDC_MAX_INFLIGHT_BODY_BYTES).",
+    "DYDC_MAX_INFLIGHT_BODY_BYTES), body_size (413, over DYDC_MAX_BODY_BYTES, compressed or "
+    "inflated), samples (413, over DYDC_MAX_SAMPLES), response_bytes (422, over "
+    "DYDC_MAX_RESPONSE_BYTES), headers (431, over DYDC_MAX_HEADERS or DYDC_MAX_HEADER_BYTES).",
     ["reason"],
 )
-for _reason in ("queue_full", "deadline", "shutdown", "cost", "body_bytes"):
+REJECTION_REASONS = ("queue_full", "deadline", "shutdown", "cost", "body_bytes", "body_size",
+                     "samples", "response_bytes", "headers")
+for _reason in REJECTION_REASONS:
     REJECTIONS.labels(_reason)
 CANCELLED = Counter(
     "dydc_cancelled_total",

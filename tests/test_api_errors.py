@@ -137,3 +137,18 @@ async def test_unknown_path_and_method_are_problems(client: httpx.AsyncClient) -
 async def test_query_validation_is_problem_json(client: httpx.AsyncClient) -> None:
     r = await client.post(SENS.format("linear") + "?strategy=", json={"inputs": [1]})
     assert_problem(r, 422, "strategy")
+
+
+@pytest.mark.parametrize(("wrt", "needle"), [
+    ([f"p{i}" for i in range(10_000)], "'p9' ... and 9990 more"),
+    (["C"] * 10_000, "twice: 'C'"),
+], ids=["10000-unknown-names", "one-name-10000-times"])
+async def test_an_error_echoes_at_most_ten_names(client: httpx.AsyncClient, wrt: list[str],
+                                                 needle: str) -> None:
+    r = await client.post(SENS.format("linear"), json={"inputs": [1], "wrt": wrt})
+    assert_problem(r, 422, needle)
+    assert len(r.content) < 1000  # not the 89 KB of every name sent
+    params = {f"p{i}": 1 for i in range(10_000)}
+    r = await client.post(SENS.format("linear"), json={"inputs": [1], "params": params})
+    assert_problem(r, 422, "... and 9990 more")
+    assert len(r.content) < 1000

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.http.auth import ApiKeyMiddleware, presented_key
+from app.http.auth import ApiKeyMiddleware, presented_keys
 from tests.conftest import ClientFactory
 from tests.support import access_log_lines
 from tests.test_api_errors import assert_problem
@@ -107,12 +107,32 @@ async def test_without_keys_nothing_is_asked(client: httpx.AsyncClient) -> None:
     assert _dy_dc(await client.post(SENS, json=V1_BODY)) == [1, 2, 3.5]
 
 
-def test_presented_key_and_comparison() -> None:
-    assert presented_key([(b"authorization", b"Bearer  abc ")]) == b"abc"
-    assert presented_key([(b"authorization", b"Basic abc")]) is None
-    assert presented_key([(b"authorization", b"Bearer abc"), (b"x-api-key", b"def")]) == b"def"
+def test_presented_keys_and_comparison() -> None:
+    assert presented_keys([(b"authorization", b"Bearer  abc ")]) == [b"abc"]
+    assert presented_keys([(b"authorization", b"BEARER abc")]) == [b"abc"]
+    assert presented_keys([(b"authorization", b"Basic abc")]) == [b""]  # matches no key
+    assert presented_keys([(b"authorization", b"Bearer a b")]) == [b""]
+    assert presented_keys([(b"authorization", b"Bearer")]) == [b""]
+    assert presented_keys([(b"authorization", b"Bearer abc"), (b"x-api-key", b"def")]) == \
+        [b"abc", b"def"]
+    assert presented_keys([(b"content-type", b"application/json")]) == []
     guard = ApiKeyMiddleware(lambda *a: None, ["a", "bb"])  # type: ignore[arg-type, return-value]
     assert guard.accepts(b"a") and guard.accepts(b"bb")
     assert not guard.accepts(b"b") and not guard.accepts(b"") and not guard.accepts(b"abb")
     with pytest.raises(ValueError):
         ApiKeyMiddleware(lambda *a: None, [])  # type: ignore[arg-type, return-value]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Bearer wrong", "X-API-Key": KEY},
+    {"Authorization": f"Bearer {KEY}", "X-API-Key": "wrong"},
+    {"Authorization": f"Basic {KEY}", "X-API-Key": KEY},
+    {"Authorization": f"Bearer {KEY} extra"},
+], ids=["wrong-bearer-right-x-api-key", "right-bearer-wrong-x-api-key", "other-scheme",
+        "space-inside"])
+async def test_a_wrong_credential_is_refused_beside_a_right_one(
+        make_client: ClientFactory, headers: dict[str, str]) -> None:
+    async with make_client(api_keys=KEY) as c:
+        assert_problem(await c.post(SENS, json=V1_BODY, headers=headers), 401, "not accepted")
+        both = {"Authorization": f"BeArEr   {KEY} ", "X-API-Key": KEY}  # case, spaces: fine
+        assert _dy_dc(await c.post(SENS, json=V1_BODY, headers=both)) == [1, 2, 3.5]

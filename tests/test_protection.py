@@ -7,6 +7,7 @@ and the grace period's end."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import math
 from collections.abc import AsyncIterator
@@ -310,22 +311,23 @@ async def test_v2_shapes_over_the_limit_are_413_before_the_tensors_are_read(
 
 
 async def test_bodies_in_flight_are_bounded() -> None:
-    async for s in _served(max_inflight_body_bytes=1000):
+    async for s in _served(max_inflight_body_bytes=1000, max_body_bytes=2000):
         body = orjson.dumps({"inputs": list(range(150)), "params": {"C": 2.0}})
         assert 500 < len(body) < 1000
-        before = value(await s.metrics(), "dydc_requests_total", routine="linear",
-                       status="503")
+        metrics = await s.metrics()
+        before = value(metrics, "dydc_requests_total", routine="linear", status="503")
+        refused = value(metrics, "dydc_rejections_total", reason="body_bytes")
         first = Conversation(s.app, SENS.format("linear"), body)
-        first.body(body[:100], more=True)  # holds its declared length while it trickles in
+        first.body(body[:500], more=True)  # holds the 500 bytes that arrived
         with anyio.fail_after(30):
-            while s.app.state.bodies.used == 0:
+            while s.app.state.bodies.used < 500:
                 await anyio.sleep(0.005)
         second = await s.client.post(SENS.format("linear"), content=body,
                                      headers={"content-type": "application/json"})
         assert second.status_code == 503, second.text
         assert second.headers["retry-after"] == "1"
         assert "DYDC_MAX_INFLIGHT_BODY_BYTES" in second.json()["detail"]
-        first.body(body[100:])
+        first.body(body[500:])
         status, answer = await first.answer()
         assert status == 200 and answer["derivatives"]["C"] == [float(i) for i in range(150)]
         assert s.app.state.bodies.used == 0  # released once parsed
@@ -335,6 +337,47 @@ async def test_bodies_in_flight_are_bounded() -> None:
         metrics = await s.metrics()
         assert value(metrics, "dydc_requests_total", routine="linear",
                      status="503") == before + 1
+        assert value(metrics, "dydc_rejections_total", reason="body_bytes") == refused + 1
+
+
+async def test_declared_but_unsent_bytes_do_not_hold_the_budget() -> None:
+    """Four bodies that declare nearly the whole budget each and send one byte hold four
+    bytes: an honest body beside them is served (it was 503 while declared lengths were
+    held)."""
+    async for s in _served(max_inflight_body_bytes=1000):
+        declared = b"[" * 990
+        attackers = [Conversation(s.app, SENS.format("linear"), declared) for _ in range(4)]
+        for attacker in attackers:
+            attacker.body(b"{", more=True)
+        with anyio.fail_after(30):
+            while s.app.state.bodies.used < 4:
+                await anyio.sleep(0.005)
+        body = orjson.dumps({"inputs": list(range(150)), "params": {"C": 2.0}})
+        honest = await s.client.post(SENS.format("linear"), content=body,
+                                     headers={"content-type": "application/json"})
+        assert honest.status_code == 200, honest.text
+        assert honest.json()["derivatives"]["C"] == [float(i) for i in range(150)]
+        assert s.app.state.bodies.used == 4
+        for attacker in attackers:
+            attacker.disconnect()
+            with anyio.fail_after(30):
+                await attacker.task
+        assert s.app.state.bodies.used == 0
+
+
+async def test_bodies_over_the_size_limit_are_counted_as_rejections() -> None:
+    async for s in _served(max_body_bytes=2000):
+        refused = value(await s.metrics(), "dydc_rejections_total", reason="body_size")
+        big = orjson.dumps({"inputs": list(range(1000))})
+        r = await s.client.post(SENS.format("linear"), content=big,
+                                headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        r = await s.client.post(SENS.format("linear"), content=gzip.compress(b" " * 5000),
+                                headers={"content-type": "application/json",
+                                         "content-encoding": "gzip"})
+        assert r.status_code == 413, r.text
+        assert value(await s.metrics(), "dydc_rejections_total",
+                     reason="body_size") == refused + 2
 
 
 # -- every bad input is a 4xx -----------------------------------------------------------------

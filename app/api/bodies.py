@@ -3,10 +3,14 @@ being read or parsed at once.
 
 A declared ``Content-Length`` over DYDC_MAX_BODY_BYTES is refused (413) before a byte is
 read, and a streamed body as soon as it goes past. Every body holds its bytes against one
-:class:`BodyBudget` (DYDC_MAX_INFLIGHT_BODY_BYTES) from the moment its reading starts until
-its codec has parsed it; a body that would go past the budget is refused with 503 and
-Retry-After at once, holding nothing, so that a flood of large bodies cannot take the
-process's memory.
+:class:`BodyBudget` (DYDC_MAX_INFLIGHT_BODY_BYTES) as they arrive, until its codec has parsed
+it; a body whose declared length, or whose next chunk, would take the budget past its bound
+while other bodies hold bytes is refused with 503 and Retry-After, releasing what it held, so
+that a flood of large bodies cannot take the process's memory. Only bytes that arrived are
+charged: a body declared but not sent (``Content-Length: 67000000`` and one byte) holds one
+byte, not the budget, and so cannot starve honest bodies (the read timeout then cuts it). The
+buffer a declared length is read into is allocated uncommitted (``np.empty``): its pages
+take memory as the bytes arrive, like the budget.
 
 Hand-written: Starlette's ``Request.body()`` and uvicorn read without a bound (uvicorn has
 no body limit at all), and neither has a budget across requests.
@@ -34,13 +38,19 @@ class BodyBudget:
         self.limit = limit
         self.used = 0
 
-    def reserve(self, size: int) -> None:
-        if self.used + size > self.limit and self.used > 0:
+    def check(self, size: int, held: int = 0) -> None:
+        """BodiesInFlightFull if ``size`` more bytes, for a body holding ``held`` already,
+        would take the budget past its bound while other bodies hold bytes (a body alone
+        may take it all: DYDC_MAX_BODY_BYTES bounds it)."""
+        if self.used + size > self.limit and self.used > held:
             raise BodiesInFlightFull(
                 f"the server is reading or parsing {self.used} bytes of request bodies, and "
                 f"this one would take it past its bound of {self.limit} "
                 "(DYDC_MAX_INFLIGHT_BODY_BYTES); retry after a short wait"
             )
+
+    def reserve(self, size: int, held: int = 0) -> None:
+        self.check(size, held)
         self.used += size
 
     def release(self, size: int) -> None:
@@ -68,9 +78,8 @@ def _over_limit(limit: int) -> BodyTooLarge:
 
 
 def _aligned(size: int, aligned_at: int) -> memoryview:
-    raw = bytearray(size + _ALIGNMENT)
-    address = np.frombuffer(raw, dtype=np.uint8).ctypes.data
-    pad = -(address + aligned_at) % _ALIGNMENT
+    raw = np.empty(size + _ALIGNMENT, dtype=np.uint8)  # uncommitted until written
+    pad = -(raw.ctypes.data + aligned_at) % _ALIGNMENT
     return memoryview(raw)[pad:pad + size]
 
 
@@ -97,7 +106,7 @@ class BodyReader:
         return int(declared) if declared is not None and declared.isdigit() else None
 
     def _hold(self, size: int) -> None:
-        self._budget.reserve(size)
+        self._budget.reserve(size, self._held)
         self._held += size
 
     def release(self) -> None:
@@ -105,16 +114,16 @@ class BodyReader:
         self._held = 0
 
     async def _messages(self) -> AsyncGenerator[bytes, None]:
-        """The body's chunks as they come, held against the budget (all at once when its
-        length was declared) and checked against the limit."""
+        """The body's chunks as they come, each held against the budget as it arrives (a
+        declared length is only checked against it), and checked against the limit."""
         self.length = check_declared_length(self._declared, self._limit)
         if self.length is not None:
-            self._hold(self.length)
+            self._budget.check(self.length)
         while not self.read_all:
             chunk = await self._next()
-            if self.length is None:
-                self._hold(len(chunk))
-            elif self._size > self.length:  # the server enforces Content-Length; be safe
+            self._hold(len(chunk))
+            # (the server enforces Content-Length; be safe)
+            if self.length is not None and self._size > self.length:
                 raise MalformedBody(
                     f"request body is longer than its Content-Length ({self.length})")
             yield chunk

@@ -17,6 +17,8 @@ Each message says what to change. The HTTP statuses are assigned in ``app.errors
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "CostExceeded",
     "DeadlineExceeded",
@@ -29,7 +31,19 @@ __all__ = [
     "StrategyCapExceeded",
     "StrategyDisabled",
     "UnknownRoutine",
+    "listed",
 ]
+
+# Names a message echoes at most: a request naming 10,000 unknown parameters is told about
+# the first few and how many more, not answered with every name it sent.
+LISTED_AT_MOST = 10
+
+
+def listed(names: Iterable[object], at_most: int = LISTED_AT_MOST, *, quoted: bool = False) -> str:
+    """``names`` separated by commas, the first ``at_most`` of them and "... and N more"."""
+    items = list(names)
+    shown = ", ".join(repr(n) if quoted else str(n) for n in items[:at_most])
+    return shown if len(items) <= at_most else f"{shown} ... and {len(items) - at_most} more"
 
 
 class EngineError(Exception):

@@ -15,6 +15,7 @@ import math
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
@@ -37,6 +38,7 @@ from app.engine.errors import (
     StrategyCapExceeded,
     StrategyDisabled,
     UnknownRoutine,
+    listed,
 )
 from app.engine.input_sensitivities import features_in, with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
@@ -308,7 +310,7 @@ class Engine:
         unknown = sorted(set(given) - set(routine.param_names))
         if unknown:
             raise InvalidRequest(
-                f"routine {routine.name} has no parameter {', '.join(map(repr, unknown))}; "
+                f"routine {routine.name} has no parameter {listed(unknown, quoted=True)}; "
                 f"its parameters are: {', '.join(routine.param_names)}"
             )
         values: dict[str, float | np.ndarray] = {}
@@ -341,12 +343,14 @@ class Engine:
                    and not (w in routine.inputs and w.isidentifier())]
         if unknown:
             raise InvalidRequest(
-                f"wrt names {', '.join(map(repr, unknown))}, neither a parameter nor an input "
+                f"wrt names {listed(unknown, quoted=True)}, neither a parameter nor an input "
                 f"of routine {routine.name}; its parameters are: "
                 f"{', '.join(routine.param_names)}; its inputs are: {', '.join(routine.inputs)}"
             )
         if len(set(wrt)) != len(wrt):
-            raise InvalidRequest(f"wrt lists a parameter twice: {list(wrt)}")
+            twice = [w for w, count in Counter(wrt).items() if count > 1]
+            raise InvalidRequest(f"wrt lists a parameter twice: {listed(twice, quoted=True)}; "
+                                 "name each once")
         return tuple(wrt)
 
     def _inputs(self, routine: Routine, inputs: np.ndarray | torch.Tensor,

@@ -2,6 +2,13 @@
 docs) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; anything else is a 401
 with ``WWW-Authenticate: Bearer``.
 
+Forms accepted: the scheme in any case (``bearer``, ``BEARER``: RFC 6750 and RFC 9110 make
+auth schemes case-insensitive), one or more spaces between scheme and key (RFC 9110's
+``1*SP``), spaces around the value (stripped, as for any field value). A key with a space
+inside, another scheme, or an empty value is a wrong credential. Every credential a request
+carries must be right: a wrong Bearer token beside a right ``X-API-Key`` (or two X-API-Key
+headers, one wrong) is refused, so that a client with a stale key learns of it.
+
 Why by hand: Starlette's AuthenticationMiddleware answers failures with plain text and
 FastAPI's security dependencies only guard the routes that declare them (not the bare
 computation path, not the docs' assets); a key check is a dozen lines. Keys are compared as
@@ -20,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http.refusal import refuse
 
-__all__ = ["DOCS_PATHS", "HEALTH_PATHS", "ApiKeyMiddleware", "is_open", "presented_key"]
+__all__ = ["DOCS_PATHS", "HEALTH_PATHS", "ApiKeyMiddleware", "is_open", "presented_keys"]
 
 HEALTH_PATHS = ("/healthz", "/readyz")
 HEALTH_PREFIX = "/v2/health/"
@@ -44,17 +51,19 @@ def is_open(path: str, *, public_metrics: bool, public_docs: bool) -> bool:
     return public_docs and (path in DOCS_PATHS or path.startswith(DOCS_PREFIX))
 
 
-def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The key a request carries: X-API-Key, else an Authorization Bearer token."""
-    bearer = None
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Every credential a request carries, in order: each X-API-Key, and each Authorization
+    header's Bearer token (b"" for an Authorization that is not ``Bearer <key>``, which
+    matches no key)."""
+    keys = []
     for name, value in headers:
         if name == b"x-api-key":
-            return value.strip()
-        if name == b"authorization":
+            keys.append(value.strip())
+        elif name == b"authorization":
             scheme, _, token = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                bearer = token.strip()
-    return bearer
+            token = token.lstrip(b" ")
+            keys.append(token if scheme.lower() == b"bearer" and b" " not in token else b"")
+    return keys
 
 
 class ApiKeyMiddleware:
@@ -79,10 +88,11 @@ class ApiKeyMiddleware:
                                               public_docs=self.public_docs):
             await self.app(scope, receive, send)
             return
-        key = presented_key(scope["headers"])
-        if key is not None and self.accepts(key):
+        keys = presented_keys(scope["headers"])
+        if keys and all(self.accepts(key) for key in keys):
             await self.app(scope, receive, send)
             return
-        detail = (f"this service needs an API key: {_HOW}" if key is None
-                  else f"the API key is not accepted; {_HOW} with a valid key")
+        detail = (f"this service needs an API key: {_HOW}" if not keys
+                  else f"an API key is not accepted (every key a request carries must be "
+                       f"valid); {_HOW} with a valid key, once")
         await refuse(scope, receive, send, 401, detail, "unauthorized", _CHALLENGE)

@@ -115,7 +115,7 @@ class GzipRequestMiddleware:
             await refuse(scope, receive, send, 413,
                          f"the request body is over the limit of {self.limit} bytes "
                          "(DYDC_MAX_BODY_BYTES), compressed or inflated: split the batch",
-                         "body-too-large")
+                         "body-too-large", reason="body_size")
             return
         except _Malformed as exc:
             await refuse(scope, receive, send, 422,

@@ -12,6 +12,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.errors import Problem, problem_response, with_instance
 
 V2_PREFIX = "/v2"
@@ -24,7 +25,10 @@ def speaks_v2(path: str) -> bool:
 
 
 def refusal(scope: Scope, status: int, detail: str, slug: str,
-            headers: dict[str, str] | None = None) -> Response:
+            headers: dict[str, str] | None = None, reason: str | None = None) -> Response:
+    """The answer; ``reason``, when given, counts it in dydc_rejections_total."""
+    if reason is not None:
+        metrics.child(metrics.REJECTIONS, reason).inc()
     if speaks_v2(scope["path"]):
         return Response(orjson.dumps({"error": detail}), 400 if status == 422 else status,
                         headers=headers, media_type="application/json")
@@ -33,6 +37,7 @@ def refusal(scope: Scope, status: int, detail: str, slug: str,
 
 
 async def refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str,
-                 slug: str, headers: dict[str, str] | None = None) -> None:
+                 slug: str, headers: dict[str, str] | None = None,
+                 reason: str | None = None) -> None:
     """Answer the request with an error, without calling the app."""
-    await refusal(scope, status, detail, slug, headers)(scope, receive, send)
+    await refusal(scope, status, detail, slug, headers, reason)(scope, receive, send)

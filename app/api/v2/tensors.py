@@ -22,7 +22,7 @@ from torch import Tensor
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
 from app.engine import JobKind, JobResult
 from app.engine.bumping import pairs
-from app.engine.errors import InvalidRequest
+from app.engine.errors import InvalidRequest, listed
 from app.errors import MalformedFraming
 from routines import Routine
 
@@ -147,7 +147,7 @@ def _samples(routine: Routine, inputs: list[RequestInput],
     expected = (f"model {routine.name} takes one tensor per input ({', '.join(features)}) "
                 f"of shape [N] or [N, 1], or one tensor {MATRIX_INPUT} of shape [N, {d}]")
     if len(set(names)) != len(names):
-        raise InvalidRequest(f"inputs name a tensor twice ({', '.join(names)}); {expected}")
+        raise InvalidRequest(f"inputs name a tensor twice ({listed(names)}); {expected}")
     if set(names) == set(features):
         by_name = dict(zip(names, tensors, strict=True))
         columns = []
@@ -169,7 +169,7 @@ def _samples(routine: Routine, inputs: list[RequestInput],
         if (t.ndim == 2 and t.shape[1] == d) or (t.ndim == 1 and d == 1):
             return t
         raise InvalidRequest(f"input {MATRIX_INPUT} has shape {list(t.shape)}; {expected}")
-    raise InvalidRequest(f"inputs are named {', '.join(names) or 'nothing'}; {expected}")
+    raise InvalidRequest(f"inputs are named {listed(names) or 'nothing'}; {expected}")
 
 
 # -- parameters and outputs --------------------------------------------------------------------
@@ -266,11 +266,11 @@ def _outputs(routine: Routine, request: InferenceRequest, wrt: tuple[str, ...] |
     chosen: list[tuple[str, bool]] = []
     for i, wanted in enumerate(request.outputs):
         if wanted.name not in available:
-            why = (f"wrt is {', '.join(wrt)}" if wrt is not None
+            why = (f"wrt is {listed(wrt)}" if wrt is not None
                    and wanted.name in model_outputs(routine) else f"model {routine.name} has no "
                    "such output")
             raise InvalidRequest(
-                f"outputs[{i}] is {wanted.name!r}: {why}; its outputs are {', '.join(available)}"
+                f"outputs[{i}] is {wanted.name!r}: {why}; its outputs are {listed(available)}"
             )
         if any(name == wanted.name for name, _ in chosen):
             raise InvalidRequest(f"outputs names {wanted.name!r} twice")
