@@ -156,11 +156,20 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins allowed by CORS (* for any); empty: CORS off."
     )
     gzip_min_bytes: Annotated[int, Field(ge=0)] = Field(
-        65_536, description="Responses larger than this are gzip-compressed for clients that "
-        "accept it."
+        65_536, description="JSON answers of at least this many bytes (and at most "
+        "DYDC_COMPRESS_MAX_BYTES) are compressed for clients that accept it: zstd where offered, "
+        "else gzip. 0 turns response compression off."
     )
     gzip_level: Annotated[int, Field(ge=1, le=9)] = Field(
         1, description="zlib level for gzip responses (1 fastest .. 9 smallest)."
+    )
+    compress_max_bytes: Annotated[int, Field(ge=0)] = Field(
+        1_048_576, description="JSON answers larger than this are sent uncompressed: "
+        "compressing them costs more time than the wire saves on fast links "
+        "(docs/benchmarks.md). Raise it for clients behind slow links."
+    )
+    zstd_level: Annotated[int, Field(ge=1, le=22)] = Field(
+        1, description="zstd level for zstd responses (1 fastest .. 22 smallest)."
     )
     routines_path: str = Field(
         "", description="Colon-separated folders whose .py modules are imported at start-up "

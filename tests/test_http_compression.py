@@ -1,4 +1,5 @@
-"""gzip request bodies (a bomb is a 413) and gzip responses (app.http.compression)."""
+"""gzip request bodies (a bomb is a 413; app.http.compression) and compressed answers
+(zstd or gzip, by size and type; app.http.response_compression)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from tests.conftest import ClientFactory
 from tests.test_api_errors import assert_problem
+from app.http.response_compression import negotiate
+from tests.test_v2_binary import binary_input, frame, unframe
 from tests.test_v2_protocol import assert_error, tensor
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +105,57 @@ async def test_large_responses_are_gzipped_when_accepted(make_client: ClientFact
                              headers={"accept-encoding": "gzip"})
         assert infer.headers["content-encoding"] == "gzip"
         assert {o["name"]: o["data"] for o in infer.json()["outputs"]}["dy_dC"] == x
+
+
+async def test_answers_decode_to_the_same_numbers_whatever_the_coding(
+        make_client: ClientFactory) -> None:
+    """zstd where offered, gzip where only gzip is, identity where neither: the same
+    numbers (httpx decodes zstd with zstandard installed, a dependency of the service)."""
+    x = _x(20_000)
+    async with make_client(gzip_min_bytes=10_000) as c:
+        answers = {}
+        for accept, coding in [("zstd", "zstd"), ("gzip, deflate", "gzip"),
+                               ("gzip, deflate, br, zstd", "zstd"), ("br", None),
+                               ("identity", None), ("zstd;q=0, gzip", "gzip"),
+                               ("*", "zstd"), ("gzip;q=0, *;q=0", None)]:
+            r = await c.post(SENS, json={"inputs": x, "params": {"C": 3.0}},
+                             headers={"accept-encoding": accept})
+            assert r.status_code == 200, r.text
+            assert r.headers.get("content-encoding") == coding, accept
+            if coding is not None:
+                assert int(r.headers["content-length"]) < len(r.content) / 2  # on the wire
+                assert r.headers["vary"] == "Accept-Encoding"
+            answers[accept] = r.json()
+        for doc in answers.values():
+            assert doc["derivatives"]["C"] == x and doc["values"] == [3.0 * v for v in x]
+
+
+async def test_answers_outside_the_bounds_or_binary_are_sent_as_they_are(
+        make_client: ClientFactory) -> None:
+    x = _x(20_000)  # about 0.8 MB of JSON
+    async with make_client(gzip_min_bytes=10_000, compress_max_bytes=100_000) as c:
+        large = await c.post(SENS, json={"inputs": x}, headers={"accept-encoding": "gzip"})
+        assert "content-encoding" not in large.headers  # over DYDC_COMPRESS_MAX_BYTES
+        assert large.json()["derivatives"]["C"] == x
+        body, headers = frame({"inputs": [binary_input("x", np.asarray(x[:5000]))],
+                               "parameters": {"binary_data_output": True}},
+                              np.asarray(x[:5000]))
+        binary = await c.post(INFER, content=body,
+                              headers={**headers, "accept-encoding": "gzip, zstd"})
+        assert binary.status_code == 200, binary.text
+        assert binary.headers["content-type"] == "application/octet-stream"
+        assert "content-encoding" not in binary.headers  # float bits do not shrink
+        assert unframe(binary)[1]["dy_dC"].tolist() == x[:5000]
+    async with make_client(gzip_min_bytes=0) as c:  # 0: compression off
+        off = await c.post(SENS, json={"inputs": x}, headers={"accept-encoding": "gzip"})
+        assert "content-encoding" not in off.headers
+
+
+@pytest.mark.parametrize(("accept", "zstd", "coding"), [
+    (None, True, None), (b"", True, None), (b"gzip", True, "gzip"), (b"x-gzip", True, "gzip"),
+    (b"GZIP;Q=0.5, zstd;q=0.4", True, "gzip"), (b"gzip, zstd", False, "gzip"),
+    (b"zstd", False, None), (b"*;q=0.1", False, "gzip"), (b"gzip;q=bad", True, None),
+    (b"deflate, br", True, None),
+])
+def test_negotiation(accept: bytes | None, zstd: bool, coding: str | None) -> None:
+    assert negotiate(accept, zstd=zstd) == coding

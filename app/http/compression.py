@@ -1,17 +1,11 @@
-"""gzip both ways.
+"""gzip request bodies (responses: app.http.response_compression).
 
-Requests: a body sent with ``Content-Encoding: gzip`` is inflated here, as it arrives, and
+A body sent with ``Content-Encoding: gzip`` is inflated here, as it arrives, and
 the route sees the plain body with its true Content-Length. DYDC_MAX_BODY_BYTES applies to
 the compressed bytes and to the inflated ones, checked while inflating (zlib's
 ``max_length``), so a compression bomb costs at most the limit and gets 413. Starlette has
 no request-side decompression, hence this module; large chunks inflate in a thread, off the
 event loop.
-
-Responses: Starlette's GZipResponder (it skips bodies under a minimum size, streams, and
-compresses large bodies in a thread), behind :class:`GzipResponseMiddleware`, which differs
-from Starlette's GZipMiddleware in one way: a request that does not accept gzip goes straight
-to the app, without a responder that parses the response headers, and the responder it makes
-has a short list of excluded types (both measured in bench/bench_middleware.py).
 """
 
 from __future__ import annotations
@@ -19,19 +13,14 @@ from __future__ import annotations
 import zlib
 
 import anyio.to_thread
-from starlette.middleware.gzip import GZipResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.refusal import refuse
 
-__all__ = ["GzipRequestMiddleware", "GzipResponseMiddleware"]
+__all__ = ["GzipRequestMiddleware"]
 
 _GZIP = (b"gzip", b"x-gzip")
 _OFF_LOOP_BYTES = 256 * 1024  # inflate chunks larger than this in a thread
-# What the service serves that is compressed already (the docs' icons). Short: the responder
-# normalises the list on every request (Starlette's default list of 14 cost more than the
-# rest of the stack together).
-_NOT_COMPRESSED = ("image/*",)
 
 
 class _TooLarge(Exception):
@@ -137,27 +126,3 @@ class GzipRequestMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app({**scope, "headers": headers}, receive_inflated, send)
-
-
-def _accepts_gzip(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"accept-encoding":
-            return b"gzip" in value
-    return False
-
-
-class GzipResponseMiddleware:
-    """Responses over ``min_bytes`` gzip-compressed at ``level`` for clients that accept it."""
-
-    def __init__(self, app: ASGIApp, min_bytes: int, level: int) -> None:
-        self.app = app
-        self.min_bytes = min_bytes
-        self.level = level
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _accepts_gzip(scope):
-            await self.app(scope, receive, send)
-            return
-        responder = GZipResponder(self.app, self.min_bytes, compresslevel=self.level,
-                                  exclude_content_types=_NOT_COMPRESSED)
-        await responder(scope, receive, send)

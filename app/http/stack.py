@@ -2,7 +2,8 @@
 
 Outermost first: the request id (every answer carries it, refusals included), the access
 log (it sees the final status and the bytes on the wire), tracing, CORS (it answers
-preflights before the key check, and its headers let a browser read a 401), response gzip,
+preflights before the key check, and its headers let a browser read a 401), response
+compression (zstd or gzip),
 the API key, the content type, and innermost the inflating of gzip bodies, so that a request
 without a valid key is refused before its body is read.
 """
@@ -15,9 +16,10 @@ from starlette.types import ASGIApp
 from app.config import Settings
 from app.http.access_log import AccessLogMiddleware
 from app.http.auth import ApiKeyMiddleware
-from app.http.compression import GzipRequestMiddleware, GzipResponseMiddleware
+from app.http.compression import GzipRequestMiddleware
 from app.http.content_type import ContentTypeMiddleware
 from app.http.request_id import RequestIdMiddleware
+from app.http.response_compression import ResponseCompressionMiddleware
 from app.http.tracing import traced
 
 __all__ = ["wrap"]
@@ -33,7 +35,9 @@ def wrap(app: ASGIApp, settings: Settings) -> ASGIApp:
     if keys:
         stack = ApiKeyMiddleware(stack, keys, public_metrics=settings.public_metrics,
                                  public_docs=settings.public_docs)
-    stack = GzipResponseMiddleware(stack, settings.gzip_min_bytes, settings.gzip_level)
+    stack = ResponseCompressionMiddleware(stack, settings.gzip_min_bytes,
+                                          settings.compress_max_bytes, settings.gzip_level,
+                                          settings.zstd_level)
     if settings.cors_origin_list:
         stack = CORSMiddleware(stack, allow_origins=settings.cors_origin_list,
                                allow_methods=["GET", "HEAD", "POST"],

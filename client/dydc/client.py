@@ -22,6 +22,7 @@ from dydc import v1, v2
 from dydc.batches import make_batch
 from dydc.calls import Call, Progress, Upload
 from dydc.chunking import chunk_bounds, merge
+from dydc.codings import accept_encoding
 from dydc.errors import ConnectionFailed
 from dydc.options import Kind, Options, options
 from dydc.results import Bump, Comparison, Limits, Result, RoutineInfo, StrategyInfo
@@ -63,7 +64,7 @@ class _Steps:
         self.max_concurrency = max_concurrency
         self.binary_min_samples = binary_min_samples
         self.progress = progress
-        self.headers = {"User-Agent": "dydc-client"}
+        self.headers = {"User-Agent": "dydc-client", "Accept-Encoding": accept_encoding(url)}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self._routines: dict[str, RoutineInfo] = {}

@@ -1,0 +1,34 @@
+"""The client's Accept-Encoding: identity over loopback, zstd (or gzip) over a network
+(dydc.codings)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from dydc import Client
+from dydc.codings import accept_encoding, is_loopback
+
+
+@pytest.mark.parametrize(("url", "loopback"), [
+    ("http://127.0.0.1:8000", True), ("http://127.9.9.9", True), ("http://[::1]:8000", True),
+    ("http://localhost:8000", True), ("http://LOCALHOST", True), ("http://a.localhost", True),
+    ("http://10.0.0.5:8000", False), ("https://dydc.example.com", False),
+    ("http://[2001:db8::1]", False), ("http://localhost.example.com", False),
+])
+def test_loopback_is_told_from_the_url(url: str, loopback: bool) -> None:
+    assert is_loopback(url) is loopback
+    assert accept_encoding(url) == ("identity" if loopback else "zstd, gzip")
+
+
+@pytest.mark.parametrize(("url", "expected"), [("http://127.0.0.1:8000", "identity"),
+                                               ("http://dydc.internal:8000", "zstd, gzip")])
+def test_the_client_sends_it(url: str, expected: str) -> None:
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("accept-encoding"))
+        return httpx.Response(200, json={"routines": []})
+
+    with Client(url, transport=httpx.MockTransport(answer)) as client:
+        client.routines()
+    assert seen == [expected]
