@@ -22,6 +22,7 @@ from app.errors import MalformedBody
 
 __all__ = [
     "SampleCounter",
+    "check_unique_keys",
     "decode_inputs",
     "parse_document",
     "parse_json",
@@ -31,17 +32,100 @@ _NUMBER = (int, float)
 
 
 def parse_json(body: bytes) -> Any:
+    """A JSON body, refused (MalformedBody) when it is not JSON or an object in it has a key
+    twice."""
     if not body or body.isspace():
         raise MalformedBody("request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as strict_error:
         # Python clients write NaN and Infinity by default: accept them here, so that the
         # engine can say which element is not finite, rather than call the JSON malformed.
         try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
+            return json.loads(body, object_pairs_hook=_unique_object)
+        except (ValueError, RecursionError):  # (a key twice is a MalformedBody: raised)
             raise MalformedBody(f"request body is not valid JSON: {strict_error}") from None
+    check_unique_keys(body, document)
+    return document
+
+
+# -- duplicate keys ----------------------------------------------------------------------------
+#
+# orjson keeps the last of a key given twice ({"C": 1, "C": 5} is {"C": 5}) and cannot be told
+# otherwise, and parsing again with a hook costs 3-10x the parse. So the keys are counted
+# instead: every key in the text is followed by a colon outside strings, so a document whose
+# parsed objects hold as many keys as the text has such colons has no key twice. The colons
+# are found with bytes.find (memchr), which skips the long arrays of numbers at memory speed;
+# anything the count cannot settle (colons inside strings, deep nesting) is parsed again with
+# the hook, which names the key.
+
+_WHITESPACE = b" \t\r\n"
+_DEEPEST = 64  # objects nested deeper are not counted (the hook then decides)
+
+
+def _duplicate(key: str) -> MalformedBody:
+    return MalformedBody(
+        f"the JSON body has the key {json.dumps(key)} twice in one object; send each key "
+        "once (JSON parsers keep one of them silently, so the request is ambiguous)"
+    )
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _duplicate(key)
+            seen.add(key)
+    return document
+
+
+def _keys(value: Any, depth: int = 0) -> int:
+    """Keys of the objects in ``value``, or fewer: arrays are walked only when they start
+    with an object (never the long arrays of numbers), and nothing below ``_DEEPEST``."""
+    if depth > _DEEPEST:
+        return 0
+    if isinstance(value, dict):
+        return len(value) + sum(_keys(v, depth + 1) for v in value.values()
+                                if isinstance(v, (dict, list)))
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return sum(_keys(v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return 0
+
+
+def _separators(text: bytes, at_most: int) -> int:
+    """The colons of ``text`` that follow a closing quote (and whitespace): every key's
+    colon, and, rarely, a colon inside a string; more than ``at_most`` as soon as that is
+    known. A colon inside a string after an escaped quote is not counted."""
+    count = 0
+    i = text.find(b":")
+    while i >= 0:
+        j = i - 1
+        while j >= 0 and text[j] in _WHITESPACE:
+            j -= 1
+        if j >= 0 and text[j] == 0x22:  # '"', unescaped if an even run of backslashes ends there
+            k = j - 1
+            while k >= 0 and text[k] == 0x5C:
+                k -= 1
+            if (j - k) % 2:
+                count += 1
+                if count > at_most:
+                    break
+        i = text.find(b":", i + 1)
+    return count
+
+
+def check_unique_keys(text: bytes, document: Any) -> None:
+    """MalformedBody naming the key if an object of ``document`` (parsed from ``text`` by a
+    parser that keeps the last of a repeated key) has a key twice."""
+    keys = _keys(document)
+    if _separators(text, keys) == keys:
+        return  # separators >= keys in the text >= keys parsed >= keys counted: all equal
+    try:
+        json.loads(text, object_pairs_hook=_unique_object)
+    except RecursionError:
+        raise MalformedBody("request body nests objects too deeply; flatten it") from None
 
 
 # The key, the colon and the opening bracket of an "inputs" array.
@@ -74,6 +158,7 @@ def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(doc, dict) or type(doc.get("inputs")) is not int:
         return None
+    check_unique_keys(rest, doc)
     doc["inputs"] = inputs
     return doc
 

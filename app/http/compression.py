@@ -31,17 +31,37 @@ class _Malformed(Exception):
     pass
 
 
+class _Trailing(Exception):
+    pass
+
+
+_MAGIC = b"\x1f\x8b"  # how every gzip member begins
+
+
 class _Inflater:
-    """Inflates a gzip stream, never holding more than ``limit`` + 1 inflated bytes."""
+    """Inflates a gzip stream, never holding more than ``limit`` + 1 inflated bytes.
+
+    A stream of several gzip members (``cat a.gz b.gz``) is inflated whole, as RFC 1952 says
+    and as ``gzip -d`` does; bytes after a member that do not begin another are refused
+    (:class:`_Trailing`), never ignored."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
         self.parts: list[bytes] = []
         self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.rest = b""  # the start of a next member's magic, cut by a chunk's end
 
     def feed(self, data: bytes) -> None:
-        while data and not self.z.eof:
+        data, self.rest = self.rest + data, b""
+        while data:
+            if self.z.eof:  # a member ended: what follows must be another
+                if len(data) < len(_MAGIC) and _MAGIC.startswith(data):
+                    self.rest = data
+                    return
+                if not data.startswith(_MAGIC):
+                    raise _Trailing(len(data))
+                self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
             try:
                 out = self.z.decompress(data, self.limit + 1 - self.size)
             except zlib.error as exc:
@@ -50,9 +70,11 @@ class _Inflater:
             if self.size > self.limit:
                 raise _TooLarge
             self.parts.append(out)
-            data = self.z.unconsumed_tail
+            data = self.z.unused_data if self.z.eof else self.z.unconsumed_tail
 
     def finish(self) -> bytes:
+        if self.rest:
+            raise _Trailing(len(self.rest))
         if not self.z.eof:
             raise _Malformed("the gzip stream ends early")
         return b"".join(self.parts)
@@ -110,6 +132,11 @@ class GzipRequestMiddleware:
             await refuse(scope, receive, send, 422,
                          f"the body is not valid gzip ({exc}); send it compressed with gzip, "
                          "or without Content-Encoding", "malformed-body")
+            return
+        except _Trailing as exc:
+            await refuse(scope, receive, send, 400,
+                         f"the body has {exc} bytes after its gzip data that are not another "
+                         "gzip member; send only the compressed body", "gzip-trailing-data")
             return
         if body is None:
             return
