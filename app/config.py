@@ -40,6 +40,19 @@ class Settings(BaseSettings):
         256 * 2**20, description="Bytes of request bodies being read or parsed at once, over all "
         "requests; a body that would go past it is refused at once with 503 + Retry-After."
     )
+    max_headers: PositiveInt = Field(
+        100, description="Header fields a request may carry (431 above)."
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        16_384, description="Bytes of a request's head: its header names and values, and on "
+        "the wire its request line and header lines as they arrive (431 above, before the rest "
+        "is buffered)."
+    )
+    max_response_bytes: PositiveInt = Field(
+        256 * 2**20, description="Largest answer, priced before the job runs (outputs x "
+        "derivatives asked x N, about 24 bytes a number in JSON, 8 or 4 in binary v2): 422 "
+        "above, naming the estimate and what to ask for instead."
+    )
     read_timeout_s: Annotated[float, Field(gt=0)] = Field(
         10.0, description="A connection that has not sent a complete request (headers and "
         "body) this long after it opened, or after its previous response, is closed."

@@ -16,6 +16,11 @@ three points they share: a connection made, data received, the connection lost.
   body is complete is never cut, however long its computation takes.
 - **Connection limit** (``DYDC_MAX_CONNECTIONS``): a connection beyond it gets ``503`` with
   ``Retry-After`` and is closed at once.
+- **Head size** (``DYDC_MAX_HEADER_BYTES``): a request whose head (request line and header
+  lines, as they arrive) goes past the limit before its end gets ``431`` and is closed,
+  before the parser buffers more (httptools has no bound of its own; h11's is 16 KiB and
+  answers a plain-text 400). The count and size of the fields the application receives are
+  checked again by app.http.headers.
 
 Why patch rather than configure: uvicorn offers neither setting, and ``uvicorn
 app.main:app`` builds its protocol objects from its own classes, so a subclass passed with
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                   b"content-type: application/problem+json\r\nconnection: close\r\n"
+                   b"content-length: %d\r\n\r\n%s")
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
          b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
 
@@ -58,10 +66,35 @@ def _problem(status: int, title: bytes, detail: bytes) -> bytes:
 class ConnectionLimits:
     read_timeout_s: float
     max_connections: int
+    max_header_bytes: int = 16_384
 
 
 _limits: ConnectionLimits | None = None
 _ATTRIBUTE = "_dydc_read_timer"
+_HEAD = "_dydc_head_bytes"  # bytes of the request head that is arriving
+
+
+def _head_refused(protocol: Any, data: bytes) -> bool:
+    """While a head arrives: True, having answered 431 and closed, once its bytes go past
+    DYDC_MAX_HEADER_BYTES before its end (the blank line) does."""
+    assert _limits is not None
+    limit = _limits.max_header_bytes
+    before = getattr(protocol, _HEAD, 0)
+    if before + len(data) <= limit:
+        setattr(protocol, _HEAD, before + len(data))
+        return False
+    window = limit - before  # where the blank line must end for the head to fit
+    crlf, lf = data.find(b"\n\r\n", 0, window), data.find(b"\n\n", 0, window)
+    if crlf >= 0 or lf >= 0:  # the head ends within the limit; a body follows
+        return False
+    _disarm(protocol)
+    body = _problem(431, b"Request Header Fields Too Large",
+                    b"the request's head is over %d bytes (DYDC_MAX_HEADER_BYTES): send "
+                    b"fewer or shorter header fields" % limit)
+    protocol.transport.write(_HEAD_TOO_LARGE % (len(body), body))
+    metrics.REJECTIONS.labels("headers").inc()
+    protocol.transport.close()
+    return True
 
 
 def _timed_out(protocol: Any) -> None:
@@ -114,7 +147,14 @@ def _connection_made(original: Callable[..., None]) -> Callable[..., None]:
 
 def _data_received(original: Callable[..., None]) -> Callable[..., None]:
     def data_received(self: Any, data: bytes) -> None:
+        cycle = self.cycle
+        # a head is arriving: the first request, or the next one after a whole exchange
+        if (cycle is None or (cycle.response_complete and not cycle.more_body)) \
+                and _limits is not None and _head_refused(self, data):
+            return
         original(self, data)
+        if self.cycle is not cycle:  # a head ended
+            setattr(self, _HEAD, 0)
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             _arm(self)  # a request is arriving (a new one on a kept-alive connection)

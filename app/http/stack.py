@@ -1,7 +1,8 @@
 """The order of the operator's middlewares around the whole service (:func:`wrap`).
 
 Outermost first: the request id (every answer carries it, refusals included), the access
-log (it sees the final status and the bytes on the wire), tracing, CORS (it answers
+log (it sees the final status and the bytes on the wire), tracing, the bound on headers
+(431 before anything reads them), CORS (it answers
 preflights before the key check, and its headers let a browser read a 401), response
 compression (zstd or gzip),
 the API key, the content type, and innermost the inflating of gzip bodies, so that a request
@@ -18,6 +19,7 @@ from app.http.access_log import AccessLogMiddleware
 from app.http.auth import ApiKeyMiddleware
 from app.http.compression import GzipRequestMiddleware
 from app.http.content_type import ContentTypeMiddleware
+from app.http.headers import HeaderLimitMiddleware
 from app.http.request_id import RequestIdMiddleware
 from app.http.response_compression import ResponseCompressionMiddleware
 from app.http.tracing import traced
@@ -44,6 +46,7 @@ def wrap(app: ASGIApp, settings: Settings) -> ASGIApp:
                                allow_headers=_CORS_HEADERS,
                                expose_headers=["X-Request-ID",
                                                "Inference-Header-Content-Length"])
+    stack = HeaderLimitMiddleware(stack, settings.max_headers, settings.max_header_bytes)
     stack = traced(stack)
     if settings.access_log:
         stack = AccessLogMiddleware(stack, settings.log_format)
