@@ -15,7 +15,17 @@ Configurations:
 - ``off``: DYDC_MAX_BATCH_SAMPLES=16 (every launch is a single 16-sample request);
 - ``bare``: bench/bare_app.py, same route, same server stack, JSON in and JSON out of the same
   size, no compute: the framework's own limit;
-- ``auth``: ``on`` with API keys (DYDC_API_KEYS): every request's key checked (app.http.auth).
+- ``auth``: ``on`` with API keys (DYDC_API_KEYS): every request's key checked (app.http.auth);
+- ``echo``: issue 20's five-line FastAPI app (bench/echo_app.py) that answers the body it was
+  sent: the same request bytes posted to ``/echo``;
+- ``defaults``: the service with its default settings (access log on, torch's own thread
+  count), as ``python -m uvicorn app.main:app`` runs it;
+- ``logs``: ``defaults`` with API keys and JSON access logs (DYDC_LOG_FORMAT=json).
+
+Issue 20 compares ``defaults`` and ``logs`` with ``echo`` at c=64:
+
+    .venv/bin/python bench/bench_load.py --configs defaults,logs,on,bare,echo \
+        --routines linear --concurrencies 64 --out load_echo
 
 Every configuration gets the same ``Authorization: Bearer`` header, and none writes an access
 log (DYDC_ACCESS_LOG=false, as ``--no-access-log`` for uvicorn's), so that the only difference
@@ -57,7 +67,13 @@ N_SAMPLES = 16
 ROUTINES = ("black_scholes_call", "linear")
 CONCURRENCIES = (1, 4, 16, 64, 256)
 BENCH_KEY = "bench-key-6f1d0c2a9e7b4f35"
-LABELS = {"on": "on", "off": "off", "bare": "bare endpoint", "auth": "on, API key checked"}
+LABELS = {"on": "on", "off": "off", "bare": "bare endpoint", "auth": "on, API key checked",
+          "echo": "five-line echo", "defaults": "default settings",
+          "logs": "defaults, API key, JSON access log"}
+# where each configuration's requests go (the echo answers on /echo only)
+PATHS = {"echo": "/echo"}
+# settings the other configurations have that the defaults do not
+_QUIET = {"DYDC_TORCH_THREADS": "1", "DYDC_ACCESS_LOG": "false"}
 
 # wrk script: a distinct parameter value in every request (thread id and a counter), inputs
 # fixed per routine; done() prints one JSON line that the benchmark parses.
@@ -144,12 +160,13 @@ def free_port() -> int:
 class Server:
     """A uvicorn subprocess: the service (``app.main:app``) or the bare app."""
 
-    def __init__(self, target: str, env: dict[str, str], log: Path):
+    def __init__(self, target: str, env: dict[str, str], log: Path, path: str | None = None):
         self.target = target
+        self.path = path  # where requests go, when not the routine's sensitivities
         self.port = free_port()
-        self.env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_TORCH_THREADS": "1",
-                    "DYDC_GRACE_PERIOD_S": "5", "DYDC_LOG_LEVEL": "warning",
-                    "DYDC_ACCESS_LOG": "false", **env}
+        self.env = {k: v for k, v in {**os.environ, "DYDC_DEVICE": "cpu",
+                                      "DYDC_GRACE_PERIOD_S": "5", "DYDC_LOG_LEVEL": "warning",
+                                      **_QUIET, **env}.items() if v}  # "": unset
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -200,10 +217,11 @@ def batch_counters(base: str) -> tuple[float, float] | None:
     return found["dydc_batch_requests_sum"], found["dydc_batch_requests_count"]
 
 
-def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) -> dict[str, Any]:
-    threads = 1 if concurrency < 64 else 2
+def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path,
+        path: str | None = None) -> dict[str, Any]:
+    threads = 1 if concurrency <= 64 else 2  # issue 20 measures c=64 with -t1
     cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{int(seconds)}s", "--timeout", "10s",
-           "-s", str(lua), f"{base}/v1/routines/{routine}/sensitivities", "--",
+           "-s", str(lua), base + (path or f"/v1/routines/{routine}/sensitivities"), "--",
            routine, str(N_SAMPLES), BENCH_KEY]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
@@ -213,18 +231,19 @@ def wrk(base: str, routine: str, concurrency: int, seconds: float, lua: Path) ->
     raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
 
 
-def check_one(base: str, routine: str) -> int:
-    """One request by hand: it must be a 200 with 16 values; returns the response size."""
+def check_one(base: str, routine: str, path: str | None = None) -> int:
+    """One request by hand: it must be a 200 with 16 values (or inputs, echoed); returns the
+    response size."""
     if routine == "linear":
         body = {"inputs": [float(i) for i in range(N_SAMPLES)], "params": {"C": -5.0},
                 "wrt": ["C"]}
     else:
         body = {"inputs": [[100.0 + i, 100.0, 1.0] for i in range(N_SAMPLES)],
                 "params": {"sigma": 0.2, "r": 0.05}, "wrt": ["sigma", "r"]}
-    r = httpx.post(f"{base}/v1/routines/{routine}/sensitivities", json=body, timeout=10,
-                   headers={"Authorization": f"Bearer {BENCH_KEY}"})
+    r = httpx.post(base + (path or f"/v1/routines/{routine}/sensitivities"), json=body,
+                   timeout=10, headers={"Authorization": f"Bearer {BENCH_KEY}"})
     r.raise_for_status()
-    assert len(r.json()["values"]) == N_SAMPLES, r.text
+    assert len(r.json()["values" if path is None else "inputs"]) == N_SAMPLES, r.text
     return len(r.content)
 
 
@@ -233,10 +252,10 @@ def measure(server: Server, routine: str, c: int, seconds: float, warm_s: float,
     """One wrk run (after a warm-up run when warm_s > 0), and the increase of the batch
     counters over it."""
     if warm_s > 0:
-        wrk(server.base, routine, c, warm_s, lua)  # warm: connections, caches
-    before = batch_counters(server.base)
-    res = wrk(server.base, routine, c, seconds, lua)
-    after = batch_counters(server.base)
+        wrk(server.base, routine, c, warm_s, lua, server.path)  # warm: connections, caches
+    before = batch_counters(server.base) if server.path is None else None
+    res = wrk(server.base, routine, c, seconds, lua, server.path)
+    after = batch_counters(server.base) if server.path is None else None
     delta = None
     if before and after:
         delta = (after[0] - before[0], after[1] - before[1])
@@ -245,20 +264,21 @@ def measure(server: Server, routine: str, c: int, seconds: float, warm_s: float,
 
 def run_all(configs: dict[str, tuple[str, dict[str, str]]], routines: tuple[str, ...],
             seconds: float, warm_s: float, rounds: int, lua: Path,
-            logdir: Path) -> list[Point]:
+            logdir: Path, concurrencies: tuple[int, ...] = CONCURRENCIES) -> list[Point]:
     """Every configuration's server runs at once (idle while another is measured); each point
     is measured in ``rounds`` rounds that take the configurations in turn, in a rotating
     order, so that a burst of load from elsewhere on a shared machine falls on all of them
     rather than on whichever happened to be measured then."""
     points = []
     with contextlib.ExitStack() as stack:
-        servers = {name: stack.enter_context(Server(target, env, logdir / f"server-{name}.log"))
+        servers = {name: stack.enter_context(Server(target, env, logdir / f"server-{name}.log",
+                                                    PATHS.get(name)))
                    for name, (target, env) in configs.items()}
         names = list(servers)
         for routine in routines:
             for server in servers.values():
-                check_one(server.base, routine)
-            for c in CONCURRENCIES:
+                check_one(server.base, routine, server.path)
+            for c in concurrencies:
                 runs: dict[str, list[tuple[dict[str, Any], tuple[float, float] | None]]] = {
                     name: [] for name in names}
                 for i in range(rounds):
@@ -337,6 +357,15 @@ def write_markdown(points: list[Point], path: Path, command: str,
         t.append(f"- linear at concurrency 64 with API keys on: {auth:,.0f} req/s vs off "
                  f"{lin:,.0f} req/s = {auth / lin:.3f} (target ≥ 0.97): "
                  f"{'met' if ok else 'NOT met'}")
+    echo = by.get(("echo", "linear", 64))
+    for config, target in (("defaults", 0.7), ("logs", 0.65), ("on", None)):
+        served = by.get((config, "linear", 64))
+        if served and echo:
+            met = "met" if target and served >= target * echo else "NOT met"
+            verdict = f" (target ≥ {target}, issue 20): {met}" if target else ""
+            t.append(f"- linear at concurrency 64, {LABELS[config]}: {served:,.0f} req/s vs the "
+                     f"five-line echo {echo:,.0f} req/s = {served / echo:.2f}{verdict}"
+                     + (f"; vs the bare endpoint {served / bare:.2f}" if bare else ""))
     doc = (
         "# Load benchmark: dynamic batching\n\n"
         f"Command: `{command}`\n\n"
@@ -364,8 +393,9 @@ def plot(points: list[Point], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    style = {"on": "-o", "off": "--s", "bare": ":^", "auth": "-.x"}
-    for config in ("on", "off", "bare", "auth"):
+    style = {"on": "-o", "off": "--s", "bare": ":^", "auth": "-.x", "echo": ":v",
+             "defaults": "-D", "logs": "-.+"}
+    for config in style:
         for routine in ROUTINES:
             ps = [p for p in points if p.config == config and p.routine == routine]
             if ps:
@@ -390,7 +420,8 @@ def main() -> None:
                     help="rounds per point, taking the configurations in turn")
     ap.add_argument("--warm", type=int, default=1, help="warm-up seconds per point")
     ap.add_argument("--configs", default="on,off,bare",
-                    help="of on, off, bare, auth")
+                    help="of " + ", ".join(LABELS))
+    ap.add_argument("--concurrencies", default=",".join(map(str, CONCURRENCIES)))
     ap.add_argument("--routines", default=",".join(ROUTINES))
     ap.add_argument("--out", default="load", help="results file stem under bench/results")
     args = ap.parse_args()
@@ -405,6 +436,10 @@ def main() -> None:
                                  "DYDC_MAX_QUEUE_SAMPLES": "4000000"}),
         "bare": ("bench.bare_app:app", {}),
         "auth": ("app.main:app", {"DYDC_API_KEYS": BENCH_KEY}),
+        "echo": ("bench.echo_app:app", {}),
+        "defaults": ("app.main:app", dict.fromkeys(_QUIET, "")),
+        "logs": ("app.main:app", {**dict.fromkeys(_QUIET, ""), "DYDC_API_KEYS": BENCH_KEY,
+                                  "DYDC_LOG_FORMAT": "json"}),
     }
     routines = tuple(args.routines.split(","))
     started = time.monotonic()
@@ -416,13 +451,13 @@ def main() -> None:
         chosen = {name: configs[name] for name in args.configs.split(",")}
         try:
             points = run_all(chosen, routines, args.seconds, args.warm, args.rounds, lua,
-                             logdir)
+                             logdir, tuple(int(c) for c in args.concurrencies.split(",")))
         except Exception:
             for log in logdir.glob("server-*.log"):
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
             raise
     sizes = ", ".join(
-        f"{c}/{r} {sum(ps) / len(ps):.0f}" for c in configs for r in routines
+        f"{c}/{r} {sum(ps) / len(ps):.0f}" for c in chosen for r in routines
         if (ps := [p.response_bytes for p in points if p.config == c and p.routine == r]))
     meta = {"when": time.strftime("%Y-%m-%d"),
             "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "

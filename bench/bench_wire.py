@@ -3,6 +3,8 @@
 Not a test. Run from the repository root (``pip install -e '.[bench]'`` for the plot):
 
     .venv/bin/python bench/bench_wire.py            # N = 1e4, 1e5, 1e6; writes bench/results/wire.*
+    .venv/bin/python bench/bench_wire.py --codings  # the same with each client's default
+                                                    # Accept-Encoding: results/wire_codings.*
 
 For N = 1e4, 1e5 and 1e6 samples of ``damped_oscillator`` (two parameters, so a response holds
 three arrays of N: y, dy/dgamma, dy/domega) it times, through real uvicorn servers on
@@ -278,6 +280,108 @@ def run(sizes: tuple[int, ...], reps: int) -> dict[str, Any]:
     return results
 
 
+# -- what clients with their default headers get (issue 20) -------------------------------------
+
+BINARY_TARGET = 1.15  # v2 binary with a client's default headers, at most this times the floor
+
+
+def default_codings() -> dict[str, str]:
+    """The Accept-Encoding each client sends by default here (httpx and requests add br and
+    zstd when brotli and zstandard are installed), beside a gzip-only client (curl
+    --compressed, a browser without zstd) and identity."""
+    import httpx
+    import requests
+
+    return {"identity": "identity",
+            "httpx default": httpx.Client().headers["accept-encoding"],
+            "requests default": requests.utils.default_headers()["Accept-Encoding"],
+            "gzip, deflate": "gzip, deflate",
+            "zstd": "zstd"}
+
+
+def run_codings(sizes: tuple[int, ...], reps: int) -> dict[str, Any]:
+    """v1 JSON and v2 binary answers at each N, for each client's Accept-Encoding: the coding
+    the service chose, the bytes on the wire, the service's own time (v1: timing_ms.total,
+    before compression) and the client's (the whole request, the answer decoded)."""
+    import httpx
+
+    codings = default_codings()
+    out: dict[str, Any] = {"codings": codings, "points": {}}
+    env = {"DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning", "DYDC_ACCESS_LOG": "false"}
+    with serve("app.main:app", env) as service, serve("bench.bench_wire:bare") as floor, \
+            httpx.Client(timeout=300) as client:
+        for n in sizes:
+            t = np.linspace(0.0, 50.0, n)
+            variants = {
+                "v1 JSON": (f"{service}/v1/routines/{ROUTINE}/sensitivities?strategy=forward",
+                            f"{floor}/v1json", v1_json(t)),
+                "v2 binary": (f"{service}/v2/models/{ROUTINE}/infer", f"{floor}/v2binary",
+                              v2_binary(t)),
+            }
+            for name, (real, bare_url, (body, headers)) in variants.items():
+                rows: dict[str, dict[str, Any]] = {}
+                times: dict[str, list[float]] = {k: [] for k in [*codings, "bare"]}
+                compute, server = [], []
+                for rep in range(reps + 1):
+                    for label, accept in [*codings.items(), ("bare", "identity")]:
+                        url = bare_url if label == "bare" else real
+                        began = time.perf_counter()
+                        r = client.post(url, content=body,
+                                        headers={**headers, "Accept-Encoding": accept})
+                        r.read()
+                        elapsed = time.perf_counter() - began
+                        assert r.status_code == 200, r.text[:300]
+                        if rep == 0:
+                            rows[label] = {"coding": r.headers.get("content-encoding",
+                                                                   "identity"),
+                                           "wire_bytes": r.num_bytes_downloaded,
+                                           "bytes": len(r.content)}
+                            continue
+                        times[label].append(elapsed)
+                        if name == "v1 JSON" and label == "identity":
+                            timing = r.json()["timing_ms"]
+                            compute.append(timing["compute"])
+                            server.append(timing["total"])
+                for label, row in rows.items():
+                    row["client_ms"] = statistics.median(times[label]) * 1e3
+                point = {"rows": rows, "compute_ms": statistics.median(compute) if compute
+                         else out["points"][str(n)]["v1 JSON"]["compute_ms"],
+                         "server_ms": statistics.median(server) if server else None}
+                out["points"].setdefault(str(n), {})[name] = point
+                print(f"N={n} {name}: " + ", ".join(
+                    f"{k} {r['coding']} {r['wire_bytes']:,} B {r['client_ms']:.1f} ms"
+                    for k, r in rows.items()), flush=True)
+    return out
+
+
+def codings_markdown(results: dict[str, Any]) -> str:
+    codings = results["codings"]
+    lines = ["## Answers for clients with their default headers", "",
+             "Accept-Encoding sent: " + "; ".join(f"{k}: `{v}`" for k, v in codings.items())
+             + ". Per N and format: the coding the service chose, bytes on the wire, the "
+             "client's time for the whole request (median ms, the answer decoded), and that "
+             "over (the bare endpoint's identity time + compute).", "",
+             "| N | format | client | coding | wire bytes | client ms | / (bare + compute) |",
+             "|---:|---|---|---|--:|--:|--:|"]
+    verdicts = []
+    big = str(max(int(n) for n in results["points"]))
+    for n, formats in results["points"].items():
+        for name, point in formats.items():
+            floor = point["rows"]["bare"]["client_ms"] + point["compute_ms"]
+            for label, row in point["rows"].items():
+                ratio = row["client_ms"] / floor
+                lines.append(f"| {int(n):.0e} | {name} | {label} | {row['coding']} | "
+                             f"{row['wire_bytes']:,} | {row['client_ms']:.1f} | "
+                             f"{ratio:.2f}x |")
+                if n == big and label in ("httpx default", "requests default",
+                                          "gzip, deflate"):
+                    target = WIRE_TARGET if name == "v1 JSON" else BINARY_TARGET
+                    verdicts.append(f"{name}, {label}: {ratio:.2f}x (target ≤ {target}x): "
+                                    f"**{'met' if ratio <= target else 'missed'}**")
+    lines += ["", f"Targets at N = {int(big):.0e} (issue 20): " + "; ".join(verdicts) + "."]
+    return "\n".join(lines) + "\n"
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 def _ratio(a: float, b: float) -> str:
@@ -364,9 +468,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--codings", action="store_true",
+                        help="only the answers for clients with their default headers "
+                             "(bench/results/wire_codings.*)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.codings:
+        codings = run_codings(tuple(args.sizes), args.reps)
+        (RESULTS / "wire_codings.json").write_text(json.dumps(codings, indent=2) + "\n")
+        text = codings_markdown(codings)
+        (RESULTS / "wire_codings.md").write_text(
+            "# Wire benchmark: compressed answers\n\nCommand: `.venv/bin/python "
+            f"bench/bench_wire.py --codings --sizes {' '.join(map(str, args.sizes))} --reps "
+            f"{args.reps}`\n\n" + text)
+        print(text)
+        return
     parse = parse_micro(1_000_000, args.reps)
     results = run(tuple(args.sizes), args.reps)
     results["parse_ms"] = parse
