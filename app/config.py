@@ -49,9 +49,10 @@ class Settings(BaseSettings):
         "is buffered)."
     )
     max_response_bytes: PositiveInt = Field(
-        256 * 2**20, description="Largest answer, priced before the job runs (outputs x "
-        "derivatives asked x N, about 24 bytes a number in JSON, 8 or 4 in binary v2): 422 "
-        "above, naming the estimate and what to ask for instead."
+        128 * 2**20, description="Largest answer, priced before the job runs (N x outputs x "
+        "the arrays asked: values, derivatives, second-order pairs; 24 bytes a number in JSON, "
+        "8 or 4 in binary v2): 422 above, naming the estimate and what to ask for instead. "
+        "Default: half the in-flight body budget's default."
     )
     read_timeout_s: Annotated[float, Field(gt=0)] = Field(
         10.0, description="A connection that has not sent a complete request (headers and "
@@ -187,6 +188,29 @@ class Settings(BaseSettings):
     routines_path: str = Field(
         "", description="Colon-separated folders whose .py modules are imported at start-up "
         "as routines."
+    )
+    expression_max_chars: PositiveInt = Field(
+        4096, description="Longest expression (or ODE right-hand side) a caller may send, in "
+        "characters (422 above)."
+    )
+    expression_max_nodes: PositiveInt = Field(
+        1000, description="Most nodes (numbers, names, operations, calls) in one expression "
+        "(422 above)."
+    )
+    expression_max_depth: PositiveInt = Field(
+        64, description="Deepest nesting of operations and calls in one expression (422 above)."
+    )
+    expression_max_ode_steps: PositiveInt = Field(
+        10_000, description="Most fixed steps of an ODE expression (422 above): its cost grows "
+        "with them."
+    )
+    expression_max_exponent: Annotated[float, Field(gt=0)] = Field(
+        64.0, description="Largest literal exponent, in absolute value, in ** or pow() of an "
+        "expression (422 above)."
+    )
+    expression_cache: PositiveInt = Field(
+        256, description="Parsed expressions kept (least recently used dropped first), so "
+        "that parsing stays off the hot path."
     )
 
     @field_validator("device")

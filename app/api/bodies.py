@@ -80,7 +80,7 @@ def _over_limit(limit: int) -> BodyTooLarge:
 def _aligned(size: int, aligned_at: int) -> memoryview:
     raw = np.empty(size + _ALIGNMENT, dtype=np.uint8)  # uncommitted until written
     pad = -(raw.ctypes.data + aligned_at) % _ALIGNMENT
-    return memoryview(raw)[pad:pad + size]
+    return memoryview(raw.data)[pad:pad + size]
 
 
 class BodyReader:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from app.api.answer_size import JSON_NUMBER_BYTES
 from app.api.deps import EngineDep, SettingsDep
 
 __all__ = ["ServiceLimits", "router"]
@@ -31,6 +32,12 @@ class ServiceLimits(BaseModel):
         "422 above).")
     strategies: list[str] = Field(
         description="The strategies this server serves (DYDC_STRATEGIES; 422 for others).")
+    max_response_bytes: int = Field(
+        description="Largest answer, priced before the job runs (DYDC_MAX_RESPONSE_BYTES; 422 "
+        "above): N x outputs x arrays asked (values, derivatives, second-order pairs) x the "
+        "bytes of a number, json_number_bytes as JSON, the item size as binary tensors.")
+    json_number_bytes: int = Field(
+        description="What the price of an answer counts for a number written as JSON.")
 
 
 @router.get("/limits", response_model=ServiceLimits)
@@ -45,4 +52,6 @@ async def limits(settings: SettingsDep, engine: EngineDep) -> ServiceLimits:
         strategy_caps={i.strategy.name: i.cap for i in engine.strategies() if i.cap is not None},
         max_job_cost_s=settings.max_job_cost,
         strategies=[i.strategy.name for i in engine.strategies() if i.enabled],
+        max_response_bytes=settings.max_response_bytes,
+        json_number_bytes=JSON_NUMBER_BYTES,
     )

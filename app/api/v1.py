@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api import schemas
+from app.api.answer_size import check_json_answer
 from app.api.decoding import SampleCounter, decode_inputs, parse_document
 from app.api.deps import EngineDep
 from app.api.encoding import encode_comparison, encode_result
@@ -117,6 +118,7 @@ class V1:
         body = await request.body.read(_sample_watch(request.settings.max_samples))
         job = await offload(len(body), self._prepare, engine, routine, body, request.query,
                             asyncio.get_running_loop())
+        check_json_answer(job, request.settings.max_response_bytes)
         return Decoded(job)
 
     async def run(self, engine: Engine, decoded: Decoded) -> JobResult:

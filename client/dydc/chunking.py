@@ -1,8 +1,9 @@
 """Large batches: split under the service's limits, and the answers put back together in order.
 
 A chunk stays under ``max_samples``, the strategy's cap (an O(N^2) strategy is capped because
-its cost grows with N; its per-sample answers do not depend on the rest of the batch), and a
-body of ``max_body_bytes`` at the most a number can cost on the chosen wire. Samples are
+its cost grows with N; its per-sample answers do not depend on the rest of the batch), a
+body of ``max_body_bytes`` at the most a number can cost on the chosen wire, and an answer
+of ``max_response_bytes`` as the service prices it (:func:`answer_numbers`). Samples are
 independent, so the merged answer is the one a single request would get.
 """
 
@@ -14,15 +15,30 @@ import numpy as np
 
 from dydc import v1
 from dydc.batches import Batch
-from dydc.results import Check, Limits, Result
+from dydc.options import Kind, Options
+from dydc.results import Check, Limits, Result, RoutineInfo
 
-__all__ = ["chunk_bounds", "merge"]
+__all__ = ["answer_numbers", "chunk_bounds", "merge"]
 
 _HEADER_ALLOWANCE = 64 * 1024  # the JSON around the arrays: params, wrt, a v2 header
 
 
-def _per_chunk(batch: Batch, limits: Limits, strategy: str, binary: bool) -> int:
+def answer_numbers(info: RoutineInfo, opts: Options, batch: Batch, binary: bool) -> int:
+    """Numbers a sample's answer holds, as the service prices it: values, each derivative and
+    each second-order pair, of every output; v1 also echoes the per-sample parameters."""
+    arrays = 1
+    if opts.kind is not Kind.EVALUATE:
+        d = len(opts.wrt) if opts.wrt else len(info.params)
+        arrays += d + ((d * (d + 1) // 2 if opts.cross else d) if opts.order == 2 else 0)
+    return arrays * len(info.outputs) + (0 if binary else len(batch.per_sample))
+
+
+def _per_chunk(batch: Batch, limits: Limits, strategy: str, binary: bool,
+               answer: int | None) -> int:
     sizes = [batch.n]
+    if limits.max_response_bytes is not None and answer:
+        per_number = batch.samples.dtype.itemsize if binary else limits.json_number_bytes
+        sizes.append(limits.max_response_bytes // (answer * per_number))
     if limits.max_samples is not None:
         sizes.append(limits.max_samples)
     if strategy in limits.strategy_caps:
@@ -35,10 +51,10 @@ def _per_chunk(batch: Batch, limits: Limits, strategy: str, binary: bool) -> int
 
 
 def chunk_bounds(batch: Batch, limits: Limits, strategy: str = "auto",
-                 binary: bool = False) -> list[tuple[int, int]]:
+                 binary: bool = False, answer: int | None = None) -> list[tuple[int, int]]:
     """(start, stop) of each chunk, in order; one chunk when the batch fits (or is empty, for
-    the service to say so)."""
-    size = _per_chunk(batch, limits, strategy, binary)
+    the service to say so). ``answer``: the numbers of a sample's answer, when known."""
+    size = _per_chunk(batch, limits, strategy, binary, answer)
     return [(start, min(start + size, batch.n)) for start in range(0, batch.n, size)] or [(0, 0)]
 
 

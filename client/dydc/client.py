@@ -21,7 +21,7 @@ import httpx
 from dydc import v1, v2
 from dydc.batches import make_batch
 from dydc.calls import Call, Progress, Upload
-from dydc.chunking import chunk_bounds, merge
+from dydc.chunking import answer_numbers, chunk_bounds, merge
 from dydc.codings import accept_encoding
 from dydc.errors import ConnectionFailed
 from dydc.options import Kind, Options, options
@@ -38,6 +38,9 @@ AUTO_BINARY_MIN_SAMPLES = 2048
 """``protocol="auto"`` sends batches of at least this many samples as v2 binary tensors and
 smaller ones as v1 JSON (measured by bench/bench_client.py; client/README.md has the table)."""
 DEFAULT_URL = "http://127.0.0.1:8000"
+_UNPRICED_NUMBERS = 1024
+"""A batch whose answer would fit the service's DYDC_MAX_RESPONSE_BYTES even at this many
+numbers a sample, as JSON, is not priced (pricing needs the routine's outputs: a call)."""
 Inputs = Any  # an ndarray (N,) or (N, D), nested lists, or a mapping of feature to column
 Params = Mapping[str, Any] | None
 Wrt = str | Sequence[str] | None
@@ -109,8 +112,14 @@ class _Steps:
         if binary and info is None:
             info = yield from self.routine_steps(routine)
         limits = yield from self.limits_steps()
+        answer = None
+        if (limits.max_response_bytes is not None and opts.kind is not Kind.COMPARE
+                and batch.n * _UNPRICED_NUMBERS * limits.json_number_bytes
+                > limits.max_response_bytes):
+            info = info or (yield from self.routine_steps(routine))
+            answer = answer_numbers(info, opts, batch, binary)
         bounds = ([(0, batch.n)] if opts.kind is Kind.COMPARE
-                  else chunk_bounds(batch, limits, opts.strategy, binary))
+                  else chunk_bounds(batch, limits, opts.strategy, binary, answer))
         started = time.perf_counter()
         parts = [batch.part(start, stop) for start, stop in bounds]
         calls = [v2.call(info, part, opts) if binary and info is not None

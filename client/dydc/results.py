@@ -108,6 +108,9 @@ class Limits:
     max_queue_samples: int | None = None
     request_timeout_ms: float | None = None
     strategy_caps: dict[str, int] = field(default_factory=dict)
+    max_response_bytes: int | None = None
+    """Largest answer, as the service prices it: N x outputs x arrays x bytes a number."""
+    json_number_bytes: int = 24
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Limits:
@@ -116,7 +119,9 @@ class Limits:
                    max_queue_samples=doc.get("max_queue_samples"),
                    request_timeout_ms=doc.get("request_timeout_ms"),
                    strategy_caps={str(k): int(v)
-                                  for k, v in (doc.get("strategy_caps") or {}).items()})
+                                  for k, v in (doc.get("strategy_caps") or {}).items()},
+                   max_response_bytes=doc.get("max_response_bytes"),
+                   json_number_bytes=int(doc.get("json_number_bytes") or 24))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from app import __version__
+from app.api.answer_size import check_tensor_answer
 from app.api.decoding import parse_json
 from app.api.deps import EngineDep
 from app.api.instrumentation import RequestLabels
@@ -158,6 +159,8 @@ class V2:
         size = len(header) + (len(binary) if binary is not None else 0)
         job, inference, call = await offload(size, self._prepare, engine, routine, header,
                                              binary, labels, asyncio.get_running_loop())
+        check_tensor_answer(job, call.outputs, job.dtype.itemsize,
+                            request.settings.max_response_bytes)
         return Decoded(job, (routine, inference.id, call))
 
     async def run(self, engine: Engine, decoded: Decoded) -> JobResult:
