@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import metrics
+from app.http.record import record_of
 
 __all__ = ["ConnectionLimits", "install"]
 
@@ -104,6 +105,10 @@ def _timed_out(protocol: Any) -> None:
         return
     cycle = getattr(protocol, "cycle", None)
     if cycle is None or cycle.response_complete or not cycle.response_started:
+        record = record_of(cycle.scope) if cycle is not None and not cycle.response_complete \
+            else None
+        if record is not None:  # the application is reading this request: log what it got
+            record.closed_with = 408
         assert _limits is not None
         body = _problem(408, b"Request Timeout",
                         b"the request was not complete within %g s (DYDC_READ_TIMEOUT_S)"

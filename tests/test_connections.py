@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -72,8 +73,30 @@ def test_a_trickled_body_is_cut(uvicorn_server: ServerProcess) -> None:
                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                      b'{"inputs": [')
         answer = _read_until_closed(sock)
-    # the application was reading the body: the connection closes under it (it counts 499)
+    # the application was reading the body: the connection closes under it
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_a_request_cut_at_the_read_timeout_is_logged_and_counted_as_408(
+        uvicorn_server: ServerProcess) -> None:
+    """The access log and dydc_requests_total say what the client got (they said 500 with
+    out=0, and 499)."""
+    path = "/v1/routines/exponential_decay/sensitivities"  # a routine no other test here uses
+    with _connect(uvicorn_server) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\n" % path.encode()
+                     + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"inputs": [')
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    deadline = time.monotonic() + 10
+    while f'"POST {path}" ' not in uvicorn_server.output():
+        assert time.monotonic() < deadline, uvicorn_server.output()
+        time.sleep(0.05)
+    line = next(x for x in uvicorn_server.output().splitlines() if f'"POST {path}" ' in x)
+    assert f'"POST {path}" 408 ' in line, line
+    metrics = httpx.get(uvicorn_server.url + "/metrics", timeout=10).text
+    assert ('dydc_requests_total{routine="exponential_decay",status="408",strategy="auto"} 1.0'
+            in metrics), [x for x in metrics.splitlines() if "exponential_decay" in x]
 
 
 def test_a_kept_alive_connection_is_timed_per_request(uvicorn_server: ServerProcess) -> None:

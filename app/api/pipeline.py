@@ -29,6 +29,7 @@ from app.api.instrumentation import RequestLabels, record
 from app.config import Settings
 from app.engine import Engine, Job, JobResult
 from app.errors import CLIENT_CLOSED_REQUEST, Problem, problem_of, with_instance
+from app.http.record import record_of
 
 __all__ = ["Codec", "Decoded", "Incoming", "Reply", "offload", "respond", "serve", "shutdown_reply"]
 
@@ -204,7 +205,12 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
             labels.strategy = result.strategy or "none"
         reply = codec.encode(decoded, result, started)
     except ClientDisconnect:
-        labels.status = CLIENT_CLOSED_REQUEST
+        # gone, or cut by the server's read timeout (a 408 it wrote itself)
+        entry = record_of(request.scope)
+        if entry is not None and entry.closed_with is None:
+            entry.closed_with = CLIENT_CLOSED_REQUEST
+        labels.status = entry.closed_with if entry is not None and entry.closed_with \
+            else CLIENT_CLOSED_REQUEST
     except asyncio.CancelledError:  # the server gave up waiting for us (shutdown)
         labels.status = 503
         raise

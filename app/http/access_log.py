@@ -111,7 +111,7 @@ class AccessLogMiddleware:
         at = time.time()
         bytes_in = 0
         bytes_out = 0
-        status = 500  # what the server answers when the app fails before a response
+        status = 0  # until the app starts its response
 
         async def counted_receive() -> Message:
             nonlocal bytes_in
@@ -131,6 +131,9 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, counted_receive, counted_send)
         finally:
+            if not status:  # the server's own answer (408), the client gone (499), or 500
+                record = record_of(scope)
+                status = (record.closed_with if record and record.closed_with else 500)
             if self.logger.isEnabledFor(logging.INFO):
                 line = self.format(self._entry(scope, at, started, status, bytes_in, bytes_out))
                 # handle() a record made here: logger.info() would also walk the stack to

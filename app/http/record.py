@@ -28,6 +28,9 @@ class RequestRecord:
     n: int | None = None
     queue_ms: float | None = None
     compute_ms: float | None = None
+    # the status of a request the application never answered: 408 written by the server at
+    # the read timeout (app.server), 499 when the client went away (the pipeline)
+    closed_with: int | None = None
 
     @property
     def instance(self) -> str:
