@@ -197,8 +197,9 @@ class Settings(BaseSettings):
         1000, description="Most nodes (numbers, names, operations, calls) in one expression "
         "(422 above)."
     )
-    expression_max_depth: PositiveInt = Field(
-        64, description="Deepest nesting of operations and calls in one expression (422 above)."
+    expression_max_depth: Annotated[int, Field(gt=0, le=200)] = Field(
+        64, description="Deepest nesting of operations and calls in one expression (422 above; "
+        "at most 200, Python's parser's own limit on nested parentheses)."
     )
     expression_max_ode_steps: PositiveInt = Field(
         10_000, description="Most fixed steps of an ODE expression (422 above): its cost grows "

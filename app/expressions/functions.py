@@ -1,0 +1,121 @@
+"""The functions and constants of the expression language, each mapped to torch operations.
+
+Every function here takes and returns tensors (the interpreter turns number literals into
+tensors of the request's dtype first) and has forward- and reverse-mode derivatives in torch,
+to second order, so that every strategy differentiates an expression as it does a routine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["COMPARISONS", "CONSTANTS", "FUNCTIONS", "Function", "catalogue"]
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    arity: int
+    apply: Callable[..., Tensor]
+    description: str
+
+    @property
+    def signature(self) -> str:
+        names = {1: "x", 2: "a, b", 3: "x, low, high"}[self.arity]
+        if self.name == "where":
+            names = "condition, a, b"
+        return f"{self.name}({names})"
+
+
+def _softplus(x: Tensor) -> Tensor:
+    # log(1 + exp(x)) without overflow; torch.nn.functional.softplus turns linear past a
+    # threshold, which would make its derivative 1 where the true one is 1 - 2e-9.
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def _norm_pdf(x: Tensor) -> Tensor:
+    return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+
+
+def _clamp(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    return torch.minimum(torch.maximum(x, low), high)
+
+
+def _where(condition: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(condition, a, b)
+
+
+FUNCTIONS: dict[str, Function] = {
+    f.name: f
+    for f in (
+        Function("exp", 1, torch.exp, "e to the power x"),
+        Function("log", 1, torch.log, "natural logarithm"),
+        Function("log1p", 1, torch.log1p, "log(1 + x), accurate near 0"),
+        Function("expm1", 1, torch.expm1, "exp(x) - 1, accurate near 0"),
+        Function("sqrt", 1, torch.sqrt, "square root"),
+        Function("abs", 1, torch.abs, "absolute value"),
+        Function("sin", 1, torch.sin, "sine (radians)"),
+        Function("cos", 1, torch.cos, "cosine (radians)"),
+        Function("tan", 1, torch.tan, "tangent (radians)"),
+        Function("tanh", 1, torch.tanh, "hyperbolic tangent"),
+        Function("sinh", 1, torch.sinh, "hyperbolic sine"),
+        Function("cosh", 1, torch.cosh, "hyperbolic cosine"),
+        Function("arcsin", 1, torch.asin, "inverse sine"),
+        Function("arccos", 1, torch.acos, "inverse cosine"),
+        Function("arctan", 1, torch.atan, "inverse tangent"),
+        Function("sigmoid", 1, torch.sigmoid, "1 / (1 + exp(-x))"),
+        Function("softplus", 1, _softplus, "log(1 + exp(x)), without overflow"),
+        Function("erf", 1, torch.special.erf, "error function"),
+        Function("erfc", 1, torch.special.erfc, "1 - erf(x), accurate for large x"),
+        Function("ndtr", 1, torch.special.ndtr, "standard normal cumulative distribution"),
+        Function("norm_pdf", 1, _norm_pdf, "standard normal density exp(-x**2 / 2) / sqrt(2 pi)"),
+        Function("gammaln", 1, torch.special.gammaln, "log |Gamma(x)|"),
+        Function("min", 2, torch.minimum, "the smaller of a and b"),
+        Function("max", 2, torch.maximum, "the larger of a and b"),
+        Function("pow", 2, torch.pow, "a to the power b (as a ** b)"),
+        Function("clamp", 3, _clamp, "x limited to [low, high]: min(max(x, low), high)"),
+        Function(
+            "where",
+            3,
+            _where,
+            "a where the comparison holds, else b; the condition is a comparison "
+            "(< <= > >= == !=, chained as in 0 < x < 1)",
+        ),
+    )
+}
+
+CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
+
+COMPARISONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "<": torch.lt,
+    "<=": torch.le,
+    ">": torch.gt,
+    ">=": torch.ge,
+    "==": torch.eq,
+    "!=": torch.ne,
+}
+
+
+def catalogue() -> dict[str, object]:
+    """What the language offers, as a JSON-ready listing (for GET /v1/expressions/functions)."""
+    return {
+        "functions": [
+            {
+                "name": f.name,
+                "signature": f.signature,
+                "arity": f.arity,
+                "description": f.description,
+            }
+            for f in FUNCTIONS.values()
+        ],
+        "constants": dict(CONSTANTS),
+        "operators": ["+", "-", "*", "/", "**", "unary -", "unary +"],
+        "comparisons": list(COMPARISONS),
+    }

@@ -1,0 +1,349 @@
+"""From the caller's text to a checked tree, refusing everything outside the language.
+
+Python's ``ast`` parses the text in ``eval`` mode (one expression: no statements, so no
+imports, assignments or definitions can even be written); the parse runs no code. A
+:class:`ast.NodeVisitor` then walks the parse tree: each ``visit_*`` method is one construct
+the language allows and builds its node of :mod:`app.expressions.tree`, and ``generic_visit``,
+reached by every other construct (attributes, subscripts, lambdas, comprehensions, strings,
+f-strings, conditional expressions, ...), refuses it, naming it and its column. Nothing of the
+user's text is ever evaluated, compiled to code or looked up as an attribute: the tree is
+interpreted by :mod:`app.expressions.interpreter`, over the functions of a fixed table.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Collection
+from typing import Never
+
+import torch
+
+from app.expressions.bounds import Bounds
+from app.expressions.errors import ExpressionError, ExpressionTooLarge, UnknownName
+from app.expressions.functions import COMPARISONS, CONSTANTS, FUNCTIONS
+from app.expressions.interpreter import Scope, interpret
+from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number, walk
+
+__all__ = ["parse"]
+
+_FILENAME = "<expression>"
+
+_OPERATORS: dict[type[ast.operator], str] = {
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.Pow: "**",
+}
+_REFUSED_OPERATORS: dict[type[ast.AST], str] = {
+    ast.Mod: "%",
+    ast.FloorDiv: "//",
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.BitAnd: "&",
+    ast.Not: "not",
+    ast.Invert: "~",
+}
+_COMPARISONS: dict[type[ast.cmpop], str] = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+}
+assert set(_COMPARISONS.values()) == set(COMPARISONS)
+
+# What a refused construct is called in the message, and what to write instead (else the
+# message lists what the language has).
+_CONSTRUCTS: dict[type[ast.AST], tuple[str, str | None]] = {
+    ast.Attribute: ("attribute access (.name)", None),
+    ast.Subscript: ("subscript ([...])", None),
+    ast.Slice: ("slice", None),
+    ast.Lambda: ("lambda", None),
+    ast.ListComp: ("comprehension", None),
+    ast.SetComp: ("comprehension", None),
+    ast.DictComp: ("comprehension", None),
+    ast.GeneratorExp: ("generator expression", None),
+    ast.List: ("list", None),
+    ast.Tuple: ("tuple", None),
+    ast.Set: ("set", None),
+    ast.Dict: ("dict", None),
+    ast.IfExp: ("conditional expression (a if c else b)", "write where(c, a, b)"),
+    ast.BoolOp: ("and/or", "write where() with one comparison, or nest where()"),
+    ast.NamedExpr: ("assignment expression (:=)", None),
+    ast.Starred: ("starred argument (*)", None),
+    ast.JoinedStr: ("f-string", None),
+    ast.FormattedValue: ("f-string", None),
+    ast.Await: ("await", None),
+    ast.Yield: ("yield", None),
+    ast.YieldFrom: ("yield", None),
+}
+_OFFER = (
+    "the language has numbers, the declared names, + - * / **, unary -, "
+    "where(comparison, a, b) and the functions " + ", ".join(FUNCTIONS)
+)
+
+
+def parse(text: str, names: Collection[str], bounds: Bounds, *, field: str = "expression") -> Node:
+    """The checked tree of ``text``, whose names may be ``names`` and the constants.
+
+    Raises :class:`ExpressionError` (and nothing else) for any text that is not an
+    expression of the language; ``field`` prefixes its message (the request's field).
+    """
+    if len(text) > bounds.max_chars:
+        raise ExpressionTooLarge(
+            f"the expression has {len(text)} characters, more than {bounds.max_chars}",
+            setting="DYDC_EXPRESSION_MAX_CHARS",
+            field=field,
+        )
+    _refuse_characters(text, field)
+    try:
+        tree = ast.parse(text, _FILENAME, mode="eval")
+        return _Checker(text, names, bounds, field).visit(tree.body)
+    except SyntaxError as exc:
+        column = exc.offset if exc.lineno in (None, 1) else None
+        if column is not None and exc.lineno is not None:
+            column = _Positions(text).column(exc.lineno, column - 1)
+        where = f" at column {column}" if column is not None else ""
+        raise ExpressionError(
+            f"not an expression: {exc.msg}{where}", construct="syntax", column=column, field=field
+        ) from None
+    except (RecursionError, MemoryError):  # the parser's own nesting limit
+        raise ExpressionTooLarge(
+            f"the expression is nested more deeply than {bounds.max_depth} levels",
+            setting="DYDC_EXPRESSION_MAX_DEPTH",
+            field=field,
+        ) from None
+
+
+def _refuse_characters(text: str, field: str) -> None:
+    """ASCII only: Python folds lookalike letters to ASCII ones (NFKC), so that 'exp' written
+    with a fullwidth 'e' would read as 'exp'; here the caller is told instead. Control
+    characters other than tab and line breaks (NUL included) are refused too."""
+    for i, char in enumerate(text):
+        if not (" " <= char <= "~" or char in "\t\n\r"):
+            raise ExpressionError(
+                f"character U+{ord(char):04X} at column {i + 1} is not allowed: expressions "
+                "are written in ASCII",
+                construct="character",
+                column=i + 1,
+                field=field,
+            )
+
+
+class _Positions:
+    """Columns counted over the whole text (1-based), from the parser's line and offset."""
+
+    def __init__(self, text: str) -> None:
+        self._starts = [0]
+        for i, char in enumerate(text):
+            if char == "\n":
+                self._starts.append(i + 1)
+
+    def column(self, lineno: int, col_offset: int) -> int:
+        # ASCII only (checked before parsing): the parser's byte offsets are characters
+        return self._starts[lineno - 1] + col_offset + 1
+
+
+class _Checker(ast.NodeVisitor):
+    """One ``visit_*`` per allowed construct; everything else reaches ``generic_visit``."""
+
+    def __init__(self, text: str, names: Collection[str], bounds: Bounds, field: str) -> None:
+        self._text = text
+        self._positions = _Positions(text)
+        self._names = frozenset(names)
+        self._bounds = bounds
+        self._field = field
+        self._nodes = 0
+        self._depth = 0
+        self._condition_allowed = False
+
+    # -- the walk ---------------------------------------------------------------------------
+
+    def visit(self, node: ast.AST) -> Node:
+        assert isinstance(node, ast.expr)  # only expressions are ever visited
+        self._nodes += 1
+        if self._nodes > self._bounds.max_nodes:
+            raise ExpressionTooLarge(
+                f"the expression has more than {self._bounds.max_nodes} nodes",
+                setting="DYDC_EXPRESSION_MAX_NODES",
+                column=self._column(node),
+                field=self._field,
+            )
+        self._depth += 1
+        if self._depth > self._bounds.max_depth:
+            raise ExpressionTooLarge(
+                f"the expression is nested more deeply than {self._bounds.max_depth} levels "
+                f"(at column {self._column(node)})",
+                setting="DYDC_EXPRESSION_MAX_DEPTH",
+                column=self._column(node),
+                field=self._field,
+            )
+        try:
+            checked: Node = super().visit(node)
+        finally:
+            self._depth -= 1
+        return checked
+
+    def generic_visit(self, node: ast.AST) -> Node:
+        if isinstance(node, ast.Compare):
+            self._refuse(
+                "comparison outside where",
+                node,
+                "a comparison is only the condition of where(condition, a, b)",
+            )
+        construct, hint = _CONSTRUCTS.get(type(node), (type(node).__name__, None))
+        self._refuse(construct, node, hint)
+
+    # -- allowed constructs -----------------------------------------------------------------
+
+    def visit_Constant(self, node: ast.Constant) -> Node:
+        return Number(self._number(node))
+
+    def visit_Name(self, node: ast.Name) -> Node:
+        if node.id in self._names:
+            return Name(node.id)
+        if node.id in CONSTANTS:
+            return Number(CONSTANTS[node.id], constant=node.id)
+        raise UnknownName(node.id, self._column(node), self._names, field=self._field)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Node:
+        if isinstance(node.op, ast.USub):
+            if isinstance(node.operand, ast.Constant):  # a negative literal is one number
+                return Number(-self._number(node.operand))
+            return Negation(self.visit(node.operand))
+        if isinstance(node.op, ast.UAdd):
+            return self.visit(node.operand)
+        self._refuse(f"operator {_REFUSED_OPERATORS[type(node.op)]}", node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> Node:
+        op = _OPERATORS.get(type(node.op))
+        if op is None:
+            self._refuse(
+                f"operator {_REFUSED_OPERATORS[type(node.op)]}",
+                node,
+                column=self._operator_column(node),
+            )
+        left, right = self.visit(node.left), self.visit(node.right)
+        if op == "**":
+            self._check_exponent(right, node.right)
+        return Binary(op, left, right)
+
+    def visit_Compare(self, node: ast.Compare) -> Node:
+        if not self._condition_allowed:
+            return self.generic_visit(node)
+        self._condition_allowed = False
+        ops = []
+        for op in node.ops:
+            symbol = _COMPARISONS.get(type(op))
+            if symbol is None:
+                self._refuse(
+                    f"comparison {type(op).__name__}", node, "compare with < <= > >= == !="
+                )
+            ops.append(symbol)
+        operands = tuple(self.visit(o) for o in (node.left, *node.comparators))
+        return Comparison(tuple(ops), operands)
+
+    def visit_Call(self, node: ast.Call) -> Node:
+        if not isinstance(node.func, ast.Name):
+            construct = _CONSTRUCTS.get(type(node.func), (type(node.func).__name__, None))[0]
+            self._refuse(
+                f"call of a {construct}",
+                node,
+                "only the language's functions may be called, by name",
+            )
+        function = FUNCTIONS.get(node.func.id)
+        if function is None:
+            self._refuse(f"call of {node.func.id!r}", node, "not a function of the language")
+        if node.keywords:
+            self._refuse("keyword argument", node.keywords[0], "pass arguments by position")
+        if len(node.args) != function.arity:
+            self._refuse(
+                f"{function.name}() with {len(node.args)} arguments",
+                node,
+                f"write {function.signature}",
+            )
+        if function.name == "where" and not isinstance(node.args[0], ast.Compare):
+            self._refuse(
+                "where() with a condition that is not a comparison",
+                node.args[0],
+                "write a comparison such as x > 0",
+            )
+        args = []
+        for i, arg in enumerate(node.args):
+            self._condition_allowed = function.name == "where" and i == 0
+            args.append(self.visit(arg))
+        if function.name == "pow":
+            self._check_exponent(args[1], node.args[1])
+        return Call(function.name, tuple(args))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _number(self, node: ast.Constant) -> float:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            kind = {str: "string", bytes: "bytes", complex: "complex number", bool: "boolean"}
+            self._refuse(kind.get(type(value), repr(value)), node, "numbers only")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ExpressionTooLarge(
+                f"the number at column {self._column(node)} is too large for a float",
+                setting=None,
+                column=self._column(node),
+                field=self._field,
+            )
+        return number
+
+    def _check_exponent(self, exponent: Node, node: ast.expr) -> None:
+        """A literal exponent, or one computed from literals alone (9 ** 9 in 9 ** 9 ** 9),
+        is at most the bound in absolute value."""
+        if isinstance(exponent, Number):
+            value = exponent.value
+        elif any(isinstance(n, Name) for n in walk(exponent)):
+            return
+        else:  # constants only: computed in float64 by the interpreter (never by Python)
+            scope = Scope({}, torch.zeros((), dtype=torch.float64))
+            value = float(scope.tensor(interpret(exponent)(scope)))
+        if abs(value) > self._bounds.max_exponent:
+            raise ExpressionTooLarge(
+                f"the literal exponent {value:g} at column {self._column(node)} is "
+                f"more than {self._bounds.max_exponent:g} in absolute value",
+                setting="DYDC_EXPRESSION_MAX_EXPONENT",
+                column=self._column(node),
+                field=self._field,
+            )
+
+    def _column(self, node: ast.expr | ast.keyword) -> int:
+        return self._positions.column(node.lineno, node.col_offset)
+
+    def _operator_column(self, node: ast.BinOp) -> int:
+        """Where the operator itself is: the first character after the left operand that is
+        neither space nor a closing parenthesis."""
+        start = self._column(node.left) - 1
+        if node.left.end_lineno is not None and node.left.end_col_offset is not None:
+            start = self._positions.column(node.left.end_lineno, node.left.end_col_offset) - 1
+        i = start
+        while i < len(self._text) and self._text[i] in " \t\r\n)":
+            i += 1
+        return i + 1
+
+    def _refuse(
+        self, construct: str, node: ast.AST, hint: str | None = None, *, column: int | None = None
+    ) -> Never:
+        if column is None and isinstance(node, ast.expr | ast.keyword):
+            column = self._column(node)
+        where = f" at column {column}" if column is not None else ""
+        raise ExpressionError(
+            f"{construct}{where} is not allowed: {hint or _OFFER}",
+            construct=construct,
+            column=column,
+            field=self._field,
+        )
