@@ -1,19 +1,64 @@
-"""``python -m app`` (or ``dydc``): serve on DYDC_HOST:DYDC_PORT with uvicorn."""
+"""``python -m app`` (or ``dydc``): serve on DYDC_HOST:DYDC_PORT with uvicorn.
+
+``--host``, ``--port`` and ``--log-level`` mirror their ``DYDC_*`` variables (a flag wins
+over the variable); every other setting is a variable only. There is no ``--workers``: one
+process owns the devices, its queue and its batching (several processes would each claim
+every device), so scale out with replicas instead.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+from collections.abc import Sequence
+
 import uvicorn
 
-from app.config import load_settings
+from app.config import Settings, load_settings
+
+__all__ = ["main", "parse_args"]
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_FLAGS = ("host", "port", "log_level")  # each the setting it mirrors
 
 
-def main() -> None:
+def _help(field: str) -> str:
+    info = Settings.model_fields[field]
+    return f"{info.description} Sets DYDC_{field.upper()} (default {info.default})."
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags; an unknown or malformed one ends the process with usage and exit 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Serve the dydc sensitivity service with uvicorn.",
+        epilog="Every other setting is a DYDC_* environment variable (README: Configuration).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--host", help=_help("host"))
+    parser.add_argument("--port", type=int, help=_help("port"))
+    parser.add_argument("--log-level", type=str.lower, choices=_LOG_LEVELS, help=_help("log_level"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve; ``argv`` defaults to the command line (``dydc serve`` passes its own)."""
+    args = parse_args(argv)
+    for field in _FLAGS:
+        value = getattr(args, field)
+        if value is not None:  # the app (app.main:app) reads its settings from the variables
+            os.environ[f"DYDC_{field.upper()}"] = str(value)
     settings = load_settings()
     # The application answers what is left 503 at the end of DYDC_GRACE_PERIOD_S itself
     # (app.main); uvicorn's own limit, which cancels requests, comes after that.
-    uvicorn.run("app.main:app", host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False,  # app.http.access_log
-                timeout_graceful_shutdown=max(1, round(settings.grace_period_s)) + 5)
+    uvicorn.run(
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # app.http.access_log
+        timeout_graceful_shutdown=max(1, round(settings.grace_period_s)) + 5,
+    )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def drain_seconds() -> float:
         m.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))
         for key in [k for k in os.environ if k.startswith("DYDC_")]:
             m.delenv(key)
-        app.__main__.main()
+        app.__main__.main([])
     assert "grace_period_s" in inspect.getsource(create_app), "the pool's drain changed"
     return float(seen["timeout_graceful_shutdown"]) + Settings().grace_period_s
 

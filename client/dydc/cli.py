@@ -445,7 +445,7 @@ def serve(
         os.environ["DYDC_HOST"] = host
     if port is not None:
         os.environ["DYDC_PORT"] = str(port)
-    serve_main()
+    serve_main([])
 
 
 def main() -> None:

@@ -1,0 +1,90 @@
+"""``python -m app``'s flags: each mirrors its DYDC_* variable (and wins over it), --help
+starts nothing, an unknown or malformed flag is a usage error (exit 2). The contract test
+(tests/test_contract.py) serves with ``--port``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import uvicorn
+
+import app.__main__ as entry
+from tests.support import ROOT
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What ``main`` hands uvicorn, with uvicorn not started; DYDC_* restored after."""
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))
+    for key in ("DYDC_HOST", "DYDC_PORT", "DYDC_LOG_LEVEL"):
+        monkeypatch.setenv(key, "")  # recorded, so that what main sets is undone after
+        monkeypatch.delenv(key)
+    return seen
+
+
+def test_flags_set_host_port_and_log_level(served: dict[str, Any]) -> None:
+    entry.main(["--host", "0.0.0.0", "--port", "8312", "--log-level", "WARNING"])
+    assert (served["host"], served["port"], served["log_level"]) == ("0.0.0.0", 8312, "warning")
+
+
+def test_a_flag_wins_over_its_variable(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DYDC_PORT", "9001")
+    monkeypatch.setenv("DYDC_HOST", "127.0.0.2")
+    entry.main(["--port", "8312"])
+    assert (served["host"], served["port"]) == ("127.0.0.2", 8312)
+
+
+def test_no_flags_keep_the_defaults(served: dict[str, Any]) -> None:
+    entry.main([])
+    assert (served["host"], served["port"], served["log_level"]) == ("127.0.0.1", 8000, "info")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
+        (["--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
+        (["--workers", "4"], "unrecognized arguments: --workers 4"),
+    ],
+)
+def test_usage_errors_exit_2(
+    served: dict[str, Any], argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        entry.main(argv)
+    assert exit_.value.code == 2 and not served
+    assert message in capsys.readouterr().err
+
+
+def test_a_port_out_of_range_is_the_settings_error(
+    served: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        entry.main(["--port", "70000"])
+    assert exit_.value.code == 2 and not served
+    assert "DYDC_PORT='70000'" in capsys.readouterr().err
+
+
+def test_help_starts_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m app")
+    for flag, variable in (
+        ("--host", "DYDC_HOST"),
+        ("--port", "DYDC_PORT"),
+        ("--log-level", "DYDC_LOG_LEVEL"),
+    ):
+        assert flag in done.stdout and variable in done.stdout
