@@ -10,6 +10,7 @@ with the same :class:`~dydc.retrying.RetryPolicy`. Both are context managers.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,9 +55,13 @@ def _json(response: httpx.Response) -> Any:
 class _Steps:
     """Configuration, caches and every method as steps; no I/O."""
 
-    def __init__(self, url: str, *, api_key: str | None, protocol: str,
+    def __init__(self, url: str | None, *, api_key: str | None, protocol: str,
                  policy: RetryPolicy, max_concurrency: int, binary_min_samples: int,
                  progress: Progress | None) -> None:
+        # as the command line does: an argument wins over the variable, which wins over the
+        # default (api_key="" sends no key whatever DYDC_API_KEY says)
+        url = url or os.environ.get("DYDC_URL") or DEFAULT_URL
+        api_key = os.environ.get("DYDC_API_KEY") if api_key is None else api_key
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if max_concurrency < 1:
@@ -138,14 +143,15 @@ def _connection_failed(url: str, call: Call[Any], exc: httpx.TransportError,
 
 
 class Client:
-    """A synchronous client over ``httpx.Client``::
+    """A synchronous client over ``httpx.Client``. ``url`` and ``api_key`` default to
+    ``DYDC_URL`` (else http://127.0.0.1:8000) and ``DYDC_API_KEY``, as for the command line::
 
         with dydc.Client("http://127.0.0.1:8000") as client:
             r = client.sensitivities("black_scholes_call", x, {"sigma": 0.2}, wrt=["sigma"])
             r.derivatives["sigma"]   # vega, one per sample
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None,
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, protocol: str = "auto",
                  retry_on_timeout: bool = False, backoff: float = 0.5,
                  max_retry_after: float = 30.0, max_concurrency: int = 4,
@@ -253,7 +259,7 @@ class AsyncClient:
             r = await client.sensitivities("linear", x, {"C": -5.0})
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None,
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, protocol: str = "auto",
                  retry_on_timeout: bool = False, backoff: float = 0.5,
                  max_retry_after: float = 30.0, max_concurrency: int = 4,
