@@ -115,22 +115,49 @@ def test_tables_and_json_listings(dydc_url: str, tmp_path: Path) -> None:
     assert code == 0 and "dy_dC" in out and "the first 5 of 30 rows" in out
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["describe", "nope"], "error: 404 Not Found: no routine named 'nope'"),
-    (["sensitivities", "linear", "-i", "-", "-p", "C"], "error: --param 'C': write NAME=NUMBER"),
+@pytest.mark.parametrize(("args", "message", "status"), [
+    (["describe", "nope"], "error: 404 Not Found: no routine named 'nope'", 1),
+    (["sensitivities", "linear", "-i", "-", "-p", "C"], "error: --param 'C': write NAME=NUMBER",
+     2),
     (["sensitivities", "linear", "-i", "-", "-p", "C=abc"],
-     "error: --param 'C=abc': 'abc' is not a number"),
+     "error: --param 'C=abc': 'abc' is not a number", 2),
     (["sensitivities", "linear", "-i", "-", "--strategy", "bogus"],
-     "error: 422 Unprocessable Entity: unknown strategy 'bogus'"),
+     "error: 422 Unprocessable Entity: unknown strategy 'bogus'", 1),
     (["sensitivities", "exponential_decay", "-i", "-"],
-     "error: the inputs have no column y0, t; routine exponential_decay takes y0, t"),
+     "error: the inputs have no column y0, t; routine exponential_decay takes y0, t", 1),
     (["sensitivities", "linear", "-i", "in.txt"],
-     "error: --inputs in.txt: use a .csv, .npy or .json file"),
+     "error: --inputs in.txt: use a .csv, .npy or .json file", 1),
 ])
-def test_errors_are_one_line(dydc_url: str, args: list[str], message: str) -> None:
+def test_errors_are_one_line(dydc_url: str, args: list[str], message: str,
+                             status: int) -> None:
+    """Exit status 1 for what the service or the data refused, 2 for a malformed option."""
     code, out, err = dydc_cli(dydc_url, *args, stdin="x\n1\n")
-    assert code == 1 and out == ""
+    assert code == status and out == ""
     assert err.startswith(message) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("placement", ["before", "after", "after, with ="])
+def test_global_options_before_or_after_the_command(dydc_url: str, placement: str) -> None:
+    """As kubectl and gh take them: ``dydc routines --url URL`` as well as
+    ``dydc --url URL routines``."""
+    args = {"before": ["--url", dydc_url, "--retries", "0", "routines", "--json"],
+            "after": ["routines", "--json", "--url", dydc_url, "--retries", "0",
+                      "--timeout", "30", "--protocol", "json"],
+            "after, with =": ["routines", f"--url={dydc_url}", "--json"]}[placement]
+    result = runner.invoke(app, args, env={"DYDC_URL": f"http://127.0.0.1:{free_port()}"})
+    assert result.exit_code == 0, result.stderr
+    assert "black_scholes_call" in [r["name"] for r in json.loads(result.stdout)]
+
+
+@pytest.mark.parametrize("args", [
+    ["routines", "--protocol", "carrier-pigeon"],
+    ["routines", "--bogus"],
+    ["routines", "--url"],
+    ["describe"],
+])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
 
 
 def test_connection_refused_is_one_line() -> None:
@@ -171,7 +198,7 @@ def test_bench_tiny(dydc_url: str, tmp_path: Path) -> None:
         assert p["throughput"] == pytest.approx(p["requests"] / p["seconds"])
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
     code, _, err = dydc_cli(dydc_url, "bench", "linear", "--concurrency", "0")
-    assert code == 1 and "every value must be 1 or more" in err
+    assert code == 2 and "every value must be 1 or more" in err
 
 
 def test_serve(dydc_url: str) -> None:

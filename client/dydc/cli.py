@@ -2,7 +2,10 @@
 Rich draws the tables and the upload progress bar.
 
 The service's URL comes from ``--url`` or ``DYDC_URL``, its key from ``--api-key`` or
-``DYDC_API_KEY``. An error prints one line with the service's detail and exits with 1.
+``DYDC_API_KEY``; these and the other global options may come before the command or after it
+(``dydc routines --url URL``), as kubectl and gh take them. An error prints one line with the
+service's detail and exits with 1; a usage error (a malformed option) exits with 2, as Click
+answers an unknown option.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 try:
+    import click
     import typer
     from rich.console import Console
     from rich.progress import Progress, TaskID
     from rich.table import Table
+    from typer.core import TyperGroup
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit("the dydc command line needs its extra: pip install 'dydc-client[cli]'") \
         from exc
@@ -32,14 +37,52 @@ from dydc.load import run_load
 from dydc.results import Comparison, Result, RoutineInfo
 from dydc.tables import InputTable, read_inputs, result_columns, write_result
 
-__all__ = ["app", "main"]
+__all__ = ["UsageError", "app", "main"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-app = typer.Typer(help="Call the dydc sensitivity service: routines, derivatives, comparisons, "
-                  "load tests.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+
+class UsageError(ValueError):
+    """An option's value the command line cannot use: exit status 2, not 1."""
+
+
+class _Commands(TyperGroup):
+    """The group: its own options (``--url`` ...) are taken after the command as well, moved
+    in front of it before Click parses (the command's options never share their names)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _hoist_options(self.params, args))
+
+
+def _hoist_options(params: Sequence[click.Parameter], args: list[str]) -> list[str]:
+    """``args`` with the options among ``params`` (``--url U``, ``--url=U``) put first, in
+    their order; ``--`` ends the options."""
+    valued = {name: not (isinstance(p, click.Option) and p.is_flag)
+              for p in params for name in p.opts if name.startswith("--")}
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.partition("=")[0]
+        if name in valued:
+            takes = valued[name] and "=" not in arg and i + 1 < len(args)
+            hoisted += args[i:i + 1 + takes]
+            i += 1 + takes
+            continue
+        rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
+app = typer.Typer(cls=_Commands,
+                  help="Call the dydc sensitivity service: routines, derivatives, comparisons, "
+                  "load tests. The global options may also follow the command.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console()
 err = Console(stderr=True)
 
@@ -91,7 +134,8 @@ def _no_bar() -> Iterator[None]:
 
 
 def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """One line on stderr with what to change, and exit status 1, instead of a traceback."""
+    """One line on stderr with what to change, and exit status 1 (2 for a usage error)
+    instead of a traceback."""
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -99,7 +143,7 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except (DydcError, ValueError, OSError) as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
 
     return run
 
@@ -208,7 +252,7 @@ def _params(given: Sequence[str], table: InputTable) -> dict[str, Any]:
     for item in given:
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise ValueError(f"--param {item!r}: write NAME=NUMBER, or NAME=@COLUMN for one "
+            raise UsageError(f"--param {item!r}: write NAME=NUMBER, or NAME=@COLUMN for one "
                              "value per sample")
         value = value.strip()
         if value.startswith("@"):
@@ -217,7 +261,7 @@ def _params(given: Sequence[str], table: InputTable) -> dict[str, Any]:
         try:
             params[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--param {item!r}: {value!r} is not a number (a column is "
+            raise UsageError(f"--param {item!r}: {value!r} is not a number (a column is "
                              f"@{value})") from None
     return params
 
@@ -359,10 +403,10 @@ def _integers(given: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in given.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{option} {given!r}: write whole numbers separated by commas") \
+        raise UsageError(f"{option} {given!r}: write whole numbers separated by commas") \
             from None
     if not values or min(values) < 1:
-        raise ValueError(f"{option} {given!r}: every value must be 1 or more")
+        raise UsageError(f"{option} {given!r}: every value must be 1 or more")
     return values
 
 
