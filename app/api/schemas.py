@@ -3,17 +3,21 @@ response models document what the routes write (with orjson, straight from tenso
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import difflib
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SkipValidation,
     StrictBool,
     StrictFloat,
     StrictInt,
+    ValidationError,
 )
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "BumpInfo",
@@ -28,6 +32,8 @@ __all__ = [
     "SensitivityRequest",
     "SensitivityResponse",
     "StrategyList",
+    "unknown_field",
+    "validate_request",
 ]
 
 Number = StrictFloat | StrictInt
@@ -44,9 +50,19 @@ ParamValue = Annotated[Number | list[Number], SkipValidation]
 
 
 ParamName = Annotated[str, Field(min_length=1)]
+
+
+def _split_names(given: Any) -> Any:
+    """``"sigma, r"`` as ``["sigma", "r"]``: the comma-separated form v2, the client and the
+    command line take."""
+    return [w.strip() for w in given.split(",") if w.strip()] if isinstance(given, str) \
+        else given
+
+
 # Omitted means every parameter; an empty list is refused (422) by the engine, whose message
 # says what to do: the schema says so with minItems.
-Wrt = Annotated[list[ParamName], Field(json_schema_extra={"minItems": 1})]
+Wrt = Annotated[list[ParamName], BeforeValidator(_split_names),
+                Field(json_schema_extra={"minItems": 1})]
 
 
 class EvaluateRequest(BaseModel):
@@ -175,3 +191,47 @@ class StrategyInfo(BaseModel):
 class StrategyList(BaseModel):
     default: str
     strategies: list[StrategyInfo]
+
+
+Request = TypeVar("Request", bound=BaseModel)
+_NAME_AT_MOST = 64  # characters of an unknown field's name echoed back
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= _NAME_AT_MOST else f"{name[:_NAME_AT_MOST]}..."
+
+
+def unknown_field(name: str, fields: list[str]) -> str:
+    """What to say of a field the body should not have: the closest one, and all of them."""
+    close = difflib.get_close_matches(name[:_NAME_AT_MOST], fields, n=1)
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    return f"unknown field {_shown(name)!r}; {hint}the fields are {', '.join(fields)}"
+
+
+def _as_is(error: ErrorDetails) -> InitErrorDetails:
+    details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
+
+
+def validate_request(model: type[Request], document: Any) -> Request:
+    """``model.model_validate(document)``, with a field that ``model`` has not (a misspelt
+    ``param``) named as such, with the closest field and every field, instead of pydantic's
+    "Extra inputs are not permitted". (Only the error path pays for it.)"""
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if not any(e["type"] == "extra_forbidden" for e in errors):
+            raise
+        fields = list(model.model_fields)
+        hinted = [
+            InitErrorDetails(type=PydanticCustomError(
+                "extra_forbidden", "{hint}", {"hint": unknown_field(str(e["loc"][0]), fields)}),
+                loc=(_shown(str(e["loc"][0])),), input=e["input"])
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+            else _as_is(e)
+            for e in errors
+        ]
+        raise ValidationError.from_exception_data(exc.title, hinted) from None

@@ -21,7 +21,7 @@ from app.api.encoding import encode_comparison, encode_result
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.sensitivity_options import engine_arguments
-from app.engine import STRATEGIES, Comparison, Engine, Job, JobKind, JobResult
+from app.engine import MIN_TIMEOUT_MS, STRATEGIES, Comparison, Engine, Job, JobKind, JobResult
 from app.engine.errors import InvalidRequest
 from app.errors import PROBLEM_JSON, BodyTooLarge, Problem, problem_body
 from routines import Routine
@@ -48,9 +48,10 @@ _COMPUTE_QUERY: list[dict[str, Any]] = [
      "schema": {"type": "string", "default": "auto", "enum": list(STRATEGIES)},
      "description": "How to differentiate (GET /v1/strategies)."},
     {"name": "timeout_ms", "in": "query", "required": False,
-     "schema": {"type": "number", "exclusiveMinimum": 0},
-     "description": "Deadline in ms, at most DYDC_REQUEST_TIMEOUT_MS: a request still queued "
-                    "or running when it passes is dropped or stopped, and answered 504."},
+     "schema": {"type": "number", "minimum": MIN_TIMEOUT_MS},
+     "description": f"Deadline in ms, at least {MIN_TIMEOUT_MS:g} (422 below) and at most "
+                    "DYDC_REQUEST_TIMEOUT_MS (capped above): a request still queued or running "
+                    "when it passes is dropped or stopped, and answered 504."},
 ]
 
 
@@ -61,7 +62,8 @@ def _timeout_ms(query: Mapping[str, str]) -> float | None:
     try:
         return float(given)
     except ValueError:
-        raise InvalidRequest(f"timeout_ms = {given!r}; use a positive number of ms") from None
+        raise InvalidRequest(f"timeout_ms = {given!r}; use a number of ms of at least "
+                             f"{MIN_TIMEOUT_MS:g}") from None
 
 
 def _sample_watch(limit: int) -> Callable[[bytes], None]:
@@ -95,7 +97,7 @@ class V1:
 
     def _prepare(self, engine: Engine, routine: Routine, body: bytes,
                  query: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Job:
-        document = self._model.model_validate(parse_document(body))
+        document = schemas.validate_request(self._model, parse_document(body))
         timeout_ms = _timeout_ms(query)
         if self.kind is JobKind.EVALUATE:
             return engine.prepare(self.kind, routine.name, decode_inputs(document.inputs),
@@ -140,7 +142,7 @@ class V1Compare(V1):
 
     def _prepare(self, engine: Engine, routine: Routine, body: bytes,
                  query: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Job:
-        document = schemas.SensitivityRequest.model_validate(parse_document(body))
+        document = schemas.validate_request(schemas.SensitivityRequest, parse_document(body))
         arguments = engine_arguments(query, document.order, document.cross) | {"check": None}
         # prepared as finite differences, which take every bump setting; compare then runs
         # each strategy that this server serves and that applies

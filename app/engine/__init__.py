@@ -9,6 +9,7 @@ from app.engine.compute import Executor
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.service import (
     DTYPES,
+    MIN_TIMEOUT_MS,
     Engine,
     Limits,
     cache_host_allocations,
@@ -20,6 +21,7 @@ from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_device
 
 __all__ = [
     "DTYPES",
+    "MIN_TIMEOUT_MS",
     "STRATEGIES",
     "Bump",
     "Check",

@@ -48,6 +48,7 @@ from routines import Routine
 
 __all__ = [
     "DTYPES",
+    "MIN_TIMEOUT_MS",
     "Engine",
     "Limits",
     "StrategyInfo",
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MIN_TIMEOUT_MS = 1.0
+"""The shortest deadline a request may ask for (``timeout_ms``; v2 ``timeout`` is in µs):
+shorter ones are refused as invalid (422), never queued to expire as an overload would."""
 
 DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
 
@@ -479,8 +484,11 @@ class Engine:
         server does not serve (compare prepares its request as finite differences, then runs
         only the strategies served).
         """
-        if timeout_ms is not None and not (math.isfinite(timeout_ms) and timeout_ms > 0):
-            raise InvalidRequest(f"timeout_ms = {timeout_ms}; use a positive number of ms")
+        if timeout_ms is not None and not (math.isfinite(timeout_ms)
+                                           and timeout_ms >= MIN_TIMEOUT_MS):
+            raise InvalidRequest(
+                f"timeout_ms = {timeout_ms:g}; use a number of ms of at least "
+                f"{MIN_TIMEOUT_MS:g} (a shorter deadline cannot be met)")
         routine = self.routine(routine_name)
         sensitivities = kind is JobKind.SENSITIVITIES
         chosen = self._strategy(strategy, any_strategy) if sensitivities else None

@@ -20,13 +20,13 @@ import numpy as np
 from torch import Tensor
 
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
-from app.engine import JobKind, JobResult
+from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult
 from app.engine.bumping import pairs
 from app.engine.errors import InvalidRequest, listed
 from app.errors import MalformedFraming
 from routines import Routine
 
-__all__ = ["DATATYPES", "Call", "model_outputs", "plan", "response"]
+__all__ = ["DATATYPES", "MIN_TIMEOUT_US", "Call", "model_outputs", "plan", "response"]
 
 # Wire datatype -> (little-endian numpy dtype, engine dtype).
 DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
@@ -39,6 +39,7 @@ VALUES = "y"
 # Read by this server; Triton's "timeout" (microseconds) is the request's deadline, and its
 # "priority" is accepted and has no effect (one queue, first come first served).
 _RESERVED = ("strategy", "wrt", "order", "cross", "binary_data_output", "timeout", "priority")
+MIN_TIMEOUT_US = MIN_TIMEOUT_MS * 1e3
 
 
 def derivative_name(param: str) -> str:
@@ -178,9 +179,15 @@ def _timeout_ms(parameters: Parameters) -> float | None:
     timeout = parameters.get("timeout")
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise InvalidRequest(
-            f"parameters.timeout is {_describe(timeout)}; send a positive number of microseconds"
+            f"parameters.timeout is {_describe(timeout)}; send a number of microseconds of at "
+            f"least {MIN_TIMEOUT_US:g}"
+        )
+    if not timeout >= MIN_TIMEOUT_US:
+        raise InvalidRequest(
+            f"parameters.timeout is {timeout:g} µs; send at least {MIN_TIMEOUT_US:g} "
+            f"microseconds ({MIN_TIMEOUT_MS:g} ms: a shorter deadline cannot be met)"
         )
     try:
         return float(timeout) / 1e3

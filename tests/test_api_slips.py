@@ -1,0 +1,93 @@
+"""The slips a new user makes first, each answered with what to change: a deadline too short
+to meet (422 / 400 naming it, never the 503 or 504 of an overload), ``"wrt": "C"`` (taken, as
+v2, the client and the command line take it), a misspelt field (the closest one suggested)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.test_api_errors import assert_problem
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/{}/sensitivities"
+INFER = "/v2/models/linear/infer"
+X1 = [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]}]
+
+
+@pytest.mark.parametrize("timeout_ms", ["2.2250738585072014e-308", "0.999", "0", "-5", "nan"])
+@pytest.mark.parametrize("endpoint", ["sensitivities", "evaluate", "compare"])
+async def test_a_deadline_under_1_ms_is_422(client: httpx.AsyncClient, endpoint: str,
+                                            timeout_ms: str) -> None:
+    r = await client.post(f"/v1/routines/linear/{endpoint}?strategy=reverse-batched"
+                          f"&timeout_ms={timeout_ms}" if endpoint == "sensitivities" else
+                          f"/v1/routines/linear/{endpoint}?timeout_ms={timeout_ms}",
+                          json={"inputs": [1.0, 2.0]})
+    assert_problem(r, 422, "timeout_ms", "at least 1")
+    assert "retry-after" not in r.headers
+
+
+async def test_a_deadline_of_1_ms_is_taken(client: httpx.AsyncClient) -> None:
+    r = await client.post(SENS.format("linear") + "?timeout_ms=1", json={"inputs": [1.0]})
+    assert r.status_code in (200, 504), r.text  # met, or passed while queued: not refused
+
+
+@pytest.mark.parametrize("timeout_us", [2.2250738585072014e-308, 999, 999.9, 0])
+async def test_a_v2_timeout_under_1000_us_is_400(client: httpx.AsyncClient,
+                                                 timeout_us: float) -> None:
+    r = await client.post(INFER, json={"inputs": X1, "parameters": {"timeout": timeout_us}})
+    assert r.status_code == 400, r.text
+    assert "parameters.timeout" in r.json()["error"]
+    assert "at least 1000 microseconds" in r.json()["error"]
+
+
+async def test_a_v2_timeout_of_1000_us_is_taken(client: httpx.AsyncClient) -> None:
+    r = await client.post(INFER, json={"inputs": X1, "parameters": {"timeout": 1000}})
+    assert r.status_code in (200, 504), r.text
+
+
+async def test_the_schema_gives_the_minimum(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    for endpoint in ("sensitivities", "evaluate", "compare"):
+        query = doc["paths"][f"/v1/routines/{{name}}/{endpoint}"]["post"]["parameters"]
+        (timeout,) = [p for p in query if p["name"] == "timeout_ms"]
+        assert timeout["schema"]["minimum"] == 1
+
+
+@pytest.mark.parametrize("wrt", ["sigma", "sigma, r", "sigma,r,"])
+async def test_wrt_as_a_comma_separated_string(client: httpx.AsyncClient, wrt: str) -> None:
+    r = await client.post(SENS.format("black_scholes_call"),
+                          json={"inputs": [[100, 95, 0.5]], "wrt": wrt})
+    assert r.status_code == 200, r.text
+    expected = [w.strip() for w in wrt.split(",") if w.strip()]
+    assert list(r.json()["derivatives"]) == expected
+
+
+async def test_wrt_as_an_empty_string_says_what_to_send(client: httpx.AsyncClient) -> None:
+    r = await client.post(SENS.format("linear"), json={"inputs": [1], "wrt": " , "})
+    assert_problem(r, 422, "wrt is empty")
+
+
+@pytest.mark.parametrize(("field", "suggestion"), [
+    ("param", 'did you mean "params"?'),
+    ("input", 'did you mean "inputs"?'),
+    ("wrt_", 'did you mean "wrt"?'),
+    ("dtpye", 'did you mean "dtype"?'),
+])
+async def test_a_misspelt_field_gets_the_closest(client: httpx.AsyncClient, field: str,
+                                                 suggestion: str) -> None:
+    body = {"inputs": [1.0], field: 1} if field != "input" else {field: [1.0]}
+    r = await client.post(SENS.format("linear"), json=body)
+    problem = assert_problem(r, 422, f"unknown field '{field}'", suggestion,
+                             "the fields are inputs, params, dtype, wrt, order, cross")
+    assert any(e["loc"] == field for e in problem["errors"])  # type: ignore[attr-defined]
+
+
+async def test_an_unknown_field_with_nothing_close(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/routines/linear/evaluate",
+                          json={"inputs": [1.0], "zzzz" * 100: 1, "order": "two"})
+    problem = assert_problem(r, 422, "unknown field 'zzzzzzzz", "...'; the fields are inputs")
+    assert "did you mean" not in problem["detail"]  # type: ignore[operator]
+    assert "order: Input should be a valid integer" in problem["detail"]  # type: ignore[operator]
+    assert len(problem["detail"]) < 400  # type: ignore[arg-type]
