@@ -15,14 +15,21 @@ request, 2 a second, on its own connections) in four phases, in one run:
 - ``large bodies``: 16 attackers each send a 60 MiB body of one-sample rows at once, in a
   loop; the server's resident memory is sampled;
 - ``slow connections``: 500 connections each trickle a request's headers a byte at a time;
-  the time until the server closes each is recorded.
+  the time until the server closes each is recorded;
+- ``reserved budget`` (issue 25): 4 connections at a time each declare
+  ``Content-Length: 67000000``, send one byte and wait to be cut at the read timeout, again
+  and again, while 2 honest clients send 1.2 MB bodies in a loop;
+- ``header flood`` (issue 25): 16 attackers send, in a loop, requests with a 1 MB header, with
+  10,000 headers, or with a 60 KB ``Host``.
 
 In every phase ``/healthz`` is timed every 100 ms from a process of its own, on a new
 connection each time, as the kubelet's probe does.
 
 Targets (issue 10): no probe 504 and probe p99 <= 1 s under heavy jobs, every attacker answer
 200, 422 or 503; under large bodies /healthz <= 100 ms, probe p99 <= 1 s, memory <= 1 GiB over
-idle; slow connections closed within DYDC_READ_TIMEOUT_S + 1 s, probes still served. Writes
+idle; slow connections closed within DYDC_READ_TIMEOUT_S + 1 s, probes still served. Issue
+25: under reserved budget and header floods, probe p99 <= 1 s, /healthz <= 100 ms, every
+honest 1.2 MB body 200, every flood 431. Writes
 bench/results/abuse.md, abuse.json and abuse.png (with matplotlib).
 """
 
@@ -261,6 +268,59 @@ async def _slow_connection(url: str, phase: Phase, stop: asyncio.Event) -> None:
     phase.attacker_statuses["still open at the end"] += 1
 
 
+_RESERVING = (b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/json\r\nContent-Length: 67000000\r\n\r\n{")
+_FLOODS = {
+    "1 MB header": b"X-Big: " + b"a" * 2**20 + b"\r\n",
+    "10000 headers": b"".join(b"X-%d: 1\r\n" % i for i in range(10_000)),
+    "60 KB Host": b"Host: " + b"h" * 60_000 + b"\r\n",
+}
+
+
+async def _answer_of(url: str, request: bytes) -> str:
+    """Send ``request`` on a connection of its own; the status line's code, once the server
+    has closed it (or "reset")."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        with contextlib.suppress(ConnectionError):
+            writer.write(request)
+            await writer.drain()
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                answer += chunk
+    finally:
+        writer.close()
+    return answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") else "reset"
+
+
+async def _reserver(url: str, phase: Phase, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        phase.attacker_statuses[f"reserver {await _answer_of(url, _RESERVING)}"] += 1
+
+
+async def _honest_bodies(url: str, phase: Phase, stop: asyncio.Event) -> None:
+    body = json.dumps({"inputs": [0.123456789 * i for i in range(75_000)],
+                       "params": {"C": 2.0}}).encode()
+    assert len(body) > 1_200_000
+    async with httpx.AsyncClient(timeout=120) as c:
+        while not stop.is_set():
+            r = await c.post(url + SENS.format("linear"), content=body,
+                             headers={"content-type": "application/json"})
+            phase.attacker_statuses[f"honest 1.2 MB {r.status_code}"] += 1
+
+
+async def _flooder(url: str, phase: Phase, stop: asyncio.Event, offset: int) -> None:
+    kinds = list(_FLOODS)
+    i = offset
+    while not stop.is_set():
+        kind = kinds[i % len(kinds)]
+        i += 1
+        request = b"GET /v1/limits HTTP/1.1\r\n" + _FLOODS[kind] + b"Host: x\r\n\r\n"
+        phase.attacker_statuses[f"{kind} {await _answer_of(url, request)}"] += 1
+
+
 def _attack(name: str, url: str, seconds: float, out: Any) -> None:
     """The attackers of one phase, in a process of their own, so that their own work (60 MiB
     bodies, 500 sockets) does not delay the probes' measurement."""
@@ -275,6 +335,12 @@ def _attack(name: str, url: str, seconds: float, out: Any) -> None:
             body = _large_body()
             tasks = [asyncio.ensure_future(_body_attacker(url, phase, stop, body))
                      for _ in range(16)]
+        elif name == "reserved budget":
+            tasks = [asyncio.ensure_future(_reserver(url, phase, stop)) for _ in range(4)]
+            await asyncio.sleep(0.5)  # the budget reserved before the honest bodies come
+            tasks += [asyncio.ensure_future(_honest_bodies(url, phase, stop)) for _ in range(2)]
+        elif name == "header flood":
+            tasks = [asyncio.ensure_future(_flooder(url, phase, stop, k)) for k in range(16)]
         else:
             tasks = [asyncio.ensure_future(_slow_connection(url, phase, stop))
                      for _ in range(500)]
@@ -360,14 +426,16 @@ def _plot(phases: list[Phase], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-PHASES = ("quiet", "heavy jobs", "large bodies", "slow connections")
+PHASES = ("quiet", "heavy jobs", "large bodies", "slow connections", "reserved budget",
+          "header flood")
 
 
 async def main_async(seconds: float, names: tuple[str, ...] = PHASES) -> None:
     phases: list[Phase] = []
     with _server() as (url, pid):
         for name in names:
-            length = max(seconds, READ_TIMEOUT_S + 5) if name == "slow connections" else seconds
+            length = (max(seconds, READ_TIMEOUT_S + 5)
+                      if name in ("slow connections", "reserved budget") else seconds)
             phases.append(await _phase(name, url, pid, length))
     summaries = [p.summary() for p in phases]
     if names != PHASES:  # a subset: printed, not written over the full run's results
