@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 from torch.func import jacfwd, jvp, vmap
 
-from app.config import Settings
+from app.config import Settings, settings_error
 from app.engine.compute import differentiate
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.strategies import Problem
@@ -459,6 +460,21 @@ def test_bounds_from_settings() -> None:
         made.expression(text, ["x"], ["a", "b", "c"])
     assert made.cache_info() == (2, 2)  # least recently used dropped
     assert Expressions().bounds == Bounds.from_settings(Settings())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("expression_max_depth", 201),
+        ("expression_max_nodes", 0),
+        ("expression_max_exponent", 0),
+        ("expression_cache", -1),
+    ],
+)
+def test_bad_bounds_are_refused_at_start_up(field: str, value: int) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(**{field: value})
+    assert f"DYDC_{field.upper()}={value!r}" in settings_error(caught.value)
 
 
 @pytest.mark.parametrize(
