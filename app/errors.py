@@ -32,6 +32,7 @@ from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
     EngineError,
+    GraphBuilding,
     InvalidRequest,
     QueueFull,
     RequestTooLarge,
@@ -113,6 +114,7 @@ _STATUS: list[tuple[type[EngineError], int, str, str | None]] = [
     (RequestTooLarge, 413, "batch-too-large", "samples"),
     (DeadlineExceeded, 504, "deadline-exceeded", None),
     (QueueFull, 503, "queue-full", None),
+    (GraphBuilding, 503, "compiled-graph-building", None),
     (BodiesInFlightFull, 503, "bodies-in-flight-full", "body_bytes"),
     (ServiceUnavailable, 503, "service-unavailable", None),
 ]
@@ -136,7 +138,7 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 def _retry_after(exc: EngineError) -> dict[str, str]:
-    seconds = exc.retry_after_s if isinstance(exc, QueueFull) else 1.0
+    seconds = exc.retry_after_s if isinstance(exc, (QueueFull, GraphBuilding)) else 1.0
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 

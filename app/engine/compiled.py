@@ -41,7 +41,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -89,6 +91,9 @@ _RECHECK_ROWS = 4  # rows of a live launch compared with eager forward mode
 _LOAD_QUIET_WAIT_S = 30.0
 
 _Loaded = tuple[Kind, str]  # a kind, on one device
+# A build's time before any has finished (one routine's graph: tens of seconds to two minutes
+# on the 2-core development machine, docs/compiled.md)
+DEFAULT_BUILD_S = 60.0
 
 
 class CompiledForward:
@@ -119,6 +124,7 @@ class CompiledForward:
         self._settled = threading.Condition(self._lock)
         self._launches: dict[_Loaded, int] = {}
         self._refused: dict[Kind, str] = {}
+        self._rates: dict[_Loaded, float] = {}  # seconds per sample of a call, as measured
 
     @property
     def cache_dir(self) -> Path:
@@ -138,9 +144,31 @@ class CompiledForward:
                     canonical_cross(names, order, cross))
         return (kind, str(device)) in self._graphs
 
-    def refused(self, problem: Problem, order: int = 1, cross: bool = False) -> str | None:
-        """Why the problem's kind runs eagerly for good (a reason of REASONS), or None."""
-        return self._refused.get(kind_of(problem, order=order, cross=cross))
+    def refused(self, problem: Problem, order: int = 1, cross: bool = False,
+                device: torch.device | None = None) -> str | None:
+        """Why the problem's kind (on ``device``, default the problem's) runs eagerly for good
+        (a reason of REASONS), or None."""
+        return self._refused.get(_kind(problem, order, cross, device))
+
+    def launch_seconds(self, problem: Problem, device: torch.device, order: int = 1,
+                       cross: bool = False) -> float | None:
+        """What a launch of ``problem`` takes through the graph loaded for its kind on
+        ``device``, at the seconds per sample its launches took so far: 0.0 for a graph
+        loaded and not launched yet, None where no graph serves the kind there. The problem
+        may be on another device (the engine prices requests before they move)."""
+        kind = _kind(problem, order, cross, device)
+        place = str(device)
+        for served in (kind, replace(kind, per_sample=True)):
+            if (served, place) in self._graphs:
+                return self._rates.get((served, place), 0.0) * problem.n
+        return None
+
+    def typical_build_s(self) -> float:
+        """How long a build takes here: the mean of those finished since start-up, else
+        ``DEFAULT_BUILD_S``."""
+        with self._lock:
+            took = [a.seconds for a in self._artefacts.values() if a.seconds > 0]
+        return sum(took) / len(took) if took else DEFAULT_BUILD_S
 
     def applies(self, problem: Problem, order: int = 1, cross: bool = False) -> bool:
         return (problem.n >= self.min_samples and problem.routine.compile
@@ -166,14 +194,18 @@ class CompiledForward:
             problem = Problem(problem.routine, problem.inputs,
                               {k: v.expand(problem.n) if not v.dim() else v
                                for k, v in problem.params.items()}, problem.wrt)
+        began = time.perf_counter()
         try:
             out = self._call(graph, problem)
+            if problem.inputs.device.type == "cuda":  # timed to the end of its kernels
+                torch.cuda.synchronize(problem.inputs.device)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
             self._retire(kind_served, place, "recheck", f"its call failed: {exc}")
             return None
         key = (kind_served, place)
+        self._learn_rate(key, (time.perf_counter() - began) / problem.n)
         count = self._launches.get(key, 0)
         self._launches[key] = count + 1
         if count % self.recheck_every == 0:
@@ -186,6 +218,12 @@ class CompiledForward:
         wanted = [*problem.wrt, *(pair_key(a, b) for a, b in pairs(problem.wrt, cross)
                                   if order == 2)]
         return Derivatives(values, {name: _symmetric(by_name, name) for name in wanted})
+
+    def _learn_rate(self, key: _Loaded, per_sample_s: float) -> None:
+        """Move the kind's seconds per sample halfway to this launch's, in log space (the
+        first launch sets it): admission prices the kind's next requests with it."""
+        old = self._rates.get(key)
+        self._rates[key] = per_sample_s if old is None else math.sqrt(old * per_sample_s)
 
     def _call(self, graph: Graph, problem: Problem) -> tuple[Tensor, ...]:
         n = problem.n
@@ -209,11 +247,12 @@ class CompiledForward:
 
     # -- building and swapping in ----------------------------------------------------------
 
-    def request(self, problem: Problem, order: int = 1, cross: bool = False) -> None:
-        """Ask for the problem's kind to be built, unless it is built, being built or refused
-        (returns at once). An earlier build stored in the cache directory is taken as
-        built."""
-        kind = kind_of(problem, order=order, cross=cross)
+    def request(self, problem: Problem, order: int = 1, cross: bool = False,
+                device: torch.device | None = None) -> None:
+        """Ask for the problem's kind (on ``device``, default the problem's) to be built,
+        unless it is built, being built or refused (returns at once). An earlier build stored
+        in the cache directory is taken as built."""
+        kind = _kind(problem, order, cross, device)
         with self._lock:
             if kind in self._pending or kind in self._artefacts or kind in self._refused:
                 return
@@ -349,6 +388,12 @@ class CompiledForward:
             routine = self._routines.get(kind)
         if routine is not None:
             forget(kind, routine, self.cache_dir)
+
+
+def _kind(problem: Problem, order: int, cross: bool, device: torch.device | None) -> Kind:
+    """The problem's kind, on ``device`` where given (else the problem's own device)."""
+    kind = kind_of(problem, order=order, cross=cross)
+    return kind if device is None else replace(kind, device=device.type)
 
 
 def _symmetric(by_name: dict[str, Tensor], key: str) -> Tensor:

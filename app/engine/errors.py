@@ -23,6 +23,7 @@ __all__ = [
     "CostExceeded",
     "DeadlineExceeded",
     "EngineError",
+    "GraphBuilding",
     "InvalidRequest",
     "QueueFull",
     "RequestTooLarge",
@@ -96,6 +97,16 @@ class QueueFull(ServiceUnavailable):
     deadline leaves time for: refused at once, never a hang."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class GraphBuilding(ServiceUnavailable):
+    """The job is over DYDC_MAX_JOB_COST at eager speed, and a compiled graph that serves its
+    kind is being built: retry once it is (Retry-After), when it is priced at the graph's
+    speed."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

@@ -33,6 +33,7 @@ from app.engine.compute import Executor
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
+    GraphBuilding,
     InvalidRequest,
     RequestTooLarge,
     StrategyCapExceeded,
@@ -444,18 +445,71 @@ class Engine:
                 return f"use strategy={name} (about {estimate:.3g} s), or split the batch"
         return "split the batch"
 
-    def _cost(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
-        cost = self.costs.estimate(routine, strategy, n, p)
+    def _cost(self, routine: Routine, strategy: str | None, n: int, p: int,
+              cost: float | None = None, how: str = "") -> float:
+        """``cost`` (default: the model's estimate), unless it is over DYDC_MAX_JOB_COST."""
+        if cost is None:
+            cost = self.costs.estimate(routine, strategy, n, p)
         if cost > self.limits.max_job_cost_s:
             metrics.REJECTIONS.labels("cost").inc()
             what = f"strategy {strategy}" if strategy else "evaluation"
             raise CostExceeded(
                 f"{what} of routine {routine.name} at N = {n} with {p} parameter(s) is "
-                f"estimated at {cost:.3g} s of device time, over the limit of "
+                f"estimated at {cost:.3g} s of device time{how}, over the limit of "
                 f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
                 f"{self._cheaper(routine, n, p, cost)}"
             )
         return cost
+
+    def _compilable(self, routine: Routine, strategy: str, job: Job) -> Problem | None:
+        """The job as a problem that compiled forward mode serves (forward or auto, at least
+        DYDC_COMPILE_MIN_SAMPLES samples, a kind not refused), else None."""
+        compiled = self._compiled
+        if (compiled is None or strategy not in ("auto", "forward") or job.check is not None
+                or job.n < compiled.min_samples or not routine.compile):
+            return None
+        problem = with_features_as_params(Problem(
+            routine, job.inputs, {k: torch.as_tensor(v, dtype=job.dtype)
+                                  for k, v in job.params.items()}, job.wrt))
+        if compiled.refused(problem, job.order, job.cross, self.devices[0]) is not None:
+            return None
+        return problem
+
+    def _admit(self, routine: Routine, strategy: str, job: Job) -> float:
+        """The job's price, held to DYDC_MAX_JOB_COST: what its launch takes through the
+        compiled graph of its kind where one is loaded (its first launch at the price of plain
+        evaluation, which a fused graph does not exceed by much: bench_strategies), else at
+        eager speed. A job over the limit eagerly whose kind a graph would serve starts that
+        graph's build and is told when to retry (503), rather than refused for good."""
+        p = _passes(job)
+        problem = self._compilable(routine, strategy, job)
+        if problem is None:
+            return self._cost(routine, strategy, job.n, p)
+        assert self._compiled is not None
+        device = self.devices[0]
+        seconds = self._compiled.launch_seconds(problem, device, job.order, job.cross)
+        if seconds is not None:
+            measured = seconds > 0
+            cost = seconds if measured else self.costs.estimate(routine, None, job.n, 1)
+            return self._cost(routine, strategy, job.n, p, cost,
+                              " through its compiled graph" + ("" if measured else
+                                                               " (plain evaluation's time)"))
+        eager = self.costs.estimate(routine, strategy, job.n, p)
+        if eager <= self.limits.max_job_cost_s:
+            return eager  # (its launch asks for the graph, as every large launch does)
+        self._compiled.request(problem, job.order, job.cross, device)
+        if self._compiled.refused(problem, job.order, job.cross, device) is not None:
+            return self._cost(routine, strategy, job.n, p, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
+        plain = self.costs.estimate(routine, None, job.n, 1)
+        retry_s = self._compiled.typical_build_s()
+        metrics.REJECTIONS.labels("cost").inc()
+        raise GraphBuilding(
+            f"strategy {strategy} of routine {routine.name} at N = {job.n} is estimated at "
+            f"{eager:.3g} s of device time in eager forward mode, over the limit of "
+            f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); a compiled graph for it is "
+            f"being built (about {retry_s:.0f} s): retry then, when it is priced at the "
+            f"graph's speed (plain evaluation takes about {plain:.3g} s), or split the batch",
+            retry_after_s=retry_s)
 
     def prepare(
         self,
@@ -515,8 +569,12 @@ class Engine:
         )
         if chosen is not None:
             job = self._beyond_first(routine, chosen, job, bump)
-        job.cost_s = (self.costs.estimate(routine, chosen, job.n, _passes(job)) if any_strategy
-                      else self._cost(routine, chosen, job.n, _passes(job)))
+        if any_strategy:
+            job.cost_s = self.costs.estimate(routine, chosen, job.n, _passes(job))
+        elif chosen is None:
+            job.cost_s = self._cost(routine, chosen, job.n, _passes(job))
+        else:
+            job.cost_s = self._admit(routine, chosen, job)
         return job
 
     # -- running -----------------------------------------------------------------------------
