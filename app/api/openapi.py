@@ -2,9 +2,9 @@
 the running service knows and with what Swagger UI needs to render it right.
 
 - The routine name of every route that takes one is an enum of the registered routines (the
-  v2 model version an enum of its one version), and the v1 computation bodies have one
-  example per routine (they exist once the lifespan has discovered the routines; the
-  document is cached from then on).
+  v2 model version an enum of its one version), the computation bodies have one example per
+  routine and the names and bounds of app.api.openapi_bodies (they exist once the lifespan
+  has discovered the routines; the document is cached from then on).
 - With API keys on, the key schemes and a 401 on every guarded operation.
 - Every description is HTML-escaped, because Swagger UI renders them as Markdown with HTML:
   "dy/d<param>" would otherwise lose its ``<param>``.
@@ -12,21 +12,26 @@ the running service knows and with what Swagger UI needs to render it right.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api.openapi_bodies import constrain_bodies
 from app.api.v2.routes import MODEL_VERSION
+from app.api.v2.tensors import MATRIX_INPUT
 from app.config import Settings
 from app.http.auth import is_open
 from routines import Routine
 
-__all__ = ["example_body", "install_openapi"]
+__all__ = ["example_body", "example_inference", "install_openapi"]
 
 _NAMED_PATHS = ("/v1/routines/{name}", "/v2/models/{name}")
-_BODY_ROUTES = {"/v1/routines/{name}/sensitivities": True, "/v1/routines/{name}/evaluate": False}
+_BODY_ROUTES = {"/v1/routines/{name}/sensitivities": True, "/v1/routines/{name}/evaluate": False,
+                "/v1/routines/{name}/compare": True}
+_INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 _EXAMPLE_POINTS = (0.5, 1.0, 1.5)
 _SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -47,6 +52,16 @@ def example_body(routine: Routine, sensitivities: bool) -> dict[str, Any]:
     if sensitivities:
         body["wrt"] = list(routine.param_names)
     return body
+
+
+def example_inference(routine: Routine) -> dict[str, Any]:
+    """:func:`example_body`'s samples as a v2 request: one tensor ``x`` of shape [3, D]."""
+    rows = example_body(routine, False)["inputs"]
+    width = len(routine.inputs)
+    data = rows if width == 1 else [v for row in rows for v in row]
+    return {"inputs": [{"name": MATRIX_INPUT, "shape": [len(rows), width], "datatype": "FP64",
+                        "data": data}],
+            "parameters": {p.name: p.default for p in routine.params}}
 
 
 def _escape(node: Any) -> None:
@@ -91,6 +106,13 @@ def _name_routines(doc: dict[str, Any], routines: dict[str, Routine]) -> None:
                          "value": example_body(r, _BODY_ROUTES[path])}
                 for r in routines.values()
             }
+        elif path in _INFER_ROUTES:
+            media = op["requestBody"]["content"]["application/json"]
+            media["examples"] = {
+                r.name: {"summary": r.name, "description": r.description,
+                         "value": example_inference(r)}
+                for r in routines.values()
+            }
 
 
 def _guard(doc: dict[str, Any], settings: Settings) -> None:
@@ -109,12 +131,14 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
     def document() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                          routes=app.routes)
+        # a copy: the routes' openapi_extra dicts are shared by every app built in a process
+        doc = copy.deepcopy(get_openapi(title=app.title, version=app.version,
+                                        summary=app.summary, routes=app.routes))
         _hoist_definitions(doc)
         engine = getattr(app.state, "engine", None)
         if engine is not None:
             _name_routines(doc, engine.routines)
+            constrain_bodies(doc, engine.routines, settings.max_samples)
         if guarded:
             _guard(doc, settings)
         _escape(doc)

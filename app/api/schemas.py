@@ -60,9 +60,11 @@ def _split_names(given: Any) -> Any:
 
 
 # Omitted means every parameter; an empty list is refused (422) by the engine, whose message
-# says what to do: the schema says so with minItems.
-Wrt = Annotated[list[ParamName], BeforeValidator(_split_names),
-                Field(json_schema_extra={"minItems": 1})]
+# says what to do: the schema says so with minItems. (app.api.openapi names the parameters
+# and features of the routines served.)
+_WrtGiven = (Annotated[list[ParamName], Field(min_length=1)]
+             | Annotated[str, Field(pattern=r"[^\s,]", description="Names separated by commas.")])
+Wrt = Annotated[list[ParamName], BeforeValidator(_split_names, json_schema_input_type=_WrtGiven)]
 
 
 class EvaluateRequest(BaseModel):
@@ -88,7 +90,8 @@ class SensitivityRequest(EvaluateRequest):
         None, description="Parameters and/or input features to differentiate with respect "
         "to; default all parameters. For an input feature j the derivative is dy_i/dx_ij."
     )
-    order: StrictInt = Field(1, description="1, or 2 for second derivatives as well.")
+    order: StrictInt = Field(1, description="1, or 2 for second derivatives as well.",
+                             json_schema_extra={"enum": [1, 2]})
     cross: StrictBool = Field(
         False, description="Order 2: every unordered pair of wrt (true), or the diagonal "
         "d2y/da2 only (false)."
@@ -121,7 +124,9 @@ class BumpInfo(BaseModel):
 class CheckInfo(BaseModel):
     strategy: str
     max_abs_diff: dict[str, float]
-    max_rel_diff: dict[str, float] = Field(description="max |a - b| / max |b|, b the bump's.")
+    max_rel_diff: dict[str, float | None] = Field(
+        description="max |a - b| / max |b|, b the bump's; null where that is infinite (b is 0, "
+                    "or so small that the ratio overflows, where a is not).")
 
 
 class SensitivityResponse(EvaluateResponse):
@@ -139,7 +144,9 @@ class CompareRow(BaseModel):
     reason: str | None
     time_ms: float | None = Field(description="The launch's compute time.")
     max_abs_diff: dict[str, float]
-    max_rel_diff: dict[str, float]
+    max_rel_diff: dict[str, float | None] = Field(
+        description="null where it is infinite (the reference is 0, or so small that the ratio "
+                    "overflows, where this strategy is not).")
 
 
 class CompareResponse(BaseModel):

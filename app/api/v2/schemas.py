@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SkipValidation,
@@ -15,6 +16,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
 )
 
 __all__ = [
@@ -33,7 +35,15 @@ __all__ = [
 # ``wrt`` as a convenience; the protocol form is a comma-separated string.)
 ParameterValue = StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr]
 Parameters = dict[str, ParameterValue]
-Dim = Annotated[StrictInt, Field(ge=0)]
+
+
+def _whole(given: Any) -> Any:
+    """A dimension sent as 3.0 is 3 (JSON Schema's integer includes it)."""
+    return int(given) if isinstance(given, float) and given.is_integer() else given
+
+
+Dim = Annotated[StrictInt, BeforeValidator(_whole), Field(ge=0),
+                WithJsonSchema({"type": "integer", "minimum": 0})]
 
 
 class RequestInput(BaseModel):
