@@ -159,3 +159,40 @@ async def test_answers_outside_the_bounds_or_binary_are_sent_as_they_are(
 ])
 def test_negotiation(accept: bytes | None, zstd: bool, coding: str | None) -> None:
     assert negotiate(accept, zstd=zstd) == coding
+
+
+def test_zstd_answers_compress_side_by_side_in_threads() -> None:
+    """Answers over 256 KiB compress in worker threads, several at once: each gets a
+    compressor of its own (one ZstdCompressor shared between threads crashed the process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import zstandard
+
+    from app.http.response_compression import _compressor
+
+    compress = _compressor("zstd", 1, 1)
+    bodies = [orjson.dumps(np.linspace(i, i + 1, 60_000), option=orjson.OPT_SERIALIZE_NUMPY)
+              for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            packed = list(pool.map(compress, bodies))
+            assert [zstandard.ZstdDecompressor().decompress(p) for p in packed] == bodies
+
+
+async def test_concurrent_large_zstd_answers(make_client: ClientFactory) -> None:
+    import anyio
+
+    x = _x(12_000)  # about 0.5 MB of JSON: compressed in a worker thread
+    async with make_client(gzip_min_bytes=10_000) as c:
+        answers: dict[int, httpx.Response] = {}
+
+        async def one(i: int) -> None:
+            answers[i] = await c.post(SENS, json={"inputs": x, "params": {"C": float(i)}},
+                                      headers={"accept-encoding": "zstd"})
+
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+        for i, r in answers.items():
+            assert r.status_code == 200 and r.headers["content-encoding"] == "zstd"
+            assert r.json()["values"] == [i * v for v in x]

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 try:  # an optional speed-up: without it, only gzip is offered
     import zstandard
 except ImportError:  # pragma: no cover  (a declared dependency; kept optional for the image)
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 __all__ = ["ResponseCompressionMiddleware", "negotiate"]
 
@@ -79,7 +79,14 @@ def negotiate(accept_encoding: bytes | None, zstd: bool = zstandard is not None)
 def _compressor(coding: str, gzip_level: int, zstd_level: int) -> Callable[[bytes], bytes]:
     if coding == "zstd":
         assert zstandard is not None
-        return zstandard.ZstdCompressor(level=zstd_level).compress
+
+        def zstd(body: bytes) -> bytes:
+            # a compressor per answer: one ZstdCompressor is not safe to share between
+            # threads (answers over 256 KiB compress in worker threads, side by side), and
+            # sharing one crashed the process under concurrent large answers
+            return zstandard.ZstdCompressor(level=zstd_level).compress(body)
+
+        return zstd
 
     def gzip(body: bytes) -> bytes:
         z = zlib.compressobj(gzip_level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
