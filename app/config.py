@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     max_samples: PositiveInt = Field(
         2_000_000, description="Largest batch N per request (413 above)."
     )
+    max_scenarios: PositiveInt = Field(
+        1024, description="Most scenarios in one scenarios request (422 above); their "
+        "samples in all (scenarios x N) are held to DYDC_MAX_SAMPLES too."
+    )
     max_inflight_body_bytes: PositiveInt = Field(
         256 * 2**20, description="Bytes of request bodies being read or parsed at once, over all "
         "requests; a body that would go past it is refused at once with 503 + Retry-After."

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import health, limits, v1, v2
+from app.api import health, limits, scenarios, v1, v2
 from app.api.bodies import BodyBudget
 from app.api.dispatch import App
 from app.api.docs import install_docs
@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Service:
     app.state.settings = s
     install_error_handlers(app, {"/v2": v2_error_response})
     app.include_router(v1.router)
+    app.include_router(scenarios.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(limits.router)

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app.api.pipeline import Codec, Incoming, serve, shutdown_reply
+from app.api.scenarios import SCENARIOS
 from app.api.v1 import COMPARE, EVALUATE, SENSITIVITIES
 from app.api.v2.routes import INFER
 
@@ -30,6 +31,7 @@ _ROUTES: list[tuple[re.Pattern[str], Codec]] = [
     (re.compile(r"/v1/routines/(?P<name>[^/]+)/sensitivities"), SENSITIVITIES),
     (re.compile(r"/v1/routines/(?P<name>[^/]+)/evaluate"), EVALUATE),
     (re.compile(r"/v1/routines/(?P<name>[^/]+)/compare"), COMPARE),
+    (re.compile(r"/v1/routines/(?P<name>[^/]+)/scenarios"), SCENARIOS),
     (re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), INFER),
     (re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"), INFER),
 ]

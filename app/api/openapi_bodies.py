@@ -21,7 +21,7 @@ from routines import Routine
 __all__ = ["constrain_bodies"]
 
 _V1_BODIES = ("/v1/routines/{name}/sensitivities", "/v1/routines/{name}/evaluate",
-              "/v1/routines/{name}/compare")
+              "/v1/routines/{name}/compare", "/v1/routines/{name}/scenarios")
 _V2_BODIES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 _NUMBER = {"type": "number"}
 
@@ -97,6 +97,20 @@ def _v2(doc: dict[str, Any], schema: dict[str, Any], params: list[str], names: l
     components["RequestOutput"]["properties"]["name"]["enum"] = outputs
 
 
+def _scenarios(spec: dict[str, Any], names: list[str]) -> None:
+    """Scenarios: shifts or a list (one of them), each naming factors of the routines."""
+    fields = spec["properties"]
+    for option in fields["shifts"]["anyOf"]:
+        if option.get("type") == "object":
+            option.update(minProperties=1, propertyNames={"enum": names})
+    for option in fields["list"]["anyOf"]:
+        if option.get("type") == "array":
+            option.update(minItems=1)
+            option["items"].update(minProperties=1, propertyNames={"enum": names})
+    spec["oneOf"] = [{"required": ["shifts"], "properties": {"shifts": {"type": "object"}}},
+                     {"required": ["list"], "properties": {"list": {"type": "array"}}}]
+
+
 def constrain_bodies(doc: dict[str, Any], routines: dict[str, Routine],
                      max_samples: int) -> None:
     """Complete the computation routes' body schemas for ``routines`` (the $defs of the v2
@@ -109,6 +123,9 @@ def constrain_bodies(doc: dict[str, Any], routines: dict[str, Routine],
     width = widths[-1]
     outputs = sorted({o for r in served
                       for o in model_outputs(r, (*r.param_names, *r.inputs), 2, True)})
+    spec = doc.get("components", {}).get("schemas", {}).get("ScenarioSpec")
+    if spec is not None:
+        _scenarios(spec, names)
     for path, item in doc["paths"].items():
         if path in _V1_BODIES:
             _v1(item["post"]["requestBody"]["content"]["application/json"]["schema"], params,

@@ -1,0 +1,263 @@
+"""Scenarios: a book revalued under shifted parameters and input features in one launch, and
+its P&L explained by the base's Taylor terms (ORE's sensitivity and stress analysis, Strata's
+scenario framework). Knows nothing of HTTP.
+
+A scenario shifts some factors (parameters or input features), each by an absolute amount or
+by a fraction of its base value. S scenarios of a book of N samples are one evaluation job of
+S x N samples with per-sample values (the machinery batching already has), priced, queued,
+sliced and cancelled like any job; the base is a job of its own, a sensitivities job of the
+explain's order when the P&L is explained (its values are the base then). The two run side by
+side.
+
+The explain of scenario s for sample i, with shifts d_a (absolute, after conversion) and the
+base's derivatives, is the Taylor prediction
+
+    delta_pnl = sum_a dy/da d_a
+    gamma_pnl = 1/2 sum_a d2y/da2 d_a^2 + sum_{a<b} d2y/da db d_a d_b
+
+(the cross terms with ``cross`` only), and ``unexplained`` = pnl - delta_pnl - gamma_pnl.
+
+Hand-written: ORE and Strata are not Python libraries; the arithmetic is a few lines of
+tensor algebra over what the engine computes anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.engine.bumping import pair_key, pairs
+from app.engine.errors import InvalidRequest, listed
+from app.engine.jobs import Job, JobKind, JobResult
+from routines import Routine
+
+__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "base_kind", "expand", "plan", "run"]
+
+ABSOLUTE, RELATIVE = "absolute", "relative"
+COMBINE = ("product", "zip")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One factor's shift in one scenario, as asked: ``kind`` absolute or relative."""
+
+    kind: str
+    value: float
+
+
+Scenario = dict[str, Shift]  # factor -> its shift
+# the engine's prepare of the S x N evaluation job, and its run
+_Prepare = Callable[[np.ndarray, dict[str, "float | np.ndarray"]], Job]
+_RunJob = Callable[[Job], Awaitable[JobResult]]
+
+
+def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: str,
+           listed_scenarios: Sequence[Mapping[str, float]] | None,
+           max_scenarios: int) -> list[Scenario]:
+    """The scenarios of a request: the ``product`` (every combination) or the ``zip``
+    (the i-th shift of every factor) of per-factor shift lists, or an explicit list of
+    absolute shifts. Refuses what cannot be meant (InvalidRequest, saying what to change)."""
+    if (shifts is None) == (listed_scenarios is None):
+        raise InvalidRequest("scenarios takes either shifts (per factor: type and values) or "
+                             "list (one object of absolute shifts per scenario), not both "
+                             "and not neither")
+    if listed_scenarios is not None:
+        if not listed_scenarios:
+            raise InvalidRequest("scenarios.list is empty; give at least one scenario")
+        count = len(listed_scenarios)
+        _within(count, max_scenarios)
+        out = []
+        for s, given in enumerate(listed_scenarios):
+            if not given:
+                raise InvalidRequest(f"scenarios.list[{s}] shifts nothing; name at least one "
+                                     "factor")
+            out.append({f: Shift(ABSOLUTE, _finite(v, f"scenarios.list[{s}].{f}"))
+                        for f, v in given.items()})
+        return out
+    assert shifts is not None
+    if not shifts:
+        raise InvalidRequest("scenarios.shifts is empty; shift at least one factor")
+    if combine not in COMBINE:
+        raise InvalidRequest(f"scenarios.combine = {combine!r}; use product or zip")
+    lists: dict[str, list[Shift]] = {}
+    for factor, (kind, values) in shifts.items():
+        if kind not in (ABSOLUTE, RELATIVE):
+            raise InvalidRequest(f"scenarios.shifts.{factor}.type = {kind!r}; use absolute "
+                                 "or relative")
+        if not values:
+            raise InvalidRequest(f"scenarios.shifts.{factor}.values is empty; give at least "
+                                 "one shift")
+        lists[factor] = [Shift(kind, _finite(v, f"scenarios.shifts.{factor}.values[{i}]"))
+                         for i, v in enumerate(values)]
+    factors = list(lists)
+    if combine == "zip":
+        lengths = {f: len(v) for f, v in lists.items()}
+        if len(set(lengths.values())) > 1:
+            raise InvalidRequest(
+                "scenarios.combine = zip takes the i-th shift of every factor, so every list "
+                "must be as long: " + ", ".join(f"{f} has {n}" for f, n in lengths.items())
+                + "; make them equal, or use combine = product")
+        count = next(iter(lengths.values()))
+        _within(count, max_scenarios)
+        return [{f: lists[f][i] for f in factors} for i in range(count)]
+    count = math.prod(len(v) for v in lists.values())
+    _within(count, max_scenarios)
+    return [dict(zip(factors, combo, strict=True))
+            for combo in itertools.product(*(lists[f] for f in factors))]
+
+
+def _finite(value: float, where: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise InvalidRequest(f"{where} is {v}; shifts must be finite numbers")
+    return v
+
+
+def _within(count: int, max_scenarios: int) -> None:
+    if count > max_scenarios:
+        raise InvalidRequest(f"{count} scenarios; the limit is {max_scenarios} per request "
+                              "(DYDC_MAX_SCENARIOS): split the scenarios over requests")
+
+
+@dataclass
+class ScenarioPlan:
+    """What ``run`` needs: the base job, the job of every scenario's samples, and each
+    scenario's absolute shifts per factor (a number, or one per sample)."""
+
+    base: Job
+    shifted: Job
+    scenarios: list[Scenario]
+    absolute: list[dict[str, float | np.ndarray]]
+    explain: bool
+
+
+def plan(routine: Routine, base: Job, scenarios: list[Scenario], prepare_shifted: _Prepare,
+         *, max_samples: int, explain: bool) -> ScenarioPlan:
+    """The scenarios over the base job's samples (its inputs and parameters validated):
+    every factor known, every shifted parameter within its bounds (the message names the
+    scenario and the sample), S x N within DYDC_MAX_SAMPLES; ``prepare_shifted`` makes the
+    S x N evaluation job from the shifted inputs and parameters."""
+    n, s_count = base.n, len(scenarios)
+    factors = {f for scenario in scenarios for f in scenario}
+    unknown = sorted(f for f in factors
+                     if f not in routine.param_names and f not in routine.inputs)
+    if unknown:
+        raise InvalidRequest(
+            f"scenarios shift {listed(unknown, quoted=True)}, neither a parameter nor an input "
+            f"of routine {routine.name}; its parameters are: {', '.join(routine.param_names)}; "
+            f"its inputs are: {', '.join(routine.inputs)}")
+    if n * s_count > max_samples:
+        raise InvalidRequest(
+            f"{s_count} scenarios x {n} samples = {n * s_count} samples to revalue; the limit "
+            f"is {max_samples} samples in all (DYDC_MAX_SAMPLES): send fewer scenarios or "
+            "samples per request")
+    x = base.inputs.numpy()  # (N, D), validated
+    inputs = np.tile(x, (s_count, 1))
+    params: dict[str, float | np.ndarray] = {
+        name: (np.tile(v, s_count) if isinstance(v, np.ndarray) else v)
+        for name, v in base.params.items()}
+    absolute: list[dict[str, float | np.ndarray]] = []
+    bounds = {p.name: p for p in routine.params}
+    for s, scenario in enumerate(scenarios):
+        rows = slice(s * n, (s + 1) * n)
+        shifts: dict[str, float | np.ndarray] = {}
+        for factor, shift in scenario.items():
+            if factor in routine.param_names:
+                value = base.params[factor]
+                moved = value + (shift.value if shift.kind == ABSOLUTE else shift.value * value)
+                param = bounds[factor]
+                if param.bounds is not None:
+                    _check_bounds(param.name, param.bounds, moved, s, n)
+                per = params[factor]
+                if not isinstance(per, np.ndarray):  # shared until now: one value a sample
+                    per = params[factor] = np.full(n * s_count, per, dtype=np.float64)
+                per[rows] = moved
+            else:
+                j = routine.inputs.index(factor)
+                value = x[:, j]
+                moved = value + (shift.value if shift.kind == ABSOLUTE else shift.value * value)
+                inputs[rows, j] = moved
+            shifts[factor] = moved - value
+        absolute.append(shifts)
+    return ScenarioPlan(base, prepare_shifted(inputs, params), scenarios, absolute, explain)
+
+
+def _check_bounds(name: str, bounds: tuple[float | None, float | None],
+                  moved: float | np.ndarray, scenario: int, n: int) -> None:
+    low, high = bounds
+    values = np.broadcast_to(np.asarray(moved, dtype=np.float64), (n,))
+    bad = np.zeros(n, dtype=bool)
+    if low is not None:
+        bad |= values < low
+    if high is not None:
+        bad |= values > high
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        interval = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise InvalidRequest(
+            f"scenario {scenario} moves {name} of sample {i} to {values[i]}, outside its "
+            f"bounds {interval}; use a smaller shift")
+
+
+@dataclass
+class ScenarioResult:
+    """Values (N, M) at the base and (S, N, M) under the scenarios, the P&L, and with the
+    explain its Taylor terms, each (S, N, M)."""
+
+    base: JobResult
+    values: Tensor
+    pnl: Tensor
+    delta_pnl: Tensor | None = None
+    gamma_pnl: Tensor | None = None
+    unexplained: Tensor | None = None
+    compute_s: float = 0.0
+
+
+async def run(plan: ScenarioPlan, run_job: _RunJob) -> ScenarioResult:
+    """Both jobs side by side (``run_job`` is the engine's run), then the P&L and its
+    explain."""
+    base, shifted = await asyncio.gather(run_job(plan.base), run_job(plan.shifted))
+    n, s_count = plan.base.n, len(plan.scenarios)
+    values = shifted.values.reshape(s_count, n, -1)
+    pnl = values - base.values
+    result = ScenarioResult(base, values, pnl, compute_s=base.compute_s + shifted.compute_s)
+    if plan.explain:
+        result.delta_pnl, result.gamma_pnl = _taylor(plan, base, values.dtype)
+        predicted = result.delta_pnl + (result.gamma_pnl if result.gamma_pnl is not None
+                                        else 0.0)
+        result.unexplained = pnl - predicted
+    return result
+
+
+def _taylor(plan: ScenarioPlan, base: JobResult,
+            dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """delta_pnl and (order 2) gamma_pnl, each (S, N, M)."""
+    job = plan.base
+    n, s_count = job.n, len(plan.scenarios)
+    # d[a]: (S, N, 1), the absolute shift of factor a in each scenario (0 where unshifted)
+    d: dict[str, Tensor] = {}
+    for a in job.wrt:
+        rows = [torch.as_tensor(np.broadcast_to(shifts.get(a, 0.0), (n,)).copy(), dtype=dtype)
+                for shifts in plan.absolute]
+        d[a] = torch.stack(rows).reshape(s_count, n, 1)
+    delta = sum((base.derivatives[a] * d[a] for a in job.wrt),
+                torch.zeros(s_count, *base.values.shape, dtype=dtype))
+    if job.order != 2:
+        return delta, None
+    gamma = torch.zeros_like(delta)
+    for a, b in pairs(job.wrt, job.cross):
+        term = base.second_derivatives[pair_key(a, b)] * d[a] * d[b]
+        gamma += 0.5 * term if a == b else term
+    return delta, gamma
+
+
+def base_kind(explain: bool) -> JobKind:
+    """The base is a sensitivities job when the P&L is explained, an evaluation else."""
+    return JobKind.SENSITIVITIES if explain else JobKind.EVALUATE

@@ -1,0 +1,222 @@
+"""POST /v1/routines/{name}/scenarios (app.api.scenarios over app.engine.scenarios): every
+scenario against the closed form at its shifted parameters, the three ways to write
+scenarios, the P&L and its Taylor explain (exact for a linear P&L, shrinking as the cube of
+the shift at order 2), one launch for all scenarios, and every error a 422 naming what to
+change."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import httpx
+import numpy as np
+import pytest
+
+from tests import closed_forms as cf
+from tests.conftest import ClientFactory
+
+pytestmark = pytest.mark.anyio
+
+SCEN = "/v1/routines/{}/scenarios"
+BOOK = [[49.0, 50.0, 0.3846], [100.0, 95.0, 0.5], [80.0, 100.0, 2.0], [120.0, 100.0, 1.0]]
+BASE = {"sigma": 0.2, "r": 0.05}
+
+
+def price(row: list[float], sigma: float, r: float) -> float:
+    return cf.black_scholes_greeks(row[0], row[1], row[2], sigma, r)["price"]
+
+
+def close(a: float, b: float, rel: float = 1e-12) -> bool:
+    return abs(a - b) <= rel * max(abs(b), 1e-300) + 1e-14
+
+
+async def post(client: httpx.AsyncClient, routine: str, body: dict[str, object],
+               query: str = "") -> httpx.Response:
+    return await client.post(SCEN.format(routine) + query, json=body)
+
+
+async def test_a_product_grid_matches_the_closed_form_in_every_scenario(
+        client: httpx.AsyncClient) -> None:
+    body = {"inputs": BOOK, "params": BASE,
+            "scenarios": {"shifts": {"sigma": {"type": "relative", "values": [-0.1, 0, 0.1]},
+                                     "r": {"type": "absolute", "values": [-0.01, 0.01]}},
+                          "combine": "product"}}
+    r = await post(client, "black_scholes_call", body)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["scenario_count"] == 6 and len(doc["scenarios"]) == 6
+    base = [price(row, 0.2, 0.05) for row in BOOK]
+    assert all(close(a, b) for a, b in zip(doc["base"], base, strict=True))
+    grid = list(itertools.product([-0.1, 0.0, 0.1], [-0.01, 0.01]))  # sigma first, as named
+    for scenario, (rel, dr) in zip(doc["scenarios"], grid, strict=True):
+        assert scenario["shifts"] == pytest.approx({"sigma": 0.2 * rel, "r": dr}, abs=1e-15)
+        sigma, rate = 0.2 * (1 + rel), 0.05 + dr
+        want = [price(row, sigma, rate) for row in BOOK]
+        assert all(close(a, b) for a, b in zip(scenario["values"], want, strict=True))
+        pnl = [v - b for v, b in zip(scenario["values"], doc["base"], strict=True)]
+        assert scenario["pnl"] == pytest.approx(pnl, rel=1e-12, abs=1e-13)
+        assert scenario["total_pnl"] == pytest.approx(sum(pnl), rel=1e-12, abs=1e-12)
+        assert "delta_pnl" not in scenario
+    assert doc["total_pnl"] == [s["total_pnl"] for s in doc["scenarios"]]
+
+
+async def test_zip_and_explicit_lists(client: httpx.AsyncClient) -> None:
+    zipped = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": BASE,
+        "scenarios": {"shifts": {"sigma": {"type": "absolute", "values": [0.01, 0.02]},
+                                 "r": {"type": "absolute", "values": [-0.005, 0.0]}},
+                      "combine": "zip"}})
+    listed = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": BASE,
+        "scenarios": {"list": [{"sigma": 0.01, "r": -0.005}, {"sigma": 0.02, "r": 0.0}]}})
+    assert zipped.status_code == 200 and listed.status_code == 200, zipped.text + listed.text
+    for doc in (zipped.json(), listed.json()):
+        assert doc["scenario_count"] == 2
+        for scenario, (ds, dr) in zip(doc["scenarios"], [(0.01, -0.005), (0.02, 0.0)],
+                                      strict=True):
+            want = [price(row, 0.2 + ds, 0.05 + dr) for row in BOOK]
+            assert all(close(a, b) for a, b in zip(scenario["values"], want, strict=True))
+
+
+async def test_a_linear_pnl_is_explained_exactly_at_first_order(
+        client: httpx.AsyncClient) -> None:
+    x = [0.5, -1.0, 2.0, 3.25]
+    r = await post(client, "linear", {
+        "inputs": x, "params": {"C": 1.5}, "explain": True,
+        "scenarios": {"shifts": {"C": {"type": "absolute", "values": [-2.0, 0.25, 3.0]}}}})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["wrt"] == ["C"] and doc["derivatives"]["C"] == x
+    for scenario, d in zip(doc["scenarios"], [-2.0, 0.25, 3.0], strict=True):
+        assert scenario["pnl"] == pytest.approx([d * v for v in x], rel=1e-15)
+        assert scenario["delta_pnl"] == pytest.approx([d * v for v in x], rel=1e-15)
+        assert max(abs(u) for u in scenario["unexplained"]) <= 1e-13
+        assert abs(scenario["total_unexplained"]) <= 1e-12
+        assert "gamma_pnl" not in scenario
+
+
+async def _worst_unexplained(client: httpx.AsyncClient, h: float) -> float:
+    r = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": BASE, "explain": True, "order": 2, "cross": True,
+        "wrt": ["S", "sigma", "r"],
+        "scenarios": {"list": [{"S": 10 * h, "sigma": h, "r": h / 4},
+                               {"S": -10 * h, "sigma": h / 2, "r": -h / 4}]}})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    for scenario in doc["scenarios"]:
+        predicted = [a + b for a, b in zip(scenario["delta_pnl"], scenario["gamma_pnl"],
+                                           strict=True)]
+        assert scenario["unexplained"] == pytest.approx(
+            [p - q for p, q in zip(scenario["pnl"], predicted, strict=True)], abs=1e-13)
+    return max(abs(u) for s in doc["scenarios"] for u in s["unexplained"])
+
+
+async def test_a_second_order_explain_leaves_a_third_order_remainder(
+        client: httpx.AsyncClient) -> None:
+    """Shifts halved: the unexplained P&L shrinks by 2^3 (the Taylor remainder is cubic)."""
+    big, small = await _worst_unexplained(client, 0.02), await _worst_unexplained(client, 0.01)
+    assert small > 0
+    assert 6.0 < big / small < 10.0, (big, small)
+
+
+async def test_the_explain_terms_are_the_closed_form_greeks(client: httpx.AsyncClient) -> None:
+    row, ds, dsig = BOOK[1], 2.0, 0.01
+    r = await post(client, "black_scholes_call", {
+        "inputs": [row], "params": BASE, "explain": True, "order": 2, "cross": True,
+        "scenarios": {"list": [{"S": ds, "sigma": dsig}]}})
+    assert r.status_code == 200, r.text
+    [scenario] = r.json()["scenarios"]
+    g = cf.black_scholes_greeks(row[0], row[1], row[2], 0.2, 0.05)
+    assert r.json()["wrt"] == ["S", "sigma"]  # the shifted factors, as named
+    assert math.isclose(scenario["delta_pnl"][0], g["S"] * ds + g["sigma"] * dsig,
+                        rel_tol=1e-12)
+    gamma = 0.5 * g["S,S"] * ds**2 + g["S,sigma"] * ds * dsig \
+        + 0.5 * g["sigma,sigma"] * dsig**2
+    assert math.isclose(scenario["gamma_pnl"][0], gamma, rel_tol=1e-11)
+
+
+async def test_per_sample_bases_shift_per_sample(client: httpx.AsyncClient) -> None:
+    sigmas = [0.2, 0.35, 0.6, 0.25]
+    r = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": {"sigma": sigmas, "r": 0.05},
+        "scenarios": {"shifts": {"sigma": {"type": "relative", "values": [0.5]},
+                                 "S": {"type": "relative", "values": [-0.2]}}}})
+    assert r.status_code == 200, r.text
+    [scenario] = r.json()["scenarios"]
+    assert scenario["shifts"]["sigma"] == pytest.approx([0.5 * s for s in sigmas])
+    assert scenario["shifts"]["S"] == pytest.approx([-0.2 * row[0] for row in BOOK])
+    want = [cf.black_scholes_greeks(0.8 * row[0], row[1], row[2], 1.5 * s, 0.05)["price"]
+            for row, s in zip(BOOK, sigmas, strict=True)]
+    assert all(close(a, b) for a, b in zip(scenario["values"], want, strict=True))
+
+
+async def test_all_scenarios_run_as_one_launch(make_client: ClientFactory) -> None:
+    async with make_client() as c:
+        before = (await c.get("/metrics")).text
+        r = await post(c, "linear", {
+            "inputs": list(np.linspace(0, 1, 50)), "params": {"C": 2.0},
+            "scenarios": {"shifts": {"C": {"type": "absolute",
+                                           "values": list(np.linspace(-1, 1, 40))}}}})
+        assert r.status_code == 200, r.text
+        after = (await c.get("/metrics")).text
+
+    def launched_samples(text: str) -> list[float]:
+        return [float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("dydc_batch_samples_sum")]
+
+    # one launch of 40 x 50 samples and one of the base's 50
+    assert sum(launched_samples(after)) - sum(launched_samples(before)) == 40 * 50 + 50
+
+
+@pytest.mark.parametrize(("scenarios", "params", "words"), [
+    ({"shifts": {"vol": {"type": "absolute", "values": [0.1]}}}, BASE,
+     ["'vol'", "neither a parameter nor an input", "its parameters are: sigma, r"]),
+    ({"shifts": {"sigma": {"type": "absolute", "values": []}}}, BASE, ["values"]),
+    ({"shifts": {}}, BASE, ["scenarios.shifts is empty"]),
+    ({"list": []}, BASE, ["scenarios.list is empty"]),
+    ({"list": [{}]}, BASE, ["scenarios.list[0] shifts nothing"]),
+    ({}, BASE, ["either shifts", "or list"]),
+    ({"shifts": {"sigma": {"type": "absolute", "values": [0.1, 0.2]},
+                 "r": {"type": "absolute", "values": [0.1]}}, "combine": "zip"}, BASE,
+     ["every list must be as long", "sigma has 2", "r has 1", "combine = product"]),
+    ({"shifts": {"sigma": {"type": "relative", "values": [-2.0]}}}, BASE,
+     ["scenario 0 moves sigma of sample 0 to -0.2", "outside its bounds", "smaller shift"]),
+    ({"shifts": {"sigma": {"type": "percent", "values": [1]}}}, BASE, ["type"]),
+    ({"shifts": {"sigma": {"type": "absolute", "values": [0.1]}}, "combine": "cartesian"},
+     BASE, ["combine"]),
+])
+async def test_every_mistake_is_a_422_that_says_what_to_change(
+        client: httpx.AsyncClient, scenarios: dict[str, object], params: dict[str, object],
+        words: list[str]) -> None:
+    r = await post(client, "black_scholes_call", {"inputs": BOOK, "params": params,
+                                                  "scenarios": scenarios})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    for word in words:
+        assert word in detail, (word, detail)
+
+
+async def test_too_many_scenarios_or_samples(make_client: ClientFactory) -> None:
+    async with make_client(max_scenarios=4, max_samples=30) as c:
+        grid = {"shifts": {"C": {"type": "absolute", "values": [1, 2, 3]},
+                           "x": {"type": "relative", "values": [0.1, 0.2]}}}
+        r = await post(c, "linear", {"inputs": [1.0, 2.0], "scenarios": grid})
+        assert r.status_code == 422, r.text
+        assert "6 scenarios; the limit is 4 per request (DYDC_MAX_SCENARIOS)" in r.json()["detail"]
+        r = await post(c, "linear", {"inputs": [float(i) for i in range(10)], "scenarios": {
+            "shifts": {"C": {"type": "absolute", "values": [1, 2, 3, 4]}}}})
+        assert r.status_code == 422, r.text
+        assert "4 scenarios x 10 samples = 40 samples" in r.json()["detail"]
+        assert "the limit is 30 samples in all (DYDC_MAX_SAMPLES)" in r.json()["detail"]
+        ok = await post(c, "linear", {"inputs": [1.0, 2.0], "scenarios": {
+            "shifts": {"C": {"type": "absolute", "values": [1, 2, 3, 4]}}}})
+        assert ok.status_code == 200, ok.text
+
+
+async def test_unknown_routine_and_content_type(client: httpx.AsyncClient) -> None:
+    r = await post(client, "nope", {"inputs": [1.0], "scenarios": {"list": [{"C": 1}]}})
+    assert r.status_code == 404
+    r = await client.post(SCEN.format("linear"), content=b'{"inputs":[1]}',
+                          headers={"content-type": "text/plain"})
+    assert r.status_code == 415
