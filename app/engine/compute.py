@@ -30,10 +30,12 @@ from app.engine.input_sensitivities import with_features_as_params
 from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.second_order import differentiate2
 from app.engine.strategies import (
+    AUTO_FALLBACK,
     STRATEGIES,
     Derivatives,
     Problem,
     Steps,
+    drain,
     lacks_forward_formula,
 )
 
@@ -46,7 +48,6 @@ __all__ = [
     "differentiate",
 ]
 
-AUTO_FALLBACK = "vmap-grad"  # O(N) reverse mode, no cap, for routines lacking forward formulas
 
 # PyTorch's forward-AD levels are process-wide, not per thread: two workers running jvp at
 # once corrupt each other's tangents (seen: zeros). Launches are therefore traced one at a
@@ -245,15 +246,6 @@ def _step(steps: Steps) -> tuple[float, Derivatives | None]:
         return 1.0, done.value
 
 
-def _drain(steps: Generator[float, None, _Output]) -> _Output:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            out: _Output = done.value
-            return out
-
-
 def _first_non_finite(t: Tensor) -> int | None:
     bad = ~torch.isfinite(t)
     if not bool(bad.any()):
@@ -312,7 +304,7 @@ class Executor:
     def run_job(self, job: Job) -> JobResult:
         """One request on its own (in chunks of at most ``chunk`` samples)."""
         started = time.perf_counter()
-        out = _drain(_chunks(job, self))
+        out = drain(_chunks(job, self))
         return _result(job, out.values, out.derivatives, out.strategy, self.device, started,
                        time.perf_counter())
 

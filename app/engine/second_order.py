@@ -29,11 +29,9 @@ from torch.func import jacfwd, jacrev, jvp, vmap
 from app.engine.bumping import Bump, finite_difference, pair_key, pairs
 from app.engine.errors import InvalidRequest
 from app.engine.evaluation import evaluate_sample, param_in_dims
-from app.engine.strategies import Derivatives, Problem, lacks_forward_formula
+from app.engine.strategies import AUTO_FALLBACK, Derivatives, Problem, lacks_forward_formula
 
 __all__ = ["SECOND_ORDER", "differentiate2", "forward2"]
-
-AUTO_FALLBACK = "vmap-grad"
 
 
 def forward2(problem: Problem, cross: bool) -> Derivatives:

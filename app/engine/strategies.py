@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -27,14 +27,21 @@ from app.engine.evaluation import Params, evaluate_batch, evaluate_sample, param
 from routines import Routine
 
 __all__ = [
+    "AUTO_FALLBACK",
     "STRATEGIES",
     "Derivatives",
     "Problem",
     "Steps",
     "Strategy",
     "Work",
+    "drain",
     "lacks_forward_formula",
 ]
+
+T = TypeVar("T")
+# What ``auto`` runs where forward mode lacks a formula: O(N) reverse mode, no cap (first and
+# second order alike)
+AUTO_FALLBACK = "vmap-grad"
 
 
 @dataclass(frozen=True)
@@ -199,18 +206,19 @@ def _unit_rows(a: int, b: int, total: int, like: Tensor) -> Tensor:
     return rows
 
 
-def _drain(steps: Steps) -> Derivatives:
+def drain(steps: Generator[Any, None, T]) -> T:
+    """Run steps (a generator that yields its progress) to the end; their result."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            result: Derivatives = done.value
+            result: T = done.value
             return result
 
 
 def _whole(steps: Callable[[Problem, float], Steps]) -> Callable[[Problem], Derivatives]:
     def run(problem: Problem) -> Derivatives:
-        return _drain(steps(problem, math.inf))
+        return drain(steps(problem, math.inf))
 
     return run
 
