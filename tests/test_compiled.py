@@ -11,6 +11,7 @@ them copies their files into its own cache directory.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -24,15 +25,15 @@ from test_routines import AD_RTOL, CLOSED_FORMS, assert_close
 from test_strategies import assert_matches_closed_form, problem_for
 from torch import Tensor
 
-from app.engine import cache_host_allocations, warm_up
 from app.engine import compiled as compiled_module
+from app.engine import warm_up
 from app.engine.builds import Artefact, InlineBuilder, forward_graph, kind_of
 from app.engine.compiled import TRACE_N, CompiledForward
 from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
 from app.engine.pacing import Pacer
 from app.engine.strategies import Problem
 from routines import Routine, discover
-from tests.support import GatedBuilder, needs_cxx
+from tests.support import ROOT, GatedBuilder, needs_cxx
 from tests.test_operations import scrape, value
 
 CHUNK = 64
@@ -321,11 +322,34 @@ def test_the_traced_graph_takes_any_batch_size(builtins: dict[str, Routine]) -> 
     assert_close(tangent, eager.derivatives["T"], rtol=1e-14)
 
 
+_MMAPPED = """
+import ctypes, sys, torch
+from app.engine import cache_host_allocations
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+if sys.argv[1] == "cached":
+    assert cache_host_allocations()
+before = libc.mallinfo2().hblkhd
+x = torch.empty(2_000_000, dtype=torch.float64)  # 16 MB: over glibc's first mmap threshold
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_host_allocations_are_cached_on_linux() -> None:
-    assert cache_host_allocations()
-    x = torch.ones(2_000_000, dtype=torch.float64)  # over glibc's default mmap threshold
-    assert float((x * 2).sum()) == 4_000_000.0
+    """A large tensor comes from the heap, which keeps it when freed, not from a mapping of
+    its own (glibc's mallinfo2: bytes in mmapped blocks), in a fresh process each way."""
+    def mmapped(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _MMAPPED, mode], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1])
+
+    assert mmapped("default") >= 16_000_000  # glibc's own way: a mapping per large block
+    assert mmapped("cached") == 0
 
 
 def test_warm_up_waits_for_launches_in_flight(builtins: dict[str, Routine]) -> None:

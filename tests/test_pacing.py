@@ -88,7 +88,8 @@ def test_while_a_large_request_is_served_the_group_runs_a_share_of_the_time(
             wanted = {(pid, stopped) for pid in group for stopped in (True, False)}
             assert states_until(group, wanted) == wanted
         # the last large request has ended: continued at once, and left running
-        assert states_until(group, {(leader, False), (child, False)}, 2)
+        running = {(leader, False), (child, False)}
+        assert running <= states_until(group, running, 2)
         time.sleep(0.3)
         assert states_for(group, 0.3) == {(leader, False), (child, False)}
         assert pacer.stopped_s > 0
@@ -109,7 +110,7 @@ def test_a_process_still_starting_is_paced_alone_never_the_services_group() -> N
         with pacer.large():
             wanted = {(starting.pid, True), (starting.pid, False)}
             assert states_until((starting.pid,), wanted) == wanted
-        assert states_until((starting.pid,), {(starting.pid, False)}, 2)
+        assert (starting.pid, False) in states_until((starting.pid,), {(starting.pid, False)}, 2)
         time.sleep(0.3)
         assert states_for((starting.pid,), 0.3) == {(starting.pid, False)}
     finally:
