@@ -20,11 +20,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import health, limits, scenarios, v1, v2
+from app.api import expressions, health, limits, scenarios, v1, v2
 from app.api.bodies import BodyBudget
 from app.api.dispatch import App
 from app.api.docs import install_docs
 from app.api.openapi import install_openapi
+from app.api.v2 import expression as v2_expression
 from app.api.v2.routes import error_response as v2_error_response
 from app.config import Settings, load_settings
 from app.engine import (
@@ -161,7 +162,8 @@ def create_app(settings: Settings | None = None) -> Service:
             compiled = CompiledForward(
                 s.compile_chunk, s.compile_min_samples, builder=builder,
                 pacer=Pacer(builder.process, s.compile_build_share),
-                max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every)
+                max_graphs=s.compile_max_graphs, recheck_every=s.compile_recheck_every,
+                hot_launches=s.compile_hot_launches)
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)
         executors = [Executor(device, s.max_batch_samples, compiled)
@@ -196,7 +198,9 @@ def create_app(settings: Settings | None = None) -> Service:
     app.state.settings = s
     install_error_handlers(app, {"/v2": v2_error_response})
     app.include_router(v1.router)
+    app.include_router(expressions.router)
     app.include_router(scenarios.router)
+    app.include_router(v2_expression.router)  # before v2's /models/{name}/infer
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(limits.router)

@@ -19,9 +19,11 @@ import re
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from app.api.expressions import EXPRESSION_COMPARE, EXPRESSION_EVALUATE, EXPRESSION_SENSITIVITIES
 from app.api.pipeline import Codec, Incoming, serve, shutdown_reply
 from app.api.scenarios import SCENARIOS
 from app.api.v1 import COMPARE, EVALUATE, SENSITIVITIES
+from app.api.v2.expression import EXPRESSION_INFER
 from app.api.v2.routes import INFER
 
 __all__ = ["App", "route_of"]
@@ -32,8 +34,14 @@ _ROUTES: list[tuple[re.Pattern[str], Codec]] = [
     (re.compile(r"/v1/routines/(?P<name>[^/]+)/evaluate"), EVALUATE),
     (re.compile(r"/v1/routines/(?P<name>[^/]+)/compare"), COMPARE),
     (re.compile(r"/v1/routines/(?P<name>[^/]+)/scenarios"), SCENARIOS),
+    # the expression model before the models' pattern, which would take its name
+    (re.compile(r"/v2/models/expression/infer"), EXPRESSION_INFER),
     (re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), INFER),
     (re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"), INFER),
+    # callers' expressions (app.api.expressions), after the routines' routes
+    (re.compile(r"/v1/expressions/sensitivities"), EXPRESSION_SENSITIVITIES),
+    (re.compile(r"/v1/expressions/evaluate"), EXPRESSION_EVALUATE),
+    (re.compile(r"/v1/expressions/compare"), EXPRESSION_COMPARE),
 ]
 
 def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:

@@ -28,8 +28,13 @@ def _array(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(-1) if a.shape[1] == 1 else a)
 
 
-def encode_result(job: Job, result: JobResult, started: float) -> bytes:
+def encode_result(job: Job, result: JobResult, started: float,
+                  expression: str | None = None) -> bytes:
+    """The answer; ``expression``, the canonical text of a caller's expression, after the
+    routine's name."""
     doc: dict[str, Any] = {"routine": job.routine.name}
+    if expression is not None:
+        doc["expression"] = expression
     if result.strategy is not None:
         doc["strategy"] = result.strategy
     doc |= {
@@ -65,10 +70,13 @@ def _beyond_first(job: Job, result: JobResult) -> dict[str, Any]:
     return doc
 
 
-def encode_comparison(job: Job, comparison: Comparison) -> bytes:
+def encode_comparison(job: Job, comparison: Comparison, expression: str | None = None) -> bytes:
     """The compare answer: one row per strategy, then the reference's numbers."""
-    doc: dict[str, Any] = {
-        "routine": job.routine.name, "n": job.n, "order": job.order,
+    doc: dict[str, Any] = {"routine": job.routine.name}
+    if expression is not None:
+        doc["expression"] = expression
+    doc |= {
+        "n": job.n, "order": job.order,
         "reference": comparison.reference,
         "strategies": [{"strategy": row.strategy, "status": row.status, "reason": row.reason,
                         "time_ms": row.time_ms, "max_abs_diff": row.max_abs_diff,

@@ -514,7 +514,7 @@ class Engine:
     def prepare(
         self,
         kind: JobKind,
-        routine_name: str,
+        routine_name: str | Routine,
         inputs: np.ndarray | torch.Tensor,
         params: Mapping[str, ParamValue],
         *,
@@ -536,14 +536,16 @@ class Engine:
         and ``check`` apply to sensitivities only. ``loop`` is the event loop that will await
         the job, when this runs in another thread. ``any_strategy`` admits a strategy the
         server does not serve (compare prepares its request as finite differences, then runs
-        only the strategies served).
+        only the strategies served). A :class:`Routine` in place of a name is run as given,
+        registered or not (a caller's expression, app.expressions).
         """
         if timeout_ms is not None and not (math.isfinite(timeout_ms)
                                            and timeout_ms >= MIN_TIMEOUT_MS):
             raise InvalidRequest(
                 f"timeout_ms = {timeout_ms:g}; use a number of ms of at least "
                 f"{MIN_TIMEOUT_MS:g} (a shorter deadline cannot be met)")
-        routine = self.routine(routine_name)
+        routine = (routine_name if isinstance(routine_name, Routine)
+                   else self.routine(routine_name))
         sensitivities = kind is JobKind.SENSITIVITIES
         chosen = self._strategy(strategy, any_strategy) if sensitivities else None
         torch_dtype = self._dtype(dtype)
@@ -605,8 +607,11 @@ class Engine:
         finally:
             timer.cancel()
         label = result.strategy or "none"
-        metrics.child(metrics.COMPUTE_SECONDS, job.routine.name, label).observe(result.compute_s)
-        metrics.child(metrics.SAMPLES, job.routine.name, label).inc(job.n)
+        # a routine not registered (a caller's expression) under one label: callers' texts
+        # must not grow the metrics without bound
+        name = job.routine.name if job.routine.name in self.routines else "expression"
+        metrics.child(metrics.COMPUTE_SECONDS, name, label).observe(result.compute_s)
+        metrics.child(metrics.SAMPLES, name, label).inc(job.n)
         if job.check is not None:
             result = await self._checked(job, result)
         return result

@@ -26,7 +26,8 @@ PREFLIGHT_FREE = frozenset(
     {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
 # The v1 routes that read a body (other POSTs fall through to the router: 404 or 405).
-_V1_BODIES = re.compile(r"/v1/routines/[^/]+/(sensitivities|evaluate|compare|scenarios)")
+_V1_BODIES = re.compile(r"/v1/routines/[^/]+/(sensitivities|evaluate|compare|scenarios)"
+                        r"|/v1/expressions/(sensitivities|evaluate|compare)")
 
 
 def media_type(scope: Scope) -> str | None:

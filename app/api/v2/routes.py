@@ -133,20 +133,25 @@ class V2:
                  binary: memoryview | None, labels: RequestLabels,
                  loop: asyncio.AbstractEventLoop) -> tuple[Job, InferenceRequest, tensors.Call]:
         inference = InferenceRequest.model_validate(parse_json(header))
+        return self.job(engine, routine, inference, binary, labels, loop)
+
+    def job(self, engine: Engine, routine: Routine, inference: InferenceRequest,
+            binary: memoryview | None, labels: RequestLabels,
+            loop: asyncio.AbstractEventLoop) -> tuple[Job, InferenceRequest, tensors.Call]:
+        """The engine's job for ``inference`` on ``routine`` (registered or not)."""
         strategy = inference.parameters.get("strategy", "auto")
         labels.strategy = strategy if isinstance(strategy, str) and strategy in STRATEGIES \
             else "invalid"
         call = tensors.plan(routine, inference, framing.input_sections(inference.inputs, binary))
-        job = engine.prepare(call.kind, routine.name, call.inputs, call.params, wrt=call.wrt,
+        job = engine.prepare(call.kind, routine, call.inputs, call.params, wrt=call.wrt,
                              strategy=call.strategy, dtype=call.dtype,
                              timeout_ms=call.timeout_ms, loop=loop, order=call.order,
                              cross=call.cross)
         return job, inference, call
 
-    async def decode(self, request: Incoming, engine: Engine) -> Decoded:
-        labels = request.labels
-        routine = _model(engine, request.path_params["name"], request.path_params.get("version"))
-        labels.routine = routine.name
+    async def read(self, request: Incoming) -> tuple[bytes, memoryview | None]:
+        """The body's JSON header, and its binary tensor data if any (413 for inputs that
+        declare too many samples, before they are read)."""
         length = framing.header_length(request.headers)
         binary: memoryview | None = None
         if length is None:
@@ -156,6 +161,13 @@ class V2:
             view, binary = framing.split(body, length)
             header = bytes(view)
         _check_shapes(header, request.settings.max_samples)
+        return header, binary
+
+    async def decode(self, request: Incoming, engine: Engine) -> Decoded:
+        labels = request.labels
+        routine = _model(engine, request.path_params["name"], request.path_params.get("version"))
+        labels.routine = routine.name
+        header, binary = await self.read(request)
         size = len(header) + (len(binary) if binary is not None else 0)
         job, inference, call = await offload(size, self._prepare, engine, routine, header,
                                              binary, labels, asyncio.get_running_loop())

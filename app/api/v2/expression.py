@@ -1,0 +1,156 @@
+"""``POST /v2/models/expression/infer``: a caller's expression as an Open Inference Protocol
+model.
+
+The request is a v2 inference request whose ``parameters`` hold the function: ``expression``
+(a string, or a list of strings for several outputs) or ``ode`` (the ODE object of v1 as a
+JSON string), and ``inputs``, the feature names separated by commas, naming the columns of the
+input tensor ``x`` [N, D] (or one tensor per feature, named after it). The other numeric
+parameters are the expression's parameters; an input tensor named after neither ``x`` nor a
+feature is a parameter with one value per sample. ``wrt``, ``order``, ``cross``, ``strategy``
+and ``timeout`` are read as for a routine. The answer is a routine's, with ``model_name``
+"expression" and the canonical text in its ``parameters.expression``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.api.answer_size import check_tensor_answer
+from app.api.decoding import parse_json
+from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
+from app.api.instrumentation import RequestLabels
+from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.api.v2 import framing, tensors
+from app.api.v2.routes import (
+    _INFER_OPENAPI,
+    _INFER_RESPONSES,
+    MODEL_VERSION,
+    V2,
+    V2Route,
+    _request_id,
+)
+from app.api.v2.schemas import InferenceRequest, ParameterValue
+from app.engine import Engine, Job, JobResult
+from app.engine.errors import InvalidRequest
+from app.expressions import Expressions
+
+__all__ = ["EXPRESSION_INFER", "MODEL", "ExpressionV2", "router"]
+
+MODEL = "expression"
+# The request parameters that describe the function, not its parameters' values.
+_FUNCTION = ("expression", "ode", "inputs")
+
+
+def _names(given: ParameterValue | None) -> list[str]:
+    if isinstance(given, str):
+        return [w.strip() for w in given.split(",") if w.strip()]
+    if isinstance(given, list):
+        return list(given)
+    raise InvalidRequest(
+        "parameters.inputs is missing or not a string; send the input features' names "
+        'separated by commas (the columns of the input tensor x), e.g. "N0,t"'
+    )
+
+
+def _ode(given: ParameterValue | None) -> dict[str, Any] | None:
+    """The ``ode`` parameter: a JSON object with rhs, state, initial, time, steps, method."""
+    if given is None:
+        return None
+    ode = None
+    if isinstance(given, str):
+        with contextlib.suppress(ValueError, RecursionError):
+            ode = json.loads(given)
+    fields = ("rhs", "state", "initial", "time", "steps", "method")
+    if not isinstance(ode, dict) or not set(ode) <= set(fields):
+        raise InvalidRequest(
+            f"parameters.ode must be a JSON object (as a string) with the fields "
+            f"{', '.join(fields)}; got {str(given)[:80]!r}"
+        )
+    return ode
+
+
+class ExpressionV2(V2):
+    """The v2 codec for the ``expression`` model: the routine comes from the request's
+    parameters instead of the path."""
+
+    def _prepare_expression(
+        self,
+        engine: Engine,
+        expressions: Expressions,
+        header: bytes,
+        binary: memoryview | None,
+        labels: RequestLabels,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[Job, InferenceRequest, tensors.Call, str]:
+        inference = InferenceRequest.model_validate(parse_json(header))
+        parameters = dict(inference.parameters)
+        expression, ode, names = (parameters.pop(key, None) for key in _FUNCTION)
+        features = _names(names)
+        if expression is not None and not isinstance(expression, str | list):
+            raise InvalidRequest(
+                "parameters.expression is not a string; send the expression as a string, or a "
+                "list of strings for several outputs"
+            )
+        per_sample = [
+            given.name
+            for given in inference.inputs
+            if given.name != tensors.MATRIX_INPUT and given.name not in features
+        ]
+        declared = [k for k in parameters if k not in tensors._RESERVED] + per_sample
+        made = make_routine(expressions, expression, _ode(ode), features, declared)
+        job, inference, call = self.job(
+            engine,
+            made.routine,
+            inference.model_copy(update={"parameters": parameters}),
+            binary,
+            labels,
+            loop,
+        )
+        return job, inference, call, made.canonical
+
+    async def decode(self, request: Incoming, engine: Engine) -> Decoded:
+        request.labels.routine = METRICS_ROUTINE
+        header, binary = await self.read(request)
+        size = len(header) + (len(binary) if binary is not None else 0)
+        job, inference, call, canonical = await offload(
+            size,
+            self._prepare_expression,
+            engine,
+            expressions_for(request.settings),
+            header,
+            binary,
+            request.labels,
+            asyncio.get_running_loop(),
+        )
+        check_tensor_answer(
+            job, call.outputs, job.dtype.itemsize, request.settings.max_response_bytes
+        )
+        return Decoded(job, (inference.id, call, canonical))
+
+    def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
+        request_id, call, canonical = decoded.context
+        header, binaries = tensors.response(
+            decoded.job.routine, request_id or _request_id(), MODEL_VERSION, call, result
+        )
+        header["model_name"] = MODEL
+        header["parameters"]["expression"] = canonical
+        body, media_type, headers = framing.encode(header, binaries)
+        return Reply(200, body, media_type, headers)
+
+
+EXPRESSION_INFER = ExpressionV2()
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=V2Route)
+
+
+@router.post(f"/models/{MODEL}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI)
+async def infer(request: Request) -> Response:
+    """A caller's expression (parameters.expression, or parameters.ode) as a model: values
+    and derivatives as Open Inference Protocol tensors."""
+    return await respond(EXPRESSION_INFER, request)
