@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         "only this share of the time: it and its compilers are stopped and continued in turns "
         "of 40 ms, so that a build beside it costs the request little even where CPUs share "
         "a core. 1: never stopped.")
+    compile_hot_launches: Annotated[int, Field(ge=0)] = Field(
+        1000, description="A kind (routine, wrt, dtype, parameters shared or per sample, "
+        "order) launched this many times is compiled too, and its launches smaller than "
+        "DYDC_COMPILE_MIN_SAMPLES then run through its graph: the device worker's share of a "
+        "small request drops about 10x. 0: small launches stay eager."
+    )
     compile_recheck_every: PositiveInt = Field(
         1000, description="A compiled graph's first launch and every this many after it are "
         "compared with eager forward mode on a few rows; a mismatch retires the graph."

@@ -26,6 +26,9 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-t
 os.environ.setdefault("DYDC_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-compiled-"))
 # the suite keeps both cores busy: builds that waited for idle CPU would wait for its end
 os.environ.setdefault("DYDC_COMPILE_BUILD_IDLE", "false")
+# small launches stay eager in the suite unless a test asks (tests/test_compiled_hot.py): a
+# test that sends a thousand small requests would start builds beside the rest of the suite
+os.environ.setdefault("DYDC_COMPILE_HOT_LAUNCHES", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
