@@ -351,6 +351,10 @@ def sensitivities(
                                       timeout_ms=timeout_ms, check=check or None,
                                       bump=bump or None)
     _emit(result, info, samples, out_file, rows)
+    _print_check(result)
+
+
+def _print_check(result: Result) -> None:
     if result.check is not None:
         table = Table("key", "max abs diff", "max rel diff",
                       title=f"check against {result.check.strategy}")
@@ -358,6 +362,77 @@ def sensitivities(
             rel = result.check.max_rel_diff.get(key, math.nan)
             table.add_row(key, f"{value:.3g}", f"{rel:.3g}")
         err.print(table)
+
+
+def _features(table: InputTable, names: str | None, param: list[str]) -> list[str]:
+    """The input features: --names, else the file's columns that no --param NAME=@COLUMN
+    takes."""
+    if names is not None:
+        return [n.strip() for n in names.split(",") if n.strip()]
+    if table.columns is None:
+        raise UsageError("--names: name the input features (comma-separated, in column "
+                         "order); this file's columns have no names")
+    taken = {item.partition("=")[2].strip()[1:] for item in param
+             if item.partition("=")[2].strip().startswith("@")}
+    return [c for c in table.columns if c not in taken]
+
+
+@app.command()
+@_reports_errors
+def expression(
+    ctx: typer.Context, inputs: InputsOption,
+    text: Annotated[str | None, typer.Argument(
+        metavar="EXPRESSION", help="Your function, e.g. 'C * x' (docs/expressions.md).")
+    ] = None,
+    param: ParamOption = None,
+    names: Annotated[str | None, typer.Option(
+        help="The input features, comma-separated in column order; default: the file's "
+             "columns, less those a --param NAME=@COLUMN takes.")] = None,
+    ode: Annotated[str | None, typer.Option(
+        help='An ODE in place of EXPRESSION, as JSON: {"rhs": "r * n * (1 - n / K)", '
+             '"state": "n", "initial": "N0", "time": "t", "steps": 200, "method": "rk4"}.')
+    ] = None,
+    wrt: Annotated[str | None, typer.Option(
+        help="Parameters and/or input features, comma-separated; default all parameters.")
+    ] = None,
+    order: Annotated[int, typer.Option(help="1, or 2 for second derivatives.")] = 1,
+    cross: Annotated[bool, typer.Option(help="Order 2: every pair, not only the diagonal.")
+                     ] = False,
+    strategy: Annotated[str, typer.Option(help="How to differentiate (dydc strategies).")
+                        ] = "auto",
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Values only.")] = False,
+    check: Annotated[bool, typer.Option(help="Also check against finite differences.")] = False,
+    dtype: DtypeOption = None,
+    timeout_ms: Annotated[float | None, typer.Option(help="The request's deadline.")] = None,
+    out_file: OutOption = None, rows: RowsOption = 20,
+) -> None:
+    """Values and derivatives of your own function (or ODE) for every sample of a file."""
+    if (text is None) == (ode is None):
+        raise UsageError("give an EXPRESSION, or --ode JSON, not both")
+    spec = None
+    if ode is not None:
+        try:
+            spec = json.loads(ode)
+        except ValueError as exc:
+            raise UsageError(f"--ode is not JSON: {exc}") from None
+        if not isinstance(spec, dict):
+            raise UsageError("--ode: give a JSON object (rhs, state, initial, time, steps, "
+                             "method)")
+    table = read_inputs(inputs, sys.stdin)
+    features = _features(table, names, param or [])
+    info = RoutineInfo(name="expression", description=text or ode or "", params=[],
+                       inputs=features, outputs=["y"])
+    samples, params = table.samples(info), _params(param or [], table)
+    with _service(ctx).client(progress=True) as client:
+        result = client.expression(text, samples, params, _wrt(wrt), names=features, ode=spec,
+                                   evaluate=evaluate, order=order, cross=cross,
+                                   strategy=strategy, dtype=dtype, timeout_ms=timeout_ms,
+                                   check=check or None)
+    if result.expression is not None and out_file is None:
+        out.print(f"expression: {result.expression}", markup=False, highlight=False,
+                  soft_wrap=True)
+    _emit(result, info, samples, out_file, rows)
+    _print_check(result)
 
 
 def _worst(diffs: dict[str, float]) -> str:

@@ -52,6 +52,15 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _expression_options(evaluate: bool, wrt: Wrt, order: int, cross: bool, strategy: str,
+                        dtype: str | None, timeout_ms: float | None,
+                        check: str | bool | None, bump: BumpLike) -> Options:
+    if evaluate:
+        return options(Kind.EVALUATE, dtype=dtype, timeout_ms=timeout_ms)
+    return options(Kind.SENSITIVITIES, wrt=wrt, order=order, cross=cross, strategy=strategy,
+                   dtype=dtype, timeout_ms=timeout_ms, check=check, bump=bump)
+
+
 class _Steps:
     """Configuration, caches and every method as steps; no I/O."""
 
@@ -135,6 +144,36 @@ class _Steps:
         return merge(results, (time.perf_counter() - started) * 1e3)
 
 
+    def expression_steps(self, expression: str | Sequence[str] | None,
+                         ode: Mapping[str, Any] | None, inputs: Inputs,
+                         names: Sequence[str] | str | None, params: Params,
+                         opts: Options) -> Steps[Any]:
+        """A caller's expression (or ODE) in one request (not split into chunks)."""
+        if (expression is None) == (ode is None):
+            raise ValueError("give an expression, or ode= (rhs, state, initial, time, steps, "
+                             "method), not both")
+        features = _feature_names(inputs, names)
+        function: dict[str, Any] = ({"expression": expression if isinstance(expression, str)
+                                     else list(expression)} if expression is not None
+                                    else {"ode": dict(ode or {})})
+        batch = make_batch(inputs, params, features, opts.dtype)
+        (answer,) = yield [v1.expression_call(function, features, batch, opts)]
+        return answer
+
+
+def _feature_names(inputs: Inputs, names: Sequence[str] | str | None) -> list[str]:
+    """The input features' names: ``names`` (a list, or comma-separated), else the keys of
+    inputs given as a mapping of columns."""
+    if isinstance(names, str):
+        return [n.strip() for n in names.split(",") if n.strip()]
+    if names is not None:
+        return list(names)
+    if isinstance(inputs, Mapping):
+        return [str(k) for k in inputs]
+    raise ValueError("name the input features: names=['x', ...] in column order, or give "
+                     "inputs as a mapping of name to column")
+
+
 def _connection_failed(url: str, call: Call[Any], exc: httpx.TransportError,
                        attempts: int) -> ConnectionFailed:
     return ConnectionFailed(f"{call.method} {url}{call.path}: {type(exc).__name__}: "
@@ -211,6 +250,28 @@ class Client:
         comparison: Comparison = self._run(
             self._steps.compute_steps(routine, inputs, params, opts))
         return comparison
+
+    def expression(self, expression: str | Sequence[str] | None, inputs: Inputs,
+                   params: Params = None, wrt: Wrt = None, *,
+                   names: Sequence[str] | str | None = None, ode: Mapping[str, Any] | None = None,
+                   evaluate: bool = False, order: int = 1, cross: bool = False,
+                   strategy: str = "auto", dtype: str | None = None,
+                   timeout_ms: float | None = None, check: str | bool | None = None,
+                   bump: BumpLike = None) -> Result:
+        """Values and derivatives of your own function (docs/expressions.md)::
+
+            r = client.expression("K / (1 + (K - N0) / N0 * exp(-r * t))",
+                                  {"N0": n0, "t": t}, {"r": 0.5, "K": 100.0})
+            r.derivatives["r"], r.expression   # dN/dr; the canonical text
+
+        ``inputs`` as a mapping of feature name to column, or an array with ``names`` in
+        column order; ``ode={"rhs": ..., "state": ..., "initial": ..., "time": ...}`` in place
+        of ``expression`` integrates an ODE; ``evaluate=True`` asks for values only."""
+        opts = _expression_options(evaluate, wrt, order, cross, strategy, dtype, timeout_ms,
+                                   check, bump)
+        result: Result = self._run(self._steps.expression_steps(
+            expression, ode, inputs, names, params, opts))
+        return result
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -321,6 +382,20 @@ class AsyncClient:
         comparison: Comparison = await self._run(
             self._steps.compute_steps(routine, inputs, params, opts))
         return comparison
+
+    async def expression(self, expression: str | Sequence[str] | None, inputs: Inputs,
+                         params: Params = None, wrt: Wrt = None, *,
+                         names: Sequence[str] | str | None = None,
+                         ode: Mapping[str, Any] | None = None, evaluate: bool = False,
+                         order: int = 1, cross: bool = False, strategy: str = "auto",
+                         dtype: str | None = None, timeout_ms: float | None = None,
+                         check: str | bool | None = None, bump: BumpLike = None) -> Result:
+        """:meth:`Client.expression`, async."""
+        opts = _expression_options(evaluate, wrt, order, cross, strategy, dtype, timeout_ms,
+                                   check, bump)
+        result: Result = await self._run(self._steps.expression_steps(
+            expression, ode, inputs, names, params, opts))
+        return result
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -190,6 +190,8 @@ class Result:
     request_id: str | None = None
     protocol: str = "json"
     chunks: int = 1
+    expression: str | None = None
+    """For a caller's expression: its canonical text, as the service normalised it."""
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], request_id: str | None = None) -> Result:
@@ -201,7 +203,8 @@ class Result:
                    n=int(doc.get("n", len(doc["values"]))), timing_ms=doc.get("timing_ms"),
                    check=Check.from_json(doc.get("check")), bump=Bump.from_json(doc.get("bump")),
                    params=dict(doc.get("params") or {}),
-                   outputs=list(doc.get("outputs") or ["y"]), request_id=request_id)
+                   outputs=list(doc.get("outputs") or ["y"]), request_id=request_id,
+                   expression=doc.get("expression"))
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class Comparison:
     derivatives: Arrays = field(default_factory=dict)
     second_derivatives: Arrays = field(default_factory=dict)
     request_id: str | None = None
+    expression: str | None = None
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], request_id: str | None = None) -> Comparison:
@@ -247,4 +251,4 @@ class Comparison:
                    values=as_array(doc["values"], dtype),
                    derivatives=_arrays(doc.get("derivatives"), dtype),
                    second_derivatives=_arrays(doc.get("second_derivatives"), dtype),
-                   request_id=request_id)
+                   request_id=request_id, expression=doc.get("expression"))

@@ -26,7 +26,7 @@ from dydc.calls import Call, request_id
 from dydc.options import Kind, Options
 from dydc.results import Comparison, Result
 
-__all__ = ["BYTES_PER_NUMBER", "call", "dumps", "loads", "path"]
+__all__ = ["BYTES_PER_NUMBER", "call", "document", "dumps", "expression_call", "loads", "path"]
 
 orjson: ModuleType | None
 try:
@@ -53,6 +53,11 @@ def _finite(where: str, array: np.ndarray) -> None:
 
 
 def body(batch: Batch, options: Options) -> bytes:
+    return dumps(document(batch, options))
+
+
+def document(batch: Batch, options: Options) -> dict[str, Any]:
+    """The body as a JSON-ready document (arrays as numpy arrays)."""
     _finite("inputs", batch.samples)
     params: dict[str, Any] = dict(batch.scalars)
     for name, values in batch.per_sample.items():
@@ -68,7 +73,7 @@ def body(batch: Batch, options: Options) -> bytes:
             doc["order"] = options.order
         if options.cross:
             doc["cross"] = True
-    return dumps(doc)
+    return doc
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
@@ -88,6 +93,17 @@ def _result(response: httpx.Response) -> Result:
 
 def _comparison(response: httpx.Response) -> Comparison:
     return Comparison.from_json(loads(response.content), request_id(response))
+
+
+def expression_call(function: dict[str, Any], names: list[str], batch: Batch,
+                    options: Options) -> Call[Any]:
+    """``POST /v1/expressions/{kind}``: ``function`` is ``{"expression": ...}`` or
+    ``{"ode": {...}}``, ``names`` the input features in column order."""
+    doc = document(batch, options)
+    doc = {**function, **doc, "inputs": {"names": names, "values": doc["inputs"]}}
+    read = _comparison if options.kind is Kind.COMPARE else _result
+    return Call("POST", f"/v1/expressions/{options.kind.value}", read, query=options.query(),
+                headers=_HEADERS, parts=[dumps(doc)], timeout_s=options.timeout_s)
 
 
 def call(routine: str, batch: Batch, options: Options) -> Call[Any]:
