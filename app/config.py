@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         "of 40 ms, so that a build beside it costs the request little even where CPUs share "
         "a core. 1: never stopped.")
     compile_hot_launches: Annotated[int, Field(ge=0)] = Field(
-        1000, description="A kind (routine, wrt, dtype, parameters shared or per sample, "
+        100, description="A kind (routine, wrt, dtype, parameters shared or per sample, "
         "order) launched this many times is compiled too, and its launches smaller than "
         "DYDC_COMPILE_MIN_SAMPLES then run through its graph: the device worker's share of a "
         "small request drops about 10x. 0: small launches stay eager."

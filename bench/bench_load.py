@@ -20,7 +20,12 @@ Configurations:
   sent: the same request bytes posted to ``/echo``;
 - ``defaults``: the service with its default settings (access log on, torch's own thread
   count), as ``python -m uvicorn app.main:app`` runs it;
-- ``logs``: ``defaults`` with API keys and JSON access logs (DYDC_LOG_FORMAT=json).
+- ``logs``: ``defaults`` with API keys and JSON access logs (DYDC_LOG_FORMAT=json);
+- ``eager``: ``defaults`` with DYDC_COMPILE_HOT_LAUNCHES=0 (small launches never compiled).
+
+The service configurations run small launches of a hot kind through its compiled graph once
+it is built: build it first (a run of the benchmark leaves it in the compile cache directory,
+~/.cache/dydc), and warm each point long enough for the kind to turn hot (``--warm 3``).
 
 Issue 20 compares ``defaults`` and ``logs`` with ``echo`` at c=64:
 
@@ -69,7 +74,8 @@ CONCURRENCIES = (1, 4, 16, 64, 256)
 BENCH_KEY = "bench-key-6f1d0c2a9e7b4f35"
 LABELS = {"on": "on", "off": "off", "bare": "bare endpoint", "auth": "on, API key checked",
           "echo": "five-line echo", "defaults": "default settings",
-          "logs": "defaults, API key, JSON access log"}
+          "logs": "defaults, API key, JSON access log",
+          "eager": "default settings, small launches eager"}
 # where each configuration's requests go (the echo answers on /echo only)
 PATHS = {"echo": "/echo"}
 # settings the other configurations have that the defaults do not
@@ -358,7 +364,7 @@ def write_markdown(points: list[Point], path: Path, command: str,
                  f"{lin:,.0f} req/s = {auth / lin:.3f} (target ≥ 0.97): "
                  f"{'met' if ok else 'NOT met'}")
     echo = by.get(("echo", "linear", 64))
-    for config, target in (("defaults", 0.7), ("logs", 0.65), ("on", None)):
+    for config, target in (("defaults", 0.7), ("logs", 0.65), ("on", None), ("eager", None)):
         served = by.get((config, "linear", 64))
         if served and echo:
             met = "met" if target and served >= target * echo else "NOT met"
@@ -394,7 +400,7 @@ def plot(points: list[Point], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     style = {"on": "-o", "off": "--s", "bare": ":^", "auth": "-.x", "echo": ":v",
-             "defaults": "-D", "logs": "-.+"}
+             "defaults": "-D", "logs": "-.+", "eager": "--x"}
     for config in style:
         for routine in ROUTINES:
             ps = [p for p in points if p.config == config and p.routine == routine]
@@ -440,6 +446,8 @@ def main() -> None:
         "defaults": ("app.main:app", dict.fromkeys(_QUIET, "")),
         "logs": ("app.main:app", {**dict.fromkeys(_QUIET, ""), "DYDC_API_KEYS": BENCH_KEY,
                                   "DYDC_LOG_FORMAT": "json"}),
+        "eager": ("app.main:app", {**dict.fromkeys(_QUIET, ""),
+                                   "DYDC_COMPILE_HOT_LAUNCHES": "0"}),
     }
     routines = tuple(args.routines.split(","))
     started = time.monotonic()

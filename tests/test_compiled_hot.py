@@ -79,7 +79,7 @@ def test_off_by_zero_and_the_setting_reaches_the_graphs(tmp_path: Path) -> None:
     assert not any(compiled.applies(small) for _ in range(50))
     assert builder.kinds == []
     assert Settings().compile_hot_launches == 0  # the suite's (tests/conftest.py)
-    assert Settings.model_fields["compile_hot_launches"].default == 1000
+    assert Settings.model_fields["compile_hot_launches"].default == 100
 
 
 @pytest.mark.anyio
