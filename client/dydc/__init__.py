@@ -31,6 +31,7 @@ from dydc.results import (
     StrategyInfo,
     StrategyRow,
 )
+from dydc.scenarios import ScenarioResult
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "Param",
     "Result",
     "RoutineInfo",
+    "ScenarioResult",
     "StrategyInfo",
     "StrategyRow",
     "TooLarge",

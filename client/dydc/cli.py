@@ -35,7 +35,8 @@ from dydc.client import DEFAULT_URL, PROTOCOLS, Client
 from dydc.errors import DydcError
 from dydc.load import run_load
 from dydc.results import Comparison, Result, RoutineInfo
-from dydc.tables import InputTable, read_inputs, result_columns, write_result
+from dydc.scenarios import SHIFT_TYPES, ScenarioResult
+from dydc.tables import InputTable, read_inputs, result_columns, write_result, write_table
 
 __all__ = ["UsageError", "app", "main"]
 
@@ -470,6 +471,86 @@ def compare(
                      "strategies": comparison.strategies})
         return
     out.print(_comparison_table(comparison))
+
+
+def _shifts(given: Sequence[str]) -> dict[str, tuple[str, list[float]]]:
+    """``--shift sigma=rel:-0.1,0,0.1`` (relative: fractions of the value) or
+    ``--shift r=abs:-0.01,0.01`` (absolute), one factor each."""
+    shifts: dict[str, tuple[str, list[float]]] = {}
+    for item in given:
+        name, sep, spec = item.partition("=")
+        kind, colon, values = spec.partition(":")
+        name, kind = name.strip(), kind.strip().lower()
+        if not sep or not name or not colon or kind not in SHIFT_TYPES:
+            raise UsageError(f"--shift {item!r}: write NAME=rel:V1,V2,... (fractions of the "
+                             "value) or NAME=abs:V1,V2,... (amounts added)")
+        if name in shifts:
+            raise UsageError(f"--shift {name} is given twice; give each factor's shifts once")
+        try:
+            numbers = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(f"--shift {item!r}: the shifts must be numbers separated by "
+                             "commas") from None
+        if not numbers:
+            raise UsageError(f"--shift {item!r}: give at least one shift after {kind}:")
+        shifts[name] = (SHIFT_TYPES[kind], numbers)
+    if not shifts:
+        raise UsageError("--shift: give at least one, e.g. --shift sigma=rel:-0.1,0,0.1")
+    return shifts
+
+
+def _show_scenarios(result: ScenarioResult, rows: int) -> None:
+    columns, cells = result.table()
+    table = Table(*columns, title=f"{result.routine}: {result.scenario_count} scenarios x "
+                  f"{result.n} samples, {result.dtype} on {result.device}")
+    for row in cells[:rows]:
+        table.add_row(str(row[0]), *(f"{float(v):.10g}" for v in row[1:]))
+    out.print(table)
+    if len(cells) > rows:
+        out.print(f"the first {rows} of {len(cells)} scenarios; --out FILE writes them all",
+                  soft_wrap=True)
+
+
+@app.command()
+@_reports_errors
+def scenarios(
+    ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
+    shift: Annotated[list[str] | None, typer.Option(
+        help="NAME=rel:V1,V2,... or NAME=abs:V1,V2,...: a parameter's or input feature's "
+             "shifts; repeatable, one factor each.")] = None,
+    combine: Annotated[str, typer.Option(
+        help="product (every combination) or zip (the i-th shift of every factor).")
+    ] = "product",
+    explain: Annotated[bool, typer.Option(
+        help="Explain each scenario's P&L by the base's Taylor terms.")] = False,
+    order: Annotated[int, typer.Option(help="The explain's order: 1, or 2 with gamma.")] = 1,
+    cross: Annotated[bool, typer.Option(help="Order 2: the cross terms too.")] = False,
+    wrt: Annotated[str | None, typer.Option(
+        help="The explain's factors, comma-separated; default the shifted ones.")] = None,
+    dtype: DtypeOption = None,
+    timeout_ms: Annotated[float | None, typer.Option(help="The request's deadline.")] = None,
+    out_file: Annotated[str | None, typer.Option(
+        "--out", "-o", help=".csv or .json, or - for CSV on stdout; a table when left out.")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="Scenarios shown without --out.")] = 50,
+) -> None:
+    """The book revalued under a grid (or zip) of shifts in one request: P&L per scenario,
+    and with --explain its delta, gamma and unexplained parts."""
+    shifts = _shifts(shift or [])
+    if combine not in ("product", "zip"):
+        raise UsageError(f"--combine {combine!r}: use product or zip")
+    if not explain and (order != 1 or cross or wrt is not None):
+        raise UsageError("--order, --cross and --wrt shape the explain: add --explain")
+    with _service(ctx).client(progress=True) as client:
+        info = client.routine(name)
+        samples, params = _inputs(inputs, info, param)
+        result = client.scenarios(name, samples, params, shifts, combine=combine,
+                                  explain=explain, order=order, cross=cross, wrt=_wrt(wrt),
+                                  dtype=dtype, timeout_ms=timeout_ms)
+    if out_file is None:
+        _show_scenarios(result, rows)
+    else:
+        write_table(out_file, *result.table(), sys.stdout)
 
 
 # -- load and serving --------------------------------------------------------------------------

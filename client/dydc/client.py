@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from dydc import v1, v2
+from dydc import scenarios, v1, v2
 from dydc.batches import make_batch
 from dydc.calls import Call, Progress, Upload
 from dydc.chunking import answer_numbers, chunk_bounds, merge
@@ -28,6 +28,7 @@ from dydc.errors import ConnectionFailed
 from dydc.options import Kind, Options, options
 from dydc.results import Bump, Comparison, Limits, Result, RoutineInfo, StrategyInfo
 from dydc.retrying import RetryPolicy
+from dydc.scenarios import ScenarioResult, ShiftsLike
 
 __all__ = ["AUTO_BINARY_MIN_SAMPLES", "PROTOCOLS", "AsyncClient", "Client"]
 
@@ -160,6 +161,29 @@ class _Steps:
         (answer,) = yield [v1.expression_call(function, features, batch, opts)]
         return answer
 
+    def scenarios_steps(self, routine: str, inputs: Inputs, params: Params,
+                        shifts: ShiftsLike | None, combine: str,
+                        scenario_list: Sequence[Mapping[str, float]] | None, explain: bool,
+                        opts: Options) -> Steps[ScenarioResult]:
+        """Every scenario in one JSON request (not split: the service runs them as one
+        launch, S x N samples within its DYDC_MAX_SAMPLES)."""
+        spec, asked = scenarios.scenario_spec(shifts, combine, scenario_list)
+        info = (yield from self.routine_steps(routine)) if isinstance(inputs, Mapping) else None
+        batch = make_batch(inputs, params, info.inputs if info else None, opts.dtype)
+        (answer,) = yield [scenarios.call(routine, batch, opts, spec, explain, asked)]
+        return answer  # type: ignore[no-any-return]
+
+
+def _scenario_options(explain: bool, wrt: Wrt, order: int, cross: bool, strategy: str,
+                      dtype: str | None, timeout_ms: float | None) -> Options:
+    """The base's options: a sensitivities job for the explain, an evaluation else."""
+    if explain:
+        return options(Kind.SENSITIVITIES, wrt=wrt, order=order, cross=cross,
+                       strategy=strategy, dtype=dtype, timeout_ms=timeout_ms)
+    if wrt is not None or order != 1 or cross:
+        raise ValueError("wrt, order and cross shape the P&L explain: pass explain=True")
+    return options(Kind.EVALUATE, dtype=dtype, timeout_ms=timeout_ms)
+
 
 def _feature_names(inputs: Inputs, names: Sequence[str] | str | None) -> list[str]:
     """The input features' names: ``names`` (a list, or comma-separated), else the keys of
@@ -272,6 +296,29 @@ class Client:
         result: Result = self._run(self._steps.expression_steps(
             expression, ode, inputs, names, params, opts))
         return result
+
+    def scenarios(self, routine: str, inputs: Inputs, params: Params = None,
+                  shifts: ShiftsLike | None = None, *, combine: str = "product",
+                  scenario_list: Sequence[Mapping[str, float]] | None = None,
+                  explain: bool = False, order: int = 1, cross: bool = False, wrt: Wrt = None,
+                  strategy: str = "auto", dtype: str | None = None,
+                  timeout_ms: float | None = None) -> ScenarioResult:
+        """The book revalued under every scenario in one request (docs/sensitivities.md,
+        "Scenarios and P&L explain")::
+
+            r = client.scenarios("black_scholes_call", book, {"sigma": 0.2, "r": 0.05},
+                                 {"sigma": ("relative", [-0.1, 0, 0.1]),
+                                  "r": ("absolute", [-0.01, 0.01])}, explain=True)
+            r.pnl            # (6, N): values minus base, per scenario of the grid
+            r.table()        # (columns, rows): shifts and total P&L per scenario
+
+        ``combine="zip"`` pairs the i-th shifts instead of taking every combination;
+        ``scenario_list=[{"sigma": 0.01, "r": -0.005}, ...]`` (absolute shifts) replaces
+        ``shifts``. ``explain`` adds the Taylor terms of the base (``order=2``, ``cross``)
+        with respect to ``wrt`` (default: the shifted factors)."""
+        opts = _scenario_options(explain, wrt, order, cross, strategy, dtype, timeout_ms)
+        return self._run(self._steps.scenarios_steps(routine, inputs, params, shifts, combine,
+                                                     scenario_list, explain, opts))
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -396,6 +443,17 @@ class AsyncClient:
         result: Result = await self._run(self._steps.expression_steps(
             expression, ode, inputs, names, params, opts))
         return result
+
+    async def scenarios(self, routine: str, inputs: Inputs, params: Params = None,
+                        shifts: ShiftsLike | None = None, *, combine: str = "product",
+                        scenario_list: Sequence[Mapping[str, float]] | None = None,
+                        explain: bool = False, order: int = 1, cross: bool = False,
+                        wrt: Wrt = None, strategy: str = "auto", dtype: str | None = None,
+                        timeout_ms: float | None = None) -> ScenarioResult:
+        """:meth:`Client.scenarios`, async."""
+        opts = _scenario_options(explain, wrt, order, cross, strategy, dtype, timeout_ms)
+        return await self._run(self._steps.scenarios_steps(
+            routine, inputs, params, shifts, combine, scenario_list, explain, opts))
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from dydc.results import Result, RoutineInfo
 
-__all__ = ["InputTable", "read_inputs", "result_columns", "result_document", "write_result"]
+__all__ = ["InputTable", "read_inputs", "result_columns", "result_document", "write_result",
+           "write_table"]
 
 SUFFIXES = (".csv", ".npy", ".json")
 
@@ -181,6 +182,23 @@ def write_result(target: str, columns: list[tuple[str, np.ndarray]], result: Res
         writer.writerow([name for name, _ in columns])
         lists = [values.tolist() for _, values in columns]
         writer.writerows(zip(*lists, strict=True))
+
+
+def write_table(target: str, columns: Sequence[str], rows: Sequence[Sequence[float]],
+                stdout: IO[str]) -> None:
+    """A table of rows (``dydc scenarios``) to ``.csv`` or ``.json`` (``{"columns": [...],
+    "rows": [...]}``) by suffix; ``-`` writes CSV to stdout."""
+    suffix = Path(target).suffix.lower() if target != "-" else ".csv"
+    if suffix not in (".csv", ".json"):
+        raise ValueError(f"--out {target}: use a .csv or .json file, or - for stdout")
+    if suffix == ".json":
+        Path(target).write_text(json.dumps({"columns": list(columns),
+                                            "rows": [list(r) for r in rows]}))
+        return
+    with (open(target, "w", newline="") if target != "-" else _keep(stdout)) as out:
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 class _keep:
