@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from app.api.schemas import (
     CompareResponse,
@@ -71,6 +71,14 @@ class ExpressionRequest(SensitivityRequest):
         "a list of them gives several outputs, y1 .. yM.",
     )
     ode: OdeBody | None = Field(None, description="An ODE to integrate, in place of expression.")
+
+    @field_validator("wrt")
+    @classmethod
+    def _wrt_named(cls, wrt: list[str] | None) -> list[str] | None:
+        if wrt is not None and not wrt:
+            raise ValueError("wrt names nothing; name parameters and/or inputs, or leave it out")
+        return wrt
+
     inputs: ExpressionInputs  # type: ignore[assignment]
     params: dict[str, ParamValue] = Field(
         min_length=1,

@@ -215,7 +215,9 @@ def _openapi(query: list[dict[str, Any]]) -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": ExpressionRequest.model_json_schema(),
+                    "schema": ExpressionRequest.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    ),
                     "example": EXAMPLE,
                 }
             },
