@@ -1,0 +1,172 @@
+"""Scenarios benchmark (issue 23): a stress grid of a book in one request, against the same
+number of samples in one evaluation and against one request per scenario.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python bench/bench_scenarios.py           # writes bench/results/scenarios.md
+    .venv/bin/python bench/bench_scenarios.py --rounds 3
+
+It starts the service as a uvicorn subprocess on 127.0.0.1 (``--no-access-log``,
+DYDC_DEVICE=cpu) and times, one request at a time, each the median of interleaved rounds after
+an untimed warm-up, from the call to the numpy arrays in hand:
+
+- ``scenarios``: ``dydc.Client.scenarios`` of ``black_scholes_call``: a book of 1e4 options
+  under an 8 x 8 product grid of sigma (relative) and r (absolute) shifts, 64 scenarios, one
+  JSON request (the only protocol that carries scenarios);
+- ``evaluate 6.4e5``: ``Client(protocol="json").evaluate`` of the book tiled 64 times, 6.4e5
+  samples in one request, the same number of samples revalued over the same protocol
+  (target: scenarios at most 1.3x its time); ``evaluate 6.4e5, binary`` the same over v2
+  binary tensors (``protocol="auto"`` at this size), for reference;
+- ``64 requests``: ``Client.evaluate`` once per scenario at its shifted parameters, as a caller
+  without the route would (protocol auto: binary v2 at this size; target: scenarios at least
+  10x faster); ``64 requests, JSON`` the same over v1 JSON.
+
+Every scenario's values are checked against the separate requests' before anything is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dydc
+import httpx
+import numpy as np
+import torch
+from bench_wire import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+ROUTINE = "black_scholes_call"
+N = 10_000
+BASE = {"sigma": 0.2, "r": 0.05}
+SIGMA_REL = np.linspace(-0.2, 0.2, 8).tolist()
+R_ABS = np.linspace(-0.01, 0.01, 8).tolist()
+SHIFTS = {"sigma": ("relative", SIGMA_REL), "r": ("absolute", R_ABS)}
+EVAL_TARGET = 1.3  # scenarios at most this times one evaluation of S x N samples
+SEPARATE_TARGET = 10.0  # scenarios at least this much faster than S requests
+
+
+def book(n: int, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.column_stack(
+        [rng.uniform(40, 60, n), rng.uniform(40, 60, n), rng.uniform(0.1, 2.0, n)]
+    )
+
+
+def median_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Each function once untimed, then ``rounds`` interleaved timed rounds."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    x = book(N)
+    grid = [(0.2 * (1 + a), 0.05 + b) for a in SIGMA_REL for b in R_ABS]
+    tiled = np.tile(x, (len(grid), 1))
+    env = {"DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning", "DYDC_ACCESS_LOG": "false"}
+    with (
+        serve("app.main:app", env) as url,
+        dydc.Client(url, timeout=300) as client,
+        dydc.Client(url, timeout=300, protocol="json") as json_client,
+    ):
+
+        def scenarios() -> dydc.ScenarioResult:
+            return client.scenarios(ROUTINE, x, BASE, SHIFTS)
+
+        def evaluate_all(over: dydc.Client = json_client) -> dydc.Result:
+            return over.evaluate(ROUTINE, tiled, BASE)
+
+        def separate(over: dydc.Client = client) -> list[np.ndarray]:
+            return [over.evaluate(ROUTINE, x, {"sigma": s, "r": r}).values for s, r in grid]
+
+        r = scenarios()
+        assert r.values.shape == (len(grid), N), r.values.shape
+        np.testing.assert_allclose(r.values, np.stack(separate()), rtol=1e-12, atol=1e-12)
+        server_ms = r.timing_ms or {}
+        answer_bytes = len(
+            httpx.post(
+                f"{url}/v1/routines/{ROUTINE}/scenarios",
+                timeout=300,
+                headers={"Accept-Encoding": "identity"},
+                json={
+                    "inputs": x.tolist(),
+                    "params": BASE,
+                    "scenarios": {
+                        "shifts": {f: {"type": t, "values": v} for f, (t, v) in SHIFTS.items()}
+                    },
+                },
+            ).content
+        )
+        times = median_ms(
+            {
+                "scenarios": scenarios,
+                "evaluate 6.4e5": evaluate_all,
+                "evaluate 6.4e5, binary": lambda: evaluate_all(client),
+                "64 requests": separate,
+                "64 requests, JSON": lambda: separate(json_client),
+            },
+            args.rounds,
+        )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    to_eval = med["scenarios"] / med["evaluate 6.4e5"]
+    speedup = med["64 requests"] / med["scenarios"]
+    lines = [
+        "# Scenarios: one request for a stress grid",
+        "",
+        f"`python bench/bench_scenarios.py --rounds {args.rounds}` on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, DYDC_DEVICE=cpu; "
+        f"`{ROUTINE}`, float64, a book of {N:,} options under {len(grid)} scenarios "
+        f"(sigma x {len(SIGMA_REL)} relative, r x {len(R_ABS)} absolute, product), "
+        f"{len(grid) * N:,} samples revalued. Through uvicorn on 127.0.0.1 and `dydc.Client`, "
+        "one request at a time, from the call to the arrays in hand; median of "
+        f"{args.rounds} interleaved rounds after a warm-up, ms. The machine is shared: "
+        "expect noise.",
+        "",
+        "| case | median ms | min ms | max ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, values in times.items():
+        lines.append(f"| {name} | {med[name]:.1f} | {min(values):.1f} | {max(values):.1f} |")
+    lines += [
+        "",
+        f"- scenarios / one evaluation of {len(grid) * N:.1e} samples (v1 JSON): "
+        f"{to_eval:.2f}x (target at most {EVAL_TARGET}x): "
+        f"**{'met' if to_eval <= EVAL_TARGET else 'missed'}**",
+        f"- scenarios / one evaluation over v2 binary (no scenarios over v2): "
+        f"{med['scenarios'] / med['evaluate 6.4e5, binary']:.2f}x",
+        f"- 64 separate requests / scenarios: {speedup:.2f}x (target at least "
+        f"{SEPARATE_TARGET:.0f}x): **{'met' if speedup >= SEPARATE_TARGET else 'missed'}**",
+        f"- 64 separate requests over JSON / scenarios: "
+        f"{med['64 requests, JSON'] / med['scenarios']:.2f}x",
+        f"- the scenarios request's own timing_ms (first call): {server_ms}; its answer "
+        f"(values and pnl of every scenario, JSON) is {answer_bytes / 2**20:.1f} MiB, whose "
+        "transfer and parse in the client is the rest of its time. A separate request is "
+        f"{N:,} samples over v2 binary: "
+        f"{med['64 requests'] / len(grid):.1f} ms each.",
+        "- every scenario's values equal the separate requests' (rtol 1e-12).",
+    ]
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scenarios.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
