@@ -69,6 +69,10 @@ def test_a_hot_kind_runs_its_small_launches_compiled(tmp_path: Path) -> None:
     torch.testing.assert_close(got.derivatives["k"], eager.derivatives["k"], rtol=1e-13, atol=0)
     one = _problem(1, per_sample=True)  # a graph never takes one sample
     assert not compiled.applies(one)
+    # small launches teach admission nothing: their time is the call's fixed cost, which
+    # would price a large request far over what it takes
+    assert compiled._rates == {}
+    assert compiled.launch_seconds(_problem(200_000, per_sample=True), CPU) == 0.0
 
 
 def test_off_by_zero_and_the_setting_reaches_the_graphs(tmp_path: Path) -> None:

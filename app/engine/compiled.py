@@ -155,14 +155,17 @@ class CompiledForward:
 
     def launch_seconds(self, problem: Problem, device: torch.device, order: int = 1,
                        cross: bool = False) -> float | None:
-        """What a launch of ``problem`` takes through the graph loaded for its kind on
-        ``device``, at the seconds per sample its launches took so far: 0.0 for a graph
-        loaded and not launched yet, None where no graph serves the kind there. The problem
+        """What a launch of ``problem`` takes through the graph of its kind on ``device``, at
+        the seconds per sample its large launches took so far: 0.0 for a graph not launched
+        large yet, None where no graph serves the kind there. A graph built and not yet
+        published counts: the device worker publishes it before its next launch, which the
+        request priced now would be (waiting for a launch to publish it, a request refused
+        for its eager price would be refused for good when nothing else runs). The problem
         may be on another device (the engine prices requests before they move)."""
         kind = _kind(problem, order, cross, device)
         place = str(device)
         for served in (kind, replace(kind, per_sample=True)):
-            if (served, place) in self._graphs:
+            if (served, place) in self._graphs or served in self._artefacts:
                 return self._rates.get((served, place), 0.0) * problem.n
         return None
 
@@ -229,7 +232,9 @@ class CompiledForward:
             self._retire(kind_served, place, "recheck", f"its call failed: {exc}")
             return None
         key = (kind_served, place)
-        self._learn_rate(key, (time.perf_counter() - began) / problem.n)
+        if problem.n >= self.min_samples:  # what prices large requests: a small launch's
+            # time is mostly its call's fixed cost, and would price them far over
+            self._learn_rate(key, (time.perf_counter() - began) / problem.n)
         count = self._launches.get(key, 0)
         self._launches[key] = count + 1
         if count % self.recheck_every == 0:
