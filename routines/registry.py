@@ -78,6 +78,9 @@ class Routine:
     fn: RoutineFn = field(repr=False)
     vectorized: bool = False
     compile: bool = True  # False: forward mode always runs eagerly (app.engine.compiled)
+    # tensor operations of one evaluation, where known before it runs (a caller's expression):
+    # the engine prices it by them instead of timing it on the device first
+    operations: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):

@@ -46,6 +46,12 @@ class RoutineCost:
 # Before a routine is measured: generous, so that an unmeasured routine is not refused for a
 # guess; a job that turns out heavy is stopped on its first slices.
 _PRIOR = RoutineCost(pass_s=1e-4, sample_s=1e-7)
+# A routine that states its operations (a caller's expression) is priced by them and never
+# timed on the device first: timing runs the routine ten times before any price holds, and a
+# caller's 10,000-step ODE of a 1,000-node right-hand side would hold the device for minutes
+# (an eager tensor operation costs about 7 us of dispatch here, measured on a 200-step ODE,
+# plus its elements)
+_OPERATION = RoutineCost(pass_s=1e-5, sample_s=4e-9)
 
 
 def _time(routine: Routine, n: int, device: torch.device) -> float:
@@ -75,7 +81,8 @@ class CostModel:
         self._lock = threading.Lock()
 
     def measured(self, routine: Routine) -> bool:
-        return routine.name in self._routines
+        """Whether the routine needs no timing: timed already, or priced by its operations."""
+        return routine.operations is not None or routine.name in self._routines
 
     def measure(self, routine: Routine, device: torch.device) -> RoutineCost:
         """Time plain evaluation at two sizes on ``device``: the fixed and per-sample parts.
@@ -92,7 +99,11 @@ class CostModel:
         return cost
 
     def _raw(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
-        cost = self._routines.get(routine.name, _PRIOR)
+        if routine.operations is not None:
+            ops = routine.operations
+            cost = RoutineCost(ops * _OPERATION.pass_s, ops * _OPERATION.sample_s)
+        else:
+            cost = self._routines.get(routine.name, _PRIOR)
         m = len(routine.outputs)
         work = STRATEGIES[strategy].work(n, m, max(p, 1)) if strategy else Work(1, n)
         return work.passes * cost.pass_s + work.samples * cost.sample_s
@@ -107,8 +118,8 @@ class CostModel:
         """A job of this kind took ``seconds`` (or is projected to): move later estimates
         halfway towards it, in log space, within a factor of 100 either way."""
         raw = self._raw(routine, strategy, n, p)
-        if raw <= 0 or seconds <= 0:
-            return
+        if raw <= 0 or seconds <= 0 or routine.operations is not None:
+            return  # (callers' expressions: one entry each would grow without bound)
         ratio = min(max(seconds / raw, 1e-2), 1e2)
         key = (routine.name, strategy or "evaluate")
         with self._lock:

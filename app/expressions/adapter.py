@@ -27,7 +27,7 @@ from app.expressions.functions import CONSTANTS
 from app.expressions.interpreter import Evaluator, Scope, Value, interpret
 from app.expressions.ode import METHODS, OdeSpec, integrate
 from app.expressions.parsing import parse
-from app.expressions.tree import Name, walk
+from app.expressions.tree import Name, Node, walk
 from routines import Param, Routine
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ class Expressions:
         text = "; ".join(canonical(t) for t in trees)
         outputs = ("y",) if len(trees) == 1 else tuple(f"y{i + 1}" for i in range(len(trees)))
         fn = _expression_fn([interpret(t) for t in trees], inputs)
-        return _adapted(text, inputs, params, outputs, fn)
+        operations = sum(_size(t) for t in trees)
+        return _adapted(text, inputs, params, outputs, fn, operations)
 
     def _build_ode(
         self, spec: OdeSpec, inputs: tuple[str, ...], params: tuple[str, ...]
@@ -161,7 +162,10 @@ class Expressions:
         )
         timed = Name(time) in walk(rhs)
         fn = _ode_fn(interpret(rhs), interpret(initial), spec, inputs, timed)
-        return _adapted(text, inputs, params, (state,), fn)
+        stages = 4 if spec.method == "rk4" else 1
+        # each stage evaluates the right-hand side; combining the stages costs a few more
+        operations = _size(initial) + spec.steps * (stages * (_size(rhs) + 2) + 2 * stages)
+        return _adapted(text, inputs, params, (state,), fn, operations)
 
 
 def _names(field: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -238,12 +242,18 @@ def _ode_fn(
     return ode
 
 
+def _size(tree: Node) -> int:
+    """The tree's nodes: about the tensor operations of one evaluation."""
+    return sum(1 for _ in walk(tree))
+
+
 def _adapted(
     text: str,
     inputs: tuple[str, ...],
     params: tuple[str, ...],
     outputs: tuple[str, ...],
     fn: Callable[..., object],
+    operations: int,
 ) -> ExpressionRoutine:
     key = "\0".join((text, ",".join(inputs), ",".join(params)))
     name = "expression-" + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -254,5 +264,8 @@ def _adapted(
         inputs=inputs,
         outputs=outputs,
         fn=fn,
+        # built graphs find their routine by module and name, which an expression has not
+        compile=False,
+        operations=operations,
     )
     return ExpressionRoutine(text, routine)

@@ -1,0 +1,57 @@
+"""Callers' expressions are priced by their operations before anything runs (app.engine
+.admission, ``Routine.operations``): never timed on the device first, so an expression too
+heavy for DYDC_MAX_JOB_COST is refused without holding the worker, and a light one runs."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from app.engine.admission import CostModel
+from app.expressions import Expressions
+from app.expressions.ode import OdeSpec
+from tests.test_operations import scrape, value
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/expressions/sensitivities"
+# a right-hand side of about 320 nodes (nested 20 deep), 10,000 RK4 steps: about 13 million
+# tensor operations
+HEAVY_RHS = " + ".join(["(" + " + ".join(["n * r"] * 10) + ")"] * 8)
+
+
+def test_an_expression_states_its_operations_and_is_never_timed() -> None:
+    expressions = Expressions()
+    plain = expressions.expression("C * x + 1", ["x"], ["C"]).routine
+    assert plain.operations == 5  # C, x, *, 1, +
+    assert plain.compile is False
+    ode = expressions.ode(OdeSpec(rhs="r * n", state="n", initial="n0", time="t", steps=10,
+                                  method="rk4"), ["n0", "t"], ["r"]).routine
+    assert ode.operations == 1 + 10 * (4 * (3 + 2) + 8)
+    model = CostModel(max_job_cost_s=10)
+    assert model.measured(plain) and model.measured(ode)
+    assert model.estimate(ode, None, 1000, 1) > model.estimate(plain, None, 1000, 1)
+    model.learn(plain, "forward", 10, 1, seconds=100.0)  # no entry per caller text
+    assert model._correction == {}
+
+
+async def test_a_heavy_ode_is_refused_before_it_runs(client: httpx.AsyncClient) -> None:
+    launches = value(scrape((await client.get("/metrics")).text),
+                     "dydc_launch_duration_seconds_count", device="cpu")
+    r = await client.post(SENS, json={
+        "ode": {"rhs": HEAVY_RHS, "state": "n", "initial": "n0", "time": "t",
+                "steps": 10_000, "method": "rk4"},
+        "inputs": {"names": ["n0", "t"], "values": [[1.0, 1.0], [2.0, 0.5]]},
+        "params": {"r": 0.1}})
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["type"] == "urn:dydc:problem:cost-exceeded"
+    assert "over the limit of 10 s (DYDC_MAX_JOB_COST)" in problem["detail"]
+    after = value(scrape((await client.get("/metrics")).text),
+                  "dydc_launch_duration_seconds_count", device="cpu")
+    assert after == launches  # nothing ran: not the job, not a timing of the routine
+    ok = await client.post(SENS, json={
+        "expression": "C * x", "inputs": {"names": ["x"], "values": [1.0, 2.0, 3.0]},
+        "params": {"C": 2.0}})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["derivatives"]["C"] == [1.0, 2.0, 3.0]
