@@ -179,6 +179,9 @@ def _to_host(t: Tensor, dtype: torch.dtype) -> Tensor:
     """On the CPU in ``dtype``, with no torch call where it already is (see all_finite)."""
     if t.requires_grad:
         t = t.detach()
+    if t._is_zerotensor():  # forward mode's symbolic zero (d2y/dC2 of y = C x): no buffer, so
+        # nothing can read it as an array (numpy, the binary codec): a real one of zeros
+        return torch.zeros(t.shape, dtype=dtype)
     if t.device.type == "cpu" and t.dtype == dtype:
         return t
     return t.to("cpu", dtype)
