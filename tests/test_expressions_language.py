@@ -348,6 +348,9 @@ def test_same_function_same_routine_name(expressions: Expressions) -> None:
         ("x ** (2 ** x)", "x ** 2 ** x"),
         ("(x ** 2) ** x", "(x ** 2) ** x"),
         ("- -x", "--x"),
+        ("-+0", "-0.0"),  # found by hypothesis: once "-0", which parsed to another tree
+        ("- -3", "3"),
+        ("-+x", "-x"),
         ("+x", "x"),
         ("-(x * 2)", "-(x * 2)"),
         ("-x * 2", "-x * 2"),

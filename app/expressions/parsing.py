@@ -214,9 +214,12 @@ class _Checker(ast.NodeVisitor):
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Node:
         if isinstance(node.op, ast.USub):
-            if isinstance(node.operand, ast.Constant):  # a negative literal is one number
-                return Number(-self._number(node.operand))
-            return Negation(self.visit(node.operand))
+            operand = self.visit(node.operand)
+            # a negative literal is one number however it is written (-0, -+0, - -3), so that
+            # the canonical text parses back to the same tree
+            if isinstance(operand, Number) and operand.constant is None:
+                return Number(-operand.value)
+            return Negation(operand)
         if isinstance(node.op, ast.UAdd):
             return self.visit(node.operand)
         self._refuse(f"operator {_REFUSED_OPERATORS[type(node.op)]}", node)
