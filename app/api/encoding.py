@@ -13,7 +13,7 @@ from torch import Tensor
 
 from app.engine import Comparison, Job, JobResult
 
-__all__ = ["JSONBytes", "encode_comparison", "encode_result"]
+__all__ = ["JSONBytes", "array_of", "encode_comparison", "encode_result"]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -22,7 +22,7 @@ class JSONBytes(Response):
     media_type = "application/json"
 
 
-def _array(t: Tensor) -> np.ndarray:
+def array_of(t: Tensor) -> np.ndarray:
     """(N, 1) -> a flat list of N; (N, M) -> rows."""
     a = t.numpy()
     return np.ascontiguousarray(a.reshape(-1) if a.shape[1] == 1 else a)
@@ -43,10 +43,10 @@ def encode_result(job: Job, result: JobResult, started: float,
         "n": job.n,
         "params": job.params,
         "outputs": list(job.routine.outputs),
-        "values": _array(result.values),
+        "values": array_of(result.values),
     }
     if result.strategy is not None:
-        doc["derivatives"] = {name: _array(d) for name, d in result.derivatives.items()}
+        doc["derivatives"] = {name: array_of(d) for name, d in result.derivatives.items()}
         doc |= _beyond_first(job, result)
     doc["timing_ms"] = {
         "queue": round(result.queue_s * 1e3, 3),
@@ -60,7 +60,7 @@ def _beyond_first(job: Job, result: JobResult) -> dict[str, Any]:
     """second_derivatives (order 2), bump (when finite differences ran) and check."""
     doc: dict[str, Any] = {}
     if job.order == 2:
-        doc["second_derivatives"] = {k: _array(d) for k, d in result.second_derivatives.items()}
+        doc["second_derivatives"] = {k: array_of(d) for k, d in result.second_derivatives.items()}
     if job.bump is not None and (result.strategy == "finite-difference" or result.check):
         doc["bump"] = job.bump.echo(job.dtype, job.order)
     if result.check is not None:
@@ -83,8 +83,8 @@ def encode_comparison(job: Job, comparison: Comparison, expression: str | None =
                         "max_rel_diff": row.max_rel_diff} for row in comparison.rows],
     }
     result = comparison.result
-    doc["values"] = _array(result.values)
-    doc["derivatives"] = {name: _array(d) for name, d in result.derivatives.items()}
+    doc["values"] = array_of(result.values)
+    doc["derivatives"] = {name: array_of(d) for name, d in result.derivatives.items()}
     if job.order == 2:
-        doc["second_derivatives"] = {k: _array(d) for k, d in result.second_derivatives.items()}
+        doc["second_derivatives"] = {k: array_of(d) for k, d in result.second_derivatives.items()}
     return orjson.dumps(doc, option=_OPTIONS)

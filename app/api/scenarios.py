@@ -19,6 +19,7 @@ from torch import Tensor
 from app.api import schemas
 from app.api.answer_size import JSON_NUMBER_BYTES
 from app.api.decoding import decode_inputs, parse_document
+from app.api.encoding import array_of
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.sensitivity_options import engine_arguments
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
@@ -132,12 +133,6 @@ def _check_answer(plan: scenarios.ScenarioPlan, limit: int) -> None:
             "or explain: false")
 
 
-def _rows(t: Tensor) -> np.ndarray:
-    """(N, 1) -> N numbers; (N, M) -> rows."""
-    a = t.numpy()
-    return np.ascontiguousarray(a.reshape(a.shape[:-1]) if a.shape[-1] == 1 else a)
-
-
 def _total(t: Tensor) -> Any:
     """The sum over samples: a number (M = 1), or one per output."""
     total = t.sum(dim=0).numpy()
@@ -156,17 +151,17 @@ def _encode(plan: scenarios.ScenarioPlan, result: scenarios.ScenarioResult,
     for s, shifts in enumerate(plan.absolute):
         row: dict[str, Any] = {
             "shifts": {f: _shift(v) for f, v in shifts.items()},
-            "values": _rows(result.values[s]),
-            "pnl": _rows(result.pnl[s]),
+            "values": array_of(result.values[s]),
+            "pnl": array_of(result.pnl[s]),
             "total_pnl": _total(result.pnl[s]),
         }
         if result.delta_pnl is not None and result.unexplained is not None:
-            row["delta_pnl"] = _rows(result.delta_pnl[s])
+            row["delta_pnl"] = array_of(result.delta_pnl[s])
             row["total_delta_pnl"] = _total(result.delta_pnl[s])
             if result.gamma_pnl is not None:
-                row["gamma_pnl"] = _rows(result.gamma_pnl[s])
+                row["gamma_pnl"] = array_of(result.gamma_pnl[s])
                 row["total_gamma_pnl"] = _total(result.gamma_pnl[s])
-            row["unexplained"] = _rows(result.unexplained[s])
+            row["unexplained"] = array_of(result.unexplained[s])
             row["total_unexplained"] = _total(result.unexplained[s])
         rows.append(row)
     doc: dict[str, Any] = {
@@ -177,7 +172,7 @@ def _encode(plan: scenarios.ScenarioPlan, result: scenarios.ScenarioResult,
         "params": job.params,
         "outputs": list(job.routine.outputs),
         "scenario_count": len(plan.scenarios),
-        "base": _rows(base.values),
+        "base": array_of(base.values),
         "scenarios": rows,
         "total_pnl": [row["total_pnl"] for row in rows],
     }
@@ -185,9 +180,9 @@ def _encode(plan: scenarios.ScenarioPlan, result: scenarios.ScenarioResult,
         doc["strategy"] = base.strategy
         doc["wrt"] = list(job.wrt)
         doc["order"] = job.order
-        doc["derivatives"] = {k: _rows(d) for k, d in base.derivatives.items()}
+        doc["derivatives"] = {k: array_of(d) for k, d in base.derivatives.items()}
         if job.order == 2:
-            doc["second_derivatives"] = {k: _rows(d)
+            doc["second_derivatives"] = {k: array_of(d)
                                          for k, d in base.second_derivatives.items()}
     doc["timing_ms"] = {"compute": round(result.compute_s * 1e3, 3),
                         "total": round((time.perf_counter() - started) * 1e3, 3)}

@@ -35,10 +35,10 @@ from torch import Tensor
 
 from app.engine.bumping import pair_key, pairs
 from app.engine.errors import InvalidRequest, listed
-from app.engine.jobs import Job, JobKind, JobResult
+from app.engine.jobs import Job, JobResult
 from routines import Routine
 
-__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "base_kind", "expand", "plan", "run"]
+__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "expand", "plan", "run"]
 
 ABSOLUTE, RELATIVE = "absolute", "relative"
 COMBINE = ("product", "zip")
@@ -256,8 +256,3 @@ def _taylor(plan: ScenarioPlan, base: JobResult,
         term = base.second_derivatives[pair_key(a, b)] * d[a] * d[b]
         gamma += 0.5 * term if a == b else term
     return delta, gamma
-
-
-def base_kind(explain: bool) -> JobKind:
-    """The base is a sensitivities job when the P&L is explained, an evaluation else."""
-    return JobKind.SENSITIVITIES if explain else JobKind.EVALUATE

@@ -300,6 +300,13 @@ OutOption = Annotated[str | None, typer.Option(
     "--out", "-o", help=".csv, .json or .npy, or - for CSV on stdout; a table when left out.")]
 RowsOption = Annotated[int, typer.Option(help="Rows of the table printed without --out.")]
 DtypeOption = Annotated[str | None, typer.Option(help="float64 (default) or float32.")]
+WrtOption = Annotated[str | None, typer.Option(
+    help="Parameters and/or input features, comma-separated; default all parameters.")]
+OrderOption = Annotated[int, typer.Option(help="1, or 2 for second derivatives.")]
+CrossOption = Annotated[bool, typer.Option(help="Order 2: every pair, not only the diagonal.")]
+StrategyOption = Annotated[str, typer.Option(help="How to differentiate (dydc strategies).")]
+CheckOption = Annotated[bool, typer.Option(help="Also check against finite differences.")]
+TimeoutOption = Annotated[float | None, typer.Option(help="The request's deadline.")]
 
 
 def _inputs(source: str, info: RoutineInfo, param: list[str] | None) -> tuple[Any, dict[str, Any]]:
@@ -324,21 +331,17 @@ def evaluate(ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOp
 @_reports_errors
 def sensitivities(
     ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
-    wrt: Annotated[str | None, typer.Option(
-        help="Parameters and/or input features, comma-separated; default all parameters.")
-    ] = None,
-    order: Annotated[int, typer.Option(help="1, or 2 for second derivatives.")] = 1,
-    cross: Annotated[bool, typer.Option(help="Order 2: every pair, not only the diagonal.")
-                     ] = False,
-    strategy: Annotated[str, typer.Option(help="How to differentiate (dydc strategies).")
-                        ] = "auto",
-    check: Annotated[bool, typer.Option(help="Also check against finite differences.")] = False,
+    wrt: WrtOption = None,
+    order: OrderOption = 1,
+    cross: CrossOption = False,
+    strategy: StrategyOption = "auto",
+    check: CheckOption = False,
     shift: Annotated[float | None, typer.Option(help="finite-difference: the bump size.")
                      ] = None,
     shift_type: Annotated[str | None, typer.Option(help="absolute or relative.")] = None,
     scheme: Annotated[str | None, typer.Option(help="central, forward or backward.")] = None,
     dtype: DtypeOption = None,
-    timeout_ms: Annotated[float | None, typer.Option(help="The request's deadline.")] = None,
+    timeout_ms: TimeoutOption = None,
     out_file: OutOption = None, rows: RowsOption = 20,
 ) -> None:
     """Values and derivatives for every sample of a file."""
@@ -393,18 +396,14 @@ def expression(
         help='An ODE in place of EXPRESSION, as JSON: {"rhs": "r * n * (1 - n / K)", '
              '"state": "n", "initial": "N0", "time": "t", "steps": 200, "method": "rk4"}.')
     ] = None,
-    wrt: Annotated[str | None, typer.Option(
-        help="Parameters and/or input features, comma-separated; default all parameters.")
-    ] = None,
-    order: Annotated[int, typer.Option(help="1, or 2 for second derivatives.")] = 1,
-    cross: Annotated[bool, typer.Option(help="Order 2: every pair, not only the diagonal.")
-                     ] = False,
-    strategy: Annotated[str, typer.Option(help="How to differentiate (dydc strategies).")
-                        ] = "auto",
+    wrt: WrtOption = None,
+    order: OrderOption = 1,
+    cross: CrossOption = False,
+    strategy: StrategyOption = "auto",
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Values only.")] = False,
-    check: Annotated[bool, typer.Option(help="Also check against finite differences.")] = False,
+    check: CheckOption = False,
     dtype: DtypeOption = None,
-    timeout_ms: Annotated[float | None, typer.Option(help="The request's deadline.")] = None,
+    timeout_ms: TimeoutOption = None,
     out_file: OutOption = None, rows: RowsOption = 20,
 ) -> None:
     """Values and derivatives of your own function (or ODE) for every sample of a file."""
@@ -528,7 +527,7 @@ def scenarios(
     wrt: Annotated[str | None, typer.Option(
         help="The explain's factors, comma-separated; default the shifted ones.")] = None,
     dtype: DtypeOption = None,
-    timeout_ms: Annotated[float | None, typer.Option(help="The request's deadline.")] = None,
+    timeout_ms: TimeoutOption = None,
     out_file: Annotated[str | None, typer.Option(
         "--out", "-o", help=".csv or .json, or - for CSV on stdout; a table when left out.")
     ] = None,
