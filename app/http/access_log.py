@@ -32,24 +32,34 @@ LOGGER = "dydc.access"
 
 
 class _LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each line at once but flushes the stream at most every ``FLUSH_S``: a flush per
-    line (a write system call per request, with the interpreter's lock given up and taken
-    back around it) cost a fifth of the service's throughput for small requests (measured
-    with wrk at c=64, docs/benchmarks.md). A line is on its way within ``FLUSH_S`` (a timer
-    on the event loop), and at exit (logging flushes every handler)."""
+    """Keeps lines and writes them together, at most ``FLUSH_S`` after the first (a timer on
+    the event loop), and at exit (logging flushes every handler): a write and a flush per
+    line (a system call per request, with the interpreter's lock given up and taken back
+    around it) cost a fifth of the service's throughput for small requests (measured with
+    wrk at c=64, docs/benchmarks.md). Off an event loop a line is written at once.
+
+    :meth:`write_line` takes a line already formatted: the access log hands its lines here
+    directly while this is the logger's one handler as :func:`access_logger` set it up (a
+    LogRecord and the logging module's walk to this handler cost about a tenth of a small
+    request's time on the event loop)."""
 
     FLUSH_S = 0.1
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._pending = False
+        self._lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        self._lines.append(line)
         if not self._pending:
             try:
                 asyncio.get_running_loop().call_later(self.FLUSH_S, self._flush_now)
@@ -58,9 +68,22 @@ class _LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 return
             self._pending = True
 
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines and not getattr(self.stream, "closed", False):  # (closed at exit: dropped)
+            try:
+                self.stream.write(self.terminator.join(lines) + self.terminator)
+            except Exception:
+                self.handleError(logging.LogRecord(LOGGER, logging.INFO, __file__, 0,
+                                                   lines[0], None, None))
+        super().flush()
+
     def _flush_now(self) -> None:
         self._pending = False
         self.flush()
+
+
+_PLAIN = logging.Formatter("%(message)s")
 
 
 def access_logger() -> logging.Logger:
@@ -68,7 +91,7 @@ def access_logger() -> logging.Logger:
     logger = logging.getLogger(LOGGER)
     if not logger.handlers:
         handler = _LazyFlushHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_PLAIN)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -87,6 +110,20 @@ def _text(entry: dict[str, Any]) -> str:
     extra = " ".join(f"{k}={entry[k]}" for k in ("routine", "strategy", "n", "queue_ms",
                                                   "compute_ms") if entry[k] is not None)
     return f"{line} {extra}" if extra else line
+
+
+def _direct_handler(logger: logging.Logger) -> _LazyFlushHandler | None:
+    """The handler that :func:`access_logger` installed, where it is still the logger's one
+    handler and nothing (a filter, another formatter, a level) would change what logging
+    does with a line; else None (the line goes through logging)."""
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.filters or logger.disabled:
+        return None
+    handler = handlers[0]
+    if (type(handler) is not _LazyFlushHandler or handler.filters
+            or handler.formatter is not _PLAIN or handler.level > logging.INFO):
+        return None
+    return handler
 
 
 class AccessLogMiddleware:
@@ -136,10 +173,13 @@ class AccessLogMiddleware:
                 status = (record.closed_with if record and record.closed_with else 500)
             if self.logger.isEnabledFor(logging.INFO):
                 line = self.format(self._entry(scope, at, started, status, bytes_in, bytes_out))
-                # handle() a record made here: logger.info() would also walk the stack to
-                # find its caller, which cost more than the rest of the line (measured).
-                self.logger.handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0, line,
-                                                     None, None))
+                direct = _direct_handler(self.logger)
+                if direct is not None:
+                    direct.write_line(line)
+                else:  # handle() a record made here: logger.info() would also walk the
+                    # stack to find its caller, which cost more than the line (measured)
+                    self.logger.handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0,
+                                                         line, None, None))
 
     @staticmethod
     def _entry(scope: Scope, at: float, started: float, status: int, bytes_in: int,
