@@ -81,6 +81,10 @@ class Routine:
     # tensor operations of one evaluation, where known before it runs (a caller's expression):
     # the engine prices it by them instead of timing it on the device first
     operations: int | None = None
+    # where no module holds the routine by name (a caller's expression): data from which
+    # ``rebuild(source)``, a function of the module of ``fn``, makes it again in another
+    # process (a build of its compiled forward mode). The data is parsed there, never run.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):

@@ -15,9 +15,10 @@ from a warm Inductor cache still runs Dynamo, AOTAutograd and the trace (jvp) in
 dimension) into a package whose ``aoti_load_package`` takes milliseconds, needs no Dynamo at
 call time, and persists as a file across restarts.
 
-A build: the routine found again by module and name, its values traced; a long loop is rolled
-(app.engine.rolled) and its step packaged, otherwise the whole of forward mode is traced and
-packaged; the result checked against eager forward mode at two batch sizes
+A build: the routine found again by module and name (or, for a routine no module holds, a
+caller's expression, rebuilt by its module from the data in its kind), its values traced; a
+long loop is rolled (app.engine.rolled) and its step packaged, otherwise the whole of forward
+mode is traced and packaged; the result checked against eager forward mode at two batch sizes
 (app.engine.verification); then written to the cache directory under a name that hashes the
 kind, the routine's code and the torch version. What fails is refused with a reason
 (:data:`REASONS`) and served eagerly.
@@ -110,7 +111,8 @@ class Kind:
     dtype, device type, whether parameters come per sample (N,) or shared (0-d), the order,
     whether order 2 has the cross terms, and the input features taken as per-sample
     parameters (app.engine.input_sensitivities: delta is a parameter of a derived
-    routine)."""
+    routine). ``source``: for a routine that no module holds by name (a caller's
+    expression), the data its module's ``rebuild`` makes it from (``Routine.source``)."""
 
     routine: str
     module: str
@@ -121,6 +123,14 @@ class Kind:
     order: int = 1
     cross: bool = False
     features: tuple[str, ...] = ()
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        """The routine as metrics name it: a routine made from a caller's data (named
+        ``<form>-<hash>``) by its form alone, so that callers' texts cannot grow the metrics
+        without bound."""
+        return self.routine.partition("-")[0] if self.source else self.routine
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -148,7 +158,8 @@ def kind_of(problem: Problem, per_sample: bool | None = None, order: int = 1,
     wrt = tuple(n for n in r.param_names if n in problem.wrt)
     return Kind(base.name, base.fn.__module__, wrt,
                 str(problem.inputs.dtype).removeprefix("torch."), problem.inputs.device.type,
-                per_sample, order, canonical_cross(wrt, order, cross), features)
+                per_sample, order, canonical_cross(wrt, order, cross), features,
+                base.source or "")
 
 
 @dataclass(frozen=True)
@@ -321,18 +332,33 @@ def _identity(kind: Kind, routine: Routine) -> str:
     fn = routine.fn
     parts: list[Any] = [_FORMAT, torch.__version__, TRACE_N, kind, routine.inputs,
                         routine.outputs, routine.vectorized]
-    for obj in (fn, inspect.getmodule(fn)):
-        try:
-            parts.append(inspect.getsource(obj))  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            parts.append(fn.__code__.co_code)
-    for cell in fn.__closure__ or ():  # a closure's tensor constants
+    if routine.source is not None:  # rebuilt from the kind's data by its module's package:
+        # the code of the whole package (a closure's cells hold its objects, not their code)
+        parts.extend(_package_sources(fn))
+        cells: tuple[Any, ...] = ()
+    else:
+        for obj in (fn, inspect.getmodule(fn)):
+            try:
+                parts.append(inspect.getsource(obj))  # type: ignore[arg-type]
+            except (OSError, TypeError):
+                parts.append(fn.__code__.co_code)
+        cells = fn.__closure__ or ()
+    for cell in cells:  # a closure's tensor constants
         with contextlib.suppress(ValueError):
             value = cell.cell_contents
             parts.append(value.cpu().numpy().tobytes() if isinstance(value, Tensor)
                          else repr(value))
     digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
     return f"{kind.routine}-{kind.dtype}-{kind.device}-{digest}"
+
+
+def _package_sources(fn: Callable[..., Any]) -> list[str]:
+    """The text of every module in the package of ``fn``'s module."""
+    module = inspect.getmodule(fn)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return [fn.__code__.co_code.hex()]
+    return [p.read_text() for p in sorted(Path(file).parent.glob("*.py"))]
 
 
 def cached(kind: Kind, routine: Routine, cache_dir: Path) -> Artefact | None:
@@ -360,13 +386,35 @@ def forget(kind: Kind, routine: Routine, cache_dir: Path) -> None:
 
 
 def locate(kind: Kind) -> Routine:
-    """The kind's routine, found in its module by name (in a new process too)."""
+    """The kind's routine, found in its module by name (in a new process too), or made
+    again by its module's ``rebuild`` from the kind's ``source``."""
     module = importlib.import_module(kind.module)
+    if kind.source:
+        base = _rebuilt(module, kind)
+        return derived(base, kind.features) if kind.features else base
     for obj in vars(module).values():
         if isinstance(obj, Routine) and obj.name == kind.routine:
             return derived(obj, kind.features) if kind.features else obj
     raise BuildRefused("trace", f"routine {kind.routine} is not a module-level name of "
                                 f"{kind.module}, where a build process looks for it")
+
+
+def _rebuilt(module: Any, kind: Kind) -> Routine:
+    """The routine that ``module.rebuild`` makes from the kind's source, which must be the
+    kind's routine (the same name: the same text and declaration)."""
+    rebuild = getattr(module, "rebuild", None)  # a fixed name, in our own module
+    if not callable(rebuild):
+        raise BuildRefused("trace", f"routine {kind.routine}: {kind.module} has no rebuild "
+                                    "to make it from its source")
+    try:
+        made = rebuild(kind.source)
+    except Exception as exc:
+        raise BuildRefused("trace", f"routine {kind.routine} could not be rebuilt from its "
+                                    f"source: {_say(exc)}") from exc
+    if not isinstance(made, Routine) or made.name != kind.routine:
+        raise BuildRefused("trace", f"routine {kind.routine}: its source rebuilt "
+                                    f"{getattr(made, 'name', made)!r} instead")
+    return made
 
 
 def build(kind: Kind, samples: Samples, cache_dir: str | Path,

@@ -144,7 +144,7 @@ class CompiledForward:
         names = tuple(n for n in routine.param_names if n in wrt)
         kind = Kind(routine.name, routine.fn.__module__, names,
                     str(dtype).removeprefix("torch."), device.type, False, order,
-                    canonical_cross(names, order, cross))
+                    canonical_cross(names, order, cross), source=routine.source or "")
         return (kind, str(device)) in self._graphs
 
     def refused(self, problem: Problem, order: int = 1, cross: bool = False,
@@ -195,8 +195,8 @@ class CompiledForward:
         if (kind, place) in self._graphs or (
                 not kind.per_sample and (replace(kind, per_sample=True), place) in self._graphs):
             return True
-        if not self.hot_launches:
-            return False
+        if not self.hot_launches or kind.source:  # (a count per caller's text would grow
+            return False  # without bound: callers' expressions compile for large launches)
         count = self._small.get(kind, 0) + 1
         self._small[kind] = count
         return count >= self.hot_launches
@@ -341,7 +341,7 @@ class CompiledForward:
             self._preloaded.update(loaded)
             self._artefacts[kind] = artefact
             del self._pending[kind]
-        metrics.child(metrics.COMPILED_GRAPHS, kind.routine).inc()
+        metrics.child(metrics.COMPILED_GRAPHS, kind.label).inc()
         if artefact.seconds:
             metrics.COMPILE_SECONDS.observe(artefact.seconds)
         log.info("compiled %s ready (%s)", _describe(kind),

@@ -7,14 +7,20 @@ engine then batches it with ``vmap`` and differentiates it (forward mode, revers
 order, input features in ``wrt``) with no code of its own. The routine's name is derived from
 the canonical text and the declared names, so that requests for the same function share
 launches and compiled graphs; a bounded LRU keeps parsing off the hot path.
+
+A routine carries its canonical text and declaration as ``source`` (JSON), from which
+:func:`rebuild` makes it again in a build process (app.engine.builds), through the same
+parser and checks: the text is data there too, never run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
 import keyword
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +39,7 @@ from routines import Param, Routine
 if TYPE_CHECKING:
     from app.config import Settings
 
-__all__ = ["ExpressionRoutine", "Expressions"]
+__all__ = ["ExpressionRoutine", "Expressions", "rebuild"]
 
 # A parameter's default is used only where the engine measures or warms a routine up on its
 # own (inputs of ones); every request gives every parameter its value.
@@ -121,7 +127,9 @@ class Expressions:
         outputs = ("y",) if len(trees) == 1 else tuple(f"y{i + 1}" for i in range(len(trees)))
         fn = _expression_fn([interpret(t) for t in trees], inputs)
         operations = sum(_size(t) for t in trees)
-        return _adapted(text, inputs, params, outputs, fn, operations)
+        source = {"expression": [canonical(t) for t in trees]}
+        return _adapted(text, inputs, params, outputs, fn, operations,
+                        self._source(source, inputs, params))
 
     def _build_ode(
         self, spec: OdeSpec, inputs: tuple[str, ...], params: tuple[str, ...]
@@ -165,7 +173,35 @@ class Expressions:
         stages = 4 if spec.method == "rk4" else 1
         # each stage evaluates the right-hand side; combining the stages costs a few more
         operations = _size(initial) + spec.steps * (stages * (_size(rhs) + 2) + 2 * stages)
-        return _adapted(text, inputs, params, (state,), fn, operations)
+        source = {"ode": {**dataclasses.asdict(spec), "rhs": canonical(rhs),
+                          "initial": canonical(initial)}}
+        return _adapted(text, inputs, params, (state,), fn, operations,
+                        self._source(source, inputs, params))
+
+    def _source(self, form: Mapping[str, object], inputs: tuple[str, ...],
+                params: tuple[str, ...]) -> str:
+        """What :func:`rebuild` makes the routine from: the canonical texts, the declared
+        names and the bounds they were checked within."""
+        return json.dumps({**form, "inputs": list(inputs), "params": list(params),
+                           "bounds": dataclasses.asdict(self.bounds)}, sort_keys=True)
+
+
+def rebuild(source: str) -> Routine:
+    """The routine whose ``source`` this is (in a build process, which has no request to
+    make it from): parsed and checked again as a request's expression is."""
+    spec = json.loads(source)
+    bounds = Bounds(**spec["bounds"])
+    # the canonical spelling may be longer than the caller's (spaces around operators):
+    # the length bound held for the text as sent
+    texts = spec["ode"].values() if "ode" in spec else spec["expression"]
+    length = sum(len(t) for t in texts if isinstance(t, str))
+    expressions = Expressions(dataclasses.replace(bounds, max_chars=max(bounds.max_chars,
+                                                                        length)), cache_size=0)
+    if "ode" in spec:
+        made = expressions.ode(OdeSpec(**spec["ode"]), spec["inputs"], spec["params"])
+    else:
+        made = expressions.expression(spec["expression"], spec["inputs"], spec["params"])
+    return made.routine
 
 
 def _names(field: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -254,6 +290,7 @@ def _adapted(
     outputs: tuple[str, ...],
     fn: Callable[..., object],
     operations: int,
+    source: str,
 ) -> ExpressionRoutine:
     key = "\0".join((text, ",".join(inputs), ",".join(params)))
     name = "expression-" + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -264,8 +301,7 @@ def _adapted(
         inputs=inputs,
         outputs=outputs,
         fn=fn,
-        # built graphs find their routine by module and name, which an expression has not
-        compile=False,
         operations=operations,
+        source=source,  # what a build process makes it again from (rebuild)
     )
     return ExpressionRoutine(text, routine)
