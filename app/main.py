@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import expressions, health, limits, scenarios, v1, v2
+from app.api import expression_scenarios, expressions, health, limits, scenarios, v1, v2
 from app.api.bodies import BodyBudget
 from app.api.dispatch import App
 from app.api.docs import install_docs
@@ -200,6 +200,7 @@ def create_app(settings: Settings | None = None) -> Service:
     app.include_router(v1.router)
     app.include_router(expressions.router)
     app.include_router(scenarios.router)
+    app.include_router(expression_scenarios.router)
     app.include_router(v2_expression.router)  # before v2's /models/{name}/infer
     app.include_router(v2.router)
     app.include_router(health.router)

@@ -20,7 +20,7 @@ import pytest
 from dydc.cli import app
 from typer.testing import CliRunner
 
-from tests import closed_forms as cf
+from tests.support import closed_forms as cf
 
 ROUTINE = "black_scholes_call"
 BOOK = np.array([[49.0, 50.0, 0.3846], [100.0, 95.0, 0.5], [80.0, 100.0, 2.0],

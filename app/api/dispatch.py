@@ -19,6 +19,7 @@ import re
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from app.api.expression_scenarios import EXPRESSION_SCENARIOS
 from app.api.expressions import EXPRESSION_COMPARE, EXPRESSION_EVALUATE, EXPRESSION_SENSITIVITIES
 from app.api.pipeline import Codec, Incoming, serve, shutdown_reply
 from app.api.scenarios import SCENARIOS
@@ -42,6 +43,7 @@ _ROUTES: list[tuple[re.Pattern[str], Codec]] = [
     (re.compile(r"/v1/expressions/sensitivities"), EXPRESSION_SENSITIVITIES),
     (re.compile(r"/v1/expressions/evaluate"), EXPRESSION_EVALUATE),
     (re.compile(r"/v1/expressions/compare"), EXPRESSION_COMPARE),
+    (re.compile(r"/v1/expressions/scenarios"), EXPRESSION_SCENARIOS),
 ]
 
 def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:

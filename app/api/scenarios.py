@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.responses import Response
 from torch import Tensor
 
-from app.api import schemas
+from app.api import schemas, tensor_answer
 from app.api.answer_size import JSON_NUMBER_BYTES
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of
@@ -27,7 +28,17 @@ from app.engine import Engine, JobKind, scenarios
 from app.errors import ResponseTooLarge
 from routines import Routine
 
-__all__ = ["SCENARIOS", "ScenariosRequest", "router"]
+__all__ = [
+    "RESPONSES",
+    "SCENARIOS",
+    "Asked",
+    "ScenarioFields",
+    "ScenariosRequest",
+    "V1Scenarios",
+    "answered",
+    "router",
+    "scenario_plan",
+]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -54,12 +65,24 @@ class ScenarioSpec(BaseModel):
         "per scenario.")
 
 
-class ScenariosRequest(schemas.SensitivityRequest):
+class ScenarioFields(BaseModel):
+    """What a scenarios body adds to a sensitivities body (a routine's or an expression's)."""
+
+    model_config = ConfigDict(extra="forbid")
     scenarios: ScenarioSpec = Field(description="The scenarios to revalue the book under.")
     explain: StrictBool = Field(
         False, description="Add each scenario's Taylor prediction from the base's "
         "derivatives (delta_pnl; gamma_pnl at order 2) and what it leaves unexplained; wrt "
         "defaults to the shifted factors.")
+    totals_only: StrictBool = Field(
+        False, description="Answer each scenario's shifts and total_* sums only, without "
+        "the arrays of one number per sample (base, values, pnl, the explain's delta_pnl, "
+        "gamma_pnl, unexplained and the base's derivatives): a portfolio's P&L in a few "
+        "hundred bytes.")
+
+
+class ScenariosRequest(schemas.SensitivityRequest, ScenarioFields):
+    pass
 
 
 def _factors(spec: ScenarioSpec) -> list[str]:
@@ -69,68 +92,104 @@ def _factors(spec: ScenarioSpec) -> list[str]:
     return list(dict.fromkeys(f for scenario in spec.list_ or [] for f in scenario))
 
 
+@dataclass
+class Asked:
+    """A scenarios request as planned, and the form of its answer."""
+
+    plan: scenarios.ScenarioPlan
+    tensors: bool = False  # the tensor form (app.api.tensor_answer), else JSON
+    totals_only: bool = False
+    expression: str | None = None  # a caller's expression: its canonical text
+
+
+def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
+                  document: ScenarioFields, inputs: np.ndarray, query: Mapping[str, str],
+                  loop: asyncio.AbstractEventLoop, max_scenarios: int) -> scenarios.ScenarioPlan:
+    """The base job and the S x N job of a validated scenarios body (``document``: a
+    routine's or an expression's) over the samples ``inputs``; ``target`` is what the engine
+    runs (a registered routine's name, or a caller's routine)."""
+    assert isinstance(document, schemas.SensitivityRequest)
+    spec = document.scenarios
+    expanded = scenarios.expand(
+        None if spec.shifts is None else {f: (s.type, s.values)
+                                          for f, s in spec.shifts.items()},
+        spec.combine, spec.list_, max_scenarios)
+    common: dict[str, Any] = {"dtype": document.dtype, "timeout_ms": _timeout_ms(query),
+                              "loop": loop}
+    if document.explain:
+        base = engine.prepare(
+            JobKind.SENSITIVITIES, target, inputs, document.params,
+            wrt=document.wrt or _factors(spec), strategy=query.get("strategy", "auto"),
+            **common, **engine_arguments(query, document.order, document.cross))
+    else:
+        base = engine.prepare(JobKind.EVALUATE, target, inputs, document.params, **common)
+
+    def prepare_shifted(x: np.ndarray, params: dict[str, float | np.ndarray]) -> Any:
+        return engine.prepare(JobKind.EVALUATE, target, x, params, **common)
+
+    return scenarios.plan(routine, base, expanded, prepare_shifted,
+                          max_samples=engine.limits.max_samples, explain=document.explain)
+
+
 class V1Scenarios(V1):
     def __init__(self) -> None:
         super().__init__(JobKind.EVALUATE)
         self.endpoint = "scenarios"
 
     def _plan(self, engine: Engine, routine: Routine, body: bytes, query: Mapping[str, str],
-              loop: asyncio.AbstractEventLoop, max_scenarios: int) -> scenarios.ScenarioPlan:
+              loop: asyncio.AbstractEventLoop, max_scenarios: int) -> Asked:
         document = schemas.validate_request(ScenariosRequest, parse_document(body))
-        spec = document.scenarios
-        expanded = scenarios.expand(
-            None if spec.shifts is None else {f: (s.type, s.values)
-                                              for f, s in spec.shifts.items()},
-            spec.combine, spec.list_, max_scenarios)
-        timeout_ms = _timeout_ms(query)
-        inputs = decode_inputs(document.inputs)
-        if document.explain:
-            base = engine.prepare(
-                JobKind.SENSITIVITIES, routine.name, inputs, document.params,
-                wrt=document.wrt or _factors(spec), strategy=query.get("strategy", "auto"),
-                dtype=document.dtype, timeout_ms=timeout_ms, loop=loop,
-                **engine_arguments(query, document.order, document.cross))
-        else:
-            base = engine.prepare(JobKind.EVALUATE, routine.name, inputs, document.params,
-                                  dtype=document.dtype, timeout_ms=timeout_ms, loop=loop)
-
-        def prepare_shifted(x: np.ndarray, params: dict[str, float | np.ndarray]) -> Any:
-            return engine.prepare(JobKind.EVALUATE, routine.name, x, params,
-                                  dtype=document.dtype, timeout_ms=timeout_ms, loop=loop)
-
-        return scenarios.plan(routine, base, expanded, prepare_shifted,
-                              max_samples=engine.limits.max_samples,
-                              explain=document.explain)
+        plan = scenario_plan(engine, routine, routine.name, document,
+                             decode_inputs(document.inputs), query, loop, max_scenarios)
+        return Asked(plan, totals_only=document.totals_only)
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
         routine = engine.routine(request.path_params["name"])
         request.labels.routine = routine.name
         body = await request.body.read(_sample_watch(request.settings.max_samples))
-        plan = await offload(len(body), self._plan, engine, routine, body, request.query,
-                             asyncio.get_running_loop(), request.settings.max_scenarios)
-        _check_answer(plan, request.settings.max_response_bytes)
-        return Decoded(plan.shifted, plan)
+        asked = await offload(len(body), self._plan, engine, routine, body, request.query,
+                              asyncio.get_running_loop(), request.settings.max_scenarios)
+        return answered(asked, request)
 
     async def run(self, engine: Engine,  # type: ignore[override]
                   decoded: Decoded) -> scenarios.ScenarioResult:
-        return await scenarios.run(decoded.context, engine.run)
+        return await scenarios.run(decoded.context.plan, engine.run)
 
     def encode(self, decoded: Decoded, result: scenarios.ScenarioResult,  # type: ignore[override]
                started: float) -> Reply:
-        return Reply(200, _encode(decoded.context, result, started), "application/json")
+        asked: Asked = decoded.context
+        doc = _document(asked, result, started)
+        if asked.tensors:
+            body, headers = tensor_answer.encode(doc)
+            return Reply(200, body, tensor_answer.TENSORS, headers)
+        return Reply(200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+                     "application/json")
 
 
-def _check_answer(plan: scenarios.ScenarioPlan, limit: int) -> None:
-    """Values and P&L per scenario (with the explain three more arrays), as JSON."""
+def answered(asked: Asked, request: Incoming) -> Decoded:
+    """The request's job, its answer's form read from its Accept, and that answer priced."""
+    asked.tensors = tensor_answer.wants_tensors(request.headers)
+    _check_answer(asked, request.settings.max_response_bytes)
+    return Decoded(asked.plan.shifted, asked)
+
+
+def _check_answer(asked: Asked, limit: int) -> None:
+    """Values and P&L per scenario (with the explain three more arrays), as JSON or as
+    tensors; none with totals_only."""
+    if asked.totals_only:
+        return
+    plan = asked.plan
     n, m = plan.base.n, len(plan.base.routine.outputs)
     arrays = 5 if plan.explain else 2
-    estimate = len(plan.scenarios) * n * m * arrays * JSON_NUMBER_BYTES
+    per_number = plan.base.dtype.itemsize if asked.tensors else JSON_NUMBER_BYTES
+    form = "tensors" if asked.tensors else "JSON"
+    estimate = len(plan.scenarios) * n * m * arrays * per_number
     if estimate > limit:
         raise ResponseTooLarge(
             f"the answer would be about {estimate} bytes ({len(plan.scenarios)} scenarios x "
-            f"{n} samples x {m} outputs x {arrays} arrays as JSON); the limit is {limit} "
+            f"{n} samples x {m} outputs x {arrays} arrays as {form}); the limit is {limit} "
             "(DYDC_MAX_RESPONSE_BYTES). Ask for less: fewer scenarios or samples per request, "
-            "or explain: false")
+            f"explain: false, totals_only: true, or Accept: {tensor_answer.TENSORS}")
 
 
 def _total(t: Tensor) -> Any:
@@ -143,8 +202,13 @@ def _shift(value: float | np.ndarray) -> Any:
     return value if isinstance(value, np.ndarray) else float(value)
 
 
-def _encode(plan: scenarios.ScenarioPlan, result: scenarios.ScenarioResult,
-            started: float) -> bytes:
+_PER_SAMPLE = ("values", "pnl", "delta_pnl", "gamma_pnl", "unexplained")
+
+
+def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) -> dict[str, Any]:
+    """The answer as a document (arrays as numpy arrays); with totals_only, without the
+    arrays of one number per sample."""
+    plan = asked.plan
     base = result.base
     job = plan.base
     rows = []
@@ -163,38 +227,54 @@ def _encode(plan: scenarios.ScenarioPlan, result: scenarios.ScenarioResult,
                 row["total_gamma_pnl"] = _total(result.gamma_pnl[s])
             row["unexplained"] = array_of(result.unexplained[s])
             row["total_unexplained"] = _total(result.unexplained[s])
+        if asked.totals_only:
+            row = {k: v for k, v in row.items() if k not in _PER_SAMPLE}
         rows.append(row)
-    doc: dict[str, Any] = {
-        "routine": job.routine.name,
+    doc: dict[str, Any] = {"routine": job.routine.name}
+    if asked.expression is not None:
+        doc["expression"] = asked.expression
+    doc |= {
         "dtype": str(job.dtype).removeprefix("torch."),
         "device": base.device,
         "n": job.n,
         "params": job.params,
         "outputs": list(job.routine.outputs),
         "scenario_count": len(plan.scenarios),
-        "base": array_of(base.values),
-        "scenarios": rows,
-        "total_pnl": [row["total_pnl"] for row in rows],
     }
+    if not asked.totals_only:
+        doc["base"] = array_of(base.values)
+    doc["scenarios"] = rows
+    doc["total_pnl"] = [row["total_pnl"] for row in rows]
     if plan.explain:
         doc["strategy"] = base.strategy
         doc["wrt"] = list(job.wrt)
         doc["order"] = job.order
-        doc["derivatives"] = {k: array_of(d) for k, d in base.derivatives.items()}
-        if job.order == 2:
-            doc["second_derivatives"] = {k: array_of(d)
-                                         for k, d in base.second_derivatives.items()}
+        if not asked.totals_only:
+            doc["derivatives"] = {k: array_of(d) for k, d in base.derivatives.items()}
+            if job.order == 2:
+                doc["second_derivatives"] = {k: array_of(d)
+                                             for k, d in base.second_derivatives.items()}
     doc["timing_ms"] = {"compute": round(result.compute_s * 1e3, 3),
                         "total": round((time.perf_counter() - started) * 1e3, 3)}
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return doc
 
 
 SCENARIOS = V1Scenarios()
 
+# The answer's two forms, for OpenAPI (the JSON answer's fields: docs/sensitivities.md)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The scenarios' values and P&L. JSON by default; with Accept: "
+          f"{tensor_answer.TENSORS}, the same document with its arrays of numbers as "
+          "binary tensors after a JSON header of Inference-Header-Content-Length bytes.",
+          "content": {"application/json": {"schema": {"type": "object"}},
+                      tensor_answer.TENSORS: {"schema": {"type": "string", "format": "binary"}}}},
+    **_ERRORS,
+}
+
 
 @router.post(
     "/routines/{name}/scenarios",
-    responses=_ERRORS,
+    responses=RESPONSES,
     openapi_extra={"parameters": _COMPUTE_QUERY, "requestBody": {"required": True, "content": {
         "application/json": {"schema": ScenariosRequest.model_json_schema(
             ref_template="#/components/schemas/{model}")}}}},
@@ -203,5 +283,7 @@ async def scenarios_route(name: str, request: Request) -> Response:
     """The book (inputs) revalued under every scenario in one launch: base values, each
     scenario's values and P&L (values minus base), total P&L per scenario, and with
     ``explain`` the Taylor terms of the P&L from the base's derivatives and what they leave
-    unexplained."""
+    unexplained. ``Accept: application/vnd.dydc.tensors`` answers the same document with its
+    arrays as binary tensors; ``totals_only`` leaves out the arrays of one number per
+    sample."""
     return await respond(SCENARIOS, request, name=name)

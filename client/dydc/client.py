@@ -150,28 +150,55 @@ class _Steps:
                          names: Sequence[str] | str | None, params: Params,
                          opts: Options) -> Steps[Any]:
         """A caller's expression (or ODE) in one request (not split into chunks)."""
-        if (expression is None) == (ode is None):
-            raise ValueError("give an expression, or ode= (rhs, state, initial, time, steps, "
-                             "method), not both")
+        function = _function(expression, ode)
         features = _feature_names(inputs, names)
-        function: dict[str, Any] = ({"expression": expression if isinstance(expression, str)
-                                     else list(expression)} if expression is not None
-                                    else {"ode": dict(ode or {})})
         batch = make_batch(inputs, params, features, opts.dtype)
         (answer,) = yield [v1.expression_call(function, features, batch, opts)]
         return answer
 
     def scenarios_steps(self, routine: str, inputs: Inputs, params: Params,
-                        shifts: ShiftsLike | None, combine: str,
-                        scenario_list: Sequence[Mapping[str, float]] | None, explain: bool,
-                        opts: Options) -> Steps[ScenarioResult]:
-        """Every scenario in one JSON request (not split: the service runs them as one
-        launch, S x N samples within its DYDC_MAX_SAMPLES)."""
-        spec, asked = scenarios.scenario_spec(shifts, combine, scenario_list)
+                        scenario: ScenarioArgs, opts: Options) -> Steps[ScenarioResult]:
+        """Every scenario in one request (not split: the service runs them as one launch,
+        S x N samples within its DYDC_MAX_SAMPLES), its answer as tensors unless the client's
+        protocol is json."""
         info = (yield from self.routine_steps(routine)) if isinstance(inputs, Mapping) else None
         batch = make_batch(inputs, params, info.inputs if info else None, opts.dtype)
-        (answer,) = yield [scenarios.call(routine, batch, opts, spec, explain, asked)]
+        (answer,) = yield [scenarios.call(routine, batch, opts, self._asking(scenario))]
         return answer  # type: ignore[no-any-return]
+
+    def expression_scenarios_steps(self, function: Function, inputs: Inputs,
+                                   names: Sequence[str] | str | None, params: Params,
+                                   scenario: ScenarioArgs,
+                                   opts: Options) -> Steps[ScenarioResult]:
+        """A caller's expression (or ODE) under every scenario in one request."""
+        features = _feature_names(inputs, names)
+        batch = make_batch(inputs, params, features, opts.dtype)
+        (answer,) = yield [scenarios.call(None, batch, opts, self._asking(scenario),
+                                          _function(*function), features)]
+        return answer  # type: ignore[no-any-return]
+
+    def _asking(self, scenario: ScenarioArgs) -> scenarios.Asking:
+        shifts, combine, scenario_list, explain, totals_only = scenario
+        spec, asked = scenarios.scenario_spec(shifts, combine, scenario_list)
+        return scenarios.Asking(spec, asked, explain, totals_only,
+                                tensors=self.protocol != "json")
+
+
+ScenarioArgs = tuple[ShiftsLike | None, str, Sequence[Mapping[str, float]] | None, bool, bool]
+"""shifts, combine, scenario_list, explain, totals_only."""
+Function = tuple[str | Sequence[str] | None, Mapping[str, Any] | None]
+"""An expression (or a list of them), or an ODE: exactly one of the two."""
+
+
+def _function(expression: str | Sequence[str] | None,
+              ode: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The body's ``expression`` or ``ode``."""
+    if (expression is None) == (ode is None):
+        raise ValueError("give an expression, or ode= (rhs, state, initial, time, steps, "
+                         "method), not both")
+    if expression is not None:
+        return {"expression": expression if isinstance(expression, str) else list(expression)}
+    return {"ode": dict(ode or {})}
 
 
 def _scenario_options(explain: bool, wrt: Wrt, order: int, cross: bool, strategy: str,
@@ -302,7 +329,7 @@ class Client:
                   scenario_list: Sequence[Mapping[str, float]] | None = None,
                   explain: bool = False, order: int = 1, cross: bool = False, wrt: Wrt = None,
                   strategy: str = "auto", dtype: str | None = None,
-                  timeout_ms: float | None = None) -> ScenarioResult:
+                  timeout_ms: float | None = None, totals_only: bool = False) -> ScenarioResult:
         """The book revalued under every scenario in one request (docs/sensitivities.md,
         "Scenarios and P&L explain")::
 
@@ -315,10 +342,34 @@ class Client:
         ``combine="zip"`` pairs the i-th shifts instead of taking every combination;
         ``scenario_list=[{"sigma": 0.01, "r": -0.005}, ...]`` (absolute shifts) replaces
         ``shifts``. ``explain`` adds the Taylor terms of the base (``order=2``, ``cross``)
-        with respect to ``wrt`` (default: the shifted factors)."""
+        with respect to ``wrt`` (default: the shifted factors). ``totals_only`` asks for
+        the sums over the book only (``values``, ``pnl`` and ``base`` are None). The answer
+        travels as binary tensors (as JSON with ``protocol="json"``)."""
         opts = _scenario_options(explain, wrt, order, cross, strategy, dtype, timeout_ms)
-        return self._run(self._steps.scenarios_steps(routine, inputs, params, shifts, combine,
-                                                     scenario_list, explain, opts))
+        return self._run(self._steps.scenarios_steps(
+            routine, inputs, params, (shifts, combine, scenario_list, explain, totals_only),
+            opts))
+
+    def expression_scenarios(self, expression: str | Sequence[str] | None, inputs: Inputs,
+                             params: Params = None, shifts: ShiftsLike | None = None, *,
+                             names: Sequence[str] | str | None = None,
+                             ode: Mapping[str, Any] | None = None, combine: str = "product",
+                             scenario_list: Sequence[Mapping[str, float]] | None = None,
+                             explain: bool = False, order: int = 1, cross: bool = False,
+                             wrt: Wrt = None, strategy: str = "auto", dtype: str | None = None,
+                             timeout_ms: float | None = None,
+                             totals_only: bool = False) -> ScenarioResult:
+        """:meth:`scenarios` for your own function (``POST /v1/expressions/scenarios``)::
+
+            r = client.expression_scenarios("C * x", {"x": x}, {"C": 2.0},
+                                            {"C": ("relative", [-0.1, 0.1])})
+
+        ``inputs`` and ``names`` (or ``ode=``) as for :meth:`expression`; shifts name
+        parameters or input features; ``r.expression`` is the canonical text."""
+        opts = _scenario_options(explain, wrt, order, cross, strategy, dtype, timeout_ms)
+        return self._run(self._steps.expression_scenarios_steps(
+            (expression, ode), inputs, names, params,
+            (shifts, combine, scenario_list, explain, totals_only), opts))
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -449,11 +500,27 @@ class AsyncClient:
                         scenario_list: Sequence[Mapping[str, float]] | None = None,
                         explain: bool = False, order: int = 1, cross: bool = False,
                         wrt: Wrt = None, strategy: str = "auto", dtype: str | None = None,
-                        timeout_ms: float | None = None) -> ScenarioResult:
+                        timeout_ms: float | None = None,
+                        totals_only: bool = False) -> ScenarioResult:
         """:meth:`Client.scenarios`, async."""
         opts = _scenario_options(explain, wrt, order, cross, strategy, dtype, timeout_ms)
         return await self._run(self._steps.scenarios_steps(
-            routine, inputs, params, shifts, combine, scenario_list, explain, opts))
+            routine, inputs, params, (shifts, combine, scenario_list, explain, totals_only),
+            opts))
+
+    async def expression_scenarios(
+            self, expression: str | Sequence[str] | None, inputs: Inputs,
+            params: Params = None, shifts: ShiftsLike | None = None, *,
+            names: Sequence[str] | str | None = None, ode: Mapping[str, Any] | None = None,
+            combine: str = "product", scenario_list: Sequence[Mapping[str, float]] | None = None,
+            explain: bool = False, order: int = 1, cross: bool = False, wrt: Wrt = None,
+            strategy: str = "auto", dtype: str | None = None, timeout_ms: float | None = None,
+            totals_only: bool = False) -> ScenarioResult:
+        """:meth:`Client.expression_scenarios`, async."""
+        opts = _scenario_options(explain, wrt, order, cross, strategy, dtype, timeout_ms)
+        return await self._run(self._steps.expression_scenarios_steps(
+            (expression, ode), inputs, names, params,
+            (shifts, combine, scenario_list, explain, totals_only), opts))
 
     # -- sending -------------------------------------------------------------------------------
 

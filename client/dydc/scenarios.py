@@ -19,17 +19,24 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from dydc import v1
+from dydc import tensor_answer, v1
 from dydc.batches import Batch
 from dydc.calls import Call, request_id
 from dydc.options import Options
 from dydc.results import as_array
 
-__all__ = ["COMBINE", "SHIFT_TYPES", "ScenarioResult", "ShiftsLike", "call", "scenario_spec"]
+__all__ = [
+    "COMBINE",
+    "SHIFT_TYPES",
+    "Asking",
+    "ScenarioResult",
+    "ShiftsLike",
+    "call",
+    "scenario_spec",
+]
 
 SHIFT_TYPES = {"absolute": "absolute", "abs": "absolute", "relative": "relative", "rel": "relative"}
 COMBINE = ("product", "zip")
-_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 ShiftsLike = Mapping[str, Any]
 """Per factor: ``(type, values)`` or ``{"type": type, "values": values}``; values a number or
 a list, type ``absolute``/``abs`` or ``relative``/``rel``."""
@@ -93,29 +100,52 @@ def scenario_spec(
     return spec, [dict(zip(labelled, combo, strict=True)) for combo in combos]
 
 
+@dataclass(frozen=True)
+class Asking:
+    """What a scenarios request asks for besides the book: the scenarios (the body's
+    ``scenarios`` object and each one's shifts as written), the explain, the answer's form."""
+
+    spec: dict[str, Any]
+    asked: Asked | None
+    explain: bool = False
+    totals_only: bool = False
+    tensors: bool = True
+
+
 def call(
-    routine: str,
+    routine: str | None,
     batch: Batch,
     options: Options,
-    spec: dict[str, Any],
-    explain: bool,
-    asked: Asked | None,
+    asking: Asking,
+    function: dict[str, Any] | None = None,
+    names: list[str] | None = None,
 ) -> Call[ScenarioResult]:
-    """``POST /v1/routines/{routine}/scenarios``; ``options`` of kind sensitivities carry
-    wrt, order and cross for the explain."""
-    doc = {**v1.document(batch, options), "scenarios": spec}
-    if explain:
+    """``POST /v1/routines/{routine}/scenarios``, or with ``function`` (``{"expression":
+    ...}`` or ``{"ode": {...}}``) and the input features' ``names``
+    ``POST /v1/expressions/scenarios``; ``options`` of kind sensitivities carry wrt, order
+    and cross for the explain. The answer comes as tensors unless ``asking.tensors`` is
+    false (JSON), and reads the same either way."""
+    doc = {**v1.document(batch, options), "scenarios": asking.spec}
+    if function is not None:
+        doc = {**function, **doc, "inputs": {"names": names, "values": doc["inputs"]}}
+    if asking.explain:
         doc["explain"] = True
+    if asking.totals_only:
+        doc["totals_only"] = True
 
     def read(response: httpx.Response) -> ScenarioResult:
-        return ScenarioResult.from_json(v1.loads(response.content), asked, request_id(response))
+        return ScenarioResult.from_json(tensor_answer.loads(response), asking.asked,
+                                        request_id(response))
 
+    path = ("/v1/expressions/scenarios" if routine is None
+            else f"/v1/routines/{quote(routine, safe='')}/scenarios")
+    accept = tensor_answer.ACCEPT if asking.tensors else "application/json"
     return Call(
         "POST",
-        f"/v1/routines/{quote(routine, safe='')}/scenarios",
+        path,
         read,
         query=options.query(),
-        headers=_HEADERS,
+        headers={"Content-Type": "application/json", "Accept": accept},
         parts=[v1.dumps(doc)],
         timeout_s=options.timeout_s,
     )
@@ -136,9 +166,11 @@ class ScenarioResult:
     per factor (a number, or one per sample for a relative shift of an input feature)."""
 
     routine: str
-    base: np.ndarray
-    values: np.ndarray
-    pnl: np.ndarray
+    base: np.ndarray | None
+    """None, as are ``values``, ``pnl`` and the explain's per-sample arrays, when asked for
+    ``totals_only``."""
+    values: np.ndarray | None
+    pnl: np.ndarray | None
     total_pnl: np.ndarray
     shifts: list[dict[str, float | np.ndarray]]
     delta_pnl: np.ndarray | None = None
@@ -161,6 +193,8 @@ class ScenarioResult:
     params: dict[str, Any] = field(default_factory=dict)
     timing_ms: dict[str, float] | None = None
     request_id: str | None = None
+    expression: str | None = None
+    """For a caller's expression: its canonical text, as the service normalised it."""
 
     @property
     def scenario_count(self) -> int:
@@ -177,7 +211,10 @@ class ScenarioResult:
     ) -> ScenarioResult:
         dtype = doc.get("dtype", "float64")
         rows: list[dict[str, Any]] = doc["scenarios"]
-        shape = (len(rows), *as_array(doc["base"], dtype).shape)
+        outputs = list(doc.get("outputs") or ["y"])
+        per_output = () if len(outputs) == 1 else (len(outputs),)
+        base = as_array(doc["base"], dtype) if "base" in doc else None  # not with totals_only
+        shape = (len(rows), *(base.shape if base is not None else (0, *per_output)))
 
         def stacked(key: str) -> np.ndarray | None:
             found = _stack(rows, key, dtype)
@@ -185,15 +222,15 @@ class ScenarioResult:
 
         def totals(key: str) -> np.ndarray | None:
             found = _stack(rows, key, dtype)
-            return None if found is None else found.reshape(shape[:1] + shape[2:])
+            return None if found is None else found.reshape((len(rows), *per_output))
 
-        values, pnl, total = stacked("values"), stacked("pnl"), totals("total_pnl")
-        assert values is not None and pnl is not None and total is not None
+        total = totals("total_pnl")
+        assert total is not None
         return cls(
             routine=doc["routine"],
-            base=as_array(doc["base"], dtype),
-            values=values,
-            pnl=pnl,
+            base=base,
+            values=stacked("values"),
+            pnl=stacked("pnl"),
             total_pnl=total,
             shifts=[
                 {
@@ -219,10 +256,11 @@ class ScenarioResult:
             dtype=dtype,
             device=doc.get("device", ""),
             n=int(doc.get("n", 0)),
-            outputs=list(doc.get("outputs") or ["y"]),
+            outputs=outputs,
             params=dict(doc.get("params") or {}),
             timing_ms=doc.get("timing_ms"),
             request_id=request_id,
+            expression=doc.get("expression"),
         )
 
     def table(self) -> tuple[list[str], list[list[float]]]:
