@@ -4,7 +4,6 @@ scenario in one launch, with the routine route's body, answer and rules
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ class ExpressionScenariosRequest(ExpressionRequest, scenarios.ScenarioFields):
 
 class ExpressionScenarios(scenarios.V1Scenarios):
     def _plan_expression(self, engine: Engine, expressions: Expressions, body: bytes,
-                         query: Mapping[str, str], loop: asyncio.AbstractEventLoop,
+                         query: Mapping[str, str],
                          max_scenarios: int) -> scenarios.Asked:
         document = validate_request(ExpressionScenariosRequest, parse_json(body))
         names = document.inputs.names
@@ -39,7 +38,7 @@ class ExpressionScenarios(scenarios.V1Scenarios):
                             None if document.ode is None else document.ode.model_dump(),
                             names, list(document.params))
         plan = scenarios.scenario_plan(engine, made.routine, made.routine, document,
-                                       _samples(document.inputs.values, names), query, loop,
+                                       _samples(document.inputs.values, names), query,
                                        max_scenarios)
         return scenarios.Asked(plan, totals_only=document.totals_only,
                                expression=made.canonical)
@@ -49,7 +48,7 @@ class ExpressionScenarios(scenarios.V1Scenarios):
         body = await request.body.read()
         asked = await offload(len(body), self._plan_expression, engine,
                               expressions_for(request.settings), body, request.query,
-                              asyncio.get_running_loop(), request.settings.max_scenarios)
+                              request.settings.max_scenarios)
         return scenarios.answered(asked, request)
 
 

@@ -11,13 +11,14 @@ expression's canonical text.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
 from starlette.responses import Response
 
 from app.api.answer_size import check_json_answer
@@ -35,10 +36,10 @@ from app.api.expression_schemas import (
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.schemas import validate_request
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
-from app.api.sensitivity_options import engine_arguments
+from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, _timeout_ms
 from app.config import Settings
-from app.engine import STRATEGIES, Comparison, Engine, Job, JobKind, JobResult
+from app.engine import STRATEGIES, Comparison, Engine, Job, JobKind, JobResult, Request
 from app.engine.errors import InvalidRequest
 from app.errors import PROBLEM_JSON, Problem, problem_body
 from app.expressions import Bounds, ExpressionRoutine, Expressions, OdeSpec, catalogue
@@ -121,7 +122,6 @@ class ExpressionV1:
         expressions: Expressions,
         body: bytes,
         query: Mapping[str, str],
-        loop: asyncio.AbstractEventLoop,
     ) -> tuple[Job, str]:
         document = validate_request(ExpressionRequest, parse_json(body))
         names = document.inputs.names
@@ -132,35 +132,13 @@ class ExpressionV1:
             names,
             list(document.params),
         )
-        x = _samples(document.inputs.values, names)
-        timeout_ms = _timeout_ms(query)
-        common: dict[str, Any] = {"dtype": document.dtype, "timeout_ms": timeout_ms, "loop": loop}
-        if self.kind is JobKind.EVALUATE:
-            job = engine.prepare(self.kind, made.routine, x, document.params, **common)
-        elif self.compare:
-            arguments = engine_arguments(query, document.order, document.cross) | {"check": None}
-            job = engine.prepare(
-                self.kind,
-                made.routine,
-                x,
-                document.params,
-                wrt=document.wrt,
-                strategy="finite-difference",
-                any_strategy=True,
-                **common,
-                **arguments,
-            )
-        else:
-            job = engine.prepare(
-                self.kind,
-                made.routine,
-                x,
-                document.params,
-                wrt=document.wrt,
-                strategy=query.get("strategy", "auto"),
-                **common,
-                **engine_arguments(query, document.order, document.cross),
-            )
+        request = Request(self.kind, made.routine, _samples(document.inputs.values, names),
+                          document.params, dtype=document.dtype,
+                          timeout_ms=_timeout_ms(query))
+        if self.kind is JobKind.SENSITIVITIES:
+            request = with_query(replace(request, wrt=document.wrt, order=document.order,
+                                         cross=document.cross), query, compare=self.compare)
+        job = engine.prepare(request)
         return job, made.canonical
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
@@ -177,7 +155,6 @@ class ExpressionV1:
             expressions_for(request.settings),
             body,
             request.query,
-            asyncio.get_running_loop(),
         )
         check_json_answer(job, request.settings.max_response_bytes)
         return Decoded(job, canonical)
@@ -239,7 +216,7 @@ EXAMPLE: dict[str, Any] = {
     responses=_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY + _OPTIONS_QUERY),
 )
-async def sensitivities(request: Request) -> Response:
+async def sensitivities(request: HttpRequest) -> Response:
     """Values and derivatives of the caller's expression (or ODE) for every sample."""
     return await respond(EXPRESSION_SENSITIVITIES, request)
 
@@ -250,7 +227,7 @@ async def sensitivities(request: Request) -> Response:
     responses=_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY[1:]),
 )
-async def evaluate(request: Request) -> Response:
+async def evaluate(request: HttpRequest) -> Response:
     """Values only."""
     return await respond(EXPRESSION_EVALUATE, request)
 
@@ -261,7 +238,7 @@ async def evaluate(request: Request) -> Response:
     responses=_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
 )
-async def compare(request: Request) -> Response:
+async def compare(request: HttpRequest) -> Response:
     """Every strategy that applies, side by side, as for a routine."""
     return await respond(EXPRESSION_COMPARE, request)
 

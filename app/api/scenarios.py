@@ -4,15 +4,15 @@ launch, with its P&L and, asked for, the P&L explained by the base's Taylor term
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.responses import Response
 from torch import Tensor
@@ -22,9 +22,9 @@ from app.api.answer_size import JSON_NUMBER_BYTES
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
-from app.api.sensitivity_options import engine_arguments
+from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
-from app.engine import Engine, JobKind, scenarios
+from app.engine import Engine, JobKind, Request, scenarios
 from app.errors import ResponseTooLarge
 from routines import Routine
 
@@ -104,7 +104,7 @@ class Asked:
 
 def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
                   document: ScenarioFields, inputs: np.ndarray, query: Mapping[str, str],
-                  loop: asyncio.AbstractEventLoop, max_scenarios: int) -> scenarios.ScenarioPlan:
+                  max_scenarios: int) -> scenarios.ScenarioPlan:
     """The base job and the S x N job of a validated scenarios body (``document``: a
     routine's or an expression's) over the samples ``inputs``; ``target`` is what the engine
     runs (a registered routine's name, or a caller's routine)."""
@@ -114,18 +114,17 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
         None if spec.shifts is None else {f: (s.type, s.values)
                                           for f, s in spec.shifts.items()},
         spec.combine, spec.list_, max_scenarios)
-    common: dict[str, Any] = {"dtype": document.dtype, "timeout_ms": _timeout_ms(query),
-                              "loop": loop}
+    evaluate = Request(JobKind.EVALUATE, target, inputs, document.params,
+                       dtype=document.dtype, timeout_ms=_timeout_ms(query))
     if document.explain:
-        base = engine.prepare(
-            JobKind.SENSITIVITIES, target, inputs, document.params,
-            wrt=document.wrt or _factors(spec), strategy=query.get("strategy", "auto"),
-            **common, **engine_arguments(query, document.order, document.cross))
+        base = engine.prepare(with_query(replace(
+            evaluate, kind=JobKind.SENSITIVITIES, wrt=document.wrt or _factors(spec),
+            order=document.order, cross=document.cross), query))
     else:
-        base = engine.prepare(JobKind.EVALUATE, target, inputs, document.params, **common)
+        base = engine.prepare(evaluate)
 
     def prepare_shifted(x: np.ndarray, params: dict[str, float | np.ndarray]) -> Any:
-        return engine.prepare(JobKind.EVALUATE, target, x, params, **common)
+        return engine.prepare(replace(evaluate, inputs=x, params=params))
 
     return scenarios.plan(routine, base, expanded, prepare_shifted,
                           max_samples=engine.limits.max_samples, explain=document.explain)
@@ -137,10 +136,10 @@ class V1Scenarios(V1):
         self.endpoint = "scenarios"
 
     def _plan(self, engine: Engine, routine: Routine, body: bytes, query: Mapping[str, str],
-              loop: asyncio.AbstractEventLoop, max_scenarios: int) -> Asked:
+              max_scenarios: int) -> Asked:
         document = schemas.validate_request(ScenariosRequest, parse_document(body))
         plan = scenario_plan(engine, routine, routine.name, document,
-                             decode_inputs(document.inputs), query, loop, max_scenarios)
+                             decode_inputs(document.inputs), query, max_scenarios)
         return Asked(plan, totals_only=document.totals_only)
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
@@ -148,7 +147,7 @@ class V1Scenarios(V1):
         request.labels.routine = routine.name
         body = await request.body.read(_sample_watch(request.settings.max_samples))
         asked = await offload(len(body), self._plan, engine, routine, body, request.query,
-                              asyncio.get_running_loop(), request.settings.max_scenarios)
+                              request.settings.max_scenarios)
         return answered(asked, request)
 
     async def run(self, engine: Engine,  # type: ignore[override]
@@ -279,7 +278,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "application/json": {"schema": ScenariosRequest.model_json_schema(
             ref_template="#/components/schemas/{model}")}}}},
 )
-async def scenarios_route(name: str, request: Request) -> Response:
+async def scenarios_route(name: str, request: HttpRequest) -> Response:
     """The book (inputs) revalued under every scenario in one launch: base values, each
     scenario's values and P&L (values minus base), total P&L per scenario, and with
     ``explain`` the Taylor terms of the P&L from the base's derivatives and what they leave

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from app.engine import Bump
+from app.engine import Bump, Request
 from app.engine.errors import InvalidRequest
 
-__all__ = ["QUERY", "SensitivityOptions", "engine_arguments", "sensitivity_options"]
+__all__ = ["QUERY", "SensitivityOptions", "sensitivity_options", "with_query"]
 
 # OpenAPI declarations of the options, for the routes that read them
 QUERY: list[dict[str, Any]] = [
@@ -61,8 +61,13 @@ def sensitivity_options(query: Mapping[str, str]) -> SensitivityOptions:
     return SensitivityOptions(bump, query.get("check"))
 
 
-def engine_arguments(query: Mapping[str, str], order: int, cross: bool) -> dict[str, Any]:
-    """The keyword arguments of ``Engine.prepare`` beyond the first derivative: the body's
-    ``order`` and ``cross``, the query's bump settings and check."""
+def with_query(request: Request, query: Mapping[str, str], compare: bool = False) -> Request:
+    """``request`` with the query's options: its strategy, bump settings and check. For
+    compare: prepared as finite differences (which take every bump setting), with no check,
+    and admitted whatever strategies this server serves (compare then runs those only)."""
     options = sensitivity_options(query)
-    return {"order": order, "cross": cross, "bump": options.bump, "check": options.check}
+    if compare:
+        return replace(request, strategy="finite-difference", bump=options.bump, check=None,
+                       any_strategy=True)
+    return replace(request, strategy=query.get("strategy", "auto"), bump=options.bump,
+                   check=options.check)

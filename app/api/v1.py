@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
 from starlette.responses import Response
 
 from app.api import schemas
@@ -20,8 +21,17 @@ from app.api.deps import EngineDep
 from app.api.encoding import encode_comparison, encode_result
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
-from app.api.sensitivity_options import engine_arguments
-from app.engine import MIN_TIMEOUT_MS, STRATEGIES, Comparison, Engine, Job, JobKind, JobResult
+from app.api.sensitivity_options import with_query
+from app.engine import (
+    MIN_TIMEOUT_MS,
+    STRATEGIES,
+    Comparison,
+    Engine,
+    Job,
+    JobKind,
+    JobResult,
+    Request,
+)
 from app.engine.errors import InvalidRequest
 from app.errors import PROBLEM_JSON, BodyTooLarge, Problem, problem_body
 from routines import Routine
@@ -96,19 +106,20 @@ class V1:
                        else schemas.EvaluateRequest)
 
     def _prepare(self, engine: Engine, routine: Routine, body: bytes,
-                 query: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Job:
+                 query: Mapping[str, str]) -> Job:
+        return engine.prepare(self.request(routine, body, query))
+
+    def request(self, routine: Routine, body: bytes, query: Mapping[str, str]) -> Request:
+        """The engine's request for ``body`` and ``query`` on ``routine``."""
         document = schemas.validate_request(self._model, parse_document(body))
-        timeout_ms = _timeout_ms(query)
-        if self.kind is JobKind.EVALUATE:
-            return engine.prepare(self.kind, routine.name, decode_inputs(document.inputs),
-                                  document.params, dtype=document.dtype,
-                                  timeout_ms=timeout_ms, loop=loop)
-        assert isinstance(document, schemas.SensitivityRequest)
-        return engine.prepare(self.kind, routine.name, decode_inputs(document.inputs),
-                              document.params, wrt=document.wrt,
-                              strategy=query.get("strategy", "auto"), dtype=document.dtype,
-                              timeout_ms=timeout_ms, loop=loop,
-                              **engine_arguments(query, document.order, document.cross))
+        request = Request(self.kind, routine.name, decode_inputs(document.inputs),
+                          document.params, dtype=document.dtype,
+                          timeout_ms=_timeout_ms(query))
+        if not isinstance(document, schemas.SensitivityRequest):
+            return request
+        request = replace(request, wrt=document.wrt, order=document.order,
+                          cross=document.cross)
+        return with_query(request, query)
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
         labels = request.labels
@@ -118,8 +129,7 @@ class V1:
             strategy = request.query.get("strategy", "auto")
             labels.strategy = strategy if strategy in STRATEGIES else "invalid"
         body = await request.body.read(_sample_watch(request.settings.max_samples))
-        job = await offload(len(body), self._prepare, engine, routine, body, request.query,
-                            asyncio.get_running_loop())
+        job = await offload(len(body), self._prepare, engine, routine, body, request.query)
         check_json_answer(job, request.settings.max_response_bytes)
         return Decoded(job)
 
@@ -140,17 +150,8 @@ class V1Compare(V1):
         super().__init__(JobKind.SENSITIVITIES)
         self.endpoint = "compare"
 
-    def _prepare(self, engine: Engine, routine: Routine, body: bytes,
-                 query: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Job:
-        document = schemas.validate_request(schemas.SensitivityRequest, parse_document(body))
-        arguments = engine_arguments(query, document.order, document.cross) | {"check": None}
-        # prepared as finite differences, which take every bump setting; compare then runs
-        # each strategy that this server serves and that applies
-        return engine.prepare(JobKind.SENSITIVITIES, routine.name,
-                              decode_inputs(document.inputs), document.params,
-                              wrt=document.wrt, strategy="finite-difference",
-                              dtype=document.dtype, timeout_ms=_timeout_ms(query), loop=loop,
-                              any_strategy=True, **arguments)
+    def request(self, routine: Routine, body: bytes, query: Mapping[str, str]) -> Request:
+        return with_query(super().request(routine, body, query), query, compare=True)
 
     async def run(self, engine: Engine, decoded: Decoded) -> Comparison:  # type: ignore[override]
         return await engine.compare(decoded.job)
@@ -192,7 +193,7 @@ def _info(r: Routine) -> schemas.RoutineInfo:
     responses=_ERRORS,
     openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY + _OPTIONS_QUERY),
 )
-async def sensitivities(name: str, request: Request) -> Response:
+async def sensitivities(name: str, request: HttpRequest) -> Response:
     """Values and dy/d<param> for every sample of the batch."""
     return await respond(SENSITIVITIES, request, name=name)
 
@@ -203,7 +204,7 @@ async def sensitivities(name: str, request: Request) -> Response:
     responses=_ERRORS,
     openapi_extra=_compute_openapi(schemas.EvaluateRequest, _COMPUTE_QUERY[1:]),
 )
-async def evaluate(name: str, request: Request) -> Response:
+async def evaluate(name: str, request: HttpRequest) -> Response:
     """Values only."""
     return await respond(EVALUATE, request, name=name)
 
@@ -215,7 +216,7 @@ async def evaluate(name: str, request: Request) -> Response:
     openapi_extra=_compute_openapi(schemas.SensitivityRequest,
                                    _COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
 )
-async def compare(name: str, request: Request) -> Response:
+async def compare(name: str, request: HttpRequest) -> Response:
     """Every strategy that applies, side by side: status, time and differences from forward
     mode; values and derivatives are forward mode's. The body is that of sensitivities."""
     return await respond(COMPARE, request, name=name)

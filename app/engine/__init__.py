@@ -7,16 +7,11 @@ from app.engine.comparison import Comparison
 from app.engine.compiled import CompiledForward
 from app.engine.compute import Executor
 from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.service import (
-    DTYPES,
-    MIN_TIMEOUT_MS,
-    Engine,
-    Limits,
-    cache_host_allocations,
-    load_torch_extensions,
-    warm_up,
-)
+from app.engine.request import Request
+from app.engine.service import Engine
+from app.engine.startup import cache_host_allocations, load_torch_extensions, warm_up
 from app.engine.strategies import STRATEGIES
+from app.engine.validation import DTYPES, MIN_TIMEOUT_MS, Limits
 from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_devices
 
 __all__ = [
@@ -36,6 +31,7 @@ __all__ = [
     "JobQueue",
     "JobResult",
     "Limits",
+    "Request",
     "WorkerPool",
     "cache_host_allocations",
     "load_torch_extensions",

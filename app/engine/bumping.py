@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from app.engine.errors import InvalidRequest
-from app.engine.strategies import Derivatives, Problem
+from app.engine.problem import Derivatives, Problem
 
 __all__ = [
     "SCHEMES",

@@ -11,23 +11,34 @@ with an operation lacking a forward formula), the first strategy that succeeded 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import Tensor
 
+from app.engine.bumping import Bump
 from app.engine.capabilities import cap_refusal, refusal
 from app.engine.checking import differences
 from app.engine.errors import EngineError, RoutineFailed
 from app.engine.input_sensitivities import features_in
 from app.engine.jobs import Job, JobResult
 from app.engine.strategies import STRATEGIES
+from app.engine.validation import Limits
 
-if TYPE_CHECKING:
-    from app.engine.service import Engine
-
-__all__ = ["REFERENCE", "Comparison", "Row", "compare"]
+__all__ = ["REFERENCE", "Comparison", "Row", "Runner", "compare"]
 
 REFERENCE = "forward"
+
+
+class Runner(Protocol):
+    """What :func:`compare` needs of the engine (app.engine.service.Engine is one)."""
+
+    limits: Limits
+
+    async def run(self, job: Job) -> JobResult: ...
+
+    def again(self, job: Job, strategy: str, bump: Bump | None = None) -> Job: ...
+
+    def unaffordable(self, job: Job, strategy: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ def _all(result: JobResult) -> dict[str, Tensor]:
     return {**result.derivatives, **result.second_derivatives}
 
 
-def _why_not(engine: Engine, job: Job, strategy: str) -> str | None:
+def _why_not(engine: Runner, job: Job, strategy: str) -> str | None:
     per_sample = bool(features_in(job.routine, job.wrt)) or any(
         not isinstance(v, float) for v in job.params.values())
     return (refusal(strategy, job.routine, order=job.order, per_sample=per_sample)
@@ -59,7 +70,7 @@ def _why_not(engine: Engine, job: Job, strategy: str) -> str | None:
             or engine.unaffordable(job, strategy))
 
 
-async def compare(engine: Engine, job: Job) -> Comparison:
+async def compare(engine: Runner, job: Job) -> Comparison:
     """Run every strategy but ``auto`` (which is forward, or its fallback) on ``job``, a
     prepared finite-difference request, one after the other."""
     answers: dict[str, JobResult] = {}

@@ -47,7 +47,6 @@ class Job:
     wrt: tuple[str, ...]  # parameters and/or input features
     strategy: str | None
     dtype: torch.dtype
-    future: asyncio.Future[JobResult] = field(repr=False)
     order: int = 1  # 2 adds second derivatives
     cross: bool = False  # order 2: every unordered pair of wrt, not only the diagonal
     bump: Bump | None = None  # finite-difference settings (strategy or check)
@@ -56,6 +55,8 @@ class Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
     cost_s: float = 0.0  # estimated device seconds (app.engine.admission)
     n: int = field(init=False)  # samples: read on every hop, so kept as a plain int
+    # its answer, on the event loop that awaits it: set when it is queued (Engine.run)
+    future: asyncio.Future[JobResult] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.n = int(self.inputs.shape[0])

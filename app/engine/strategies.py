@@ -22,9 +22,11 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.func import grad, jacfwd, jacrev, jvp, vmap
 
+from app.engine.bumping import Bump
+from app.engine.bumping import finite_difference as bump_and_revalue
 from app.engine.errors import InvalidRequest
-from app.engine.evaluation import Params, evaluate_batch, evaluate_sample, param_in_dims
-from routines import Routine
+from app.engine.evaluation import evaluate_sample, param_in_dims
+from app.engine.problem import Derivatives, Problem
 
 __all__ = [
     "AUTO_FALLBACK",
@@ -42,36 +44,6 @@ T = TypeVar("T")
 # What ``auto`` runs where forward mode lacks a formula: O(N) reverse mode, no cap (first and
 # second order alike)
 AUTO_FALLBACK = "vmap-grad"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One batch to differentiate: inputs (N, D), parameter values, and which ones to vary."""
-
-    routine: Routine
-    inputs: Tensor
-    params: dict[str, Tensor]
-    wrt: tuple[str, ...]
-
-    @property
-    def n(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def evaluate(self, params: Params | None = None) -> Tensor:
-        return evaluate_batch(self.routine, self.inputs, self.params if params is None else params)
-
-    def varying(self, *values: Tensor) -> dict[str, Tensor]:
-        """The parameters with the wrt ones replaced by ``values``."""
-        return {**self.params, **dict(zip(self.wrt, values, strict=True))}
-
-    def wrt_values(self) -> tuple[Tensor, ...]:
-        return tuple(self.params[name] for name in self.wrt)
-
-
-@dataclass(frozen=True)
-class Derivatives:
-    values: Tensor  # (N, M)
-    derivatives: dict[str, Tensor]  # each (N, M)
 
 
 @dataclass(frozen=True)
@@ -358,9 +330,6 @@ def finite_difference(problem: Problem) -> Derivatives:
     """Central differences, h = eps^(1/3) max(1, |C|); one-sided second order at a bound,
     stepping away from it, so that the routine never sees a parameter outside its bounds.
     Other bumps, and second differences: app.engine.bumping."""
-    from app.engine.bumping import Bump
-    from app.engine.bumping import finite_difference as bump_and_revalue
-
     return bump_and_revalue(problem, Bump())
 
 

@@ -13,7 +13,6 @@ and ``timeout`` are read as for a routine. The answer is a routine's, with ``mod
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import Any
@@ -79,7 +78,6 @@ class ExpressionV2(V2):
         header: bytes,
         binary: memoryview | None,
         labels: RequestLabels,
-        loop: asyncio.AbstractEventLoop,
     ) -> tuple[Job, InferenceRequest, tensors.Call, str]:
         inference = InferenceRequest.model_validate(parse_json(header))
         parameters = dict(inference.parameters)
@@ -103,7 +101,6 @@ class ExpressionV2(V2):
             inference.model_copy(update={"parameters": parameters}),
             binary,
             labels,
-            loop,
         )
         return job, inference, call, made.canonical
 
@@ -119,7 +116,6 @@ class ExpressionV2(V2):
             header,
             binary,
             request.labels,
-            asyncio.get_running_loop(),
         )
         check_tensor_answer(
             job, call.outputs, job.dtype.itemsize, request.settings.max_response_bytes

@@ -9,7 +9,6 @@ other v2 routes answer their errors in that format too (:class:`V2Route`).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -130,23 +129,20 @@ class V2:
     endpoint = "infer"
 
     def _prepare(self, engine: Engine, routine: Routine, header: bytes,
-                 binary: memoryview | None, labels: RequestLabels,
-                 loop: asyncio.AbstractEventLoop) -> tuple[Job, InferenceRequest, tensors.Call]:
+                 binary: memoryview | None,
+                 labels: RequestLabels) -> tuple[Job, InferenceRequest, tensors.Call]:
         inference = InferenceRequest.model_validate(parse_json(header))
-        return self.job(engine, routine, inference, binary, labels, loop)
+        return self.job(engine, routine, inference, binary, labels)
 
     def job(self, engine: Engine, routine: Routine, inference: InferenceRequest,
-            binary: memoryview | None, labels: RequestLabels,
-            loop: asyncio.AbstractEventLoop) -> tuple[Job, InferenceRequest, tensors.Call]:
+            binary: memoryview | None,
+            labels: RequestLabels) -> tuple[Job, InferenceRequest, tensors.Call]:
         """The engine's job for ``inference`` on ``routine`` (registered or not)."""
         strategy = inference.parameters.get("strategy", "auto")
         labels.strategy = strategy if isinstance(strategy, str) and strategy in STRATEGIES \
             else "invalid"
         call = tensors.plan(routine, inference, framing.input_sections(inference.inputs, binary))
-        job = engine.prepare(call.kind, routine, call.inputs, call.params, wrt=call.wrt,
-                             strategy=call.strategy, dtype=call.dtype,
-                             timeout_ms=call.timeout_ms, loop=loop, order=call.order,
-                             cross=call.cross)
+        job = engine.prepare(call.request)
         return job, inference, call
 
     async def read(self, request: Incoming) -> tuple[bytes, memoryview | None]:
@@ -170,7 +166,7 @@ class V2:
         header, binary = await self.read(request)
         size = len(header) + (len(binary) if binary is not None else 0)
         job, inference, call = await offload(size, self._prepare, engine, routine, header,
-                                             binary, labels, asyncio.get_running_loop())
+                                             binary, labels)
         check_tensor_answer(job, call.outputs, job.dtype.itemsize,
                             request.settings.max_response_bytes)
         return Decoded(job, (routine, inference.id, call))

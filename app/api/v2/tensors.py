@@ -20,7 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
-from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult
+from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult, Request
 from app.engine.bumping import pairs
 from app.engine.errors import InvalidRequest, listed
 from app.errors import MalformedFraming
@@ -59,18 +59,14 @@ def model_outputs(routine: Routine, wrt: tuple[str, ...] | None = None, order: i
 
 @dataclass(frozen=True)
 class Call:
-    """Everything ``Engine.prepare`` takes, and which outputs to send back how."""
+    """The engine's request for an inference request, and which outputs to send back how."""
 
-    kind: JobKind
-    inputs: np.ndarray
-    params: dict[str, float | np.ndarray]
-    wrt: tuple[str, ...] | None
-    strategy: str
-    dtype: str
+    request: Request
     outputs: list[tuple[str, bool]]  # (name, as binary), in response order
-    timeout_ms: float | None = None
-    order: int = 1
-    cross: bool = False
+
+    @property
+    def dtype(self) -> str:
+        return self.request.dtype
 
 
 def _describe(v: Any) -> str:
@@ -311,18 +307,18 @@ def plan(routine: Routine, request: InferenceRequest,
     per_sample = _per_sample_params(routine, request, tensors)
     features = [(given, t) for given, t in zip(request.inputs, tensors, strict=True)
                 if given.name not in per_sample]
-    return Call(
+    return Call(Request(
         kind=JobKind.SENSITIVITIES if differentiate else JobKind.EVALUATE,
+        routine=routine,
         inputs=_samples(routine, [g for g, _ in features], [t for _, t in features]),
         params={**params, **per_sample},
         wrt=differentiate or None,
         strategy=strategy,
         dtype=DATATYPES[datatypes[0]][1],
-        outputs=outputs,
         timeout_ms=_timeout_ms(request.parameters),
         order=order if differentiate else 1,
         cross=cross if differentiate else False,
-    )
+    ), outputs)
 
 
 # -- the response ------------------------------------------------------------------------------

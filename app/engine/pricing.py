@@ -1,0 +1,144 @@
+"""What a request costs, and whether this server will pay it: every job is priced in seconds
+of device time before it is queued (the cost model's estimate for its strategy, or what a
+compiled graph of its kind measured), and refused with what to change when it is over
+DYDC_MAX_JOB_COST; a job that only a graph not yet built would make affordable starts that
+build and is told when to retry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from app import metrics
+from app.engine.admission import CostModel
+from app.engine.compiled import CompiledForward
+from app.engine.errors import CostExceeded, GraphBuilding
+from app.engine.input_sensitivities import with_features_as_params
+from app.engine.jobs import Job
+from app.engine.problem import Problem
+from app.engine.validation import Limits, enabled
+from routines import Routine
+
+__all__ = ["Pricing", "passes"]
+
+
+def passes(job: Job) -> int:
+    """How many first-order passes a job's derivatives cost: one per name in wrt, one per
+    pair at order 2, and a check by bumping costs about as much again."""
+    p = len(job.wrt)
+    if job.order == 2:
+        p += p * (p + 1) // 2 if job.cross else p
+    return p * (2 if job.check is not None else 1)
+
+
+class Pricing:
+    """Prices jobs for one engine: its cost model, its limits, and the compiled graphs
+    shared by its devices (None without compiling)."""
+
+    def __init__(self, costs: CostModel, limits: Limits, compiled: CompiledForward | None,
+                 devices: Sequence[torch.device]) -> None:
+        self.costs = costs
+        self.limits = limits
+        self._compiled = compiled
+        self.devices = devices
+
+    def price(self, job: Job) -> float:
+        """The job's price in seconds of device time, held to DYDC_MAX_JOB_COST."""
+        if job.strategy is None:
+            return self._cost(job.routine, None, job.n, passes(job))
+        return self._admit(job.routine, job.strategy, job)
+
+    def estimate(self, job: Job, strategy: str | None) -> float:
+        """The cost model's estimate for ``job`` under ``strategy``, not held to the limit."""
+        return self.costs.estimate(job.routine, strategy, job.n, passes(job))
+
+    def _within_cap(self, strategy: str, n: int) -> bool:
+        return strategy not in self.limits.caps or n <= self.limits.caps[strategy][1]
+
+    def _cheaper(self, routine: Routine, n: int, p: int, cost: float) -> str:
+        """The cheapest enabled strategy for this request, as advice in a refusal."""
+        options = sorted(
+            (self.costs.estimate(routine, name, n, p), name) for name in enabled(self.limits)
+            if name != "auto" and self._within_cap(name, n))
+        for estimate, name in options:
+            if estimate < cost and estimate <= self.limits.max_job_cost_s:
+                return f"use strategy={name} (about {estimate:.3g} s), or split the batch"
+        return "split the batch"
+
+    def _cost(self, routine: Routine, strategy: str | None, n: int, p: int,
+              cost: float | None = None, how: str = "") -> float:
+        """``cost`` (default: the model's estimate), unless it is over DYDC_MAX_JOB_COST."""
+        if cost is None:
+            cost = self.costs.estimate(routine, strategy, n, p)
+        if cost > self.limits.max_job_cost_s:
+            metrics.REJECTIONS.labels("cost").inc()
+            what = f"strategy {strategy}" if strategy else "evaluation"
+            raise CostExceeded(
+                f"{what} of routine {routine.name} at N = {n} with {p} parameter(s) is "
+                f"estimated at {cost:.3g} s of device time{how}, over the limit of "
+                f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
+                f"{self._cheaper(routine, n, p, cost)}"
+            )
+        return cost
+
+    def _compilable(self, routine: Routine, strategy: str, job: Job) -> Problem | None:
+        """The job as a problem that compiled forward mode serves (forward or auto, at least
+        DYDC_COMPILE_MIN_SAMPLES samples, a kind not refused), else None."""
+        compiled = self._compiled
+        if (compiled is None or strategy not in ("auto", "forward") or job.check is not None
+                or job.n < compiled.min_samples or not routine.compile):
+            return None
+        problem = with_features_as_params(Problem(
+            routine, job.inputs, {k: torch.as_tensor(v, dtype=job.dtype)
+                                  for k, v in job.params.items()}, job.wrt))
+        if compiled.refused(problem, job.order, job.cross, self.devices[0]) is not None:
+            return None
+        return problem
+
+    def _admit(self, routine: Routine, strategy: str, job: Job) -> float:
+        """The job's price, held to DYDC_MAX_JOB_COST: what its launch takes through the
+        compiled graph of its kind where one is loaded (its first launch at the price of plain
+        evaluation, which a fused graph does not exceed by much: bench_strategies), else at
+        eager speed. A job over the limit eagerly whose kind a graph would serve starts that
+        graph's build and is told when to retry (503), rather than refused for good."""
+        p = passes(job)
+        problem = self._compilable(routine, strategy, job)
+        if problem is None:
+            return self._cost(routine, strategy, job.n, p)
+        assert self._compiled is not None
+        device = self.devices[0]
+        seconds = self._compiled.launch_seconds(problem, device, job.order, job.cross)
+        if seconds is not None:
+            measured = seconds > 0
+            cost = seconds if measured else self.costs.estimate(routine, None, job.n, 1)
+            return self._cost(routine, strategy, job.n, p, cost,
+                              " through its compiled graph" + ("" if measured else
+                                                               " (plain evaluation's time)"))
+        eager = self.costs.estimate(routine, strategy, job.n, p)
+        if eager <= self.limits.max_job_cost_s:
+            return eager  # (its launch asks for the graph, as every large launch does)
+        self._compiled.request(problem, job.order, job.cross, device)
+        if self._compiled.refused(problem, job.order, job.cross, device) is not None:
+            return self._cost(routine, strategy, job.n, p, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
+        plain = self.costs.estimate(routine, None, job.n, 1)
+        retry_s = self._compiled.typical_build_s()
+        metrics.REJECTIONS.labels("cost").inc()
+        raise GraphBuilding(
+            f"strategy {strategy} of routine {routine.name} at N = {job.n} is estimated at "
+            f"{eager:.3g} s of device time in eager forward mode, over the limit of "
+            f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); a compiled graph for it is "
+            f"being built (about {retry_s:.0f} s): retry then, when it is priced at the "
+            f"graph's speed (plain evaluation takes about {plain:.3g} s), or split the batch",
+            retry_after_s=retry_s)
+
+    def unaffordable(self, job: Job, strategy: str) -> str | None:
+        """Why this server would not run ``job`` under ``strategy`` (turned off, or over
+        the cost limit), or None."""
+        if strategy not in self.limits.enabled:
+            return f"strategy {strategy} is turned off on this server (DYDC_STRATEGIES)"
+        cost = self.costs.estimate(job.routine, strategy, job.n, passes(job))
+        if cost > self.limits.max_job_cost_s:
+            return (f"estimated at {cost:.3g} s of device time, over the limit of "
+                    f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST)")
+        return None

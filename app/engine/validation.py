@@ -1,0 +1,279 @@
+"""Checking a request against its routine and this server's limits, before the device sees it:
+each check raises an :class:`~app.engine.errors.EngineError` that says what to change, and
+returns the value in the form the engine keeps (a torch dtype, a tuple of names, a float64
+array per sample, a contiguous tensor of inputs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import cast
+
+import numpy as np
+import torch
+
+from app.engine.bumping import Bump, validate_bump
+from app.engine.capabilities import cap_refusal, refusal
+from app.engine.errors import (
+    InvalidRequest,
+    RequestTooLarge,
+    StrategyCapExceeded,
+    StrategyDisabled,
+    listed,
+)
+from app.engine.input_sensitivities import features_in, with_features_as_params
+from app.engine.jobs import Job
+from app.engine.problem import Problem
+from app.engine.request import ParamValue
+from app.engine.strategies import STRATEGIES
+from routines import Routine
+
+__all__ = [
+    "DTYPES",
+    "MIN_TIMEOUT_MS",
+    "Limits",
+    "beyond_first",
+    "check_cap",
+    "checked_dtype",
+    "checked_inputs",
+    "checked_params",
+    "checked_strategy",
+    "checked_timeout",
+    "checked_wrt",
+]
+
+MIN_TIMEOUT_MS = 1.0
+"""The shortest deadline a request may ask for (``timeout_ms``; v2 ``timeout`` is in µs):
+shorter ones are refused as invalid (422), never queued to expire as an overload would."""
+
+DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_samples: int
+    caps: Mapping[str, tuple[str, int]]  # strategy -> (setting name, cap on N)
+    timeout_s: float = 30.0  # default deadline of a request; clients may shorten it
+    enabled: frozenset[str] = frozenset(STRATEGIES)  # DYDC_STRATEGIES
+    max_job_cost_s: float = math.inf  # DYDC_MAX_JOB_COST
+
+
+def _as_float(v: float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float64: reported as not finite
+        return math.inf if v > 0 else -math.inf
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> str:
+    return "".join(f"[{i}]" for i in np.unravel_index(flat, shape))
+
+
+def _describe(v: object) -> str:
+    return json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
+
+
+def _interval(bounds: tuple[float | None, float | None] | None) -> str:
+    low, high = bounds or (None, None)
+    return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+def _per_sample(name: str, given: Sequence[float] | np.ndarray, n: int,
+                bounds: tuple[float | None, float | None] | None) -> np.ndarray:
+    """One float64 value per sample, each finite and within the bounds; the message names the
+    element (params.sigma[17])."""
+    if len(given) != n:
+        raise InvalidRequest(
+            f"params.{name} has {len(given)} values, but inputs has {n} samples; send one "
+            "number, shared by every sample, or a list of one number per sample")
+    if not isinstance(given, np.ndarray) and not set(map(type, given)) <= {int, float}:
+        i, v = next((i, v) for i, v in enumerate(given) if type(v) not in (int, float))
+        raise InvalidRequest(f"params.{name}[{i}] is {_describe(v)}; send a number")
+    try:
+        a = np.asarray(given, dtype=np.float64)
+    except OverflowError:
+        raise InvalidRequest(f"params.{name} has a number too large for float64") from None
+    if a.ndim != 1:
+        raise InvalidRequest(f"params.{name} has shape {list(a.shape)}; send a flat list of {n}")
+    finite = np.isfinite(a)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise InvalidRequest(f"params.{name}[{i}] is {a[i]}; parameters must be finite numbers")
+    if bounds is not None:
+        low, high = bounds
+        bad = np.zeros(n, dtype=bool)
+        if low is not None:
+            bad |= a < low
+        if high is not None:
+            bad |= a > high
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InvalidRequest(
+                f"params.{name}[{i}] = {a[i]} is outside its bounds {_interval(bounds)}")
+    return a if a.flags.writeable else a.copy()
+
+
+def enabled(limits: Limits) -> list[str]:
+    """The strategies this server serves, in the table's order."""
+    return [name for name in STRATEGIES if name in limits.enabled]
+
+
+def checked_timeout(timeout_ms: float | None) -> None:
+    if timeout_ms is not None and not (math.isfinite(timeout_ms)
+                                       and timeout_ms >= MIN_TIMEOUT_MS):
+        raise InvalidRequest(
+            f"timeout_ms = {timeout_ms:g}; use a number of ms of at least "
+            f"{MIN_TIMEOUT_MS:g} (a shorter deadline cannot be met)")
+
+
+def checked_strategy(name: str, limits: Limits, any_strategy: bool = False) -> str:
+    if name not in STRATEGIES:
+        raise InvalidRequest(
+            f"unknown strategy {name!r}; use one of: {', '.join(enabled(limits))}"
+        )
+    if name not in limits.enabled and not any_strategy:
+        raise StrategyDisabled(
+            f"strategy {name} is turned off on this server (DYDC_STRATEGIES); use one of: "
+            f"{', '.join(enabled(limits))}"
+        )
+    return name
+
+
+
+def checked_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise InvalidRequest(f"dtype {name!r} is not supported; use float64 or float32")
+    return DTYPES[name]
+
+
+
+def checked_params(routine: Routine, given: Mapping[str, ParamValue],
+                   n: int) -> dict[str, float | np.ndarray]:
+    unknown = sorted(set(given) - set(routine.param_names))
+    if unknown:
+        raise InvalidRequest(
+            f"routine {routine.name} has no parameter {listed(unknown, quoted=True)}; "
+            f"its parameters are: {', '.join(routine.param_names)}"
+        )
+    values: dict[str, float | np.ndarray] = {}
+    for p in routine.params:
+        v = given.get(p.name, p.default)
+        if isinstance(v, (list, tuple, np.ndarray)):
+            values[p.name] = _per_sample(p.name, v, n, p.bounds)
+            continue
+        if type(v) not in (int, float) and not isinstance(v, (np.floating, np.integer)):
+            raise InvalidRequest(f"params.{p.name} is {_describe(v)}; send a number, or a "
+                                 "list of one number per sample")
+        f = _as_float(cast(float, v))  # a number: lists are handled above
+        if not math.isfinite(f):
+            raise InvalidRequest(f"params.{p.name} is {f}; parameters must be finite numbers")
+        if p.violates_bounds(f):
+            raise InvalidRequest(f"params.{p.name} = {f} is outside its bounds "
+                                 f"{_interval(p.bounds)}")
+        values[p.name] = f
+    return values
+
+
+
+def checked_wrt(routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
+    if wrt is None:
+        return routine.param_names
+    if not wrt:
+        raise InvalidRequest(
+            "wrt is empty; name at least one parameter, or omit wrt to differentiate "
+            f"with respect to all of {', '.join(routine.param_names)} (or call /evaluate)"
+        )
+    unknown = [w for w in wrt if w not in routine.param_names
+               and not (w in routine.inputs and w.isidentifier())]
+    if unknown:
+        raise InvalidRequest(
+            f"wrt names {listed(unknown, quoted=True)}, neither a parameter nor an input "
+            f"of routine {routine.name}; its parameters are: "
+            f"{', '.join(routine.param_names)}; its inputs are: {', '.join(routine.inputs)}"
+        )
+    if len(set(wrt)) != len(wrt):
+        twice = [w for w, count in Counter(wrt).items() if count > 1]
+        raise InvalidRequest(f"wrt lists a parameter twice: {listed(twice, quoted=True)}; "
+                             "name each once")
+    return tuple(wrt)
+
+
+
+def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: torch.dtype,
+                   max_samples: int) -> torch.Tensor:
+    d = len(routine.inputs)
+    a = inputs.numpy(force=True) if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+    if a.ndim == 1 and d == 1:
+        a = a.reshape(-1, 1)
+    elif a.ndim == 1 and a.shape[0] > 0:
+        raise InvalidRequest(
+            f"routine {routine.name} takes {d} features per sample "
+            f"({', '.join(routine.inputs)}); send inputs as a list of rows of {d} numbers"
+        )
+    n = int(a.shape[0])
+    if n == 0:
+        raise InvalidRequest("inputs is empty; send at least one sample")
+    if a.ndim != 2 or a.shape[1] != d:
+        got = a.shape[1] if a.ndim == 2 else f"shape {tuple(a.shape)}"
+        raise InvalidRequest(
+            f"routine {routine.name} takes {d} features per sample "
+            f"({', '.join(routine.inputs)}); inputs rows have {got}"
+        )
+    if n > max_samples:
+        raise RequestTooLarge(
+            f"inputs has {n} samples; the limit is {max_samples} per request "
+            "(DYDC_MAX_SAMPLES): split the batch"
+        )
+    name = str(dtype).removeprefix("torch.")
+    if a.dtype != np.dtype(name) or not a.flags.c_contiguous:
+        with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
+            a = np.ascontiguousarray(a, dtype=np.dtype(name))
+    finite = np.isfinite(a)
+    if not finite.all():
+        flat = int(np.flatnonzero(~finite)[0])
+        where = _index(flat, (n, d)) if d > 1 else f"[{flat}]"
+        raise InvalidRequest(
+            f"inputs{where} is not finite in {name}; inputs must be finite numbers"
+        )
+    if not a.flags.writeable:  # a view of a request body: torch wants its own buffer
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+
+def check_cap(strategy: str, n: int, limits: Limits) -> None:
+    reason = cap_refusal(strategy, n, limits.caps)
+    if reason is not None:
+        raise StrategyCapExceeded(reason)
+
+
+
+def beyond_first(routine: Routine, strategy: str, job: Job, bump: Bump | None) -> Job:
+    """Order, cross, per-sample values, bumps and the check: each refused with what to
+    change when the strategy cannot honour it."""
+    if job.order not in (1, 2) or isinstance(job.order, bool):
+        raise InvalidRequest(f"order = {job.order!r}; use 1 or 2")
+    if job.cross and job.order != 2:
+        raise InvalidRequest("cross applies to second derivatives; send order: 2 with it")
+    per_sample = bool(features_in(routine, job.wrt)) or any(
+        isinstance(v, np.ndarray) for v in job.params.values())
+    reason = refusal(strategy, routine, order=job.order, per_sample=per_sample)
+    if reason is not None:
+        raise InvalidRequest(reason)
+    if job.check is not None and job.check != "finite-difference":
+        raise InvalidRequest(f"check = {job.check!r}; the one check is finite-difference")
+    if bump is not None and strategy != "finite-difference" and job.check is None:
+        raise InvalidRequest(
+            "shift, shift_type and scheme configure bumps: use them with "
+            "strategy=finite-difference or check=finite-difference")
+    if strategy == "finite-difference" or job.check is not None:
+        bump = bump or Bump()
+        validate_bump(with_features_as_params(Problem(
+            routine, job.inputs, {k: torch.as_tensor(v, dtype=job.dtype)
+                                  for k, v in job.params.items()}, job.wrt)),
+            bump, job.order)
+        return replace(job, bump=bump)
+    return job
