@@ -24,7 +24,7 @@ def test_an_expression_states_its_operations_and_is_never_timed() -> None:
     expressions = Expressions()
     plain = expressions.expression("C * x + 1", ["x"], ["C"]).routine
     assert plain.operations == 5  # C, x, *, 1, +
-    assert plain.compile is False
+    assert plain.compile  # compiled for large launches (tests/test_expressions_compiled.py)
     ode = expressions.ode(OdeSpec(rhs="r * n", state="n", initial="n0", time="t", steps=10,
                                   method="rk4"), ["n0", "t"], ["r"]).routine
     assert ode.operations == 1 + 10 * (4 * (3 + 2) + 8)
