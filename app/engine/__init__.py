@@ -1,6 +1,7 @@
 """The engine: strategies, the device worker and request validation. Knows nothing of HTTP."""
 
 from app.engine.admission import CostModel
+from app.engine.batching import JobQueue
 from app.engine.bumping import Bump
 from app.engine.checking import Check
 from app.engine.comparison import Comparison
@@ -12,7 +13,7 @@ from app.engine.service import Engine
 from app.engine.startup import cache_host_allocations, load_torch_extensions, warm_up
 from app.engine.strategies import STRATEGIES
 from app.engine.validation import DTYPES, MIN_TIMEOUT_MS, Limits
-from app.engine.worker import DeviceWorker, JobQueue, WorkerPool, resolve_devices
+from app.engine.worker import DeviceWorker, WorkerPool, resolve_devices
 
 __all__ = [
     "DTYPES",
