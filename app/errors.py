@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from app import metrics
+from app.context import instance_of
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
@@ -42,7 +43,6 @@ from app.engine.errors import (
     StrategyDisabled,
     UnknownRoutine,
 )
-from app.http.record import instance_of
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
@@ -54,11 +54,13 @@ __all__ = [
     "Problem",
     "ResponseTooLarge",
     "UnknownVersion",
+    "Writer",
     "install_error_handlers",
     "problem_body",
     "problem_of",
     "problem_response",
     "with_instance",
+    "writer_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,6 +205,15 @@ def problem_response(problem: Problem) -> Response:
 Writer = Callable[[Problem], Response]
 
 
+def writer_for(path: str, mounts: Mapping[str, Writer]) -> Writer:
+    """The writer of the API whose prefix (a key of ``mounts``) ``path`` is under; problem
+    details for every other path."""
+    for prefix, write in mounts.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return write
+    return problem_response
+
+
 def install_error_handlers(app: FastAPI, mounts: Mapping[str, Writer] | None = None) -> None:
     """Answer what FastAPI's own routes raise, and FastAPI's 404 and 405, as problem details;
     under each prefix of ``mounts`` (a path no route matched has no protocol but the API its
@@ -213,10 +224,7 @@ def install_error_handlers(app: FastAPI, mounts: Mapping[str, Writer] | None = N
     def handler(request: Request, exc: Exception) -> Response:
         path = request.url.path
         problem = with_instance(problem_of(exc, request.method, path), request.scope)
-        for prefix, write in prefixes.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                return write(problem)
-        return problem_response(problem)
+        return writer_for(path, prefixes)(problem)
 
     for cls in (EngineError, RequestValidationError, ValidationError, StarletteHTTPException,
                 Exception):

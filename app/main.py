@@ -20,13 +20,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import expression_scenarios, expressions, health, limits, scenarios, v1, v2
+from app.api import expression_scenarios, expressions, health, limits, scenarios, v1
 from app.api.bodies import BodyBudget
 from app.api.dispatch import App
 from app.api.docs import install_docs
 from app.api.openapi import install_openapi
 from app.api.v2 import expression as v2_expression
-from app.api.v2.routes import error_response as v2_error_response
+from app.api.v2 import routes as v2
 from app.config import Settings, load_settings
 from app.engine import (
     STRATEGIES,
@@ -196,7 +196,10 @@ def create_app(settings: Settings | None = None) -> Service:
         redirect_slashes=False,  # a redirect would be built from the Host header
     )
     app.state.settings = s
-    install_error_handlers(app, {"/v2": v2_error_response})
+    # each API's error writer by the prefix it mounts: for the routes' exception handlers and
+    # for the middlewares that refuse a request before any route has run
+    error_writers = {"/v2": v2.error_response}
+    install_error_handlers(app, error_writers)
     app.include_router(v1.router)
     app.include_router(expressions.router)
     app.include_router(scenarios.router)
@@ -208,7 +211,7 @@ def create_app(settings: Settings | None = None) -> Service:
     install_docs(app)
     install_openapi(app, s)
     try:
-        app.http_stack = wrap(partial(App.__call__, app), s)
+        app.http_stack = wrap(partial(App.__call__, app), s, error_writers)
     except TracingUnavailable as exc:  # one line, as for a bad setting
         print(f"dydc: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

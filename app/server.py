@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import metrics
-from app.http.record import record_of
+from app.context import record_of
 
 __all__ = ["ConnectionLimits", "install"]
 

@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
+from app.api.v2.routes import error_response  # noqa: E402
 from app.config import Settings  # noqa: E402
-from app.http.stack import wrap  # noqa: E402
+from app.http.stack import wrap as wrap_with  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 KEY = "bench-key-6f1d0c2a9e7b4f35"
@@ -70,6 +71,11 @@ async def drive(app: ASGIApp) -> float:
     for _ in range(REQUESTS):
         await app(scope(), receive, send)
     return (time.perf_counter() - started) / REQUESTS
+
+
+def wrap(app: ASGIApp, settings: Settings) -> ASGIApp:
+    """The service's stack, v2's error writer under /v2 as app.main hands it."""
+    return wrap_with(app, settings, {"/v2": error_response})
 
 
 CONFIGS: dict[str, Callable[[], ASGIApp]] = {

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 
 from app import metrics
+from app.context import current_record
 from app.engine import Job, JobResult
-from app.http.record import current_record
 
 __all__ = ["RequestLabels", "record"]
 
@@ -32,7 +32,7 @@ class RequestLabels:
 
 
 def _to_record(labels: RequestLabels) -> None:
-    """Copy what the route learnt into the request's record (app.http.record)."""
+    """Copy what the route learnt into the request's record (app.context)."""
     record = current_record()
     if record is None:
         return

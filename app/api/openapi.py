@@ -19,11 +19,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.access import is_open
 from app.api.openapi_bodies import constrain_bodies
 from app.api.v2.routes import MODEL_VERSION
 from app.api.v2.tensors import MATRIX_INPUT
 from app.config import Settings
-from app.http.auth import is_open
 from routines import Routine
 
 __all__ = ["example_body", "example_inference", "install_openapi"]

@@ -27,9 +27,9 @@ from app import metrics
 from app.api.bodies import BodyBudget, BodyReader
 from app.api.instrumentation import RequestLabels, record
 from app.config import Settings
+from app.context import record_of
 from app.engine import Engine, Job, JobResult
 from app.errors import CLIENT_CLOSED_REQUEST, Problem, problem_of, with_instance
-from app.http.record import record_of
 
 __all__ = ["Codec", "Decoded", "Incoming", "Reply", "offload", "respond", "serve", "shutdown_reply"]
 

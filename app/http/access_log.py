@@ -1,5 +1,5 @@
 """The access log: one line per request, written when the answer is complete, with the
-request's id and what the route recorded (app.http.record).
+request's id and what the route recorded (app.context).
 
 ``text`` gives a readable line, ``json`` one JSON object a line with the fields time, id,
 method, path, routine, strategy, n, status, queue_ms, compute_ms, total_ms, bytes_in and
@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.record import record_of
+from app.context import record_of
 
 __all__ = ["FIELDS", "AccessLogMiddleware", "access_logger"]
 

@@ -25,30 +25,17 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.http.refusal import refuse
+from app.access import is_open
+from app.http.refusal import Refuser
 
-__all__ = ["DOCS_PATHS", "HEALTH_PATHS", "ApiKeyMiddleware", "is_open", "presented_keys"]
+__all__ = ["ApiKeyMiddleware", "presented_keys"]
 
-HEALTH_PATHS = ("/healthz", "/readyz")
-HEALTH_PREFIX = "/v2/health/"
-METRICS_PATH = "/metrics"
-DOCS_PATHS = ("/docs", "/openapi.json")
-DOCS_PREFIX = "/docs/"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _HOW = "send Authorization: Bearer <key> or X-API-Key: <key>"
 
 
 def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
-
-
-def is_open(path: str, *, public_metrics: bool, public_docs: bool) -> bool:
-    """Whether ``path`` is served without a key."""
-    if path in HEALTH_PATHS or path.startswith(HEALTH_PREFIX):
-        return True
-    if public_metrics and path == METRICS_PATH:
-        return True
-    return public_docs and (path in DOCS_PATHS or path.startswith(DOCS_PREFIX))
 
 
 def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
@@ -68,8 +55,9 @@ def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
 
 class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: Iterable[str], *, public_metrics: bool = True,
-                 public_docs: bool = True) -> None:
+                 public_docs: bool = True, refuse: Refuser | None = None) -> None:
         self.app = app
+        self.refuse = refuse or Refuser()
         self.digests = [_digest(k.encode()) for k in keys]
         if not self.digests:
             raise ValueError("ApiKeyMiddleware needs at least one key")
@@ -95,4 +83,4 @@ class ApiKeyMiddleware:
         detail = (f"this service needs an API key: {_HOW}" if not keys
                   else f"an API key is not accepted (every key a request carries must be "
                        f"valid); {_HOW} with a valid key, once")
-        await refuse(scope, receive, send, 401, detail, "unauthorized", _CHALLENGE)
+        await self.refuse(scope, receive, send, 401, detail, "unauthorized", _CHALLENGE)

@@ -15,7 +15,7 @@ import zlib
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.refusal import refuse
+from app.http.refusal import Refuser
 
 __all__ = ["GzipRequestMiddleware"]
 
@@ -101,9 +101,10 @@ async def _read_inflated(receive: Receive, limit: int) -> bytes | None:
 
 
 class GzipRequestMiddleware:
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, refuse: Refuser | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.refuse = refuse or Refuser()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,28 +116,28 @@ class GzipRequestMiddleware:
             await self.app(scope, receive, send)
             return
         if encoding not in _GZIP:
-            await refuse(scope, receive, send, 415,
-                         f"Content-Encoding {encoding.decode('latin-1')} is not supported; "
-                         "send the body as is, or with Content-Encoding: gzip",
-                         "unsupported-media-type")
+            await self.refuse(scope, receive, send, 415,
+                              f"Content-Encoding {encoding.decode('latin-1')} is not supported; "
+                              "send the body as is, or with Content-Encoding: gzip",
+                              "unsupported-media-type")
             return
         try:
             body = await _read_inflated(receive, self.limit)
         except _TooLarge:
-            await refuse(scope, receive, send, 413,
-                         f"the request body is over the limit of {self.limit} bytes "
-                         "(DYDC_MAX_BODY_BYTES), compressed or inflated: split the batch",
-                         "body-too-large", reason="body_size")
+            await self.refuse(scope, receive, send, 413,
+                              f"the request body is over the limit of {self.limit} bytes "
+                              "(DYDC_MAX_BODY_BYTES), compressed or inflated: split the batch",
+                              "body-too-large", reason="body_size")
             return
         except _Malformed as exc:
-            await refuse(scope, receive, send, 422,
-                         f"the body is not valid gzip ({exc}); send it compressed with gzip, "
-                         "or without Content-Encoding", "malformed-body")
+            await self.refuse(scope, receive, send, 422,
+                              f"the body is not valid gzip ({exc}); send it compressed with gzip, "
+                              "or without Content-Encoding", "malformed-body")
             return
         except _Trailing as exc:
-            await refuse(scope, receive, send, 400,
-                         f"the body has {exc} bytes after its gzip data that are not another "
-                         "gzip member; send only the compressed body", "gzip-trailing-data")
+            await self.refuse(scope, receive, send, 400,
+                              f"the body has {exc} bytes after its gzip data that are not another "
+                              "gzip member; send only the compressed body", "gzip-trailing-data")
             return
         if body is None:
             return

@@ -15,9 +15,11 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.http.refusal import refuse, speaks_v2
+from app.http.refusal import Refuser
 
 __all__ = ["ContentTypeMiddleware", "media_type"]
+
+V2_PREFIX = "/v2"
 
 JSON = "application/json"
 # The types a browser sends cross-site without a preflight (the Fetch standard's
@@ -38,9 +40,14 @@ def media_type(scope: Scope) -> str | None:
     return None
 
 
+def _speaks_v2(path: str) -> bool:
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
 class ContentTypeMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, refuse: Refuser | None = None) -> None:
         self.app = app
+        self.refuse = refuse or Refuser()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -51,10 +58,10 @@ class ContentTypeMiddleware:
         if given != JSON and _V1_BODIES.fullmatch(path):
             what = f"Content-Type {given}" if given else "no Content-Type"
             detail = f"the body was sent with {what}; send it as {JSON}"
-        elif speaks_v2(path) and given in PREFLIGHT_FREE:
+        elif _speaks_v2(path) and given in PREFLIGHT_FREE:
             detail = (f"the body was sent with Content-Type {given}; send {JSON}, or "
                       "application/octet-stream with binary tensor data")
         else:
             await self.app(scope, receive, send)
             return
-        await refuse(scope, receive, send, 415, detail, "unsupported-media-type")
+        await self.refuse(scope, receive, send, 415, detail, "unsupported-media-type")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.http.refusal import refuse
+from app.http.refusal import Refuser
 
 __all__ = ["HeaderLimitMiddleware", "too_many_headers"]
 
@@ -31,8 +31,10 @@ def too_many_headers(count: int, size: int, max_headers: int, max_bytes: int) ->
 
 
 class HeaderLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_headers: int, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_headers: int, max_bytes: int,
+                 refuse: Refuser | None = None) -> None:
         self.app = app
+        self.refuse = refuse or Refuser()
         self.max_headers = max_headers
         self.max_bytes = max_bytes
 
@@ -45,7 +47,7 @@ class HeaderLimitMiddleware:
             if len(headers) > self.max_headers or size > self.max_bytes:
                 detail = too_many_headers(len(headers), size, self.max_headers, self.max_bytes)
                 assert detail is not None
-                await refuse(scope, receive, send, 431, detail,
-                             "request-header-fields-too-large", reason="headers")
+                await self.refuse(scope, receive, send, 431, detail,
+                                  "request-header-fields-too-large", reason="headers")
                 return
         await self.app(scope, receive, send)

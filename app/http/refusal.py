@@ -1,43 +1,41 @@
 """How a middleware refuses a request, before any route has run: in the format of the
-protocol the path belongs to (problem+json on v1 and the rest, ``{"error"}`` under /v2),
-with the request's id as the problem's ``instance``.
+protocol the path belongs to, with the request's id as the problem's ``instance``.
 
-Deciding the format by path is the one shortcut here: these middlewares run before routing,
-and a prefix is all they know. The statuses follow :mod:`app.errors` (v2 answers 400 where
-v1 answers 422)."""
+The formats are not written here. app.main hands :func:`app.http.stack.wrap` each API's error
+writer by the prefix it mounts (v2's ``{"error"}``, 400 where v1 answers 422, under /v2: the
+writer its routes and app.errors' handlers use too); every other path is answered in problem
+details (:func:`app.errors.problem_response`). Deciding the format by prefix is the one
+shortcut here: these middlewares run before routing, and a prefix is all they know."""
 
 from __future__ import annotations
 
-import orjson
+from collections.abc import Mapping
+
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app import metrics
-from app.errors import Problem, problem_response, with_instance
+from app.errors import Problem, Writer, with_instance, writer_for
 
-V2_PREFIX = "/v2"
-
-__all__ = ["refusal", "refuse", "speaks_v2"]
+__all__ = ["Refuser"]
 
 
-def speaks_v2(path: str) -> bool:
-    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+class Refuser:
+    """Answers a refused request with the writer of its path's prefix (``writers``)."""
 
+    def __init__(self, writers: Mapping[str, Writer] | None = None) -> None:
+        self.writers = dict(writers or {})
 
-def refusal(scope: Scope, status: int, detail: str, slug: str,
-            headers: dict[str, str] | None = None, reason: str | None = None) -> Response:
-    """The answer; ``reason``, when given, counts it in dydc_rejections_total."""
-    if reason is not None:
-        metrics.child(metrics.REJECTIONS, reason).inc()
-    if speaks_v2(scope["path"]):
-        return Response(orjson.dumps({"error": detail}), 400 if status == 422 else status,
-                        headers=headers, media_type="application/json")
-    return problem_response(with_instance(Problem(status, detail, slug, dict(headers or {})),
-                                          scope))
+    def response(self, scope: Scope, status: int, detail: str, slug: str,
+                 headers: dict[str, str] | None = None, reason: str | None = None) -> Response:
+        """The answer; ``reason``, when given, counts it in dydc_rejections_total."""
+        if reason is not None:
+            metrics.child(metrics.REJECTIONS, reason).inc()
+        problem = with_instance(Problem(status, detail, slug, dict(headers or {})), scope)
+        return writer_for(scope["path"], self.writers)(problem)
 
-
-async def refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str,
-                 slug: str, headers: dict[str, str] | None = None,
-                 reason: str | None = None) -> None:
-    """Answer the request with an error, without calling the app."""
-    await refusal(scope, status, detail, slug, headers, reason)(scope, receive, send)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, status: int,
+                       detail: str, slug: str, headers: dict[str, str] | None = None,
+                       reason: str | None = None) -> None:
+        """Answer the request with an error, without calling the app."""
+        await self.response(scope, status, detail, slug, headers, reason)(scope, receive, send)

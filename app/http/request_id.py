@@ -11,7 +11,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.record import RequestRecord, publish, withdraw
+from app.context import RequestRecord, publish, withdraw
 
 __all__ = ["HEADER", "MAX_LENGTH", "RequestIdMiddleware", "accepted_id"]
 

@@ -32,9 +32,9 @@ from app.api.v2.schemas import (
     ServerMetadata,
     TensorMetadata,
 )
+from app.context import current_record
 from app.engine import STRATEGIES, Engine, Job, JobResult
 from app.errors import BodyTooLarge, Problem, UnknownVersion, problem_of
-from app.http.record import current_record
 from routines import Routine
 
 __all__ = ["INFER", "V2", "error_response", "router"]

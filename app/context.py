@@ -6,6 +6,9 @@ in the ASGI scope's ``state`` dict (``scope["state"]["dydc.record"]``), for code
 scope, and in a context variable, for code that has not (the routes' metrics context fills it
 through :func:`current_record`). Both hold the same mutable object, so what the route writes
 the middleware reads after the route returns, even across tasks that copy the context.
+
+It lives beside app.http and app.api rather than in either: the HTTP middlewares open and read
+the record, the API's routes and metrics fill it, and neither layer imports the other.
 """
 
 from __future__ import annotations
