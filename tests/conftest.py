@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +18,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.engine import load_torch_extensions
 from app.main import create_app
-from tests.client_support import dydc_url, small_dydc_url  # noqa: F401  (fixtures)
+from tests.support import SMALL_LIMITS, ClientFactory, free_port, server_process, server_thread
 
 # One Inductor cache for the session's builds (each test's DYDC_COMPILE_CACHE_DIR is its own):
 # the build process keeps an operator's TORCHINDUCTOR_CACHE_DIR, so that the headers AOTInductor
@@ -52,9 +54,6 @@ def _torch_extensions() -> None:
     load_torch_extensions()
 
 
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
 @asynccontextmanager
 async def _serve(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(**{"device": "cpu", **settings}))
@@ -86,3 +85,31 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with _serve() as c:
         yield c
 
+
+
+# -- live services on 127.0.0.1 for the client's tests (tests/test_client*.py), started only
+# when a test asks, one per session
+
+
+@pytest.fixture(scope="session")
+def dydc_url() -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` of a service with the default limits, started by the
+    client's own ``dydc serve`` (so that every test using it also tests that command)."""
+    port = free_port()
+    dydc_script = Path(sys.executable).with_name("dydc")
+    argv = [str(dydc_script), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning",
+           "DYDC_WARMUP": "false", "DYDC_TORCH_THREADS": "1"}
+    with server_process(argv, env, port) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def small_dydc_url() -> Iterator[str]:
+    """A service with :data:`tests.support.SMALL_LIMITS`, so that the client must split
+    batches: uvicorn on a thread of this process."""
+    limits: dict[str, Any] = {k.removeprefix("DYDC_").lower(): int(v)
+                              for k, v in SMALL_LIMITS.items()}
+    settings = Settings(device="cpu", warmup=False, torch_threads=1, **limits)
+    with server_thread(settings) as url:
+        yield url

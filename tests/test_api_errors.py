@@ -5,24 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import ClientFactory
+from tests.support import ClientFactory, assert_problem
 
 pytestmark = pytest.mark.anyio
 
 SENS = "/v1/routines/{}/sensitivities"
 JSON = {"content-type": "application/json"}
-
-
-def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict[str, object]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    body = r.json()
-    assert body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    assert "Traceback" not in r.text
-    for needle in needles:
-        assert needle in body["detail"], (needle, body["detail"])
-    return body
 
 
 async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.test_api_errors import assert_problem
+from tests.support import assert_problem
 
 pytestmark = pytest.mark.anyio
 

@@ -7,45 +7,57 @@ import math
 import random
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
 import app.engine.worker as worker_module
-from tests.conftest import ClientFactory
-from tests.test_operations import scrape, value
+from tests.support import ClientFactory, scrape, value
+from tests.support.closed_forms import black_scholes_greeks
 
 pytestmark = pytest.mark.anyio
 
 SENS = "/v1/routines/{}/sensitivities"
 
 
-def ncdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2))
+@dataclass
+class Gate:
+    """The device worker held inside its launches until ``release`` is set."""
+
+    entered: threading.Event  # set when the worker has taken a batch and waits at the gate
+    release: threading.Event
+
+    async def holding(self) -> None:
+        """Until the worker has taken a batch and is held at the gate."""
+        assert await asyncio.to_thread(self.entered.wait, 30), "no launch reached the gate"
 
 
-def black_scholes(S: float, K: float, T: float, sigma: float, r: float) -> tuple[float, ...]:
-    d1 = (math.log(S / K) + (r + sigma**2 / 2) * T) / (sigma * math.sqrt(T))
-    d2 = d1 - sigma * math.sqrt(T)
-    price = S * ncdf(d1) - K * math.exp(-r * T) * ncdf(d2)
-    vega = S * math.exp(-d1 * d1 / 2) / math.sqrt(2 * math.pi) * math.sqrt(T)
-    rho = K * T * math.exp(-r * T) * ncdf(d2)
-    return price, vega, rho
+async def queued(client: httpx.AsyncClient, jobs: int) -> None:
+    """Until ``jobs`` jobs wait in the queue (dydc_queue_depth), the worker's taken not
+    counted."""
+    for _ in range(3000):
+        if value(scrape((await client.get("/metrics")).text), "dydc_queue_depth") == jobs:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{jobs} jobs never waited in the queue")
 
 
 @pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Holds the device worker inside its next launch until the event is set."""
-    release = threading.Event()
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """Holds the device worker inside its next launch until ``release`` is set."""
+    held_gate = Gate(threading.Event(), threading.Event())
     real = worker_module.Executor.run_batch
 
     def held(*args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
+        held_gate.entered.set()
+        held_gate.release.wait(30)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(worker_module.Executor, "run_batch", held)
-    yield release
-    release.set()
+    yield held_gate
+    held_gate.release.set()
 
 
 async def test_hundreds_of_concurrent_requests_batch_and_each_gets_its_own_answer(
@@ -66,10 +78,10 @@ async def test_hundreds_of_concurrent_requests_batch_and_each_gets_its_own_answe
             assert body["params"] == {"sigma": sigma, "r": r}
             for row, y, vega, rho in zip(rows, body["values"], body["derivatives"]["sigma"],
                                          body["derivatives"]["r"], strict=True):
-                ref = black_scholes(*row, sigma, r)
-                assert y == pytest.approx(ref[0], rel=1e-9, abs=1e-9)
-                assert vega == pytest.approx(ref[1], rel=1e-9, abs=1e-9)
-                assert rho == pytest.approx(ref[2], rel=1e-9, abs=1e-9)
+                ref = black_scholes_greeks(row[0], row[1], row[2], sigma, r)
+                assert y == pytest.approx(ref["price"], rel=1e-9, abs=1e-9)
+                assert vega == pytest.approx(ref["sigma"], rel=1e-9, abs=1e-9)
+                assert rho == pytest.approx(ref["r"], rel=1e-9, abs=1e-9)
 
         await asyncio.gather(*(one(i) for i in range(300)))
         after = scrape((await c.get("/metrics")).text)
@@ -81,18 +93,18 @@ async def test_hundreds_of_concurrent_requests_batch_and_each_gets_its_own_answe
 
 
 async def test_a_failing_request_fails_alone(make_client: ClientFactory,
-                                             gate: threading.Event) -> None:
+                                             gate: Gate) -> None:
     async with make_client(max_delay_ms=50) as c:
         def post(n0: float, r: float) -> Any:
             return c.post(SENS.format("logistic_growth"),
                           json={"inputs": [[n0, 1.0], [n0 + 1, 2.0]], "params": {"r": r}})
 
         blocker = asyncio.ensure_future(post(5.0, 0.1))  # holds the worker
-        await asyncio.sleep(0.2)
+        await gate.holding()
         tasks = [asyncio.ensure_future(post(float(i + 1), 0.1 * i)) for i in range(6)]
         bad = asyncio.ensure_future(post(0.0, 0.3))  # N0 = 0: division by zero, non-finite
-        await asyncio.sleep(0.2)
-        gate.set()
+        await queued(c, 7)  # all seven wait: the next launch takes them together
+        gate.release.set()
         assert (await blocker).status_code == 200
         bad_response = await bad
         assert bad_response.status_code == 422
@@ -119,9 +131,8 @@ async def test_a_raising_routine_is_isolated_in_its_batch() -> None:
             raise ValueError("x must be >= 0")
         return C * x.sqrt()
 
-    loop = asyncio.get_running_loop()
     jobs = [Job(JobKind.SENSITIVITIES, picky, torch.tensor([[v], [4.0]], dtype=torch.float64),
-                {"C": c}, ("C",), "forward", torch.float64, loop.create_future())
+                {"C": c}, ("C",), "forward", torch.float64)
             for v, c in [(1.0, 2.0), (-1.0, 3.0), (9.0, 4.0)]]
     results = Executor(torch.device("cpu"), chunk=1000).run_batch(jobs)
     assert isinstance(results[1], Exception) and "x must be >= 0" in str(results[1])
@@ -144,37 +155,37 @@ async def test_large_requests_run_in_chunks(make_client: ClientFactory) -> None:
 
 
 async def test_queue_full_is_503_with_retry_after(make_client: ClientFactory,
-                                                  gate: threading.Event) -> None:
+                                                  gate: Gate) -> None:
     async with make_client(max_queue_samples=10, max_batch_samples=10) as c:
         body = {"inputs": list(range(10))}
         running = asyncio.ensure_future(c.post(SENS.format("linear"), json=body))
-        await asyncio.sleep(0.2)  # taken by the worker, held at the gate
-        queued = asyncio.ensure_future(c.post(SENS.format("linear"), json=body))
-        await asyncio.sleep(0.2)  # queued: 10 samples, the bound
+        await gate.holding()  # taken by the worker, held at the gate
+        waiting = asyncio.ensure_future(c.post(SENS.format("linear"), json=body))
+        await queued(c, 1)  # queued: 10 samples, the bound
         refused = await c.post(SENS.format("linear"), json={"inputs": [1]})
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["type"] == "urn:dydc:problem:queue-full"
         assert "DYDC_MAX_QUEUE_SAMPLES" in refused.json()["detail"]
-        gate.set()
+        gate.release.set()
         assert (await running).status_code == 200
-        assert (await queued).json()["derivatives"]["C"] == [float(i) for i in range(10)]
+        assert (await waiting).json()["derivatives"]["C"] == [float(i) for i in range(10)]
         metrics = scrape((await c.get("/metrics")).text)
         assert value(metrics, "dydc_rejections_total", reason="queue_full") >= 1
 
 
 async def test_expired_deadline_is_504(make_client: ClientFactory,
-                                       gate: threading.Event) -> None:
+                                       gate: Gate) -> None:
     async with make_client() as c:
         running = asyncio.ensure_future(c.post(SENS.format("linear"), json={"inputs": [1]}))
-        await asyncio.sleep(0.2)
+        await gate.holding()
         late = await c.post(SENS.format("linear") + "?timeout_ms=100", json={"inputs": [2]})
         assert late.status_code == 504, late.text
         assert late.json()["type"] == "urn:dydc:problem:deadline-exceeded"
         assert "timeout_ms" in late.json()["detail"]
         bad = await c.post(SENS.format("linear") + "?timeout_ms=-5", json={"inputs": [2]})
         assert bad.status_code == 422
-        gate.set()
+        gate.release.set()
         assert (await running).status_code == 200
         metrics = scrape((await c.get("/metrics")).text)
         assert value(metrics, "dydc_rejections_total", reason="deadline") >= 1
@@ -252,10 +263,8 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(compute, "_compute", small_device)
     linear = discover()["linear"]
-    loop = asyncio.get_running_loop()
     x = torch.arange(50, dtype=torch.float64).reshape(-1, 1)
-    job = Job(JobKind.SENSITIVITIES, linear, x, {"C": 2.0}, ("C",), "forward", torch.float64,
-              loop.create_future())
+    job = Job(JobKind.SENSITIVITIES, linear, x, {"C": 2.0}, ("C",), "forward", torch.float64)
     result = compute.Executor(torch.device("cpu"), chunk=40).run_job(job)
     assert result.derivatives["C"][:, 0].tolist() == x[:, 0].tolist()
     assert result.values[:, 0].tolist() == (2 * x[:, 0]).tolist()

@@ -8,7 +8,7 @@ import math
 import httpx
 import pytest
 
-from tests import closed_forms as cf
+from tests.support import closed_forms as cf
 
 pytestmark = pytest.mark.anyio
 

@@ -20,8 +20,7 @@ from dydc.tables import InputTable
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests.client_support import black_scholes, options
-from tests.support import free_port
+from tests.support import black_scholes, free_port, options
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from dydc.cli import app
 from typer.testing import CliRunner
 
-from tests import closed_forms as cf
+from tests.support import closed_forms as cf
 
 LOGISTIC = "K / (1 + (K - N0) / N0 * exp(-r * t))"
 ODE = {"rhs": "r * n * (1 - n / K)", "state": "n", "initial": "N0", "time": "t", "steps": 200}

@@ -11,7 +11,7 @@ import dydc
 import numpy as np
 import pytest
 
-from tests.client_support import SMALL_LIMITS, black_scholes, options
+from tests.support import SMALL_LIMITS, black_scholes, options
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from app.engine import STRATEGIES
-from tests import closed_forms as cf
-from tests.conftest import ClientFactory
+from tests.support import ClientFactory
+from tests.support import closed_forms as cf
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from asgi_lifespan import LifespanManager
-from test_routines import assert_close
 from torch import Tensor
 
 from app.config import Settings
@@ -30,7 +29,7 @@ from app.engine.compute import Executor, differentiate
 from app.engine.strategies import Problem
 from app.main import create_app
 from routines import Param, Routine, routine
-from tests.support import needs_cxx
+from tests.support import assert_close, needs_cxx
 
 CPU = torch.device("cpu")
 N = 200

@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 import torch
-from test_routines import AD_RTOL, CLOSED_FORMS, assert_close
-from test_strategies import assert_matches_closed_form, problem_for
 from torch import Tensor
 
 from app.engine import compiled as compiled_module
@@ -33,8 +31,18 @@ from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
 from app.engine.pacing import Pacer
 from app.engine.strategies import Problem
 from routines import Routine, discover
-from tests.support import ROOT, GatedBuilder, needs_cxx
-from tests.test_operations import scrape, value
+from tests.support import (
+    AD_RTOL,
+    CLOSED_FORMS,
+    ROOT,
+    GatedBuilder,
+    assert_close,
+    assert_matches_closed_form,
+    needs_cxx,
+    problem_for,
+    scrape,
+    value,
+)
 
 CHUNK = 64
 CPU = torch.device("cpu")

@@ -17,8 +17,8 @@ from app.engine.compute import differentiate
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.strategies import Problem
 from routines import discover
-from tests import closed_forms as cf
 from tests.support import GatedBuilder, needs_cxx
+from tests.support import closed_forms as cf
 
 F64 = torch.float64
 CPU = torch.device("cpu")

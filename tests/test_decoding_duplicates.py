@@ -10,9 +10,7 @@ import pytest
 
 from app.api.decoding import check_unique_keys, parse_document
 from app.errors import MalformedBody
-from tests.test_api_errors import assert_problem
-from tests.test_v2_binary import binary_input, frame
-from tests.test_v2_protocol import assert_error
+from tests.support import assert_error, assert_problem, binary_input, frame
 
 pytestmark = pytest.mark.anyio
 

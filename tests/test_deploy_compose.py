@@ -20,7 +20,7 @@ import yaml
 import app.__main__
 from app.config import Settings
 from app.main import create_app
-from tests.support import route_paths
+from tests.support import image_env, route_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -127,8 +127,6 @@ def test_service_reserves_gpus_and_checks_readiness() -> None:
 
 
 def test_compiled_graphs_live_on_a_named_volume() -> None:
-    from tests.test_deploy_image import image_env
-
     compose = load(COMPOSE)
     cache = Path(image_env()["DYDC_COMPILE_CACHE_DIR"])
     mounts = dict(v.split(":")[:2] for v in compose["services"]["dydc"]["volumes"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -20,41 +19,10 @@ import pytest
 from packaging.requirements import Requirement
 
 from app.config import Settings
-from tests.support import free_port, server_process
+from tests.support import DOCKERFILE, ROOT, free_port, image_env, instructions, server_process
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = ROOT / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
 IMAGE_ROOT = "/app"  # WORKDIR of the image: the repository root here
-
-
-def instructions(stage: str | None = None) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined; only those of
-    the stage named ``stage`` when given (``FROM ... AS stage``)."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    out: list[tuple[str, str]] = []
-    current = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        word, _, rest = line.partition(" ")
-        word = word.upper()
-        if word == "FROM":
-            current = rest.split()[-1] if " AS " in rest.upper() else None
-        if stage is None or current == stage:
-            out.append((word, rest.strip()))
-    return out
-
-
-def image_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for word, rest in instructions("runtime"):
-        if word == "ENV":
-            for pair in shlex.split(rest):
-                key, _, value = pair.partition("=")
-                env[key] = value
-    return env
 
 
 def image_cmd() -> list[str]:

@@ -22,7 +22,7 @@ from app.api.v1 import EVALUATE, SENSITIVITIES
 from app.api.v2.routes import INFER
 from app.config import Settings
 from app.main import create_app
-from tests.test_operations import scrape
+from tests.support import scrape
 
 pytestmark = pytest.mark.anyio
 

@@ -13,10 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import closed_forms as cf
-from tests.conftest import ClientFactory
-from tests.test_expressions_hostile import ESCAPES
-from tests.test_operations import scrape, value
+from tests.support import ESCAPES, ClientFactory, scrape, value
+from tests.support import closed_forms as cf
 
 pytestmark = pytest.mark.anyio
 

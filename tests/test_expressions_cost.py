@@ -10,7 +10,7 @@ import pytest
 from app.engine.admission import CostModel
 from app.expressions import Expressions
 from app.expressions.ode import OdeSpec
-from tests.test_operations import scrape, value
+from tests.support import scrape, value
 
 pytestmark = pytest.mark.anyio
 

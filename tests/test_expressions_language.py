@@ -30,7 +30,7 @@ from app.expressions import (
 )
 from app.expressions.tree import Binary, Call, Name, Negation, Number
 from routines.population import logistic_growth
-from tests.closed_forms import logistic_growth as logistic_closed
+from tests.support.closed_forms import logistic_growth as logistic_closed
 
 F64 = torch.float64
 EULER_GAMMA = 0.5772156649015329

@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ClientFactory
-from tests.test_operations import scrape, value
+from tests.support import ClientFactory, scrape, value
 
 pytestmark = [pytest.mark.anyio, pytest.mark.gpu]
 

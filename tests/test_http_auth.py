@@ -8,10 +8,7 @@ import httpx
 import pytest
 
 from app.http.auth import ApiKeyMiddleware, presented_keys
-from tests.conftest import ClientFactory
-from tests.support import access_log_lines
-from tests.test_api_errors import assert_problem
-from tests.test_v2_protocol import assert_error, tensor
+from tests.support import ClientFactory, access_log_lines, assert_error, assert_problem, tensor
 
 pytestmark = pytest.mark.anyio
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import ClientFactory
-from tests.test_api_errors import assert_problem
-from tests.test_v2_protocol import assert_error, tensor
+from tests.support import ClientFactory, assert_error, assert_problem, tensor
 
 pytestmark = pytest.mark.anyio
 

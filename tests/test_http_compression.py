@@ -11,11 +11,16 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.conftest import ClientFactory
-from tests.test_api_errors import assert_problem
 from app.http.response_compression import negotiate
-from tests.test_v2_binary import binary_input, frame, unframe
-from tests.test_v2_protocol import assert_error, tensor
+from tests.support import (
+    ClientFactory,
+    assert_error,
+    assert_problem,
+    binary_input,
+    frame,
+    tensor,
+    unframe,
+)
 
 pytestmark = pytest.mark.anyio
 

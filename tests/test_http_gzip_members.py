@@ -10,8 +10,7 @@ import orjson
 import pytest
 
 from app.http.compression import _Inflater, _Trailing
-from tests.test_api_errors import assert_problem
-from tests.test_v2_protocol import assert_error, tensor
+from tests.support import assert_error, assert_problem, tensor
 
 pytestmark = pytest.mark.anyio
 

@@ -15,10 +15,14 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ClientFactory
-from tests.support import ServerProcess, free_port, server_process
-from tests.test_api_errors import assert_problem
-from tests.test_v2_protocol import assert_error
+from tests.support import (
+    ClientFactory,
+    ServerProcess,
+    assert_error,
+    assert_problem,
+    free_port,
+    server_process,
+)
 
 SENS = "/v1/routines/linear/sensitivities"
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ClientFactory
-from tests.test_api_errors import assert_problem
-from tests.test_operations import scrape, value
-from tests.test_v2_protocol import assert_error
+from tests.support import ClientFactory, assert_error, assert_problem, scrape, value
 
 pytestmark = pytest.mark.anyio
 

@@ -6,25 +6,11 @@ import threading
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import app.main
-from tests.conftest import ClientFactory
+from tests.support import ClientFactory, scrape, value
 
 pytestmark = pytest.mark.anyio
-
-
-def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
-          **labels: str) -> float:
-    return sum(v for got, v in samples.get(name, []) if labels.items() <= got.items())
 
 
 async def test_health_and_ready(client: httpx.AsyncClient) -> None:

@@ -9,9 +9,8 @@ import random
 import httpx
 import pytest
 
-from tests import closed_forms as cf
-from tests.conftest import ClientFactory
-from tests.test_operations import scrape, value
+from tests.support import ClientFactory, scrape, value
+from tests.support import closed_forms as cf
 
 pytestmark = pytest.mark.anyio
 

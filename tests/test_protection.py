@@ -26,8 +26,7 @@ from app.engine import Engine
 from app.engine.admission import CostModel, RoutineCost
 from app.main import create_app
 from routines import discover
-from tests.conftest import ClientFactory
-from tests.test_operations import scrape, value
+from tests.support import ClientFactory, scrape, value
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_routines import assert_close
-from test_strategies import problem_for
 from torch import Tensor
 
 import routines.population
@@ -25,7 +23,7 @@ from app.engine.compute import differentiate
 from app.engine.rolled import MIN_COUNT, RolledForward, find_loop
 from app.engine.strategies import Problem
 from routines import Param, Routine, discover, routine
-from tests.support import needs_cxx
+from tests.support import assert_close, needs_cxx, problem_for
 
 STEPS = 12
 

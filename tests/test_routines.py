@@ -1,15 +1,9 @@
-"""The built-in routines against their closed forms, and the registry that declares and finds them.
-
-The closed forms live here, next to the routines they describe, and are used by
-``test_strategies.py`` too. They are written independently of the routines: derivatives by
-hand, the normal CDF from ``math.erfc``, the incomplete gamma function from mpmath (which
-torch depends on through sympy).
-"""
+"""The built-in routines against their closed forms (tests/support/closed_forms.py), and the
+registry that declares and finds them."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 import textwrap
 import warnings
@@ -17,15 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mpmath
 import pytest
 import torch
 from torch import Tensor
 
 import routines.population
-from app.engine.compute import Executor
 from app.engine.evaluation import evaluate_batch
-from app.engine.jobs import Job, JobKind, JobResult
 from app.engine.strategies import STRATEGIES, Problem
 from routines import (
     ENTRY_POINT_GROUP,
@@ -35,6 +26,7 @@ from routines import (
     discover,
     routine,
 )
+from tests.support import AD_RTOL, BUILTINS, CLOSED_FORMS, assert_close, params_of, run_engine
 
 with warnings.catch_warnings():
     # Forward-mode AD imports this module lazily on the first jvp, and the module calls the
@@ -43,145 +35,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import torch._decomp.decompositions_for_jvp
 
-# -- closed forms ------------------------------------------------------------------------------
-
-Exact = tuple[Tensor, dict[str, Tensor]]  # values (N, M) and dy/dparam (N, M), float64
-
-
-def _ndtr(x: Tensor) -> Tensor:
-    return torch.tensor([0.5 * math.erfc(-v / math.sqrt(2)) for v in x.tolist()], dtype=x.dtype)
-
-
-def _npdf(x: Tensor) -> Tensor:
-    return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _linear(x: Tensor, p: dict[str, float]) -> Exact:
-    (x,) = x.unbind(1)
-    return p["C"] * x, {"C": x}
-
-
-def _exponential_decay(x: Tensor, p: dict[str, float]) -> Exact:
-    y0, t = x.unbind(1)
-    y = y0 * torch.exp(-p["k"] * t)
-    return y, {"k": -t * y}
-
-
-def _logistic_growth(x: Tensor, p: dict[str, float]) -> Exact:
-    n0, t = x.unbind(1)
-    r, k = p["r"], p["K"]
-    e = torch.exp(-r * t)
-    d = 1 + (k - n0) / n0 * e
-    return k / d, {"r": k * (k - n0) / n0 * t * e / d**2, "K": 1 / d - k * e / (n0 * d**2)}
-
-
-def _damped_oscillator(x: Tensor, p: dict[str, float]) -> Exact:
-    (t,) = x.unbind(1)
-    decay = torch.exp(-p["gamma"] * t)
-    y = decay * torch.cos(p["omega"] * t)
-    return y, {"gamma": -t * y, "omega": -t * decay * torch.sin(p["omega"] * t)}
-
-
-def _black_scholes_call(x: Tensor, p: dict[str, float]) -> Exact:
-    s, k, t = x.unbind(1)
-    sigma, r = p["sigma"], p["r"]
-    d1 = (torch.log(s / k) + (r + sigma**2 / 2) * t) / (sigma * t.sqrt())
-    d2 = d1 - sigma * t.sqrt()
-    discounted = k * torch.exp(-r * t)
-    price = s * _ndtr(d1) - discounted * _ndtr(d2)
-    # vega = S phi(d1) sqrt(T); rho = K T exp(-rT) N(d2): textbook scale, not per 1%.
-    return price, {"sigma": s * _npdf(d1) * t.sqrt(), "r": discounted * t * _ndtr(d2)}
-
-
-def _softmax(x: Tensor, p: dict[str, float]) -> Exact:
-    temp = p["T"]
-    prob = torch.softmax(x / temp, dim=1)
-    mean = (prob * x).sum(dim=1, keepdim=True)
-    return prob, {"T": -(prob / temp**2) * (x - mean)}
-
-
-def _gamma_survival(x: Tensor, p: dict[str, float]) -> Exact:
-    a, t = x.unbind(1)
-    lam = p["lam"]
-    s = torch.tensor(
-        [float(mpmath.gammainc(ai, lam * ti, mpmath.inf, regularized=True))
-         for ai, ti in zip(a.tolist(), t.tolist(), strict=True)],
-        dtype=x.dtype,
-    )
-    # dS/dlam = -t (lam t)^(a-1) exp(-lam t) / Gamma(a), in logs to stay finite
-    d = -t * torch.exp((a - 1) * torch.log(lam * t) - lam * t - torch.lgamma(a))
-    return s, {"lam": d}
-
-
-def _uniform(g: torch.Generator, n: int, low: float, high: float) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=g, dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class ClosedForm:
-    """A routine's closed form, a realistic batch inside its domain, and parameter values."""
-
-    routine: str
-    exact: Callable[[Tensor, dict[str, float]], Exact]
-    sample: Callable[[torch.Generator, int], Tensor]  # (N, D) float64
-    params: dict[str, float]
-
-    def batch(self, n: int, seed: int = 0) -> Tensor:
-        return self.sample(torch.Generator().manual_seed(seed), n)
-
-    def expected(self, inputs: Tensor, params: dict[str, float] | None = None) -> Exact:
-        values, derivs = self.exact(inputs.to(torch.float64), params or self.params)
-        if values.dim() == 1:
-            return values[:, None], {k: d[:, None] for k, d in derivs.items()}
-        return values, derivs
-
-
-def _n0_t(g: torch.Generator, n: int) -> Tensor:
-    return torch.stack([_uniform(g, n, 1, 90), _uniform(g, n, 0, 10)], 1)
-
-
-CLOSED_FORMS: dict[str, ClosedForm] = {
-    c.routine: c
-    for c in [
-        ClosedForm("linear", _linear,
-                   lambda g, n: _uniform(g, n, -10, 10)[:, None], {"C": -2.5}),
-        ClosedForm("exponential_decay", _exponential_decay,
-                   lambda g, n: torch.stack([_uniform(g, n, 0.1, 10), _uniform(g, n, 0, 5)], 1),
-                   {"k": 0.7}),
-        ClosedForm("logistic_growth", _logistic_growth, _n0_t, {"r": 0.5, "K": 100.0}),
-        # RK4 is compared with the closed form of logistic_growth: see RK4_RTOL.
-        ClosedForm("logistic_rk4", _logistic_growth, _n0_t, {"r": 0.5, "K": 100.0}),
-        ClosedForm("damped_oscillator", _damped_oscillator,
-                   lambda g, n: _uniform(g, n, 0, 20)[:, None], {"gamma": 0.15, "omega": 1.3}),
-        ClosedForm("black_scholes_call", _black_scholes_call,
-                   lambda g, n: torch.stack([_uniform(g, n, 80, 120), _uniform(g, n, 80, 120),
-                                             _uniform(g, n, 0.25, 2)], 1),
-                   {"sigma": 0.25, "r": 0.03}),
-        ClosedForm("softmax", _softmax,
-                   lambda g, n: 2 * torch.randn(n, 3, generator=g, dtype=torch.float64),
-                   {"T": 1.5}),
-        ClosedForm("gamma_survival", _gamma_survival,
-                   lambda g, n: torch.stack([_uniform(g, n, 0.5, 5), _uniform(g, n, 0.1, 5)], 1),
-                   {"lam": 0.8}),
-    ]
-}
-
-# AD in float64 agrees with the closed forms to ~1e-14 relative on these batches; 1e-8 is the
-# contract. RK4 with 200 steps of h <= 0.05 has a global error ~ (r h)^4 ~ 4e-7 in relative
-# terms at worst, ~2e-9 measured on this batch for values and derivatives alike; 1e-8 leaves a
-# factor of five and is tight enough that 100 steps (16x the error) would fail it.
-AD_RTOL = 1e-8
+# RK4 with 200 steps of h <= 0.05 has a global error ~ (r h)^4 ~ 4e-7 in relative terms at
+# worst, ~2e-9 measured on this batch for values and derivatives alike; 1e-8 leaves a factor
+# of five and is tight enough that 100 steps (16x the error) would fail it.
 RK4_RTOL = 1e-8
-
-BUILTINS = sorted(CLOSED_FORMS)
-
-
-def assert_close(actual: Tensor, expected: Tensor, rtol: float, atol: float = 0.0) -> None:
-    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol)
-
-
-def params_of(r: Routine, values: dict[str, float], dtype: torch.dtype) -> dict[str, Tensor]:
-    return {p.name: torch.tensor(values.get(p.name, p.default), dtype=dtype) for p in r.params}
 
 
 @pytest.fixture(scope="module")
@@ -195,23 +52,6 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()
-
-
-def run_engine(loop: asyncio.AbstractEventLoop, r: Routine, inputs: Tensor,
-               params: dict[str, float], *, strategy: str | None = "auto",
-               wrt: tuple[str, ...] | None = None) -> JobResult:
-    """The engine path without HTTP or the worker: a validated Job through run_job."""
-    job = Job(
-        kind=JobKind.EVALUATE if strategy is None else JobKind.SENSITIVITIES,
-        routine=r,
-        inputs=inputs,
-        params={p.name: float(params.get(p.name, p.default)) for p in r.params},
-        wrt=() if strategy is None else (wrt or r.param_names),
-        strategy=strategy,
-        dtype=inputs.dtype,
-        future=loop.create_future(),
-    )
-    return Executor(torch.device("cpu")).run_job(job)
 
 
 # -- each built-in routine against its closed form ---------------------------------------------

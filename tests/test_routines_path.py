@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from routines import RoutineDefinitionError, discover
-from tests.conftest import ClientFactory
-from tests.support import ROOT
+from tests.support import ROOT, ClientFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests import closed_forms as cf
-from tests.conftest import ClientFactory
+from tests.support import ClientFactory
+from tests.support import closed_forms as cf
 
 pytestmark = pytest.mark.anyio
 

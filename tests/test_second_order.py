@@ -14,7 +14,7 @@ from app.engine.compute import differentiate
 from app.engine.input_sensitivities import with_features_as_params
 from app.engine.strategies import STRATEGIES, Problem
 from routines import discover
-from tests import closed_forms as cf
+from tests.support import closed_forms as cf
 
 ROUTINES = discover()
 EXACT = ["auto", "forward", "jacfwd", "vmap-grad"]  # AD: agrees to rounding

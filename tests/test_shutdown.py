@@ -12,8 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import ServerProcess, free_port, server_process
-from tests.test_operations import scrape, value
+from tests.support import ServerProcess, free_port, scrape, server_process, value
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

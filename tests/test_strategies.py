@@ -1,7 +1,5 @@
 """Every differentiation strategy against the closed forms, on Problems built directly (no
 HTTP, no worker), plus the engine path through run_job where it adds something.
-
-The closed forms come from test_routines (pytest's default import mode puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -11,23 +9,26 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from test_routines import AD_RTOL, BUILTINS, CLOSED_FORMS, assert_close, params_of, run_engine
 from torch import Tensor
 
 from app.engine.compute import AUTO_FALLBACK, differentiate
 from app.engine.strategies import STRATEGIES, Problem, lacks_forward_formula
 from routines import Param, Routine, discover, routine
+from tests.support import (
+    AD_RTOL,
+    BUILTINS,
+    CLOSED_FORMS,
+    FD_RTOL,
+    assert_close,
+    assert_matches_closed_form,
+    params_of,
+    problem_for,
+    run_engine,
+)
 
 ALL = [s for s in STRATEGIES if s != "auto"]
 AD = [s for s in ALL if s != "finite-difference"]
 FORWARD = [s for s in ALL if STRATEGIES[s].mode == "forward"]  # forward, forward-dual, jacfwd
-
-# Central differences with h = eps^(1/3) max(1, |C|) err by ~h^2 |f'''| + eps |f| / h, i.e.
-# ~eps^(2/3) ~ 4e-11 of the output's scale in float64 (1.7e-8 relative is the worst seen on
-# these batches). 1e-5 relative is the contract; the absolute floor, 1e-9 of the largest
-# output, is 25x that rounding bound and only matters where a derivative crosses zero.
-FD_RTOL = 1e-5
-FD_ATOL_SCALE = 1e-9
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +43,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def problem_for(r: Routine, n: int, dtype: torch.dtype = torch.float64,
-                wrt: tuple[str, ...] | None = None, seed: int = 0) -> Problem:
-    form = CLOSED_FORMS[r.name]
-    x = form.batch(n, seed).to(dtype)
-    return Problem(r, x, params_of(r, form.params, dtype), wrt or r.param_names)
-
-
 def batch_size(routine_name: str, strategy: str) -> int:
     # logistic_rk4 differentiates through 200 RK4 steps: one backward per sample is slow
     return 4 if (routine_name, strategy) == ("logistic_rk4", "reverse-loop") else 16
-
-
-def assert_matches_closed_form(problem: Problem, values: Tensor, derivs: dict[str, Tensor],
-                               strategy: str) -> None:
-    exact_values, exact = CLOSED_FORMS[problem.routine.name].expected(problem.inputs)
-    assert values.shape == exact_values.shape
-    assert_close(values, exact_values, rtol=AD_RTOL)
-    assert list(derivs) == list(problem.wrt)
-    for name in problem.wrt:
-        assert derivs[name].shape == exact_values.shape
-        assert derivs[name].dtype == values.dtype
-        if strategy == "finite-difference":
-            atol = FD_ATOL_SCALE * float(exact_values.abs().max())
-            assert_close(derivs[name], exact[name], rtol=FD_RTOL, atol=atol)
-        else:
-            assert_close(derivs[name], exact[name], rtol=AD_RTOL)
 
 
 # -- every strategy x every routine ------------------------------------------------------------

@@ -9,40 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ClientFactory
-from tests.test_v2_protocol import INFER, assert_error
+from tests.support import HEADER, INFER, ClientFactory, assert_error, binary_input, frame, unframe
 
 pytestmark = pytest.mark.anyio
-
-HEADER = "Inference-Header-Content-Length"
-
-
-def frame(doc: dict[str, object], *arrays: np.ndarray | bytes) -> tuple[bytes, dict[str, str]]:
-    head = json.dumps(doc).encode()
-    tail = b"".join(a if isinstance(a, bytes) else a.astype(a.dtype.newbyteorder("<")).tobytes()
-                    for a in arrays)
-    return head + tail, {HEADER: str(len(head)), "Content-Type": "application/octet-stream"}
-
-
-def binary_input(name: str, a: np.ndarray, datatype: str = "FP64") -> dict[str, object]:
-    return {"name": name, "datatype": datatype, "shape": list(a.shape),
-            "parameters": {"binary_data_size": a.nbytes}}
-
-
-def unframe(r: httpx.Response) -> tuple[dict[str, object], dict[str, np.ndarray]]:
-    """The JSON header and each binary output as an array, as a client reads them."""
-    length = int(r.headers[HEADER])
-    doc = json.loads(r.content[:length])
-    offset, arrays = length, {}
-    for out in doc["outputs"]:
-        size = out["parameters"]["binary_data_size"]
-        dtype = {"FP64": "<f8", "FP32": "<f4"}[out["datatype"]]
-        arrays[out["name"]] = np.frombuffer(r.content[offset:offset + size], dtype).reshape(
-            out["shape"])
-        offset += size
-    assert offset == len(r.content)
-    return doc, arrays
-
 
 @pytest.mark.parametrize(("datatype", "dtype", "rtol"), [("FP64", np.float64, 1e-15),
                                                           ("FP32", np.float32, 1e-6)])

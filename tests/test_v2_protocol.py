@@ -7,26 +7,9 @@ import math
 import httpx
 import pytest
 
+from tests.support import INFER, assert_error, tensor
+
 pytestmark = pytest.mark.anyio
-
-INFER = "/v2/models/{}/infer"
-
-
-def assert_error(r: httpx.Response, status: int, *needles: str) -> str:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str), body
-    assert "Traceback" not in r.text
-    for needle in needles:
-        assert needle in body["error"], (needle, body["error"])
-    return str(body["error"])
-
-
-def tensor(name: str, data: list[float], datatype: str = "FP64",
-           shape: list[int] | None = None) -> dict[str, object]:
-    return {"name": name, "datatype": datatype, "shape": shape or [len(data)], "data": data}
-
 
 async def test_server_metadata_and_health(client: httpx.AsyncClient) -> None:
     meta = (await client.get("/v2")).json()
