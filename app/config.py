@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
+
+from app.strategy_names import STRATEGY_NAMES
 
 __all__ = ["Settings", "load_settings", "settings_error"]
 
@@ -21,8 +23,13 @@ def _read_keys(text: str) -> frozenset[str]:
     return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DYDC_", extra="ignore", frozen=True)
+_CONFIG = SettingsConfigDict(env_prefix="DYDC_", extra="ignore", frozen=True)
+
+class _ServerSettings(BaseSettings):
+    """How the process runs: where it listens, its devices and threads, its connections,
+    start-up and shutdown, and where routines come from."""
+
+    model_config = _CONFIG
 
     host: str = Field("127.0.0.1", description="Address `python -m app` binds to.")
     port: Annotated[int, Field(ge=0, le=65535)] = Field(
@@ -32,6 +39,61 @@ class Settings(BaseSettings):
         "auto", description="auto (every GPU, else the CPU), cpu, cuda, cuda:N, or a list "
         "such as cuda:0,cuda:1: one worker per device."
     )
+    read_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="A connection that has not sent a complete request (headers and "
+        "body) this long after it opened, or after its previous response, is closed."
+    )
+    max_connections: PositiveInt = Field(
+        2048, description="Open connections at most; the next one is answered 503 and closed."
+    )
+    grace_period_s: Annotated[float, Field(ge=0)] = Field(
+        30.0, description="On SIGTERM, how long to drain before exiting."
+    )
+    gc_threshold: Annotated[int, Field(ge=0)] = Field(
+        20_000, description="Allocations between young-generation garbage collections "
+        "(Python's default is 700; 0 keeps it). Objects alive at start-up are frozen out of "
+        "collections."
+    )
+    warmup: bool = Field(True, description="Run every routine once at start-up before ready.")
+    host_allocator_cache: bool = Field(
+        True, description="Keep freed large host buffers for reuse instead of returning them "
+        "to the OS (glibc malloc settings; Linux only)."
+    )
+    torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
+    routines_path: str = Field(
+        "", description="Colon-separated folders whose .py modules are imported at start-up "
+        "as routines."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",")]
+        if not all(re.fullmatch(r"auto|cpu|cuda(:\d+)?", p) for p in parts):
+            raise ValueError("DYDC_DEVICE must be auto, cpu, cuda, cuda:N or a comma-separated "
+                             "list of them")
+        return ",".join(parts)
+
+    @field_validator("routines_path")
+    @classmethod
+    def _routines_path(cls, v: str) -> str:
+        for folder in filter(None, v.split(":")):
+            if not Path(folder).is_dir():
+                raise ValueError(f"DYDC_ROUTINES_PATH names {folder}, which is not a folder; "
+                                 "give folders separated by ':'")
+        return v
+
+    @property
+    def routine_folders(self) -> list[Path]:
+        return [Path(f) for f in self.routines_path.split(":") if f]
+
+
+class _LimitSettings(BaseSettings):
+    """What one request may ask and what the server holds at once: bodies, samples, answers,
+    strategies and their caps, cost, batching and the queue."""
+
+    model_config = _CONFIG
+
     max_body_bytes: PositiveInt = Field(64 * 2**20, description="Largest request body (413 above).")
     max_samples: PositiveInt = Field(
         2_000_000, description="Largest batch N per request (413 above)."
@@ -57,13 +119,6 @@ class Settings(BaseSettings):
         "the arrays asked: values, derivatives, second-order pairs; 24 bytes a number in JSON, "
         "8 or 4 in binary v2): 422 above, naming the estimate and what to ask for instead. "
         "Default: half the in-flight body budget's default."
-    )
-    read_timeout_s: Annotated[float, Field(gt=0)] = Field(
-        10.0, description="A connection that has not sent a complete request (headers and "
-        "body) this long after it opened, or after its previous response, is closed."
-    )
-    max_connections: PositiveInt = Field(
-        2048, description="Open connections at most; the next one is answered 503 and closed."
     )
     strategies: str = Field(
         "all", description="Strategies this server serves, comma-separated (default all); "
@@ -93,15 +148,36 @@ class Settings(BaseSettings):
     request_timeout_ms: Annotated[float, Field(gt=0)] = Field(
         30_000, description="Default deadline; a request still queued at it gets 504."
     )
-    grace_period_s: Annotated[float, Field(ge=0)] = Field(
-        30.0, description="On SIGTERM, how long to drain before exiting."
-    )
-    gc_threshold: Annotated[int, Field(ge=0)] = Field(
-        20_000, description="Allocations between young-generation garbage collections "
-        "(Python's default is 700; 0 keeps it). Objects alive at start-up are frozen out of "
-        "collections."
-    )
-    warmup: bool = Field(True, description="Run every routine once at start-up before ready.")
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: str) -> str:
+        names = [p.strip() for p in v.split(",") if p.strip()]
+        if names == ["all"]:
+            return "all"
+        unknown = [n for n in names if n not in STRATEGY_NAMES]
+        if not names or unknown:
+            raise ValueError(f"DYDC_STRATEGIES must be all, or strategies separated by commas "
+                             f"from: {', '.join(STRATEGY_NAMES)}")
+        return ",".join(names)
+
+    @property
+    def enabled_strategies(self) -> frozenset[str]:
+        return frozenset(STRATEGY_NAMES if self.strategies == "all"
+                         else self.strategies.split(","))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_queue_samples < self.max_batch_samples:
+            raise ValueError("DYDC_MAX_QUEUE_SAMPLES must be at least DYDC_MAX_BATCH_SAMPLES")
+        return self
+
+
+class _CompileSettings(BaseSettings):
+    """Compiled forward mode: when it runs, its builds, their cache and checks."""
+
+    model_config = _CONFIG
+
     compile: bool = Field(
         True, description="Run forward mode (forward, auto; order 1 and 2) through "
         "torch.compile for launches of at least DYDC_COMPILE_MIN_SAMPLES samples; needs a C++ "
@@ -155,11 +231,13 @@ class Settings(BaseSettings):
         1000, description="A compiled graph's first launch and every this many after it are "
         "compared with eager forward mode on a few rows; a mismatch retires the graph."
     )
-    host_allocator_cache: bool = Field(
-        True, description="Keep freed large host buffers for reuse instead of returning them "
-        "to the OS (glibc malloc settings; Linux only)."
-    )
-    torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
+
+
+class _HttpSettings(BaseSettings):
+    """The operator's HTTP concerns: logging, API keys, CORS and response compression."""
+
+    model_config = _CONFIG
+
     log_level: str = Field("info", description="Python logging level.")
     access_log: bool = Field(True, description="Write a line per request (DYDC_LOG_FORMAT).")
     log_format: str = Field(
@@ -195,63 +273,6 @@ class Settings(BaseSettings):
     zstd_level: Annotated[int, Field(ge=1, le=22)] = Field(
         1, description="zstd level for zstd responses (1 fastest .. 22 smallest)."
     )
-    routines_path: str = Field(
-        "", description="Colon-separated folders whose .py modules are imported at start-up "
-        "as routines."
-    )
-    expression_max_chars: PositiveInt = Field(
-        4096, description="Longest expression (or ODE right-hand side) a caller may send, in "
-        "characters (422 above)."
-    )
-    expression_max_nodes: PositiveInt = Field(
-        1000, description="Most nodes (numbers, names, operations, calls) in one expression "
-        "(422 above)."
-    )
-    expression_max_depth: Annotated[int, Field(gt=0, le=200)] = Field(
-        64, description="Deepest nesting of operations and calls in one expression (422 above; "
-        "at most 200, Python's parser's own limit on nested parentheses)."
-    )
-    expression_max_ode_steps: PositiveInt = Field(
-        10_000, description="Most fixed steps of an ODE expression (422 above): its cost grows "
-        "with them."
-    )
-    expression_max_exponent: Annotated[float, Field(gt=0)] = Field(
-        64.0, description="Largest literal exponent, in absolute value, in ** or pow() of an "
-        "expression (422 above)."
-    )
-    expression_cache: PositiveInt = Field(
-        256, description="Parsed expressions kept (least recently used dropped first), so "
-        "that parsing stays off the hot path."
-    )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        parts = [p.strip() for p in v.split(",")]
-        if not all(re.fullmatch(r"auto|cpu|cuda(:\d+)?", p) for p in parts):
-            raise ValueError("DYDC_DEVICE must be auto, cpu, cuda, cuda:N or a comma-separated "
-                             "list of them")
-        return ",".join(parts)
-
-    @field_validator("strategies")
-    @classmethod
-    def _strategies(cls, v: str) -> str:
-        from app.engine.strategies import STRATEGIES
-
-        names = [p.strip() for p in v.split(",") if p.strip()]
-        if names == ["all"]:
-            return "all"
-        unknown = [n for n in names if n not in STRATEGIES]
-        if not names or unknown:
-            raise ValueError(f"DYDC_STRATEGIES must be all, or strategies separated by commas "
-                             f"from: {', '.join(STRATEGIES)}")
-        return ",".join(names)
-
-    @property
-    def enabled_strategies(self) -> frozenset[str]:
-        from app.engine.strategies import STRATEGIES
-
-        return frozenset(STRATEGIES if self.strategies == "all" else self.strategies.split(","))
 
     @field_validator("log_level")
     @classmethod
@@ -278,15 +299,6 @@ class Settings(BaseSettings):
                                  "give a readable file of keys, one a line") from None
         return v or None
 
-    @field_validator("routines_path")
-    @classmethod
-    def _routines_path(cls, v: str) -> str:
-        for folder in filter(None, v.split(":")):
-            if not Path(folder).is_dir():
-                raise ValueError(f"DYDC_ROUTINES_PATH names {folder}, which is not a folder; "
-                                 "give folders separated by ':'")
-        return v
-
     @property
     def api_key_set(self) -> frozenset[str]:
         """Every accepted key: DYDC_API_KEYS and the lines of DYDC_API_KEYS_FILE."""
@@ -299,15 +311,44 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
-    @property
-    def routine_folders(self) -> list[Path]:
-        return [Path(f) for f in self.routines_path.split(":") if f]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        if self.max_queue_samples < self.max_batch_samples:
-            raise ValueError("DYDC_MAX_QUEUE_SAMPLES must be at least DYDC_MAX_BATCH_SAMPLES")
-        return self
+class _ExpressionSettings(BaseSettings):
+    """Bounds on the expressions callers send."""
+
+    model_config = _CONFIG
+
+    expression_max_chars: PositiveInt = Field(
+        4096, description="Longest expression (or ODE right-hand side) a caller may send, in "
+        "characters (422 above)."
+    )
+    expression_max_nodes: PositiveInt = Field(
+        1000, description="Most nodes (numbers, names, operations, calls) in one expression "
+        "(422 above)."
+    )
+    expression_max_depth: Annotated[int, Field(gt=0, le=200)] = Field(
+        64, description="Deepest nesting of operations and calls in one expression (422 above; "
+        "at most 200, Python's parser's own limit on nested parentheses)."
+    )
+    expression_max_ode_steps: PositiveInt = Field(
+        10_000, description="Most fixed steps of an ODE expression (422 above): its cost grows "
+        "with them."
+    )
+    expression_max_exponent: Annotated[float, Field(gt=0)] = Field(
+        64.0, description="Largest literal exponent, in absolute value, in ** or pow() of an "
+        "expression (422 above)."
+    )
+    expression_cache: PositiveInt = Field(
+        256, description="Parsed expressions kept (least recently used dropped first), so "
+        "that parsing stays off the hot path."
+    )
+
+
+class Settings(_ServerSettings, _LimitSettings, _CompileSettings, _HttpSettings,
+               _ExpressionSettings):
+    """Every setting: one class per group above, combined; each field is read from
+    ``DYDC_<NAME>``."""
+
+    model_config = _CONFIG
 
 
 def settings_error(exc: ValidationError) -> str:

@@ -1,0 +1,13 @@
+"""The names of the differentiation strategies, in the engine's order, importable without the
+engine (and so without torch): app.config checks DYDC_STRATEGIES against them at start-up.
+
+The engine's table (app.engine.strategies.STRATEGIES) describes each one; tests/test_layers.py
+fails when the two lists differ.
+"""
+
+from __future__ import annotations
+
+__all__ = ["STRATEGY_NAMES"]
+
+STRATEGY_NAMES = ("auto", "forward", "forward-dual", "reverse-loop", "reverse-batched",
+                  "vmap-grad", "jacrev", "jacfwd", "finite-difference")
