@@ -11,15 +11,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from app.engine import Engine
 from app.engine.builds import ProcessBuilder
 from app.engine.pacing import Pacer
-from tests.conftest import ClientFactory
+from tests.support import ClientFactory
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads process states from /proc")
@@ -75,24 +76,63 @@ def states_for(pids: tuple[int, ...], seconds: float) -> set[tuple[int, bool]]:
     return seen
 
 
+def record_signals(pacer: Pacer) -> list[str]:
+    """The signals the pacer sends from now on, in order (SIGSTOP, SIGCONT), in a list the
+    test adds its own events to."""
+    events: list[str] = []
+    send = pacer._signal
+
+    def recorded(pid: int, sig: signal.Signals) -> bool:
+        sent = send(pid, sig)
+        events.append(sig.name)  # once sent: a continued process is running by now
+        return sent
+
+    pacer._signal = recorded  # type: ignore[method-assign]
+    return events
+
+
+def until(condition: Callable[[], bool], events: list[str], timeout: float = 10) -> None:
+    """Poll ``condition``; fail, showing ``events``, if it does not hold within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"did not happen; the events: {events}"
+        time.sleep(0.002)
+
+
+def continued(events: list[str]) -> bool:
+    """No stop is in force: the last signal sent, if any, was a continue."""
+    signals = [e for e in events if e.startswith("SIG")]
+    return not signals or signals[-1] == "SIGCONT"
+
+
+def assert_paired(events: list[str], after: str) -> None:
+    """Every stop was followed by a continue, the last one included, and after the event
+    ``after`` at most one more stop came (one the pacer thread had decided on before it)."""
+    signals = [e for e in events if e.startswith("SIG")]
+    assert signals == ["SIGSTOP", "SIGCONT"] * (len(signals) // 2), events
+    assert events[events.index(after):].count("SIGSTOP") <= 1, events
+
+
 @linux_only
 def test_while_a_large_request_is_served_the_group_runs_a_share_of_the_time(
         group: tuple[int, int]) -> None:
     leader, child = group
     pacer = Pacer(lambda: leader, share=0.3, period_s=0.1, linger_s=0)
+    events = record_signals(pacer)
+    running = {(leader, False), (child, False)}
     try:
-        assert states_for(group, 0.3) == {(leader, False), (child, False)}
+        assert states_for(group, 0.3) == running
         with pacer.large():
             # the group's processes are stopped in turns, the compiler with the build, and
             # run in between: both states are seen for both
             wanted = {(pid, stopped) for pid in group for stopped in (True, False)}
             assert states_until(group, wanted) == wanted
+        events.append("ended")
         # the last large request has ended: continued at once, and left running
-        running = {(leader, False), (child, False)}
-        assert running <= states_until(group, running, 2)
-        time.sleep(0.3)
-        assert states_for(group, 0.3) == {(leader, False), (child, False)}
-        assert pacer.stopped_s > 0
+        until(lambda: continued(events), events)
+        assert states_for(group, 0.3) == running
+        assert_paired(events, "ended")
+        assert events.count("SIGSTOP") >= 1 and pacer.stopped_s > 0
     finally:
         pacer.close()
 
@@ -105,14 +145,16 @@ def test_a_process_still_starting_is_paced_alone_never_the_services_group() -> N
     starting = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: "
                                  "time.sleep(0.002)"])
     pacer = Pacer(lambda: starting.pid, share=0.3, period_s=0.1, linger_s=0)
+    events = record_signals(pacer)
     try:
         assert os.getpgid(starting.pid) == os.getpgrp()
         with pacer.large():
             wanted = {(starting.pid, True), (starting.pid, False)}
             assert states_until((starting.pid,), wanted) == wanted
-        assert (starting.pid, False) in states_until((starting.pid,), {(starting.pid, False)}, 2)
-        time.sleep(0.3)
+        events.append("ended")
+        until(lambda: continued(events), events)
         assert states_for((starting.pid,), 0.3) == {(starting.pid, False)}
+        assert_paired(events, "ended")
     finally:
         pacer.close()
         starting.kill()
@@ -120,19 +162,28 @@ def test_a_process_still_starting_is_paced_alone_never_the_services_group() -> N
 
 
 @linux_only
-def test_pacing_lingers_after_the_last_large_request(group: tuple[int, int]) -> None:
-    """Its client is still reading the answer, or about to send the next one."""
+def test_pacing_lingers_after_the_last_large_request(group: tuple[int, int],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its client is still reading the answer, or about to send the next one. The pacer's
+    clock is the test's: the lingering ends when the test moves it past ``linger_s``."""
     leader, child = group
-    pacer = Pacer(lambda: leader, share=0.3, period_s=0.1, linger_s=1.5)
+    offset = [0.0]
+    monkeypatch.setattr(sys.modules[Pacer.__module__], "time", SimpleNamespace(
+        monotonic=lambda: time.monotonic() + offset[0]))
+    pacer = Pacer(lambda: leader, share=0.3, period_s=0.1, linger_s=60)
+    events = record_signals(pacer)
     try:
         with pacer.large():
-            assert (leader, True) in states_until(group, {(leader, True)})
-        ended = time.monotonic()
-        time.sleep(0.2)  # past the turn in progress when it ended: still stopped in turns
-        assert (leader, True) in states_until(group, {(leader, True)}, 0.8)
-        assert time.monotonic() - ended < 1.5
-        time.sleep(max(0.0, ended + 1.7 - time.monotonic()))  # lingering over (+ a turn)
+            until(lambda: "SIGSTOP" in events, events)
+        events.append("ended")
+        # lingering: stopped again in turns after the end, more than the one turn in progress
+        until(lambda: events[events.index("ended"):].count("SIGSTOP") >= 2, events)
+        assert states_until(group, {(leader, True)}) >= {(leader, True)}
+        offset[0] = 60.0
+        events.append("lingering over")
+        until(lambda: continued(events), events)
         assert states_for(group, 0.3) == {(leader, False), (child, False)}
+        assert_paired(events, "lingering over")
     finally:
         pacer.close()
 
