@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import threading
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 import app.engine.worker as worker_module
 from tests.support import ClientFactory, scrape, value
-from tests.support.closed_forms import black_scholes_greeks
+from tests.support.closed_forms import black_scholes_greeks, exponential_decay, logistic_growth
 
 pytestmark = pytest.mark.anyio
 
@@ -114,7 +113,7 @@ async def test_a_failing_request_fails_alone(make_client: ClientFactory,
             assert resp.status_code == 200, resp.text
             n0, r, K = float(i + 1), 0.1 * i, 100.0
             for (x0, t), y in zip([[n0, 1.0], [n0 + 1, 2.0]], resp.json()["values"], strict=True):
-                assert y == pytest.approx(K / (1 + (K - x0) / x0 * math.exp(-r * t)), rel=1e-12)
+                assert y == pytest.approx(logistic_growth(x0, t, r, K)["y"], rel=1e-12)
 
 
 async def test_a_raising_routine_is_isolated_in_its_batch() -> None:
@@ -151,7 +150,8 @@ async def test_large_requests_run_in_chunks(make_client: ClientFactory) -> None:
                             json={"inputs": [[1.0, t] for t in x], "params": {"k": 0.3}})
         assert resp.status_code == 200, resp.text
         got = resp.json()["derivatives"]["k"]
-        assert got == pytest.approx([-t * math.exp(-0.3 * t) for t in x], rel=1e-12, abs=1e-300)
+        assert got == pytest.approx([exponential_decay(1.0, t, 0.3)["k"] for t in x],
+                                     rel=1e-12, abs=1e-300)
 
 
 async def test_queue_full_is_503_with_retry_after(make_client: ClientFactory,
@@ -236,7 +236,8 @@ async def test_one_worker_per_device_shares_the_queue(make_client: ClientFactory
                                 json={"inputs": [[2.0, 1.0], [1.0, 2.0]], "params": {"k": k}})
             assert resp.status_code == 200, resp.text
             assert resp.json()["derivatives"]["k"] == pytest.approx(
-                [-2.0 * math.exp(-k), -2.0 * math.exp(-2 * k)], rel=1e-12)
+                [exponential_decay(2.0, 1.0, k)["k"], exponential_decay(1.0, 2.0, k)["k"]],
+                rel=1e-12)
 
         await asyncio.gather(*(one(0.01 * i) for i in range(100)))
 
