@@ -42,9 +42,9 @@ from app.engine import (
     resolve_devices,
     warm_up,
 )
-from app.engine.builds import ProcessBuilder
-from app.engine.compile_cache import default_cache_dir, prepare_cache_dir
-from app.engine.pacing import Pacer
+from app.engine.compiled.builds import ProcessBuilder
+from app.engine.compiled.cache import default_cache_dir, prepare_cache_dir
+from app.engine.compiled.pacing import Pacer
 from app.errors import install_error_handlers
 from app.http.stack import wrap
 from app.http.tracing import TracingUnavailable

@@ -136,8 +136,8 @@ QUEUE_HEAVY_SECONDS = Gauge(
 )
 COMPILED_GRAPHS = Counter(
     "dydc_compiled_graphs_total",
-    "Forward-mode graphs made ready for large launches (app.engine.compiled), built or found "
-    "in DYDC_COMPILE_CACHE_DIR, by routine.",
+    "Forward-mode graphs made ready for large launches (app.engine.compiled.forward), built or "
+    "found in DYDC_COMPILE_CACHE_DIR, by routine.",
     ["routine"],
 )
 COMPILE_SECONDS = Histogram(

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
-from app.engine.compute import differentiate
-from app.engine.strategies import Problem
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import differentiate
 from app.expressions import Expressions, OdeSpec
 from bench.bench_strategies import interleaved_ms
 from routines import Routine, discover

@@ -28,9 +28,9 @@ from bench_strategies import interleaved_ms
 
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
-from app.engine.compute import differentiate
-from app.engine.input_sensitivities import with_features_as_params
-from app.engine.strategies import Problem
+from app.engine.differentiation.input_sensitivities import with_features_as_params
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import differentiate
 from routines import discover
 
 RESULTS = Path(__file__).resolve().parent / "results"

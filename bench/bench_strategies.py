@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
-from app.engine.compute import differentiate
-from app.engine.evaluation import evaluate_batch
-from app.engine.strategies import STRATEGIES, Problem
+from app.engine.differentiation.evaluation import evaluate_batch
+from app.engine.differentiation.strategies import STRATEGIES, Problem
+from app.engine.runtime.executor import differentiate
 from routines import Routine, discover
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,12 +1,12 @@
-"""Can PyTorch's own loop tools do app.engine.rolled's job under jvp and vmap?
+"""Can PyTorch's own loop tools do app.engine.compiled.rolled's job under jvp and vmap?
 
 Not a test. Run from the repository root: ``.venv/bin/python bench/eval_loop_ops.py``.
 
 logistic_rk4's 200 RK4 steps written with ``torch._higher_order_ops.scan`` and with
 ``torch.compiler.nested_compile_region``, each pushed through ``jvp(vmap(...))`` three ways:
-eagerly, traced by ``make_fx`` (what app.engine.builds does), and through ``torch.compile``.
-Prints one line per attempt: ok or the error, and the seconds it took. The result is recorded
-in app/engine/rolled.py's docstring.
+eagerly, traced by ``make_fx`` (what app.engine.compiled.builds does), and through
+``torch.compile``. Prints one line per attempt: ok or the error, and the seconds it took. The result
+is recorded in app/engine/compiled/rolled.py's docstring.
 """
 
 from __future__ import annotations

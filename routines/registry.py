@@ -77,7 +77,7 @@ class Routine:
     outputs: tuple[str, ...]
     fn: RoutineFn = field(repr=False)
     vectorized: bool = False
-    compile: bool = True  # False: forward mode always runs eagerly (app.engine.compiled)
+    compile: bool = True  # False: forward mode always runs eagerly (app.engine.compiled.forward)
     # tensor operations of one evaluation, where known before it runs (a caller's expression):
     # the engine prices it by them instead of timing it on the device first
     operations: int | None = None
@@ -139,7 +139,7 @@ def routine(
 
     ``compile=False`` keeps the service from compiling the routine's forward mode for large
     launches, for code where compiling costs more than it saves. (A long Python loop need not
-    opt out: the service compiles one step of it, app.engine.rolled.)
+    opt out: the service compiles one step of it, app.engine.compiled.rolled.)
     """
 
     def declare(fn: RoutineFn) -> Routine:

@@ -1,4 +1,4 @@
-"""Admission at the speed of what will run (app.engine.service's _admit): a request over
+"""Admission at the speed of what will run (app.engine.runtime.service's _admit): a request over
 DYDC_MAX_JOB_COST at eager speed whose kind a compiled graph serves starts that graph's build
 and is told to retry (503, Retry-After), rather than refused for good; once the graph is
 loaded it is priced through it (its first launch at plain evaluation's price, later ones at
@@ -17,9 +17,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
-from app.engine.admission import RoutineCost
-from app.engine.builds import Artefact, InlineBuilder, Kind, Samples
-from app.engine.compute import TRANSFORMS_LOCK
+from app.engine.compiled.builds import Artefact, InlineBuilder, Kind, Samples
+from app.engine.runtime.admission import RoutineCost
+from app.engine.runtime.executor import TRANSFORMS_LOCK
 from app.main import create_app
 from routines import Routine
 from tests.support import GatedBuilder, needs_cxx

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-import app.engine.worker as worker_module
+import app.engine.runtime.worker as worker_module
 from tests.support import ClientFactory, scrape, value
 from tests.support.closed_forms import black_scholes_greeks, exponential_decay, logistic_growth
 
@@ -119,8 +119,8 @@ async def test_a_failing_request_fails_alone(make_client: ClientFactory,
 async def test_a_raising_routine_is_isolated_in_its_batch() -> None:
     import torch
 
-    from app.engine.compute import Executor
-    from app.engine.jobs import Job, JobKind
+    from app.engine.runtime.executor import Executor
+    from app.engine.runtime.jobs import Job, JobKind
     from routines import Param, routine
 
     @routine(description="sqrt that refuses negative inputs", params=[Param("C", 1.0)],
@@ -247,10 +247,10 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
     until its chunks fit, and answers correctly; at one sample it gives up with 503."""
     import torch
 
-    import app.engine.compute as compute
+    import app.engine.runtime.executor as compute
     from app.engine import JobKind
     from app.engine.errors import ServiceUnavailable
-    from app.engine.jobs import Job
+    from app.engine.runtime.jobs import Job
     from routines import discover
 
     real = compute._compute

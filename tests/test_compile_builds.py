@@ -1,5 +1,5 @@
-"""Builds of compiled forward mode (app.engine.builds) for routines written the way users write
-them, each served compiled and checked against eager forward mode and a closed form; the
+"""Builds of compiled forward mode (app.engine.compiled.builds) for routines written the way users
+write them, each served compiled and checked against eager forward mode and a closed form; the
 verifier reaching its refusal on a patched built graph; the cache directory's mode and owner;
 and warm-up filling the cache, which a second start then loads from.
 
@@ -21,12 +21,20 @@ from asgi_lifespan import LifespanManager
 from torch import Tensor
 
 from app.config import Settings
-from app.engine import builds, warm_up
-from app.engine.builds import Artefact, BuildRefused, Kind, ProcessBuilder, Samples, kind_of
-from app.engine.compile_cache import CacheDirError, prepare_cache_dir
-from app.engine.compiled import CompiledForward
-from app.engine.compute import Executor, differentiate
-from app.engine.strategies import Problem
+from app.engine import warm_up
+from app.engine.compiled import builds
+from app.engine.compiled.builds import (
+    Artefact,
+    BuildRefused,
+    Kind,
+    ProcessBuilder,
+    Samples,
+    kind_of,
+)
+from app.engine.compiled.cache import CacheDirError, prepare_cache_dir
+from app.engine.compiled.forward import CompiledForward
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import Executor, differentiate
 from app.main import create_app
 from routines import Param, Routine, routine
 from tests.support import assert_close, needs_cxx

@@ -1,5 +1,5 @@
-"""Compiled forward mode on the serving side (app.engine.compiled): a launch never waits for a
-build, graphs are swapped in between launches, one graph per canonical kind, the same numbers
+"""Compiled forward mode on the serving side (app.engine.compiled.forward): a launch never waits for
+a build, graphs are swapped in between launches, one graph per canonical kind, the same numbers
 as the closed forms in several calls, live re-checks that retire a wrong graph, the bound on
 graphs, and the service's path from a first eager answer to a compiled one.
 
@@ -23,13 +23,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.engine import compiled as compiled_module
 from app.engine import warm_up
-from app.engine.builds import Artefact, InlineBuilder, forward_graph, kind_of
-from app.engine.compiled import TRACE_N, CompiledForward
-from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
-from app.engine.pacing import Pacer
-from app.engine.strategies import Problem
+from app.engine.compiled import forward as compiled_module
+from app.engine.compiled.builds import Artefact, InlineBuilder, forward_graph, kind_of
+from app.engine.compiled.forward import TRACE_N, CompiledForward
+from app.engine.compiled.pacing import Pacer
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import TRANSFORMS_LOCK, Executor, differentiate
 from routines import Routine, discover
 from tests.support import (
     AD_RTOL,
@@ -406,7 +406,7 @@ def test_a_finished_build_is_loaded_in_the_builders_thread_not_the_workers(
 def test_a_finished_build_waits_for_large_requests_to_end_before_it_is_loaded(
         builtins: dict[str, Routine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading holds the interpreter's lock for a while: not while a large request is
-    served (app.engine.pacing), unless none ends within a bound."""
+    served (app.engine.compiled.pacing), unless none ends within a bound."""
     events: list[str] = []
 
     def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> object:

@@ -1,7 +1,7 @@
-"""Small launches of a hot kind run compiled (app.engine.compiled, DYDC_COMPILE_HOT_LAUNCHES):
-eager until the kind has been launched ``hot_launches`` times, then its build is asked for
-(once), and once loaded every launch of 2 samples or more goes through the graph, per-sample
-and shared parameters alike, with eager forward mode's numbers."""
+"""Small launches of a hot kind run compiled (app.engine.compiled.forward,
+DYDC_COMPILE_HOT_LAUNCHES): eager until the kind has been launched ``hot_launches`` times, then its
+build is asked for (once), and once loaded every launch of 2 samples or more goes through the graph,
+per-sample and shared parameters alike, with eager forward mode's numbers."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 
 from app.config import Settings
 from app.engine import CompiledForward
-from app.engine.builds import InlineBuilder
-from app.engine.compute import differentiate
-from app.engine.strategies import Problem
+from app.engine.compiled.builds import InlineBuilder
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import differentiate
 from routines import discover
 from tests.support import needs_cxx
 

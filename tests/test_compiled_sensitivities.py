@@ -1,5 +1,5 @@
-"""Order 2 and input features through compiled forward mode (app.engine.compiled and
-app.engine.builds): kinds of their own, built outside the serving path like order 1's, with
+"""Order 2 and input features through compiled forward mode (app.engine.compiled.forward and
+app.engine.compiled.builds): kinds of their own, built outside the serving path like order 1's, with
 the same numbers as the closed forms and as eager forward mode, for shared and per-sample
 parameters, in chunks, whatever order wrt names them in; and what stays eager."""
 
@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from app.engine import CompiledForward, builds
-from app.engine.builds import InlineBuilder, kind_of, locate
-from app.engine.compute import differentiate
-from app.engine.input_sensitivities import with_features_as_params
-from app.engine.strategies import Problem
+from app.engine import CompiledForward
+from app.engine.compiled import builds
+from app.engine.compiled.builds import InlineBuilder, kind_of, locate
+from app.engine.differentiation.input_sensitivities import with_features_as_params
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import differentiate
 from routines import discover
 from tests.support import GatedBuilder, needs_cxx
 from tests.support import closed_forms as cf

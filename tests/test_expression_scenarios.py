@@ -1,5 +1,5 @@
-"""POST /v1/expressions/scenarios (app.api.expression_scenarios over app.engine.scenarios): a
-caller's expression revalued under every scenario, each against its closed form at the
+"""POST /v1/expressions/scenarios (app.api.expression_scenarios over app.engine.runtime.scenarios):
+a caller's expression revalued under every scenario, each against its closed form at the
 shifted parameters or inputs; the explain; the tensor form; every mistake a 422 naming what
 to change; and Client.expression_scenarios against a live service."""
 

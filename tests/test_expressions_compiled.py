@@ -1,9 +1,9 @@
-"""Callers' expressions through compiled forward mode (app.engine.builds, app.engine.compiled):
-no module holds an expression, so a build process makes it again from its source (the
-canonical text and declaration, parsed and checked again there: ``adapter.rebuild``); a large
-launch runs eagerly while its graph is built and through the graph after, with the numbers of
-the closed form (and, for the ODE form, through the loop roller with ``logistic_rk4``'s); a
-bad graph of an expression is refused by verification as a routine's is."""
+"""Callers' expressions through compiled forward mode (app.engine.compiled.builds,
+app.engine.compiled.forward): no module holds an expression, so a build process makes it again from
+its source (the canonical text and declaration, parsed and checked again there:
+``adapter.rebuild``); a large launch runs eagerly while its graph is built and through the graph
+after, with the numbers of the closed form (and, for the ODE form, through the loop roller with
+``logistic_rk4``'s); a bad graph of an expression is refused by verification as a routine's is."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from app import metrics
-from app.engine import builds
-from app.engine.builds import BuildRefused, ProcessBuilder, Samples, kind_of, locate
-from app.engine.compiled import CompiledForward
-from app.engine.compute import differentiate
-from app.engine.input_sensitivities import with_features_as_params
-from app.engine.strategies import Problem, forward
+from app.engine.compiled import builds
+from app.engine.compiled.builds import BuildRefused, ProcessBuilder, Samples, kind_of, locate
+from app.engine.compiled.forward import CompiledForward
+from app.engine.differentiation.input_sensitivities import with_features_as_params
+from app.engine.differentiation.strategies import Problem, forward
+from app.engine.runtime.executor import differentiate
 from app.expressions import Expressions, OdeSpec
 from routines import discover
 from tests.support import GatedBuilder, needs_cxx

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.engine.admission import CostModel
+from app.engine.runtime.admission import CostModel
 from app.expressions import Expressions
 from app.expressions.ode import OdeSpec
 from tests.support import scrape, value

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.engine.evaluation import evaluate_batch
+from app.engine.differentiation.evaluation import evaluate_batch
 from app.expressions import (
     FUNCTIONS,
     ExpressionError,

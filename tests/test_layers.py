@@ -27,7 +27,7 @@ KNOWN_CIRCLES: list[frozenset[str]] = []
 # Functions ("path::Class.method") and classes ("path::Class") over the bounds (issue 21).
 KNOWN_LONG_SIGNATURES: list[str] = []
 KNOWN_LONG_CLASSES: list[str] = [
-    "app/engine/compiled.py::CompiledForward",
+    "app/engine/compiled/forward.py::CompiledForward",
 ]
 
 # (importer prefix, imported prefix, why not)
@@ -39,6 +39,14 @@ FORBIDDEN = [
     ("app.engine", "app.http", "the engine knows nothing of HTTP"),
     ("app.engine", "app.main", "the engine knows nothing of the application that builds it"),
     ("app.config", "app.engine", "settings are read and checked without the engine (and torch)"),
+    # the engine's rooms, lowest first: differentiation < compiled < runtime
+    ("app.engine.differentiation", "app.engine.compiled",
+     "the mathematics of differentiation knows nothing of compiled graphs"),
+    ("app.engine.differentiation", "app.engine.runtime",
+     "the mathematics of differentiation knows nothing of queues, workers or requests"),
+    ("app.engine.compiled", "app.engine.runtime",
+     "compiled mode builds on the mathematics only, never on the runtime that uses it"),
+    ("app.engine.errors", "app.engine", "the engine's errors sit below every room"),
 ]
 
 
@@ -203,7 +211,7 @@ def test_no_long_classes_but_the_known_ones() -> None:
 def test_settings_know_the_engines_strategies() -> None:
     """app.config checks DYDC_STRATEGIES against app.strategy_names without importing the
     engine: the two lists must be the same."""
-    from app.engine.strategies import STRATEGIES
+    from app.engine.differentiation.strategies import STRATEGIES
     from app.strategy_names import STRATEGY_NAMES
 
     assert tuple(STRATEGIES) == STRATEGY_NAMES

@@ -1,4 +1,4 @@
-"""Builds step aside while large requests are served (app.engine.pacing): the build process
+"""Builds step aside while large requests are served (app.engine.compiled.pacing): the build process
 group, its compilers included, is stopped and continued in turns while a large request is in
 progress, runs freely otherwise, and is never left stopped; the pipeline holds the pacing for
 exactly the large requests, from the moment it knows them to be large."""
@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from app.engine import Engine
-from app.engine.builds import ProcessBuilder
-from app.engine.pacing import Pacer
+from app.engine.compiled.builds import ProcessBuilder
+from app.engine.compiled.pacing import Pacer
 from tests.support import ClientFactory
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),

@@ -23,7 +23,7 @@ from starlette.types import Message
 import app.api.v1 as v1_module
 from app.config import Settings
 from app.engine import Engine
-from app.engine.admission import CostModel, RoutineCost
+from app.engine.runtime.admission import CostModel, RoutineCost
 from app.main import create_app
 from routines import discover
 from tests.support import ClientFactory, scrape, value

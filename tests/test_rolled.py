@@ -1,4 +1,4 @@
-"""Forward mode rolled around a routine's loop (app.engine.rolled): the loop found in the
+"""Forward mode rolled around a routine's loop (app.engine.compiled.rolled): the loop found in the
 traced values, one step compiled and called once per iteration, and the same numbers as eager
 forward mode, for logistic_rk4 and for a routine with two carried values.
 
@@ -15,13 +15,13 @@ import torch
 from torch import Tensor
 
 import routines.population
-from app.engine import builds
-from app.engine import compiled as compiled_module
-from app.engine.builds import InlineBuilder
-from app.engine.compiled import CompiledForward
-from app.engine.compute import differentiate
-from app.engine.rolled import MIN_COUNT, RolledForward, find_loop
-from app.engine.strategies import Problem
+from app.engine.compiled import builds
+from app.engine.compiled import forward as compiled_module
+from app.engine.compiled.builds import InlineBuilder
+from app.engine.compiled.forward import CompiledForward
+from app.engine.compiled.rolled import MIN_COUNT, RolledForward, find_loop
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import differentiate
 from routines import Param, Routine, discover, routine
 from tests.support import assert_close, needs_cxx, problem_for
 

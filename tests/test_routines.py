@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 import routines.population
-from app.engine.evaluation import evaluate_batch
-from app.engine.strategies import STRATEGIES, Problem
+from app.engine.differentiation.evaluation import evaluate_batch
+from app.engine.differentiation.strategies import STRATEGIES, Problem
 from routines import (
     ENTRY_POINT_GROUP,
     Param,

@@ -1,4 +1,4 @@
-"""POST /v1/routines/{name}/scenarios (app.api.scenarios over app.engine.scenarios): every
+"""POST /v1/routines/{name}/scenarios (app.api.scenarios over app.engine.runtime.scenarios): every
 scenario against the closed form at its shifted parameters, the three ways to write
 scenarios, the P&L and its Taylor explain (exact for a linear P&L, shrinking as the cube of
 the shift at order 2), one launch for all scenarios, and every error a 422 naming what to

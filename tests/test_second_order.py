@@ -1,5 +1,6 @@
-"""Second derivatives (app.engine.second_order), without HTTP: every strategy that supports
-order 2 against closed forms in float64, the "a,b" keys, and what may not run at order 2."""
+"""Second derivatives (app.engine.differentiation.second_order), without HTTP: every strategy that
+supports order 2 against closed forms in float64, the "a,b" keys, and what may not run at order
+2."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from app.engine.bumping import Bump
-from app.engine.capabilities import refusal, supports_order2
-from app.engine.compute import differentiate
-from app.engine.input_sensitivities import with_features_as_params
-from app.engine.strategies import STRATEGIES, Problem
+from app.engine.differentiation.bumping import Bump
+from app.engine.differentiation.capabilities import refusal, supports_order2
+from app.engine.differentiation.input_sensitivities import with_features_as_params
+from app.engine.differentiation.strategies import STRATEGIES, Problem
+from app.engine.runtime.executor import differentiate
 from routines import discover
 from tests.support import closed_forms as cf
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.engine.compute import AUTO_FALLBACK, differentiate
-from app.engine.strategies import STRATEGIES, Problem, lacks_forward_formula
+from app.engine.differentiation.strategies import STRATEGIES, Problem, lacks_forward_formula
+from app.engine.runtime.executor import AUTO_FALLBACK, differentiate
 from routines import Param, Routine, discover, routine
 from tests.support import (
     AD_RTOL,

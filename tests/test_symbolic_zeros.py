@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.engine.compute import _to_host
+from app.engine.runtime.executor import _to_host
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.engine import Job, JobKind
-from app.engine.bumping import pairs
+from app.engine.differentiation.bumping import pairs
 from app.errors import ResponseTooLarge
 
 __all__ = ["JSON_NUMBER_BYTES", "answer_arrays", "check_json_answer", "check_tensor_answer"]

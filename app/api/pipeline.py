@@ -80,7 +80,7 @@ class Incoming:
 
     def serving_large(self, engine: Engine) -> None:
         """From now until :meth:`finish`: a large request, which graphs being built step
-        aside for (app.engine.pacing)."""
+        aside for (app.engine.compiled.pacing)."""
         if self._large is None:
             self._large = contextlib.ExitStack()
             self._large.enter_context(engine.serving_large())

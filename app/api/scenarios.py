@@ -1,6 +1,6 @@
 """``POST /v1/routines/{name}/scenarios``: the book revalued under every scenario in one
 launch, with its P&L and, asked for, the P&L explained by the base's Taylor terms
-(app.engine.scenarios does the work; this codec only translates JSON)."""
+(app.engine.runtime.scenarios does the work; this codec only translates JSON)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from app.api.encoding import array_of
 from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
 from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
-from app.engine import Engine, JobKind, Request, scenarios
+from app.engine import Engine, JobKind, Request
+from app.engine.runtime import scenarios
 from app.errors import ResponseTooLarge
 from routines import Routine
 

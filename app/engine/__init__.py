@@ -1,19 +1,19 @@
 """The engine: strategies, the device worker and request validation. Knows nothing of HTTP."""
 
-from app.engine.admission import CostModel
-from app.engine.batching import JobQueue
-from app.engine.bumping import Bump
-from app.engine.checking import Check
-from app.engine.comparison import Comparison
-from app.engine.compiled import CompiledForward
-from app.engine.compute import Executor
-from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.request import Request
-from app.engine.service import Engine
-from app.engine.startup import cache_host_allocations, load_torch_extensions, warm_up
-from app.engine.strategies import STRATEGIES
-from app.engine.validation import DTYPES, MIN_TIMEOUT_MS, Limits
-from app.engine.worker import DeviceWorker, WorkerPool, resolve_devices
+from app.engine.compiled.forward import CompiledForward
+from app.engine.differentiation.bumping import Bump
+from app.engine.differentiation.checking import Check
+from app.engine.differentiation.strategies import STRATEGIES
+from app.engine.runtime.admission import CostModel
+from app.engine.runtime.batching import JobQueue
+from app.engine.runtime.comparison import Comparison
+from app.engine.runtime.executor import Executor
+from app.engine.runtime.jobs import Job, JobKind, JobResult
+from app.engine.runtime.request import Request
+from app.engine.runtime.service import Engine
+from app.engine.runtime.startup import cache_host_allocations, load_torch_extensions, warm_up
+from app.engine.runtime.validation import DTYPES, MIN_TIMEOUT_MS, Limits
+from app.engine.runtime.worker import DeviceWorker, WorkerPool, resolve_devices
 
 __all__ = [
     "DTYPES",

@@ -9,7 +9,7 @@ the canonical text and the declared names, so that requests for the same functio
 launches and compiled graphs; a bounded LRU keeps parsing off the hot path.
 
 A routine carries its canonical text and declaration as ``source`` (JSON), from which
-:func:`rebuild` makes it again in a build process (app.engine.builds), through the same
+:func:`rebuild` makes it again in a build process (app.engine.compiled.builds), through the same
 parser and checks: the text is data there too, never run.
 """
 

@@ -5,7 +5,7 @@ is per sample, and derivatives flow through every step. The steps are written as
 ``logistic_rk4`` routine writes them, operation for operation, so that the ODE form of the
 logistic model gives its numbers to rounding; the current time, where the right-hand side
 reads it, is carried as ``s + h`` rather than ``i * h`` so that every step is the same
-operations (the compiled path rolls such a run of steps back into one, app.engine.rolled).
+operations (the compiled path rolls such a run of steps back into one, app.engine.compiled.rolled).
 """
 
 from __future__ import annotations

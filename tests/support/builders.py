@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
-from app.engine.builds import Artefact, Kind, Samples
+from app.engine.compiled.builds import Artefact, Kind, Samples
 from routines import Routine
 
 __all__ = ["GatedBuilder"]

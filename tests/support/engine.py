@@ -8,9 +8,9 @@ import asyncio
 import torch
 from torch import Tensor
 
-from app.engine.compute import Executor
-from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.strategies import Problem
+from app.engine.differentiation.strategies import Problem
+from app.engine.runtime.executor import Executor
+from app.engine.runtime.jobs import Job, JobKind, JobResult
 from routines import Routine
 from tests.support.closed_forms import CLOSED_FORMS
 

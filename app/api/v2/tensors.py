@@ -21,7 +21,7 @@ from torch import Tensor
 
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
 from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult, Request
-from app.engine.bumping import pairs
+from app.engine.differentiation.bumping import pairs
 from app.engine.errors import InvalidRequest, listed
 from app.errors import MalformedFraming
 from routines import Routine

@@ -16,7 +16,7 @@ from weakref import WeakKeyDictionary
 
 from torch import Tensor
 
-from app.engine.strategies import Problem
+from app.engine.differentiation.strategies import Problem
 from routines import Param, Routine
 
 __all__ = ["derived", "features_in", "origin", "with_features_as_params"]

@@ -1,9 +1,9 @@
 """The engine: turns a request into a job, queues it on the device workers, awaits the answer.
 
-Protocol-neutral: callers hand it a :class:`~app.engine.request.Request` (names, numbers and
+Protocol-neutral: callers hand it a :class:`~app.engine.runtime.request.Request` (names, numbers and
 arrays), and get back tensors or an :class:`~app.engine.errors.EngineError` that says what to
-change. What it checks is app.engine.validation's, what it charges app.engine.pricing's; the
-process's set-up is app.engine.startup's.
+change. What it checks is app.engine.runtime.validation's, what it charges
+app.engine.runtime.pricing's; the process's set-up is app.engine.runtime.startup's.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from dataclasses import dataclass, replace
 import torch
 
 from app import metrics
-from app.engine.admission import CostModel
-from app.engine.bumping import Bump
-from app.engine.capabilities import supports_order2, supports_per_sample
-from app.engine.checking import Check, differences
-from app.engine.comparison import Comparison, compare
+from app.engine.differentiation.bumping import Bump
+from app.engine.differentiation.capabilities import supports_order2, supports_per_sample
+from app.engine.differentiation.checking import Check, differences
+from app.engine.differentiation.strategies import STRATEGIES, Strategy
 from app.engine.errors import DeadlineExceeded, UnknownRoutine
-from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.pricing import Pricing
-from app.engine.request import Request
-from app.engine.strategies import STRATEGIES, Strategy
-from app.engine.validation import (
+from app.engine.runtime.admission import CostModel
+from app.engine.runtime.comparison import Comparison, compare
+from app.engine.runtime.jobs import Job, JobKind, JobResult
+from app.engine.runtime.pricing import Pricing
+from app.engine.runtime.request import Request
+from app.engine.runtime.validation import (
     Limits,
     beyond_first,
     check_cap,
@@ -39,7 +39,7 @@ from app.engine.validation import (
     checked_timeout,
     checked_wrt,
 )
-from app.engine.worker import WorkerPool
+from app.engine.runtime.worker import WorkerPool
 from routines import Routine
 
 __all__ = ["Engine", "StrategyInfo"]
@@ -56,8 +56,9 @@ class StrategyInfo:
 
 
 class Engine:
-    """Turns a :class:`~app.engine.request.Request` into a job (checked: app.engine.validation;
-    priced: app.engine.pricing), queues it on the device workers and awaits its answer."""
+    """Turns a :class:`~app.engine.runtime.request.Request` into a job (checked:
+    app.engine.runtime.validation; priced: app.engine.runtime.pricing), queues it on the device
+    workers and awaits its answer."""
 
     def __init__(self, routines: Mapping[str, Routine], limits: Limits, worker: WorkerPool,
                  costs: CostModel | None = None):
@@ -83,7 +84,7 @@ class Engine:
 
     def serving_large(self) -> contextlib.AbstractContextManager[None]:
         """Around the serving of a large request: graphs being built meanwhile step aside
-        (their build process runs only a share of the time, app.engine.pacing)."""
+        (their build process runs only a share of the time, app.engine.compiled.pacing)."""
         if self._compiled is None:
             return contextlib.nullcontext()
         return self._compiled.serving_large()
@@ -186,7 +187,7 @@ class Engine:
 
     async def compare(self, job: Job) -> Comparison:
         """Every strategy that applies on the request (prepared with
-        strategy=finite-difference), against forward mode (app.engine.comparison)."""
+        strategy=finite-difference), against forward mode (app.engine.runtime.comparison)."""
         return await compare(self, job)
 
     def again(self, job: Job, strategy: str, bump: Bump | None = None,

@@ -1,9 +1,9 @@
 """One request to the engine, whatever protocol it came in: what to differentiate and how.
 
 Each codec (v1 JSON, v2 JSON and binary, expressions, scenarios) builds one :class:`Request`
-from its own format; :meth:`app.engine.service.Engine.prepare` checks it and turns it into a
-:class:`app.engine.jobs.Job`, and :meth:`~app.engine.service.Engine.run` queues that job and
-awaits its answer. Nothing here is checked yet: a request holds what the caller sent, in
+from its own format; :meth:`app.engine.runtime.service.Engine.prepare` checks it and turns it into a
+:class:`app.engine.runtime.jobs.Job`, and :meth:`~app.engine.runtime.service.Engine.run` queues that
+job and awaits its answer. Nothing here is checked yet: a request holds what the caller sent, in
 Python and numpy types.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.engine.bumping import Bump
-from app.engine.jobs import JobKind
+from app.engine.differentiation.bumping import Bump
+from app.engine.runtime.jobs import JobKind
 from routines import Routine
 
 __all__ = ["ParamValue", "Request"]

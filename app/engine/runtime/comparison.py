@@ -15,14 +15,14 @@ from typing import Protocol
 
 from torch import Tensor
 
-from app.engine.bumping import Bump
-from app.engine.capabilities import cap_refusal, refusal
-from app.engine.checking import differences
+from app.engine.differentiation.bumping import Bump
+from app.engine.differentiation.capabilities import cap_refusal, refusal
+from app.engine.differentiation.checking import differences
+from app.engine.differentiation.input_sensitivities import features_in
+from app.engine.differentiation.strategies import STRATEGIES
 from app.engine.errors import EngineError, RoutineFailed
-from app.engine.input_sensitivities import features_in
-from app.engine.jobs import Job, JobResult
-from app.engine.strategies import STRATEGIES
-from app.engine.validation import Limits
+from app.engine.runtime.jobs import Job, JobResult
+from app.engine.runtime.validation import Limits
 
 __all__ = ["REFERENCE", "Comparison", "Row", "Runner", "compare"]
 
@@ -30,7 +30,7 @@ REFERENCE = "forward"
 
 
 class Runner(Protocol):
-    """What :func:`compare` needs of the engine (app.engine.service.Engine is one)."""
+    """What :func:`compare` needs of the engine (app.engine.runtime.service.Engine is one)."""
 
     limits: Limits
 

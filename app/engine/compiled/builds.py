@@ -17,10 +17,10 @@ call time, and persists as a file across restarts.
 
 A build: the routine found again by module and name (or, for a routine no module holds, a
 caller's expression, rebuilt by its module from the data in its kind), its values traced; a
-long loop is rolled (app.engine.rolled) and its step packaged, otherwise the whole of forward
-mode is traced and packaged; the result checked against eager forward mode at two batch sizes
-(app.engine.verification); then written to the cache directory under a name that hashes the
-kind, the routine's code and the torch version. What fails is refused with a reason
+long loop is rolled (app.engine.compiled.rolled) and its step packaged, otherwise the whole of
+forward mode is traced and packaged; the result checked against eager forward mode at two batch
+sizes (app.engine.compiled.verification); then written to the cache directory under a name that
+hashes the kind, the routine's code and the torch version. What fails is refused with a reason
 (:data:`REASONS`) and served eagerly.
 """
 
@@ -51,13 +51,13 @@ from torch.func import jvp
 from torch.fx import GraphModule
 
 from app import metrics
-from app.engine.bumping import derivative_name, pair_key, pairs
-from app.engine.input_sensitivities import derived, origin
-from app.engine.rolled import RolledForward, find_loop
-from app.engine.second_order import forward2
-from app.engine.strategies import Problem, forward
-from app.engine.tracing import TRACE_N, trace
-from app.engine.verification import mismatch
+from app.engine.compiled.rolled import RolledForward, find_loop
+from app.engine.compiled.tracing import TRACE_N, trace
+from app.engine.compiled.verification import mismatch
+from app.engine.differentiation.bumping import derivative_name, pair_key, pairs
+from app.engine.differentiation.input_sensitivities import derived, origin
+from app.engine.differentiation.second_order import forward2
+from app.engine.differentiation.strategies import Problem, forward
 from routines import Routine
 
 __all__ = [
@@ -110,7 +110,7 @@ class Kind:
     parameters differentiated (in the routine's order, whatever order a request names them),
     dtype, device type, whether parameters come per sample (N,) or shared (0-d), the order,
     whether order 2 has the cross terms, and the input features taken as per-sample
-    parameters (app.engine.input_sensitivities: delta is a parameter of a derived
+    parameters (app.engine.differentiation.input_sensitivities: delta is a parameter of a derived
     routine). ``source``: for a routine that no module holds by name (a caller's
     expression), the data its module's ``rebuild`` makes it from (``Routine.source``)."""
 
@@ -273,7 +273,7 @@ def forward_graph(problem: Problem) -> GraphModule:
 def values_graph(problem: Problem) -> GraphModule:
     """The routine's values alone (no tangents) as a graph, for any N: its inputs are the
     columns, then the parameters in the problem's order."""
-    from app.engine.evaluation import evaluate_batch
+    from app.engine.differentiation.evaluation import evaluate_batch
 
     routine, names = problem.routine, tuple(problem.params)
     cols, params = _examples(problem)
@@ -484,7 +484,7 @@ def build(kind: Kind, samples: Samples, cache_dir: str | Path,
 
 def check(graph: Graph, problem: Problem, kind: Kind) -> None:
     """Raise BuildRefused("verification") unless the graph gives eager forward mode's numbers
-    on the problem (app.engine.verification)."""
+    on the problem (app.engine.compiled.verification)."""
     try:
         got = graph(*columns(problem, slice(None)))
     except Exception as exc:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.bumping import Bump
-from app.engine.checking import Check
+from app.engine.differentiation.bumping import Bump
+from app.engine.differentiation.checking import Check
 from routines import Routine
 
 __all__ = ["Job", "JobKind", "JobResult", "resolve_all"]
@@ -53,7 +53,7 @@ class Job:
     check: str | None = None  # "finite-difference": compare the answer with bumping
     deadline: float | None = None  # perf_counter time after which it is dropped or stopped
     enqueued_at: float = field(default_factory=time.perf_counter)
-    cost_s: float = 0.0  # estimated device seconds (app.engine.admission)
+    cost_s: float = 0.0  # estimated device seconds (app.engine.runtime.admission)
     n: int = field(init=False)  # samples: read on every hop, so kept as a plain int
     # its answer, on the event loop that awaits it: set when it is queued (Engine.run)
     future: asyncio.Future[JobResult] = field(init=False, repr=False)

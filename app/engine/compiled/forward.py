@@ -5,20 +5,20 @@ implementation run on meta tensors beside it, materialised zero tangents, a kern
 operation. On the CPU that puts eager ``forward`` at 2-11x the cost of plain evaluation at
 N >= 1e5 (bench/bench_strategies.py). Here the same ``torch.func.jvp`` through the same
 ``vmap`` is traced once into a graph of plain tensor operations, which Inductor fuses into one
-pass over the data that computes values and tangents together (app.engine.builds says how a
-graph is made, app.engine.tracing how it serves every batch size, app.engine.rolled what
-happens to long loops).
+pass over the data that computes values and tangents together (app.engine.compiled.builds says how a
+graph is made, app.engine.compiled.tracing how it serves every batch size,
+app.engine.compiled.rolled what happens to long loops).
 
 The serving side, here:
 
 - **A launch never waits.** :meth:`CompiledForward.run` returns None at once when its kind
   has no loaded graph (the caller then runs eager forward mode) and asks for a build, which
-  runs in a process of its own (:class:`~app.engine.builds.ProcessBuilder`). A finished
+  runs in a process of its own (:class:`~app.engine.compiled.builds.ProcessBuilder`). A finished
   build is loaded as it finishes, in the builder's thread, and published between launches by
   :meth:`CompiledForward.swap_in`; what loading first imports is imported at start-up.
 - **Every order through here.** Order 2 (with or without cross terms) and input features in
   wrt (delta) are kinds like any other, built and served the same way.
-- **A bounded, canonical set of kinds** (:class:`~app.engine.builds.Kind`): ``wrt`` in the
+- **A bounded, canonical set of kinds** (:class:`~app.engine.compiled.builds.Kind`): ``wrt`` in the
   routine's order, so ``sigma,r`` and ``r,sigma`` are one graph (at order 2 too: d2y/da db is
   d2y/db da); parameters either all shared
   (0-d) or all per sample (N,), a launch with some of each using the per-sample graph with
@@ -32,7 +32,7 @@ The serving side, here:
   the kind's later ones run eagerly. Every refusal is counted by reason.
 - **Builds step aside for large requests.** While a request of at least ``min_samples``
   samples is served (:meth:`CompiledForward.serving_large`), the build process runs only a
-  share of the time (:class:`~app.engine.pacing.Pacer`, DYDC_COMPILE_BUILD_SHARE), and a
+  share of the time (:class:`~app.engine.compiled.pacing.Pacer`, DYDC_COMPILE_BUILD_SHARE), and a
   finished build is loaded once no such request is in progress.
 """
 
@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from app import metrics
-from app.engine.builds import (
+from app.engine.compiled.builds import (
     MAX_OPERATIONS,
     Artefact,
     Builder,
@@ -73,11 +73,11 @@ from app.engine.builds import (
     private_tempdir,
     values_graph,
 )
-from app.engine.bumping import pair_key, pairs
-from app.engine.pacing import Pacer
-from app.engine.strategies import Derivatives, Problem
-from app.engine.tracing import TRACE_N
-from app.engine.verification import mismatch
+from app.engine.compiled.pacing import Pacer
+from app.engine.compiled.tracing import TRACE_N
+from app.engine.compiled.verification import mismatch
+from app.engine.differentiation.bumping import pair_key, pairs
+from app.engine.differentiation.strategies import Derivatives, Problem
 from routines import Routine
 
 __all__ = ["MAX_OPERATIONS", "TRACE_N", "CompiledForward", "values_graph"]

@@ -8,7 +8,7 @@ where ``passes`` and ``samples`` come from the strategy's complexity in N, M and
 of parameters (``Strategy.work``), and the routine's two times are measured on the device at
 warm-up (or at its first launch, when warm-up is off). Both are rough: what a job actually
 took corrects later estimates for that routine and strategy, and a sliced job whose first
-slices show that it will cost well over the limit is stopped there (app.engine.worker).
+slices show that it will cost well over the limit is stopped there (app.engine.runtime.worker).
 
 Hand-written: serving frameworks bound requests by count or size (Triton's queue policy,
 Ray Serve's max_ongoing_requests), none by the work a request implies, which differs here by
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine.evaluation import evaluate_batch
-from app.engine.strategies import STRATEGIES, Work
+from app.engine.differentiation.evaluation import evaluate_batch
+from app.engine.differentiation.strategies import STRATEGIES, Work
 from routines import Routine
 
 __all__ = ["CostModel", "RoutineCost"]

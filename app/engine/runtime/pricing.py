@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import torch
 
 from app import metrics
-from app.engine.admission import CostModel
-from app.engine.compiled import CompiledForward
+from app.engine.compiled.forward import CompiledForward
+from app.engine.differentiation.input_sensitivities import with_features_as_params
+from app.engine.differentiation.problem import Problem
 from app.engine.errors import CostExceeded, GraphBuilding
-from app.engine.input_sensitivities import with_features_as_params
-from app.engine.jobs import Job
-from app.engine.problem import Problem
-from app.engine.validation import Limits, enabled
+from app.engine.runtime.admission import CostModel
+from app.engine.runtime.jobs import Job
+from app.engine.runtime.validation import Limits, enabled
 from routines import Routine
 
 __all__ = ["Pricing", "passes"]

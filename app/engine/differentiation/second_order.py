@@ -1,7 +1,8 @@
 """Second derivatives (gamma, vanna, volga, cross-gammas): d²y/da db for pairs of wrt names.
 
 Each function returns values, the first derivatives keyed by name and the second ones keyed
-``"a,b"`` (app.engine.bumping.pair_key), all (N, M). PyTorch composes its transforms, so
+``"a,b"`` (app.engine.differentiation.bumping.pair_key), all (N, M). PyTorch composes its
+transforms, so
 every strategy here is one of its own first-order tools applied twice:
 
 - ``forward`` (and ``auto``): forward over forward, ``jvp`` of ``jvp``. One nested pass along
@@ -11,7 +12,7 @@ every strategy here is one of its own first-order tools applied twice:
 - ``vmap-grad``: reverse over reverse (``jacrev`` of ``jacrev``), per sample: no forward
   formula needed anywhere, so it is also ``auto``'s fallback (``gamma_survival``'s ``igammac``
   has none, which rules out ``torch.func.hessian``'s forward over reverse).
-- ``finite-difference``: second differences (app.engine.bumping).
+- ``finite-difference``: second differences (app.engine.differentiation.bumping).
 
 ``forward-dual`` cannot nest (one dual level at a time) and the O(N²) reverse strategies have
 no second order here: :data:`SECOND_ORDER` lists the strategies that do.
@@ -26,10 +27,15 @@ import torch
 from torch import Tensor
 from torch.func import jacfwd, jacrev, jvp, vmap
 
-from app.engine.bumping import Bump, finite_difference, pair_key, pairs
+from app.engine.differentiation.bumping import Bump, finite_difference, pair_key, pairs
+from app.engine.differentiation.evaluation import evaluate_sample, param_in_dims
+from app.engine.differentiation.strategies import (
+    AUTO_FALLBACK,
+    Derivatives,
+    Problem,
+    lacks_forward_formula,
+)
 from app.engine.errors import InvalidRequest
-from app.engine.evaluation import evaluate_sample, param_in_dims
-from app.engine.strategies import AUTO_FALLBACK, Derivatives, Problem, lacks_forward_formula
 
 __all__ = ["SECOND_ORDER", "differentiate2", "forward2"]
 

@@ -5,7 +5,7 @@ operations in forward mode, which took 60 s to trace and which torch.compile had
 with after 5 minutes. But the steps are the same operations on new values. So here:
 
 1. The routine's *values* alone are traced (vmap, no jvp: 9,612 operations, 5 s), at the
-   batch size :data:`~app.engine.compiled.TRACE_N` like the compiled path's graphs.
+   batch size :data:`~app.engine.compiled.forward.TRACE_N` like the compiled path's graphs.
 2. :func:`find_loop` looks for a run of identical segments in that graph: the same
    operations, each reading the segment before it or values defined before the run.
 3. One segment becomes a graph of its own, the *step*; its forward mode (one jvp per
@@ -25,13 +25,13 @@ logistic_rk4's 200 steps under ``jvp(vmap(...))`` at N = 1,000 (bench/eval_loop_
   ``make_fx`` it unrolls like plain Python: 65,419 operations in 258 s, the graph this module
   exists to avoid; through ``torch.compile`` of ``jvp(vmap(...))`` it failed (AssertionError:
   expected a FakeTensor). It only deduplicates compiled regions under Dynamo, which the
-  ahead-of-time packages of app.engine.builds do not run at call time.
+  ahead-of-time packages of app.engine.compiled.builds do not run at call time.
 
 So the roller stays, for every loop; try the two again on a newer PyTorch.
 
-Nothing here knows HTTP, queues or metrics: :class:`~app.engine.compiled.CompiledForward`
-and app.engine.builds decide when to use it and check its numbers against eager forward mode
-like any graph.
+Nothing here knows HTTP, queues or metrics: :class:`~app.engine.compiled.forward.CompiledForward`
+and app.engine.compiled.builds decide when to use it and check its numbers against eager forward
+mode like any graph.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from torch.func import jvp
 from torch.fx import Graph, GraphModule, Node
 from torch.utils import _pytree as pytree
 
-from app.engine.tracing import example, trace
+from app.engine.compiled.tracing import example, trace
 
 __all__ = ["Loop", "RolledForward", "find_loop"]
 
@@ -274,7 +274,7 @@ class RolledForward:
     the loop, and where the loop runs), so that it pickles: a build process makes it, and the
     service runs it with the step's compiled forward mode attached (:meth:`attach`).
     ``compile_step`` turns the step's traced forward mode into a callable (torch.compile by
-    default; ahead-of-time compiled packages in app.engine.builds)."""
+    default; ahead-of-time compiled packages in app.engine.compiled.builds)."""
 
     def __init__(self, gm: GraphModule, loop: Loop, names: tuple[str, ...],
                  wrt: tuple[str, ...],

@@ -3,7 +3,7 @@ the auto fallback, and the checks on what comes back.
 
 An :class:`Executor` is one device's runner: its device, its largest launch (``chunk``) and
 the compiled graphs its forward mode may use travel together, and every run of a job goes
-through one (one per device worker, app.engine.worker).
+through one (one per device worker, app.engine.runtime.worker).
 
 A batch of several requests is one Problem whose parameters hold one value per sample (or a
 shared 0-d value where every request agrees). Row i of every routine depends only on sample
@@ -23,13 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.bumping import Bump, derivative_name
-from app.engine.compiled import CompiledForward
-from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
-from app.engine.input_sensitivities import with_features_as_params
-from app.engine.jobs import Job, JobKind, JobResult
-from app.engine.second_order import differentiate2
-from app.engine.strategies import (
+from app.engine.compiled.forward import CompiledForward
+from app.engine.differentiation.bumping import Bump, derivative_name
+from app.engine.differentiation.input_sensitivities import with_features_as_params
+from app.engine.differentiation.second_order import differentiate2
+from app.engine.differentiation.strategies import (
     AUTO_FALLBACK,
     STRATEGIES,
     Derivatives,
@@ -38,6 +36,8 @@ from app.engine.strategies import (
     drain,
     lacks_forward_formula,
 )
+from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
+from app.engine.runtime.jobs import Job, JobKind, JobResult
 
 __all__ = [
     "AUTO_FALLBACK",
@@ -91,7 +91,7 @@ def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | N
 
 def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
                   cross: bool) -> Derivatives | None:
-    """Compiled forward mode (app.engine.compiled), at order 1 or 2, over parameters and
+    """Compiled forward mode (app.engine.compiled.forward), at order 1 or 2, over parameters and
     input features alike; None where it does not apply or its graph is not loaded yet."""
     return compiled.run(problem, order, cross) if compiled.applies(problem, order, cross) \
         else None

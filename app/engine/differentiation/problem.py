@@ -1,6 +1,7 @@
 """The batch that every strategy differentiates (:class:`Problem`) and what each returns
-(:class:`Derivatives`): the vocabulary shared by the strategies (app.engine.strategies), bumps
-(app.engine.bumping), second order and the compiled graphs, below all of them."""
+(:class:`Derivatives`): the vocabulary shared by the strategies
+(app.engine.differentiation.strategies), bumps (app.engine.differentiation.bumping), second order
+and the compiled graphs, below all of them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from app.engine.evaluation import Params, evaluate_batch
+from app.engine.differentiation.evaluation import Params, evaluate_batch
 from routines import Routine
 
 __all__ = ["Derivatives", "Problem"]

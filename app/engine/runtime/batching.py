@@ -5,8 +5,8 @@ The queue has two lanes. *Light* jobs (a batchable strategy, at most a launch of
 coalesce with compatible ones (same routine, dtype, wrt and strategy: :func:`batch_key`) into
 one launch, each keeping its own parameter values. *Heavy* jobs (the O(N^2) and other
 unbatchable strategies, and requests larger than a launch) run alone, in slices
-(app.engine.worker). The queue is bounded in samples, and in the heavy lane by the work queued
-ahead of a job against its deadline.
+(app.engine.runtime.worker). The queue is bounded in samples, and in the heavy lane by the work
+queued ahead of a job against its deadline.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from collections import deque
 
 from app import metrics
-from app.engine.compute import batch_key
 from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
-from app.engine.jobs import Job, resolve_all
+from app.engine.runtime.executor import batch_key
+from app.engine.runtime.jobs import Job, resolve_all
 
 __all__ = ["JobQueue"]
 

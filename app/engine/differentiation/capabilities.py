@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.engine.second_order import SECOND_ORDER
-from app.engine.strategies import STRATEGIES
+from app.engine.differentiation.second_order import SECOND_ORDER
+from app.engine.differentiation.strategies import STRATEGIES
 from routines import Routine
 
 __all__ = ["cap_refusal", "refusal", "supports_order2", "supports_per_sample"]

@@ -15,8 +15,11 @@ from typing import cast
 import numpy as np
 import torch
 
-from app.engine.bumping import Bump, validate_bump
-from app.engine.capabilities import cap_refusal, refusal
+from app.engine.differentiation.bumping import Bump, validate_bump
+from app.engine.differentiation.capabilities import cap_refusal, refusal
+from app.engine.differentiation.input_sensitivities import features_in, with_features_as_params
+from app.engine.differentiation.problem import Problem
+from app.engine.differentiation.strategies import STRATEGIES
 from app.engine.errors import (
     InvalidRequest,
     RequestTooLarge,
@@ -24,11 +27,8 @@ from app.engine.errors import (
     StrategyDisabled,
     listed,
 )
-from app.engine.input_sensitivities import features_in, with_features_as_params
-from app.engine.jobs import Job
-from app.engine.problem import Problem
-from app.engine.request import ParamValue
-from app.engine.strategies import STRATEGIES
+from app.engine.runtime.jobs import Job
+from app.engine.runtime.request import ParamValue
 from routines import Routine
 
 __all__ = [

@@ -3,7 +3,7 @@ differentiated parameter, the same numbers to rounding (finite differences to th
 accuracy). Each is a plain function of a :class:`Problem`; none knows about HTTP or queues.
 
 Each strategy also states its :class:`Work` for a request of N samples, M outputs and P
-parameters, which the engine prices before queueing it (app.engine.admission). The O(N^2)
+parameters, which the engine prices before queueing it (app.engine.runtime.admission). The O(N^2)
 strategies run in slices of output rows (``steps``), yielding the fraction done after each,
 so that the worker can stop them at a slice boundary and serve other work in between; their
 ``run`` is the same steps run to the end.
@@ -22,11 +22,11 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.func import grad, jacfwd, jacrev, jvp, vmap
 
-from app.engine.bumping import Bump
-from app.engine.bumping import finite_difference as bump_and_revalue
+from app.engine.differentiation.bumping import Bump
+from app.engine.differentiation.bumping import finite_difference as bump_and_revalue
+from app.engine.differentiation.evaluation import evaluate_sample, param_in_dims
+from app.engine.differentiation.problem import Derivatives, Problem
 from app.engine.errors import InvalidRequest
-from app.engine.evaluation import evaluate_sample, param_in_dims
-from app.engine.problem import Derivatives, Problem
 
 __all__ = [
     "AUTO_FALLBACK",
@@ -329,7 +329,7 @@ def jacobian_forward(problem: Problem) -> Derivatives:
 def finite_difference(problem: Problem) -> Derivatives:
     """Central differences, h = eps^(1/3) max(1, |C|); one-sided second order at a bound,
     stepping away from it, so that the routine never sees a parameter outside its bounds.
-    Other bumps, and second differences: app.engine.bumping."""
+    Other bumps, and second differences: app.engine.differentiation.bumping."""
     return bump_and_revalue(problem, Bump())
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from app.engine.differentiation.problem import Derivatives, Problem
 from app.engine.errors import InvalidRequest
-from app.engine.problem import Derivatives, Problem
 
 __all__ = [
     "SCHEMES",

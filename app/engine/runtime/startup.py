@@ -11,10 +11,10 @@ from collections.abc import Mapping
 
 import torch
 
-from app.engine.admission import CostModel
-from app.engine.compute import TRANSFORMS_LOCK, Executor, differentiate
-from app.engine.problem import Problem
-from app.engine.validation import DTYPES
+from app.engine.differentiation.problem import Problem
+from app.engine.runtime.admission import CostModel
+from app.engine.runtime.executor import TRANSFORMS_LOCK, Executor, differentiate
+from app.engine.runtime.validation import DTYPES
 from routines import Routine
 
 __all__ = ["cache_host_allocations", "load_torch_extensions", "warm_up"]

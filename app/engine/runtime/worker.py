@@ -1,8 +1,8 @@
 """The device workers.
 
 Requests never compute on the event loop: they put a :class:`Job` on the
-:class:`~app.engine.batching.JobQueue` (its two lanes and batching policy are described there)
-and await its future. One :class:`DeviceWorker` thread per device takes work from the queue;
+:class:`~app.engine.runtime.batching.JobQueue` (its two lanes and batching policy are described
+there) and await its future. One :class:`DeviceWorker` thread per device takes work from the queue;
 an idle worker is the least loaded one, so work goes where there is room. Heavy jobs run
 alone, in slices: between two slices the worker runs any light launch that is waiting, so
 small requests never wait behind a heavy job for more than about a slice, and it checks
@@ -22,16 +22,16 @@ from dataclasses import dataclass
 import torch
 
 from app import metrics
-from app.engine.admission import CostModel
-from app.engine.batching import JobQueue
-from app.engine.compute import TRANSFORMS_LOCK, Executor, Sliced
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
     EngineError,
     ServiceUnavailable,
 )
-from app.engine.jobs import Job, JobResult, resolve_all
+from app.engine.runtime.admission import CostModel
+from app.engine.runtime.batching import JobQueue
+from app.engine.runtime.executor import TRANSFORMS_LOCK, Executor, Sliced
+from app.engine.runtime.jobs import Job, JobResult, resolve_all
 
 __all__ = ["DeviceWorker", "WorkerPool", "resolve_devices"]
 

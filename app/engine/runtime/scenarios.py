@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.bumping import pair_key, pairs
+from app.engine.differentiation.bumping import pair_key, pairs
 from app.engine.errors import InvalidRequest, listed
-from app.engine.jobs import Job, JobResult
+from app.engine.runtime.jobs import Job, JobResult
 from routines import Routine
 
 __all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "expand", "plan", "run"]
