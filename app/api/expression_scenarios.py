@@ -13,7 +13,13 @@ from starlette.responses import Response
 from app.api import scenarios
 from app.api.decoding import parse_json
 from app.api.expression_schemas import ExpressionRequest
-from app.api.expressions import EXAMPLE, METRICS_ROUTINE, _samples, expressions_for, make_routine
+from app.api.expressions import (
+    EXAMPLE,
+    METRICS_ROUTINE,
+    expressions_for,
+    input_samples,
+    make_routine,
+)
 from app.api.pipeline import Decoded, Incoming, offload, respond
 from app.api.schemas import validate_request
 from app.api.v1 import _COMPUTE_QUERY
@@ -38,7 +44,7 @@ class ExpressionScenarios(scenarios.V1Scenarios):
                             None if document.ode is None else document.ode.model_dump(),
                             names, list(document.params))
         plan = scenarios.scenario_plan(engine, made.routine, made.routine, document,
-                                       _samples(document.inputs.values, names), query,
+                                       input_samples(document.inputs.values, names), query,
                                        max_scenarios)
         return scenarios.Asked(plan, totals_only=document.totals_only,
                                expression=made.canonical)

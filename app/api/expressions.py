@@ -51,6 +51,7 @@ __all__ = [
     "METRICS_ROUTINE",
     "ExpressionV1",
     "expressions_for",
+    "input_samples",
     "make_routine",
     "router",
 ]
@@ -89,8 +90,11 @@ def make_routine(
     return expressions.ode(OdeSpec(**ode), inputs, params)
 
 
-def _samples(values: Any, names: list[str]) -> np.ndarray:
-    """``inputs.values`` as an (N,) or (N, D) array with D the number of ``inputs.names``."""
+def input_samples(values: Any, names: list[str]) -> np.ndarray:
+    """An expression body's ``inputs.values`` as an (N,) or (N, D) array, D the number of
+    ``inputs.names`` (a flat list is one feature's N values): the samples of every expression
+    route (sensitivities, evaluate, compare, scenarios). Raises InvalidRequest (a 422) naming
+    the mismatch when the rows do not hold one number per name."""
     x = decode_inputs(values)
     d = len(names)
     if x.ndim == 1 and x.shape[0] > 0 and d > 1:
@@ -132,7 +136,7 @@ class ExpressionV1:
             names,
             list(document.params),
         )
-        request = Request(self.kind, made.routine, _samples(document.inputs.values, names),
+        request = Request(self.kind, made.routine, input_samples(document.inputs.values, names),
                           document.params, dtype=document.dtype,
                           timeout_ms=_timeout_ms(query))
         if self.kind is JobKind.SENSITIVITIES:
