@@ -63,6 +63,18 @@ class Reply:
                         headers=self.headers or None)
 
 
+_NO_QUERY = QueryParams()  # (immutable: one for every request without a query string)
+
+
+def _content_length(scope: Scope) -> str | None:
+    """The Content-Length header's value, without building the request's Headers (most
+    requests never need them)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1"))
+    return None
+
+
 class Incoming:
     """One computation request as the codecs see it: path parameters, query, headers and
     the body, read on demand within its bounds."""
@@ -74,8 +86,8 @@ class Incoming:
         self.path_params = path_params
         self.settings = settings
         self.labels = RequestLabels()
-        self.body = BodyReader(receive, self.headers.get("content-length"),
-                               settings.max_body_bytes, budget)
+        self.body = BodyReader(receive, _content_length(scope), settings.max_body_bytes,
+                               budget)
         self._large: contextlib.ExitStack | None = None
 
     def serving_large(self, engine: Engine) -> None:
@@ -98,7 +110,7 @@ class Incoming:
     @cached_property
     def query(self) -> QueryParams:
         raw = self.scope.get("query_string", b"")
-        return QueryParams(raw) if raw else QueryParams()
+        return QueryParams(raw) if raw else _NO_QUERY
 
     @property
     def method(self) -> str:

@@ -65,6 +65,8 @@ def with_query(request: Request, query: Mapping[str, str], compare: bool = False
     """``request`` with the query's options: its strategy, bump settings and check. For
     compare: prepared as finite differences (which take every bump setting), with no check,
     and admitted whatever strategies this server serves (compare then runs those only)."""
+    if not query and not compare:
+        return request  # (most requests: nothing to change, and replace() costs microseconds)
     options = sensitivity_options(query)
     if compare:
         return replace(request, strategy="finite-difference", bump=options.bump, check=None,

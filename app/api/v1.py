@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -102,6 +101,7 @@ class V1:
     def __init__(self, kind: JobKind) -> None:
         self.kind = kind
         self.endpoint = kind.value
+        self.compare = False  # prepared as compare's request (app.api.sensitivity_options)
         self._model = (schemas.SensitivityRequest if kind is JobKind.SENSITIVITIES
                        else schemas.EvaluateRequest)
 
@@ -112,14 +112,14 @@ class V1:
     def request(self, routine: Routine, body: bytes, query: Mapping[str, str]) -> Request:
         """The engine's request for ``body`` and ``query`` on ``routine``."""
         document = schemas.validate_request(self._model, parse_document(body))
-        request = Request(self.kind, routine.name, decode_inputs(document.inputs),
-                          document.params, dtype=document.dtype,
-                          timeout_ms=_timeout_ms(query))
+        inputs = decode_inputs(document.inputs)
         if not isinstance(document, schemas.SensitivityRequest):
-            return request
-        request = replace(request, wrt=document.wrt, order=document.order,
-                          cross=document.cross)
-        return with_query(request, query)
+            return Request(self.kind, routine.name, inputs, document.params,
+                           dtype=document.dtype, timeout_ms=_timeout_ms(query))
+        return with_query(Request(self.kind, routine.name, inputs, document.params,
+                                  wrt=document.wrt, dtype=document.dtype,
+                                  timeout_ms=_timeout_ms(query), order=document.order,
+                                  cross=document.cross), query, compare=self.compare)
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
         labels = request.labels
@@ -149,9 +149,7 @@ class V1Compare(V1):
     def __init__(self) -> None:
         super().__init__(JobKind.SENSITIVITIES)
         self.endpoint = "compare"
-
-    def request(self, routine: Routine, body: bytes, query: Mapping[str, str]) -> Request:
-        return with_query(super().request(routine, body, query), query, compare=True)
+        self.compare = True
 
     async def run(self, engine: Engine, decoded: Decoded) -> Comparison:  # type: ignore[override]
         return await engine.compare(decoded.job)
