@@ -3,7 +3,6 @@ registry that declares and finds them."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import textwrap
 import warnings
@@ -46,26 +45,17 @@ def builtins() -> dict[str, Routine]:
     return discover(builtins=True)
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A loop only to own the futures of hand-built Jobs; run_job never resolves them."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
 # -- each built-in routine against its closed form ---------------------------------------------
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-def test_engine_matches_closed_form(name: str, builtins: dict[str, Routine],
-                                    loop: asyncio.AbstractEventLoop) -> None:
+def test_engine_matches_closed_form(name: str, builtins: dict[str, Routine]) -> None:
     form = CLOSED_FORMS[name]
     x = form.batch(64, seed=1)
     values, derivs = form.expected(x)
     rtol = RK4_RTOL if name == "logistic_rk4" else AD_RTOL
 
-    result = run_engine(loop, builtins[name], x, form.params)
+    result = run_engine(builtins[name], x, form.params)
 
     assert result.strategy == ("vmap-grad" if name == "gamma_survival" else "forward")
     assert_close(result.values, values, rtol=rtol)
@@ -73,17 +63,16 @@ def test_engine_matches_closed_form(name: str, builtins: dict[str, Routine],
     for p, d in derivs.items():
         assert_close(result.derivatives[p], d, rtol=rtol)
 
-    evaluated = run_engine(loop, builtins[name], x, form.params, strategy=None)
+    evaluated = run_engine(builtins[name], x, form.params, strategy=None)
     assert_close(evaluated.values, values, rtol=rtol)
     assert evaluated.derivatives == {}
 
 
-def test_black_scholes_greeks_are_textbook_scale(builtins: dict[str, Routine],
-                                                 loop: asyncio.AbstractEventLoop) -> None:
+def test_black_scholes_greeks_are_textbook_scale(builtins: dict[str, Routine]) -> None:
     """Hull's example 15.6: S = 42, K = 40, T = 0.5, r = 0.1, sigma = 0.2 gives c = 4.76;
     vega ~ 8.8 per unit of sigma (0.088 per percentage point would be the other scale)."""
     x = torch.tensor([[42.0, 40.0, 0.5]], dtype=torch.float64)
-    result = run_engine(loop, builtins["black_scholes_call"], x, {"sigma": 0.2, "r": 0.1})
+    result = run_engine(builtins["black_scholes_call"], x, {"sigma": 0.2, "r": 0.1})
     assert result.values.item() == pytest.approx(4.76, abs=0.005)
     assert result.derivatives["sigma"].item() == pytest.approx(8.81, abs=0.01)
     assert result.derivatives["r"].item() == pytest.approx(13.98, abs=0.01)

@@ -4,9 +4,6 @@ HTTP, no worker), plus the engine path through run_job where it adds something.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -34,13 +31,6 @@ FORWARD = [s for s in ALL if STRATEGIES[s].mode == "forward"]  # forward, forwar
 @pytest.fixture(scope="module")
 def builtins() -> dict[str, Routine]:
     return discover()
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 def batch_size(routine_name: str, strategy: str) -> int:
@@ -74,10 +64,9 @@ def test_auto_runs_forward_or_falls_back(name: str, builtins: dict[str, Routine]
     assert_matches_closed_form(problem, got.values, got.derivatives, ran)
 
 
-def test_auto_through_the_engine_names_the_fallback(builtins: dict[str, Routine],
-                                                    loop: asyncio.AbstractEventLoop) -> None:
+def test_auto_through_the_engine_names_the_fallback(builtins: dict[str, Routine]) -> None:
     form = CLOSED_FORMS["gamma_survival"]
-    result = run_engine(loop, builtins["gamma_survival"], form.batch(8), form.params)
+    result = run_engine(builtins["gamma_survival"], form.batch(8), form.params)
     assert result.strategy == "vmap-grad"
     _, exact = form.expected(form.batch(8))
     assert_close(result.derivatives["lam"], exact["lam"], rtol=AD_RTOL)
@@ -198,10 +187,9 @@ def test_forum_example_finite_difference(builtins: dict[str, Routine]) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["auto", *AD])
-def test_forum_example_through_the_engine(strategy: str, builtins: dict[str, Routine],
-                                          loop: asyncio.AbstractEventLoop) -> None:
+def test_forum_example_through_the_engine(strategy: str, builtins: dict[str, Routine]) -> None:
     x = torch.arange(10.).double()
-    result = run_engine(loop, builtins["linear"], x[:, None], {"C": -5.0}, strategy=strategy)
+    result = run_engine(builtins["linear"], x[:, None], {"C": -5.0}, strategy=strategy)
     assert result.strategy == ("forward" if strategy == "auto" else strategy)
     assert result.derivatives["C"][:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert result.values[:, 0].tolist() == [-5.0 * i for i in range(10)]
@@ -273,8 +261,7 @@ def watched(x: Tensor, *, a: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_no_strategy_runs_without_autograd(strategy: str,
-                                           loop: asyncio.AbstractEventLoop) -> None:
+def test_no_strategy_runs_without_autograd(strategy: str) -> None:
     x = torch.arange(4, dtype=torch.float64)[:, None]
     MODES.clear()
     got, _ = differentiate(Problem(watched, x, params_of(watched, {}, torch.float64), ("a",)),
@@ -282,7 +269,7 @@ def test_no_strategy_runs_without_autograd(strategy: str,
     assert_close(got.derivatives["a"], x, rtol=FD_RTOL, atol=1e-12)
     assert MODES and all(m == (True, False) for m in MODES), MODES
     MODES.clear()
-    result = run_engine(loop, watched, x, {}, strategy=strategy)
+    result = run_engine(watched, x, {}, strategy=strategy)
     assert_close(result.derivatives["a"], x, rtol=FD_RTOL, atol=1e-12)
     assert MODES and all(m == (True, False) for m in MODES), MODES
 

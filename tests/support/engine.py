@@ -3,8 +3,6 @@ checked against their closed forms (tests.support.closed_forms)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import torch
 from torch import Tensor
 
@@ -38,7 +36,7 @@ def params_of(r: Routine, values: dict[str, float], dtype: torch.dtype) -> dict[
     return {p.name: torch.tensor(values.get(p.name, p.default), dtype=dtype) for p in r.params}
 
 
-def run_engine(loop: asyncio.AbstractEventLoop, r: Routine, inputs: Tensor,
+def run_engine(r: Routine, inputs: Tensor,
                params: dict[str, float], *, strategy: str | None = "auto",
                wrt: tuple[str, ...] | None = None) -> JobResult:
     """The engine path without HTTP or the worker: a validated Job through run_job."""
