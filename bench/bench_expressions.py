@@ -80,7 +80,8 @@ def run(rounds: int, eager_rounds: int) -> list[tuple[str, int, float, float, fl
         compiled.warm_up([mine, theirs], CPU)  # built in the build process, loaded
         for p in (mine, theirs):
             if not compiled.compiled(p.routine, p.wrt, torch.float64):
-                raise SystemExit(f"{p.routine.name} was not compiled: {compiled._refused}")
+                refusals = dict(compiled.catalogue.refusals)
+                raise SystemExit(f"{p.routine.name} was not compiled: {refusals}")
         print(f"{label}: both built in {time.perf_counter() - began:.0f} s", flush=True)
         check(mine, theirs, compiled)
         calls: dict[str, Callable[[], object]] = {

@@ -168,7 +168,7 @@ def test_user_routines_compiled_match_eager_and_the_closed_form(
 
 @needs_cxx
 def test_the_two_step_recurrence_is_rolled(built: CompiledForward) -> None:
-    artefact = built._artefacts[kind_of(problem(two_step, N))]
+    artefact = built.catalogue.artefacts[kind_of(problem(two_step, N))]
     assert artefact.rolled is not None and artefact.rolled.loop.count >= 8
 
 
@@ -192,7 +192,7 @@ def test_the_verifier_refuses_a_patched_built_graph_at_the_scale_of_1e_10(
     """The built package (not the trace) is patched: its 1e-10 output 50% off. A single
     absolute tolerance of 1e-9 let that through; the per-output check refuses it."""
     p = problem(weighted_sawtooth, N)
-    artefact = built._artefacts[kind_of(p)]
+    artefact = built.catalogue.artefacts[kind_of(p)]
     monkeypatch.setattr(builds, "_package",  # the package already built, not compiled again
                         lambda gm, args, path: shutil.copy(built.cache_dir / artefact.package,
                                                            path))

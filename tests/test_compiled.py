@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from app.engine import warm_up
-from app.engine.compiled import forward as compiled_module
-from app.engine.compiled.builds import Artefact, InlineBuilder, forward_graph, kind_of
+from app.engine.compiled import builds
+from app.engine.compiled import catalogue as catalogue_module
+from app.engine.compiled.builds import Artefact, Graph, InlineBuilder, forward_graph, kind_of
 from app.engine.compiled.forward import TRACE_N, CompiledForward
 from app.engine.compiled.pacing import Pacer
 from app.engine.differentiation.strategies import Problem
@@ -77,7 +78,7 @@ def built(builtins: dict[str, Routine],
     for problem in (black_scholes(builtins, 100), decay_per_sample(builtins, 100)):
         assert compiled.run(problem) is None  # not built yet: eager, and a build is asked for
     assert compiled.settle(600)
-    assert compiled.swap_in(CPU) == 2, compiled._refused
+    assert compiled.swap_in(CPU) == 2, dict(compiled.catalogue.refusals)
     yield compiled
     compiled.close()
 
@@ -106,7 +107,7 @@ def test_shared_parameters_in_several_calls_with_a_short_last_one(
 @needs_cxx
 def test_wrt_in_either_order_is_one_graph(builtins: dict[str, Routine],
                                           built: CompiledForward) -> None:
-    graphs = dict(built._graphs)
+    graphs = dict(built.catalogue.loaded)
     one, other = black_scholes(builtins, 90, ("sigma", "r")), black_scholes(builtins, 90,
                                                                             ("r", "sigma"))
     assert kind_of(one) == kind_of(other)
@@ -115,7 +116,8 @@ def test_wrt_in_either_order_is_one_graph(builtins: dict[str, Routine],
     assert list(b.derivatives) == ["r", "sigma"]  # the request's order, the graph's numbers
     for name in ("sigma", "r"):
         assert torch.equal(a.derivatives[name], b.derivatives[name])
-    assert built._graphs == graphs and not built._pending  # nothing new built or asked for
+    # nothing new built or asked for
+    assert built.catalogue.loaded == graphs and not built.catalogue.pending
 
 
 @needs_cxx
@@ -124,8 +126,8 @@ def test_a_remainder_of_one_sample_joins_the_call_before(
         monkeypatch: pytest.MonkeyPatch) -> None:
     problem = black_scholes(builtins, 2 * CHUNK + 1)
     key = (kind_of(problem), "cpu")
-    graph, sizes = built._graphs[key], []
-    monkeypatch.setitem(built._graphs, key,
+    graph, sizes = built.catalogue.loaded[key], []
+    monkeypatch.setitem(built.catalogue._graphs, key,
                         lambda cols, params: (sizes.append(cols.shape[1]), graph(cols, params))[1])
     result = built.run(problem)
     assert sizes == [CHUNK, CHUNK + 1]
@@ -148,7 +150,7 @@ def test_per_sample_parameters_and_shared_ones_share_the_per_sample_graph(
         assert_close(result.derivatives["k"][i:i + 1], derivs["k"], rtol=AD_RTOL)
     shared = Problem(r, problem.inputs, {"k": torch.tensor(0.7, dtype=torch.float64)}, ("k",))
     result = built.run(shared)  # no shared graph: the per-sample one, k expanded
-    assert result is not None and not built._pending
+    assert result is not None and not built.catalogue.pending
     values, derivs = form.expected(shared.inputs, {"k": 0.7})
     assert_close(result.values, values, rtol=AD_RTOL)
     assert_close(result.derivatives["k"], derivs["k"], rtol=AD_RTOL)
@@ -158,7 +160,8 @@ def test_per_sample_parameters_and_shared_ones_share_the_per_sample_graph(
 def test_a_launch_never_waits_for_a_build(builtins: dict[str, Routine], built: CompiledForward,
                                          tmp_path: Path) -> None:
     events: list[str] = []
-    artefact = next(a for k, a in built._artefacts.items() if k.routine == "black_scholes_call")
+    artefact = next(a for k, a in built.catalogue.artefacts.items()
+                    if k.routine == "black_scholes_call")
     shutil.copy(built.cache_dir / artefact.package, tmp_path / artefact.package)
     builder = GatedBuilder(tmp_path, events)
     compiled = CompiledForward(chunk=CHUNK, min_samples=32, builder=builder)
@@ -180,7 +183,7 @@ def test_a_launch_never_waits_for_a_build(builtins: dict[str, Routine], built: C
                       "compiled"]
 
 
-def wrong_by_half(graph: compiled_module.Graph, after: int = 0) -> compiled_module.Graph:
+def wrong_by_half(graph: Graph, after: int = 0) -> Graph:
     """The graph with its values 50% off from its ``after + 1``-th call on."""
     calls = [0]
 
@@ -202,13 +205,13 @@ def test_a_live_mismatch_retires_the_graph_and_is_counted(
     assert compiled.run(problem) is None  # found in the cache directory: swapped in next
     assert compiled.swap_in(CPU) == 1
     key = (kind_of(problem), "cpu")
-    compiled._graphs[key] = wrong_by_half(compiled._graphs[key], after=1)
+    compiled.catalogue._graphs[key] = wrong_by_half(compiled.catalogue.loaded[key], after=1)
     before = scrape_refusals()
     assert compiled.run(problem) is not None  # launch 1: re-checked, right
     for _ in range(2):  # launches 2 and 3 are not re-checked: served (the price of sampling)
         assert compiled.run(problem) is not None
     assert compiled.run(problem) is None  # launch 4: re-checked, wrong, retired
-    assert compiled.refused(problem) == "recheck" and key not in compiled._graphs
+    assert compiled.refused(problem) == "recheck" and key not in compiled.catalogue.loaded
     assert scrape_refusals()["recheck"] - before["recheck"] == 1
     assert not list(tmp_path.glob("exponential_decay-*"))  # not loaded again at a restart
     result, ran = differentiate(problem, "auto", compiled)  # eagerly from now on, and right
@@ -387,7 +390,7 @@ def test_a_finished_build_is_loaded_in_the_builders_thread_not_the_workers(
         loads.append(threading.current_thread().name)
         return lambda cols, params: (cols[0], cols[0])
 
-    monkeypatch.setattr(compiled_module, "load", load)
+    monkeypatch.setattr(catalogue_module, "load", load)
     builder = GatedBuilder(tmp_path)
     compiled = CompiledForward(chunk=CHUNK, min_samples=2, builder=builder)
     assert compiled.swap_in(CPU) == 0  # the worker serves the CPU
@@ -413,7 +416,7 @@ def test_a_finished_build_waits_for_large_requests_to_end_before_it_is_loaded(
         events.append("loaded")
         return lambda cols, params: (cols[0], cols[0])
 
-    monkeypatch.setattr(compiled_module, "load", load)
+    monkeypatch.setattr(catalogue_module, "load", load)
     builder = GatedBuilder(tmp_path)
     compiled = CompiledForward(chunk=CHUNK, min_samples=2, builder=builder,
                                pacer=Pacer(lambda: None, share=0.5))
@@ -445,13 +448,13 @@ def test_a_graph_found_in_the_cache_directory_is_loaded_between_launches_not_in_
     """The launch that finds it (during a large request) goes on eagerly at once: it neither
     loads it nor waits for the large request to end; the next swap_in loads it."""
     loads: list[str] = []
-    real_load = compiled_module.load
+    real_load = builds.load
 
     def load(artefact: Artefact, cache_dir: Path, device: torch.device) -> object:
         loads.append(threading.current_thread().name)
         return real_load(artefact, cache_dir, device)
 
-    monkeypatch.setattr(compiled_module, "load", load)
+    monkeypatch.setattr(catalogue_module, "load", load)
     compiled = copy_of(built, tmp_path, pacer=Pacer(lambda: None, share=0.5))
     compiled.swap_in(CPU)  # the worker serves the CPU
     problem = black_scholes(builtins, 100)

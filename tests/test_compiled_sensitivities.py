@@ -32,7 +32,7 @@ def built(problem: Problem, compiled: CompiledForward, order: int,
     here, so done when it returns) and answers None; the graph is swapped in, and then
     serves."""
     assert compiled.run(problem, order, cross) is None
-    assert compiled.swap_in(CPU) == 1, compiled._refused
+    assert compiled.swap_in(CPU) == 1, dict(compiled.catalogue.refusals)
     got = compiled.run(problem, order, cross)
     assert got is not None
     return got

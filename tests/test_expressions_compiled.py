@@ -130,7 +130,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CompiledFo
     for problem in (closed_form(), ode_form()):
         assert compiled.run(problem) is None  # eager meanwhile; the build is asked for
     assert compiled.settle(600)
-    assert compiled._refused == {}
+    assert compiled.catalogue.refusals == {}
     assert compiled.swap_in(CPU) == 2
     yield compiled, graphs._value.get() - before
     compiled.close()
@@ -166,7 +166,7 @@ def test_the_ode_form_runs_through_the_loop_roller_with_logistic_rk4s_numbers(
         built: tuple[CompiledForward, float]) -> None:
     compiled, _ = built
     problem = ode_form()
-    assert compiled._artefacts[kind_of(problem)].rolled is not None  # one step compiled
+    assert compiled.catalogue.artefacts[kind_of(problem)].rolled is not None  # one step compiled
     got, launches = launched(compiled, problem)
     assert launches >= 1
     rk4 = forward(replace(problem, routine=discover()["logistic_rk4"]))
@@ -181,7 +181,7 @@ def test_the_verifier_refuses_a_bad_graph_of_an_expression(
     compiled, _ = built
     problem = closed_form()
     kind = kind_of(problem)
-    graph = builds.load(compiled._artefacts[kind], compiled.cache_dir, CPU)
+    graph = builds.load(compiled.catalogue.artefacts[kind], compiled.cache_dir, CPU)
 
     def bad(cols: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
         values, dk, dr = graph(cols, params)

@@ -26,9 +26,7 @@ MAX_CLASS_LINES = 200
 KNOWN_CIRCLES: list[frozenset[str]] = []
 # Functions ("path::Class.method") and classes ("path::Class") over the bounds (issue 21).
 KNOWN_LONG_SIGNATURES: list[str] = []
-KNOWN_LONG_CLASSES: list[str] = [
-    "app/engine/compiled/forward.py::CompiledForward",
-]
+KNOWN_LONG_CLASSES: list[str] = []
 
 # (importer prefix, imported prefix, why not)
 FORBIDDEN = [
