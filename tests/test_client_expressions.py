@@ -171,3 +171,39 @@ def test_cli_expression_table_and_ode(small_dydc_url: str, tmp_path: Path) -> No
         ["10.0", "1.0", "5.0"],
         ["10.0", "2.5", str(0.5 * 10**2.5)],
     ]
+
+
+def test_a_large_batch_is_split_under_the_services_limits(small_dydc_url: str) -> None:
+    """250 samples with a per-sample rate, against a service taking 100 samples (and 16 KiB)
+    a request: several chunks, each answer in place, the canonical text kept; several outputs
+    and a comparison too (a comparison is never split: one request, refused whole)."""
+    rng = np.random.default_rng(7)
+    n0, t = rng.uniform(1.0, 90.0, 250), rng.uniform(0.0, 8.0, 250)
+    rates = rng.uniform(0.1, 1.0, 250)
+    with dydc.Client(small_dydc_url) as client:
+        limits = client.limits()
+        r = client.expression(LOGISTIC, {"N0": n0, "t": t}, {"r": rates, "K": 120.0}, "r,K")
+        two = client.expression(["a * x", "b * x ** 2"], {"x": t}, {"a": 2.0, "b": 3.0},
+                                order=2, cross=True)
+    assert limits.max_samples == 100 and r.chunks >= 3 and two.chunks >= 3
+    assert r.n == 250 and r.expression == "K / (1 + (K - N0) / N0 * exp(-r * t))"
+    want = [cf.logistic_growth(a, b, c, 120.0) for a, b, c in zip(n0, t, rates, strict=True)]
+    np.testing.assert_allclose(r.values, [w["y"] for w in want], rtol=1e-13)
+    np.testing.assert_allclose(r.derivatives["r"], [w["r"] for w in want], rtol=1e-12)
+    np.testing.assert_allclose(r.derivatives["K"], [w["K"] for w in want], rtol=1e-12)
+    np.testing.assert_allclose(r.params["r"], rates, rtol=0)
+    np.testing.assert_allclose(two.values, np.stack([2.0 * t, 3.0 * t**2], axis=1), rtol=1e-15)
+    np.testing.assert_allclose(two.second_derivatives["b,b"], 0.0, atol=0)
+
+
+def test_cli_the_issues_expression_example(small_dydc_url: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dydc expression "C * x" --inputs data.csv --param C=2``, as the issue writes it."""
+    (tmp_path / "data.csv").write_text("x\n1.5\n-2.0\n4.0\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(small_dydc_url, "expression", "C * x", "--inputs", "data.csv",
+                          "--param", "C=2")
+    assert code == 0, err
+    assert out.startswith("expression: C * x\n")
+    for x in (1.5, -2.0, 4.0):  # the value 2x and dy/dC = x on each row
+        assert f"{2 * x:.10g}" in out and f"{x:.10g}" in out

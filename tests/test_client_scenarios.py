@@ -232,3 +232,117 @@ def test_cli_other_usage_errors(small_dydc_url: str, tmp_path: Path) -> None:
     code, _, err = _cli(small_dydc_url, "scenarios", ROUTINE, "--inputs", source, "--shift",
                         "vol=rel:0.1")
     assert code == 1 and "neither a parameter nor an input" in err, err
+
+
+def test_cli_the_issues_example_and_totals_only(small_dydc_url: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dydc scenarios black_scholes_call --inputs book.csv --shift sigma=rel:-0.1,0,0.1
+    --shift r=abs:-0.01,0.01 --explain --out pnl.csv`` as written (the routine's default
+    sigma and r), and --totals-only writing the same table."""
+    _book(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["scenarios", ROUTINE, "--inputs", "book.csv", "--shift", "sigma=rel:-0.1,0,0.1",
+            "--shift", "r=abs:-0.01,0.01", "--explain"]
+    code, _, err = _cli(small_dydc_url, *args, "--out", "pnl.csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO((tmp_path / "pnl.csv").read_text())))
+    with dydc.Client(small_dydc_url) as client:
+        defaults = {p.name: p.default for p in client.routine(ROUTINE).params}
+        want = client.scenarios(ROUTINE, BOOK, None, GRID, explain=True)
+    assert rows[0] == ["scenario", "sigma:rel", "r:abs", "total_pnl", "total_delta_pnl",
+                       "total_unexplained"] == want.table()[0]
+    table = np.asarray(rows[1:], dtype=np.float64)
+    np.testing.assert_array_equal(table, want.table()[1])
+    sigma, r = defaults["sigma"], defaults["r"]
+    for row, (rel, dr) in zip(table, itertools.product([-0.1, 0.0, 0.1], [-0.01, 0.01]),
+                              strict=True):
+        total = price(sigma * (1 + rel), r + dr).sum() - price(sigma, r).sum()
+        assert row[3] == pytest.approx(total, rel=1e-12, abs=1e-12)
+    asked: list[bool] = []  # what each request asked for: totals only, or every array
+    sending = dydc.scenarios.call
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        asked.append(args[3].totals_only)
+        return sending(*args, **kwargs)
+
+    monkeypatch.setattr(dydc.scenarios, "call", call)
+    code, _, err = _cli(small_dydc_url, *args, "--totals-only", "--out", "totals.csv")
+    assert code == 0, err
+    assert asked == [True]
+    totals = list(csv.reader(io.StringIO((tmp_path / "totals.csv").read_text())))
+    assert totals[0] == rows[0]
+    np.testing.assert_allclose(np.asarray(totals[1:], dtype=np.float64), table, rtol=1e-12,
+                               atol=1e-12)
+
+
+LINEAR_CSV = "x,scale\n0.5,10\n1.0,20\n2.0,30\n-3.0,40\n"
+
+
+def test_cli_expression_scenarios(small_dydc_url: str, tmp_path: Path) -> None:
+    """``dydc scenarios --expression``: C * x shifted in a parameter and an input feature, the
+    P&L and its first-order explain against their closed forms; --totals-only the same."""
+    source = tmp_path / "data.csv"
+    source.write_text(LINEAR_CSV)
+    x = np.array([0.5, 1.0, 2.0, -3.0])
+    args = ["scenarios", "--expression", "C * x", "--inputs", str(source), "--names", "x",
+            "--param", "C=2", "--shift", "C=rel:-0.5,0.25", "--shift", "x=abs:0,1",
+            "--combine", "zip", "--explain"]
+    code, out, err = _cli(small_dydc_url, *args, "--out", "-")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["scenario", "C:rel", "x:abs", "total_pnl", "total_delta_pnl",
+                       "total_unexplained"]
+    table = np.asarray(rows[1:], dtype=np.float64)
+    for row, (rel, dx) in zip(table, [(-0.5, 0.0), (0.25, 1.0)], strict=True):
+        pnl = (2.0 * (1 + rel) * (x + dx) - 2.0 * x).sum()
+        delta = (2.0 * rel * x + 2.0 * dx).sum()
+        assert row[3] == pytest.approx(pnl, rel=1e-14)
+        assert row[4] == pytest.approx(delta, rel=1e-14)
+        assert row[5] == pytest.approx(len(x) * 2.0 * rel * dx, abs=1e-13)  # the cross term
+    code, totals_out, err = _cli(small_dydc_url, *args, "--totals-only", "--out", "-")
+    assert code == 0, err
+    assert list(csv.reader(io.StringIO(totals_out))) == rows
+    code, out, err = _cli(small_dydc_url, *args[:7], "--param", "C=2", "--shift",
+                          "C=abs:1")
+    assert code == 0, err  # a table, with the canonical text above it
+    assert out.startswith("expression: C * x\n") and "expression-" not in out
+    assert "expression: 1 scenarios x 4 samples" in " ".join(out.split())  # wrapped
+    assert f"{float(x.sum()):.10g}" in out
+
+
+def test_cli_expression_scenarios_of_an_ode(small_dydc_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "growth.csv"
+    source.write_text("N0,t\n10,1.0\n10,2.5\n")
+    ode = {"rhs": "r * n * (1 - n / K)", "state": "n", "initial": "N0", "time": "t",
+           "steps": 200}
+    code, out, err = _cli(small_dydc_url, "scenarios", "--ode", json.dumps(ode),
+                          "--inputs", str(source), "--param", "r=0.5", "--param", "K=100",
+                          "--shift", "r=abs:0.1", "--out", "-")
+    assert code == 0, err
+    [header, row] = list(csv.reader(io.StringIO(out)))
+    assert header == ["scenario", "r:abs", "total_pnl"]
+    want = sum(cf.logistic_growth(10.0, t, 0.6, 100.0)["y"]
+               - cf.logistic_growth(10.0, t, 0.5, 100.0)["y"] for t in (1.0, 2.5))
+    assert float(row[2]) == pytest.approx(want, rel=1e-6)  # rk4 in 200 steps
+
+
+def test_cli_expression_scenarios_mistakes(small_dydc_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "data.csv"
+    source.write_text(LINEAR_CSV)
+    base = ["scenarios", "--inputs", str(source), "--param", "C=2"]
+    for extra, code_wanted, message in [
+        (["--shift", "C=abs:1"], 2, "give a routine's NAME, or your function"),
+        (["linear", "--expression", "C * x", "--shift", "C=abs:1"], 2, "not both"),
+        (["linear", "--names", "x", "--shift", "C=abs:1"], 2, "not both"),
+        (["--expression", "C * x", "--ode", "{}", "--shift", "C=abs:1"], 2, "not both"),
+        (["--expression", "C * x"], 2, "--shift: give at least one"),
+        (["--expression", "C * x", "--shift", "C=abs:1", "--cross"], 2, "add --explain"),
+        (["--expression", "C * x", "--shift", "C=abs:1", "--combine", "grid"], 2,
+         "--combine"),
+        (["--expression", "C * x", "--shift", "D=abs:1"], 1,
+         "neither a parameter nor an input"),
+        (["--expression", "C * x", "--shift", "C=abs:1,2", "--shift", "x=abs:1", "--combine",
+          "zip"], 1, "combine = product"),
+    ]:
+        code, _, err = _cli(small_dydc_url, *base, *extra)
+        assert code == code_wanted and message in err, (extra, err)

@@ -101,5 +101,5 @@ def merge(parts: Sequence[Result], wall_ms: float) -> Result:
         n=sum(p.n for p in parts), timing_ms=_merge_timing(parts, wall_ms),
         check=_merge_check([p.check for p in parts]), bump=first.bump, params=params,
         outputs=first.outputs, request_id=first.request_id, protocol=first.protocol,
-        chunks=len(parts),
+        chunks=len(parts), expression=first.expression,
     )

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 try:
-    import click
     import typer
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -52,14 +51,16 @@ class _Commands(TyperGroup):
     """The group: its own options (``--url`` ...) are taken after the command as well, moved
     in front of it before Click parses (the command's options never share their names)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # ctx: Click's Context, which typer >= 0.29 vendors (typer._click) and older ones
+        # import: typed Any to take either
         return super().parse_args(ctx, _hoist_options(self.params, args))
 
 
-def _hoist_options(params: Sequence[click.Parameter], args: list[str]) -> list[str]:
-    """``args`` with the options among ``params`` (``--url U``, ``--url=U``) put first, in
-    their order; ``--`` ends the options."""
-    valued = {name: not (isinstance(p, click.Option) and p.is_flag)
+def _hoist_options(params: Sequence[Any], args: list[str]) -> list[str]:
+    """``args`` with the options among ``params`` (Click's parameters, ``--url U``,
+    ``--url=U``) put first, in their order; ``--`` ends the options."""
+    valued = {name: not getattr(p, "is_flag", False)
               for p in params for name in p.opts if name.startswith("--")}
     hoisted: list[str] = []
     rest: list[str] = []
@@ -381,32 +382,32 @@ def _features(table: InputTable, names: str | None, param: list[str]) -> list[st
     return [c for c in table.columns if c not in taken]
 
 
-@app.command()
-@_reports_errors
-def expression(
-    ctx: typer.Context, inputs: InputsOption,
-    text: Annotated[str | None, typer.Argument(
-        metavar="EXPRESSION", help="Your function, e.g. 'C * x' (docs/expressions.md).")
-    ] = None,
-    param: ParamOption = None,
-    names: Annotated[str | None, typer.Option(
-        help="The input features, comma-separated in column order; default: the file's "
-             "columns, less those a --param NAME=@COLUMN takes.")] = None,
-    ode: Annotated[str | None, typer.Option(
-        help='An ODE in place of EXPRESSION, as JSON: {"rhs": "r * n * (1 - n / K)", '
-             '"state": "n", "initial": "N0", "time": "t", "steps": 200, "method": "rk4"}.')
-    ] = None,
-    wrt: WrtOption = None,
-    order: OrderOption = 1,
-    cross: CrossOption = False,
-    strategy: StrategyOption = "auto",
-    evaluate: Annotated[bool, typer.Option("--evaluate", help="Values only.")] = False,
-    check: CheckOption = False,
-    dtype: DtypeOption = None,
-    timeout_ms: TimeoutOption = None,
-    out_file: OutOption = None, rows: RowsOption = 20,
-) -> None:
-    """Values and derivatives of your own function (or ODE) for every sample of a file."""
+ExpressionArgument = Annotated[str | None, typer.Argument(
+    metavar="EXPRESSION", help="Your function, e.g. 'C * x' (docs/expressions.md).")]
+NamesOption = Annotated[str | None, typer.Option(
+    help="The input features, comma-separated in column order; default: the file's columns, "
+         "less those a --param NAME=@COLUMN takes.")]
+OdeOption = Annotated[str | None, typer.Option(
+    help='An ODE in place of EXPRESSION, as JSON: {"rhs": "r * n * (1 - n / K)", '
+         '"state": "n", "initial": "N0", "time": "t", "steps": 200, "method": "rk4"}.')]
+
+
+@dataclass(frozen=True)
+class _Function:
+    """A caller's function as the command line read it: the expression or the ODE, its input
+    features, and the file's samples and parameters."""
+
+    text: str | None
+    ode: dict[str, Any] | None
+    features: list[str]
+    info: RoutineInfo
+    samples: Any
+    params: dict[str, Any]
+
+
+def _function(text: str | None, ode: str | None, inputs: str, names: str | None,
+              param: list[str] | None) -> _Function:
+    """EXPRESSION or --ode JSON, and --inputs read with --names and --param."""
     if (text is None) == (ode is None):
         raise UsageError("give an EXPRESSION, or --ode JSON, not both")
     spec = None
@@ -422,16 +423,40 @@ def expression(
     features = _features(table, names, param or [])
     info = RoutineInfo(name="expression", description=text or ode or "", params=[],
                        inputs=features, outputs=["y"])
-    samples, params = table.samples(info), _params(param or [], table)
+    return _Function(text, spec, features, info, table.samples(info),
+                     _params(param or [], table))
+
+
+def _print_expression(canonical: str | None) -> None:
+    if canonical is not None:
+        out.print(f"expression: {canonical}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_reports_errors
+def expression(
+    ctx: typer.Context, inputs: InputsOption, text: ExpressionArgument = None,
+    param: ParamOption = None, names: NamesOption = None, ode: OdeOption = None,
+    wrt: WrtOption = None,
+    order: OrderOption = 1,
+    cross: CrossOption = False,
+    strategy: StrategyOption = "auto",
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Values only.")] = False,
+    check: CheckOption = False,
+    dtype: DtypeOption = None,
+    timeout_ms: TimeoutOption = None,
+    out_file: OutOption = None, rows: RowsOption = 20,
+) -> None:
+    """Values and derivatives of your own function (or ODE) for every sample of a file."""
+    f = _function(text, ode, inputs, names, param)
     with _service(ctx).client(progress=True) as client:
-        result = client.expression(text, samples, params, _wrt(wrt), names=features, ode=spec,
-                                   evaluate=evaluate, order=order, cross=cross,
+        result = client.expression(f.text, f.samples, f.params, _wrt(wrt), names=f.features,
+                                   ode=f.ode, evaluate=evaluate, order=order, cross=cross,
                                    strategy=strategy, dtype=dtype, timeout_ms=timeout_ms,
                                    check=check or None)
-    if result.expression is not None and out_file is None:
-        out.print(f"expression: {result.expression}", markup=False, highlight=False,
-                  soft_wrap=True)
-    _emit(result, info, samples, out_file, rows)
+    if out_file is None:
+        _print_expression(result.expression)
+    _emit(result, f.info, f.samples, out_file, rows)
     _print_check(result)
 
 
@@ -500,7 +525,8 @@ def _shifts(given: Sequence[str]) -> dict[str, tuple[str, list[float]]]:
 
 def _show_scenarios(result: ScenarioResult, rows: int) -> None:
     columns, cells = result.table()
-    table = Table(*columns, title=f"{result.routine}: {result.scenario_count} scenarios x "
+    name = result.routine if result.expression is None else "expression"  # not its hash
+    table = Table(*columns, title=f"{name}: {result.scenario_count} scenarios x "
                   f"{result.n} samples, {result.dtype} on {result.device}")
     for row in cells[:rows]:
         table.add_row(str(row[0]), *(f"{float(v):.10g}" for v in row[1:]))
@@ -510,46 +536,108 @@ def _show_scenarios(result: ScenarioResult, rows: int) -> None:
                   soft_wrap=True)
 
 
+ShiftOption = Annotated[list[str] | None, typer.Option(
+    help="NAME=rel:V1,V2,... or NAME=abs:V1,V2,...: a parameter's or input feature's shifts; "
+         "repeatable, one factor each.")]
+CombineOption = Annotated[str, typer.Option(
+    help="product (every combination) or zip (the i-th shift of every factor).")]
+ExplainOption = Annotated[bool, typer.Option(
+    help="Explain each scenario's P&L by the base's Taylor terms.")]
+ExplainOrderOption = Annotated[int, typer.Option(help="The explain's order: 1, or 2 with gamma.")]
+ExplainCrossOption = Annotated[bool, typer.Option(help="Order 2: the cross terms too.")]
+ExplainWrtOption = Annotated[str | None, typer.Option(
+    help="The explain's factors, comma-separated; default the shifted ones.")]
+TotalsOnlyOption = Annotated[bool, typer.Option(
+    "--totals-only", help="Only the sums over the book: the service sends no per-sample "
+                          "arrays (the table is the same).")]
+ScenarioOutOption = Annotated[str | None, typer.Option(
+    "--out", "-o", help=".csv or .json, or - for CSV on stdout; a table when left out.")]
+ScenarioRowsOption = Annotated[int, typer.Option(help="Scenarios shown without --out.")]
+
+
+@dataclass(frozen=True)
+class _Scenarios:
+    """The scenario options both commands take, checked, as the client's arguments."""
+
+    shifts: dict[str, tuple[str, list[float]]]
+    combine: str
+    explain: bool
+    order: int
+    cross: bool
+    wrt: list[str] | None
+    totals_only: bool
+
+    @classmethod
+    def read(cls, shift: list[str] | None, combine: str, explain: bool, order: int,
+             cross: bool, wrt: str | None, totals_only: bool) -> _Scenarios:
+        shifts = _shifts(shift or [])
+        if combine not in ("product", "zip"):
+            raise UsageError(f"--combine {combine!r}: use product or zip")
+        if not explain and (order != 1 or cross or wrt is not None):
+            raise UsageError("--order, --cross and --wrt shape the explain: add --explain")
+        return cls(shifts, combine, explain, order, cross, _wrt(wrt), totals_only)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"combine": self.combine, "explain": self.explain, "order": self.order,
+                "cross": self.cross, "wrt": self.wrt, "totals_only": self.totals_only}
+
+
+def _emit_scenarios(result: ScenarioResult, target: str | None, rows: int) -> None:
+    if target is None:
+        _show_scenarios(result, rows)
+    else:
+        write_table(target, *result.table(), sys.stdout)
+
+
 @app.command()
 @_reports_errors
 def scenarios(
-    ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
-    shift: Annotated[list[str] | None, typer.Option(
-        help="NAME=rel:V1,V2,... or NAME=abs:V1,V2,...: a parameter's or input feature's "
-             "shifts; repeatable, one factor each.")] = None,
-    combine: Annotated[str, typer.Option(
-        help="product (every combination) or zip (the i-th shift of every factor).")
-    ] = "product",
-    explain: Annotated[bool, typer.Option(
-        help="Explain each scenario's P&L by the base's Taylor terms.")] = False,
-    order: Annotated[int, typer.Option(help="The explain's order: 1, or 2 with gamma.")] = 1,
-    cross: Annotated[bool, typer.Option(help="Order 2: the cross terms too.")] = False,
-    wrt: Annotated[str | None, typer.Option(
-        help="The explain's factors, comma-separated; default the shifted ones.")] = None,
+    ctx: typer.Context, inputs: InputsOption,
+    name: Annotated[str | None, typer.Argument(
+        help="The routine; leave it out for your own function (--expression or --ode).")
+    ] = None,
+    param: ParamOption = None,
+    text: Annotated[str | None, typer.Option(
+        "--expression", help="Your function in place of a routine, e.g. 'C * x' "
+                             "(docs/expressions.md).")] = None,
+    ode: OdeOption = None, names: NamesOption = None,
+    shift: ShiftOption = None,
+    combine: CombineOption = "product",
+    explain: ExplainOption = False,
+    order: ExplainOrderOption = 1,
+    cross: ExplainCrossOption = False,
+    wrt: ExplainWrtOption = None,
+    totals_only: TotalsOnlyOption = False,
     dtype: DtypeOption = None,
     timeout_ms: TimeoutOption = None,
-    out_file: Annotated[str | None, typer.Option(
-        "--out", "-o", help=".csv or .json, or - for CSV on stdout; a table when left out.")
-    ] = None,
-    rows: Annotated[int, typer.Option(help="Scenarios shown without --out.")] = 50,
+    out_file: ScenarioOutOption = None,
+    rows: ScenarioRowsOption = 50,
 ) -> None:
     """The book revalued under a grid (or zip) of shifts in one request: P&L per scenario,
-    and with --explain its delta, gamma and unexplained parts."""
-    shifts = _shifts(shift or [])
-    if combine not in ("product", "zip"):
-        raise UsageError(f"--combine {combine!r}: use product or zip")
-    if not explain and (order != 1 or cross or wrt is not None):
-        raise UsageError("--order, --cross and --wrt shape the explain: add --explain")
+    and with --explain its delta, gamma and unexplained parts. A routine's (NAME), or your
+    own function's (--expression TEXT, or --ode JSON, with --names)."""
+    asked = _Scenarios.read(shift, combine, explain, order, cross, wrt, totals_only)
+    if name is not None and (text is not None or ode is not None or names is not None):
+        raise UsageError(f"give a routine ({name}) or --expression/--ode (with --names), "
+                         "not both")
+    if name is None:
+        if text is None and ode is None:
+            raise UsageError("give a routine's NAME, or your function as --expression TEXT "
+                             "or --ode JSON")
+        f = _function(text, ode, inputs, names, param)
     with _service(ctx).client(progress=True) as client:
-        info = client.routine(name)
-        samples, params = _inputs(inputs, info, param)
-        result = client.scenarios(name, samples, params, shifts, combine=combine,
-                                  explain=explain, order=order, cross=cross, wrt=_wrt(wrt),
-                                  dtype=dtype, timeout_ms=timeout_ms)
+        if name is None:
+            result = client.expression_scenarios(f.text, f.samples, f.params, asked.shifts,
+                                                 names=f.features, ode=f.ode, dtype=dtype,
+                                                 timeout_ms=timeout_ms, **asked.kwargs())
+        else:
+            info = client.routine(name)
+            samples, params = _inputs(inputs, info, param)
+            result = client.scenarios(name, samples, params, asked.shifts, dtype=dtype,
+                                      timeout_ms=timeout_ms, **asked.kwargs())
     if out_file is None:
-        _show_scenarios(result, rows)
-    else:
-        write_table(out_file, *result.table(), sys.stdout)
+        _print_expression(result.expression)
+    _emit_scenarios(result, out_file, rows)
 
 
 # -- load and serving --------------------------------------------------------------------------

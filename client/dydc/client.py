@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -20,13 +20,13 @@ from urllib.parse import quote
 import httpx
 
 from dydc import scenarios, v1, v2
-from dydc.batches import make_batch
+from dydc.batches import Batch, make_batch
 from dydc.calls import Call, Progress, Upload
 from dydc.chunking import answer_numbers, chunk_bounds, merge
 from dydc.codings import accept_encoding
 from dydc.errors import ConnectionFailed
 from dydc.options import Kind, Options, options
-from dydc.results import Bump, Comparison, Limits, Result, RoutineInfo, StrategyInfo
+from dydc.results import Bump, Comparison, Limits, Param, Result, RoutineInfo, StrategyInfo
 from dydc.retrying import RetryPolicy
 from dydc.scenarios import ScenarioResult, ShiftsLike
 
@@ -133,28 +133,29 @@ class _Steps:
                 > limits.max_response_bytes):
             info = info or (yield from self.routine_steps(routine))
             answer = answer_numbers(info, opts, batch, binary)
-        bounds = ([(0, batch.n)] if opts.kind is Kind.COMPARE
-                  else chunk_bounds(batch, limits, opts.strategy, binary, answer))
-        started = time.perf_counter()
-        parts = [batch.part(start, stop) for start, stop in bounds]
-        calls = [v2.call(info, part, opts) if binary and info is not None
-                 else v1.call(routine, part, opts) for part in parts]
-        results = yield calls
-        if opts.kind is Kind.COMPARE:
-            return results[0]
-        return merge(results, (time.perf_counter() - started) * 1e3)
-
+        return (yield from _chunked(
+            batch, limits, opts, binary, answer,
+            lambda part: v2.call(info, part, opts) if binary and info is not None
+            else v1.call(routine, part, opts)))
 
     def expression_steps(self, expression: str | Sequence[str] | None,
                          ode: Mapping[str, Any] | None, inputs: Inputs,
                          names: Sequence[str] | str | None, params: Params,
                          opts: Options) -> Steps[Any]:
-        """A caller's expression (or ODE) in one request (not split into chunks)."""
+        """A caller's expression (or ODE) as v1 JSON, split under the service's limits as a
+        routine's batch is (the answer priced from the expression's outputs and parameters,
+        with no call: the service has no description of a caller's function)."""
         function = _function(expression, ode)
         features = _feature_names(inputs, names)
         batch = make_batch(inputs, params, features, opts.dtype)
-        (answer,) = yield [v1.expression_call(function, features, batch, opts)]
-        return answer
+        limits = yield from self.limits_steps()
+        answer = None
+        if limits.max_response_bytes is not None and opts.kind is not Kind.COMPARE:
+            answer = answer_numbers(_expression_info(function, features, batch), opts, batch,
+                                    False)
+        return (yield from _chunked(
+            batch, limits, opts, False, answer,
+            lambda part: v1.expression_call(function, features, part, opts)))
 
     def scenarios_steps(self, routine: str, inputs: Inputs, params: Params,
                         scenario: ScenarioArgs, opts: Options) -> Steps[ScenarioResult]:
@@ -199,6 +200,31 @@ def _function(expression: str | Sequence[str] | None,
     if expression is not None:
         return {"expression": expression if isinstance(expression, str) else list(expression)}
     return {"ode": dict(ode or {})}
+
+
+def _chunked(batch: Batch, limits: Limits, opts: Options, binary: bool, answer: int | None,
+             call: Callable[[Batch], Call[Any]]) -> Steps[Any]:
+    """The batch in chunks under ``limits`` (a comparison in one), one ``call`` each, sent
+    together; the answers merged in order."""
+    bounds = ([(0, batch.n)] if opts.kind is Kind.COMPARE
+              else chunk_bounds(batch, limits, opts.strategy, binary, answer))
+    started = time.perf_counter()
+    results = yield [call(batch.part(start, stop)) for start, stop in bounds]
+    if opts.kind is Kind.COMPARE:
+        return results[0]
+    return merge(results, (time.perf_counter() - started) * 1e3)
+
+
+def _expression_info(function: Mapping[str, Any], features: list[str],
+                     batch: Batch) -> RoutineInfo:
+    """What pricing an expression's answer needs: its outputs (one per text of a list; an
+    ODE's state is one) and its parameters (those the batch sends; wrt, when given, counts
+    instead)."""
+    texts = function.get("expression")
+    outputs = [f"y{i}" for i in range(len(texts))] if isinstance(texts, list) else ["y"]
+    names = [*batch.scalars, *batch.per_sample]
+    return RoutineInfo(name="expression", description="", inputs=features, outputs=outputs,
+                       params=[Param(name=n, default=0.0) for n in names])
 
 
 def _scenario_options(explain: bool, wrt: Wrt, order: int, cross: bool, strategy: str,

@@ -1,6 +1,8 @@
 """Scenarios: a book revalued under shifted parameters and input features in one request,
-``POST /v1/routines/{name}/scenarios`` (JSON only: the v2 protocol has no scenarios), and the
-answer as a :class:`ScenarioResult` with its P&L table.
+``POST /v1/routines/{name}/scenarios`` (or ``/v1/expressions/scenarios`` for a caller's
+function; v1 only: the v2 protocol has no scenarios), and the answer, read from its tensor
+form (``Accept: application/vnd.dydc.tensors``) or JSON, as a :class:`ScenarioResult` with its
+P&L table.
 
 Shifts are written per factor as ``("relative", [-0.1, 0, 0.1])`` or as the service's
 ``{"type": "relative", "values": [...]}``; ``combine`` takes their ``product`` (the grid) or
