@@ -4,6 +4,7 @@ actually taken."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,16 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import generate_latest
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from app.api import computation
+from app.api.computation import COMPUTATION_ROUTES
 from app.api.dispatch import App, route_of
+from app.api.expressions import EXPRESSION_COMPARE
+from app.api.pipeline import Codec
 from app.api.v1 import EVALUATE, SENSITIVITIES
+from app.api.v2.expression import EXPRESSION_INFER
 from app.api.v2.routes import INFER
 from app.config import Settings
 from app.main import create_app
@@ -141,18 +148,48 @@ def _scope(method: str = "POST", path: str = SENS, root_path: str = "") -> Scope
             "query_string": b"", "headers": []}
 
 
-def test_route_of() -> None:
-    assert route_of(_scope()) == (SENSITIVITIES, {"name": "linear"})
-    assert route_of(_scope(path="/v1/routines/a b/evaluate")) == (EVALUATE, {"name": "a b"})
-    assert route_of(_scope(path="/v2/models/linear/infer")) == (INFER, {"name": "linear"})
-    assert route_of(_scope(path="/v2/models/linear/versions/1/infer")) == (
+async def test_route_of(clients: Clients) -> None:
+    routes = clients.app.computation_routes
+    assert route_of(_scope(), routes) == (SENSITIVITIES, {"name": "linear"})
+    assert route_of(_scope(path="/v1/routines/a b/evaluate"), routes) == (
+        EVALUATE, {"name": "a b"})
+    assert route_of(_scope(path="/v2/models/linear/infer"), routes) == (
+        INFER, {"name": "linear"})
+    assert route_of(_scope(path="/v2/models/linear/versions/1/infer"), routes) == (
         INFER, {"name": "linear", "version": "1"})
-    assert route_of(_scope(path="/dydc" + SENS, root_path="/dydc")) == (
+    # the expression model's own route, before the models' pattern that would take its name
+    assert route_of(_scope(path="/v2/models/expression/infer"), routes) == (
+        EXPRESSION_INFER, {})
+    assert route_of(_scope(path="/v1/expressions/compare"), routes) == (EXPRESSION_COMPARE, {})
+    assert route_of(_scope(path="/dydc" + SENS, root_path="/dydc"), routes) == (
         SENSITIVITIES, {"name": "linear"})
-    assert route_of(_scope(method="GET")) is None
-    assert route_of(_scope(path=SENS + "/")) is None
-    assert route_of(_scope(path="/v1/routines/a/b/evaluate")) is None
-    assert route_of({"type": "websocket", "path": SENS}) is None
+    assert route_of(_scope(method="GET"), routes) is None
+    assert route_of(_scope(path=SENS + "/"), routes) is None
+    assert route_of(_scope(path="/v1/routines/a/b/evaluate"), routes) is None
+    assert route_of(_scope(path="/v1/routines/linear"), routes) is None
+    assert route_of({"type": "websocket", "path": SENS}, routes) is None
+
+
+async def test_fastapi_routes_each_declared_path_as_the_dispatcher_does(
+        clients: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each declared route is in the dispatcher's table, and a path of each (its parameters
+    named "expression", the expression model's name) goes to the codec and parameters that
+    FastAPI's own route search, with app.main's order of routers, sends it to."""
+    served: list[tuple[Codec, dict[str, str]]] = []
+
+    async def spy(codec: Codec, request: object, **path_params: str) -> Response:
+        served.append((codec, path_params))
+        return Response(status_code=204)
+
+    monkeypatch.setattr(computation, "respond", spy)
+    assert len(COMPUTATION_ROUTES) == 11
+    table = clients.app.computation_routes
+    assert len(table.exact) + len(table.patterns) == len(COMPUTATION_ROUTES)
+    for declared in COMPUTATION_ROUTES:
+        path = re.sub(r"{(\w+)}", "expression", declared.path)
+        assert (await clients.framework.post(path, json={})).status_code == 204
+        assert route_of(_scope(path=path), table) == served[-1]
+    assert {codec for codec, _ in served} == {r.codec for r in COMPUTATION_ROUTES}
 
 
 async def _call(app: App, chunks: list[bytes], *, headers: list[tuple[bytes, bytes]],

@@ -6,47 +6,48 @@ loop's thread is what limits them: FastAPI's own middleware layers, route search
 Request and Response objects it builds around a route cost about as much as the route's own
 work. So :class:`App` matches those routes itself and serves them through
 :func:`app.api.pipeline.serve`; the FastAPI routes registered for them (which document them
-in OpenAPI) run the same pipeline, so the answers are the same either way. Every concern
-that must hold on every route (authentication, request ids, compression) is a pure ASGI
-middleware around both (app.http, applied by app.main's Service).
+in OpenAPI) run the same pipeline, so the answers are the same either way; both are made
+from one declaration per route (app.api.computation).
+Every concern that must hold on every route (authentication, request ids, compression) is a
+pure ASGI middleware around both (app.http, applied by app.main's Service).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from app.api.expression_scenarios import EXPRESSION_SCENARIOS
-from app.api.expressions import EXPRESSION_COMPARE, EXPRESSION_EVALUATE, EXPRESSION_SENSITIVITIES
+from app.api.computation import COMPUTATION_ROUTES, ComputationRoute
 from app.api.pipeline import Codec, Incoming, serve, shutdown_reply
-from app.api.scenarios import SCENARIOS
-from app.api.v1 import COMPARE, EVALUATE, SENSITIVITIES
-from app.api.v2.expression import EXPRESSION_INFER
-from app.api.v2.routes import INFER
 
-__all__ = ["App", "route_of"]
+__all__ = ["App", "Routes", "computation_routes", "route_of"]
 
-# (method POST) path -> codec; the named groups are the path parameters
-_ROUTES: list[tuple[re.Pattern[str], Codec]] = [
-    (re.compile(r"/v1/routines/(?P<name>[^/]+)/sensitivities"), SENSITIVITIES),
-    (re.compile(r"/v1/routines/(?P<name>[^/]+)/evaluate"), EVALUATE),
-    (re.compile(r"/v1/routines/(?P<name>[^/]+)/compare"), COMPARE),
-    (re.compile(r"/v1/routines/(?P<name>[^/]+)/scenarios"), SCENARIOS),
-    # the expression model before the models' pattern, which would take its name
-    (re.compile(r"/v2/models/expression/infer"), EXPRESSION_INFER),
-    (re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), INFER),
-    (re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"), INFER),
-    # callers' expressions (app.api.expressions), after the routines' routes
-    (re.compile(r"/v1/expressions/sensitivities"), EXPRESSION_SENSITIVITIES),
-    (re.compile(r"/v1/expressions/evaluate"), EXPRESSION_EVALUATE),
-    (re.compile(r"/v1/expressions/compare"), EXPRESSION_COMPARE),
-    (re.compile(r"/v1/expressions/scenarios"), EXPRESSION_SCENARIOS),
-]
+@dataclass(frozen=True)
+class Routes:
+    """The table :func:`route_of` looks paths up in."""
 
-def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:
+    exact: dict[str, Codec]  # the routes without parameters, by path
+    # the others, as (pattern, codec): the pattern's named groups are the path parameters
+    patterns: tuple[tuple[re.Pattern[str], Codec], ...]
+
+
+def computation_routes(declared: Sequence[ComputationRoute]) -> Routes:
+    """The dispatcher's table of ``declared``. A path without parameters comes before any
+    pattern that also matches it (/v2/models/expression/infer before
+    /v2/models/{name}/infer), and a pattern before those with more parameters, as app.main
+    includes the routes for FastAPI; otherwise they keep their order of declaration."""
+    exact = {r.path: r.codec for r in declared if not r.pattern.groups}
+    patterns = sorted((r for r in declared if r.pattern.groups), key=lambda r: r.pattern.groups)
+    return Routes(exact, tuple((r.pattern, r.codec) for r in patterns))
+
+
+def route_of(scope: Scope, routes: Routes) -> tuple[Codec, dict[str, str]] | None:
     """The codec and path parameters of a computation request, else None."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
@@ -54,7 +55,10 @@ def route_of(scope: Scope) -> tuple[Codec, dict[str, str]] | None:
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root):]
-    for pattern, codec in _ROUTES:
+    codec = routes.exact.get(path)
+    if codec is not None:
+        return codec, {}
+    for pattern, codec in routes.patterns:
         match = pattern.fullmatch(path)
         if match is not None:
             return codec, match.groupdict()
@@ -65,6 +69,11 @@ class App(FastAPI):
     """FastAPI, with the computation routes dispatched to the pipeline. (The middleware
     chain around all of it is app.main's Service.)"""
 
+    @functools.cached_property
+    def computation_routes(self) -> Routes:
+        """The dispatcher's table, of the routes declared by the first request."""
+        return computation_routes(COMPUTATION_ROUTES)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not hasattr(self.state, "engine"):
             await super().__call__(scope, receive, send)  # lifespan, or not started yet
@@ -72,7 +81,7 @@ class App(FastAPI):
         await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = route_of(scope)
+        route = route_of(scope, self.computation_routes)
         if route is None:
             await super().__call__(scope, receive, send)
             return

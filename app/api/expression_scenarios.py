@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
+from fastapi import APIRouter
 
 from app.api import scenarios
+from app.api.computation import computation_route
 from app.api.decoding import parse_json
 from app.api.expression_schemas import ExpressionRequest
 from app.api.expressions import (
@@ -20,7 +20,7 @@ from app.api.expressions import (
     input_samples,
     make_routine,
 )
-from app.api.pipeline import Decoded, Incoming, offload, respond
+from app.api.pipeline import Decoded, Incoming, offload
 from app.api.schemas import validate_request
 from app.api.v1 import _COMPUTE_QUERY
 from app.engine import Engine
@@ -70,8 +70,11 @@ _EXAMPLE: dict[str, Any] = {
 }
 
 
-@router.post(
-    "/scenarios",
+computation_route(
+    router, "/scenarios", EXPRESSION_SCENARIOS, "expression_scenarios",
+    """The caller's expression (or ODE) over the book (inputs) under every scenario in one
+    launch: the routine route's answer (base, each scenario's values, P&L and with
+    ``explain`` its Taylor terms), plus ``expression``, the canonical text.""",
     responses=scenarios.RESPONSES,
     openapi_extra={"parameters": _COMPUTE_QUERY, "requestBody": {
         "required": True, "content": {"application/json": {
@@ -79,8 +82,3 @@ _EXAMPLE: dict[str, Any] = {
                 ref_template="#/components/schemas/{model}"),
             "example": _EXAMPLE}}}},
 )
-async def expression_scenarios(request: Request) -> Response:
-    """The caller's expression (or ODE) over the book (inputs) under every scenario in one
-    launch: the routine route's answer (base, each scenario's values, P&L and with
-    ``explain`` its Taylor terms), plus ``expression``, the canonical text."""
-    return await respond(EXPRESSION_SCENARIOS, request)

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter
-from fastapi import Request as HttpRequest
-from starlette.responses import Response
 
 from app.api.answer_size import check_json_answer
+from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_json
 from app.api.deps import SettingsDep
 from app.api.encoding import encode_comparison, encode_result
@@ -33,7 +32,7 @@ from app.api.expression_schemas import (
     ExpressionSensitivityResponse,
     FunctionList,
 )
-from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.schemas import validate_request
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.sensitivity_options import with_query
@@ -184,7 +183,7 @@ EXPRESSION_EVALUATE = ExpressionV1(JobKind.EVALUATE)
 EXPRESSION_COMPARE = ExpressionV1(JobKind.SENSITIVITIES, compare=True)
 
 
-# -- routes (for OpenAPI; app.api.dispatch serves the POSTs straight from ASGI) ----------------
+# -- routes (app.api.computation: for OpenAPI, and for app.api.dispatch) ------------------------
 
 router = APIRouter(prefix="/v1/expressions", tags=["v1 expressions"])
 
@@ -214,37 +213,27 @@ EXAMPLE: dict[str, Any] = {
 }
 
 
-@router.post(
-    "/sensitivities",
+computation_route(
+    router, "/sensitivities", EXPRESSION_SENSITIVITIES, "sensitivities",
+    """Values and derivatives of the caller's expression (or ODE) for every sample.""",
     response_model=ExpressionSensitivityResponse,
     responses=_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY + _OPTIONS_QUERY),
 )
-async def sensitivities(request: HttpRequest) -> Response:
-    """Values and derivatives of the caller's expression (or ODE) for every sample."""
-    return await respond(EXPRESSION_SENSITIVITIES, request)
-
-
-@router.post(
-    "/evaluate",
+computation_route(
+    router, "/evaluate", EXPRESSION_EVALUATE, "evaluate",
+    """Values only.""",
     response_model=ExpressionEvaluateResponse,
     responses=_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY[1:]),
 )
-async def evaluate(request: HttpRequest) -> Response:
-    """Values only."""
-    return await respond(EXPRESSION_EVALUATE, request)
-
-
-@router.post(
-    "/compare",
+computation_route(
+    router, "/compare", EXPRESSION_COMPARE, "compare",
+    """Every strategy that applies, side by side, as for a routine.""",
     response_model=ExpressionCompareResponse,
     responses=_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
 )
-async def compare(request: HttpRequest) -> Response:
-    """Every strategy that applies, side by side, as for a routine."""
-    return await respond(EXPRESSION_COMPARE, request)
 
 
 _BOUNDS = (

@@ -12,16 +12,15 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from fastapi import APIRouter
-from fastapi import Request as HttpRequest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
-from starlette.responses import Response
 from torch import Tensor
 
 from app.api import schemas, tensor_answer
 from app.api.answer_size import JSON_NUMBER_BYTES
+from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of
-from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
 from app.engine import Engine, JobKind, Request
@@ -272,18 +271,16 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "/routines/{name}/scenarios",
-    responses=RESPONSES,
-    openapi_extra={"parameters": _COMPUTE_QUERY, "requestBody": {"required": True, "content": {
-        "application/json": {"schema": ScenariosRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}")}}}},
-)
-async def scenarios_route(name: str, request: HttpRequest) -> Response:
+computation_route(
+    router, "/routines/{name}/scenarios", SCENARIOS, "scenarios_route",
     """The book (inputs) revalued under every scenario in one launch: base values, each
     scenario's values and P&L (values minus base), total P&L per scenario, and with
     ``explain`` the Taylor terms of the P&L from the base's derivatives and what they leave
     unexplained. ``Accept: application/vnd.dydc.tensors`` answers the same document with its
     arrays as binary tensors; ``totals_only`` leaves out the arrays of one number per
-    sample."""
-    return await respond(SCENARIOS, request, name=name)
+    sample.""",
+    responses=RESPONSES,
+    openapi_extra={"parameters": _COMPUTE_QUERY, "requestBody": {"required": True, "content": {
+        "application/json": {"schema": ScenariosRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}")}}}},
+)

@@ -1,7 +1,8 @@
 """The v1 REST API: routines, strategies, sensitivities and evaluation.
 
 :class:`V1` is the JSON codec of the computation routes over the one request pipeline
-(app.api.pipeline); the routes below only describe them for OpenAPI and hand them to it.
+(app.api.pipeline); the routes below declare their paths and describe them for OpenAPI
+(app.api.computation).
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi import Request as HttpRequest
-from starlette.responses import Response
 
 from app.api import schemas
 from app.api.answer_size import check_json_answer
+from app.api.computation import computation_route
 from app.api.decoding import SampleCounter, decode_inputs, parse_document
 from app.api.deps import EngineDep
 from app.api.encoding import encode_comparison, encode_result
-from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.sensitivity_options import with_query
 from app.engine import (
@@ -185,39 +185,29 @@ def _info(r: Routine) -> schemas.RoutineInfo:
 # The computation routes come first: FastAPI tries routes in order, on every request.
 
 
-@router.post(
-    "/routines/{name}/sensitivities",
+computation_route(
+    router, "/routines/{name}/sensitivities", SENSITIVITIES, "sensitivities",
+    """Values and dy/d<param> for every sample of the batch.""",
     response_model=schemas.SensitivityResponse,
     responses=_ERRORS,
     openapi_extra=_compute_openapi(schemas.SensitivityRequest, _COMPUTE_QUERY + _OPTIONS_QUERY),
 )
-async def sensitivities(name: str, request: HttpRequest) -> Response:
-    """Values and dy/d<param> for every sample of the batch."""
-    return await respond(SENSITIVITIES, request, name=name)
-
-
-@router.post(
-    "/routines/{name}/evaluate",
+computation_route(
+    router, "/routines/{name}/evaluate", EVALUATE, "evaluate",
+    """Values only.""",
     response_model=schemas.EvaluateResponse,
     responses=_ERRORS,
     openapi_extra=_compute_openapi(schemas.EvaluateRequest, _COMPUTE_QUERY[1:]),
 )
-async def evaluate(name: str, request: HttpRequest) -> Response:
-    """Values only."""
-    return await respond(EVALUATE, request, name=name)
-
-
-@router.post(
-    "/routines/{name}/compare",
+computation_route(
+    router, "/routines/{name}/compare", COMPARE, "compare",
+    """Every strategy that applies, side by side: status, time and differences from forward
+    mode; values and derivatives are forward mode's. The body is that of sensitivities.""",
     response_model=schemas.CompareResponse,
     responses=_ERRORS,
     openapi_extra=_compute_openapi(schemas.SensitivityRequest,
                                    _COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
 )
-async def compare(name: str, request: HttpRequest) -> Response:
-    """Every strategy that applies, side by side: status, time and differences from forward
-    mode; values and derivatives are forward mode's. The body is that of sensitivities."""
-    return await respond(COMPARE, request, name=name)
 
 
 @router.get("/routines", response_model=schemas.RoutineList, response_model_exclude_none=True)

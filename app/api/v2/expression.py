@@ -17,14 +17,14 @@ import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
+from fastapi import APIRouter
 
 from app.api.answer_size import check_tensor_answer
+from app.api.computation import computation_route
 from app.api.decoding import parse_json
 from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
 from app.api.instrumentation import RequestLabels
-from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.v2 import framing, tensors
 from app.api.v2.routes import MODEL_VERSION, V2, V2Route, _request_id
 from app.api.v2.schemas import InferenceRequest, ParameterValue
@@ -141,8 +141,60 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_cl
 # Left out of the OpenAPI document: its function rides in string parameters that no schema can
 # confine to the language, so a contract fuzzer's bodies are all refused (400); docs/v2.md and
 # docs/expressions.md describe it.
-@router.post(f"/models/{MODEL}/infer", include_in_schema=False)
-async def infer(request: Request) -> Response:
+computation_route(
+    router, f"/models/{MODEL}/infer", EXPRESSION_INFER, "infer",
     """A caller's expression (parameters.expression, or parameters.ode) as a model: values
-    and derivatives as Open Inference Protocol tensors."""
-    return await respond(EXPRESSION_INFER, request)
+    and derivatives as Open Inference Protocol tensors.""",
+    include_in_schema=False,
+)
+
+
+# The model's metadata and readiness, as for a routine's model, so that an Open Inference
+# Protocol client that asks before it infers finds the model (the generic /models/{name}
+# routes know only the registry's routines). The function, so its outputs, comes with each
+# request: the metadata declare the one input tensor and the values of a single expression.
+def _metadata(version: str | None) -> ModelMetadata:
+    _version(version)
+    return ModelMetadata(
+        name=MODEL,
+        versions=[MODEL_VERSION],
+        platform=PLATFORM,
+        inputs=[TensorMetadata(name=tensors.MATRIX_INPUT, datatype="FP64", shape=[-1, -1])],
+        outputs=[TensorMetadata(name="y", datatype="FP64", shape=[-1])],
+    )
+
+
+def _version(version: str | None) -> None:
+    if version is not None and version != MODEL_VERSION:
+        raise UnknownVersion(
+            f"model {MODEL} has no version {version!r}; it is served as version {MODEL_VERSION}"
+        )
+
+
+def _ready(engine: Engine, version: str | None) -> Response:
+    _version(version)
+    ready = engine.readiness() is None
+    return Response(orjson.dumps({"name": MODEL, "ready": ready}),
+                    status_code=200 if ready else 503, media_type="application/json")
+
+
+@router.get(f"/models/{MODEL}", include_in_schema=False)
+async def metadata() -> ModelMetadata:
+    """The expression model's metadata: the input tensor x [N, D] whose columns
+    parameters.inputs names; the outputs follow the function each request sends."""
+    return _metadata(None)
+
+
+@router.get(f"/models/{MODEL}/versions/{{version}}", include_in_schema=False)
+async def version_metadata(version: str) -> ModelMetadata:
+    return _metadata(version)
+
+
+@router.get(f"/models/{MODEL}/ready", include_in_schema=False)
+async def ready(engine: EngineDep) -> Response:
+    return _ready(engine, None)
+
+
+@router.get(f"/models/{MODEL}/versions/{{version}}/ready", include_in_schema=False)
+async def version_ready(version: str, engine: EngineDep) -> Response:
+    return _ready(engine, version)

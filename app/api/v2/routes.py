@@ -20,10 +20,11 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api.answer_size import check_tensor_answer
+from app.api.computation import computation_route
 from app.api.decoding import parse_json
 from app.api.deps import EngineDep
 from app.api.instrumentation import RequestLabels
-from app.api.pipeline import Decoded, Incoming, Reply, offload, respond
+from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.v2 import framing, tensors
 from app.api.v2.schemas import (
     InferenceRequest,
@@ -264,14 +265,12 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/models/{name}/infer", responses=_INFER_RESPONSES,
-             openapi_extra=_INFER_OPENAPI)
-async def infer(name: str, request: Request) -> Response:
-    """Values and dy/d<param> of a routine, as Open Inference Protocol tensors."""
-    return await respond(INFER, request, name=name)
-
-
-@router.post("/models/{name}/versions/{version}/infer", responses=_INFER_RESPONSES,
-             openapi_extra=_INFER_OPENAPI)
-async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await respond(INFER, request, name=name, version=version)
+computation_route(
+    router, "/models/{name}/infer", INFER, "infer",
+    """Values and dy/d<param> of a routine, as Open Inference Protocol tensors.""",
+    responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI,
+)
+computation_route(
+    router, "/models/{name}/versions/{version}/infer", INFER, "infer_version", "",
+    responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI,
+)
