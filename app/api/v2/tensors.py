@@ -42,19 +42,23 @@ _RESERVED = ("strategy", "wrt", "order", "cross", "binary_data_output", "timeout
 MIN_TIMEOUT_US = MIN_TIMEOUT_MS * 1e3
 
 
-def derivative_name(param: str) -> str:
+def derivative_tensor_name(param: str) -> str:
+    """The name of dy/d``param``'s output tensor (as a person reads it, the engine's
+    ``derivative_name``, "dy/d<param>")."""
     return f"dy_d{param}"
 
 
-def second_derivative_name(a: str, b: str) -> str:
+def second_derivative_tensor_name(a: str, b: str) -> str:
+    """The output tensor of d2y/d``a``d``b``."""
     return f"d2y_d{a}_d{b}"
 
 
 def model_outputs(routine: Routine, wrt: tuple[str, ...] | None = None, order: int = 1,
                   cross: bool = False) -> list[str]:
     names = routine.param_names if wrt is None else wrt
-    second = [second_derivative_name(a, b) for a, b in pairs(names, cross)] if order == 2 else []
-    return [VALUES, *(derivative_name(p) for p in names), *second]
+    second = ([second_derivative_tensor_name(a, b) for a, b in pairs(names, cross)]
+              if order == 2 else [])
+    return [VALUES, *(derivative_tensor_name(p) for p in names), *second]
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,7 @@ def plan(routine: Routine, request: InferenceRequest,
     outputs = _outputs(routine, request, wrt, binary_default, order, cross)
     named = {name for name, _ in outputs}
     differentiate = tuple(p for p in (wrt if wrt is not None else routine.param_names)
-                          if derivative_name(p) in named or order == 2)
+                          if derivative_tensor_name(p) in named or order == 2)
     if order == 2 and not named - {VALUES}:
         differentiate = ()
     if not request.inputs:
@@ -327,8 +331,8 @@ def response(routine: Routine, request_id: str | None, version: str, call: Call,
              result: JobResult) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The response JSON and the arrays sent as binary data, in order."""
     tensors: dict[str, Tensor] = {VALUES: result.values}
-    tensors |= {derivative_name(p): d for p, d in result.derivatives.items()}
-    tensors |= {second_derivative_name(*key.split(",")): d
+    tensors |= {derivative_tensor_name(p): d for p, d in result.derivatives.items()}
+    tensors |= {second_derivative_tensor_name(*key.split(",")): d
                 for key, d in result.second_derivatives.items()}
     datatype = _WIRE[call.dtype]
     outputs: list[dict[str, Any]] = []
