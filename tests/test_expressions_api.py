@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.engine import Engine
 from tests.support import ESCAPES, ClientFactory, scrape, value
 from tests.support import closed_forms as cf
 
@@ -544,3 +545,32 @@ async def test_v2_refusals_are_400_in_the_protocol_format(client: httpx.AsyncCli
     assert r.status_code == 415, r.text
     r = await client.post(INFER, json={"parameters": base, "inputs": [x]})
     assert r.status_code == 200, r.text
+
+
+async def test_v2_expression_model_metadata_and_readiness(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v2/models/expression (and /ready, and version 1 of each) as for a routine's model,
+    so that a protocol client that asks before it infers finds it; another version is a 404
+    in the protocol's format; readiness follows the service's."""
+    async with make_client() as c:
+        for path in ("/v2/models/expression", "/v2/models/expression/versions/1"):
+            r = await c.get(path)
+            assert r.status_code == 200, r.text
+            assert r.json() == {
+                "name": "expression", "versions": ["1"], "platform": "dydc",
+                "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, -1]}],
+                "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1]}],
+            }
+        for path in ("/v2/models/expression/ready", "/v2/models/expression/versions/1/ready"):
+            r = await c.get(path)
+            assert (r.status_code, r.json()) == (200, {"name": "expression", "ready": True})
+        for path in ("/v2/models/expression/versions/2",
+                     "/v2/models/expression/versions/2/ready"):
+            r = await c.get(path)
+            assert r.status_code == 404, r.text
+            assert "no version '2'" in r.json()["error"] and "version 1" in r.json()["error"]
+        assert (await c.get("/v2/models/linear")).json()["name"] == "linear"  # unshadowed
+        monkeypatch.setattr(Engine, "readiness", lambda self: "warming up")
+        r = await c.get("/v2/models/expression/ready")
+        assert (r.status_code, r.json()) == (503, {"name": "expression", "ready": False})

@@ -8,7 +8,9 @@ input tensor ``x`` [N, D] (or one tensor per feature, named after it). The other
 parameters are the expression's parameters; an input tensor named after neither ``x`` nor a
 feature is a parameter with one value per sample. ``wrt``, ``order``, ``cross``, ``strategy``
 and ``timeout`` are read as for a routine. The answer is a routine's, with ``model_name``
-"expression" and the canonical text in its ``parameters.expression``.
+"expression" and the canonical text in its ``parameters.expression``. ``GET
+/v2/models/expression`` and ``.../ready`` (and their ``versions/1`` forms) answer as for a
+routine's model.
 """
 
 from __future__ import annotations
@@ -17,19 +19,23 @@ import contextlib
 import json
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
+from starlette.responses import Response
 
 from app.api.answer_size import check_tensor_answer
 from app.api.computation import computation_route
 from app.api.decoding import parse_json
+from app.api.deps import EngineDep
 from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
 from app.api.instrumentation import RequestLabels
 from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.v2 import framing, tensors
-from app.api.v2.routes import MODEL_VERSION, V2, V2Route, _request_id
-from app.api.v2.schemas import InferenceRequest, ParameterValue
+from app.api.v2.routes import MODEL_VERSION, PLATFORM, V2, V2Route, _request_id
+from app.api.v2.schemas import InferenceRequest, ModelMetadata, ParameterValue, TensorMetadata
 from app.engine import Engine, Job, JobResult
 from app.engine.errors import InvalidRequest
+from app.errors import UnknownVersion
 from app.expressions import Expressions
 
 __all__ = ["EXPRESSION_INFER", "MODEL", "ExpressionV2", "router"]
