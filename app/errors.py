@@ -1,6 +1,6 @@
 """The one place where exceptions become HTTP statuses.
 
-:func:`problem_of` maps any exception to a :class:`Problem`: its status, a slug, the detail
+:func:`problem_of` maps any exception to a :class:`ProblemDetails`: its status, a slug, the detail
 that says what to change, and headers (``Retry-After`` on 503). Each protocol's codec then
 writes the problem in its own format: v1 as RFC 9457 problem details
 (:func:`problem_response`), v2 as the Open Inference Protocol's ``{"error": "..."}``
@@ -51,7 +51,7 @@ __all__ = [
     "BodyTooLarge",
     "MalformedBody",
     "MalformedFraming",
-    "Problem",
+    "ProblemDetails",
     "ResponseTooLarge",
     "UnknownVersion",
     "Writer",
@@ -125,8 +125,9 @@ _ERRORS_AT_MOST = 10
 
 
 @dataclass(frozen=True)
-class Problem:
-    """What went wrong, before any protocol writes it."""
+class ProblemDetails:
+    """What went wrong, before any protocol writes it (RFC 9457's problem details; not the
+    engine's differentiation ``Problem``)."""
 
     status: int
     detail: str
@@ -144,7 +145,7 @@ def _retry_after(exc: EngineError) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
+def problem_of(exc: BaseException, method: str = "", path: str = "") -> ProblemDetails:
     """The problem ``exc`` is answered with; ``method`` and ``path`` only word a 404 or 405.
     Logs what was not expected, with its traceback."""
     if isinstance(exc, EngineError):
@@ -153,7 +154,7 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
                 if reason is not None:
                     metrics.child(metrics.REJECTIONS, reason).inc()
                 headers = _retry_after(exc) if status == 503 else {}
-                return Problem(status, exc.message, slug, headers)
+                return ProblemDetails(status, exc.message, slug, headers)
     if isinstance(exc, (RequestValidationError, ValidationError)):
         found = exc.errors()
         errors = [{"loc": _location(tuple(e["loc"])), "msg": e["msg"]}
@@ -161,7 +162,7 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
         if len(found) > len(errors):
             detail += f" ... and {len(found) - len(errors)} more errors"
-        return Problem(422, detail, "invalid-request", extra={"errors": errors})
+        return ProblemDetails(422, detail, "invalid-request", extra={"errors": errors})
     if isinstance(exc, StarletteHTTPException):
         detail = (exc.detail if isinstance(exc.detail, str)
                   else HTTPStatus(exc.status_code).phrase)
@@ -169,14 +170,14 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> Problem:
             detail = f"no endpoint at {path}; see /docs for the API"
         elif exc.status_code == 405:
             detail = f"{method} is not allowed on {path}"
-        return Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+        return ProblemDetails(exc.status_code, detail, headers=dict(exc.headers or {}))
     if isinstance(exc, ClientDisconnect):
-        return Problem(CLIENT_CLOSED_REQUEST, "the client went away")
+        return ProblemDetails(CLIENT_CLOSED_REQUEST, "the client went away")
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return Problem(500, "internal error; it has been logged", "internal-error")
+    return ProblemDetails(500, "internal error; it has been logged", "internal-error")
 
 
-def with_instance(problem: Problem, scope: Scope) -> Problem:
+def with_instance(problem: ProblemDetails, scope: Scope) -> ProblemDetails:
     """The problem with its request's id as ``instance`` (app.http.request_id), if any."""
     instance = instance_of(scope)
     if instance is None:
@@ -184,7 +185,7 @@ def with_instance(problem: Problem, scope: Scope) -> Problem:
     return replace(problem, extra={**problem.extra, "instance": instance})
 
 
-def problem_body(problem: Problem) -> bytes:
+def problem_body(problem: ProblemDetails) -> bytes:
     """A problem as RFC 9457 problem details (v1, health, everything but v2)."""
     return orjson.dumps({
         "type": f"urn:dydc:problem:{problem.slug}" if problem.slug else "about:blank",
@@ -195,14 +196,14 @@ def problem_body(problem: Problem) -> bytes:
     })
 
 
-def problem_response(problem: Problem) -> Response:
+def problem_response(problem: ProblemDetails) -> Response:
     return Response(problem_body(problem), status_code=problem.status, media_type=PROBLEM_JSON,
                     headers=problem.headers or None)
 
 
 # -- FastAPI's exception handlers ----------------------------------------------------------
 
-Writer = Callable[[Problem], Response]
+Writer = Callable[[ProblemDetails], Response]
 
 
 def writer_for(path: str, mounts: Mapping[str, Writer]) -> Writer:

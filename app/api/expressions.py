@@ -40,7 +40,7 @@ from app.api.v1 import _COMPUTE_QUERY, _ERRORS, _timeout_ms
 from app.config import Settings
 from app.engine import STRATEGIES, Comparison, Engine, Job, JobKind, JobResult, Request
 from app.engine.errors import InvalidRequest
-from app.errors import PROBLEM_JSON, Problem, problem_body
+from app.errors import PROBLEM_JSON, ProblemDetails, problem_body
 from app.expressions import Bounds, ExpressionRoutine, Expressions, OdeSpec, catalogue
 
 __all__ = [
@@ -174,7 +174,7 @@ class ExpressionV1:
             body = encode_result(decoded.job, result, started, decoded.context)
         return Reply(200, body, "application/json")
 
-    def error(self, problem: Problem) -> Reply:
+    def error(self, problem: ProblemDetails) -> Reply:
         return Reply(problem.status, problem_body(problem), PROBLEM_JSON, problem.headers)
 
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app import metrics
 from app.api.deps import EngineDep
-from app.errors import Problem, problem_response
+from app.errors import ProblemDetails, problem_response
 
 __all__ = ["router"]
 
@@ -35,7 +35,7 @@ async def readyz(engine: EngineDep) -> Response:
     """200 once the device worker is up and warm; 503 with the reason otherwise."""
     reason = engine.readiness()
     if reason is not None:
-        return problem_response(Problem(503, reason, "not-ready", {"Retry-After": "1"}))
+        return problem_response(ProblemDetails(503, reason, "not-ready", {"Retry-After": "1"}))
     devices = ",".join(str(d) for d in engine.devices)
     return Response(b'{"status":"ready","device":"%s"}' % devices.encode(),
                     media_type="application/json")

@@ -29,7 +29,7 @@ from app.api.instrumentation import RequestLabels, record
 from app.config import Settings
 from app.context import record_of
 from app.engine import Engine, Job, JobResult
-from app.errors import CLIENT_CLOSED_REQUEST, Problem, problem_of, with_instance
+from app.errors import CLIENT_CLOSED_REQUEST, ProblemDetails, problem_of, with_instance
 
 __all__ = ["Codec", "Decoded", "Incoming", "Reply", "offload", "respond", "serve", "shutdown_reply"]
 
@@ -140,7 +140,7 @@ class Codec(Protocol):
 
     def encode(self, decoded: Decoded, result: Any, started: float) -> Reply: ...
 
-    def error(self, problem: Problem) -> Reply: ...
+    def error(self, problem: ProblemDetails) -> Reply: ...
 
 
 async def offload(size: int, work: Any, *args: Any) -> Any:
@@ -243,7 +243,7 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
 
 def shutdown_reply(codec: Codec) -> Reply:
     """For a request the server cancels at the end of its graceful shutdown."""
-    return codec.error(Problem(503, "the service shut down before this request finished; "
+    return codec.error(ProblemDetails(503, "the service shut down before this request finished; "
                                "retry on another replica", "service-unavailable",
                                {"Retry-After": "1"}))
 

@@ -32,7 +32,7 @@ from app.engine import (
     Request,
 )
 from app.engine.errors import InvalidRequest
-from app.errors import PROBLEM_JSON, BodyTooLarge, Problem, problem_body
+from app.errors import PROBLEM_JSON, BodyTooLarge, ProblemDetails, problem_body
 from routines import Routine
 
 __all__ = ["COMPARE", "EVALUATE", "SENSITIVITIES", "V1", "V1Compare", "router"]
@@ -139,7 +139,7 @@ class V1:
     def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
         return Reply(200, encode_result(decoded.job, result, started), "application/json")
 
-    def error(self, problem: Problem) -> Reply:
+    def error(self, problem: ProblemDetails) -> Reply:
         return Reply(problem.status, problem_body(problem), PROBLEM_JSON, problem.headers)
 
 

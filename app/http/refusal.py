@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app import metrics
-from app.errors import Problem, Writer, with_instance, writer_for
+from app.errors import ProblemDetails, Writer, with_instance, writer_for
 
 __all__ = ["Refuser"]
 
@@ -31,7 +31,7 @@ class Refuser:
         """The answer; ``reason``, when given, counts it in dydc_rejections_total."""
         if reason is not None:
             metrics.child(metrics.REJECTIONS, reason).inc()
-        problem = with_instance(Problem(status, detail, slug, dict(headers or {})), scope)
+        problem = with_instance(ProblemDetails(status, detail, slug, dict(headers or {})), scope)
         return writer_for(scope["path"], self.writers)(problem)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, status: int,

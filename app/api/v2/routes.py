@@ -35,7 +35,7 @@ from app.api.v2.schemas import (
 )
 from app.context import current_record
 from app.engine import STRATEGIES, Engine, Job, JobResult
-from app.errors import BodyTooLarge, Problem, UnknownVersion, problem_of
+from app.errors import BodyTooLarge, ProblemDetails, UnknownVersion, problem_of
 from routines import Routine
 
 __all__ = ["INFER", "V2", "error_response", "router"]
@@ -46,15 +46,15 @@ MODEL_VERSION = "1"  # routines are not versioned: each is served as version 1
 PLATFORM = "dydc"
 
 
-def _status(problem: Problem) -> int:
+def _status(problem: ProblemDetails) -> int:
     return 400 if problem.status == 422 else problem.status
 
 
-def error_body(problem: Problem) -> bytes:
+def error_body(problem: ProblemDetails) -> bytes:
     return orjson.dumps({"error": problem.detail})
 
 
-def error_response(problem: Problem) -> Response:
+def error_response(problem: ProblemDetails) -> Response:
     """A problem in the protocol's format: ``{"error"}``, 400 where v1 says 422."""
     return Response(error_body(problem), status_code=_status(problem),
                     media_type="application/json", headers=problem.headers or None)
@@ -182,7 +182,7 @@ class V2:
         body, media_type, headers = framing.encode(header, binaries)
         return Reply(200, body, media_type, headers)
 
-    def error(self, problem: Problem) -> Reply:
+    def error(self, problem: ProblemDetails) -> Reply:
         return Reply(_status(problem), error_body(problem), "application/json",
                      problem.headers)
 
