@@ -156,3 +156,29 @@ def test_the_client_reads_both_forms(small_dydc_url: str) -> None:
     assert totals.values is None and totals.base is None
     np.testing.assert_allclose(totals.total_pnl, r.total_pnl, rtol=1e-12)
     assert math.isclose(float(r.total_pnl[0]), float(r.pnl[0].sum()), rel_tol=1e-12)  # type: ignore[index]
+
+
+async def _worst_unexplained(client: httpx.AsyncClient, h: float) -> float:
+    body = {**BS_BODY, "explain": True, "order": 2, "cross": True, "wrt": ["S", "sigma", "r"],
+            "scenarios": {"list": [{"S": 10 * h, "sigma": h, "r": h / 4},
+                                   {"S": -10 * h, "sigma": h / 2, "r": -h / 4}]}}
+    r = await client.post(SCEN, json=body)
+    assert r.status_code == 200, r.text
+    return max(abs(u) for s in r.json()["scenarios"] for u in s["unexplained"])
+
+
+async def test_the_explain_of_an_expression_shrinks_as_the_cube_of_the_shift(
+        client: httpx.AsyncClient) -> None:
+    """Black-Scholes as an expression at order 2 with the cross terms: shifts halved, the
+    unexplained P&L shrinks by 2^3; C * x shifted in C alone is explained exactly at order 1."""
+    big, small = await _worst_unexplained(client, 0.02), await _worst_unexplained(client, 0.01)
+    assert small > 0
+    assert 6.0 < big / small < 10.0, (big, small)
+    r = await client.post(SCEN, json={**LINEAR, "scenarios": {"shifts": {
+        "C": {"type": "absolute", "values": [-2.0, 0.25, 3.0]}}}})
+    assert r.status_code == 200, r.text
+    for scenario, d in zip(r.json()["scenarios"], [-2.0, 0.25, 3.0], strict=True):
+        np.testing.assert_allclose(scenario["pnl"], d * np.array(X), rtol=1e-15)
+        np.testing.assert_allclose(scenario["delta_pnl"], d * np.array(X), rtol=1e-15)
+        assert max(abs(u) for u in scenario["unexplained"]) <= 1e-13
+        assert abs(scenario["total_unexplained"]) <= 1e-12
