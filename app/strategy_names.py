@@ -1,8 +1,8 @@
 """The names of the differentiation strategies, in the engine's order, importable without the
 engine (and so without torch): app.config checks DYDC_STRATEGIES against them at start-up.
 
-The engine's table (app.engine.differentiation.strategies.STRATEGIES) describes each one;
-tests/test_layers.py fails when the two lists differ.
+The engine's table (app.engine.differentiation.strategies.STRATEGIES) describes each one and
+refuses to load when its names are not these, in this order.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from app.engine.differentiation.bumping import finite_difference as bump_and_rev
 from app.engine.differentiation.evaluation import evaluate_sample, param_in_dims
 from app.engine.differentiation.problem import Derivatives, Problem
 from app.engine.errors import InvalidRequest
+from app.strategy_names import STRATEGY_NAMES
 
 __all__ = [
     "AUTO_FALLBACK",
@@ -385,3 +386,7 @@ STRATEGIES: dict[str, Strategy] = {
                  finite_difference, lambda n, m, p: Work(1 + 2 * p, n * (1 + 2 * p))),
     ]
 }
+# app.strategy_names is the one list of the names, read by app.config without the engine
+if tuple(STRATEGIES) != STRATEGY_NAMES:
+    raise ImportError("app.strategy_names.STRATEGY_NAMES must be the engine's strategies, in "
+                      f"its order: {tuple(STRATEGIES)}")
