@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from app.expressions import Expressions, OdeSpec
 from bench.bench_strategies import interleaved_ms
 from routines import Routine, discover
@@ -52,8 +53,8 @@ def problem(routine: Routine, n: int) -> Problem:
 
 
 def check(got: Problem, want: Problem, compiled: CompiledForward) -> None:
-    a, _ = differentiate(got, "forward", compiled)
-    b, _ = differentiate(want, "forward", compiled)
+    a, _ = run_strategy(got, "forward", compiled)
+    b, _ = run_strategy(want, "forward", compiled)
     for name, x, y in (("values", a.values, b.values),
                        *((k, a.derivatives[k], b.derivatives[k]) for k in b.derivatives)):
         if not torch.allclose(x, y, rtol=1e-12, atol=0.0):
@@ -85,8 +86,8 @@ def run(rounds: int, eager_rounds: int) -> list[tuple[str, int, float, float, fl
         print(f"{label}: both built in {time.perf_counter() - began:.0f} s", flush=True)
         check(mine, theirs, compiled)
         calls: dict[str, Callable[[], object]] = {
-            "routine": lambda p=theirs: differentiate(p, "forward", compiled),  # type: ignore[misc]
-            "expression": lambda p=mine: differentiate(p, "forward", compiled),  # type: ignore[misc]
+            "routine": lambda p=theirs: run_strategy(p, "forward", compiled),  # type: ignore[misc]
+            "expression": lambda p=mine: run_strategy(p, "forward", compiled),  # type: ignore[misc]
         }
         ms = interleaved_ms(calls, rounds)
         eager = interleaved_ms({"eager": lambda p=mine: differentiate(p, "forward")},  # type: ignore[misc]

@@ -30,7 +30,7 @@ from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from routines import discover
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,7 +65,7 @@ def run(rounds: int) -> list[tuple[int, dict[str, float]]]:
                    eager: bool = False, x: torch.Tensor = x) -> Callable[[], object]:
             def call() -> object:  # as compute._compute builds and runs the problem
                 problem = with_features_as_params(Problem(bs, x, params, wrt))
-                return differentiate(problem, "forward", None if eager else compiled,
+                return run_strategy(problem, "forward", None if eager else compiled,
                                      order=order)
             return call
 

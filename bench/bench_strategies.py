@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.evaluation import evaluate_batch
 from app.engine.differentiation.strategies import STRATEGIES, Problem
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from routines import Routine, discover
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -117,7 +118,7 @@ def run(sizes: tuple[int, ...], rounds: int) -> dict[str, dict[str, dict[int, fl
                 if n > limit.get(s, n):
                     rows[s][n] = None
                 else:
-                    calls[s] = lambda s=s, p=problem: differentiate(p, s, compiled)  # type: ignore[misc]
+                    calls[s] = lambda s=s, p=problem: run_strategy(p, s, compiled)  # type: ignore[misc]
             for name, ms in interleaved_ms(calls, rounds).items():
                 rows[name][n] = ms
                 print(f"{case.label:36s} N={n:>9,} {name:24s} {ms:10.3f} ms  "
@@ -147,11 +148,11 @@ def forward_table(rounds: int) -> list[tuple[str, int, float, float, float]]:
             problem = Problem(r, x, params, r.param_names)
             started = time.perf_counter()
             compiled.warm_up([problem], CPU)  # built in the build process (or refused), loaded
-            ran = differentiate(problem, "auto", compiled)[1]
+            ran = run_strategy(problem, "auto", compiled)[1]
             first = time.perf_counter() - started
             calls: dict[str, Callable[[], object]] = {
                 PLAIN: lambda r=r, x=x, params=params: evaluate_batch(r, x, params),
-                COMPILED: lambda p=problem: differentiate(p, "auto", compiled),
+                COMPILED: lambda p=problem: run_strategy(p, "auto", compiled),
             }
             if compiled.applies(problem):  # otherwise it is the same eager call
                 calls[EAGER] = lambda p=problem: differentiate(p, "auto")

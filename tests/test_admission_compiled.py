@@ -18,8 +18,8 @@ from asgi_lifespan import LifespanManager
 
 from app.config import Settings
 from app.engine.compiled.builds import Artefact, InlineBuilder, Kind, Samples
+from app.engine.differentiation.differentiate import TRANSFORMS_LOCK
 from app.engine.runtime.admission import RoutineCost
-from app.engine.runtime.executor import TRANSFORMS_LOCK
 from app.main import create_app
 from routines import Routine
 from tests.support import GatedBuilder, needs_cxx

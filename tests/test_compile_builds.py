@@ -33,8 +33,9 @@ from app.engine.compiled.builds import (
 )
 from app.engine.compiled.cache import CacheDirError, prepare_cache_dir
 from app.engine.compiled.forward import CompiledForward
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import Executor, differentiate
+from app.engine.runtime.executor import Executor, run_strategy
 from app.main import create_app
 from routines import Param, Routine, routine
 from tests.support import assert_close, needs_cxx
@@ -180,7 +181,7 @@ def test_a_branch_on_the_batch_size_is_not_served_compiled(built: CompiledForwar
     for n in (200, 1000):
         p = problem(by_batch_size, n)
         assert built.run(p) is None
-        result, _ = differentiate(p, "auto", built)
+        result, _ = run_strategy(p, "auto", built)
         values, derivs = closed_form(by_batch_size, p.inputs, {"a": 2.0})
         assert_close(result.values, values, rtol=1e-15)
         assert_close(result.derivatives["a"], derivs["a"], rtol=1e-15)

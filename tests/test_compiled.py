@@ -29,8 +29,9 @@ from app.engine.compiled import catalogue as catalogue_module
 from app.engine.compiled.builds import Artefact, Graph, InlineBuilder, forward_graph, kind_of
 from app.engine.compiled.forward import TRACE_N, CompiledForward
 from app.engine.compiled.pacing import Pacer
+from app.engine.differentiation.differentiate import TRANSFORMS_LOCK, differentiate
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import TRANSFORMS_LOCK, Executor, differentiate
+from app.engine.runtime.executor import Executor, run_strategy
 from routines import Routine, discover
 from tests.support import (
     AD_RTOL,
@@ -167,7 +168,7 @@ def test_a_launch_never_waits_for_a_build(builtins: dict[str, Routine], built: C
     compiled = CompiledForward(chunk=CHUNK, min_samples=32, builder=builder)
 
     def launch(problem: Problem) -> None:
-        result, _ = differentiate(problem, "auto", compiled)
+        result, _ = run_strategy(problem, "auto", compiled)
         events.append("compiled" if compiled._launches else "eager")
         assert_matches_closed_form(problem, result.values, result.derivatives, "forward")
 
@@ -214,7 +215,7 @@ def test_a_live_mismatch_retires_the_graph_and_is_counted(
     assert compiled.refused(problem) == "recheck" and key not in compiled.catalogue.loaded
     assert scrape_refusals()["recheck"] - before["recheck"] == 1
     assert not list(tmp_path.glob("exponential_decay-*"))  # not loaded again at a restart
-    result, ran = differentiate(problem, "auto", compiled)  # eagerly from now on, and right
+    result, ran = run_strategy(problem, "auto", compiled)  # eagerly from now on, and right
     assert ran == "forward" and compiled.run(problem) is None
     assert_close(result.derivatives["k"], differentiate(problem, "forward")[0].derivatives["k"],
                  rtol=1e-15)
@@ -259,7 +260,7 @@ def test_what_cannot_trace_is_refused_and_not_tried_again(
     compiled = CompiledForward(chunk=CHUNK, min_samples=32, builder=InlineBuilder(tmp_path))
     problem = problem_for(builtins["gamma_survival"], 40)  # igammac: no forward formula
     before = scrape_refusals()
-    result, ran = differentiate(problem, "auto", compiled)
+    result, ran = run_strategy(problem, "auto", compiled)
     assert ran == "vmap-grad"
     compiled.swap_in(CPU)
     assert compiled.refused(problem) == "trace" and not compiled.applies(problem)

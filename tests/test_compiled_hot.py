@@ -13,8 +13,9 @@ import torch
 from app.config import Settings
 from app.engine import CompiledForward
 from app.engine.compiled.builds import InlineBuilder
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from routines import discover
 from tests.support import needs_cxx
 
@@ -57,7 +58,7 @@ def test_a_hot_kind_runs_its_small_launches_compiled(tmp_path: Path) -> None:
     assert compiled.swap_in(CPU) == 1
     for problem in (small, _problem(1000, per_sample=True), _problem(7, per_sample=False)):
         assert compiled.applies(problem)
-        got, ran = differentiate(problem, "forward", compiled)
+        got, ran = run_strategy(problem, "forward", compiled)
         want, _ = differentiate(problem, "forward")
         assert ran == "forward"
         torch.testing.assert_close(got.values, want.values, rtol=1e-14, atol=0)
@@ -65,7 +66,7 @@ def test_a_hot_kind_runs_its_small_launches_compiled(tmp_path: Path) -> None:
                                    atol=0)
     assert sum(compiled._launches.values()) == 3  # every one through the graph
     assert len(builder.kinds) == 1
-    got, _ = differentiate(small, "forward", compiled)
+    got, _ = run_strategy(small, "forward", compiled)
     torch.testing.assert_close(got.derivatives["k"], eager.derivatives["k"], rtol=1e-13, atol=0)
     one = _problem(1, per_sample=True)  # a graph never takes one sample
     assert not compiled.applies(one)

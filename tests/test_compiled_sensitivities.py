@@ -14,9 +14,10 @@ import torch
 from app.engine import CompiledForward
 from app.engine.compiled import builds
 from app.engine.compiled.builds import InlineBuilder, kind_of, locate
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from routines import discover
 from tests.support import GatedBuilder, needs_cxx
 from tests.support import closed_forms as cf
@@ -49,7 +50,7 @@ def test_order_2_and_input_features_run_eagerly_while_their_kind_is_built(
     x = torch.tensor([[2.0, 0.5], [1.0, 3.0], [4.0, 1.5]], dtype=F64)
     problem = with_features_as_params(Problem(ROUTINES["exponential_decay"], x,
                                               {"k": torch.tensor(0.7, dtype=F64)}, wrt))
-    got, ran = differentiate(problem, "forward", compiled, order=order)
+    got, ran = run_strategy(problem, "forward", compiled, order=order)
     eager, _ = differentiate(problem, "forward", order=order)
     assert ran == "forward" and got.derivatives.keys() == eager.derivatives.keys()
     for key, want in eager.derivatives.items():
@@ -119,7 +120,7 @@ def test_what_stays_eager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert compiled.applies(long, 2)
     assert compiled.run(long, 2) is None
     assert compiled.refused(long, 2) == "operations" and not compiled.applies(long, 2)
-    result, ran = differentiate(long, "forward", compiled, order=2)  # eager, at once
+    result, ran = run_strategy(long, "forward", compiled, order=2)  # eager, at once
     assert ran == "forward" and torch.isfinite(result.derivatives["k,k"]).all()
 
 

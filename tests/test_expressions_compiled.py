@@ -22,7 +22,7 @@ from app.engine.compiled.builds import BuildRefused, ProcessBuilder, Samples, ki
 from app.engine.compiled.forward import CompiledForward
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.strategies import Problem, forward
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from app.expressions import Expressions, OdeSpec
 from routines import discover
 from tests.support import GatedBuilder, needs_cxx
@@ -108,7 +108,7 @@ def test_a_large_expression_launch_runs_eagerly_and_asks_for_its_graph(tmp_path:
         assert not compiled.applies(small)
     assert builder.kinds == [] and compiled._small == {}
     problem = closed_form()
-    got, ran = differentiate(problem, "forward", compiled)
+    got, ran = run_strategy(problem, "forward", compiled)
     eager = forward(problem)
     assert ran == "forward" and torch.equal(got.values, eager.values)
     assert_same(got.derivatives, eager.derivatives)
@@ -139,7 +139,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CompiledFo
 def launched(compiled: CompiledForward, problem: Problem) -> tuple[dict[str, Tensor], int]:
     """The problem's derivatives (values under "values") from a launch, and how many launches
     its graph has served."""
-    got, ran = differentiate(problem, "forward", compiled)
+    got, ran = run_strategy(problem, "forward", compiled)
     assert ran == "forward"
     count = compiled._launches.get((kind_of(problem), str(CPU)), 0)
     return {"values": got.values, **got.derivatives}, count

@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.func import jacfwd, jvp, vmap
 
 from app.config import Settings, settings_error
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
 from app.expressions import (
     FUNCTIONS,
     Bounds,

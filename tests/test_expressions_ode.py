@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
 from app.expressions import (
     Bounds,
     ExpressionError,

@@ -20,8 +20,9 @@ from app.engine.compiled import forward as compiled_module
 from app.engine.compiled.builds import InlineBuilder
 from app.engine.compiled.forward import CompiledForward
 from app.engine.compiled.rolled import MIN_COUNT, RolledForward, find_loop
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.strategies import Problem
-from app.engine.runtime.executor import differentiate
+from app.engine.runtime.executor import run_strategy
 from routines import Param, Routine, discover, routine
 from tests.support import assert_close, needs_cxx, problem_for
 
@@ -140,7 +141,7 @@ def test_a_long_graph_with_no_loop_to_roll_stays_eager(monkeypatch: pytest.Monke
     problem = Problem(series, x, {"a": torch.tensor(0.5, dtype=torch.float64)}, ("a",))
     assert compiled.run(problem) is None  # the build is refused at once
     assert compiled.refused(problem) == "operations" and not compiled.applies(problem)
-    result, ran = differentiate(problem, "auto", compiled)
+    result, ran = run_strategy(problem, "auto", compiled)
     assert ran == "forward" and compiled.graphs == 0
     a, dy = 0.5, torch.zeros_like(x)  # d/da of the recurrence, step by step
     y = x.clone()

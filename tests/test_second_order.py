@@ -11,9 +11,9 @@ import torch
 
 from app.engine.differentiation.bumping import Bump
 from app.engine.differentiation.capabilities import refusal, supports_order2
+from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.strategies import STRATEGIES, Problem
-from app.engine.runtime.executor import differentiate
 from routines import discover
 from tests.support import closed_forms as cf
 

@@ -8,8 +8,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.engine.differentiation.strategies import STRATEGIES, Problem, lacks_forward_formula
-from app.engine.runtime.executor import AUTO_FALLBACK, differentiate
+from app.engine.differentiation.differentiate import differentiate
+from app.engine.differentiation.strategies import (
+    AUTO_FALLBACK,
+    STRATEGIES,
+    Problem,
+    lacks_forward_formula,
+)
 from routines import Param, Routine, discover, routine
 from tests.support import (
     AD_RTOL,

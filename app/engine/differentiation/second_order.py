@@ -30,14 +30,12 @@ from torch.func import jacfwd, jacrev, jvp, vmap
 from app.engine.differentiation.bumping import Bump, finite_difference, pair_key, pairs
 from app.engine.differentiation.evaluation import evaluate_sample, param_in_dims
 from app.engine.differentiation.strategies import (
-    AUTO_FALLBACK,
     Derivatives,
     Problem,
-    lacks_forward_formula,
 )
 from app.engine.errors import InvalidRequest
 
-__all__ = ["SECOND_ORDER", "differentiate2", "forward2"]
+__all__ = ["SECOND_ORDER", "forward2"]
 
 
 def forward2(problem: Problem, cross: bool) -> Derivatives:
@@ -157,21 +155,3 @@ SECOND_ORDER: dict[str, Callable[[Problem, bool], Derivatives]] = {
     "vmap-grad": vmap_grad2,
     "finite-difference": lambda problem, cross: finite_difference(problem, Bump(), 2, cross),
 }
-
-
-def differentiate2(problem: Problem, strategy: str, cross: bool, bump: Bump | None = None,
-                   order: int = 2) -> tuple[Derivatives, str]:
-    """Order 2 by ``strategy`` (and bumps of any order); auto is forward over forward, or
-    forward over reverse where forward mode lacks a formula. Returns the derivatives and the
-    strategy that ran."""
-    if strategy == "finite-difference":
-        return finite_difference(problem, bump or Bump(), order, cross), strategy
-    assert order == 2
-    if strategy != "auto":
-        return SECOND_ORDER[strategy](problem, cross), strategy
-    try:
-        return forward2(problem, cross), "forward"
-    except NotImplementedError as exc:
-        if not lacks_forward_formula(exc):
-            raise
-    return SECOND_ORDER[AUTO_FALLBACK](problem, cross), AUTO_FALLBACK

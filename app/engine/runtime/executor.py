@@ -1,5 +1,6 @@
 """Running jobs on a device: one launch for a coalesced batch, chunks for a large request,
-the auto fallback, and the checks on what comes back.
+compiled graphs first (the mathematics, with its auto fallback, is app.engine.differentiation),
+and the checks on what comes back.
 
 An :class:`Executor` is one device's runner: its device, its largest launch (``chunk``) and
 the compiled graphs its forward mode may use travel together, and every run of a job goes
@@ -13,7 +14,6 @@ retried request by request, so that one bad request never fails its batch mates.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,10 +25,9 @@ from torch import Tensor
 
 from app.engine.compiled.forward import CompiledForward
 from app.engine.differentiation.bumping import Bump, derivative_name
+from app.engine.differentiation.differentiate import TRANSFORMS_LOCK, differentiate
 from app.engine.differentiation.input_sensitivities import with_features_as_params
-from app.engine.differentiation.second_order import differentiate2
 from app.engine.differentiation.strategies import (
-    AUTO_FALLBACK,
     STRATEGIES,
     Derivatives,
     Problem,
@@ -40,20 +39,11 @@ from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, Servic
 from app.engine.runtime.jobs import Job, JobKind, JobResult
 
 __all__ = [
-    "AUTO_FALLBACK",
-    "TRANSFORMS_LOCK",
     "Executor",
     "Sliced",
     "batch_key",
-    "differentiate",
+    "run_strategy",
 ]
-
-
-# PyTorch's forward-AD levels are process-wide, not per thread: two workers running jvp at
-# once corrupt each other's tangents (seen: zeros). Launches are therefore traced one at a
-# time; on CUDA the kernels still run asynchronously, and the copy back to the host (which
-# waits for them) happens outside the lock, so devices still overlap.
-TRANSFORMS_LOCK = threading.Lock()
 
 
 def batch_key(job: Job) -> tuple[object, ...] | None:
@@ -67,26 +57,17 @@ def batch_key(job: Job) -> tuple[object, ...] | None:
     return (job.kind, job.routine.name, job.dtype, job.wrt, job.strategy, job.order, job.cross)
 
 
-def differentiate(problem: Problem, strategy: str, compiled: CompiledForward | None = None,
-                  *, order: int = 1, cross: bool = False,
-                  bump: Bump | None = None) -> tuple[Derivatives, str]:
-    """Run a strategy; ``auto`` is forward mode, or AUTO_FALLBACK where forward mode lacks a
-    formula. Forward mode runs compiled where ``compiled`` applies to the problem. Returns
-    the derivatives (second ones keyed "a,b") and the strategy that ran."""
+def run_strategy(problem: Problem, strategy: str, compiled: CompiledForward | None = None,
+                 *, order: int = 1, cross: bool = False,
+                 bump: Bump | None = None) -> tuple[Derivatives, str]:
+    """:func:`~app.engine.differentiation.differentiate.differentiate`, with forward mode
+    (``auto`` or ``forward``) through a compiled graph where ``compiled`` serves the problem.
+    Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
     if strategy in ("auto", "forward") and compiled is not None:
         result = _run_compiled(problem, compiled, order, cross)
         if result is not None:
             return result, "forward"
-    if order == 2 or (bump is not None and strategy == "finite-difference"):
-        return differentiate2(problem, strategy, cross, bump, order=order)
-    if strategy != "auto":
-        return STRATEGIES[strategy].run(problem), strategy
-    try:
-        return STRATEGIES["forward"].run(problem), "forward"
-    except NotImplementedError as exc:
-        if not lacks_forward_formula(exc):
-            raise
-    return STRATEGIES[AUTO_FALLBACK].run(problem), AUTO_FALLBACK
+    return differentiate(problem, strategy, order=order, cross=cross, bump=bump)
 
 
 def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
@@ -169,7 +150,7 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, ex: Executor) -> _Output:
             values, derivs, ran = problem.evaluate(), {}, None
         else:
             assert job.strategy is not None
-            result, ran = differentiate(problem, job.strategy, ex.compiled, order=job.order,
+            result, ran = run_strategy(problem, job.strategy, ex.compiled, order=job.order,
                                         cross=job.cross, bump=job.bump)
             values, derivs = result.values, result.derivatives
     return _output(job, values, derivs, ran)

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 
 import torch
 
+from app.engine.differentiation.differentiate import TRANSFORMS_LOCK, differentiate
 from app.engine.differentiation.problem import Problem
 from app.engine.runtime.admission import CostModel
-from app.engine.runtime.executor import TRANSFORMS_LOCK, Executor, differentiate
+from app.engine.runtime.executor import Executor
 from app.engine.runtime.validation import DTYPES
 from routines import Routine
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from app import metrics
+from app.engine.differentiation.differentiate import TRANSFORMS_LOCK
 from app.engine.errors import (
     CostExceeded,
     DeadlineExceeded,
@@ -30,7 +31,7 @@ from app.engine.errors import (
 )
 from app.engine.runtime.admission import CostModel
 from app.engine.runtime.batching import JobQueue
-from app.engine.runtime.executor import TRANSFORMS_LOCK, Executor, Sliced
+from app.engine.runtime.executor import Executor, Sliced
 from app.engine.runtime.jobs import Job, JobResult, resolve_all
 
 __all__ = ["DeviceWorker", "WorkerPool", "resolve_devices"]
