@@ -32,6 +32,10 @@ Issue 20 compares ``defaults`` and ``logs`` with ``echo`` at c=64:
     .venv/bin/python bench/bench_load.py --configs defaults,logs,on,bare,echo \
         --routines linear --concurrencies 64 --out load_echo
 
+``--before DIR`` also runs each service configuration from DIR, a git worktree of an earlier
+commit (``git worktree add /tmp/before <commit>``), as ``NAME@before`` in the same rounds: a
+redesign's before and after measured in one run.
+
 Every configuration gets the same ``Authorization: Bearer`` header, and none writes an access
 log (DYDC_ACCESS_LOG=false, as ``--no-access-log`` for uvicorn's), so that the only difference
 between ``on`` and ``auth`` is the key check. ``--configs on,auth --routines linear --out
@@ -76,6 +80,14 @@ LABELS = {"on": "on", "off": "off", "bare": "bare endpoint", "auth": "on, API ke
           "echo": "five-line echo", "defaults": "default settings",
           "logs": "defaults, API key, JSON access log",
           "eager": "default settings, small launches eager"}
+BEFORE = "@before"  # a configuration run from the --before tree
+
+
+def label(config: str) -> str:
+    name, _, before = config.partition("@")
+    return LABELS[name] + (" (before)" if before else "")
+
+
 # where each configuration's requests go (the echo answers on /echo only)
 PATHS = {"echo": "/echo"}
 # settings the other configurations have that the defaults do not
@@ -166,8 +178,10 @@ def free_port() -> int:
 class Server:
     """A uvicorn subprocess: the service (``app.main:app``) or the bare app."""
 
-    def __init__(self, target: str, env: dict[str, str], log: Path, path: str | None = None):
+    def __init__(self, target: str, env: dict[str, str], log: Path, path: str | None = None,
+                 cwd: Path = ROOT):
         self.target = target
+        self.cwd = cwd  # the tree it runs from (another one with --before)
         self.path = path  # where requests go, when not the routine's sensitivities
         self.port = free_port()
         self.env = {k: v for k, v in {**os.environ, "DYDC_DEVICE": "cpu",
@@ -185,7 +199,7 @@ class Server:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "uvicorn", self.target, "--host", "127.0.0.1", "--port",
              str(self.port), "--no-access-log", "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT,
+            cwd=self.cwd, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -268,7 +282,7 @@ def measure(server: Server, routine: str, c: int, seconds: float, warm_s: float,
     return res, delta
 
 
-def run_all(configs: dict[str, tuple[str, dict[str, str]]], routines: tuple[str, ...],
+def run_all(configs: dict[str, tuple[str, dict[str, str], Path]], routines: tuple[str, ...],
             seconds: float, warm_s: float, rounds: int, lua: Path,
             logdir: Path, concurrencies: tuple[int, ...] = CONCURRENCIES) -> list[Point]:
     """Every configuration's server runs at once (idle while another is measured); each point
@@ -278,8 +292,8 @@ def run_all(configs: dict[str, tuple[str, dict[str, str]]], routines: tuple[str,
     points = []
     with contextlib.ExitStack() as stack:
         servers = {name: stack.enter_context(Server(target, env, logdir / f"server-{name}.log",
-                                                    PATHS.get(name)))
-                   for name, (target, env) in configs.items()}
+                                                    PATHS.get(name), cwd))
+                   for name, (target, env, cwd) in configs.items()}
         names = list(servers)
         for routine in routines:
             for server in servers.values():
@@ -337,7 +351,7 @@ def write_markdown(points: list[Point], path: Path, command: str,
     ]
     for p in points:
         lines.append(
-            f"| {p.routine} | {LABELS[p.config]} | {p.concurrency} | {p.rps:,.0f} | "
+            f"| {p.routine} | {label(p.config)} | {p.concurrency} | {p.rps:,.0f} | "
             f"{p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.samples_per_s:,.0f} | "
             f"{_fmt(p.requests_per_launch, '.1f')} | {p.errors} |"
         )
@@ -364,12 +378,13 @@ def write_markdown(points: list[Point], path: Path, command: str,
                  f"{lin:,.0f} req/s = {auth / lin:.3f} (target ≥ 0.97): "
                  f"{'met' if ok else 'NOT met'}")
     echo = by.get(("echo", "linear", 64))
-    for config, target in (("defaults", 0.7), ("logs", 0.65), ("on", None), ("eager", None)):
+    for config, target in (("defaults", 0.7), ("logs", 0.65), ("on", None), ("eager", None),
+                           *((f"{c}{BEFORE}", None) for c in ("defaults", "logs", "on"))):
         served = by.get((config, "linear", 64))
         if served and echo:
             met = "met" if target and served >= target * echo else "NOT met"
             verdict = f" (target ≥ {target}, issue 20): {met}" if target else ""
-            t.append(f"- linear at concurrency 64, {LABELS[config]}: {served:,.0f} req/s vs the "
+            t.append(f"- linear at concurrency 64, {label(config)}: {served:,.0f} req/s vs the "
                      f"five-line echo {echo:,.0f} req/s = {served / echo:.2f}{verdict}"
                      + (f"; vs the bare endpoint {served / bare:.2f}" if bare else ""))
     doc = (
@@ -406,7 +421,7 @@ def plot(points: list[Point], path: Path) -> None:
             ps = [p for p in points if p.config == config and p.routine == routine]
             if ps:
                 ax.plot([p.concurrency for p in ps], [p.rps for p in ps], style[config],
-                        label=f"{routine}, {LABELS[config]}")
+                        label=f"{routine}, {label(config)}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(CONCURRENCIES, [str(c) for c in CONCURRENCIES])
     ax.set_xlabel("concurrency (connections)")
@@ -430,6 +445,9 @@ def main() -> None:
     ap.add_argument("--concurrencies", default=",".join(map(str, CONCURRENCIES)))
     ap.add_argument("--routines", default=",".join(ROUTINES))
     ap.add_argument("--out", default="load", help="results file stem under bench/results")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="also run each service configuration from this tree (a git worktree "
+                         "of an earlier commit), in the same rounds: NAME@before")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -456,7 +474,10 @@ def main() -> None:
         lua = Path(tmp) / "dydc.lua"
         lua.write_text(LUA)
         logdir = Path(tmp)
-        chosen = {name: configs[name] for name in args.configs.split(",")}
+        chosen = {name: (*configs[name], ROOT) for name in args.configs.split(",")}
+    if args.before is not None:
+        chosen |= {f"{name}{BEFORE}": (*configs[name], args.before.resolve())
+                   for name in args.configs.split(",") if configs[name][0] == "app.main:app"}
         try:
             points = run_all(chosen, routines, args.seconds, args.warm, args.rounds, lua,
                              logdir, tuple(int(c) for c in args.concurrencies.split(",")))
