@@ -475,9 +475,10 @@ def main() -> None:
         lua.write_text(LUA)
         logdir = Path(tmp)
         chosen = {name: (*configs[name], ROOT) for name in args.configs.split(",")}
-    if args.before is not None:
-        chosen |= {f"{name}{BEFORE}": (*configs[name], args.before.resolve())
-                   for name in args.configs.split(",") if configs[name][0] == "app.main:app"}
+        if args.before is not None:
+            chosen |= {f"{name}{BEFORE}": (*configs[name], args.before.resolve())
+                       for name in args.configs.split(",")
+                       if configs[name][0] == "app.main:app"}
         try:
             points = run_all(chosen, routines, args.seconds, args.warm, args.rounds, lua,
                              logdir, tuple(int(c) for c in args.concurrencies.split(",")))
