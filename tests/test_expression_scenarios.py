@@ -182,3 +182,26 @@ async def test_the_explain_of_an_expression_shrinks_as_the_cube_of_the_shift(
         np.testing.assert_allclose(scenario["delta_pnl"], d * np.array(X), rtol=1e-15)
         assert max(abs(u) for u in scenario["unexplained"]) <= 1e-13
         assert abs(scenario["total_unexplained"]) <= 1e-12
+
+
+async def test_a_scenario_outside_the_domain_is_named_by_scenario_and_sample(
+        client: httpx.AsyncClient) -> None:
+    """sqrt(v) at v = 0.04 - 0.05 is NaN: the 422 names scenario 1 and its first sample (not
+    row 2 of the S x N revaluation), with that scenario's shift, never the whole batch's."""
+    body = {"expression": "sqrt(v) * x", "inputs": {"names": ["x"], "values": [1, 2]},
+            "params": {"v": 0.04},
+            "scenarios": {"shifts": {"v": {"type": "absolute", "values": [0, -0.05]}}}}
+    problem = assert_problem(await client.post(SCEN, json=body), 422,
+                             "non-finite value for sample 0 under scenario 1",
+                             "'v': -0.05", "use smaller shifts")
+    assert "sample 2" not in str(problem["detail"])
+
+
+async def test_a_base_outside_the_domain_is_named_by_its_sample(
+        client: httpx.AsyncClient) -> None:
+    body = {"expression": "sqrt(x)", "inputs": {"names": ["x"], "values": [4, -1]},
+            "params": {"v": 0.04},
+            "scenarios": {"shifts": {"v": {"type": "absolute", "values": [0, 0.01]}}}}
+    problem = assert_problem(await client.post(SCEN, json=body), 422,
+                             "non-finite value for sample 1")
+    assert "scenario" not in str(problem["detail"])

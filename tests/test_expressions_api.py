@@ -574,3 +574,16 @@ async def test_v2_expression_model_metadata_and_readiness(
         monkeypatch.setattr(Engine, "readiness", lambda self: "warming up")
         r = await c.get("/v2/models/expression/ready")
         assert (r.status_code, r.json()) == (503, {"name": "expression", "ready": False})
+
+
+async def test_a_non_finite_sample_is_named_with_its_own_parameter_values(
+        client: httpx.AsyncClient) -> None:
+    """Per-sample parameters: the 422 shows the failing sample's value of each, not the
+    whole list (which may hold a million numbers)."""
+    body = {"expression": "sqrt(v) * x", "inputs": {"names": ["x"], "values": [1, 2, 3]},
+            "params": {"v": [0.04, 0.09, -1.0]}, "wrt": ["v"]}
+    r = await client.post(SENS, json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "non-finite value for sample 2" in detail and "'v': -1.0" in detail, detail
+    assert "0.09" not in detail and "array" not in detail, detail

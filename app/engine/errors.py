@@ -7,6 +7,7 @@
      │    ├── StrategyDisabled      the operator turned the strategy off (DYDC_STRATEGIES)
      │    ├── CostExceeded          the job's estimated or measured cost is over DYDC_MAX_JOB_COST
      │    └── RoutineFailed         the routine raised, or gave non-finite numbers, on these inputs
+     │         └── NonFinite             a non-finite value or derivative, at a sample it names
      ├── RequestTooLarge       over a configured size limit          (HTTP 413)
      ├── DeadlineExceeded      its deadline passed before it finished (HTTP 504)
      └── ServiceUnavailable    the service cannot take the work now  (HTTP 503)
@@ -25,6 +26,7 @@ __all__ = [
     "EngineError",
     "GraphBuilding",
     "InvalidRequest",
+    "NonFinite",
     "QueueFull",
     "RequestTooLarge",
     "RoutineFailed",
@@ -82,6 +84,16 @@ class CostExceeded(InvalidRequest):
 
 class RoutineFailed(InvalidRequest):
     """The routine raised, or produced non-finite numbers, for these inputs."""
+
+
+class NonFinite(RoutineFailed):
+    """A non-finite ``what`` (a value, a derivative) at row ``sample`` of the job's batch: a caller
+    that laid out the batch (scenarios: S x N rows) can name the row in its own terms."""
+
+    def __init__(self, message: str, sample: int, what: str) -> None:
+        super().__init__(message)
+        self.sample = sample
+        self.what = what
 
 
 class RequestTooLarge(EngineError):

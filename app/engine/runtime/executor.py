@@ -35,7 +35,13 @@ from app.engine.differentiation.strategies import (
     drain,
     lacks_forward_formula,
 )
-from app.engine.errors import EngineError, InvalidRequest, RoutineFailed, ServiceUnavailable
+from app.engine.errors import (
+    EngineError,
+    InvalidRequest,
+    NonFinite,
+    RoutineFailed,
+    ServiceUnavailable,
+)
 from app.engine.runtime.jobs import Job, JobKind, JobResult
 
 __all__ = [
@@ -76,6 +82,16 @@ def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
     input features alike; None where it does not apply or its graph is not loaded yet."""
     return compiled.run(problem, order, cross) if compiled.applies(problem, order, cross) \
         else None
+
+
+def _evaluate(problem: Problem, compiled: CompiledForward | None) -> Tensor:
+    """Plain evaluation (the problem has no wrt): through the routine's compiled values graph
+    where one serves the launch (a large one; the first asks for its build), else eagerly."""
+    if compiled is not None and compiled.applies(problem):
+        result = compiled.run(problem)
+        if result is not None:
+            return result.values
+    return problem.evaluate()
 
 
 @dataclass(frozen=True)
@@ -147,7 +163,7 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, ex: Executor) -> _Output:
     problem = _problem(jobs, inputs, ex.device)
     with _translated(job), TRANSFORMS_LOCK:
         if job.kind is JobKind.EVALUATE:
-            values, derivs, ran = problem.evaluate(), {}, None
+            values, derivs, ran = _evaluate(problem, ex.compiled), {}, None
         else:
             assert job.strategy is not None
             result, ran = run_strategy(problem, job.strategy, ex.compiled, order=job.order,
@@ -241,11 +257,12 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
     i = _first_non_finite(t)
     if i is not None:
         sample = dict(zip(job.routine.inputs, job.inputs[i].tolist(), strict=True))
-        raise RoutineFailed(
+        params = {k: float(v[i]) if isinstance(v, np.ndarray) else v
+                  for k, v in job.params.items()}  # (this sample's, not every sample's)
+        raise NonFinite(
             f"routine {job.routine.name} gave a non-finite {name} for sample {i} "
-            f"(inputs {sample}, params {job.params}); check that the inputs and parameters "
-            "are inside the routine's domain"
-        )
+            f"(inputs {sample}, params {params}); check that the inputs and parameters "
+            "are inside the routine's domain", i, name)
 
 
 def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str | None,

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from app.engine.differentiation.bumping import pair_key, pairs
-from app.engine.errors import InvalidRequest, listed
+from app.engine.errors import InvalidRequest, NonFinite, RoutineFailed, listed
 from app.engine.runtime.jobs import Job, JobResult
 from routines import Routine
 
@@ -223,7 +223,14 @@ class ScenarioResult:
 async def run(plan: ScenarioPlan, run_job: _RunJob) -> ScenarioResult:
     """Both jobs side by side (``run_job`` is the engine's run), then the P&L and its
     explain."""
-    base, shifted = await asyncio.gather(run_job(plan.base), run_job(plan.shifted))
+    base, shifted = await asyncio.gather(run_job(plan.base), run_job(plan.shifted),
+                                         return_exceptions=True)
+    if isinstance(base, BaseException):
+        raise base
+    if isinstance(shifted, NonFinite):
+        raise _in_scenario_terms(plan, shifted) from None
+    if isinstance(shifted, BaseException):
+        raise shifted
     n, s_count = plan.base.n, len(plan.scenarios)
     values = shifted.values.reshape(s_count, n, -1)
     pnl = values - base.values
@@ -234,6 +241,19 @@ async def run(plan: ScenarioPlan, run_job: _RunJob) -> ScenarioResult:
                                         else 0.0)
         result.unexplained = pnl - predicted
     return result
+
+
+def _in_scenario_terms(plan: ScenarioPlan, exc: NonFinite) -> RoutineFailed:
+    """A non-finite number of the S x N revaluation named by its scenario and sample (row
+    s * N + i), with the scenario's shifts."""
+    n = plan.base.n
+    scenario, i = divmod(exc.sample, n)
+    shifts = {name: float(v[i]) if isinstance(v, np.ndarray) else v
+              for name, v in plan.absolute[scenario].items()}
+    return RoutineFailed(
+        f"routine {plan.base.routine.name} gave a non-finite {exc.what} for sample {i} under "
+        f"scenario {scenario} (absolute shifts {shifts}); use smaller shifts, or keep the "
+        "shifted values inside the routine's domain")
 
 
 def _taylor(plan: ScenarioPlan, base: JobResult,
