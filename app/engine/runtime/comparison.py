@@ -18,7 +18,6 @@ from torch import Tensor
 from app.engine.differentiation.bumping import Bump
 from app.engine.differentiation.capabilities import cap_refusal, refusal
 from app.engine.differentiation.checking import differences
-from app.engine.differentiation.input_sensitivities import features_in
 from app.engine.differentiation.strategies import STRATEGIES
 from app.engine.errors import EngineError, RoutineFailed
 from app.engine.runtime.jobs import Job, JobResult
@@ -63,9 +62,7 @@ def _all(result: JobResult) -> dict[str, Tensor]:
 
 
 def _why_not(engine: Runner, job: Job, strategy: str) -> str | None:
-    per_sample = bool(features_in(job.routine, job.wrt)) or any(
-        not isinstance(v, float) for v in job.params.values())
-    return (refusal(strategy, job.routine, order=job.order, per_sample=per_sample)
+    return (refusal(strategy, job.routine, order=job.order, per_sample=job.per_sample)
             or cap_refusal(strategy, job.n, engine.limits.caps)
             or engine.unaffordable(job, strategy))
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from app.engine.differentiation.bumping import Bump
 from app.engine.differentiation.checking import Check
+from app.engine.differentiation.input_sensitivities import features_in
 from routines import Routine
 
 __all__ = ["Job", "JobKind", "JobResult", "resolve_all"]
@@ -60,6 +61,13 @@ class Job:
 
     def __post_init__(self) -> None:
         self.n = int(self.inputs.shape[0])
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether a value varies by sample: a parameter given one value per sample, or an
+        input feature in wrt (differentiated as a per-sample parameter)."""
+        return bool(features_in(self.routine, self.wrt)) or any(
+            isinstance(v, np.ndarray) for v in self.params.values())
 
     def stop_reason(self, now: float) -> str | None:
         """Why this job must not run on, read from the worker's thread: ``disconnect`` (its

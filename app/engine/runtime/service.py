@@ -157,9 +157,13 @@ class Engine:
             metrics.REJECTIONS.labels("deadline").inc()
             job.future.set_exception(DeadlineExceeded(time.perf_counter() - job.enqueued_at))
 
-    async def run(self, job: Job) -> JobResult:
-        """Queue the job and await its answer. A job still queued at its deadline is taken
-        back and answered DeadlineExceeded; one already running gets its answer."""
+    async def run(self, job: Job | Request) -> JobResult:
+        """Queue the job and await its answer; a request is prepared first, here (the codecs
+        prepare theirs beforehand, a large one in a worker thread, and price its answer). A
+        job still queued at its deadline is taken back and answered DeadlineExceeded; one
+        already running gets its answer."""
+        if isinstance(job, Request):
+            job = self.prepare(job)
         job.future = asyncio.get_running_loop().create_future()
         self.worker.submit(job)
         assert job.deadline is not None

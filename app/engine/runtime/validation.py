@@ -17,7 +17,7 @@ import torch
 
 from app.engine.differentiation.bumping import Bump, validate_bump
 from app.engine.differentiation.capabilities import cap_refusal, refusal
-from app.engine.differentiation.input_sensitivities import features_in, with_features_as_params
+from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.problem import Problem
 from app.engine.differentiation.strategies import STRATEGIES
 from app.engine.errors import (
@@ -258,9 +258,7 @@ def beyond_first(routine: Routine, strategy: str, job: Job, bump: Bump | None) -
         raise InvalidRequest(f"order = {job.order!r}; use 1 or 2")
     if job.cross and job.order != 2:
         raise InvalidRequest("cross applies to second derivatives; send order: 2 with it")
-    per_sample = bool(features_in(routine, job.wrt)) or any(
-        isinstance(v, np.ndarray) for v in job.params.values())
-    reason = refusal(strategy, routine, order=job.order, per_sample=per_sample)
+    reason = refusal(strategy, routine, order=job.order, per_sample=job.per_sample)
     if reason is not None:
         raise InvalidRequest(reason)
     if job.check is not None and job.check != "finite-difference":
