@@ -107,7 +107,8 @@ class BuildRefused(Exception):
 @dataclass(frozen=True)
 class Kind:
     """What one graph serves: a routine (found again by a new process in ``module``), the
-    parameters differentiated (in the routine's order, whatever order a request names them),
+    parameters differentiated (in the routine's order, whatever order a request names them;
+    none for plain evaluation, whose graph returns the values alone),
     dtype, device type, whether parameters come per sample (N,) or shared (0-d), the order,
     whether order 2 has the cross terms, and the input features taken as per-sample
     parameters (app.engine.differentiation.input_sensitivities: delta is a parameter of a derived
@@ -211,10 +212,13 @@ def columns(problem: Problem, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def _forward_by_columns(routine: Routine, wrt: tuple[str, ...]) -> Graph:
-    """Values and one tangent per parameter, from inputs given as columns (D, N)."""
+    """Values and one tangent per parameter, from inputs given as columns (D, N); with no
+    wrt, the values alone (plain evaluation's graph)."""
 
     def run(columns: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, ...]:
         x = columns.t()
+        if not wrt:
+            return (Problem(routine, x, params, ()).evaluate(),)
         pushed = {name: forward(Problem(routine, x, params, (name,))) for name in wrt}
         return (pushed[wrt[0]].values, *(d.derivatives[name] for name, d in pushed.items()))
 
@@ -245,7 +249,10 @@ def _second_by_columns(kind: Kind, first: Graph) -> Graph:
 
 def eager_outputs(problem: Problem, kind: Kind) -> tuple[Tensor, ...]:
     """What the kind's graph computes, by eager forward mode: the values, then
-    ``kind.outputs`` (the problem's wrt is the kind's)."""
+    ``kind.outputs`` (the problem's wrt is the kind's); with no wrt, plain evaluation's
+    values alone."""
+    if not kind.wrt:
+        return (problem.evaluate(),)
     got = forward2(problem, kind.cross) if kind.order == 2 else forward(problem)
     return (got.values, *(got.derivatives[name] for name in kind.outputs))
 

@@ -256,6 +256,9 @@ def _describe(kind: Kind) -> str:
     layout = "per-sample" if kind.per_sample else "shared"
     what = "forward mode" if kind.order == 1 else \
         f"order 2{' with cross terms' if kind.cross else ''}"
+    if not kind.wrt:
+        what = "plain evaluation"
     features = f"; input features {', '.join(kind.features)}" if kind.features else ""
-    return (f"{what} of routine {kind.routine} (wrt {', '.join(kind.wrt)}, {kind.dtype}, "
+    wrt = f"wrt {', '.join(kind.wrt)}, " if kind.wrt else ""
+    return (f"{what} of routine {kind.routine} ({wrt}{kind.dtype}, "
             f"{kind.device}, {layout} parameters{features})")

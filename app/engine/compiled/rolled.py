@@ -390,7 +390,8 @@ class RolledForward:
 
         def forward(*flat: Tensor) -> tuple[Tensor, ...]:
             inv, carried, rest = flat[:n_inv], flat[n_inv:n_inv + n_car], flat[n_inv + n_car:]
-            outs: tuple[Tensor, ...] = ()
+            # with no tangents (plain evaluation's graph: no wrt), the step itself
+            outs: tuple[Tensor, ...] = () if with_tangent else tuple(step.module(*inv, *carried))
             pushed: list[Tensor] = []
             for mask in with_tangent:
                 varying = [i for i, has in enumerate(mask) if has]

@@ -45,8 +45,6 @@ class Pricing:
 
     def price(self, job: Job) -> float:
         """The job's price in seconds of device time, held to DYDC_MAX_JOB_COST."""
-        if job.strategy is None:
-            return self._cost(job.routine, None, job.n, passes(job))
         return self._admit(job.routine, job.strategy, job)
 
     def estimate(self, job: Job, strategy: str | None) -> float:
@@ -82,11 +80,13 @@ class Pricing:
             )
         return cost
 
-    def _compilable(self, routine: Routine, strategy: str, job: Job) -> Problem | None:
-        """The job as a problem that compiled forward mode serves (forward or auto, at least
-        DYDC_COMPILE_MIN_SAMPLES samples, a kind not refused), else None."""
+    def _compilable(self, routine: Routine, strategy: str | None, job: Job) -> Problem | None:
+        """The job as a problem that a compiled graph serves (forward or auto, or plain
+        evaluation: strategy None; at least DYDC_COMPILE_MIN_SAMPLES samples, a kind not
+        refused), else None."""
         compiled = self._compiled
-        if (compiled is None or strategy not in ("auto", "forward") or job.check is not None
+        if (compiled is None or strategy not in ("auto", "forward", None)
+                or job.check is not None
                 or job.n < compiled.min_samples or not routine.compile):
             return None
         problem = with_features_as_params(Problem(
@@ -96,12 +96,14 @@ class Pricing:
             return None
         return problem
 
-    def _admit(self, routine: Routine, strategy: str, job: Job) -> float:
+    def _admit(self, routine: Routine, strategy: str | None, job: Job) -> float:
         """The job's price, held to DYDC_MAX_JOB_COST: what its launch takes through the
         compiled graph of its kind where one is loaded (its first launch at the price of plain
         evaluation, which a fused graph does not exceed by much: bench_strategies), else at
-        eager speed. A job over the limit eagerly whose kind a graph would serve starts that
-        graph's build and is told when to retry (503), rather than refused for good."""
+        eager speed. A forward-mode job over the limit eagerly whose kind a graph would serve
+        starts that graph's build and is told when to retry (503), rather than refused for
+        good. Plain evaluation (``strategy`` None) is priced the same way through its values
+        graph, but refused (422) over the limit while that graph has not launched."""
         p = passes(job)
         problem = self._compilable(routine, strategy, job)
         if problem is None:
@@ -118,6 +120,9 @@ class Pricing:
         eager = self.costs.estimate(routine, strategy, job.n, p)
         if eager <= self.limits.max_job_cost_s:
             return eager  # (its launch asks for the graph, as every large launch does)
+        if strategy is None:  # plain evaluation's graph is priced at eager evaluation's
+            # estimate until it has launched: waiting for it would not make this affordable
+            return self._cost(routine, strategy, job.n, p, eager)
         self._compiled.request(problem, job.order, job.cross, device)
         if self._compiled.refused(problem, job.order, job.cross, device) is not None:
             return self._cost(routine, strategy, job.n, p, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
