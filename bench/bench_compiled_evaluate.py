@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# as the service sets it (app/__init__.py) before torch loads: OpenMP's threads wait asleep
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
