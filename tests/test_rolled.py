@@ -167,3 +167,51 @@ def test_carried_values_that_start_from_the_same_value() -> None:
     problem = Problem(rotations, x, {"h": torch.tensor(0.1, dtype=torch.float64)}, ("h",))
     assert len(rolled(problem).step.carried) == 2
     assert_same_as_eager(problem)
+
+
+
+
+@routine(description="y = a y + x / d, 10 times: a division by a shared parameter every step",
+         params=[Param("a", 0.5, "weight"), Param("d", 2.0, "divisor")], inputs=["x"])
+def damped(x: Tensor, *, a: Tensor, d: Tensor) -> Tensor:
+    y = x
+    for _ in range(10):
+        y = a * y + x / d
+    return y
+
+
+def divided_by(problem: Problem) -> list[str]:
+    """The parameters the compiled step multiplies by the reciprocal of."""
+    graph = compiled_module.values_graph(problem)
+    loop = find_loop(graph.graph)
+    assert loop is not None
+    forward = RolledForward(graph, loop, tuple(problem.params), problem.wrt)
+    forward(torch.stack(problem.inputs.unbind(1)), problem.params)
+    names = dict(zip([n for n in graph.graph.nodes if n.op == "placeholder"][1:],
+                     problem.params, strict=True))
+    return [names[forward.step.invariants[i]] for i in forward.divisors]
+
+
+@needs_cxx
+def test_divisions_by_a_shared_parameter_are_by_its_reciprocal(
+        builtins: dict[str, Routine], short_rk4: None) -> None:
+    """logistic_rk4's n / K is n * (1 / K) in the compiled step, within 1e-12 of eager."""
+    problem = problem_for(builtins["logistic_rk4"], 50, wrt=("r", "K"))
+    assert divided_by(problem) == ["K"]
+    assert_same_as_eager(problem)
+
+
+@needs_cxx
+@pytest.mark.parametrize("d", [3.0, 1e-310, -1e-310, 0.0, float("inf")])
+def test_a_divisor_whose_reciprocal_is_not_normal_runs_eagerly(d: float) -> None:
+    """1 / 1e-310 is inf, where x / 1e-310 is finite: x * (1 / d) would not be x / d, so such
+    a launch takes its steps in eager forward mode; the same numbers as eager for every d."""
+    x = torch.tensor([[1e-300], [3e-301], [-2e-300], [0.0], [1e-305]], dtype=torch.float64)
+    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in (("a", 0.5), ("d", d))}
+    problem = Problem(damped, x, params, ("a",))  # dy/dd = -x / d**2 overflows at 1e-310
+    assert divided_by(problem) == ["d"]
+    got = rolled(problem)(torch.stack(problem.inputs.unbind(1)), problem.params)
+    eager, _ = differentiate(problem, "forward")
+    assert bool(torch.isfinite(eager.values[:3]).all()) is (d != 0)
+    for mine, theirs in zip(got, (eager.values, *eager.derivatives.values()), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-300, equal_nan=True)

@@ -87,7 +87,7 @@ MAX_OPERATIONS = 4_000
 # why a kind runs eagerly (dydc_compile_refusals_total{reason})
 REASONS = metrics.COMPILE_REFUSAL_REASONS
 CHECK_SIZES = (5, 131)  # batch sizes at which a new graph is compared with eager forward mode
-_FORMAT = 2  # bump when what a build writes changes
+_FORMAT = 3  # bump when what a build writes changes (3: the rolled step divides by reciprocals)
 
 Graph = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, ...]]
 

@@ -13,6 +13,13 @@ with after 5 minutes. But the steps are the same operations on new values. So he
 4. A launch runs what comes before the loop and after it operation by operation in eager
    forward mode (a few dozen operations), and calls the compiled step once per iteration.
 
+Divisions in the step by a scalar from before the loop (a shared parameter: logistic_rk4's
+``n / K``, four times a step and four more in the tangent) are multiplications by its
+reciprocal in the compiled step (:func:`_by_reciprocals`): a division costs several times a
+multiplication, and these were most of the step's time. ``x * (1 / s)`` is within about an ulp
+of ``x / s`` while ``1 / s`` is a normal number; a launch whose divisor is not in that range
+(:data:`SAFE_DIVISOR`) runs its loop's steps in eager forward mode instead.
+
 Why hand-written: PyTorch 2.13's own tools for repeated blocks were tried for this job, on
 logistic_rk4's 200 steps under ``jvp(vmap(...))`` at N = 1,000 (bench/eval_loop_ops.py,
 ``.venv/bin/python bench/eval_loop_ops.py``, run once on a 2-core CPU):
@@ -36,6 +43,8 @@ mode like any graph.
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,9 +61,15 @@ from app.engine.compiled.tracing import example, trace
 
 __all__ = ["Loop", "RolledForward", "find_loop"]
 
+aten = torch.ops.aten
+
 MIN_COUNT = 8  # fewer repeats than this are left unrolled
 MIN_SHARE = 0.5  # nor a loop that is less than this share of the graph
 MAX_PERIOD = 4096  # operations in one step, at most
+# |s| in [1 / SAFE_DIVISOR, SAFE_DIVISOR]: 1 / s is a normal float64 (and float32 up to
+# 2**126), so x * (1 / s) rounds like x / s up to about an ulp; 0, inf and nan also divide alike
+SAFE_DIVISOR = {torch.float64: 2.0 ** 1021, torch.float32: 2.0 ** 125,
+                torch.float16: 2.0 ** 13, torch.bfloat16: 2.0 ** 125}
 
 _Forward = Callable[..., tuple[Tensor, ...]]
 
@@ -316,6 +331,16 @@ class RolledForward:
         self._result = ref(result)
         self._examples = ([example(n) for n in self.step.invariants],
                           [example(n) for n in self.step.initial])
+        # the step as a program too, for launches the compiled step cannot take (_eager_step)
+        step_nodes = list(self.step.module.graph.nodes)
+        step_refs = {n: _Ref(i) for i, n in enumerate(step_nodes)}
+        self._step_program = [
+            _Op(n.target, pytree.tree_map_only(Node, step_refs.__getitem__, n.args),
+                pytree.tree_map_only(Node, step_refs.__getitem__, n.kwargs), step_refs[n])
+            for n in step_nodes if n.op == "call_function"]
+        (step_out,) = (n for n in step_nodes if n.op == "output")
+        self._step_outputs = tuple(step_refs[n] for n in step_out.args[0])
+        self.divisors: tuple[int, ...] = ()  # step inputs divided by, as step_forward_graph says
         self._compile_step = compile_step or _torch_compile
         self._step_forward: _Forward | None = None
         self.with_tangent: tuple[tuple[bool, ...], ...] | None = None
@@ -323,15 +348,17 @@ class RolledForward:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__, _step_forward=None, _compile_step=None, step=None,
                      _examples=None)
-        state["_plan"] = [None if op is None else _Op(_target_name(op.target), op.args,
+        for key in ("_plan", "_step_program"):
+            state[key] = [None if op is None else _Op(_target_name(op.target), op.args,
                                                       op.kwargs, op.out)
-                          for op in self._plan]
+                          for op in state[key]]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state["_plan"] = [None if op is None else _Op(_resolve(op.target), op.args, op.kwargs,
+        for key in ("_plan", "_step_program"):
+            state[key] = [None if op is None else _Op(_resolve(op.target), op.args, op.kwargs,
                                                       op.out)
-                          for op in state["_plan"]]
+                          for op in state[key]]
         self.__dict__.update(state)
 
     def attach(self, step_forward: _Forward) -> None:
@@ -370,10 +397,14 @@ class RolledForward:
                  for w, mask in zip(self.wrt, with_tangent, strict=True)]
         m, k = len(self._initial), len(self._results)
         outs: tuple[Tensor, ...] = ()
+        step: _Forward = self._step_forward
+        first = [*inv, *carried, *(x for it, ct in zip(inv_t, carried_t, strict=True)
+                                   for x in (*it, *ct))]
+        if not all(_divides_alike(first[i]) for i in self.divisors):
+            step = functools.partial(self._eager_step, with_tangent)
         for _ in range(self.loop.count):
-            flat = self._step_forward(*inv, *carried,
-                                      *(x for it, ct in zip(inv_t, carried_t, strict=True)
-                                        for x in (*it, *ct)))
+            flat = step(*inv, *carried,
+                        *(x for it, ct in zip(inv_t, carried_t, strict=True) for x in (*it, *ct)))
             outs = flat
             carried = list(flat[:m])
             carried_t = [list(flat[k + i * k:k + i * k + m]) for i in range(len(self.wrt))]
@@ -381,10 +412,29 @@ class RolledForward:
             values[slot] = outs[j]
             tangents[slot] = {w: outs[k + i * k + j] for i, w in enumerate(self.wrt)}
 
+    def _eager_step(self, with_tangent: tuple[tuple[bool, ...], ...], *flat: Tensor
+                    ) -> tuple[Tensor, ...]:
+        """One step in eager forward mode, called as the compiled step is."""
+        n_inv, n_car = len(self._invariants), len(self._initial)
+        values: dict[int, Any] = dict(enumerate(flat[:n_inv + n_car]))
+        tangents: dict[int, dict[str, Any]] = {}
+        at = n_inv + n_car
+        for w, mask in zip(self.wrt, with_tangent, strict=True):
+            moving = [i for i, has in enumerate(mask) if has] + [n_inv + j for j in range(n_car)]
+            for i, t in zip(moving, flat[at:at + len(moving)], strict=True):
+                tangents.setdefault(i, {})[w] = t
+            at += len(moving)
+        for op in self._step_program:
+            _eager_forward(op, values, tangents, self.wrt)
+        return (*(values[r] for r in self._step_outputs),
+                *(_tangent(values, tangents, r, w) for w in self.wrt for r in self._step_outputs))
+
     def step_forward_graph(self, with_tangent: tuple[tuple[bool, ...], ...]
                            ) -> tuple[GraphModule, list[Tensor]]:
         """The step's forward mode, one jvp per parameter, traced for any batch size, and
-        example arguments for it (at TRACE_N samples)."""
+        example arguments for it (at TRACE_N samples); divisions by a scalar input that does
+        not change from step to step are multiplications by its reciprocal, and ``divisors``
+        says which inputs those are."""
         step = self.step
         n_inv, n_car = len(step.invariants), len(step.carried)
 
@@ -415,7 +465,51 @@ class RolledForward:
                               for e, has in zip(inv_ex, mask, strict=True) if has),
                             *(torch.empty_like(c) for c in car_ex))]
         args = [*inv_ex, *car_ex, *tan_ex]
-        return trace(forward, *args), args
+        unchanging, at = set(range(n_inv)), n_inv + n_car  # the invariants and their tangents
+        for mask in with_tangent:
+            unchanging.update(range(at, at + sum(mask)))
+            at += sum(mask) + n_car
+        gm = trace(forward, *args)
+        self.divisors = _by_reciprocals(gm, unchanging)
+        return gm, args
+
+
+def _by_reciprocals(gm: GraphModule, unchanging: set[int]) -> tuple[int, ...]:
+    """Rewrite ``x / s``, s a scalar floating input of ``gm`` among ``unchanging`` (by
+    position), as ``x * (1 / s)``: one division per call instead of one per sample and
+    step. The positions of the inputs so divided."""
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    position = {n: i for i, n in enumerate(placeholders)}
+    reciprocals: dict[Node, Node] = {}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.div.Tensor or node.kwargs:
+            continue
+        x, s = node.args
+        while isinstance(s, Node) and s.target is aten.alias.default:
+            s = s.args[0]
+        if not (isinstance(s, Node) and isinstance(x, Node) and position.get(s) in unchanging):
+            continue
+        sv, xv = s.meta.get("val"), x.meta.get("val")
+        if not (isinstance(sv, Tensor) and isinstance(xv, Tensor) and sv.dim() == 0
+                and sv.dtype.is_floating_point and xv.dtype == sv.dtype):
+            continue
+        if s not in reciprocals:
+            with graph.inserting_after(placeholders[-1]):
+                reciprocals[s] = graph.call_function(aten.reciprocal.default, (s,))
+        with graph.inserting_before(node):
+            product = graph.call_function(aten.mul.Tensor, (x, reciprocals[s]))
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
+    gm.recompile()
+    return tuple(sorted(position[s] for s in reciprocals))
+
+
+def _divides_alike(s: Tensor) -> bool:
+    """Whether ``x * (1 / s)`` is ``x / s`` to about an ulp for every x."""
+    bound = SAFE_DIVISOR.get(s.dtype)
+    a = abs(float(s))
+    return bound is not None and (a == 0 or not math.isfinite(a) or 1 / bound <= a <= bound)
 
 
 def _torch_compile(graph: GraphModule, args: list[Tensor]) -> _Forward:
