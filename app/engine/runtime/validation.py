@@ -142,12 +142,10 @@ def checked_strategy(name: str, limits: Limits, any_strategy: bool = False) -> s
     return name
 
 
-
 def checked_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise InvalidRequest(f"dtype {name!r} is not supported; use float64 or float32")
     return DTYPES[name]
-
 
 
 def checked_params(routine: Routine, given: Mapping[str, ParamValue],
@@ -177,7 +175,6 @@ def checked_params(routine: Routine, given: Mapping[str, ParamValue],
     return values
 
 
-
 def checked_wrt(routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
     if wrt is None:
         return routine.param_names
@@ -199,7 +196,6 @@ def checked_wrt(routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
         raise InvalidRequest(f"wrt lists a parameter twice: {listed(twice, quoted=True)}; "
                              "name each once")
     return tuple(wrt)
-
 
 
 def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: torch.dtype,
@@ -243,12 +239,10 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
     return torch.from_numpy(a)
 
 
-
 def check_cap(strategy: str, n: int, limits: Limits) -> None:
     reason = cap_refusal(strategy, n, limits.caps)
     if reason is not None:
         raise StrategyCapExceeded(reason)
-
 
 
 def beyond_first(routine: Routine, strategy: str, job: Job, bump: Bump | None) -> Job:
