@@ -13,7 +13,7 @@ from torch import Tensor
 
 from app.engine import Comparison, Job, JobResult
 
-__all__ = ["JSONBytes", "array_of", "encode_comparison", "encode_result"]
+__all__ = ["JSONBytes", "array_of", "encode_comparison", "encode_result", "job_fields"]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -28,6 +28,13 @@ def array_of(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(-1) if a.shape[1] == 1 else a)
 
 
+def job_fields(job: Job, device: str) -> dict[str, Any]:
+    """What every answer says of its job after the routine's name: dtype, device, n, params
+    and the routine's outputs."""
+    return {"dtype": str(job.dtype).removeprefix("torch."), "device": device, "n": job.n,
+            "params": job.params, "outputs": list(job.routine.outputs)}
+
+
 def encode_result(job: Job, result: JobResult, started: float,
                   expression: str | None = None) -> bytes:
     """The answer; ``expression``, the canonical text of a caller's expression, after the
@@ -37,14 +44,8 @@ def encode_result(job: Job, result: JobResult, started: float,
         doc["expression"] = expression
     if result.strategy is not None:
         doc["strategy"] = result.strategy
-    doc |= {
-        "dtype": str(job.dtype).removeprefix("torch."),
-        "device": result.device,
-        "n": job.n,
-        "params": job.params,
-        "outputs": list(job.routine.outputs),
-        "values": array_of(result.values),
-    }
+    doc |= job_fields(job, result.device)
+    doc["values"] = array_of(result.values)
     if result.strategy is not None:
         doc["derivatives"] = {name: array_of(d) for name, d in result.derivatives.items()}
         doc |= _beyond_first(job, result)

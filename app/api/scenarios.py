@@ -19,7 +19,7 @@ from app.api import schemas, tensor_answer
 from app.api.answer_size import JSON_NUMBER_BYTES
 from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
-from app.api.encoding import array_of
+from app.api.encoding import array_of, job_fields
 from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
@@ -232,14 +232,8 @@ def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) ->
     doc: dict[str, Any] = {"routine": job.routine.name}
     if asked.expression is not None:
         doc["expression"] = asked.expression
-    doc |= {
-        "dtype": str(job.dtype).removeprefix("torch."),
-        "device": base.device,
-        "n": job.n,
-        "params": job.params,
-        "outputs": list(job.routine.outputs),
-        "scenario_count": len(plan.scenarios),
-    }
+    doc |= job_fields(job, base.device)
+    doc["scenario_count"] = len(plan.scenarios)
     if not asked.totals_only:
         doc["base"] = array_of(base.values)
     doc["scenarios"] = rows
