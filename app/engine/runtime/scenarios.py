@@ -36,6 +36,7 @@ from torch import Tensor
 from app.engine.differentiation.bumping import pair_key, pairs
 from app.engine.errors import InvalidRequest, NonFinite, RoutineFailed, listed
 from app.engine.runtime.jobs import Job, JobResult
+from app.engine.runtime.validation import first_outside, interval
 from routines import Routine
 
 __all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "expand", "plan", "run"]
@@ -191,19 +192,12 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], prepare_shifted
 
 def _check_bounds(name: str, bounds: tuple[float | None, float | None],
                   moved: float | np.ndarray, scenario: int, n: int) -> None:
-    low, high = bounds
     values = np.broadcast_to(np.asarray(moved, dtype=np.float64), (n,))
-    bad = np.zeros(n, dtype=bool)
-    if low is not None:
-        bad |= values < low
-    if high is not None:
-        bad |= values > high
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        interval = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    i = first_outside(values, bounds)
+    if i is not None:
         raise InvalidRequest(
             f"scenario {scenario} moves {name} of sample {i} to {values[i]}, outside its "
-            f"bounds {interval}; use a smaller shift")
+            f"bounds {interval(bounds)}; use a smaller shift")
 
 
 @dataclass

@@ -43,6 +43,8 @@ __all__ = [
     "checked_strategy",
     "checked_timeout",
     "checked_wrt",
+    "first_outside",
+    "interval",
 ]
 
 MIN_TIMEOUT_MS = 1.0
@@ -76,9 +78,23 @@ def _describe(v: object) -> str:
     return json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
 
 
-def _interval(bounds: tuple[float | None, float | None] | None) -> str:
+def interval(bounds: tuple[float | None, float | None] | None) -> str:
     low, high = bounds or (None, None)
     return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+def first_outside(values: np.ndarray, bounds: tuple[float | None, float | None] | None
+                  ) -> int | None:
+    """The index of the first value outside ``bounds`` (either end may be open), or None."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    bad = np.zeros(values.shape, dtype=bool)
+    if low is not None:
+        bad |= values < low
+    if high is not None:
+        bad |= values > high
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
 
 
 def _per_sample(name: str, given: Sequence[float] | np.ndarray, n: int,
@@ -102,17 +118,10 @@ def _per_sample(name: str, given: Sequence[float] | np.ndarray, n: int,
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         raise InvalidRequest(f"params.{name}[{i}] is {a[i]}; parameters must be finite numbers")
-    if bounds is not None:
-        low, high = bounds
-        bad = np.zeros(n, dtype=bool)
-        if low is not None:
-            bad |= a < low
-        if high is not None:
-            bad |= a > high
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InvalidRequest(
-                f"params.{name}[{i}] = {a[i]} is outside its bounds {_interval(bounds)}")
+    outside = first_outside(a, bounds)
+    if outside is not None:
+        raise InvalidRequest(f"params.{name}[{outside}] = {a[outside]} is outside its bounds "
+                             f"{interval(bounds)}")
     return a if a.flags.writeable else a.copy()
 
 
@@ -170,7 +179,7 @@ def checked_params(routine: Routine, given: Mapping[str, ParamValue],
             raise InvalidRequest(f"params.{p.name} is {f}; parameters must be finite numbers")
         if p.violates_bounds(f):
             raise InvalidRequest(f"params.{p.name} = {f} is outside its bounds "
-                                 f"{_interval(p.bounds)}")
+                                 f"{interval(p.bounds)}")
         values[p.name] = f
     return values
 
