@@ -225,3 +225,15 @@ async def test_v2_errors_are_400_saying_what_to_change(
         "parameters": parameters})
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["error"]
+
+
+@pytest.mark.parametrize(("sigma", "needle"), [
+    ([0.2, -0.1, 0.3], "params.sigma[1] = -0.1 is outside its bounds [0.0, inf]"),
+    (-0.1, "params.sigma = -0.1 is outside its bounds [0.0, inf]"),
+])
+async def test_a_parameter_outside_its_bounds_is_named_with_its_sample(
+        client: httpx.AsyncClient, sigma: object, needle: str) -> None:
+    body = {"inputs": [[100.0, 100.0, 1.0]] * 3, "params": {"sigma": sigma, "r": 0.05}}
+    r = await client.post("/v1/routines/black_scholes_call/sensitivities", json=body)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"], r.json()["detail"]
