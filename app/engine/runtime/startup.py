@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from app.engine.differentiation import zero_tangents
 from app.engine.differentiation.differentiate import TRANSFORMS_LOCK, differentiate
 from app.engine.differentiation.problem import Problem
 from app.engine.runtime.admission import CostModel
@@ -29,7 +30,10 @@ def load_torch_extensions(compiled: bool = False) -> None:
     deprecated), and a worker thread must not touch the process-wide warning filters to hide
     them. With ``compiled``, also what loading a built graph first does: its imports (2.4 s
     here) and the probe of the CPU's vector instructions (0.8 s, compiling with g++), which
-    would otherwise stall the service when the first graph is loaded."""
+    would otherwise stall the service when the first graph is loaded. And the Meta kernels
+    that size forward mode's zero tangents without Python's reference kernels
+    (app.engine.differentiation.zero_tangents)."""
+    zero_tangents.install()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch._decomp.decompositions_for_jvp
