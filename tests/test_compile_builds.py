@@ -305,3 +305,18 @@ def test_the_build_process_takes_only_idle_cpu_when_asked(tmp_path: Path) -> Non
             builder.close()
         assert policy == (os.SCHED_IDLE if idle else os.SCHED_OTHER), idle
         assert nice >= 7
+
+
+def test_inputs_that_are_columns_seen_transposed_reach_a_graph_without_a_copy() -> None:
+    """A scenarios job's inputs are columns (D, N) seen as (N, D): the whole launch takes
+    them as they are; a slice of them, and ordinary rows, are stacked into columns."""
+    cols = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    p = Problem(weighted_sawtooth, cols.t(), {"a": torch.tensor(1.5), "b": torch.tensor(0.5)},
+                ("a",))
+    whole, _ = builds.columns(p, slice(0, 4))
+    assert whole.data_ptr() == cols.data_ptr() and whole.is_contiguous()
+    part, _ = builds.columns(p, slice(1, 3))
+    assert part.is_contiguous() and torch.equal(part, cols[:, 1:3])
+    rows = Problem(weighted_sawtooth, cols.t().contiguous(), p.params, ("a",))
+    stacked, _ = builds.columns(rows, slice(0, 4))
+    assert stacked.is_contiguous() and torch.equal(stacked, cols)

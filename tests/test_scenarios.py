@@ -197,6 +197,29 @@ async def test_every_mistake_is_a_422_that_says_what_to_change(
         assert word in detail, (word, detail)
 
 
+@pytest.mark.parametrize(("routine", "body", "words"), [
+    ("black_scholes_call", {"inputs": BOOK, "params": BASE, "scenarios": {"shifts": {
+        "S": {"type": "relative", "values": [0.0, 1e308]}}}},
+     ["scenario 1 moves S of sample 0 to inf", "not a finite number in float64"]),
+    ("black_scholes_call", {"inputs": BOOK, "params": BASE, "dtype": "float32",
+                            "scenarios": {"shifts": {"K": {"type": "relative",
+                                                           "values": [1e37]}}}},
+     ["scenario 0 moves K of sample 0 to inf", "not a finite number in float32"]),
+    ("linear", {"inputs": [1.0, 2.0], "params": {"C": [1.0, 1e300]}, "scenarios": {"shifts": {
+        "C": {"type": "relative", "values": [1e10]}}}},
+     ["scenario 0 moves C of sample 1 to inf", "smaller shift"]),
+])
+async def test_a_shift_to_a_number_that_is_not_finite_is_a_422(
+        client: httpx.AsyncClient, routine: str, body: dict[str, object],
+        words: list[str]) -> None:
+    """The shifted samples are not validated again as a request's are: the plan checks
+    what it moved."""
+    r = await post(client, routine, body)
+    assert r.status_code == 422, r.text
+    for word in words:
+        assert word in r.json()["detail"], (word, r.text)
+
+
 async def test_too_many_scenarios_or_samples(make_client: ClientFactory) -> None:
     async with make_client(max_scenarios=4, max_samples=30) as c:
         grid = {"shifts": {"C": {"type": "absolute", "values": [1, 2, 3]},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -23,7 +23,7 @@ from app.api.encoding import array_of, job_fields
 from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
-from app.engine import Engine, JobKind, Request
+from app.engine import Engine, Job, JobKind, Request
 from app.engine.runtime import scenarios
 from app.errors import ResponseTooLarge
 from routines import Routine
@@ -114,19 +114,19 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
         None if spec.shifts is None else {f: (s.type, s.values)
                                           for f, s in spec.shifts.items()},
         spec.combine, spec.list_, max_scenarios)
-    evaluate = Request(JobKind.EVALUATE, target, inputs, document.params,
-                       dtype=document.dtype, timeout_ms=_timeout_ms(query))
+    evaluate = engine.prepare(Request(JobKind.EVALUATE, target, inputs, document.params,
+                                      dtype=document.dtype, timeout_ms=_timeout_ms(query)))
+    base = evaluate
     if document.explain:
-        base = engine.prepare(with_query(replace(
-            evaluate, kind=JobKind.SENSITIVITIES, wrt=document.wrt or _factors(spec),
+        base = engine.prepare(with_query(Request(
+            JobKind.SENSITIVITIES, target, inputs, document.params, wrt=document.wrt
+            or _factors(spec), dtype=document.dtype, timeout_ms=_timeout_ms(query),
             order=document.order, cross=document.cross), query))
-    else:
-        base = engine.prepare(evaluate)
 
-    def prepare_shifted(x: np.ndarray, params: dict[str, float | np.ndarray]) -> Any:
-        return engine.prepare(replace(evaluate, inputs=x, params=params))
+    def shifted(x: Tensor, params: dict[str, float | np.ndarray]) -> Job:
+        return engine.over(evaluate, x, params)
 
-    return scenarios.plan(routine, base, expanded, prepare_shifted,
+    return scenarios.plan(routine, base, expanded, shifted,
                           max_samples=engine.limits.max_samples, explain=document.explain)
 
 

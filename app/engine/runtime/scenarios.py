@@ -54,8 +54,8 @@ class Shift:
 
 
 Scenario = dict[str, Shift]  # factor -> its shift
-# the engine's prepare of the S x N evaluation job, and its run
-_Prepare = Callable[[np.ndarray, dict[str, "float | np.ndarray"]], Job]
+# the engine's S x N evaluation job over shifted samples (Engine.over), and its run
+_Over = Callable[[Tensor, dict[str, "float | np.ndarray"]], Job]
 _RunJob = Callable[[Job], Awaitable[JobResult]]
 
 
@@ -139,12 +139,16 @@ class ScenarioPlan:
     explain: bool
 
 
-def plan(routine: Routine, base: Job, scenarios: list[Scenario], prepare_shifted: _Prepare,
+def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
          *, max_samples: int, explain: bool) -> ScenarioPlan:
     """The scenarios over the base job's samples (its inputs and parameters validated):
-    every factor known, every shifted parameter within its bounds (the message names the
-    scenario and the sample), S x N within DYDC_MAX_SAMPLES; ``prepare_shifted`` makes the
-    S x N evaluation job from the shifted inputs and parameters."""
+    every factor known, every shifted value finite and every shifted parameter within its
+    bounds (the message names the scenario and the sample), S x N within DYDC_MAX_SAMPLES;
+    ``shifted`` makes the S x N evaluation job from the shifted inputs and parameters, which
+    are not validated again.
+
+    The inputs are laid out as columns, (D, S x N) contiguous, and handed over transposed:
+    a compiled graph takes its inputs as columns, so the launch does not copy them again."""
     n, s_count = base.n, len(scenarios)
     factors = {f for scenario in scenarios for f in scenario}
     unknown = sorted(f for f in factors
@@ -160,39 +164,53 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], prepare_shifted
             f"is {max_samples} samples in all (DYDC_MAX_SAMPLES): send fewer scenarios or "
             "samples per request")
     x = base.inputs.numpy()  # (N, D), validated
-    inputs = np.tile(x, (s_count, 1))
-    params: dict[str, float | np.ndarray] = {
-        name: (np.tile(v, s_count) if isinstance(v, np.ndarray) else v)
-        for name, v in base.params.items()}
+    cols = np.empty((x.shape[1], s_count, n), dtype=x.dtype)
+    cols[:] = np.ascontiguousarray(x.T)[:, None, :]  # every scenario starts from the book
+    moving: dict[str, np.ndarray] = {}  # shifted parameters: (S, N)
     absolute: list[dict[str, float | np.ndarray]] = []
     bounds = {p.name: p for p in routine.params}
     for s, scenario in enumerate(scenarios):
-        rows = slice(s * n, (s + 1) * n)
         shifts: dict[str, float | np.ndarray] = {}
         for factor, shift in scenario.items():
-            if factor in routine.param_names:
-                value = base.params[factor]
-                moved = value + (shift.value if shift.kind == ABSOLUTE else shift.value * value)
+            is_param = factor in routine.param_names
+            value = base.params[factor] if is_param else x[:, routine.inputs.index(factor)]
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, by sample
+                moved = value + (shift.value if shift.kind == ABSOLUTE
+                                 else shift.value * value)
+            _check_finite(factor, moved, s)
+            if is_param:
                 param = bounds[factor]
                 if param.bounds is not None:
-                    _check_bounds(param.name, param.bounds, moved, s, n)
-                per = params[factor]
-                if not isinstance(per, np.ndarray):  # shared until now: one value a sample
-                    per = params[factor] = np.full(n * s_count, per, dtype=np.float64)
-                per[rows] = moved
+                    _check_bounds(param.name, param.bounds, moved, s)
+                if factor not in moving:
+                    moving[factor] = np.empty((s_count, n), dtype=np.float64)
+                    moving[factor][:] = value
+                moving[factor][s] = moved
             else:
-                j = routine.inputs.index(factor)
-                value = x[:, j]
-                moved = value + (shift.value if shift.kind == ABSOLUTE else shift.value * value)
-                inputs[rows, j] = moved
+                cols[routine.inputs.index(factor), s] = moved
             shifts[factor] = moved - value
         absolute.append(shifts)
-    return ScenarioPlan(base, prepare_shifted(inputs, params), scenarios, absolute, explain)
+    params: dict[str, float | np.ndarray] = {
+        name: (moving[name].reshape(-1) if name in moving
+               else np.tile(v, s_count) if isinstance(v, np.ndarray) else v)
+        for name, v in base.params.items()}
+    inputs = torch.from_numpy(cols.reshape(x.shape[1], s_count * n)).t()
+    return ScenarioPlan(base, shifted(inputs, params), scenarios, absolute, explain)
+
+
+def _check_finite(name: str, moved: float | np.ndarray, scenario: int) -> None:
+    values = np.asarray(moved)  # one number for all samples (checked once), or one a sample
+    finite = np.isfinite(values)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0]) if values.ndim else 0
+        raise InvalidRequest(
+            f"scenario {scenario} moves {name} of sample {i} to {values.flat[i]}, not a "
+            f"finite number in {values.dtype}; use a smaller shift")
 
 
 def _check_bounds(name: str, bounds: tuple[float | None, float | None],
-                  moved: float | np.ndarray, scenario: int, n: int) -> None:
-    values = np.broadcast_to(np.asarray(moved, dtype=np.float64), (n,))
+                  moved: float | np.ndarray, scenario: int) -> None:
+    values = np.asarray(moved, dtype=np.float64).reshape(-1)  # one number, or one a sample
     i = first_outside(values, bounds)
     if i is not None:
         raise InvalidRequest(

@@ -15,7 +15,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from app import metrics
 from app.engine.differentiation.bumping import Bump
@@ -146,6 +148,15 @@ class Engine:
         job.cost_s = (self.pricing.estimate(job, chosen) if request.any_strategy
                       else self.pricing.price(job))
         return job
+
+    def over(self, job: Job, inputs: Tensor, params: dict[str, float | np.ndarray]) -> Job:
+        """``job``, prepared, over other samples that the engine made from its own (a
+        scenario's shifted inputs and parameters, checked finite and within bounds where they
+        were made), priced anew; not validated again. ``inputs`` (N, D) in the job's dtype
+        may be a view of columns (D, N)."""
+        over = replace(job, inputs=inputs, params=params, enqueued_at=time.perf_counter())
+        over.cost_s = self.pricing.price(over)
+        return over
 
     # -- running -----------------------------------------------------------------------------
 
