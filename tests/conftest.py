@@ -20,10 +20,22 @@ from app.engine import load_torch_extensions
 from app.main import create_app
 from tests.support import SMALL_LIMITS, ClientFactory, free_port, server_process, server_thread
 
-# One Inductor cache for the session's builds (each test's DYDC_COMPILE_CACHE_DIR is its own):
-# the build process keeps an operator's TORCHINDUCTOR_CACHE_DIR, so that the headers AOTInductor
-# precompiles are compiled once, not once per test.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-inductor-"))
+
+def _inductor_cache() -> str:
+    """One Inductor cache for the run's builds, shared by its xdist workers (each test's
+    DYDC_COMPILE_CACHE_DIR is its own): the build process keeps an operator's
+    TORCHINDUCTOR_CACHE_DIR, so that the headers AOTInductor precompiles are compiled once,
+    not once per test, and a graph that two test files build is compiled by g++ once (Inductor
+    locks its cache for concurrent processes)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None or not run.isalnum():
+        return tempfile.mkdtemp(prefix="dydc-tests-inductor-")
+    path = Path(tempfile.gettempdir()) / f"dydc-tests-inductor-{run}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache())
 # apps started by tests keep their compiled graphs out of the user's own cache directory
 os.environ.setdefault("DYDC_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="dydc-tests-compiled-"))
 # the suite keeps both cores busy: builds that waited for idle CPU would wait for its end
