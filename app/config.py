@@ -137,7 +137,8 @@ class _LimitSettings(BaseSettings):
     jacrev_max_n: PositiveInt = Field(4096, description="Cap on N for jacrev.")
     max_batch_samples: PositiveInt = Field(
         262_144, description="Samples per device launch: requests coalesce up to it, and "
-        "larger requests run in chunks of it."
+        "larger requests run in chunks of it (on the CPU, a request that a compiled graph "
+        "runs within DYDC_SLICE_MS at its measured rate runs whole)."
     )
     max_delay_ms: Annotated[float, Field(ge=0)] = Field(
         2.0, description="How long the first request of a partial batch may wait for company."

@@ -166,7 +166,7 @@ def create_app(settings: Settings | None = None) -> Service:
                 hot_launches=s.compile_hot_launches)
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)
-        executors = [Executor(device, s.max_batch_samples, compiled)
+        executors = [Executor(device, s.max_batch_samples, compiled, s.slice_ms / 1e3)
                      for device in resolve_devices(s.device)]
         pool = WorkerPool(executors, queue,
                           warmup=(partial(warm_up, routines, costs=costs,

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -54,7 +55,9 @@ async def served(builder: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
         async with httpx.AsyncClient(transport=transport, base_url="http://dydc.test",
                                      timeout=60) as client:
             while (await client.get("/readyz")).status_code != 200:
-                pass
+                # a poll without a pause keeps the interpreter's lock from the warm-up's
+                # thread: its eager logistic_rk4 took minutes on an idle 2-core machine
+                await anyio.sleep(0.02)
             engine = app.state.engine
             engine.costs._routines["linear"] = COST
             engine.costs._correction.clear()

@@ -192,3 +192,26 @@ def test_a_loop_is_rolled_with_no_tangents(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(got) == 1
     assert_close(got[0], p.evaluate(), rtol=1e-14)
     assert math.isfinite(float(got[0].sum()))
+
+
+@needs_cxx
+def test_a_request_a_graph_runs_within_a_slice_runs_whole_not_in_chunks(
+        built: CompiledForward, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executor.whole_s: once its graph's rate is measured, a job larger than the executor's
+    chunk runs as one launch when the graph takes it within whole_s; in chunks otherwise
+    (whole_s 0, or a rate that would take longer)."""
+    Executor(CPU, compiled=built).run_job(evaluate_job(2000, per_sample=True))  # measured
+    sizes: list[int] = []
+    real = built.run
+
+    def counting(problem: Problem, order: int = 1, cross: bool = False) -> object:
+        sizes.append(problem.n)
+        return real(problem, order, cross)
+
+    monkeypatch.setattr(built, "run", counting)
+    job = evaluate_job(2500, per_sample=True, seed=3)
+    for whole_s, launches in ((10.0, [2500]), (0.0, [500] * 5), (1e-12, [500] * 5)):
+        sizes.clear()
+        result = Executor(CPU, chunk=500, compiled=built, whole_s=whole_s).run_job(job)
+        assert sizes == launches, whole_s
+        assert_close(result.values, closed_form(job), rtol=1e-12, atol=1e-12)
