@@ -74,12 +74,19 @@ from app.engine.differentiation.bumping import pair_key, pairs
 from app.engine.differentiation.strategies import Derivatives, Problem
 from routines import Routine
 
-__all__ = ["MAX_OPERATIONS", "TRACE_N", "CompiledForward", "values_graph"]
+__all__ = ["MAX_OPERATIONS", "TRACE_N", "CompiledForward", "runs_through_graphs",
+           "values_graph"]
 
 _CPU = torch.device("cpu")
 _RECHECK_ROWS = 4  # rows of a live launch compared with eager forward mode
 
 _Loaded = tuple[Kind, str]  # a kind, on one device
+
+
+def runs_through_graphs(strategy: str | None) -> bool:
+    """Whether a job under ``strategy`` may run through a compiled graph: forward mode
+    (``forward``, or ``auto``, which picks it) and plain evaluation (None)."""
+    return strategy in (None, "auto", "forward")
 
 
 class CompiledForward:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.compiled.forward import CompiledForward
+from app.engine.compiled.forward import CompiledForward, runs_through_graphs
 from app.engine.differentiation.bumping import Bump, derivative_name
 from app.engine.differentiation.differentiate import TRANSFORMS_LOCK, differentiate
 from app.engine.differentiation.input_sensitivities import with_features_as_params
@@ -69,7 +69,7 @@ def run_strategy(problem: Problem, strategy: str, compiled: CompiledForward | No
     """:func:`~app.engine.differentiation.differentiate.differentiate`, with forward mode
     (``auto`` or ``forward``) through a compiled graph where ``compiled`` serves the problem.
     Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
-    if strategy in ("auto", "forward") and compiled is not None:
+    if runs_through_graphs(strategy) and compiled is not None:
         result = _run_compiled(problem, compiled, order, cross)
         if result is not None:
             return result, "forward"
@@ -198,9 +198,8 @@ def _chunk(job: Job, ex: Executor) -> int:
     ``ex.whole_s`` (a heavy job's slice): chunks would only add a copy of every output to join
     them (``linear`` at 1e6: 4 chunks and the join 4.1 ms, JAX 1.2 ms). On a GPU chunks also
     bound memory, and stay."""
-    if job.n <= ex.chunk or ex.compiled is None or ex.device.type != "cpu" or ex.whole_s <= 0:
-        return ex.chunk
-    if job.kind is not JobKind.EVALUATE and job.strategy not in ("auto", "forward"):
+    if (job.n <= ex.chunk or ex.compiled is None or ex.device.type != "cpu" or ex.whole_s <= 0
+            or not runs_through_graphs(job.strategy)):
         return ex.chunk
     seconds = ex.compiled.launch_seconds(_problem([job], job.inputs, ex.device), ex.device,
                                          job.order, job.cross)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from app import metrics
-from app.engine.compiled.forward import CompiledForward
+from app.engine.compiled.forward import CompiledForward, runs_through_graphs
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.problem import Problem
 from app.engine.errors import CostExceeded, GraphBuilding
@@ -85,8 +85,7 @@ class Pricing:
         evaluation: strategy None; at least DYDC_COMPILE_MIN_SAMPLES samples, a kind not
         refused), else None."""
         compiled = self._compiled
-        if (compiled is None or strategy not in ("auto", "forward", None)
-                or job.check is not None
+        if (compiled is None or not runs_through_graphs(strategy) or job.check is not None
                 or job.n < compiled.min_samples or not routine.compile):
             return None
         problem = with_features_as_params(Problem(
