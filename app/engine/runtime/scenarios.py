@@ -182,9 +182,8 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
                 param = bounds[factor]
                 if param.bounds is not None:
                     _check_bounds(param.name, param.bounds, moved, s)
-                if factor not in moving:
-                    moving[factor] = np.empty((s_count, n), dtype=np.float64)
-                    moving[factor][:] = value
+                if factor not in moving:  # every scenario at the base until it moves
+                    moving[factor] = np.full((s_count, n), value, dtype=np.float64)
                 moving[factor][s] = moved
             else:
                 cols[routine.inputs.index(factor), s] = moved
