@@ -140,3 +140,17 @@ async def test_an_error_echoes_at_most_ten_names(client: httpx.AsyncClient, wrt:
     r = await client.post(SENS.format("linear"), json={"inputs": [1], "params": params})
     assert_problem(r, 422, "... and 9990 more")
     assert len(r.content) < 1000
+
+
+async def test_large_answers_are_checked_exactly_for_non_finite_values(
+        client: httpx.AsyncClient) -> None:
+    """A large answer's finiteness is tried by its sum first: values whose sum overflows are
+    still all finite (200), and one infinity among 70,000 is found and named."""
+    n = 70_000
+    x = [1.0 + i % 3 for i in range(n)]
+    r = await client.post(SENS.format("linear"), json={"inputs": x, "params": {"C": 1e304}})
+    assert r.status_code == 200, r.text
+    assert r.json()["values"][:3] == [1e304, 2e304, 3e304]
+    x[n - 2] = 1e10
+    r = await client.post(SENS.format("linear"), json={"inputs": x, "params": {"C": 1e304}})
+    assert_problem(r, 422, f"sample {n - 2}", "non-finite value")

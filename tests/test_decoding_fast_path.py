@@ -9,8 +9,13 @@ import random
 import numpy as np
 import orjson
 import pytest
+import torch
 
 from app.api.decoding import SampleCounter, _parse_with_flat_inputs, decode_inputs, parse_json
+from app.engine.compiled.builds import columns
+from app.engine.differentiation.problem import Problem
+from app.engine.runtime.validation import checked_inputs
+from routines.elementary import exponential_decay
 
 
 @pytest.mark.parametrize("body", [
@@ -103,3 +108,22 @@ def test_the_count_gives_up_on_a_long_head() -> None:
     counter.feed(b'{"params": {"x": "' + b"a" * SampleCounter.HEAD_LIMIT)
     counter.feed(b'"}, "inputs": [1, 2]}')
     assert counter.gave_up and counter.result() is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_are_columns_in_memory_down_to_a_compiled_graphs_arguments(
+        dtype: torch.dtype) -> None:
+    """Rows decoded from JSON are laid out feature by feature, the engine keeps that layout
+    (float32 too), and a compiled graph's (D, N) argument is then a view of the request's
+    inputs, not a copy of every one of them (app.engine.compiled.builds.columns)."""
+    rows = [[1.0 + i, 0.5 * i] for i in range(5)]
+    decoded = decode_inputs(rows)
+    assert np.array_equal(decoded, np.array(rows)) and decoded.flags.f_contiguous
+    kept = checked_inputs(exponential_decay, decoded, dtype, 100)
+    assert kept.dtype == dtype and kept.t().is_contiguous()
+    assert torch.equal(kept, torch.tensor(rows, dtype=dtype))
+    problem = Problem(exponential_decay, kept, {"k": torch.tensor(0.3, dtype=dtype)}, ("k",))
+    cols, _ = columns(problem, slice(None))
+    assert cols.data_ptr() == kept.data_ptr() and torch.equal(cols, kept.t())
+    part, _ = columns(problem, slice(1, 4))  # a chunk's columns are gathered: still right
+    assert torch.equal(part, kept[1:4].t()) and part.is_contiguous()

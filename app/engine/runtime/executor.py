@@ -14,6 +14,7 @@ retried request by request, so that one bad request never fails its batch mates.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,11 +102,8 @@ class _Output:
     strategy: str | None
 
     def all_finite(self) -> bool:
-        """One check for the whole launch; requests are checked one by one only if it fails.
-        In numpy: on the host its calls keep the GIL, where each torch call would hand it to
-        the event loop's thread and wait to get it back."""
-        return all(bool(np.isfinite(t.numpy()).all())
-                   for t in (self.values, *self.derivatives.values()))
+        """One check for the whole launch; requests are checked one by one only if it fails."""
+        return all(_finite(t) for t in (self.values, *self.derivatives.values()))
 
 
 def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
@@ -260,11 +258,27 @@ def _step(steps: Steps) -> tuple[float, Derivatives | None]:
         return 1.0, done.value
 
 
+_SUM_FIRST = 1 << 16  # entries from which a tensor's finiteness is tried by its sum first
+
+
+def _finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` (on the host) is finite. A large tensor is summed first:
+    a NaN or an infinity makes the sum non-finite, so a finite sum proves it (and a sum that
+    overflows leaves it to the exact test); 0.2 ms for 1e6 float64 here, where
+    ``torch.isfinite(t).all()`` took 2.6 ms and numpy's 1.0. A small one goes to numpy, whose
+    calls keep the GIL, where each torch call would hand it to the event loop's thread and wait
+    to get it back."""
+    if t.numel() >= _SUM_FIRST and math.isfinite(t.sum()):
+        return True
+    return bool(np.isfinite(t.numpy()).all())
+
+
 def _first_non_finite(t: Tensor) -> int | None:
-    bad = ~torch.isfinite(t)
-    if not bool(bad.any()):
+    """The first sample with a non-finite entry, or None."""
+    if _finite(t):
         return None
-    return int(bad.reshape(t.shape[0], -1).any(dim=1).nonzero()[0, 0])
+    a = t.numpy()
+    return int(np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))[0])
 
 
 def _check_finite(job: Job, name: str, t: Tensor) -> None:

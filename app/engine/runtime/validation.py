@@ -1,7 +1,7 @@
 """Checking a request against its routine and this server's limits, before the device sees it:
 each check raises an :class:`~app.engine.errors.EngineError` that says what to change, and
 returns the value in the form the engine keeps (a torch dtype, a tuple of names, a float64
-array per sample, a contiguous tensor of inputs)."""
+array per sample, a dense tensor of inputs: rows or columns in memory)."""
 
 from __future__ import annotations
 
@@ -233,9 +233,11 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
             "(DYDC_MAX_SAMPLES): split the batch"
         )
     name = str(dtype).removeprefix("torch.")
-    if a.dtype != np.dtype(name) or not a.flags.c_contiguous:
+    if a.dtype != np.dtype(name) or not (a.flags.c_contiguous or a.flags.f_contiguous):
+        # rows decoded from JSON are columns in memory (app.api.decoding._to_array): kept so
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
         with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
-            a = np.ascontiguousarray(a, dtype=np.dtype(name))
+            a = np.asarray(a, dtype=np.dtype(name), order=order)
     finite = np.isfinite(a)
     if not finite.all():
         flat = int(np.flatnonzero(~finite)[0])
@@ -244,7 +246,7 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
             f"inputs{where} is not finite in {name}; inputs must be finite numbers"
         )
     if not a.flags.writeable:  # a view of a request body: torch wants its own buffer
-        a = a.copy()
+        a = a.copy(order="K")
     return torch.from_numpy(a)
 
 
