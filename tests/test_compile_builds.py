@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -165,6 +166,23 @@ def test_user_routines_compiled_match_eager_and_the_closed_form(
             assert_close(result.derivatives[name], eager.derivatives[name], rtol=1e-12,
                          atol=1e-300)
             assert_close(result.derivatives[name], derivs[name], rtol=1e-12, atol=1e-300)
+
+
+@needs_cxx
+def test_a_cpu_graphs_loops_run_in_parallel_regions_sized_at_run_time(
+        built: CompiledForward) -> None:
+    """Every CPU kernel of every package is an OpenMP parallel region whose thread count the
+    device worker's thread gives at run time, not the build process's single thread (with
+    which Inductor wrote serial loops: one core for every graph)."""
+    assert isinstance(built.builder, ProcessBuilder)
+    packages = sorted(built.builder.cache_dir.glob("*.pt2"))
+    assert packages
+    for package in packages:
+        with zipfile.ZipFile(package) as z:
+            kernels = [z.read(n).decode() for n in z.namelist() if n.endswith("kernel.cpp")]
+        assert kernels, package.name
+        for source in kernels:
+            assert "#pragma omp parallel" in source and "num_threads(" not in source, package
 
 
 @needs_cxx

@@ -87,7 +87,8 @@ MAX_OPERATIONS = 4_000
 # why a kind runs eagerly (dydc_compile_refusals_total{reason})
 REASONS = metrics.COMPILE_REFUSAL_REASONS
 CHECK_SIZES = (5, 131)  # batch sizes at which a new graph is compared with eager forward mode
-_FORMAT = 3  # bump when what a build writes changes (3: the rolled step divides by reciprocals)
+_FORMAT = 4  # bump when what a build writes changes (3: the rolled step divides by reciprocals;
+# 4: CPU kernels in parallel, see _package)
 
 Graph = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, ...]]
 
@@ -295,7 +296,14 @@ def values_graph(problem: Problem) -> GraphModule:
 
 def _package(gm: GraphModule, args: Any, path: Path) -> None:
     """``gm`` exported with every dimension of size TRACE_N as one dynamic batch size, and
-    compiled ahead of time into the package ``path`` (written whole or not at all)."""
+    compiled ahead of time into the package ``path`` (written whole or not at all).
+
+    CPU kernels are generated with Inductor's ``cpp.dynamic_threads``: each loop nest in an
+    OpenMP parallel region sized at run time by the calling thread (the device worker: torch's
+    intra-op threads, DYDC_TORCH_THREADS). Without it Inductor sizes the loops for the threads
+    of the process that builds, and the build process runs one thread, so every graph ran on one
+    core (exponential_decay at 1e6: 2.7 ms, 1.5 ms in parallel on two cores; a launch of 16
+    samples pays ~20 us for the region)."""
     n = torch.export.Dim("n", min=2, max=2**40)
     dynamic = torch.utils._pytree.tree_map(
         lambda a: {d: n for d, s in enumerate(a.shape) if s == TRACE_N} or None
@@ -307,7 +315,8 @@ def _package(gm: GraphModule, args: Any, path: Path) -> None:
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
         exported = torch.export.export(gm, tuple(args), dynamic_shapes=tuple(dynamic),
                                        strict=False)
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
+        with torch._inductor.config.patch({"cpp.dynamic_threads": True}):
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     os.replace(tmp, path)
 
 

@@ -276,6 +276,10 @@ class DeviceWorker:
             self._advance()
 
     def _loop(self) -> None:
+        # ATen gives this thread torch's intra-op thread count (DYDC_TORCH_THREADS) as its
+        # OpenMP threads at its first parallel call; compiled graphs' parallel regions take
+        # the thread's count as they find it, so it is set before any of them runs
+        torch.get_num_threads()
         try:
             if self._warmup is not None:
                 started = time.perf_counter()
