@@ -59,7 +59,8 @@ class _ServerSettings(BaseSettings):
         True, description="Keep freed large host buffers for reuse instead of returning them "
         "to the OS (glibc malloc settings; Linux only)."
     )
-    torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads.")
+    torch_threads: PositiveInt | None = Field(
+        None, description="torch intra-op threads, of eager launches and compiled graphs alike.")
     routines_path: str = Field(
         "", description="Colon-separated folders whose .py modules are imported at start-up "
         "as routines."
