@@ -93,6 +93,13 @@ class _Task:
         return first_s + rate * (1 - first_done)
 
 
+def _take_torch_threads() -> None:
+    """Give the calling thread torch's intra-op thread count (DYDC_TORCH_THREADS) as its
+    OpenMP threads, which ATen otherwise does at the thread's first parallel call: compiled
+    graphs' parallel regions take the thread's count as they find it (builds.py, _package)."""
+    torch.get_num_threads()
+
+
 class DeviceWorker:
     """Owns one device through its executor: a thread that warms it up, then runs light
     launches and heavy jobs from the queue, the heavy ones a slice at a time."""
@@ -276,10 +283,7 @@ class DeviceWorker:
             self._advance()
 
     def _loop(self) -> None:
-        # ATen gives this thread torch's intra-op thread count (DYDC_TORCH_THREADS) as its
-        # OpenMP threads at its first parallel call; compiled graphs' parallel regions take
-        # the thread's count as they find it, so it is set before any of them runs
-        torch.get_num_threads()
+        _take_torch_threads()
         try:
             if self._warmup is not None:
                 started = time.perf_counter()
