@@ -215,3 +215,33 @@ def test_a_request_a_graph_runs_within_a_slice_runs_whole_not_in_chunks(
         result = Executor(CPU, chunk=500, compiled=built, whole_s=whole_s).run_job(job)
         assert sizes == launches, whole_s
         assert_close(result.values, closed_form(job), rtol=1e-12, atol=1e-12)
+
+
+@needs_cxx
+def test_a_small_launch_calls_its_graph_serial_and_a_large_one_in_parallel(
+        built: CompiledForward, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenMP threads the graph's call finds (app.engine.compiled.threads): one below
+    GRAIN samples, where a parallel region would cost more than it saves, the thread's own
+    count from it; and the count back after each launch."""
+    from app.engine.compiled import forward
+    from app.engine.compiled.threads import GRAIN
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        real = forward.columns
+
+        def recording(problem: Problem, rows: slice) -> object:
+            seen.append(torch.get_num_threads())
+            return real(problem, rows)
+
+        monkeypatch.setattr(forward, "columns", recording)
+        ex = Executor(CPU, chunk=1 << 20, compiled=built)
+        for n in (300, GRAIN):
+            job = evaluate_job(n, per_sample=True, seed=4)
+            assert_close(ex.run_job(job).values, closed_form(job), rtol=1e-12, atol=1e-12)
+        assert seen[0] == 1 and seen[1:] == [2] * math.ceil(GRAIN / 1000)  # (chunks of 1,000)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -302,8 +302,8 @@ def _package(gm: GraphModule, args: Any, path: Path) -> None:
     OpenMP parallel region sized at run time by the calling thread (the device worker: torch's
     intra-op threads, DYDC_TORCH_THREADS). Without it Inductor sizes the loops for the threads
     of the process that builds, and the build process runs one thread, so every graph ran on one
-    core (exponential_decay at 1e6: 2.7 ms, 1.5 ms in parallel on two cores; a launch of 16
-    samples pays ~20 us for the region)."""
+    core (exponential_decay at 1e6: 2.7 ms, 1.5 ms in parallel on two cores). A launch below
+    a grain of samples runs its regions on one thread (app.engine.compiled.threads)."""
     n = torch.export.Dim("n", min=2, max=2**40)
     dynamic = torch.utils._pytree.tree_map(
         lambda a: {d: n for d, s in enumerate(a.shape) if s == TRACE_N} or None

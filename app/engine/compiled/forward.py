@@ -68,6 +68,7 @@ from app.engine.compiled.builds import (
 )
 from app.engine.compiled.catalogue import GraphCatalogue
 from app.engine.compiled.pacing import Pacer
+from app.engine.compiled.threads import threads_for
 from app.engine.compiled.tracing import TRACE_N
 from app.engine.compiled.verification import mismatch
 from app.engine.differentiation.bumping import pair_key, pairs
@@ -298,7 +299,8 @@ def _call(graph: Graph, problem: Problem, chunk: int) -> tuple[Tensor, ...]:
     bounds = [*range(0, n, chunk), n]
     if len(bounds) > 2 and n - bounds[-2] < 2:  # no call of one sample: merge it
         del bounds[-2]
-    parts = [graph(*columns(problem, slice(a, b))) for a, b in itertools.pairwise(bounds)]
+    with threads_for(n, problem.inputs.device):
+        parts = [graph(*columns(problem, slice(a, b))) for a, b in itertools.pairwise(bounds)]
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(ts) for ts in zip(*parts, strict=True))
