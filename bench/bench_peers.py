@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -55,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_wire import HEADER, serve  # noqa: E402
+from bench.bench_wire import HEADER, graphs_and_refusals, serve  # noqa: E402
 from routines.elementary import exponential_decay, linear  # noqa: E402
 from routines.finance import black_scholes_call  # noqa: E402
 from routines.population import RK4_STEPS, logistic_rk4  # noqa: E402
@@ -214,23 +213,6 @@ def time_torch(case: Case, x: np.ndarray, reps: int) -> tuple[float, np.ndarray,
 # -- dydc ----------------------------------------------------------------------------------------
 
 
-def _metric(text: str, name: str, label: str | None = None) -> float:
-    """The sum of a counter's samples in /metrics text, those with ``label`` if given."""
-    total = 0.0
-    for match in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE):
-        if label is None or (match.group(1) and label in match.group(1)):
-            total += float(match.group(2))
-    return total
-
-
-def _graphs(client: Any, url: str, routine: str) -> tuple[float, float]:
-    text = client.get(url + "/metrics").text
-    return (
-        _metric(text, "dydc_compiled_graphs_total", f'routine="{routine}"'),
-        _metric(text, "dydc_compile_refusals_total"),
-    )
-
-
 def v1_body(case: Case, x: np.ndarray) -> bytes:
     inputs = x[:, 0] if x.shape[1] == 1 else x
     return orjson.dumps(
@@ -283,7 +265,7 @@ def until_compiled(client: Any, url: str, case: Case, body: bytes) -> dict[str, 
     route = f"{url}/v1/routines/{name}/sensitivities?strategy=forward"
     headers = {"content-type": "application/json"}
     began = time.monotonic()
-    baseline, refusals = _graphs(client, url, name)
+    baseline, refusals = graphs_and_refusals(client, url, name)
     log: dict[str, Any] = {"answers": [], "eager_compute_ms": None, "nudged": False}
     loaded_at = None
     while time.monotonic() - began < BUILD_TIMEOUT_S:
@@ -332,12 +314,12 @@ def until_compiled(client: Any, url: str, case: Case, body: bytes) -> dict[str, 
             continue
         else:
             raise RuntimeError(f"{name}: {r.status_code} {r.text[:300]}")
-        graphs, refused = _graphs(client, url, name)
+        graphs, refused = graphs_and_refusals(client, url, name)
         while graphs <= baseline and time.monotonic() - began < BUILD_TIMEOUT_S:
             if refused > refusals:
                 raise RuntimeError(f"{name}: a build was refused (dydc_compile_refusals_total)")
             time.sleep(2.0)  # /metrics only: a large request would slow the build down
-            graphs, refused = _graphs(client, url, name)
+            graphs, refused = graphs_and_refusals(client, url, name)
         loaded_at = time.monotonic() - began
         print(f"  {name}: graph loaded after {loaded_at:.0f} s", flush=True)
     raise RuntimeError(f"{name}: not served compiled after {BUILD_TIMEOUT_S:.0f} s")

@@ -21,6 +21,8 @@ connection, from the first byte sent to the last byte of the response received:
 - ``compute``: the device worker's time for the request (the service's own
   ``timing_ms.compute`` of the v1 requests): values and both derivatives, forward mode.
 
+Before the first N of DYDC_COMPILE_MIN_SAMPLES or more, the routine's compiled graph is
+waited for (``until_graph``), so that every repetition there runs as a warm service does.
 Every point is the median of several repetitions, interleaved across variants (the machine
 is shared). It also times the v1 ``inputs`` parse alone at N = 1e6: the general path
 (orjson, type scan, numpy), the fast path of app/api/decoding.py, and numpy's text parser.
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -52,6 +55,7 @@ ROUTINE = "damped_oscillator"
 PARAMS = {"gamma": 0.1, "omega": 1.0}
 HEADER = "Inference-Header-Content-Length"
 SIZES = (10_000, 100_000, 1_000_000)
+COMPILE_MIN_SAMPLES = 65_536  # the service's default DYDC_COMPILE_MIN_SAMPLES
 WIRE_TARGET = 1.2  # at most this times (a bare endpoint moving the same bytes + compute)
 
 
@@ -192,6 +196,45 @@ def serve(app: str, env: dict[str, str] | None = None) -> Iterator[str]:
 
 # -- measuring -----------------------------------------------------------------------------------
 
+def _metric(text: str, name: str, label: str | None = None) -> float:
+    """The sum of a counter's samples in /metrics text, those with ``label`` if given."""
+    total = 0.0
+    for match in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE):
+        if label is None or (match.group(1) and label in match.group(1)):
+            total += float(match.group(2))
+    return total
+
+
+def graphs_and_refusals(client: Any, url: str, routine: str) -> tuple[float, float]:
+    """The routine's compiled graphs loaded so far, and the service's build refusals."""
+    text = client.get(url + "/metrics").text
+    return (
+        _metric(text, "dydc_compiled_graphs_total", f'routine="{routine}"'),
+        _metric(text, "dydc_compile_refusals_total"),
+    )
+
+
+def until_graph(client: Any, service: str, body: bytes, timeout_s: float = 600.0) -> None:
+    """Before the first N that a compiled graph serves (DYDC_COMPILE_MIN_SAMPLES and more):
+    the v1 request once, which asks for its kind's graph (or finds it in the cache directory),
+    then /metrics until it is loaded, then the request again (its first launch through the
+    graph). Without this the repetitions at that N ran eagerly until the build finished and
+    compiled after, and the v1 requests' compute, the floor's other term, was mostly eager."""
+    url = f"{service}/v1/routines/{ROUTINE}/sensitivities?strategy=forward"
+    headers = {"content-type": "application/json", "Accept-Encoding": "identity"}
+    before, refused = graphs_and_refusals(client, service, ROUTINE)
+    if before == 0:
+        client.post(url, content=body, headers=headers).raise_for_status()
+        deadline = time.monotonic() + timeout_s
+        while graphs_and_refusals(client, service, ROUTINE) == (0, refused):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ROUTINE}: no graph loaded after {timeout_s:.0f} s")
+            time.sleep(1.0)
+        if graphs_and_refusals(client, service, ROUTINE)[1] > refused:
+            raise RuntimeError(f"{ROUTINE}: its build was refused (dydc_compile_refusals_total)")
+    client.post(url, content=body, headers=headers).raise_for_status()
+
+
 def timed_post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[float, bytes]:
     started = time.perf_counter()
     r = client.post(url, content=body, headers=headers)
@@ -244,8 +287,12 @@ def run(sizes: tuple[int, ...], reps: int) -> dict[str, Any]:
     env = {"DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning", "DYDC_ACCESS_LOG": "false"}
     with serve("app.main:app", env) as service, serve("bench.bench_wire:bare") as floor, \
             httpx.Client(timeout=300, headers={"Accept-Encoding": "identity"}) as client:
+        compiled = False  # one kind for every N: its graph is waited for once
         for n in sizes:
             t = np.linspace(0.0, 50.0, n)
+            if n >= COMPILE_MIN_SAMPLES and not compiled:
+                until_graph(client, service, v1_json(t)[0])
+                compiled = True
             requests = {
                 "v1 JSON": (f"{service}/v1/routines/{ROUTINE}/sensitivities?strategy=forward",
                             f"{floor}/v1json", v1_json(t)),
@@ -310,8 +357,12 @@ def run_codings(sizes: tuple[int, ...], reps: int) -> dict[str, Any]:
     env = {"DYDC_DEVICE": "cpu", "DYDC_LOG_LEVEL": "warning", "DYDC_ACCESS_LOG": "false"}
     with serve("app.main:app", env) as service, serve("bench.bench_wire:bare") as floor, \
             httpx.Client(timeout=300) as client:
+        compiled = False  # one kind for every N: its graph is waited for once
         for n in sizes:
             t = np.linspace(0.0, 50.0, n)
+            if n >= COMPILE_MIN_SAMPLES and not compiled:
+                until_graph(client, service, v1_json(t)[0])
+                compiled = True
             variants = {
                 "v1 JSON": (f"{service}/v1/routines/{ROUTINE}/sensitivities?strategy=forward",
                             f"{floor}/v1json", v1_json(t)),

@@ -30,7 +30,7 @@ def in_a_thread() -> Iterator[Callable[[Callable[[], None]], None]]:
                 torch.get_num_threads()  # ATen's first call in a thread sets its OpenMP
                 # count to torch's: the device worker's thread makes it before any launch
                 probe()
-            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            except BaseException as exc:  # handed to the test's thread
                 failures.append(exc)
 
         thread = threading.Thread(target=body)

@@ -235,9 +235,9 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
     name = str(dtype).removeprefix("torch.")
     if a.dtype != np.dtype(name) or not (a.flags.c_contiguous or a.flags.f_contiguous):
         # rows decoded from JSON are columns in memory (app.api.decoding._to_array): kept so
-        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+        columns = a.flags.f_contiguous and not a.flags.c_contiguous
         with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
-            a = np.asarray(a, dtype=np.dtype(name), order=order)
+            a = np.asarray(a, dtype=np.dtype(name), order="F" if columns else "C")
     finite = np.isfinite(a)
     if not finite.all():
         flat = int(np.flatnonzero(~finite)[0])
