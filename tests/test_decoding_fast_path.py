@@ -24,6 +24,11 @@ from routines.elementary import exponential_decay
     b'{"inputs": []}',
     orjson.dumps({"inputs": np.random.default_rng(0).standard_normal(10_000)},
                  option=orjson.OPT_SERIALIZE_NUMPY),
+    b'{"inputs": [[1, 2], [3, 4.5e-300]], "params": {"k": [1, 2]}}',  # rows
+    b'{"inputs":[[1]], "wrt": ["k"]}',
+    b'{"inputs" : [ [1, 2, 3] , [-4, 5, 6]\n]\t, "params": {"x": [[7]]}}',
+    orjson.dumps({"inputs": np.random.default_rng(1).standard_normal((10_000, 3)),
+                  "params": {"sigma": 0.2}}, option=orjson.OPT_SERIALIZE_NUMPY),
 ])
 def test_same_document_as_the_general_path(body: bytes) -> None:
     fast = _parse_with_flat_inputs(body)
@@ -36,10 +41,24 @@ def test_same_document_as_the_general_path(body: bytes) -> None:
     got = decode_inputs(fast["inputs"])
     assert got.dtype == np.float64 and got.shape == expected.shape
     assert np.array_equal(got, expected)  # bit for bit
+    assert got.flags.f_contiguous == expected.flags.f_contiguous  # rows as columns, both
 
 
 @pytest.mark.parametrize("body", [
-    b'{"inputs": [[1, 2], [3, 4]]}',        # rows
+    b'{"inputs": [[1, 2], [3]]}',           # ragged rows
+    b'{"inputs": [[1, 2], 3]}',
+    b'{"inputs": [1, [2]]}',
+    b'{"inputs": [[], []]}',
+    b'{"inputs": [[[1, 2]], [[3, 4]]]}',    # deeper
+    b'{"inputs": [[1, [2]], [3, [4]]]}',
+    b'{"inputs": [[1, 2], [3, "4"]]}',      # a row with something else
+    b'{"inputs": [[1, 2], [3, false]]}',
+    b'{"inputs": [[1, NaN], [3, 4]]}',
+    b'{"inputs": [[1, 2], [3, 4]}',         # malformed
+    b'{"inputs": [[1, 2],, [3, 4]]}',
+    b'{"inputs": [[1, 2], [3, 4]]]}',
+    b'{"inputs": [[1, 2], [3, 4]], "inputs": [[5, 6]]}',
+    b'{"inputs": [[1e400, 2]]}',
     b'{"inputs": [1, true]}',               # not a number
     b'{"inputs": [1, null]}',
     b'{"inputs": [1, "2"]}',

@@ -1,9 +1,10 @@
 """v1 request bodies: strict JSON, a count of the samples before anything is parsed, and
 inputs turned into one float64 array with errors that point at the offending element.
 
-A large flat ``inputs`` array takes a fast path: it is found in the raw bytes, parsed alone and
-turned into an array in one call, skipping the per-element type scan; anything unusual falls
-back to the general path, so every error message stays the same. (Parsing the numbers with
+An ``inputs`` array of numbers, flat or rows, takes a fast path: it is found in the raw bytes,
+checked there to hold nothing but numbers and brackets, parsed alone and turned into an array
+in one call, skipping the per-element type scan; anything unusual falls back to the general
+path, so every error message stays the same. (Parsing the numbers with
 numpy's own text parsers was measured and is 3-4x *slower* than orjson: see bench/bench_wire.py.)
 """
 
@@ -129,23 +130,32 @@ def check_unique_keys(text: bytes, document: Any) -> None:
 
 
 # The key, the colon and the opening bracket of an "inputs" array.
-_INPUTS_ARRAY = re.compile(rb'"inputs"\s*:\s*\[')
-# The first byte of every JSON value that is not a number (and of NaN, Infinity), and '['.
-_NOT_NUMBERS = tuple(bytes([c]) for c in b'[{"tfnNI')
+_INPUTS_ARRAY = re.compile(rb'"inputs"\s*:\s*\[\s*')
+# The end of a list of rows: a row's closing bracket, then the list's.
+_ROWS_END = re.compile(rb"\]\s*\]")
+# The first byte of every JSON value that is not a number (and of NaN, Infinity).
+_NOT_NUMBERS = tuple(bytes([c]) for c in b'{"tfnNI')
 
 
 def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
-    """The document with ``inputs`` already a float64 array, when ``inputs`` is a flat list of
-    JSON numbers; None whenever anything is unusual (the general path then decides)."""
+    """The document with ``inputs`` already a float64 array, when ``inputs`` is a list of
+    JSON numbers or a list of equally long rows of them; None whenever anything is unusual
+    (the general path then decides)."""
     key = body.find(b'"inputs"')
     match = _INPUTS_ARRAY.match(body, key) if key >= 0 else None
     if match is None:
         return None
-    start = match.end() - 1
-    end = body.find(b"]", start)
+    start = body.rfind(b"[", key, match.end())
+    rows = body.startswith(b"[", match.end())
+    if rows:
+        found = _ROWS_END.search(body, match.end())
+        end = found.end() - 1 if found is not None else -1
+    else:
+        end = body.find(b"]", start)
     if end < 0 or body.find(b'"inputs"', end) >= 0:
         return None
-    if any(body.find(marker, start + 1, end) >= 0 for marker in _NOT_NUMBERS):
+    if any(body.find(marker, start + 1, end) >= 0 for marker in _NOT_NUMBERS) or (
+            not rows and body.find(b"[", start + 1, end) >= 0):
         return None
     rest = body[:start] + b"0" + body[end + 1:]
     if b"\\" in rest:  # without escapes, the one literal "inputs" is the one key of that name
@@ -153,14 +163,28 @@ def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
     try:
         numbers = orjson.loads(memoryview(body)[start:end + 1])
         doc = orjson.loads(rest)
-        inputs = np.array(numbers, dtype=np.float64)
+        inputs = _rows_array(numbers) if rows else np.array(numbers, dtype=np.float64)
     except (orjson.JSONDecodeError, OverflowError, ValueError, TypeError):
         return None
-    if not isinstance(doc, dict) or type(doc.get("inputs")) is not int:
+    if inputs is None or not isinstance(doc, dict) or type(doc.get("inputs")) is not int:
         return None
     check_unique_keys(rest, doc)
     doc["inputs"] = inputs
     return doc
+
+
+def _rows_array(rows: list[Any]) -> np.ndarray | None:
+    """Rows of numbers (the bytes held nothing else but brackets) as an (N, D) array laid out
+    as columns (see :func:`_to_array`), or None if they are ragged or nested deeper. One flat
+    list made into an array is 2-3x faster than numpy walking the rows (1e6 x 2 here: 110
+    against 195 ms), and needs no per-element type scan."""
+    if set(map(type, rows)) != {list}:
+        return None
+    widths = set(map(len, rows))
+    if len(widths) != 1 or 0 in widths:
+        return None
+    flat = np.array(list(chain.from_iterable(rows)), dtype=np.float64)  # nested: ValueError
+    return np.ascontiguousarray(flat.reshape(len(rows), -1).T).T
 
 
 class SampleCounter:
@@ -270,8 +294,8 @@ def _skip_space(data: bytearray, i: int) -> int:
 
 
 def parse_document(body: bytes) -> Any:
-    """A v1 request body: JSON, with a flat ``inputs`` list already a float64 array when the
-    fast path applies (:func:`decode_inputs` accepts both)."""
+    """A v1 request body: JSON, with ``inputs`` already a float64 array when the fast path
+    applies (:func:`decode_inputs` accepts both)."""
     fast = _parse_with_flat_inputs(body)
     return fast if fast is not None else parse_json(body)
 
