@@ -11,7 +11,13 @@ import orjson
 import pytest
 import torch
 
-from app.api.decoding import SampleCounter, _parse_with_flat_inputs, decode_inputs, parse_json
+from app.api.decoding import (
+    SampleCounter,
+    _parse_with_flat_inputs,
+    decode_inputs,
+    parse_document,
+    parse_json,
+)
 from app.engine.compiled.builds import columns
 from app.engine.differentiation.problem import Problem
 from app.engine.runtime.validation import checked_inputs
@@ -146,3 +152,18 @@ def test_rows_are_columns_in_memory_down_to_a_compiled_graphs_arguments(
     assert cols.data_ptr() == kept.data_ptr() and torch.equal(cols, kept.t())
     part, _ = columns(problem, slice(1, 4))  # a chunk's columns are gathered: still right
     assert torch.equal(part, kept[1:4].t()) and part.is_contiguous()
+
+
+def test_a_small_body_takes_the_general_path_and_a_large_one_the_fast_path() -> None:
+    """Below 1 KiB the fast path's scans cost more than the type scan they spare: the
+    document then keeps ``inputs`` as parsed (a list), which decode_inputs turns into the same
+    array."""
+    small = orjson.dumps({"inputs": [[1.5, 2.0], [3.0, 4.0]], "params": {"k": 0.3}})
+    large = orjson.dumps({"inputs": [[1.5 + i, 2.0] for i in range(100)], "params": {"k": 0.3}})
+    assert len(small) < 1024 <= len(large)
+    assert isinstance(parse_document(small)["inputs"], list)
+    assert isinstance(parse_document(large)["inputs"], np.ndarray)
+    for body in (small, large):
+        got = decode_inputs(parse_document(body)["inputs"])
+        assert np.array_equal(got, np.array(orjson.loads(body)["inputs"]))
+        assert got.flags.f_contiguous

@@ -293,10 +293,16 @@ def _skip_space(data: bytearray, i: int) -> int:
     return i
 
 
+# Bodies from this size try the fast path: below it, its byte scans and second parse cost
+# more than the type scan they spare (16 numbers: 9.7 us against 6.3 us in all; 64 rows of 3:
+# 34 against 39 us; measured in process).
+_FAST_PATH_BYTES = 1024
+
+
 def parse_document(body: bytes) -> Any:
     """A v1 request body: JSON, with ``inputs`` already a float64 array when the fast path
     applies (:func:`decode_inputs` accepts both)."""
-    fast = _parse_with_flat_inputs(body)
+    fast = _parse_with_flat_inputs(body) if len(body) >= _FAST_PATH_BYTES else None
     return fast if fast is not None else parse_json(body)
 
 
