@@ -247,7 +247,7 @@ def timed_post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> t
 
 def parse_micro(n: int, reps: int) -> dict[str, float]:
     """The v1 inputs parse alone at N = n, median ms per route."""
-    from app.api.decoding import _parse_with_flat_inputs, decode_inputs, parse_json
+    from app.api.decoding import _parse_with_numeric_inputs, decode_inputs, parse_json
 
     t = np.random.default_rng(1).standard_normal(n) * 100
     body = v1_json(t)[0]
@@ -261,7 +261,7 @@ def parse_micro(n: int, reps: int) -> dict[str, float]:
             times.append(time.perf_counter() - began)
         return statistics.median(times) * 1e3
 
-    fast = _parse_with_flat_inputs(body)
+    fast = _parse_with_numeric_inputs(body)
     assert fast is not None and np.array_equal(fast["inputs"], t)
     return {
         "general path (orjson.loads, type scan, np.array)":
@@ -269,7 +269,7 @@ def parse_micro(n: int, reps: int) -> dict[str, float]:
         "orjson.loads + np.array (no type scan)":
             median_ms(lambda: np.array(orjson.loads(body)["inputs"], dtype=np.float64)),
         "fast path (array located in the bytes, orjson + np.array)":
-            median_ms(lambda: decode_inputs(_parse_with_flat_inputs(body)["inputs"])),
+            median_ms(lambda: decode_inputs(_parse_with_numeric_inputs(body)["inputs"])),
         "numpy text parser (np.fromstring of the array, sep=',')":
             median_ms(lambda: np.fromstring(body[start + 1:end], sep=",")),
     }

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 import routines.population
-from app.engine.compiled import builds
+from app.engine.compiled import builds, forward
 from app.engine.compiled.builds import BuildRefused, InlineBuilder, Samples, kind_of
 from app.engine.compiled.forward import CompiledForward
 from app.engine.compiled.rolled import RolledForward, find_loop
+from app.engine.compiled.threads import GRAIN
 from app.engine.differentiation.strategies import Problem
 from app.engine.errors import CostExceeded
 from app.engine.runtime.admission import CostModel, RoutineCost
@@ -223,9 +224,6 @@ def test_a_small_launch_calls_its_graph_serial_and_a_large_one_in_parallel(
     """The OpenMP threads the graph's call finds (app.engine.compiled.threads): one below
     GRAIN samples, where a parallel region would cost more than it saves, the thread's own
     count from it; and the count back after each launch."""
-    from app.engine.compiled import forward
-    from app.engine.compiled.threads import GRAIN
-
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

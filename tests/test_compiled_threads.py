@@ -66,18 +66,3 @@ def test_a_small_launch_runs_serial_and_a_large_one_on_the_threads_count(
     assert seen == {"16": 1, "after": 3, "below the grain": 1, "the grain": 3, "cuda": 3,
                     "after an error": 3}
 
-
-def test_the_main_threads_count_is_its_own(
-        in_a_thread: Callable[[Callable[[], None]], None]) -> None:
-    """The count is the calling thread's: a launch in the worker's thread leaves the others'."""
-    main = torch.get_num_threads()
-    inside: list[int] = []
-
-    def probe() -> None:
-        with threads_for(16, CPU):
-            inside.append(torch.get_num_threads())
-            inside.append(main)
-
-    in_a_thread(probe)
-    assert inside == [1, main]
-    assert torch.get_num_threads() == main

@@ -13,7 +13,7 @@ import torch
 
 from app.api.decoding import (
     SampleCounter,
-    _parse_with_flat_inputs,
+    _parse_with_numeric_inputs,
     decode_inputs,
     parse_document,
     parse_json,
@@ -37,7 +37,7 @@ from routines.elementary import exponential_decay
                   "params": {"sigma": 0.2}}, option=orjson.OPT_SERIALIZE_NUMPY),
 ])
 def test_same_document_as_the_general_path(body: bytes) -> None:
-    fast = _parse_with_flat_inputs(body)
+    fast = _parse_with_numeric_inputs(body)
     general = parse_json(body)
     assert fast is not None
     assert fast.keys() == general.keys()
@@ -83,7 +83,7 @@ def test_same_document_as_the_general_path(body: bytes) -> None:
     b'{"inputs": 1}',
 ])
 def test_anything_unusual_takes_the_general_path(body: bytes) -> None:
-    assert _parse_with_flat_inputs(body) is None
+    assert _parse_with_numeric_inputs(body) is None
 
 
 def _chunked(body: bytes, rng: random.Random) -> SampleCounter:

@@ -137,7 +137,7 @@ _ROWS_END = re.compile(rb"\]\s*\]")
 _NOT_NUMBERS = tuple(bytes([c]) for c in b'{"tfnNI')
 
 
-def _parse_with_flat_inputs(body: bytes) -> dict[str, Any] | None:
+def _parse_with_numeric_inputs(body: bytes) -> dict[str, Any] | None:
     """The document with ``inputs`` already a float64 array, when ``inputs`` is a list of
     JSON numbers or a list of equally long rows of them; None whenever anything is unusual
     (the general path then decides)."""
@@ -302,7 +302,7 @@ _FAST_PATH_BYTES = 1024
 def parse_document(body: bytes) -> Any:
     """A v1 request body: JSON, with ``inputs`` already a float64 array when the fast path
     applies (:func:`decode_inputs` accepts both)."""
-    fast = _parse_with_flat_inputs(body) if len(body) >= _FAST_PATH_BYTES else None
+    fast = _parse_with_numeric_inputs(body) if len(body) >= _FAST_PATH_BYTES else None
     return fast if fast is not None else parse_json(body)
 
 

@@ -234,7 +234,8 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
         )
     name = str(dtype).removeprefix("torch.")
     if a.dtype != np.dtype(name) or not (a.flags.c_contiguous or a.flags.f_contiguous):
-        # rows decoded from JSON are columns in memory (app.api.decoding._to_array): kept so
+        # rows decoded from JSON are columns in memory (app.api.decoding._to_array), which a
+        # compiled graph takes as they are: a conversion keeps that layout
         columns = a.flags.f_contiguous and not a.flags.c_contiguous
         with np.errstate(over="ignore"):  # float32 overflow is reported below, by element
             a = np.asarray(a, dtype=np.dtype(name), order="F" if columns else "C")
