@@ -276,6 +276,15 @@ class _HttpSettings(BaseSettings):
         1, description="zstd level for zstd responses (1 fastest .. 22 smallest)."
     )
 
+    @model_validator(mode="after")
+    def _compression_bounds(self) -> Self:
+        if self.gzip_min_bytes and self.compress_max_bytes < self.gzip_min_bytes:
+            raise ValueError(
+                f"DYDC_COMPRESS_MAX_BYTES ({self.compress_max_bytes}) is below "
+                f"DYDC_GZIP_MIN_BYTES ({self.gzip_min_bytes}), so no answer would ever be "
+                "compressed; raise it, or set DYDC_GZIP_MIN_BYTES=0 to turn compression off")
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, v: str) -> str:

@@ -24,7 +24,9 @@ __all__ = ["black_scholes_call"]
 )
 def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Tensor) -> Tensor:
     vol = sigma * T.sqrt()
-    d1 = ((S / K).log() + (r + 0.5 * sigma * sigma) * T) / vol
+    # sigma^2 T / 2 over vol written as vol / 2: sigma^2 overflows from about 1.3e154, which
+    # made d2 infinite with d1 and the price S - K e^(-rT), negative; this way it tends to S
+    d1 = ((S / K).log() + r * T) / vol + 0.5 * vol
     d2 = d1 - vol
     price: Tensor = S * torch.special.ndtr(d1) - K * (-r * T).exp() * torch.special.ndtr(d2)
     return price

@@ -148,6 +148,11 @@ def test_refusals(small_dydc_url: str) -> None:
             ({"shifts": {"r": ("absolute", [])}}, "non-empty"),
             ({"shifts": GRID, "combine": "grid"}, "use product or zip"),
             ({"shifts": GRID, "order": 2}, "pass explain=True"),
+            ({"shifts": {"r": ("absolute", [0.01, float("nan")])}},
+             r"shifts\['r'\]\[1\] is nan; shifts must be finite numbers"),
+            ({"shifts": {"r": {"type": "rel", "values": float("-inf")}}}, "is -inf"),
+            ({"scenario_list": [{"r": 0.01}, {"sigma": float("inf")}]},
+             r"scenario_list\[1\]\['sigma'\] is inf; shifts must be finite numbers"),
         ]:
             with pytest.raises(ValueError, match=message):
                 client.scenarios(ROUTINE, BOOK, BASE, **bad)
@@ -213,7 +218,8 @@ def test_cli_scenarios_to_csv_and_table(small_dydc_url: str, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("shift", ["sigma", "sigma=0.1", "sigma=pct:0.1", "=rel:0.1",
-                                   "sigma=rel:", "sigma=rel:0.1,x"])
+                                   "sigma=rel:", "sigma=rel:0.1,x", "sigma=rel:nan",
+                                   "sigma=abs:0.1,inf"])
 def test_cli_bad_shift_is_a_usage_error(small_dydc_url: str, tmp_path: Path,
                                         shift: str) -> None:
     code, _, err = _cli(small_dydc_url, "scenarios", ROUTINE, "--inputs", str(_book(tmp_path)),

@@ -10,7 +10,10 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
+from app.context import STATE_KEY, RequestRecord
+from app.http.compression import GzipRequestMiddleware
 from app.http.response_compression import negotiate
 from tests.support import (
     ClientFactory,
@@ -129,7 +132,8 @@ async def test_answers_decode_to_the_same_numbers_whatever_the_coding(
             assert r.headers.get("content-encoding") == coding, accept
             if coding is not None:
                 assert int(r.headers["content-length"]) < len(r.content) / 2  # on the wire
-                assert r.headers["vary"] == "Accept-Encoding"
+            # compressed or not, it would have been for another Accept-Encoding: say so
+            assert r.headers["vary"] == "Accept-Encoding", accept
             answers[accept] = r.json()
         for doc in answers.values():
             assert doc["derivatives"]["C"] == x and doc["values"] == [3.0 * v for v in x]
@@ -154,6 +158,57 @@ async def test_answers_outside_the_bounds_or_binary_are_sent_as_they_are(
     async with make_client(gzip_min_bytes=0) as c:  # 0: compression off
         off = await c.post(SENS, json={"inputs": x}, headers={"accept-encoding": "gzip"})
         assert "content-encoding" not in off.headers
+
+
+async def test_header_lines_of_one_name_are_one_list(make_client: ClientFactory) -> None:
+    """RFC 9110 5.3: two Accept-Encoding lines are the list of both, as are two
+    Content-Encoding lines."""
+    x = _x(20_000)
+    async with make_client(gzip_min_bytes=10_000) as c:
+        for lines, coding in [([("accept-encoding", "*"), ("accept-encoding", "zstd;q=0")],
+                               "gzip"),
+                              ([("accept-encoding", "gzip"), ("accept-encoding", "zstd")],
+                               "zstd")]:
+            r = await c.post(SENS, json={"inputs": x}, headers=lines)
+            assert r.status_code == 200, r.text
+            assert r.headers.get("content-encoding") == coding, lines
+            assert r.json()["derivatives"]["C"] == x
+        small = await c.post(SENS, json={"inputs": x[:10]})
+        assert "vary" not in small.headers  # under the minimum: no client would get it coded
+        twice = gzip.compress(gzip.compress(orjson.dumps({"inputs": [1.0]})))
+        r = await c.post(SENS, content=twice, headers=[
+            ("content-type", "application/json"), ("content-encoding", "gzip"),
+            ("content-encoding", "gzip")])
+        assert_problem(r, 415, "gzip, gzip")
+
+
+async def test_an_encoding_header_without_a_body_is_no_body(client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz", "/v1/routines"):
+        r = await client.get(path, headers={"content-encoding": "gzip"})
+        assert r.status_code == 200, (path, r.text)
+    r = await client.post(SENS, content=b"", headers=GZIP_JSON)
+    assert r.status_code == 422 and "gzip" not in r.json()["detail"], r.text
+
+
+async def test_a_client_gone_during_a_gzip_body_is_logged_as_499_not_500() -> None:
+    record = RequestRecord(id="r")
+    messages = iter([{"type": "http.request", "body": gzip.compress(b"{}")[:5],
+                      "more_body": True}, {"type": "http.disconnect"}])
+    reached = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope)
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        raise AssertionError(f"nothing is sent to a client that went away: {message}")
+
+    scope = {"type": "http", "method": "POST", "path": SENS,
+             "headers": [(b"content-encoding", b"gzip")], "state": {STATE_KEY: record}}
+    await GzipRequestMiddleware(app, limit=1_000)(scope, receive, send)
+    assert reached == [] and record.closed_with == 499
 
 
 @pytest.mark.parametrize(("accept", "zstd", "coding"), [

@@ -78,6 +78,19 @@ def test_black_scholes_greeks_are_textbook_scale(builtins: dict[str, Routine]) -
     assert result.derivatives["r"].item() == pytest.approx(13.98, abs=0.01)
 
 
+@pytest.mark.parametrize("sigma", [1e154, 1e200, 1e300])
+def test_black_scholes_at_a_huge_volatility_tends_to_the_spot(
+        builtins: dict[str, Routine], sigma: float) -> None:
+    """As sigma grows a call is worth S (N(d1) -> 1, N(d2) -> 0). sigma^2 overflows from
+    about 1.3e154; written with it, d1 and d2 were both infinite and the price S - K e^(-rT),
+    negative where K e^(-rT) > S."""
+    x = torch.tensor([[49.0, 50.0, 0.3846], [80.0, 100.0, 2.0], [120.0, 100.0, 1.0]],
+                     dtype=torch.float64)
+    result = run_engine(builtins["black_scholes_call"], x, {"sigma": sigma, "r": 0.05})
+    assert_close(result.values, x[:, :1], rtol=1e-12)
+    assert torch.isfinite(result.derivatives["sigma"]).all()
+
+
 def test_logistic_rk4_error_is_integration_error(builtins: dict[str, Routine],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The RK4 tolerance is not loose: values and derivatives differ from the closed form by

@@ -151,6 +151,24 @@ async def test_per_sample_bases_shift_per_sample(client: httpx.AsyncClient) -> N
     assert all(close(a, b) for a, b in zip(scenario["values"], want, strict=True))
 
 
+async def test_a_per_sample_base_stays_in_the_scenarios_that_leave_it(
+        client: httpx.AsyncClient) -> None:
+    """Per-sample sigmas, shifted in one scenario and left in the other two: each scenario
+    revalues every sample at its own sigma (the S x N parameter written scenario by
+    scenario), while r, one number, moves in one scenario only."""
+    sigmas = [0.2, 0.35, 0.6, 0.25]
+    r = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": {"sigma": sigmas, "r": 0.05},
+        "scenarios": {"list": [{"r": 0.01}, {"sigma": 0.1}, {"r": -0.02}]}})
+    assert r.status_code == 200, r.text
+    got = [scenario["values"] for scenario in r.json()["scenarios"]]
+    want = [[price(row, s, 0.06) for row, s in zip(BOOK, sigmas, strict=True)],
+            [price(row, s + 0.1, 0.05) for row, s in zip(BOOK, sigmas, strict=True)],
+            [price(row, s, 0.03) for row, s in zip(BOOK, sigmas, strict=True)]]
+    for values, expected in zip(got, want, strict=True):
+        assert all(close(a, b) for a, b in zip(values, expected, strict=True))
+
+
 async def test_all_scenarios_run_as_one_launch(make_client: ClientFactory) -> None:
     async with make_client() as c:
         before = (await c.get("/metrics")).text
@@ -220,6 +238,48 @@ async def test_a_shift_to_a_number_that_is_not_finite_is_a_422(
         assert word in r.json()["detail"], (word, r.text)
 
 
+HUGE = 10**400  # an integer no float holds
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"scenarios": {"shifts": {"r": {"type": "absolute", "values": [0.01, HUGE]}}}},
+     ["scenarios.shifts.r.values[1]", "too large for a float", "finite numbers"]),
+    ({"scenarios": {"list": [{"r": HUGE}]}},
+     ["scenarios.list[0].r", "too large for a float"]),
+    # without the explain, wrt, order and cross go unused, but a wrong value is refused
+    ({"scenarios": {"list": [{"r": 0.01}]}, "order": 3}, ["order = 3; use 1 or 2"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "order": -7}, ["order = -7; use 1 or 2"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "cross": True},
+     ["cross applies to second derivatives"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": ["zz"]},
+     ["'zz'", "neither a parameter nor an input"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": ["r", "r"]}, ["'r'", "twice"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": []}, ["wrt is empty"]),
+    # with it, an empty wrt is refused as /sensitivities refuses it, not taken as absent
+    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": [], "explain": True}, ["wrt is empty"]),
+])
+async def test_what_no_request_could_mean_is_a_422(
+        client: httpx.AsyncClient, body: dict[str, object], words: list[str]) -> None:
+    r = await post(client, "black_scholes_call", {"inputs": BOOK, "params": BASE, **body})
+    assert r.status_code == 422, r.text
+    for word in words:
+        assert word in r.json()["detail"], (word, r.text)
+
+
+async def test_unused_options_that_a_sensitivities_body_may_carry_are_accepted(
+        client: httpx.AsyncClient) -> None:
+    """One body serves /sensitivities and /scenarios: valid wrt, order and cross pass
+    without the explain, and change nothing."""
+    plain = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": BASE, "scenarios": {"list": [{"r": 0.01}]}})
+    carried = await post(client, "black_scholes_call", {
+        "inputs": BOOK, "params": BASE, "scenarios": {"list": [{"r": 0.01}]},
+        "wrt": ["sigma", "r"], "order": 2, "cross": True})
+    assert plain.status_code == carried.status_code == 200, carried.text
+    assert carried.json()["scenarios"] == plain.json()["scenarios"]
+    assert "delta_pnl" not in carried.json()["scenarios"][0]
+
+
 async def test_too_many_scenarios_or_samples(make_client: ClientFactory) -> None:
     async with make_client(max_scenarios=4, max_samples=30) as c:
         grid = {"shifts": {"C": {"type": "absolute", "values": [1, 2, 3]},
@@ -235,6 +295,26 @@ async def test_too_many_scenarios_or_samples(make_client: ClientFactory) -> None
         ok = await post(c, "linear", {"inputs": [1.0, 2.0], "scenarios": {
             "shifts": {"C": {"type": "absolute", "values": [1, 2, 3, 4]}}}})
         assert ok.status_code == 200, ok.text
+        # one list longer than the limit is refused before its numbers are validated
+        for scenarios in ({"shifts": {"C": {"type": "absolute", "values": [1, 2, 3, 4, 5]}}},
+                          {"shifts": {"C": {"type": "absolute", "values": [1, 2, 3, 4, 5]},
+                                      "x": {"type": "banana", "values": "not a list"}}},
+                          {"list": [{"C": 1}, {"C": 2}, {"C": 3}, {"C": 4}, {"C": "x"}]}):
+            r = await post(c, "linear", {"inputs": [1.0, 2.0], "scenarios": scenarios})
+            assert r.status_code == 422, r.text
+            assert "at least 5 scenarios; the limit is 4 per request (DYDC_MAX_SCENARIOS)" \
+                in r.json()["detail"]
+        r = await c.post("/v1/expressions/scenarios", json={
+            "expression": "C * x", "inputs": {"names": ["x"], "values": [1.0, 2.0]},
+            "params": {"C": 1.0},
+            "scenarios": {"list": [{"C": i} for i in range(5)]}})
+        assert r.status_code == 422, r.text
+        assert "at least 5 scenarios" in r.json()["detail"]
+        r = await c.post("/v1/expressions/scenarios", json={
+            "expression": "C * x", "inputs": {"names": ["x"], "values": [1.0, 2.0]},
+            "params": {"C": 1.0},
+            "scenarios": {"list": [{"C": i} for i in range(4)]}})
+        assert r.status_code == 200, r.text
 
 
 async def test_unknown_routine_and_content_type(client: httpx.AsyncClient) -> None:

@@ -11,7 +11,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from starlette.datastructures import Headers
 
+from app.api.tensor_answer import wants_tensors
 from tests.support import ClientFactory
 from tests.support import closed_forms as cf
 from tests.support.problems import assert_problem
@@ -100,6 +102,36 @@ async def test_other_accepts_get_json(client: httpx.AsyncClient) -> None:
     assert r.headers["content-type"] == TENSORS
 
 
+@pytest.mark.parametrize(("accept", "tensors"), [
+    (TENSORS, True),
+    (TENSORS.upper(), True),  # media types compare without case
+    (f" {TENSORS} ; Q=0.8 ", True),
+    (f"application/json;q=0.5, {TENSORS}", True),  # the client's own Accept
+    (f"{TENSORS}, application/json", True),  # equal weights: the one the caller named
+    (f"application/json;q=1, {TENSORS};q=0.1", False),  # JSON preferred
+    (f"{TENSORS};q=0.5, */*", False),  # anything at 1, this form at 0.5: JSON
+    (f"{TENSORS};q=0.5, */*;q=0.2", True),
+    (f"{TENSORS};q=0.5, application/*;q=0.9, */*;q=0.1", False),  # the more specific range
+    (f"{TENSORS};q=0.5, application/json;q=0.2, application/*;q=0.9", True),
+    (f"{TENSORS};q=0", False),
+    (f"{TENSORS};q=1.5", False),  # out of range: not acceptable
+    (f"{TENSORS};q=oops", False),
+    (f"{TENSORS}-not", False),
+    ("*/*", False),
+    ("application/json", False),
+])
+def test_the_tensor_form_is_negotiated(accept: str, tensors: bool) -> None:
+    assert wants_tensors(Headers({"accept": accept})) is tensors
+
+
+async def test_a_preference_for_json_is_kept(client: httpx.AsyncClient) -> None:
+    r = await client.post(SCEN, json=BODY,
+                          headers={"Accept": f"application/json, {TENSORS};q=0.1"})
+    assert r.headers["content-type"] == "application/json"
+    r = await client.post(SCEN, json=BODY, headers={"Accept": TENSORS.upper()})
+    assert r.headers["content-type"] == TENSORS
+
+
 async def test_errors_stay_problem_json(client: httpx.AsyncClient) -> None:
     bad = {**BODY, "scenarios": {"shifts": {"vol": {"type": "absolute", "values": [0.1]}}}}
     r = await client.post(SCEN, json=bad, headers={"Accept": TENSORS})
@@ -121,6 +153,27 @@ async def test_totals_only_leaves_out_every_per_sample_array(
     for row, whole in zip(doc["scenarios"], full["scenarios"], strict=True):
         assert not set(PER_SAMPLE) & set(row)
         assert row == {k: v for k, v in whole.items() if k not in PER_SAMPLE}
+
+
+async def test_the_price_counts_per_sample_shifts(make_client: ClientFactory) -> None:
+    """A shifted input feature puts one absolute shift per sample in every scenario's
+    ``shifts``, totals only or not: 10 scenarios x 50 samples = 500 numbers, about 12,000
+    bytes as JSON, over a limit of 10,000 (which a parameter's shifts stay under)."""
+    x = [float(i) for i in range(1, 51)]
+    values = [0.01 * i for i in range(1, 11)]
+    async with make_client(max_response_bytes=10_000) as c:
+        by_x = {"inputs": x, "totals_only": True,
+                "scenarios": {"shifts": {"x": {"type": "relative", "values": values}}}}
+        assert_problem(await c.post("/v1/routines/linear/scenarios", json=by_x), 422,
+                       "500 per-sample shifts", "DYDC_MAX_RESPONSE_BYTES",
+                       "shifts of parameters shared by every sample")
+        by_c = {**by_x, "scenarios": {"shifts": {"C": {"type": "relative", "values": values}}}}
+        r = await c.post("/v1/routines/linear/scenarios", json=by_c)
+        assert r.status_code == 200, r.text
+    async with make_client(max_response_bytes=14_000) as c:
+        r = await c.post("/v1/routines/linear/scenarios", json=by_x)
+        assert r.status_code == 200, r.text
+        assert len(r.content) <= 14_000  # the estimate bounds what is sent
 
 
 async def test_the_answers_price_depends_on_its_form(make_client: ClientFactory) -> None:

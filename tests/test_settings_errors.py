@@ -30,6 +30,8 @@ def _error(**values: object) -> str:
     ({"api_keys_file": "/no/such/file"}, ["DYDC_API_KEYS_FILE='/no/such/file'", "readable"]),
     ({"routines_path": "/no/such/dir"}, ["DYDC_ROUTINES_PATH='/no/such/dir'", "folder"]),
     ({"max_queue_samples": 10}, ["DYDC_MAX_QUEUE_SAMPLES", "DYDC_MAX_BATCH_SAMPLES"]),
+    ({"compress_max_bytes": 1000}, ["DYDC_COMPRESS_MAX_BYTES (1000) is below "
+                                    "DYDC_GZIP_MIN_BYTES (65536)", "DYDC_GZIP_MIN_BYTES=0"]),
 ])
 def test_the_line_names_variable_value_and_rule(values: dict[str, object],
                                                 needles: list[str]) -> None:
@@ -37,6 +39,11 @@ def test_the_line_names_variable_value_and_rule(values: dict[str, object],
     assert "\n" not in line
     for needle in needles:
         assert needle in line, (needle, line)
+
+
+def test_compression_off_takes_any_maximum() -> None:
+    settings = Settings(gzip_min_bytes=0, compress_max_bytes=1000)  # type: ignore[call-arg]
+    assert settings.compress_max_bytes == 1000
 
 
 def test_two_bad_values_in_one_line() -> None:

@@ -18,7 +18,8 @@ from app.engine import Job, JobKind
 from app.engine.differentiation.bumping import pairs
 from app.errors import ResponseTooLarge
 
-__all__ = ["JSON_NUMBER_BYTES", "answer_arrays", "check_json_answer", "check_tensor_answer"]
+__all__ = ["JSON_NUMBER_BYTES", "answer_arrays", "check_json_answer", "check_tensor_answer",
+           "echoed_numbers"]
 
 JSON_NUMBER_BYTES = 24
 

@@ -38,7 +38,8 @@ class ExpressionScenarios(scenarios.V1Scenarios):
     def _plan_expression(self, engine: Engine, expressions: Expressions, body: bytes,
                          query: Mapping[str, str],
                          max_scenarios: int) -> scenarios.Asked:
-        document = validate_request(ExpressionScenariosRequest, parse_json(body))
+        document = validate_request(ExpressionScenariosRequest, scenarios.too_many_scenarios(
+            parse_json(body), max_scenarios))
         names = document.inputs.names
         made = make_routine(expressions, document.expression,
                             None if document.ode is None else document.ode.model_dump(),

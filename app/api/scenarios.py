@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from torch import Tensor
 
 from app.api import schemas, tensor_answer
-from app.api.answer_size import JSON_NUMBER_BYTES
+from app.api.answer_size import JSON_NUMBER_BYTES, answer_arrays, echoed_numbers
 from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of, job_fields
@@ -24,6 +24,7 @@ from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
 from app.engine import Engine, Job, JobKind, Request
+from app.engine.errors import InvalidRequest
 from app.engine.runtime import scenarios
 from app.errors import ResponseTooLarge
 from routines import Routine
@@ -38,6 +39,7 @@ __all__ = [
     "answered",
     "router",
     "scenario_plan",
+    "too_many_scenarios",
 ]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -117,17 +119,40 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
     evaluate = engine.prepare(Request(JobKind.EVALUATE, target, inputs, document.params,
                                       dtype=document.dtype, timeout_ms=_timeout_ms(query)))
     base = evaluate
-    if document.explain:
+    if document.explain:  # wrt defaults to the shifted factors (an empty one is refused)
         base = engine.prepare(with_query(Request(
-            JobKind.SENSITIVITIES, target, inputs, document.params, wrt=document.wrt
-            or _factors(spec), dtype=document.dtype, timeout_ms=_timeout_ms(query),
-            order=document.order, cross=document.cross), query))
+            JobKind.SENSITIVITIES, target, inputs, document.params,
+            wrt=_factors(spec) if document.wrt is None else document.wrt,
+            dtype=document.dtype, timeout_ms=_timeout_ms(query), order=document.order,
+            cross=document.cross), query))
+    else:
+        scenarios.check_unexplained_options(evaluate.routine, document.wrt, document.order,
+                                            document.cross)
 
     def shifted(x: Tensor, params: dict[str, float | np.ndarray]) -> Job:
         return engine.over(evaluate, x, params)
 
     return scenarios.plan(routine, base, expanded, shifted,
                           max_samples=engine.limits.max_samples, explain=document.explain)
+
+
+def too_many_scenarios(doc: Any, max_scenarios: int) -> Any:
+    """``doc`` (a parsed body), refused before its validation if one of its lists of shifts
+    or its list of scenarios is longer than DYDC_MAX_SCENARIOS: each makes at least as many
+    scenarios (a product, a zip or the list itself), and validating millions of numbers
+    only to refuse them held a thread for seconds."""
+    spec = doc.get("scenarios") if isinstance(doc, dict) else None
+    if not isinstance(spec, dict):
+        return doc
+    lists = [spec.get("list")]
+    if isinstance(spec.get("shifts"), dict):
+        lists += [s.get("values") for s in spec["shifts"].values() if isinstance(s, dict)]
+    longest = max((len(v) for v in lists if isinstance(v, list)), default=0)
+    if longest > max_scenarios:
+        raise InvalidRequest(
+            f"at least {longest} scenarios; the limit is {max_scenarios} per request "
+            "(DYDC_MAX_SCENARIOS): split the scenarios over requests")
+    return doc
 
 
 class V1Scenarios(V1):
@@ -137,7 +162,8 @@ class V1Scenarios(V1):
 
     def _plan(self, engine: Engine, routine: Routine, body: bytes, query: Mapping[str, str],
               max_scenarios: int) -> Asked:
-        document = schemas.validate_request(ScenariosRequest, parse_document(body))
+        document = schemas.validate_request(
+            ScenariosRequest, too_many_scenarios(parse_document(body), max_scenarios))
         plan = scenario_plan(engine, routine, routine.name, document,
                              decode_inputs(document.inputs), query, max_scenarios)
         return Asked(plan, totals_only=document.totals_only)
@@ -173,28 +199,53 @@ def answered(asked: Asked, request: Incoming) -> Decoded:
 
 
 def _check_answer(asked: Asked, limit: int) -> None:
-    """Values and P&L per scenario (with the explain three more arrays), as JSON or as
-    tensors; none with totals_only."""
-    if asked.totals_only:
-        return
+    """The answer's numbers, as JSON or as tensors: per scenario its values and P&L (with
+    the explain three more arrays), and the base's values and derivatives (none of these
+    with totals_only); whatever it holds, the absolute shifts of every factor shifted per
+    sample (an input feature, or a per-sample parameter), one array of N a scenario, and the
+    per-sample parameters echoed."""
     plan = asked.plan
-    n, m = plan.base.n, len(plan.base.routine.outputs)
-    arrays = 5 if plan.explain else 2
-    per_number = plan.base.dtype.itemsize if asked.tensors else JSON_NUMBER_BYTES
+    job = plan.base
+    n, m = job.n, len(job.routine.outputs)
+    per_number = job.dtype.itemsize if asked.tensors else JSON_NUMBER_BYTES
     form = "tensors" if asked.tensors else "JSON"
-    estimate = len(plan.scenarios) * n * m * arrays * per_number
+    arrays = 0 if asked.totals_only else 5 if plan.explain else 2
+    base = 0 if asked.totals_only else answer_arrays(job) * n * m
+    shifts = sum(v.size for row in plan.absolute for v in row.values()
+                 if isinstance(v, np.ndarray))
+    numbers = len(plan.scenarios) * n * m * arrays + base + shifts \
+        + echoed_numbers(job) * n
+    estimate = numbers * per_number
     if estimate > limit:
         raise ResponseTooLarge(
             f"the answer would be about {estimate} bytes ({len(plan.scenarios)} scenarios x "
-            f"{n} samples x {m} outputs x {arrays} arrays as {form}); the limit is {limit} "
-            "(DYDC_MAX_RESPONSE_BYTES). Ask for less: fewer scenarios or samples per request, "
-            f"explain: false, totals_only: true, or Accept: {tensor_answer.TENSORS}")
+            f"{n} samples x {m} outputs x {arrays} arrays, and {shifts} per-sample shifts, "
+            f"as {form}); the limit is {limit} (DYDC_MAX_RESPONSE_BYTES). Ask for less: "
+            + ", ".join(_smaller(asked)))
 
 
-def _total(t: Tensor) -> Any:
-    """The sum over samples: a number (M = 1), or one per output."""
-    total = t.sum(dim=0).numpy()
-    return float(total[0]) if total.shape[0] == 1 else total
+def _smaller(asked: Asked) -> list[str]:
+    """What a request whose answer is too large can ask for instead."""
+    options = ["fewer scenarios or samples per request"]
+    if asked.plan.explain and not asked.totals_only:
+        options.append("explain: false")
+    if not asked.totals_only:
+        options.append("totals_only: true")
+    if not asked.tensors:
+        options.append(f"Accept: {tensor_answer.TENSORS}")
+    if any(isinstance(v, np.ndarray) for row in asked.plan.absolute for v in row.values()):
+        options.append("shifts of parameters shared by every sample rather than of input "
+                       "features")
+    return options
+
+
+def _totals(t: Tensor | None) -> list[Any]:
+    """Per scenario of ``t`` (S, N, M), the sum over samples: a number (M = 1), or one per
+    output (one reduction for every scenario, not one a scenario)."""
+    if t is None:
+        return []
+    totals = t.sum(dim=1).numpy()
+    return totals[:, 0].tolist() if totals.shape[1] == 1 else list(totals)
 
 
 def _shift(value: float | np.ndarray) -> Any:
@@ -211,21 +262,24 @@ def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) ->
     base = result.base
     job = plan.base
     rows = []
+    total_pnl, total_delta, total_gamma, total_unexplained = (
+        _totals(t) for t in (result.pnl, result.delta_pnl, result.gamma_pnl,
+                             result.unexplained))
     for s, shifts in enumerate(plan.absolute):
         row: dict[str, Any] = {
             "shifts": {f: _shift(v) for f, v in shifts.items()},
             "values": array_of(result.values[s]),
             "pnl": array_of(result.pnl[s]),
-            "total_pnl": _total(result.pnl[s]),
+            "total_pnl": total_pnl[s],
         }
         if result.delta_pnl is not None and result.unexplained is not None:
             row["delta_pnl"] = array_of(result.delta_pnl[s])
-            row["total_delta_pnl"] = _total(result.delta_pnl[s])
+            row["total_delta_pnl"] = total_delta[s]
             if result.gamma_pnl is not None:
                 row["gamma_pnl"] = array_of(result.gamma_pnl[s])
-                row["total_gamma_pnl"] = _total(result.gamma_pnl[s])
+                row["total_gamma_pnl"] = total_gamma[s]
             row["unexplained"] = array_of(result.unexplained[s])
-            row["total_unexplained"] = _total(result.unexplained[s])
+            row["total_unexplained"] = total_unexplained[s]
         if asked.totals_only:
             row = {k: v for k, v in row.items() if k not in _PER_SAMPLE}
         rows.append(row)

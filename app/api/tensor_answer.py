@@ -1,6 +1,7 @@
 """A v1 answer in tensor form: the JSON document with its arrays of numbers as raw tensors.
 
-A caller whose ``Accept`` names :data:`TENSORS` (``application/vnd.dydc.tensors``) gets the
+A caller whose ``Accept`` prefers :data:`TENSORS` (``application/vnd.dydc.tensors``) to JSON
+(:func:`wants_tensors`) gets the
 same document as the JSON answer, framed as the Open Inference Protocol's binary tensor data
 (app.api.v2.framing, whose writer this reuses): the JSON header, ``Inference-Header-Content-
 Length`` bytes long, in which every array of numbers is replaced by a reference
@@ -11,8 +12,8 @@ and then each referenced tensor's bytes, little-endian and row-major, in the ord
 references appear in the header (depth first, keys in order). Lists of names stay JSON.
 Float64 bits travel as they are, so the numbers are exactly the JSON answer's; a large
 answer is about a third of its JSON size and needs no parsing. Any other ``Accept`` (none,
-``*/*``, ``application/json``, something unknown) gets plain JSON, and errors are always
-problem+json.
+``*/*``, ``application/json``, something unknown, or JSON weighted above the tensor form)
+gets plain JSON, and errors are always problem+json.
 """
 
 from __future__ import annotations
@@ -31,19 +32,42 @@ DATATYPES = {np.dtype("float64"): "FP64", np.dtype("float32"): "FP32"}
 
 
 def wants_tensors(headers: Headers) -> bool:
-    """Whether the request's ``Accept`` names the tensor form (with q above 0)."""
+    """Whether the request's ``Accept`` prefers the tensor form to JSON (RFC 9110's
+    negotiation, media types compared without case): the tensor form's weight above 0 and
+    at least JSON's, which is that of the most specific range that matches it
+    (``application/json``, then ``application/*``, then ``*/*``; 0 if none does). Where
+    both weigh the same, the caller named the tensor form, so it gets it."""
     accept = headers.get("accept")
-    if not accept or TENSORS not in accept:
+    if not accept or "tensors" not in accept.lower():
         return False
+    tensors = 0.0
+    json_by_range: dict[str, float] = {}
     for media_range in accept.split(","):
         media_type, *parameters = media_range.split(";")
-        if media_type.strip().lower() == TENSORS:
-            named = dict(p.strip().lower().partition("=")[::2] for p in parameters)
+        media_type = media_type.strip().lower()
+        weight = _weight(parameters)
+        if media_type == TENSORS:
+            tensors = max(tensors, weight)
+        elif media_type in _JSON_RANGES:
+            json_by_range[media_type] = max(json_by_range.get(media_type, 0.0), weight)
+    json = next((json_by_range[r] for r in _JSON_RANGES if r in json_by_range), 0.0)
+    return tensors > 0 and tensors >= json
+
+
+_JSON_RANGES = ("application/json", "application/*", "*/*")  # most specific first
+
+
+def _weight(parameters: list[str]) -> float:
+    """A media range's q (1 if absent; 0, not acceptable, if malformed or out of range)."""
+    for parameter in parameters:
+        name, _, value = parameter.strip().partition("=")
+        if name.strip().lower() == "q":
             try:
-                return float(named.get("q", "1")) > 0
-            except ValueError:  # a malformed weight: not asked for
-                return False
-    return False
+                q = float(value.strip())
+            except ValueError:
+                return 0.0
+            return q if 0.0 <= q <= 1.0 else 0.0
+    return 1.0
 
 
 def _referenced(value: Any, tensors: list[np.ndarray]) -> Any:

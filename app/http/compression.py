@@ -15,6 +15,8 @@ import zlib
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.context import record_of
+from app.errors import CLIENT_CLOSED_REQUEST
 from app.http.refusal import Refuser
 
 __all__ = ["GzipRequestMiddleware"]
@@ -97,7 +99,8 @@ async def _read_inflated(receive: Receive, limit: int) -> bytes | None:
         else:
             inflater.feed(chunk)
         if not message.get("more_body", False):
-            return inflater.finish()
+            # no body at all is no body, whatever its headers say (a GET with the header)
+            return inflater.finish() if received else b""
 
 
 class GzipRequestMiddleware:
@@ -110,8 +113,9 @@ class GzipRequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        encoding = next((v.strip().lower() for k, v in scope["headers"]
-                         if k == b"content-encoding"), None)
+        # header lines of one name are one comma-separated list (RFC 9110 5.3)
+        lines = [v for k, v in scope["headers"] if k == b"content-encoding"]
+        encoding = b", ".join(v.strip() for v in lines).lower() if lines else None
         if encoding is None or encoding == b"identity":
             await self.app(scope, receive, send)
             return
@@ -139,7 +143,10 @@ class GzipRequestMiddleware:
                               f"the body has {exc} bytes after its gzip data that are not another "
                               "gzip member; send only the compressed body", "gzip-trailing-data")
             return
-        if body is None:
+        if body is None:  # the client went away (or the server cut a malformed request)
+            record = record_of(scope)
+            if record is not None and record.closed_with is None:
+                record.closed_with = CLIENT_CLOSED_REQUEST  # for the access log: not a 500
             return
         headers = [(k, v) for k, v in scope["headers"]
                    if k not in (b"content-encoding", b"content-length")]

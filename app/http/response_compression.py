@@ -111,14 +111,12 @@ class ResponseCompressionMiddleware:
         if scope["type"] != "http" or not self.min_bytes:
             await self.app(scope, receive, send)
             return
-        accept = None
-        for name, value in scope["headers"]:
-            if name == b"accept-encoding":
-                accept = value
-                break
+        # header lines of one name are one comma-separated list (RFC 9110 5.3)
+        accept = b",".join([value for name, value in scope["headers"]
+                            if name == b"accept-encoding"])
         coding = negotiate(accept)
         if coding is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._varying(send))
             return
         compress = self._compress[coding]
         held: Message | None = None
@@ -144,6 +142,19 @@ class ResponseCompressionMiddleware:
 
         await self.app(scope, receive, compressing_send)
 
+    def _varying(self, send: Send) -> Send:
+        """``send`` for a client offered no coding we use: an answer that another client
+        would get compressed still says that it varies with Accept-Encoding (RFC 9110
+        12.5.5), so that a cache does not hand this one's identity body to the other, or
+        the other's to this one."""
+
+        async def varying_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and self._fits(message):
+                message = {**message, "headers": [*message.get("headers", ()), _VARY]}
+            await send(message)
+
+        return varying_send
+
     def _fits(self, start: Message) -> bool:
         """A compressible type, not encoded already, of a size in bounds."""
         size = -1
@@ -160,8 +171,11 @@ class ResponseCompressionMiddleware:
         return typed and self.min_bytes <= size <= self.max_bytes
 
 
+_VARY = (b"vary", b"Accept-Encoding")
+
+
 def _recoded(start: Message, coding: str, size: int) -> Message:
     headers = [(k, v) for k, v in start.get("headers", ()) if k != b"content-length"]
     headers += [(b"content-encoding", coding.encode("ascii")),
-                (b"content-length", b"%d" % size), (b"vary", b"Accept-Encoding")]
+                (b"content-length", b"%d" % size), _VARY]
     return {**start, "headers": headers}

@@ -517,6 +517,8 @@ def _shifts(given: Sequence[str]) -> dict[str, tuple[str, list[float]]]:
                              "commas") from None
         if not numbers:
             raise UsageError(f"--shift {item!r}: give at least one shift after {kind}:")
+        if not all(math.isfinite(v) for v in numbers):
+            raise UsageError(f"--shift {item!r}: the shifts must be finite numbers")
         shifts[name] = (SHIFT_TYPES[kind], numbers)
     if not shifts:
         raise UsageError("--shift: give at least one, e.g. --shift sigma=rel:-0.1,0,0.1")

@@ -33,7 +33,9 @@ def _gomp() -> ctypes.CDLL | None:
     if not hasattr(os, "RTLD_NOLOAD"):
         return None
     try:  # only if loaded already: another copy would hold counts that no kernel reads
-        gomp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        # PyDLL: the calls keep the GIL. They take nanoseconds, and a CDLL call releases it,
+        # so the device worker waited for the busy event loop's thread three times a launch
+        gomp = ctypes.PyDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
     except OSError:
         return None
     gomp.omp_get_max_threads.restype = ctypes.c_int

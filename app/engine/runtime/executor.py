@@ -112,7 +112,9 @@ def _params(jobs: Sequence[Job], device: torch.device) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for name in first.params:
         values = [job.params[name] for job in jobs]
-        if any(isinstance(v, np.ndarray) for v in values):  # per-sample values in a request
+        if len(values) == 1 and isinstance(values[0], np.ndarray):  # no copy of its own
+            per_sample = values[0]
+        elif any(isinstance(v, np.ndarray) for v in values):  # per-sample values in a request
             per_sample = np.concatenate([v if isinstance(v, np.ndarray) else np.full(job.n, v)
                                          for v, job in zip(values, jobs, strict=True)])
         elif all(v == values[0] for v in values):

@@ -36,10 +36,11 @@ from torch import Tensor
 from app.engine.differentiation.bumping import pair_key, pairs
 from app.engine.errors import InvalidRequest, NonFinite, RoutineFailed, listed
 from app.engine.runtime.jobs import Job, JobResult
-from app.engine.runtime.validation import first_outside, interval
+from app.engine.runtime.validation import checked_order, checked_wrt, first_outside, interval
 from routines import Routine
 
-__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "expand", "plan", "run"]
+__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "check_unexplained_options", "expand",
+           "plan", "run"]
 
 ABSOLUTE, RELATIVE = "absolute", "relative"
 COMBINE = ("product", "zip")
@@ -114,8 +115,22 @@ def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: st
             for combo in itertools.product(*(lists[f] for f in factors))]
 
 
+def check_unexplained_options(routine: Routine, wrt: Sequence[str] | None, order: int,
+                              cross: bool) -> None:
+    """Without the explain, ``wrt``, ``order`` and ``cross`` go unused; a value that is
+    wrong whatever the request (an unknown or repeated factor, an empty wrt, order 3, cross
+    at order 1) is refused all the same, as the explain would refuse it."""
+    if wrt is not None:
+        checked_wrt(routine, wrt)
+    checked_order(order, cross)
+
+
 def _finite(value: float, where: str) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InvalidRequest(f"{where} is an integer too large for a float; shifts must be "
+                             "finite numbers") from None
     if not math.isfinite(v):
         raise InvalidRequest(f"{where} is {v}; shifts must be finite numbers")
     return v
@@ -166,13 +181,14 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
     x = base.inputs.numpy()  # (N, D), validated
     cols = np.empty((x.shape[1], s_count, n), dtype=x.dtype)
     cols[:] = np.ascontiguousarray(x.T)[:, None, :]  # every scenario starts from the book
-    moving: dict[str, np.ndarray] = {}  # shifted parameters: (S, N)
+    moving: dict[str, list[float | np.ndarray]] = {}  # shifted parameters: one per scenario
     absolute: list[dict[str, float | np.ndarray]] = []
     bounds = {p.name: p for p in routine.params}
+    param_names = routine.param_names
     for s, scenario in enumerate(scenarios):
         shifts: dict[str, float | np.ndarray] = {}
         for factor, shift in scenario.items():
-            is_param = factor in routine.param_names
+            is_param = factor in param_names
             value = base.params[factor] if is_param else x[:, routine.inputs.index(factor)]
             with np.errstate(over="ignore", invalid="ignore"):  # reported below, by sample
                 moved = value + (shift.value if shift.kind == ABSOLUTE
@@ -182,19 +198,30 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
                 param = bounds[factor]
                 if param.bounds is not None:
                     _check_bounds(param.name, param.bounds, moved, s)
-                if factor not in moving:  # every scenario at the base until it moves
-                    moving[factor] = np.full((s_count, n), value, dtype=np.float64)
-                moving[factor][s] = moved
+                # every scenario at the base until it moves
+                moving.setdefault(factor, [value] * s_count)[s] = moved
             else:
                 cols[routine.inputs.index(factor), s] = moved
             shifts[factor] = moved - value
         absolute.append(shifts)
     params: dict[str, float | np.ndarray] = {
-        name: (moving[name].reshape(-1) if name in moving
+        name: (_per_sample(moving[name], n) if name in moving
                else np.tile(v, s_count) if isinstance(v, np.ndarray) else v)
         for name, v in base.params.items()}
     inputs = torch.from_numpy(cols.reshape(x.shape[1], s_count * n)).t()
     return ScenarioPlan(base, shifted(inputs, params), scenarios, absolute, explain)
+
+
+def _per_sample(per_scenario: list[float | np.ndarray], n: int) -> np.ndarray:
+    """A parameter's S x N values from its value in each scenario (a number, or one a
+    sample), written once: one number a scenario (a book at one parameter value) is
+    repeated N times."""
+    if not any(isinstance(v, np.ndarray) for v in per_scenario):
+        return np.repeat(np.asarray(per_scenario, dtype=np.float64), n)
+    out = np.empty((len(per_scenario), n), dtype=np.float64)
+    for s, v in enumerate(per_scenario):
+        out[s] = v
+    return out.reshape(-1)
 
 
 def _check_finite(name: str, moved: float | np.ndarray, scenario: int) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "check_cap",
     "checked_dtype",
     "checked_inputs",
+    "checked_order",
     "checked_params",
     "checked_strategy",
     "checked_timeout",
@@ -257,13 +258,17 @@ def check_cap(strategy: str, n: int, limits: Limits) -> None:
         raise StrategyCapExceeded(reason)
 
 
+def checked_order(order: int, cross: bool) -> None:
+    if order not in (1, 2) or isinstance(order, bool):
+        raise InvalidRequest(f"order = {order!r}; use 1 or 2")
+    if cross and order != 2:
+        raise InvalidRequest("cross applies to second derivatives; send order: 2 with it")
+
+
 def beyond_first(routine: Routine, strategy: str, job: Job, bump: Bump | None) -> Job:
     """Order, cross, per-sample values, bumps and the check: each refused with what to
     change when the strategy cannot honour it."""
-    if job.order not in (1, 2) or isinstance(job.order, bool):
-        raise InvalidRequest(f"order = {job.order!r}; use 1 or 2")
-    if job.cross and job.order != 2:
-        raise InvalidRequest("cross applies to second derivatives; send order: 2 with it")
+    checked_order(job.order, job.cross)
     reason = refusal(strategy, routine, order=job.order, per_sample=job.per_sample)
     if reason is not None:
         raise InvalidRequest(reason)
