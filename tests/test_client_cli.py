@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,6 +67,24 @@ def test_stdin_to_stdout_exact(dydc_url: str) -> None:
     assert header == ["x", "y", "dy_dC"]
     np.testing.assert_array_equal(table[:, 1], -5 * np.array([0, 1, 2.5, 1e-300]))
     np.testing.assert_array_equal(table[:, 2], [0, 1, 2.5, 1e-300])
+
+
+def test_a_reader_that_goes_away_ends_it_quietly(dydc_url: str, tmp_path: Path) -> None:
+    """``dydc ... --out - | head``: the pipe breaks under the writer, which stops with the
+    status of a writer killed by SIGPIPE and no error line (as Unix tools do)."""
+    source = tmp_path / "x.csv"
+    source.write_text("x\n" + "\n".join(str(i) for i in range(100_000)) + "\n")
+    cli = Path(sys.executable).with_name("dydc")
+    proc = subprocess.Popen([str(cli), "--url", dydc_url, "evaluate", "linear", "--inputs",
+                             str(source), "--param", "C=2", "--out", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().rstrip() == b"x,y"  # the answer came; the reader goes
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err
+    assert "error" not in err.lower() and "Traceback" not in err, err
 
 
 def test_npy_in_json_and_npy_out(dydc_url: str, tmp_path: Path) -> None:

@@ -14,6 +14,11 @@ from dydc.codings import accept_encoding, is_loopback
     ("http://localhost:8000", True), ("http://LOCALHOST", True), ("http://a.localhost", True),
     ("http://10.0.0.5:8000", False), ("https://dydc.example.com", False),
     ("http://[2001:db8::1]", False), ("http://localhost.example.com", False),
+    # forms the resolver takes for this machine too
+    ("http://localhost.:8000", True), ("http://127.1:8000", True),
+    ("http://2130706433:8000", True), ("http://[::ffff:127.0.0.1]:8000", True),
+    ("http://0.0.0.0:8000", True), ("http://[::]:8000", True),
+    ("http://[::ffff:10.0.0.5]", False), ("http://10.1:8000", False),
 ])
 def test_loopback_is_told_from_the_url(url: str, loopback: bool) -> None:
     assert is_loopback(url) is loopback
@@ -32,3 +37,15 @@ def test_the_client_sends_it(url: str, expected: str) -> None:
     with Client(url, transport=httpx.MockTransport(answer)) as client:
         client.routines()
     assert seen == [expected]
+
+
+def test_zstd_is_asked_for_only_where_httpx_decodes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx decodes zstd from 0.27.1 with zstandard installed; 0.27.0, which the client's
+    requirement allows, has no zstd in its table of decoders and would hand the raw bytes
+    on: gzip is asked for there."""
+    import httpx._decoders
+
+    assert accept_encoding("http://dydc.internal") == "zstd, gzip"
+    without = {k: v for k, v in httpx._decoders.SUPPORTED_DECODERS.items() if k != "zstd"}
+    monkeypatch.setattr(httpx._decoders, "SUPPORTED_DECODERS", without)
+    assert accept_encoding("http://dydc.internal") == "gzip"

@@ -102,3 +102,22 @@ async def test_head_on_health(client: httpx.AsyncClient) -> None:
     for path in ("/healthz", "/readyz"):
         r = await client.head(path)
         assert r.status_code == 200 and r.content == b"", path
+
+
+@pytest.mark.parametrize("path", ["/v1/routines", "/v1/routines/linear", "/v1/strategies",
+                                  "/v1/expressions/functions", "/metrics", "/docs", "/v2",
+                                  "/v2/models/linear", "/v2/health/ready", "/openapi.json"])
+async def test_every_get_answers_head(client: httpx.AsyncClient, path: str) -> None:
+    """RFC 9110 9.1: the GET's status and headers, without its body."""
+    get = await client.get(path)
+    head = await client.head(path)
+    assert get.status_code == 200, (path, get.text)
+    assert head.status_code == 200 and head.content == b"", path
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path != "/metrics":  # (its counters moved between the two)
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+async def test_head_where_there_is_no_get_is_405(client: httpx.AsyncClient) -> None:
+    r = await client.head("/v1/routines/linear/sensitivities")
+    assert r.status_code == 405 and "POST" in r.headers["allow"]

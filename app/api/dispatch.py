@@ -83,6 +83,11 @@ class App(FastAPI):
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope, self.computation_routes)
         if route is None:
+            if scope["method"] == "HEAD":
+                # every GET answers HEAD (RFC 9110 9.1), which FastAPI's routes do not: the
+                # GET's answer, headers and all (a compressed one's length included); the
+                # server sends no body for a HEAD (uvicorn, h11 and httptools alike)
+                scope = {**scope, "method": "GET"}
             await super().__call__(scope, receive, send)
             return
         codec, path_params = route

@@ -143,6 +143,10 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:  # stdout's reader went away (| head): stop quietly, with
+            # the status of a writer killed by SIGPIPE, and nothing more written at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None  # 128 + SIGPIPE
         except (DydcError, ValueError, OSError) as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
