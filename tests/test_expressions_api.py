@@ -539,6 +539,12 @@ async def test_v2_refusals_are_400_in_the_protocol_format(client: httpx.AsyncCli
     await refused_v2({k: v for k, v in base.items() if k != "expression"}, "one of expression")
     await refused_v2({**base, "expression": 3}, "parameters.expression")
     await refused_v2({**base, "ode": "{not json"}, "parameters.ode")
+    # an ode object missing fields, or with one too many: v1's schema names each
+    await refused_v2({**base, "ode": "{}"}, "parameters.ode", "rhs: Field required",
+                     "time: Field required")
+    await refused_v2({**base, "ode": json.dumps({**ODE, "zzz": 1})}, "zzz",
+                     "Extra inputs are not permitted")
+    await refused_v2({**base, "ode": json.dumps({**ODE, "steps": "many"})}, "steps")
     await refused_v2({**base, "inputs": "N0,t,extra"}, "x")
     await refused_v2({**base, "K": "big"}, "parameters.K")
     r = await client.post(INFER, content=b"{}", headers={"content-type": "text/plain"})
@@ -571,6 +577,13 @@ async def test_v2_expression_model_metadata_and_readiness(
             assert r.status_code == 404, r.text
             assert "no version '2'" in r.json()["error"] and "version 1" in r.json()["error"]
         assert (await c.get("/v2/models/linear")).json()["name"] == "linear"  # unshadowed
+        body = {"parameters": {"expression": "C * x", "inputs": "x", "C": 2.0},
+                "inputs": [_tensor("x", [1.0, 3.0])]}
+        r = await c.post("/v2/models/expression/versions/1/infer", json=body)
+        assert r.status_code == 200, r.text  # as a Triton client with model_version="1"
+        assert _outputs(r.json())["y"] == [2.0, 6.0]
+        r = await c.post("/v2/models/expression/versions/2/infer", json=body)
+        assert r.status_code == 404 and "no version '2'" in r.json()["error"], r.text
         monkeypatch.setattr(Engine, "readiness", lambda self: "warming up")
         r = await c.get("/v2/models/expression/ready")
         assert (r.status_code, r.json()) == (503, {"name": "expression", "ready": False})

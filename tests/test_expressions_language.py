@@ -357,6 +357,8 @@ def test_same_function_same_routine_name(expressions: Expressions) -> None:
         ("1e3 + 0.1 + 1e20 + -0.0 + 1_000", "1000 + 0.1 + 1e+20 + -0.0 + 1000"),
         ("where(0 < x <= 1, x, pi)", "where(0 < x <= 1, x, pi)"),
         ("max(x,\n  e)", "max(x, e)"),
+        # whitespace around the expression is no part of it
+        (" x * 2", "x * 2"), ("\tx * 2", "x * 2"), ("\n  x * 2 \n", "x * 2"),
     ],
 )
 def test_canonical_text(text: str, expected: str) -> None:
@@ -397,6 +399,9 @@ def test_tree() -> None:
         ("(x\n + [1])", "list", 7),
         ("f'{x}'", "f-string", 1),
         ("(y := 2)", "assignment expression (:=)", 2),
+        # columns count the whitespace before the expression, on any line
+        ("  x.real", "attribute access (.name)", 3),
+        ("\n\t x + y[0]", "subscript ([...])", 8),
     ],
 )
 def test_refused_constructs_name_themselves_and_their_column(
@@ -418,6 +423,11 @@ def test_syntax_error_names_its_column() -> None:
         parse("", ["x"], Bounds())
     with pytest.raises(ExpressionError, match="not an expression"):
         parse("x = 1", ["x"], Bounds())
+    # a line break outside parentheses ends the expression: said, with the column
+    with pytest.raises(ExpressionError, match="inside parentheses") as caught:
+        parse("x\n*2", ["x"], Bounds())
+    assert caught.value.column == 3
+    assert canonical(parse("(x\n*2)", ["x"], Bounds())) == "x * 2"
 
 
 def test_unknown_name_lists_the_declared_ones(expressions: Expressions) -> None:

@@ -116,6 +116,16 @@ async def test_malformed_framing_is_400(client: httpx.AsyncClient, body: bytes,
     assert_error(r, 400, *needles)
 
 
+@pytest.mark.parametrize("header", [b"\xb2", b"\xb9\xb2", "\u0663".encode()])
+async def test_a_header_length_in_digits_that_are_not_ascii_is_400(
+        client: httpx.AsyncClient, header: bytes) -> None:
+    """Superscript two (Latin-1 0xB2) and Arabic-Indic three are digits to str.isdigit but
+    not to int(): still the client's malformed framing, not the server's error."""
+    body = json.dumps(GOOD).encode() + X.tobytes()
+    r = await client.post(INFER.format("linear"), content=body, headers={HEADER: header})
+    assert_error(r, 400, HEADER, "byte length")
+
+
 async def test_binary_data_without_header_length_is_400(client: httpx.AsyncClient) -> None:
     r = await client.post(INFER.format("linear"), content=json.dumps(GOOD).encode())
     assert_error(r, 400, "no Inference-Header-Content-Length")

@@ -102,16 +102,23 @@ def parse(text: str, names: Collection[str], bounds: Bounds, *, field: str = "ex
             field=field,
         )
     _refuse_characters(text, field)
+    # whitespace before the expression is no part of it (Python's parser would call it an
+    # indent); columns still count it
+    body = text.lstrip()
+    lead = len(text) - len(body)
     try:
-        tree = ast.parse(text, _FILENAME, mode="eval")
-        return _Checker(text, names, bounds, field).visit(tree.body)
+        tree = ast.parse(body, _FILENAME, mode="eval")
+        return _Checker(text, names, bounds, field, lead).visit(tree.body)
     except SyntaxError as exc:
-        column = exc.offset if exc.lineno in (None, 1) else None
-        if column is not None and exc.lineno is not None:
-            column = _Positions(text).column(exc.lineno, column - 1)
+        column = None
+        if exc.lineno is not None and exc.offset is not None:
+            column = _Positions(text, lead).column(exc.lineno, exc.offset - 1)
         where = f" at column {column}" if column is not None else ""
+        hint = ("; a line break ends the expression unless it is inside parentheses"
+                if exc.lineno is not None and exc.lineno > 1 else "")
         raise ExpressionError(
-            f"not an expression: {exc.msg}{where}", construct="syntax", column=column, field=field
+            f"not an expression: {exc.msg}{where}{hint}", construct="syntax", column=column,
+            field=field,
         ) from None
     except (RecursionError, MemoryError):  # the parser's own nesting limit
         raise ExpressionTooLarge(
@@ -139,10 +146,11 @@ def _refuse_characters(text: str, field: str) -> None:
 class _Positions:
     """Columns counted over the whole text (1-based), from the parser's line and offset."""
 
-    def __init__(self, text: str) -> None:
-        self._starts = [0]
-        for i, char in enumerate(text):
-            if char == "\n":
+    def __init__(self, text: str, lead: int = 0) -> None:
+        # the parser saw text[lead:]: its lines start at these offsets of text
+        self._starts = [lead]
+        for i in range(lead, len(text)):
+            if text[i] == "\n":
                 self._starts.append(i + 1)
 
     def column(self, lineno: int, col_offset: int) -> int:
@@ -153,9 +161,10 @@ class _Positions:
 class _Checker(ast.NodeVisitor):
     """One ``visit_*`` per allowed construct; everything else reaches ``generic_visit``."""
 
-    def __init__(self, text: str, names: Collection[str], bounds: Bounds, field: str) -> None:
+    def __init__(self, text: str, names: Collection[str], bounds: Bounds, field: str,
+                 lead: int = 0) -> None:
         self._text = text
-        self._positions = _Positions(text)
+        self._positions = _Positions(text, lead)
         self._names = frozenset(names)
         self._bounds = bounds
         self._field = field

@@ -21,12 +21,14 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.api.answer_size import check_tensor_answer
 from app.api.computation import computation_route
 from app.api.decoding import parse_json
 from app.api.deps import EngineDep
+from app.api.expression_schemas import OdeBody
 from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
 from app.api.instrumentation import RequestLabels
 from app.api.pipeline import Decoded, Incoming, Reply, offload
@@ -64,13 +66,19 @@ def _ode(given: ParameterValue | None) -> dict[str, Any] | None:
     if isinstance(given, str):
         with contextlib.suppress(ValueError, RecursionError):
             ode = json.loads(given)
-    fields = ("rhs", "state", "initial", "time", "steps", "method")
-    if not isinstance(ode, dict) or not set(ode) <= set(fields):
+    fields = "rhs, state, initial and time (and optionally steps and method)"
+    if not isinstance(ode, dict):
         raise InvalidRequest(
-            f"parameters.ode must be a JSON object (as a string) with the fields "
-            f"{', '.join(fields)}; got {str(given)[:80]!r}"
+            f"parameters.ode must be a JSON object (as a string) with the fields {fields}; "
+            f"got {str(given)[:80]!r}"
         )
-    return ode
+    try:  # v1's schema of an ode: the same fields, types and messages
+        return OdeBody.model_validate(ode).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'ode'}: {e['msg']}"
+                             for e in exc.errors())
+        raise InvalidRequest(f"parameters.ode: {problems}; send a JSON object (as a string) "
+                             f"with the fields {fields}") from None
 
 
 class ExpressionV2(V2):
@@ -112,6 +120,7 @@ class ExpressionV2(V2):
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
         request.labels.routine = METRICS_ROUTINE
+        _version(request.path_params.get("version"))
         header, binary = await self.read(request)
         size = len(header) + (len(binary) if binary is not None else 0)
         job, inference, call, canonical = await offload(
@@ -152,6 +161,10 @@ computation_route(
     """A caller's expression (parameters.expression, or parameters.ode) as a model: values
     and derivatives as Open Inference Protocol tensors.""",
     include_in_schema=False,
+)
+computation_route(  # what a Triton client with model_version="1" posts to
+    router, f"/models/{MODEL}/versions/{{version}}/infer", EXPRESSION_INFER, "infer_version",
+    "", include_in_schema=False,
 )
 
 

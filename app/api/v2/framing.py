@@ -28,7 +28,7 @@ def header_length(headers: Headers) -> int | None:
     value = headers.get(HEADER_LENGTH)
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):  # not "²", a digit to isdigit
         raise MalformedFraming(
             f"{HEADER_LENGTH} is {value!r}; send the byte length of the JSON header"
         )
