@@ -88,6 +88,15 @@ async def test_auto_falls_back_to_reverse_mode(client: httpx.AsyncClient) -> Non
                                json={"inputs": [[2.0, 1.5]]})
     assert forced.status_code == 422
     assert "strategy=auto" in forced.json()["detail"]
+    # igammac has no derivative in its first argument in either mode: bumping has none to need
+    for strategy in ("auto", "vmap-grad"):
+        r = await client.post(f"/v1/routines/gamma_survival/sensitivities?strategy={strategy}",
+                              json={"inputs": [[2.0, 1.5]], "wrt": ["a"]})
+        assert r.status_code == 422, r.text
+        assert "use strategy=finite-difference" in r.json()["detail"], r.text
+    r = await client.post("/v1/routines/gamma_survival/sensitivities?strategy=finite-difference",
+                          json={"inputs": [[2.0, 1.5]], "wrt": ["a"]})
+    assert r.status_code == 200, r.text
 
 
 async def test_float64_round_trips_exactly(client: httpx.AsyncClient) -> None:

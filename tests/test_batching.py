@@ -277,3 +277,46 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(compute, "_compute", no_memory)
     with pytest.raises(ServiceUnavailable, match="out of memory"):
         compute.Executor(torch.device("cpu"), chunk=4).run_job(job)
+
+
+@pytest.mark.parametrize(("strategy", "order", "launches"), [
+    ("vmap-grad", 2, [2048, 2048, 904]),  # second order, eager: chunks
+    ("forward", 2, [2048, 2048, 904]),  # (no compiled graph here either)
+    ("vmap-grad", 1, [5000]),  # first order: one launch, up to the batch size
+])
+def test_second_derivatives_without_a_graph_run_in_small_chunks(
+        monkeypatch: pytest.MonkeyPatch, strategy: str, order: int,
+        launches: list[int]) -> None:
+    """Nested AD holds every step's intermediates per sample (6 GB for 15,000 samples of
+    logistic_rk4's Hessian by vmap-grad): in one launch a large job could exhaust memory and
+    could not be stopped at its deadline or cost; in chunks of SECOND_ORDER_CHUNK it can
+    (each chunk yields its progress to the worker, which stops it there)."""
+    import torch
+
+    import app.engine.runtime.executor as compute
+    from app.engine import JobKind
+    from app.engine.runtime.jobs import Job
+    from routines import discover
+
+    real = compute._compute
+    sizes: list[int] = []
+
+    def counted(jobs: Any, inputs: torch.Tensor, ex: compute.Executor) -> Any:
+        sizes.append(int(inputs.shape[0]))
+        return real(jobs, inputs, ex)
+
+    monkeypatch.setattr(compute, "_compute", counted)
+    linear = discover()["linear"]
+    x = torch.linspace(0, 1, 5000, dtype=torch.float64).reshape(-1, 1)
+    job = Job(JobKind.SENSITIVITIES, linear, x, {"C": 2.0}, ("C",), strategy, torch.float64,
+              order=order)
+    sliced = compute.Executor(torch.device("cpu"), chunk=262_144).run_sliced(job, 0.05)
+    progress = []
+    try:
+        while True:
+            progress.append(next(sliced))
+    except StopIteration as done:
+        result = done.value
+    assert sizes == launches
+    assert len(progress) == len(launches) - 1  # a chance to stop it after each chunk
+    assert result.derivatives["C"][:, 0].tolist() == x[:, 0].tolist()

@@ -82,6 +82,46 @@ async def test_relative_shift_at_zero_is_422_saying_absolute(client: httpx.Async
     assert "y0[0]" in resp.json()["detail"] and "absolute" in resp.json()["detail"]
 
 
+LINEAR = "/v1/routines/linear/sensitivities"
+
+
+@pytest.mark.parametrize(("query", "params", "dtype"), [
+    ("", {"C": 1e160}, "float64"),  # the default bump, h ~ 6e154: h^2 overflows
+    ("&shift=1e200", {"C": 2.0}, "float64"),
+    ("&shift=1e300", {"C": 2.0}, "float64"),
+    ("", {"C": 1e30}, "float32"),  # h ~ 5e27: h^2 overflows float32
+])
+async def test_a_huge_bump_still_gives_the_derivative(
+        client: httpx.AsyncClient, query: str, params: dict[str, float], dtype: str) -> None:
+    """dy/dC of C x is x whatever the bump: the weights of the difference quotient are
+    divided one factor at a time (their products overflowed, and every weight came to 0)."""
+    for order in (1, 2):
+        doc = await _sens(client, "?strategy=finite-difference" + query,
+                          {"inputs": [1.0, 2.0, 3.0], "params": params, "dtype": dtype,
+                           "order": order}, url=LINEAR)
+        assert doc["derivatives"]["C"] == pytest.approx([1.0, 2.0, 3.0], rel=1e-6), order
+        if order == 2:
+            assert doc["second_derivatives"]["C,C"] == pytest.approx([0, 0, 0], abs=1e-6)
+
+
+@pytest.mark.parametrize(("query", "params", "needles"), [
+    ("&shift=1e-20", {"C": 2.0}, ["params.C = 2.0", "h = 1e-20 does not move it",
+                                   "larger shift", "float64"]),
+    ("&shift=1e-300&scheme=forward", {"C": 1.0}, ["does not move it"]),
+    ("", {"C": 1.7976931348623157e308}, ["params.C = 1.7976931348623157e+308", "overflows",
+                                          "smaller shift"]),
+])
+async def test_a_bump_the_value_cannot_hold_is_422_about_the_bump(
+        client: httpx.AsyncClient, query: str, params: dict[str, float],
+        needles: list[str]) -> None:
+    """Not the routine's non-finite answer (a 0 / 0, or an infinity) blamed on the inputs."""
+    resp = await client.post(LINEAR + "?strategy=finite-difference" + query,
+                             json={"inputs": [1.0, 0.5], "params": params})
+    assert resp.status_code == 422, resp.text
+    for needle in needles:
+        assert needle in resp.json()["detail"], resp.text
+
+
 async def test_a_bump_across_a_bound(client: httpx.AsyncClient) -> None:
     """sigma >= 0: an explicit scheme that crosses the bound is refused; the default steps
     away from it, as before."""

@@ -173,8 +173,9 @@ async def test_route_of(clients: Clients) -> None:
 async def test_fastapi_routes_each_declared_path_as_the_dispatcher_does(
         clients: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each declared route is in the dispatcher's table, and a path of each (its parameters
-    named "expression", the expression model's name) goes to the codec and parameters that
-    FastAPI's own route search, with app.main's order of routers, sends it to."""
+    named "expression", the expression model's name, and "linear") goes to the codec and
+    parameters that FastAPI's own route search, with app.main's order of routers, sends it
+    to."""
     served: list[tuple[Codec, dict[str, str]]] = []
 
     async def spy(codec: Codec, request: object, **path_params: str) -> Response:
@@ -182,13 +183,14 @@ async def test_fastapi_routes_each_declared_path_as_the_dispatcher_does(
         return Response(status_code=204)
 
     monkeypatch.setattr(computation, "respond", spy)
-    assert len(COMPUTATION_ROUTES) == 11
+    assert len(COMPUTATION_ROUTES) == 12
     table = clients.app.computation_routes
     assert len(table.exact) + len(table.patterns) == len(COMPUTATION_ROUTES)
     for declared in COMPUTATION_ROUTES:
-        path = re.sub(r"{(\w+)}", "expression", declared.path)
-        assert (await clients.framework.post(path, json={})).status_code == 204
-        assert route_of(_scope(path=path), table) == served[-1]
+        for name in ("expression", "linear"):
+            path = re.sub(r"{(\w+)}", name, declared.path)
+            assert (await clients.framework.post(path, json={})).status_code == 204
+            assert route_of(_scope(path=path), table) == served[-1]
     assert {codec for codec, _ in served} == {r.codec for r in COMPUTATION_ROUTES}
 
 

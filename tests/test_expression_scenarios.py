@@ -103,6 +103,9 @@ async def test_the_tensor_form_and_totals_only(client: httpx.AsyncClient) -> Non
 @pytest.mark.parametrize(("change", "needles"), [
     ({"scenarios": {"shifts": {"vol": {"type": "absolute", "values": [0.1]}}}},
      ["'vol'", "neither a parameter nor an input", "sigma", "S, K, T"]),
+    # explained, wrt defaults to the factors: the unknown one is still the shift's mistake
+    ({"scenarios": {"shifts": {"vol": {"type": "absolute", "values": [0.1]}}},
+      "explain": True}, ["scenarios shift 'vol'", "neither a parameter nor an input"]),
     ({"scenarios": {"shifts": {}}}, ["scenarios.shifts is empty"]),
     ({"scenarios": {"shifts": {"sigma": {"type": "absolute", "values": [0.1]}},
                     "list": [{"sigma": 0.1}]}}, ["not both"]),

@@ -4,6 +4,8 @@ heavy for DYDC_MAX_JOB_COST is refused without holding the worker, and a light o
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import pytest
 
@@ -55,3 +57,25 @@ async def test_a_heavy_ode_is_refused_before_it_runs(client: httpx.AsyncClient) 
         "params": {"C": 2.0}})
     assert ok.status_code == 200, ok.text
     assert ok.json()["derivatives"]["C"] == [1.0, 2.0, 3.0]
+
+
+async def test_second_derivatives_of_an_ode_are_priced_as_nested_ad_runs(
+        client: httpx.AsyncClient) -> None:
+    """A 1,700-step ODE's second derivatives in three directions with the cross terms: nine
+    passes at first-order prices came to 9.8 s, under the limit, and the job took 38 s
+    (nested forward mode through each step), holding the worker past every deadline. Priced
+    by what a pair costs, it is refused before it runs; the first derivatives alone are not."""
+    body = {"ode": {"rhs": "-k*y", "state": "y", "initial": "N0", "time": "t",
+                    "steps": 1700},
+            "inputs": {"names": ["N0", "t"], "values": [[1.0, 0.5], [2.0, 3.0]]},
+            "params": {"k": 0.3}, "wrt": ["k", "t", "N0"], "order": 2, "cross": True}
+    r = await client.post(SENS, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["type"] == "urn:dydc:problem:cost-exceeded"
+    assert "3 parameter(s) and 6 second-order pair(s)" in r.json()["detail"]
+    small = {**body, "ode": {**body["ode"], "steps": 20}}
+    r = await client.post(SENS, json=small)
+    assert r.status_code == 200, r.text
+    t, n0, k = 3.0, 2.0, 0.3  # y = N0 exp(-k t), by RK4 in 20 steps: close to it
+    assert r.json()["second_derivatives"]["k,k"][1] == pytest.approx(
+        t * t * n0 * math.exp(-k * t), rel=1e-5)

@@ -142,6 +142,25 @@ def test_the_cost_model_prices_strategies_by_their_complexity() -> None:
     assert model.estimate(rk4, "forward", 4096, 1) == pytest.approx(forward)
 
 
+def test_second_order_pairs_are_priced_by_what_nested_ad_pays() -> None:
+    """A pair d2y/da db costs ten first-order passes in nested forward mode, half a whole
+    first-order job in reverse over reverse (vmap-grad), measured on logistic_rk4; and what
+    an order-2 job took is learnt as order 2, not as its first-order part."""
+    rk4 = discover()["logistic_rk4"]
+    model = CostModel(max_job_cost_s=10)
+    model._routines[rk4.name] = RoutineCost(pass_s=0.02, sample_s=1e-6)
+    n = 2000
+    one = model.estimate(rk4, "forward", n, 1)
+    assert model.estimate(rk4, "forward", n, 4, pairs=10) == pytest.approx(
+        model.estimate(rk4, "forward", n, 4) + 10 * 10 * one)
+    reverse = model.estimate(rk4, "vmap-grad", n, 4)
+    assert model.estimate(rk4, "vmap-grad", n, 4, pairs=10) == pytest.approx(6 * reverse)
+    model.learn(rk4, "forward", n, 4, seconds=4 * model.estimate(rk4, "forward", n, 4, 10),
+                pairs=10)
+    assert model.estimate(rk4, "forward", n, 4, pairs=10) == pytest.approx(
+        2 * (model.estimate(rk4, "forward", n, 4) / 2 + 10 * 10 * one))
+
+
 async def test_a_job_over_the_cost_limit_is_refused_with_a_cheaper_strategy(
         make_client: ClientFactory) -> None:
     async with make_client(max_job_cost=5) as c:

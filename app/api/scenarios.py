@@ -118,6 +118,8 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
         spec.combine, spec.list_, max_scenarios)
     evaluate = engine.prepare(Request(JobKind.EVALUATE, target, inputs, document.params,
                                       dtype=document.dtype, timeout_ms=_timeout_ms(query)))
+    # before the explain's wrt, which defaults to the factors: an unknown one is the shift's
+    scenarios.check_factors(evaluate.routine, expanded)
     base = evaluate
     if document.explain:  # wrt defaults to the shifted factors (an empty one is refused)
         base = engine.prepare(with_query(Request(

@@ -162,14 +162,12 @@ class _Checker(ast.NodeVisitor):
     """One ``visit_*`` per allowed construct; everything else reaches ``generic_visit``."""
 
     def __init__(self, text: str, names: Collection[str], bounds: Bounds, field: str,
-                 lead: int = 0) -> None:
-        self._text = text
-        self._positions = _Positions(text, lead)
+                 lead: int) -> None:
+        self._text, self._positions = text, _Positions(text, lead)
         self._names = frozenset(names)
         self._bounds = bounds
         self._field = field
-        self._nodes = 0
-        self._depth = 0
+        self._nodes = self._depth = 0
         self._condition_allowed = False
 
     # -- the walk ---------------------------------------------------------------------------

@@ -150,7 +150,23 @@ def _steps(problem: Problem, name: str, bump: Bump, order: int, two_point: bool)
     p = torch.where(central, (c + h) - c, (c + s) - c)  # the steps as represented
     far = 0 * s if two_point else (c + 2 * s) - c
     q = torch.where(central, (c - h) - c, far)
+    _refuse_lost_steps(c, where, h, p, q if not two_point else p)
     return _Steps(p, q, central)
+
+
+def _refuse_lost_steps(c: Tensor, where: str, h: Tensor, p: Tensor, q: Tensor) -> None:
+    """A step that the value's precision swallows (c + h == c: a quotient of 0 by 0) or that
+    overflows (c + h infinite) is the bump's fault, said as such, not the routine's."""
+    for bad, what in ((~(torch.isfinite(p) & torch.isfinite(q)), "overflows"),
+                      ((p == 0) | (q == 0), "does not move it")):
+        if bool(bad.any()):
+            i = int(bad.reshape(-1).nonzero()[0, 0]) if c.dim() else 0
+            value, step = float(c.reshape(-1)[i]), float(h.reshape(-1)[i])
+            advice = "a smaller shift" if what == "overflows" else (
+                f"a larger shift: in {str(c.dtype).removeprefix('torch.')} a bump must be "
+                "above the value's last digit")
+            raise InvalidRequest(
+                f"{_where(where, c, i)} = {value}: a bump of h = {step:g} {what}; use {advice}")
 
 
 def _refuse_crossing(c: Tensor, where: str, scheme: str, h: Tensor,
@@ -199,14 +215,16 @@ def _first(f0: Tensor, fp: Tensor, fq: Tensor, st: _Steps, two_point: bool) -> T
     p, q = _col(st.p), _col(st.q)
     if two_point:
         return (fp - f0) / p
-    return (-(p + q) / (p * q)) * f0 + (q / (p * (q - p))) * fp - (p / (q * (q - p))) * fq
+    # divided one factor at a time: p q overflows from |h| ~ 1.3e154 (1.8e19 in float32),
+    # which made every weight 0 and the derivative 0
+    return (-(p + q) / p / q) * f0 + (q / p / (q - p)) * fp - (p / q / (q - p)) * fq
 
 
 def _second(f0: Tensor, fp: Tensor, fq: Tensor, st: _Steps) -> Tensor:
     """The second derivative through the points 0, p, q (central: (f+ - 2 f0 + f-) / h^2;
     forward: (f(2h) - 2 f(h) + f0) / h^2)."""
     p, q = _col(st.p), _col(st.q)
-    return 2 * (fp / (p * (p - q)) + fq / (q * (q - p)) + f0 / (p * q))
+    return 2 * (fp / p / (p - q) + fq / q / (q - p) + f0 / p / q)
 
 
 def _col(t: Tensor) -> Tensor:
@@ -249,5 +267,5 @@ def _mixed(at: Callable[..., Tensor], a: str, b: str, sa: _Steps, sb: _Steps) ->
     qb = torch.where(sb.central, sb.q, 0 * sb.q)
     corners = [at(**{a: da, b: db}) for da, db in
                ((sa.p, sb.p), (sa.p, qb), (qa, sb.p), (qa, qb))]
-    return (corners[0] - corners[1] - corners[2] + corners[3]) / (
-        _col(sa.p - qa) * _col(sb.p - qb))
+    return (corners[0] - corners[1] - corners[2] + corners[3]) / _col(sa.p - qa) / _col(
+        sb.p - qb)

@@ -52,6 +52,14 @@ _PRIOR = RoutineCost(pass_s=1e-4, sample_s=1e-7)
 # (an eager tensor operation costs about 7 us of dispatch here, measured on a 200-step ODE,
 # plus its elements)
 _OPERATION = RoutineCost(pass_s=1e-5, sample_s=4e-9)
+# What one second-order pair (d2y/da db) costs, in first-order units of the strategy's mode:
+# nested forward mode (a jvp of a jvp) through a routine of many small steps about ten
+# first-order passes (measured: logistic_rk4 9.4, a 200-step ODE expression 11); reverse over
+# reverse (vmap-grad's Hessian) half a whole first-order job per pair (logistic_rk4 at 2,000
+# samples: 4 wrt, 10 pairs, 5.8x the first order); bumping 4 evaluations a pair, about 1.3 of
+# its 3-evaluation unit. Priced as passes, these had order 2 at a tenth to a thirtieth of what
+# it took, so one request held the device for minutes past its deadline.
+PAIR_WEIGHT = {"forward": 10.0, "reverse": 0.5, "numeric": 1.3}
 
 
 def _time(routine: Routine, n: int, device: torch.device) -> float:
@@ -98,26 +106,36 @@ class CostModel:
             self._routines[routine.name] = cost
         return cost
 
-    def _raw(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
+    def _raw(self, routine: Routine, strategy: str | None, n: int, p: int,
+             pairs: int = 0) -> float:
         if routine.operations is not None:
             ops = routine.operations
             cost = RoutineCost(ops * _OPERATION.pass_s, ops * _OPERATION.sample_s)
         else:
             cost = self._routines.get(routine.name, _PRIOR)
         m = len(routine.outputs)
-        work = STRATEGIES[strategy].work(n, m, max(p, 1)) if strategy else Work(1, n)
-        return work.passes * cost.pass_s + work.samples * cost.sample_s
 
-    def estimate(self, routine: Routine, strategy: str | None, n: int, p: int) -> float:
-        """Estimated seconds on the device for one request: ``strategy`` None is evaluate."""
+        def seconds(params: int) -> float:
+            work = STRATEGIES[strategy].work(n, m, params) if strategy else Work(1, n)
+            return work.passes * cost.pass_s + work.samples * cost.sample_s
+
+        first = seconds(max(p, 1))
+        if not pairs or strategy is None:
+            return first
+        return first + pairs * PAIR_WEIGHT[STRATEGIES[strategy].mode] * seconds(1)
+
+    def estimate(self, routine: Routine, strategy: str | None, n: int, p: int,
+                 pairs: int = 0) -> float:
+        """Estimated seconds on the device for one request: ``strategy`` None is evaluate;
+        ``p`` first-order derivatives and ``pairs`` second-order ones."""
         correction = self._correction.get((routine.name, strategy or "evaluate"), 1.0)
-        return self._raw(routine, strategy, n, p) * correction
+        return self._raw(routine, strategy, n, p, pairs) * correction
 
     def learn(self, routine: Routine, strategy: str | None, n: int, p: int,
-              seconds: float) -> None:
+              seconds: float, pairs: int = 0) -> None:
         """A job of this kind took ``seconds`` (or is projected to): move later estimates
         halfway towards it, in log space, within a factor of 100 either way."""
-        raw = self._raw(routine, strategy, n, p)
+        raw = self._raw(routine, strategy, n, p, pairs)
         if raw <= 0 or seconds <= 0 or routine.operations is not None:
             return  # (callers' expressions: one entry each would grow without bound)
         ratio = min(max(seconds / raw, 1e-2), 1e2)

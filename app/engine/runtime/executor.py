@@ -135,7 +135,9 @@ def _translated(job: Job) -> Iterator[None]:
     except (EngineError, torch.cuda.OutOfMemoryError):
         raise
     except NotImplementedError as exc:
-        hint = "; use strategy=auto or a reverse strategy" if lacks_forward_formula(exc) else ""
+        hint = ("; use strategy=auto or a reverse strategy" if lacks_forward_formula(exc)
+                else "; use strategy=finite-difference, which needs no derivative formula"
+                if job.strategy != "finite-difference" else "")
         raise InvalidRequest(f"strategy {job.strategy} cannot differentiate routine "
                              f"{job.routine.name}: {exc}".split("\n")[0] + hint) from exc
     except Exception as exc:
@@ -192,17 +194,31 @@ def _rows(job: Job, rows: slice) -> Job:
     return replace(job, inputs=job.inputs[rows], params=params)
 
 
+# Samples per launch of second derivatives without a compiled graph: nested AD keeps every
+# step's intermediates for each sample (vmap-grad's Hessian of logistic_rk4: about 400 KB a
+# sample, 6 GB for 15,000), so a whole large job could exhaust the host's memory in one
+# launch, and one launch cannot be stopped at its deadline or its cost; in chunks it can.
+SECOND_ORDER_CHUNK = 2048
+
+
 def _chunk(job: Job, ex: Executor) -> int:
     """Samples per launch: DYDC_MAX_BATCH_SAMPLES, or the whole job where a compiled graph on
     the CPU serves its kind and, at the rate its launches took so far, runs it within
     ``ex.whole_s`` (a heavy job's slice): chunks would only add a copy of every output to join
     them (``linear`` at 1e6: 4 chunks and the join 4.1 ms, JAX 1.2 ms). On a GPU chunks also
-    bound memory, and stay."""
-    if (job.n <= ex.chunk or ex.compiled is None or ex.device.type != "cpu" or ex.whole_s <= 0
-            or not runs_through_graphs(job.strategy)):
+    bound memory, and stay. Second derivatives that no graph runs go in chunks of at most
+    :data:`SECOND_ORDER_CHUNK`."""
+    large, second = job.n > ex.chunk, job.order == 2 and job.n > SECOND_ORDER_CHUNK
+    if not (large or second):
         return ex.chunk
-    seconds = ex.compiled.launch_seconds(_problem([job], job.inputs, ex.device), ex.device,
-                                         job.order, job.cross)
+    seconds = None  # a compiled graph's rate for the job's kind, once it has one
+    if ex.compiled is not None and runs_through_graphs(job.strategy):
+        seconds = ex.compiled.launch_seconds(_problem([job], job.inputs, ex.device), ex.device,
+                                             job.order, job.cross)
+    if second and seconds is None:
+        return min(ex.chunk, SECOND_ORDER_CHUNK)
+    if not large or ex.device.type != "cpu" or ex.whole_s <= 0:
+        return ex.chunk
     return job.n if seconds is not None and 0 < seconds <= ex.whole_s else ex.chunk
 
 

@@ -20,16 +20,23 @@ from app.engine.runtime.jobs import Job
 from app.engine.runtime.validation import Limits, enabled
 from routines import Routine
 
-__all__ = ["Pricing", "passes"]
+__all__ = ["Pricing", "pairs", "passes"]
 
 
 def passes(job: Job) -> int:
-    """How many first-order passes a job's derivatives cost: one per name in wrt, one per
-    pair at order 2, and a check by bumping costs about as much again."""
+    """A job's first-order derivatives: one per name in wrt (a check by bumping costs about
+    as much again)."""
+    return len(job.wrt) * (2 if job.check is not None else 1)
+
+
+def pairs(job: Job) -> int:
+    """A job's second-order derivatives: every unordered pair of wrt with ``cross``, else
+    the diagonal (none at order 1), priced by the cost model at what its strategy's mode
+    pays for one (admission.PAIR_WEIGHT)."""
+    if job.order != 2:
+        return 0
     p = len(job.wrt)
-    if job.order == 2:
-        p += p * (p + 1) // 2 if job.cross else p
-    return p * (2 if job.check is not None else 1)
+    return (p * (p + 1) // 2 if job.cross else p) * (2 if job.check is not None else 1)
 
 
 class Pricing:
@@ -49,34 +56,35 @@ class Pricing:
 
     def estimate(self, job: Job, strategy: str | None) -> float:
         """The cost model's estimate for ``job`` under ``strategy``, not held to the limit."""
-        return self.costs.estimate(job.routine, strategy, job.n, passes(job))
+        return self.costs.estimate(job.routine, strategy, job.n, passes(job), pairs(job))
 
     def _within_cap(self, strategy: str, n: int) -> bool:
         return strategy not in self.limits.caps or n <= self.limits.caps[strategy][1]
 
-    def _cheaper(self, routine: Routine, n: int, p: int, cost: float) -> str:
+    def _cheaper(self, routine: Routine, n: int, p: int, cost: float, second: int) -> str:
         """The cheapest enabled strategy for this request, as advice in a refusal."""
         options = sorted(
-            (self.costs.estimate(routine, name, n, p), name) for name in enabled(self.limits)
-            if name != "auto" and self._within_cap(name, n))
+            (self.costs.estimate(routine, name, n, p, second), name)
+            for name in enabled(self.limits) if name != "auto" and self._within_cap(name, n))
         for estimate, name in options:
             if estimate < cost and estimate <= self.limits.max_job_cost_s:
                 return f"use strategy={name} (about {estimate:.3g} s), or split the batch"
         return "split the batch"
 
     def _cost(self, routine: Routine, strategy: str | None, n: int, p: int,
-              cost: float | None = None, how: str = "") -> float:
+              cost: float | None = None, how: str = "", second: int = 0) -> float:
         """``cost`` (default: the model's estimate), unless it is over DYDC_MAX_JOB_COST."""
         if cost is None:
-            cost = self.costs.estimate(routine, strategy, n, p)
+            cost = self.costs.estimate(routine, strategy, n, p, second)
         if cost > self.limits.max_job_cost_s:
             metrics.REJECTIONS.labels("cost").inc()
             what = f"strategy {strategy}" if strategy else "evaluation"
             raise CostExceeded(
-                f"{what} of routine {routine.name} at N = {n} with {p} parameter(s) is "
+                f"{what} of routine {routine.name} at N = {n} with {p} parameter(s)"
+                f"{f' and {second} second-order pair(s)' if second else ''} is "
                 f"estimated at {cost:.3g} s of device time{how}, over the limit of "
                 f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
-                f"{self._cheaper(routine, n, p, cost)}"
+                f"{self._cheaper(routine, n, p, cost, second)}"
             )
         return cost
 
@@ -103,28 +111,29 @@ class Pricing:
         starts that graph's build and is told when to retry (503), rather than refused for
         good. Plain evaluation (``strategy`` None) is priced the same way through its values
         graph, but refused (422) over the limit while that graph has not launched."""
-        p = passes(job)
+        p, second = passes(job), pairs(job)
         problem = self._compilable(routine, strategy, job)
         if problem is None:
-            return self._cost(routine, strategy, job.n, p)
+            return self._cost(routine, strategy, job.n, p, second=second)
         assert self._compiled is not None
         device = self.devices[0]
         seconds = self._compiled.launch_seconds(problem, device, job.order, job.cross)
         if seconds is not None:
             measured = seconds > 0
             cost = seconds if measured else self.costs.estimate(routine, None, job.n, 1)
-            return self._cost(routine, strategy, job.n, p, cost,
-                              " through its compiled graph" + ("" if measured else
-                                                               " (plain evaluation's time)"))
-        eager = self.costs.estimate(routine, strategy, job.n, p)
+            how = " through its compiled graph" + ("" if measured else
+                                                   " (plain evaluation's time)")
+            return self._cost(routine, strategy, job.n, p, cost, how, second)
+        eager = self.costs.estimate(routine, strategy, job.n, p, second)
         if eager <= self.limits.max_job_cost_s:
             return eager  # (its launch asks for the graph, as every large launch does)
         if strategy is None:  # plain evaluation's graph is priced at eager evaluation's
             # estimate until it has launched: waiting for it would not make this affordable
-            return self._cost(routine, strategy, job.n, p, eager)
+            return self._cost(routine, strategy, job.n, p, eager, second=second)
         self._compiled.request(problem, job.order, job.cross, device)
         if self._compiled.refused(problem, job.order, job.cross, device) is not None:
-            return self._cost(routine, strategy, job.n, p, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
+            return self._cost(routine, strategy, job.n, p, eager,  # (DYDC_COMPILE_MAX_GRAPHS)
+                              second=second)
         plain = self.costs.estimate(routine, None, job.n, 1)
         retry_s = self._compiled.typical_build_s()
         metrics.REJECTIONS.labels("cost").inc()
@@ -141,7 +150,7 @@ class Pricing:
         the cost limit), or None."""
         if strategy not in self.limits.enabled:
             return f"strategy {strategy} is turned off on this server (DYDC_STRATEGIES)"
-        cost = self.costs.estimate(job.routine, strategy, job.n, passes(job))
+        cost = self.costs.estimate(job.routine, strategy, job.n, passes(job), pairs(job))
         if cost > self.limits.max_job_cost_s:
             return (f"estimated at {cost:.3g} s of device time, over the limit of "
                     f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST)")

@@ -39,8 +39,8 @@ from app.engine.runtime.jobs import Job, JobResult
 from app.engine.runtime.validation import checked_order, checked_wrt, first_outside, interval
 from routines import Routine
 
-__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "check_unexplained_options", "expand",
-           "plan", "run"]
+__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "check_factors",
+           "check_unexplained_options", "expand", "plan", "run"]
 
 ABSOLUTE, RELATIVE = "absolute", "relative"
 COMBINE = ("product", "zip")
@@ -115,6 +115,18 @@ def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: st
             for combo in itertools.product(*(lists[f] for f in factors))]
 
 
+def check_factors(routine: Routine, scenarios: list[Scenario]) -> None:
+    """Every shifted factor is a parameter or an input feature of ``routine``."""
+    factors = {f for scenario in scenarios for f in scenario}
+    unknown = sorted(f for f in factors
+                     if f not in routine.param_names and f not in routine.inputs)
+    if unknown:
+        raise InvalidRequest(
+            f"scenarios shift {listed(unknown, quoted=True)}, neither a parameter nor an input "
+            f"of routine {routine.name}; its parameters are: {', '.join(routine.param_names)}; "
+            f"its inputs are: {', '.join(routine.inputs)}")
+
+
 def check_unexplained_options(routine: Routine, wrt: Sequence[str] | None, order: int,
                               cross: bool) -> None:
     """Without the explain, ``wrt``, ``order`` and ``cross`` go unused; a value that is
@@ -165,14 +177,7 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
     The inputs are laid out as columns, (D, S x N) contiguous, and handed over transposed:
     a compiled graph takes its inputs as columns, so the launch does not copy them again."""
     n, s_count = base.n, len(scenarios)
-    factors = {f for scenario in scenarios for f in scenario}
-    unknown = sorted(f for f in factors
-                     if f not in routine.param_names and f not in routine.inputs)
-    if unknown:
-        raise InvalidRequest(
-            f"scenarios shift {listed(unknown, quoted=True)}, neither a parameter nor an input "
-            f"of routine {routine.name}; its parameters are: {', '.join(routine.param_names)}; "
-            f"its inputs are: {', '.join(routine.inputs)}")
+    check_factors(routine, scenarios)
     if n * s_count > max_samples:
         raise InvalidRequest(
             f"{s_count} scenarios x {n} samples = {n * s_count} samples to revalue; the limit "

@@ -33,6 +33,7 @@ from app.engine.runtime.admission import CostModel
 from app.engine.runtime.batching import JobQueue
 from app.engine.runtime.executor import Executor, Sliced
 from app.engine.runtime.jobs import Job, JobResult, resolve_all
+from app.engine.runtime.pricing import pairs, passes
 
 __all__ = ["DeviceWorker", "WorkerPool", "resolve_devices"]
 
@@ -264,7 +265,7 @@ class DeviceWorker:
     def _learn(self, task: _Task, seconds: float) -> None:
         if self._costs is not None:
             job = task.job
-            self._costs.learn(job.routine, job.strategy, job.n, len(job.wrt), seconds)
+            self._costs.learn(job.routine, job.strategy, job.n, passes(job), seconds, pairs(job))
 
     def _serve(self) -> None:
         while True:
