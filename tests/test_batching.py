@@ -320,3 +320,28 @@ def test_second_derivatives_without_a_graph_run_in_small_chunks(
     assert sizes == launches
     assert len(progress) == len(launches) - 1  # a chance to stop it after each chunk
     assert result.derivatives["C"][:, 0].tolist() == x[:, 0].tolist()
+
+
+def test_second_derivatives_of_more_than_a_launch_go_to_the_heavy_lane() -> None:
+    """Heavy jobs run alone and sliced, where the worker checks their deadline and their
+    cost after each slice; a second-order job in several launches must be one of them (run
+    as a light job, its launches were drained in one go: a 200,000-sample Hessian ran 134 s
+    past a 30 s deadline)."""
+    import torch
+
+    from app.engine import JobKind
+    from app.engine.runtime.batching import JobQueue
+    from app.engine.runtime.executor import SECOND_ORDER_CHUNK
+    from app.engine.runtime.jobs import Job
+    from routines import discover
+
+    queue = JobQueue(10**7, 262_144, 0.002)
+    linear = discover()["linear"]
+
+    def job(n: int, order: int) -> Job:
+        return Job(JobKind.SENSITIVITIES, linear, torch.zeros(n, 1, dtype=torch.float64),
+                   {"C": 1.0}, ("C",), "vmap-grad", torch.float64, order=order)
+
+    assert queue.heavy(job(SECOND_ORDER_CHUNK + 1, 2))
+    assert not queue.heavy(job(SECOND_ORDER_CHUNK, 2))
+    assert not queue.heavy(job(SECOND_ORDER_CHUNK + 1, 1))

@@ -4,7 +4,8 @@ batching.py is to its replicas).
 The queue has two lanes. *Light* jobs (a batchable strategy, at most a launch of samples)
 coalesce with compatible ones (same routine, dtype, wrt and strategy: :func:`batch_key`) into
 one launch, each keeping its own parameter values. *Heavy* jobs (the O(N^2) and other
-unbatchable strategies, and requests larger than a launch) run alone, in slices
+unbatchable strategies, requests larger than a launch, and second derivatives of more samples
+than one of their launches) run alone, in slices
 (app.engine.runtime.worker). The queue is bounded in samples, and in the heavy lane by the work
 queued ahead of a job against its deadline.
 """
@@ -18,7 +19,7 @@ from collections import deque
 
 from app import metrics
 from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
-from app.engine.runtime.executor import batch_key
+from app.engine.runtime.executor import SECOND_ORDER_CHUNK, batch_key
 from app.engine.runtime.jobs import Job, resolve_all
 
 __all__ = ["JobQueue"]
@@ -45,7 +46,11 @@ class JobQueue:
         return self._closed
 
     def heavy(self, job: Job) -> bool:
-        return batch_key(job) is None or job.n > self.max_batch_samples
+        """Run alone and in slices: unbatchable, larger than a launch, or second derivatives
+        larger than one of their launches (executor.SECOND_ORDER_CHUNK), so that the worker
+        can stop them at their deadline or when they overrun their price."""
+        return (batch_key(job) is None or job.n > self.max_batch_samples
+                or (job.order == 2 and job.n > SECOND_ORDER_CHUNK))
 
     def _changed(self) -> None:
         metrics.QUEUE_DEPTH.set(len(self._light) + len(self._heavy))
