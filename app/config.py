@@ -19,8 +19,19 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 def _read_keys(text: str) -> frozenset[str]:
+    """A keys file's keys: one a line, blank lines and # comments skipped."""
     lines = (line.strip() for line in text.splitlines())
     return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
+def _listed_keys(text: str) -> frozenset[str]:
+    """DYDC_API_KEYS's keys: comma-separated (no comments: a key may begin with #)."""
+    return frozenset(key for key in (k.strip() for k in text.split(",")) if key)
+
+
+def _sendable(key: str) -> bool:
+    """A key a client can send as ``Bearer <key>`` or in X-API-Key: visible ASCII only."""
+    return all("!" <= char <= "~" for char in key)
 
 
 _CONFIG = SettingsConfigDict(env_prefix="DYDC_", extra="ignore", frozen=True)
@@ -313,10 +324,30 @@ class _HttpSettings(BaseSettings):
     @property
     def api_key_set(self) -> frozenset[str]:
         """Every accepted key: DYDC_API_KEYS and the lines of DYDC_API_KEYS_FILE."""
-        keys = _read_keys(self.api_keys.replace(",", "\n"))
+        keys = _listed_keys(self.api_keys)
         if self.api_keys_file:
             keys |= _read_keys(Path(self.api_keys_file).read_text())
         return keys
+
+    @model_validator(mode="after")
+    def _keys_that_protect(self) -> Self:
+        """Keys asked for but none given would leave every route open: refused, as is a key
+        no client could send (a space inside, a control or non-ASCII character)."""
+        if not (self.api_keys.strip() or self.api_keys_file):
+            return self
+        keys = self.api_key_set
+        if not keys:
+            raise ValueError(
+                "DYDC_API_KEYS or DYDC_API_KEYS_FILE is set but holds no key (blank, commas, "
+                "or only # comments in the file), which would leave every route open; give "
+                "at least one key, or unset both to run without keys")
+        unsendable = sum(1 for key in keys if not _sendable(key))
+        if unsendable:
+            raise ValueError(
+                f"{unsendable} of the {len(keys)} API keys hold a space, a control or a "
+                "non-ASCII character, which no client can send in a header (Bearer <key>); "
+                "use visible ASCII only (letters, digits and punctuation)")
+        return self
 
     @property
     def cors_origin_list(self) -> list[str]:

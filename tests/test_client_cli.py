@@ -87,6 +87,20 @@ def test_a_reader_that_goes_away_ends_it_quietly(dydc_url: str, tmp_path: Path) 
     assert "error" not in err.lower() and "Traceback" not in err, err
 
 
+def test_columns_of_labels_beside_the_numbers(dydc_url: str) -> None:
+    """Other columns are allowed (client/README.md), labels and ids included: only a column
+    the routine reads must hold numbers, and its first one that does not is named."""
+    code, out, err = dydc_cli(dydc_url, "evaluate", "linear", "-i", "-", "-p", "C=2",
+                              "--out", "-", stdin="id,x,label\na1,1,first\na2,2.5,second\n")
+    assert code == 0, err
+    header, table = read_csv(out)
+    assert header == ["x", "y"]
+    np.testing.assert_array_equal(table, [[1.0, 2.0], [2.5, 5.0]])
+    code, _, err = dydc_cli(dydc_url, "evaluate", "linear", "-i", "-", "-p", "C=2",
+                            "--out", "-", stdin="x,label\n1,a\nx2,b\n")
+    assert code == 1 and "line 3, column x: 'x2' is not a number" in err, err
+
+
 def test_npy_in_json_and_npy_out(dydc_url: str, tmp_path: Path) -> None:
     y0t = np.array([[1.0, 0.5], [2.0, 1.0], [3.0, 2.0]])
     np.save(tmp_path / "in.npy", y0t)

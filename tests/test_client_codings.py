@@ -49,3 +49,32 @@ def test_zstd_is_asked_for_only_where_httpx_decodes_it(monkeypatch: pytest.Monke
     without = {k: v for k, v in httpx._decoders.SUPPORTED_DECODERS.items() if k != "zstd"}
     monkeypatch.setattr(httpx._decoders, "SUPPORTED_DECODERS", without)
     assert accept_encoding("http://dydc.internal") == "gzip"
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"url": "not a url"}, "with its scheme"),
+    ({"url": "127.0.0.1:8000"}, "with its scheme"),
+    ({"url": "ftp://127.0.0.1:8000"}, "with its scheme"),
+    ({"url": "http://127.0.0.1:8000", "api_key": "k\n1"}, "a control"),
+    ({"url": "http://127.0.0.1:8000", "api_key": "k \u00e9"}, "non-ASCII"),
+    ({"url": "http://127.0.0.1:8000", "api_key": "\u043a\u043b\u044e\u0447"}, "non-ASCII"),
+])
+def test_what_no_request_could_carry_is_refused_at_once(kwargs: dict[str, str],
+                                                        needle: str) -> None:
+    """A ValueError when the client is made, not four retries reported as a connection
+    failure (or a UnicodeEncodeError from deep in httpx)."""
+    with pytest.raises(ValueError, match=needle):
+        Client(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_key_read_with_its_newline_is_sent_without_it() -> None:
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"routines": []})
+
+    with Client("http://127.0.0.1:8000", api_key="k1\n",
+                transport=httpx.MockTransport(answer)) as client:
+        client.routines()
+    assert seen == ["Bearer k1"]

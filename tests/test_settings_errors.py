@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -30,6 +31,10 @@ def _error(**values: object) -> str:
     ({"api_keys_file": "/no/such/file"}, ["DYDC_API_KEYS_FILE='/no/such/file'", "readable"]),
     ({"routines_path": "/no/such/dir"}, ["DYDC_ROUTINES_PATH='/no/such/dir'", "folder"]),
     ({"max_queue_samples": 10}, ["DYDC_MAX_QUEUE_SAMPLES", "DYDC_MAX_BATCH_SAMPLES"]),
+    ({"api_keys": " , "}, ["DYDC_API_KEYS or DYDC_API_KEYS_FILE is set but holds no key",
+                           "every route open"]),
+    ({"api_keys": "good,k \u00e9"}, ["1 of the 2 API keys", "non-ASCII", "visible ASCII"]),
+    ({"api_keys": "tab\there"}, ["a space, a control"]),
     ({"compress_max_bytes": 1000}, ["DYDC_COMPRESS_MAX_BYTES (1000) is below "
                                     "DYDC_GZIP_MIN_BYTES (65536)", "DYDC_GZIP_MIN_BYTES=0"]),
 ])
@@ -39,6 +44,22 @@ def test_the_line_names_variable_value_and_rule(values: dict[str, object],
     assert "\n" not in line
     for needle in needles:
         assert needle in line, (needle, line)
+
+
+def test_a_keys_file_of_comments_alone_protects_nothing_and_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# only comments\n\n")
+    line = _error(api_keys_file=str(keys))
+    assert "holds no key" in line and "every route open" in line
+    keys.write_text("# the key:\nk1\n")
+    assert Settings(api_keys_file=str(keys)).api_key_set == {"k1"}  # type: ignore[call-arg]
+
+
+def test_a_listed_key_may_begin_with_a_hash() -> None:
+    """Comments are the file's; in DYDC_API_KEYS a key beginning with # is a key (it was
+    dropped, and with it the only key: every route open)."""
+    settings = Settings(api_keys="#Tr0ub4dor, k2")  # type: ignore[call-arg]
+    assert settings.api_key_set == {"#Tr0ub4dor", "k2"}
 
 
 def test_compression_off_takes_any_maximum() -> None:

@@ -35,7 +35,7 @@ _INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version
 _EXAMPLE_POINTS = (0.5, 1.0, 1.5)
 _SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
-               "description": "Authorization: Bearer &lt;key&gt; (DYDC_API_KEYS)"},
+               "description": "Authorization: Bearer <key> (DYDC_API_KEYS)"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                "description": "The same key in X-API-Key"},
 }

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -62,6 +62,14 @@ def _expression_options(evaluate: bool, wrt: Wrt, order: int, cross: bool, strat
                    dtype=dtype, timeout_ms=timeout_ms, check=check, bump=bump)
 
 
+def _check_url(url: str) -> None:
+    """A URL the client can call (refused here, not retried as a connection failure)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"url {url!r}: give the service's address with its scheme, e.g. "
+                         "http://127.0.0.1:8000")
+
+
 class _Steps:
     """Configuration, caches and every method as steps; no I/O."""
 
@@ -76,6 +84,11 @@ class _Steps:
             raise ValueError(f"protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency is {max_concurrency}; use 1 or more")
+        _check_url(url)
+        api_key = (api_key or "").strip()
+        if not all("!" <= char <= "~" for char in api_key):  # as the service holds its keys
+            raise ValueError("api_key holds a space, a control or a non-ASCII character; an "
+                             "API key is visible ASCII (letters, digits and punctuation)")
         self.url = url.rstrip("/")
         self.protocol = protocol
         self.policy = policy

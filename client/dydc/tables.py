@@ -18,7 +18,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +39,8 @@ class InputTable:
 
     columns: dict[str, np.ndarray] | None = None
     array: np.ndarray | None = None
+    # CSV columns that are not numbers (a label, an id): why, said only if one is used
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -51,6 +53,9 @@ class InputTable:
         if self.array is not None:
             return self.array
         assert self.columns is not None
+        for f in info.inputs:
+            if f in self.unreadable:
+                raise ValueError(self.unreadable[f])
         missing = [f for f in info.inputs if f not in self.columns]
         if missing:
             raise ValueError(f"the inputs have no column {', '.join(missing)}; routine "
@@ -60,6 +65,8 @@ class InputTable:
         return columns[0] if len(columns) == 1 else np.stack(columns, axis=1)
 
     def column(self, name: str) -> np.ndarray:
+        if name in self.unreadable:
+            raise ValueError(self.unreadable[name])
         if self.columns is None or name not in self.columns:
             found = ", ".join(self.columns) if self.columns else "none: the file has no names"
             raise ValueError(f"no input column {name!r} for a per-sample parameter "
@@ -75,17 +82,21 @@ def _csv(text: str, where: str) -> InputTable:
     rows = [row for row in reader if row]
     columns: dict[str, list[float]] = {name.strip(): [] for name in header}
     names = list(columns)
+    unreadable: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         if len(row) != len(names):
             raise ValueError(f"{where} line {line} has {len(row)} fields; the header has "
                              f"{len(names)}")
-        for name, field in zip(names, row, strict=True):
+        for name, value in zip(names, row, strict=True):
+            if name in unreadable:
+                continue
             try:
-                columns[name].append(float(field))
-            except ValueError:
-                raise ValueError(f"{where} line {line}, column {name}: {field!r} is not a "
-                                 "number") from None
-    return InputTable(columns={k: np.asarray(v, dtype=np.float64) for k, v in columns.items()})
+                columns[name].append(float(value))
+            except ValueError:  # a label beside the numbers is fine until it is used
+                unreadable[name] = (f"{where} line {line}, column {name}: {value!r} is not a "
+                                    "number")
+    return InputTable(columns={k: np.asarray(v, dtype=np.float64) for k, v in columns.items()
+                               if k not in unreadable}, unreadable=unreadable)
 
 
 def _json(text: str, where: str) -> InputTable:
