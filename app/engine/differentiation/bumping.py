@@ -215,16 +215,17 @@ def _first(f0: Tensor, fp: Tensor, fq: Tensor, st: _Steps, two_point: bool) -> T
     p, q = _col(st.p), _col(st.q)
     if two_point:
         return (fp - f0) / p
-    # divided one factor at a time: p q overflows from |h| ~ 1.3e154 (1.8e19 in float32),
-    # which made every weight 0 and the derivative 0
-    return (-(p + q) / p / q) * f0 + (q / p / (q - p)) * fp - (p / q / (q - p)) * fq
+    # as differences from f0, whose weights are exactly those of fp and fq (a function
+    # that ignores the parameter gives exactly 0), divided one factor at a time: p q
+    # overflows from |h| ~ 1.3e154 (1.8e19 in float32), which made every weight 0
+    return (q / p / (q - p)) * (fp - f0) - (p / q / (q - p)) * (fq - f0)
 
 
 def _second(f0: Tensor, fp: Tensor, fq: Tensor, st: _Steps) -> Tensor:
     """The second derivative through the points 0, p, q (central: (f+ - 2 f0 + f-) / h^2;
     forward: (f(2h) - 2 f(h) + f0) / h^2)."""
     p, q = _col(st.p), _col(st.q)
-    return 2 * (fp / p / (p - q) + fq / q / (q - p) + f0 / p / q)
+    return 2 * ((fp - f0) / p / (p - q) + (fq - f0) / q / (q - p))
 
 
 def _col(t: Tensor) -> Tensor:
