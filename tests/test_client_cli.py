@@ -186,10 +186,15 @@ def test_global_options_before_or_after_the_command(dydc_url: str, placement: st
     ["routines", "--bogus"],
     ["routines", "--url"],
     ["describe"],
+    ["--timeout", "-1", "routines"],
+    ["--timeout", "0", "routines"],
+    ["--retries", "-2", "routines"],
 ])
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, (result.stdout, result.stderr)
+    if "--timeout" in args or "--retries" in args:
+        assert args[0] in result.stderr, result.stderr  # named, not httpx's message
 
 
 def test_connection_refused_is_one_line() -> None:

@@ -78,3 +78,21 @@ def test_a_key_read_with_its_newline_is_sent_without_it() -> None:
                 transport=httpx.MockTransport(answer)) as client:
         client.routines()
     assert seen == ["Bearer k1"]
+
+
+@pytest.mark.parametrize(("answer", "needle"), [
+    (httpx.Response(200, text="<html>proxy login</html>",
+                    headers={"content-type": "text/html"}), "text/html"),
+    (httpx.Response(200, json={"routine": "linear"}), "KeyError"),
+])
+def test_a_success_that_is_not_a_dydc_answer_is_an_api_error(answer: httpx.Response,
+                                                            needle: str) -> None:
+    """A page from a proxy, or JSON of another shape, answered 200: an ApiError that says so,
+    not orjson's or a KeyError from inside the client."""
+    import dydc
+
+    with (Client("http://dydc.internal:8000",
+                 transport=httpx.MockTransport(lambda request: answer)) as client,
+          pytest.raises(dydc.ApiError, match="not a dydc answer") as caught):
+        client.sensitivities("linear", [1.0, 2.0], {"C": 1.0})
+    assert caught.value.status == 200 and needle in caught.value.detail

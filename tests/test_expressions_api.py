@@ -545,6 +545,12 @@ async def test_v2_refusals_are_400_in_the_protocol_format(client: httpx.AsyncCli
     await refused_v2({**base, "ode": json.dumps({**ODE, "zzz": 1})}, "zzz",
                      "Extra inputs are not permitted")
     await refused_v2({**base, "ode": json.dumps({**ODE, "steps": "many"})}, "steps")
+    # a parameter named like one of the model's options is read as the option: said so
+    await refused_v2({"expression": "order * x * C", "inputs": "x", "order": 2, "C": 1.0},
+                     "unknown name 'order'", "read as this model's options", "rename")
+    await refused_v2({"expression": "x * 2", "inputs": "x", "timeout": 5000},
+                     "declare at least one parameter", "timeout", "rename",
+                     inputs=[_tensor("x", [1.0, 2.0])])
     await refused_v2({**base, "inputs": "N0,t,extra"}, "x")
     await refused_v2({**base, "K": "big"}, "parameters.K")
     r = await client.post(INFER, content=b"{}", headers={"content-type": "text/plain"})

@@ -216,6 +216,8 @@ async def test_v2_picks_one_second_derivative(client: httpx.AsyncClient) -> None
     ({"order": 5}, [], "order"),
     ({}, [_column("k", [0.5, 0.6, 0.7])], "params.k"),
     ({"order": 2, "strategy": "forward-dual"}, [], "cannot compute second derivatives"),
+    # one parameter twice: per sample as a tensor and shared in parameters
+    ({"k": 0.7}, [_column("k", [0.5, 0.6])], "k is sent both as an input tensor"),
 ])
 async def test_v2_errors_are_400_saying_what_to_change(
         client: httpx.AsyncClient, parameters: dict[str, object], extra: list[object],

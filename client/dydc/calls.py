@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from dydc.errors import REQUEST_ID_HEADER, error_from_response
+from dydc.errors import REQUEST_ID_HEADER, ApiError, error_from_response
 
 __all__ = ["Call", "Progress", "Upload", "request_id"]
 
@@ -93,7 +93,15 @@ class Call(Generic[T]):
     def outcome(self, response: httpx.Response) -> T:
         """The answer read, or the error it is."""
         if response.is_success:
-            return self.read(response)
+            try:
+                return self.read(response)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:  # not dydc's answer
+                kind = response.headers.get("content-type", "no content type")
+                raise ApiError(response.status_code, (
+                    f"the answer ({kind}, {len(response.content)} bytes) is not a dydc answer "
+                    f"({type(exc).__name__}: {exc}); check that the URL is the service's, "
+                    "not a proxy's or another server's"), request_id=response.headers.get(
+                        REQUEST_ID_HEADER)) from exc
         if response.status_code == 404 and self.if_missing is not None:
             return self.if_missing()
         raise error_from_response(response)

@@ -171,6 +171,11 @@ def _options(
 ) -> None:
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"use one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
+    if not timeout > 0:
+        raise typer.BadParameter(f"{timeout:g}; give a number of seconds above 0",
+                                 param_hint="--timeout")
+    if retries < 0:
+        raise typer.BadParameter(f"{retries}; give 0 or more", param_hint="--retries")
     ctx.obj = _Service(url, api_key, protocol, timeout, retries)
 
 

@@ -39,6 +39,7 @@ from app.engine import Engine, Job, JobResult
 from app.engine.errors import InvalidRequest
 from app.errors import UnknownVersion
 from app.expressions import Expressions
+from app.expressions.errors import ExpressionError, UnknownName
 
 __all__ = ["EXPRESSION_INFER", "MODEL", "ExpressionV2", "router"]
 
@@ -108,7 +109,19 @@ class ExpressionV2(V2):
             if given.name != tensors.MATRIX_INPUT and given.name not in features
         ]
         declared = [k for k in parameters if k not in tensors._RESERVED] + per_sample
-        made = make_routine(expressions, expression, _ode(ode), features, declared)
+        try:
+            made = make_routine(expressions, expression, _ode(ode), features, declared)
+        except ExpressionError as exc:
+            reserved = [k for k in tensors._RESERVED if k in parameters]
+            if not reserved or not (
+                    (isinstance(exc, UnknownName) and exc.name in reserved)
+                    or "declare at least one parameter" in str(exc)):
+                raise
+            # a parameter named like one of this model's options is read as the option
+            raise InvalidRequest(
+                f"{exc}; the parameters {', '.join(reserved)} are read as this model's options "
+                f"({', '.join(tensors._RESERVED)}), never as the expression's parameters: "
+                "rename such a parameter in the expression") from None
         job, inference, call = self.job(
             engine,
             made.routine,

@@ -309,6 +309,11 @@ def plan(routine: Routine, request: InferenceRequest,
     if len(datatypes) > 1:
         raise InvalidRequest(f"inputs mix {' and '.join(datatypes)}; send them in one datatype")
     per_sample = _per_sample_params(routine, request, tensors)
+    twice = sorted(set(per_sample) & set(params))
+    if twice:  # which would win is no answer: the caller means one of them
+        raise InvalidRequest(
+            f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} sent both as an input "
+            "tensor (one value per sample) and in parameters (one for all); send each once")
     features = [(given, t) for given, t in zip(request.inputs, tensors, strict=True)
                 if given.name not in per_sample]
     return Call(Request(
