@@ -279,18 +279,21 @@ async def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch) -
         compute.Executor(torch.device("cpu"), chunk=4).run_job(job)
 
 
-@pytest.mark.parametrize(("strategy", "order", "launches"), [
-    ("vmap-grad", 2, [2048, 2048, 904]),  # second order, eager: chunks
-    ("forward", 2, [2048, 2048, 904]),  # (no compiled graph here either)
-    ("vmap-grad", 1, [5000]),  # first order: one launch, up to the batch size
+@pytest.mark.parametrize(("strategy", "order", "n", "launches"), [
+    ("vmap-grad", 2, 5000, [2048, 2048, 904]),  # second order, eager: chunks
+    ("forward", 2, 5000, [2048, 2048, 904]),  # (no compiled graph here either)
+    ("vmap-grad", 1, 5000, [5000]),  # reverse mode at first order: chunks of 16,384
+    ("vmap-grad", 1, 20_000, [16_384, 3616]),
+    ("forward", 1, 20_000, [20_000]),  # forward mode: one launch, up to the batch size
 ])
-def test_second_derivatives_without_a_graph_run_in_small_chunks(
-        monkeypatch: pytest.MonkeyPatch, strategy: str, order: int,
+def test_what_keeps_a_tape_per_sample_runs_in_chunks_without_a_graph(
+        monkeypatch: pytest.MonkeyPatch, strategy: str, order: int, n: int,
         launches: list[int]) -> None:
-    """Nested AD holds every step's intermediates per sample (6 GB for 15,000 samples of
-    logistic_rk4's Hessian by vmap-grad): in one launch a large job could exhaust memory and
-    could not be stopped at its deadline or cost; in chunks of SECOND_ORDER_CHUNK it can
-    (each chunk yields its progress to the worker, which stops it there)."""
+    """Nested AD and reverse mode hold every step's intermediates per sample (6 GB for
+    15,000 samples of logistic_rk4's Hessian by vmap-grad; its gradient at 200,000 samples
+    went past 24 GB): in one launch a large job could exhaust memory and could not be stopped
+    at its deadline or cost; in chunks (executor.memory_chunk) it can (each chunk yields its
+    progress to the worker, which stops it there)."""
     import torch
 
     import app.engine.runtime.executor as compute
@@ -307,7 +310,7 @@ def test_second_derivatives_without_a_graph_run_in_small_chunks(
 
     monkeypatch.setattr(compute, "_compute", counted)
     linear = discover()["linear"]
-    x = torch.linspace(0, 1, 5000, dtype=torch.float64).reshape(-1, 1)
+    x = torch.linspace(0, 1, n, dtype=torch.float64).reshape(-1, 1)
     job = Job(JobKind.SENSITIVITIES, linear, x, {"C": 2.0}, ("C",), strategy, torch.float64,
               order=order)
     sliced = compute.Executor(torch.device("cpu"), chunk=262_144).run_sliced(job, 0.05)
@@ -322,7 +325,7 @@ def test_second_derivatives_without_a_graph_run_in_small_chunks(
     assert result.derivatives["C"][:, 0].tolist() == x[:, 0].tolist()
 
 
-def test_second_derivatives_of_more_than_a_launch_go_to_the_heavy_lane() -> None:
+def test_what_one_launch_cannot_hold_goes_to_the_heavy_lane() -> None:
     """Heavy jobs run alone and sliced, where the worker checks their deadline and their
     cost after each slice; a second-order job in several launches must be one of them (run
     as a light job, its launches were drained in one go: a 200,000-sample Hessian ran 134 s
@@ -331,17 +334,19 @@ def test_second_derivatives_of_more_than_a_launch_go_to_the_heavy_lane() -> None
 
     from app.engine import JobKind
     from app.engine.runtime.batching import JobQueue
-    from app.engine.runtime.executor import SECOND_ORDER_CHUNK
+    from app.engine.runtime.executor import REVERSE_CHUNK, SECOND_ORDER_CHUNK
     from app.engine.runtime.jobs import Job
     from routines import discover
 
     queue = JobQueue(10**7, 262_144, 0.002)
     linear = discover()["linear"]
 
-    def job(n: int, order: int) -> Job:
+    def job(n: int, order: int, strategy: str = "vmap-grad") -> Job:
         return Job(JobKind.SENSITIVITIES, linear, torch.zeros(n, 1, dtype=torch.float64),
-                   {"C": 1.0}, ("C",), "vmap-grad", torch.float64, order=order)
+                   {"C": 1.0}, ("C",), strategy, torch.float64, order=order)
 
     assert queue.heavy(job(SECOND_ORDER_CHUNK + 1, 2))
     assert not queue.heavy(job(SECOND_ORDER_CHUNK, 2))
     assert not queue.heavy(job(SECOND_ORDER_CHUNK + 1, 1))
+    assert queue.heavy(job(REVERSE_CHUNK + 1, 1))  # reverse mode's tape
+    assert not queue.heavy(job(REVERSE_CHUNK + 1, 1, "forward"))

@@ -4,8 +4,8 @@ batching.py is to its replicas).
 The queue has two lanes. *Light* jobs (a batchable strategy, at most a launch of samples)
 coalesce with compatible ones (same routine, dtype, wrt and strategy: :func:`batch_key`) into
 one launch, each keeping its own parameter values. *Heavy* jobs (the O(N^2) and other
-unbatchable strategies, requests larger than a launch, and second derivatives of more samples
-than one of their launches) run alone, in slices
+unbatchable strategies, requests larger than a launch, and second derivatives or reverse mode
+of more samples than one launch may hold in memory) run alone, in slices
 (app.engine.runtime.worker). The queue is bounded in samples, and in the heavy lane by the work
 queued ahead of a job against its deadline.
 """
@@ -19,7 +19,7 @@ from collections import deque
 
 from app import metrics
 from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
-from app.engine.runtime.executor import SECOND_ORDER_CHUNK, batch_key
+from app.engine.runtime.executor import batch_key, memory_chunk
 from app.engine.runtime.jobs import Job, resolve_all
 
 __all__ = ["JobQueue"]
@@ -46,11 +46,13 @@ class JobQueue:
         return self._closed
 
     def heavy(self, job: Job) -> bool:
-        """Run alone and in slices: unbatchable, larger than a launch, or second derivatives
-        larger than one of their launches (executor.SECOND_ORDER_CHUNK), so that the worker
-        can stop them at their deadline or when they overrun their price."""
+        """Run alone and in slices: unbatchable, larger than a launch, or larger than what
+        one launch may hold in memory (second derivatives, reverse mode:
+        executor.memory_chunk), so that the worker can stop them at their deadline or when
+        they overrun their price."""
+        bound = memory_chunk(job)
         return (batch_key(job) is None or job.n > self.max_batch_samples
-                or (job.order == 2 and job.n > SECOND_ORDER_CHUNK))
+                or (bound is not None and job.n > bound))
 
     def _changed(self) -> None:
         metrics.QUEUE_DEPTH.set(len(self._light) + len(self._heavy))

@@ -194,11 +194,25 @@ def _rows(job: Job, rows: slice) -> Job:
     return replace(job, inputs=job.inputs[rows], params=params)
 
 
-# Samples per launch of second derivatives without a compiled graph: nested AD keeps every
-# step's intermediates for each sample (vmap-grad's Hessian of logistic_rk4: about 400 KB a
-# sample, 6 GB for 15,000), so a whole large job could exhaust the host's memory in one
-# launch, and one launch cannot be stopped at its deadline or its cost; in chunks it can.
+# Samples per launch where reverse mode or nested AD keeps every step's intermediates for
+# each sample, without a compiled graph: second derivatives (vmap-grad's Hessian of
+# logistic_rk4: about 400 KB a sample, 6 GB for 15,000) and reverse mode's first ones
+# (vmap-grad of logistic_rk4 at 200,000 samples went past 24 GB). A whole large job could
+# exhaust the host's memory in one launch, and one launch cannot be stopped at its deadline
+# or its cost; in chunks it can.
 SECOND_ORDER_CHUNK = 2048
+REVERSE_CHUNK = 16_384
+
+
+def memory_chunk(job: Job) -> int | None:
+    """The most samples one launch of ``job`` may take for its memory, or None (no bound but
+    DYDC_MAX_BATCH_SAMPLES)."""
+    if job.order == 2:
+        return SECOND_ORDER_CHUNK
+    strategy = STRATEGIES[job.strategy] if job.strategy is not None else None
+    if strategy is not None and strategy.mode == "reverse" and strategy.steps is None:
+        return REVERSE_CHUNK
+    return None
 
 
 def _chunk(job: Job, ex: Executor) -> int:
@@ -206,17 +220,19 @@ def _chunk(job: Job, ex: Executor) -> int:
     the CPU serves its kind and, at the rate its launches took so far, runs it within
     ``ex.whole_s`` (a heavy job's slice): chunks would only add a copy of every output to join
     them (``linear`` at 1e6: 4 chunks and the join 4.1 ms, JAX 1.2 ms). On a GPU chunks also
-    bound memory, and stay. Second derivatives that no graph runs go in chunks of at most
-    :data:`SECOND_ORDER_CHUNK`."""
-    large, second = job.n > ex.chunk, job.order == 2 and job.n > SECOND_ORDER_CHUNK
-    if not (large or second):
+    bound memory, and stay. What no graph runs goes in chunks of at most its
+    :func:`memory_chunk`."""
+    bound = memory_chunk(job)
+    large, held = job.n > ex.chunk, bound is not None and job.n > bound
+    if not (large or held):
         return ex.chunk
     seconds = None  # a compiled graph's rate for the job's kind, once it has one
     if ex.compiled is not None and runs_through_graphs(job.strategy):
         seconds = ex.compiled.launch_seconds(_problem([job], job.inputs, ex.device), ex.device,
                                              job.order, job.cross)
-    if second and seconds is None:
-        return min(ex.chunk, SECOND_ORDER_CHUNK)
+    if held and seconds is None:
+        assert bound is not None
+        return min(ex.chunk, bound)
     if not large or ex.device.type != "cpu" or ex.whole_s <= 0:
         return ex.chunk
     return job.n if seconds is not None and 0 < seconds <= ex.whole_s else ex.chunk
