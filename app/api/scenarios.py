@@ -223,10 +223,10 @@ def _check_answer(asked: Asked, limit: int) -> None:
             f"the answer would be about {estimate} bytes ({len(plan.scenarios)} scenarios x "
             f"{n} samples x {m} outputs x {arrays} arrays, and {shifts} per-sample shifts, "
             f"as {form}); the limit is {limit} (DYDC_MAX_RESPONSE_BYTES). Ask for less: "
-            + ", ".join(_smaller(asked)))
+            + ", ".join(_smaller(asked, shifts > 0)))
 
 
-def _smaller(asked: Asked) -> list[str]:
+def _smaller(asked: Asked, per_sample_shifts: bool) -> list[str]:
     """What a request whose answer is too large can ask for instead."""
     options = ["fewer scenarios or samples per request"]
     if asked.plan.explain and not asked.totals_only:
@@ -235,7 +235,7 @@ def _smaller(asked: Asked) -> list[str]:
         options.append("totals_only: true")
     if not asked.tensors:
         options.append(f"Accept: {tensor_answer.TENSORS}")
-    if any(isinstance(v, np.ndarray) for row in asked.plan.absolute for v in row.values()):
+    if per_sample_shifts:
         options.append("shifts of parameters shared by every sample rather than of input "
                        "features")
     return options

@@ -68,15 +68,11 @@ def _shift(factor: str, given: Any) -> tuple[str, list[float]]:
     listed = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if listed.ndim != 1 or listed.size == 0:
         raise ValueError(f"shifts[{factor!r}]: give a number or a non-empty flat list of shifts")
-    _finite(f"shifts[{factor!r}]", listed)
+    v1.finite(f"shifts[{factor!r}]", listed, _FINITE)
     return SHIFT_TYPES[kind], listed.tolist()
 
 
-def _finite(where: str, shifts: np.ndarray) -> None:
-    """Shifts are finite numbers (JSON carries no other): refused here, saying which."""
-    bad = np.flatnonzero(~np.isfinite(shifts))
-    if bad.size:
-        raise ValueError(f"{where}[{bad[0]}] is {shifts[bad[0]]}; shifts must be finite numbers")
+_FINITE = "shifts must be finite numbers"
 
 
 def scenario_spec(
@@ -93,9 +89,7 @@ def scenario_spec(
         rows = [{str(f): float(v) for f, v in s.items()} for s in scenario_list]
         for i, row in enumerate(rows):
             for f, v in row.items():
-                if not np.isfinite(v):
-                    raise ValueError(f"scenario_list[{i}][{f!r}] is {v}; shifts must be finite "
-                                     "numbers")
+                v1.finite(f"scenario_list[{i}][{f!r}]", np.asarray(v), _FINITE)
         return {"list": rows}, [{f: ("absolute", v) for f, v in row.items()} for row in rows]
     if combine not in COMBINE:
         raise ValueError(f"combine={combine!r}; use product or zip")

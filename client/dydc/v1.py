@@ -44,12 +44,15 @@ def path(routine: str, kind: Kind) -> str:
     return f"/v1/routines/{quote(routine, safe='')}/{kind.value}"
 
 
-def _finite(where: str, array: np.ndarray) -> None:
+def finite(where: str, array: np.ndarray,
+           why: str = "JSON carries only finite numbers") -> None:
+    """ValueError naming the first non-finite entry of ``array`` (by its index after
+    ``where``), if there is one."""
     bad = ~np.isfinite(array)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         index = "".join(f"[{i}]" for i in first)
-        raise ValueError(f"{where}{index} is {array[first]}; JSON carries only finite numbers")
+        raise ValueError(f"{where}{index} is {array[first]}; {why}")
 
 
 def body(batch: Batch, options: Options) -> bytes:
@@ -58,10 +61,10 @@ def body(batch: Batch, options: Options) -> bytes:
 
 def document(batch: Batch, options: Options) -> dict[str, Any]:
     """The body as a JSON-ready document (arrays as numpy arrays)."""
-    _finite("inputs", batch.samples)
+    finite("inputs", batch.samples)
     params: dict[str, Any] = dict(batch.scalars)
     for name, values in batch.per_sample.items():
-        _finite(f"params.{name}", values)
+        finite(f"params.{name}", values)
         params[name] = values
     doc: dict[str, Any] = {"inputs": batch.samples, "params": params}
     if options.dtype is not None:

@@ -50,9 +50,10 @@ class JobQueue:
         one launch may hold in memory (second derivatives, reverse mode:
         executor.memory_chunk), so that the worker can stop them at their deadline or when
         they overrun their price."""
+        if batch_key(job) is None or job.n > self.max_batch_samples:
+            return True
         bound = memory_chunk(job)
-        return (batch_key(job) is None or job.n > self.max_batch_samples
-                or (bound is not None and job.n > bound))
+        return bound is not None and job.n > bound
 
     def _changed(self) -> None:
         metrics.QUEUE_DEPTH.set(len(self._light) + len(self._heavy))

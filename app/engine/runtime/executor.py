@@ -223,19 +223,18 @@ def _chunk(job: Job, ex: Executor) -> int:
     bound memory, and stay. What no graph runs goes in chunks of at most its
     :func:`memory_chunk`."""
     bound = memory_chunk(job)
-    large, held = job.n > ex.chunk, bound is not None and job.n > bound
-    if not (large or held):
+    eager = ex.chunk if bound is None else min(ex.chunk, bound)  # without a graph
+    if job.n <= eager:
         return ex.chunk
     seconds = None  # a compiled graph's rate for the job's kind, once it has one
     if ex.compiled is not None and runs_through_graphs(job.strategy):
         seconds = ex.compiled.launch_seconds(_problem([job], job.inputs, ex.device), ex.device,
                                              job.order, job.cross)
-    if held and seconds is None:
-        assert bound is not None
-        return min(ex.chunk, bound)
-    if not large or ex.device.type != "cpu" or ex.whole_s <= 0:
+    if seconds is None:
+        return eager
+    if job.n <= ex.chunk or ex.device.type != "cpu" or ex.whole_s <= 0:
         return ex.chunk
-    return job.n if seconds is not None and 0 < seconds <= ex.whole_s else ex.chunk
+    return job.n if 0 < seconds <= ex.whole_s else ex.chunk
 
 
 def _chunks(job: Job, ex: Executor) -> Generator[float, None, _Output]:

@@ -168,16 +168,17 @@ class ScenarioPlan:
 
 def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
          *, max_samples: int, explain: bool) -> ScenarioPlan:
-    """The scenarios over the base job's samples (its inputs and parameters validated):
-    every factor known, every shifted value finite and every shifted parameter within its
-    bounds (the message names the scenario and the sample), S x N within DYDC_MAX_SAMPLES;
+    """The scenarios over the base job's samples (its inputs and parameters validated, the
+    scenarios' factors known: :func:`check_factors`, which the caller runs before it prepares
+    the explain's base, whose wrt defaults to them): every shifted value finite and every
+    shifted parameter within its bounds (the message names the scenario and the sample),
+    S x N within DYDC_MAX_SAMPLES;
     ``shifted`` makes the S x N evaluation job from the shifted inputs and parameters, which
     are not validated again.
 
     The inputs are laid out as columns, (D, S x N) contiguous, and handed over transposed:
     a compiled graph takes its inputs as columns, so the launch does not copy them again."""
     n, s_count = base.n, len(scenarios)
-    check_factors(routine, scenarios)
     if n * s_count > max_samples:
         raise InvalidRequest(
             f"{s_count} scenarios x {n} samples = {n * s_count} samples to revalue; the limit "
