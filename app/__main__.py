@@ -27,6 +27,14 @@ def _help(field: str) -> str:
     return f"{info.description} Sets DYDC_{field.upper()} (default {info.default})."
 
 
+def _port(text: str) -> int:
+    """--port's value: an integer from 0 to 65535 (else a usage error naming the flag)."""
+    port = int(text)  # ValueError: argparse's "invalid _port value"
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port; use 0 to 65535")
+    return port
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The flags; an unknown or malformed one ends the process with usage and exit 2."""
     parser = argparse.ArgumentParser(
@@ -36,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         allow_abbrev=False,
     )
     parser.add_argument("--host", help=_help("host"))
-    parser.add_argument("--port", type=int, help=_help("port"))
+    parser.add_argument("--port", type=_port, help=_help("port"))
     parser.add_argument("--log-level", type=str.lower, choices=_LOG_LEVELS, help=_help("log_level"))
     return parser.parse_args(argv)
 

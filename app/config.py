@@ -15,7 +15,13 @@ from app.strategy_names import STRATEGY_NAMES
 
 __all__ = ["Settings", "load_settings", "settings_error"]
 
-PositiveInt = Annotated[int, Field(gt=0)]
+# Bounds no real setting comes near, so that a typo of many digits (or "inf") is refused at
+# start-up instead of overflowing where the value is used (zlib's max_length, a thread's
+# join timeout): counts and bytes at most 2^53, durations at most a day.
+_MOST = 2**53
+_DAY_S = 86_400.0
+PositiveInt = Annotated[int, Field(gt=0, le=_MOST)]
+Count = Annotated[int, Field(ge=0, le=_MOST)]
 
 
 def _read_keys(text: str) -> frozenset[str]:
@@ -34,7 +40,9 @@ def _sendable(key: str) -> bool:
     return all("!" <= char <= "~" for char in key)
 
 
-_CONFIG = SettingsConfigDict(env_prefix="DYDC_", extra="ignore", frozen=True)
+# allow_inf_nan: a float setting of inf, nan or 1e400 is refused like any invalid value
+_CONFIG = SettingsConfigDict(env_prefix="DYDC_", extra="ignore", frozen=True,
+                             allow_inf_nan=False)
 
 class _ServerSettings(BaseSettings):
     """How the process runs: where it listens, its devices and threads, its connections,
@@ -50,17 +58,17 @@ class _ServerSettings(BaseSettings):
         "auto", description="auto (every GPU, else the CPU), cpu, cuda, cuda:N, or a list "
         "such as cuda:0,cuda:1: one worker per device."
     )
-    read_timeout_s: Annotated[float, Field(gt=0)] = Field(
+    read_timeout_s: Annotated[float, Field(gt=0, le=_DAY_S)] = Field(
         10.0, description="A connection that has not sent a complete request (headers and "
         "body) this long after it opened, or after its previous response, is closed."
     )
     max_connections: PositiveInt = Field(
         2048, description="Open connections at most; the next one is answered 503 and closed."
     )
-    grace_period_s: Annotated[float, Field(ge=0)] = Field(
+    grace_period_s: Annotated[float, Field(ge=0, le=_DAY_S)] = Field(
         30.0, description="On SIGTERM, how long to drain before exiting."
     )
-    gc_threshold: Annotated[int, Field(ge=0)] = Field(
+    gc_threshold: Count = Field(
         20_000, description="Allocations between young-generation garbage collections "
         "(Python's default is 700; 0 keeps it). Objects alive at start-up are frozen out of "
         "collections."
@@ -81,10 +89,19 @@ class _ServerSettings(BaseSettings):
     @classmethod
     def _device(cls, v: str) -> str:
         parts = [p.strip() for p in v.split(",")]
-        if not all(re.fullmatch(r"auto|cpu|cuda(:\d+)?", p) for p in parts):
+        if not all(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", p) for p in parts):
             raise ValueError("DYDC_DEVICE must be auto, cpu, cuda, cuda:N or a comma-separated "
                              "list of them")
         return ",".join(parts)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        # empty, uvicorn would bind every interface: never what a blank variable meant
+        if not v.strip() or v != v.strip():
+            raise ValueError("DYDC_HOST must be an address or host name to bind to, such as "
+                             "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+        return v
 
     @field_validator("routines_path")
     @classmethod
@@ -121,7 +138,7 @@ class _LimitSettings(BaseSettings):
     max_headers: PositiveInt = Field(
         100, description="Header fields a request may carry (431 above)."
     )
-    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+    max_header_bytes: Annotated[int, Field(ge=1024, le=_MOST)] = Field(
         16_384, description="Bytes of a request's head: its header names and values, and on "
         "the wire its request line and header lines as they arrive (431 above, before the rest "
         "is buffered)."
@@ -136,11 +153,11 @@ class _LimitSettings(BaseSettings):
         "all", description="Strategies this server serves, comma-separated (default all); "
         "the others are refused with 422 and listed as enabled: false."
     )
-    max_job_cost: Annotated[float, Field(gt=0)] = Field(
+    max_job_cost: Annotated[float, Field(gt=0, le=_DAY_S)] = Field(
         10.0, description="Most estimated device seconds one request may cost (422 above, "
         "naming a cheaper strategy); a job whose first slices show it well over is stopped."
     )
-    slice_ms: Annotated[float, Field(gt=0)] = Field(
+    slice_ms: Annotated[float, Field(gt=0, le=_DAY_S * 1e3)] = Field(
         50.0, description="Target length of one slice of a heavy job (O(N^2) strategies): "
         "light requests wait at most about this long behind one."
     )
@@ -152,13 +169,13 @@ class _LimitSettings(BaseSettings):
         "larger requests run in chunks of it (on the CPU, a request that a compiled graph "
         "runs within DYDC_SLICE_MS at its measured rate runs whole)."
     )
-    max_delay_ms: Annotated[float, Field(ge=0)] = Field(
+    max_delay_ms: Annotated[float, Field(ge=0, le=_DAY_S * 1e3)] = Field(
         2.0, description="How long the first request of a partial batch may wait for company."
     )
     max_queue_samples: PositiveInt = Field(
         4_000_000, description="Samples queued before new requests get 503 + Retry-After."
     )
-    request_timeout_ms: Annotated[float, Field(gt=0)] = Field(
+    request_timeout_ms: Annotated[float, Field(gt=0, le=_DAY_S * 1e3)] = Field(
         30_000, description="Default deadline; a request still queued at it gets 504."
     )
 
@@ -234,7 +251,7 @@ class _CompileSettings(BaseSettings):
         "only this share of the time: it and its compilers are stopped and continued in turns "
         "of 40 ms, so that a build beside it costs the request little even where CPUs share "
         "a core. 1: never stopped.")
-    compile_hot_launches: Annotated[int, Field(ge=0)] = Field(
+    compile_hot_launches: Count = Field(
         100, description="A kind (routine, wrt, dtype, parameters shared or per sample, "
         "order) launched this many times is compiled too, and its launches smaller than "
         "DYDC_COMPILE_MIN_SAMPLES then run through its graph: the device worker's share of a "
@@ -244,6 +261,12 @@ class _CompileSettings(BaseSettings):
         1000, description="A compiled graph's first launch and every this many after it are "
         "compared with eager forward mode on a few rows; a mismatch retires the graph."
     )
+
+    @field_validator("compile_cache_dir", mode="before")
+    @classmethod
+    def _compile_cache_dir(cls, v: object) -> object:
+        # empty is unset (the default), not the current directory
+        return None if isinstance(v, str) and not v.strip() else v
 
 
 class _HttpSettings(BaseSettings):
@@ -270,7 +293,7 @@ class _HttpSettings(BaseSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed by CORS (* for any); empty: CORS off."
     )
-    gzip_min_bytes: Annotated[int, Field(ge=0)] = Field(
+    gzip_min_bytes: Count = Field(
         65_536, description="JSON answers of at least this many bytes (and at most "
         "DYDC_COMPRESS_MAX_BYTES) are compressed for clients that accept it: zstd where offered, "
         "else gzip. 0 turns response compression off."
@@ -278,7 +301,7 @@ class _HttpSettings(BaseSettings):
     gzip_level: Annotated[int, Field(ge=1, le=9)] = Field(
         1, description="zlib level for gzip responses (1 fastest .. 9 smallest)."
     )
-    compress_max_bytes: Annotated[int, Field(ge=0)] = Field(
+    compress_max_bytes: Count = Field(
         1_048_576, description="JSON answers larger than this are sent uncompressed: "
         "compressing them costs more time than the wire saves on fast links "
         "(docs/benchmarks.md). Raise it for clients behind slow links."
@@ -319,6 +342,9 @@ class _HttpSettings(BaseSettings):
             except OSError as exc:
                 raise ValueError(f"DYDC_API_KEYS_FILE cannot be read ({exc.strerror}); "
                                  "give a readable file of keys, one a line") from None
+            except UnicodeDecodeError:
+                raise ValueError("DYDC_API_KEYS_FILE is not text (not UTF-8); give a text "
+                                 "file of keys, one a line") from None
         return v or None
 
     @property

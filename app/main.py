@@ -18,6 +18,7 @@ from types import FrameType
 import torch
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.logging import DefaultFormatter
 
 from app import __version__
 from app.api import expression_scenarios, expressions, health, limits, scenarios, v1
@@ -32,6 +33,7 @@ from app.engine import (
     STRATEGIES,
     CompiledForward,
     CostModel,
+    DeviceUnavailable,
     Engine,
     Executor,
     JobQueue,
@@ -43,7 +45,7 @@ from app.engine import (
     warm_up,
 )
 from app.engine.compiled.builds import ProcessBuilder
-from app.engine.compiled.cache import default_cache_dir, prepare_cache_dir
+from app.engine.compiled.cache import CacheDirError, default_cache_dir, prepare_cache_dir
 from app.engine.compiled.pacing import Pacer
 from app.errors import install_error_handlers
 from app.http.stack import wrap
@@ -94,6 +96,25 @@ def _drain_on_sigterm(pool: WorkerPool, grace_s: float) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _configure_logging(settings: Settings) -> None:
+    """The service's own lines (the ``app`` loggers: draining, builds, failures) at
+    DYDC_LOG_LEVEL on stderr, in uvicorn's format, however uvicorn was started (it configures
+    only its own loggers); a handler the operator configured on the root logger is used
+    instead. Under ``uvicorn app.main:app``, DYDC_LOG_LEVEL given explicitly sets uvicorn's
+    own loggers too (``python -m app`` hands it to uvicorn)."""
+    level = settings.log_level.upper()
+    own = logging.getLogger("app")
+    own.setLevel(level)
+    if not own.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        own.addHandler(handler)
+        own.propagate = False
+    if "log_level" in settings.model_fields_set:
+        for name in ("uvicorn", "uvicorn.error"):
+            logging.getLogger(name).setLevel(level)
+
+
 def _tune_gc(threshold: int) -> None:
     """Each request allocates thousands of short-lived objects (torch.func wraps every tensor
     op); with Python's default young-generation threshold of 700 the collector ran so often,
@@ -137,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Service:
     """The service for ``settings`` (default: the environment, where a bad value ends the
     process with one line)."""
     s = settings or load_settings()
+    _configure_logging(s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -149,14 +171,18 @@ def create_app(settings: Settings | None = None) -> Service:
             cache_host_allocations()
         try:
             routines = discover(folders=s.routine_folders)
-        except RoutineDefinitionError as exc:
+            devices = resolve_devices(s.device)
+            cache_dir = (prepare_cache_dir(s.compile_cache_dir or default_cache_dir())
+                         if s.compile else None)
+        except (RoutineDefinitionError, DeviceUnavailable, CacheDirError) as exc:
+            # a setting this host cannot serve: one line, as for an invalid value
             app.state.startup_error = StartupError(f"cannot start: {exc}")
             raise app.state.startup_error from None
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled: CompiledForward | None = None
-        if s.compile:
-            builder = ProcessBuilder(prepare_cache_dir(s.compile_cache_dir or default_cache_dir()),
+        if cache_dir is not None:
+            builder = ProcessBuilder(cache_dir,
                                      niceness=s.compile_build_niceness,
                                      idle=s.compile_build_idle)
             compiled = CompiledForward(
@@ -167,7 +193,7 @@ def create_app(settings: Settings | None = None) -> Service:
         bounds = _limits(s)
         costs = CostModel(bounds.max_job_cost_s)
         executors = [Executor(device, s.max_batch_samples, compiled, s.slice_ms / 1e3)
-                     for device in resolve_devices(s.device)]
+                     for device in devices]
         pool = WorkerPool(executors, queue,
                           warmup=(partial(warm_up, routines, costs=costs,
                                           compile=s.compile_warmup)

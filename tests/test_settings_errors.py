@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from app.config import Settings, settings_error
@@ -35,6 +36,18 @@ def _error(**values: object) -> str:
                            "every route open"]),
     ({"api_keys": "good,k \u00e9"}, ["1 of the 2 API keys", "non-ASCII", "visible ASCII"]),
     ({"api_keys": "tab\there"}, ["a space, a control"]),
+    # values that passed and then failed where used: a traceback at SIGTERM (a thread's
+    # join timeout), a 500 on every gzip body (zlib's max_length), every interface bound
+    ({"grace_period_s": "inf"}, ["DYDC_GRACE_PERIOD_S='inf'", "finite number"]),
+    ({"request_timeout_ms": "1e400"}, ["DYDC_REQUEST_TIMEOUT_MS='1e400'", "finite number"]),
+    ({"max_job_cost": "nan"}, ["DYDC_MAX_JOB_COST='nan'", "finite number"]),
+    ({"max_body_bytes": 10**20}, ["DYDC_MAX_BODY_BYTES=100000000000000000000",
+                                  "less than or equal to 9007199254740992"]),
+    ({"read_timeout_s": 1e6}, ["DYDC_READ_TIMEOUT_S=1000000.0", "less than or equal to 86400"]),
+    ({"host": ""}, ["DYDC_HOST=''", "address or host name"]),
+    ({"host": " 127.0.0.1"}, ["DYDC_HOST=' 127.0.0.1'", "address or host name"]),
+    ({"device": "cuda:\u0660"}, ["DYDC_DEVICE='cuda:\u0660'", "auto, cpu, cuda"]),
+    ({"api_keys_file": "/bin/sh"}, ["DYDC_API_KEYS_FILE='/bin/sh'", "not text"]),
     ({"compress_max_bytes": 1000}, ["DYDC_COMPRESS_MAX_BYTES (1000) is below "
                                     "DYDC_GZIP_MIN_BYTES (65536)", "DYDC_GZIP_MIN_BYTES=0"]),
 ])
@@ -67,6 +80,11 @@ def test_compression_off_takes_any_maximum() -> None:
     assert settings.compress_max_bytes == 1000
 
 
+def test_an_empty_cache_dir_is_the_default_not_the_working_directory() -> None:
+    settings = Settings(compile_cache_dir="")  # type: ignore[call-arg]
+    assert settings.compile_cache_dir is None
+
+
 def test_two_bad_values_in_one_line() -> None:
     line = _error(port="abc", device="tpu")
     assert "\n" not in line and "DYDC_PORT" in line and "DYDC_DEVICE" in line
@@ -85,3 +103,19 @@ def test_start_up_stops_without_a_traceback(argv: list[str]) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("dydc: invalid settings: DYDC_PORT='abc'")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+@pytest.mark.parametrize("argv", [
+    [sys.executable, "-m", "app", "--port", "0"],
+    [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+])
+def test_a_setting_the_host_cannot_serve_stops_start_up_in_one_line(argv: list[str]) -> None:
+    """Valid, but not here (a GPU on a host without one): found in the lifespan, said in one
+    line and no traceback, as a bad value is."""
+    env = {**os.environ, "DYDC_DEVICE": "cuda", "DYDC_WARMUP": "false", "DYDC_COMPILE": "false"}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "cannot start: DYDC_DEVICE=cuda but CUDA is not available here" in done.stderr

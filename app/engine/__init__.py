@@ -13,7 +13,7 @@ from app.engine.runtime.request import Request
 from app.engine.runtime.service import Engine
 from app.engine.runtime.startup import cache_host_allocations, load_torch_extensions, warm_up
 from app.engine.runtime.validation import DTYPES, MIN_TIMEOUT_MS, Limits
-from app.engine.runtime.worker import DeviceWorker, WorkerPool, resolve_devices
+from app.engine.runtime.worker import DeviceUnavailable, DeviceWorker, WorkerPool, resolve_devices
 
 __all__ = [
     "DTYPES",
@@ -24,6 +24,7 @@ __all__ = [
     "Comparison",
     "CompiledForward",
     "CostModel",
+    "DeviceUnavailable",
     "DeviceWorker",
     "Engine",
     "Executor",

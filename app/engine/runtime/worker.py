@@ -35,9 +35,13 @@ from app.engine.runtime.executor import Executor, Sliced
 from app.engine.runtime.jobs import Job, JobResult, resolve_all
 from app.engine.runtime.pricing import pairs, passes
 
-__all__ = ["DeviceWorker", "WorkerPool", "resolve_devices"]
+__all__ = ["DeviceUnavailable", "DeviceWorker", "WorkerPool", "resolve_devices"]
 
 log = logging.getLogger(__name__)
+
+
+class DeviceUnavailable(RuntimeError):
+    """DYDC_DEVICE names a device this host does not have."""
 
 
 def _resolve_one(setting: str) -> list[torch.device]:
@@ -48,16 +52,16 @@ def _resolve_one(setting: str) -> list[torch.device]:
             return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
         if setting == "auto":
             return [torch.device("cpu")]
-        raise RuntimeError("DYDC_DEVICE=cuda but CUDA is not available here; "
+        raise DeviceUnavailable("DYDC_DEVICE=cuda but CUDA is not available here; "
                            "use DYDC_DEVICE=cpu or auto")
     device = torch.device(setting)
     if device.type != "cuda":
-        raise RuntimeError(f"DYDC_DEVICE={setting}: use auto, cpu, cuda, cuda:N or a list")
+        raise DeviceUnavailable(f"DYDC_DEVICE={setting}: use auto, cpu, cuda, cuda:N or a list")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"DYDC_DEVICE={setting} but CUDA is not available here; "
+        raise DeviceUnavailable(f"DYDC_DEVICE={setting} but CUDA is not available here; "
                            "use DYDC_DEVICE=cpu or auto")
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"DYDC_DEVICE={setting} but only {torch.cuda.device_count()} "
+        raise DeviceUnavailable(f"DYDC_DEVICE={setting} but only {torch.cuda.device_count()} "
                            "CUDA device(s) are visible")
     return [device]
 
