@@ -75,8 +75,8 @@ class MalformedBody(InvalidRequest):
 
 
 class BodyTooLarge(RequestTooLarge):
-    """The body is over DYDC_MAX_BODY_BYTES, or holds more samples than DYDC_MAX_SAMPLES
-    (HTTP 413), noticed before it is read or parsed in full."""
+    """The body is over DYDC_MAX_BODY_BYTES (HTTP 413), noticed before it is read or
+    parsed in full."""
 
 
 class MalformedFraming(MalformedBody):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from typing import Any
 
@@ -88,6 +89,24 @@ async def test_logistic_closed_form_first_and_second_order(
             assert body["second_derivatives"][key][i] == pytest.approx(
                 want[key], rel=1e-10, abs=1e-14
             ), key
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+async def test_ndtr_keeps_its_lower_tail(client: httpx.AsyncClient, dtype: str) -> None:
+    """ndtr(x) far below 0, where torch.special.ndtr lost it (0 below about -8.3 in float64,
+    2% off at -8; 0 below -5.5 in float32): the value and d/dC against erfc(-x/sqrt 2)/2."""
+    xs = [-8.0, -9.0, -20.0] if dtype == "float64" else [-5.0, -6.0, -8.0]
+    r = await client.post(SENS, json={"expression": "C * ndtr(x)", "dtype": dtype,
+                                      "inputs": {"names": ["x"], "values": xs},
+                                      "params": {"C": 1.0}, "wrt": ["C", "x"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rel = 1e-13 if dtype == "float64" else 1e-5
+    for i, x in enumerate(xs):
+        cdf, pdf = 0.5 * math.erfc(-x / math.sqrt(2)), math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        assert body["values"][i] == pytest.approx(cdf, rel=rel, abs=0)
+        assert body["derivatives"]["C"][i] == pytest.approx(cdf, rel=rel, abs=0)
+        assert body["derivatives"]["x"][i] == pytest.approx(pdf, rel=rel, abs=0)
 
 
 async def test_canonical_text_keys_the_routine(client: httpx.AsyncClient) -> None:

@@ -205,6 +205,33 @@ async def test_a_disabled_strategy_is_refused(make_client: ClientFactory) -> Non
         assert ok.json()["derivatives"] == {"C": [2.0]}
 
 
+async def test_auto_runs_only_what_the_allow_list_serves(make_client: ClientFactory) -> None:
+    """auto is forward mode with vmap-grad where forward mode lacks a formula
+    (gamma_survival's lam): each only where DYDC_STRATEGIES serves it."""
+    body = {"inputs": [[2.0, 1.5]], "params": {"lam": 0.7}, "wrt": ["lam"]}
+    async with make_client(strategies="auto,forward,finite-difference") as c:
+        r = await c.post(SENS.format("gamma_survival"), json=body)
+        assert r.status_code == 422, r.text  # the fallback it needs is turned off
+        assert "strategy forward cannot differentiate" in r.json()["detail"]
+        ok = await c.post(SENS.format("linear"), json={"inputs": [3.0]})
+        assert ok.json()["strategy"] == "forward" and ok.json()["derivatives"] == {"C": [3.0]}
+    async with make_client(strategies="auto,vmap-grad") as c:
+        r = await c.post(SENS.format("gamma_survival"), json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["strategy"] == "vmap-grad"
+        # dS/dlam = -t (lam t)^(a-1) e^(-lam t) / Gamma(a)
+        a, t, lam = 2.0, 1.5, 0.7
+        expected = -t * (lam * t) ** (a - 1) * math.exp(-lam * t) / math.gamma(a)
+        assert r.json()["derivatives"]["lam"] == [pytest.approx(expected, rel=1e-12)]
+        ok = await c.post(SENS.format("linear"), json={"inputs": [3.0]})
+        assert ok.json()["strategy"] == "vmap-grad"
+    async with make_client(strategies="auto,finite-difference") as c:
+        r = await c.post(SENS.format("linear"), json={"inputs": [3.0]})
+        assert r.status_code == 422, r.text
+        assert r.json()["type"] == "urn:dydc:problem:strategy-disabled"
+        assert r.json()["detail"].endswith("name one of: finite-difference")
+
+
 # -- running work stops when nobody waits for it --------------------------------------------
 
 
@@ -431,3 +458,24 @@ async def test_an_unexpected_error_is_500_and_logged_with_its_traceback(
     logged = [rec for rec in caplog.records if rec.exc_info and "unhandled" in rec.message]
     assert logged and logged[0].exc_info is not None
     assert isinstance(logged[0].exc_info[1], RuntimeError)
+
+
+async def test_too_many_samples_are_counted_as_samples_not_as_body_size() -> None:
+    """A batch over DYDC_MAX_SAMPLES, counted in the raw bytes (v1) or read from a declared
+    shape (v2), is a 413 of its own kind, counted under reason="samples"."""
+    async for s in _served(max_samples=100):
+        before = await s.metrics()
+        r = await s.client.post(SENS.format("linear"),
+                                content=orjson.dumps({"inputs": list(range(150))}),
+                                headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert r.json()["type"] == "urn:dydc:problem:batch-too-large"
+        v2 = {"inputs": [{"name": "x", "shape": [150], "datatype": "FP64",
+                          "data": list(range(150))}]}
+        r = await s.client.post("/v2/models/linear/infer", json=v2)
+        assert r.status_code == 413, r.text
+        after = await s.metrics()
+        assert value(after, "dydc_rejections_total", reason="samples") == \
+            value(before, "dydc_rejections_total", reason="samples") + 2
+        assert value(after, "dydc_rejections_total", reason="body_size") == \
+            value(before, "dydc_rejections_total", reason="body_size")

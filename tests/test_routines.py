@@ -3,6 +3,7 @@ registry that declares and finds them."""
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 import warnings
@@ -89,6 +90,57 @@ def test_black_scholes_at_a_huge_volatility_tends_to_the_spot(
     result = run_engine(builtins["black_scholes_call"], x, {"sigma": sigma, "r": 0.05})
     assert_close(result.values, x[:, :1], rtol=1e-12)
     assert torch.isfinite(result.derivatives["sigma"]).all()
+
+
+def _call_greeks(S: float, K: float, T: float, sigma: float, r: float) -> dict[str, float]:
+    """Price, delta, vega and rho from the closed forms, in Python floats, with N(x) as
+    erfc(-x / sqrt 2) / 2, accurate in the far tails."""
+    cdf = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    vol = sigma * math.sqrt(T)
+    d1 = (math.log(S / K) + r * T) / vol + 0.5 * vol
+    d2 = d1 - vol
+    strike = K * math.exp(-r * T)
+    return {"price": S * cdf(d1) - strike * cdf(d2), "S": cdf(d1),
+            "sigma": S * math.sqrt(T) * math.exp(-d1 * d1 / 2) / math.sqrt(2 * math.pi),
+            "r": strike * T * cdf(d2)}
+
+
+@pytest.mark.parametrize("row", [(100.0, 600.0, 1.0), (100.0, 300.0, 1.0), (50.0, 130.0, 0.25),
+                                 (52.17626753211481, 116.64957189478459, 0.1488188133876009)])
+def test_black_scholes_far_out_of_the_money(builtins: dict[str, Routine],
+                                            row: tuple[float, float, float]) -> None:
+    """Deep out of the money, N(d1) and N(d2) are 1e-10 to 1e-30: torch.special.ndtr gave 0
+    below about -8.3 (2% off at -8), so prices came out negative and deltas of the wrong
+    sign; every figure now matches the closed form to 1e-12 relative."""
+    x = torch.tensor([row], dtype=torch.float64)
+    result = run_engine(builtins["black_scholes_call"], x, {"sigma": 0.25, "r": 0.03},
+                        wrt=("S", "sigma", "r"))
+    expected = _call_greeks(*row, sigma=0.25, r=0.03)
+    assert expected["price"] > 0
+    assert result.values.item() == pytest.approx(expected["price"], rel=1e-12, abs=0)
+    for name in ("S", "sigma", "r"):
+        assert result.derivatives[name].item() == pytest.approx(expected[name], rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("strategy", ["forward", "vmap-grad", "jacfwd"])
+def test_black_scholes_at_zero_volatility_is_the_discounted_intrinsic_value(
+        builtins: dict[str, Routine], strategy: str) -> None:
+    """sigma = 0 is within its bounds: the price is max(S - K e^(-rT), 0), and the
+    derivatives are that function's: delta 1 or 0, rho K T e^(-rT) or 0, vega 0 away from the
+    forward (the formula's 0/0 had put NaN in every one, wrt r included). T = 0 alike."""
+    rows = [(100.0, 95.0, 0.5), (100.0, 105.0, 1.0), (100.0, 90.0, 0.0)]
+    x = torch.tensor(rows, dtype=torch.float64)
+    r = 0.03
+    result = run_engine(builtins["black_scholes_call"], x, {"sigma": 0.0, "r": r},
+                        strategy=strategy, wrt=("S", "sigma", "r"))
+    for i, (S, K, T) in enumerate(rows):
+        strike = K * math.exp(-r * T)
+        itm = strike < S
+        assert result.values[i].item() == pytest.approx(max(S - strike, 0.0), rel=1e-15)
+        assert result.derivatives["S"][i].item() == (1.0 if itm else 0.0)
+        assert result.derivatives["sigma"][i].item() == 0.0
+        assert result.derivatives["r"][i].item() == pytest.approx(
+            strike * T if itm else 0.0, rel=1e-15)
 
 
 def test_logistic_rk4_error_is_integration_error(builtins: dict[str, Routine],

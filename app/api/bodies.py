@@ -24,6 +24,7 @@ import numpy as np
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
+from app.engine.errors import RequestTooLarge
 from app.errors import BodiesInFlightFull, BodyTooLarge, MalformedBody
 
 __all__ = ["BodyBudget", "BodyReader", "check_declared_length"]
@@ -142,11 +143,11 @@ class BodyReader:
 
     async def read(self, watch: Callable[[bytes], None] | None = None) -> bytes:
         """The whole body. ``watch`` sees each chunk as it arrives and may refuse the body
-        with :class:`BodyTooLarge` (a count of its samples, say): the rest of the body is then
+        with :class:`RequestTooLarge` (a count of its samples): the rest of the body is then
         read and dropped, holding nothing, and the refusal raised. (Closing the connection
         on unread bytes would reset it, and a client still sending could lose the answer.)"""
         chunks = []
-        refusal: BodyTooLarge | None = None
+        refusal: RequestTooLarge | None = None
         messages = self._messages()
         try:
             async for chunk in messages:
@@ -154,7 +155,7 @@ class BodyReader:
                 if watch is not None:
                     try:
                         watch(chunk)
-                    except BodyTooLarge as exc:
+                    except RequestTooLarge as exc:
                         refusal = exc
                         break
         finally:

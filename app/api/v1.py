@@ -31,8 +31,8 @@ from app.engine import (
     JobResult,
     Request,
 )
-from app.engine.errors import InvalidRequest
-from app.errors import PROBLEM_JSON, BodyTooLarge, ProblemDetails, problem_body
+from app.engine.errors import InvalidRequest, RequestTooLarge
+from app.errors import PROBLEM_JSON, ProblemDetails, problem_body
 from routines import Routine
 
 __all__ = ["COMPARE", "EVALUATE", "SENSITIVITIES", "V1", "V1Compare", "router"]
@@ -86,7 +86,7 @@ def _sample_watch(limit: int) -> Callable[[bytes], None]:
         if counter.at_least > limit:
             count = (f"{counter.at_least}" if counter.done
                      else f"more than {limit}")
-            raise BodyTooLarge(
+            raise RequestTooLarge(
                 f"inputs has {count} samples; the limit is {limit} per request "
                 "(DYDC_MAX_SAMPLES): split the batch"
             )

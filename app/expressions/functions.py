@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from routines.finance import normal_cdf  # (not torch.special.ndtr: its lower tail is lost)
+
 __all__ = ["COMPARISONS", "CONSTANTS", "FUNCTIONS", "Function", "catalogue"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -74,7 +76,7 @@ FUNCTIONS: dict[str, Function] = {
         Function("softplus", 1, _softplus, "log(1 + exp(x)), without overflow"),
         Function("erf", 1, torch.special.erf, "error function"),
         Function("erfc", 1, torch.special.erfc, "1 - erf(x), accurate for large x"),
-        Function("ndtr", 1, torch.special.ndtr, "standard normal cumulative distribution"),
+        Function("ndtr", 1, normal_cdf, "standard normal cumulative distribution"),
         Function("norm_pdf", 1, _norm_pdf, "standard normal density exp(-x**2 / 2) / sqrt(2 pi)"),
         Function("gammaln", 1, torch.special.gammaln, "log |Gamma(x)|"),
         Function("min", 2, torch.minimum, "the smaller of a and b"),

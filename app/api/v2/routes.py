@@ -35,7 +35,8 @@ from app.api.v2.schemas import (
 )
 from app.context import current_record
 from app.engine import STRATEGIES, Engine, Job, JobResult
-from app.errors import BodyTooLarge, ProblemDetails, UnknownVersion, problem_of
+from app.engine.errors import RequestTooLarge
+from app.errors import ProblemDetails, UnknownVersion, problem_of
 from routines import Routine
 
 __all__ = ["INFER", "V2", "error_response", "router"]
@@ -117,7 +118,7 @@ def _check_shapes(header: bytes, limit: int) -> None:
     for match in _SHAPE.finditer(header):
         n = int(match[1])
         if n > limit:
-            raise BodyTooLarge(
+            raise RequestTooLarge(
                 f"an input has shape [{n}, ...]: {n} samples; the limit is {limit} per request "
                 "(DYDC_MAX_SAMPLES): split the batch"
             )

@@ -19,7 +19,7 @@ from app.engine.differentiation.bumping import Bump, validate_bump
 from app.engine.differentiation.capabilities import cap_refusal, refusal
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.problem import Problem
-from app.engine.differentiation.strategies import STRATEGIES
+from app.engine.differentiation.strategies import AUTO_FALLBACK, STRATEGIES
 from app.engine.errors import (
     InvalidRequest,
     RequestTooLarge,
@@ -149,7 +149,21 @@ def checked_strategy(name: str, limits: Limits, any_strategy: bool = False) -> s
             f"strategy {name} is turned off on this server (DYDC_STRATEGIES); use one of: "
             f"{', '.join(enabled(limits))}"
         )
-    return name
+    return _auto_within(limits) if name == "auto" and not any_strategy else name
+
+
+def _auto_within(limits: Limits) -> str:
+    """What ``auto`` may run on this server: forward mode, falling back to AUTO_FALLBACK where
+    forward mode lacks a formula; of the two, only those DYDC_STRATEGIES serves."""
+    forward, fallback = "forward" in limits.enabled, AUTO_FALLBACK in limits.enabled
+    if forward and fallback:
+        return "auto"
+    if forward or fallback:
+        return "forward" if forward else AUTO_FALLBACK
+    raise StrategyDisabled(
+        f"strategy auto runs forward (or {AUTO_FALLBACK} where forward mode lacks a formula), "
+        f"both turned off on this server (DYDC_STRATEGIES); name one of: "
+        f"{', '.join(n for n in enabled(limits) if n != 'auto')}")
 
 
 def checked_dtype(name: str) -> torch.dtype:
