@@ -19,7 +19,8 @@ def normal_cdf(x: Tensor) -> Tensor:
     last digits in the lower tail, where torch.special.ndtr is not (2% off at -8, 0 below
     about -8.3, in float64; 0 below -5.5 in float32), which gave deep out-of-the-money calls
     negative prices and deltas."""
-    return 0.5 * torch.special.erfc(-x * _SQRT1_2)
+    cdf: Tensor = 0.5 * torch.special.erfc(-x * _SQRT1_2)
+    return cdf
 
 
 @routine(
