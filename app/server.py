@@ -43,24 +43,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import metrics
-from app.context import record_of
+from app.context import RequestRecord, record_of
+from app.http.request_id import accepted_id
 
 __all__ = ["ConnectionLimits", "install"]
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+            b"connection: close\r\nx-request-id: %s\r\ncontent-length: %d\r\n\r\n%s")
 _HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                    b"content-type: application/problem+json\r\nconnection: close\r\n"
-                   b"content-length: %d\r\n\r\n%s")
+                   b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n%s")
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
-         b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
+         b"retry-after: 1\r\nconnection: close\r\nx-request-id: %s\r\n"
+         b"content-length: %d\r\n\r\n%s")
 
 
-def _problem(status: int, title: bytes, detail: bytes) -> bytes:
-    return (b'{"type":"about:blank","title":"%s","status":%d,"detail":"%s"}'
-            % (title, status, detail))
+def _answer(template: bytes, status: int, title: bytes, detail: bytes,
+            record: RequestRecord | None = None) -> bytes:
+    """A refusal written before (or instead of) the application, with an id as every answer
+    has (the request's where the application had its record, else a new one) and the id as
+    the problem's ``instance``."""
+    record = record or RequestRecord(accepted_id(None))
+    body = (b'{"type":"about:blank","title":"%s","status":%d,"detail":"%s","instance":"%s"}'
+            % (title, status, detail, record.instance.encode("ascii")))
+    return template % (record.id.encode("ascii"), len(body), body)
 
 
 @dataclass
@@ -89,10 +97,10 @@ def _head_refused(protocol: Any, data: bytes) -> bool:
     if crlf >= 0 or lf >= 0:  # the head ends within the limit; a body follows
         return False
     _disarm(protocol)
-    body = _problem(431, b"Request Header Fields Too Large",
-                    b"the request's head is over %d bytes (DYDC_MAX_HEADER_BYTES): send "
-                    b"fewer or shorter header fields" % limit)
-    protocol.transport.write(_HEAD_TOO_LARGE % (len(body), body))
+    protocol.transport.write(_answer(
+        _HEAD_TOO_LARGE, 431, b"Request Header Fields Too Large",
+        b"the request's head is over %d bytes (DYDC_MAX_HEADER_BYTES): send fewer or shorter "
+        b"header fields" % limit))
     metrics.REJECTIONS.labels("headers").inc()
     protocol.transport.close()
     return True
@@ -110,10 +118,10 @@ def _timed_out(protocol: Any) -> None:
         if record is not None:  # the application is reading this request: log what it got
             record.closed_with = 408
         assert _limits is not None
-        body = _problem(408, b"Request Timeout",
-                        b"the request was not complete within %g s (DYDC_READ_TIMEOUT_S)"
-                        % _limits.read_timeout_s)
-        transport.write(_TIMEOUT % (len(body), body))
+        transport.write(_answer(
+            _TIMEOUT, 408, b"Request Timeout",
+            b"the request was not complete within %g s (DYDC_READ_TIMEOUT_S)"
+            % _limits.read_timeout_s, record))
     metrics.CONNECTIONS_CLOSED.labels("read_timeout").inc()
     transport.close()
 
@@ -138,10 +146,10 @@ def _connection_made(original: Callable[..., None]) -> Callable[..., None]:
         if _limits is None:
             return
         if len(self.connections) > _limits.max_connections:
-            body = _problem(503, b"Service Unavailable",
-                            b"too many open connections (DYDC_MAX_CONNECTIONS = %d); retry "
-                            b"shortly" % _limits.max_connections)
-            transport.write(_FULL % (len(body), body))
+            transport.write(_answer(
+                _FULL, 503, b"Service Unavailable",
+                b"too many open connections (DYDC_MAX_CONNECTIONS = %d); retry shortly"
+                % _limits.max_connections))
             metrics.CONNECTIONS_CLOSED.labels("max_connections").inc()
             transport.close()
             return

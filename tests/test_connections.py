@@ -6,12 +6,14 @@ checked: ``uvicorn app.main:app`` here, ``python -m app`` for the limit."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 
 from tests.support import ServerProcess, free_port, server_process
@@ -83,11 +85,14 @@ def test_a_request_cut_at_the_read_timeout_is_logged_and_counted_as_408(
     out=0, and 499)."""
     path = "/v1/routines/exponential_decay/sensitivities"  # a routine no other test here uses
     with _connect(uvicorn_server) as sock:
-        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\n" % path.encode()
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Request-ID: cut-1\r\n" % path.encode()
                      + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                      b'{"inputs": [')
         answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408"), answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\nx-request-id: cut-1\r\n" in head  # the request's own id, as logged
+    assert orjson.loads(body)["instance"] == "urn:dydc:request:cut-1"
     deadline = time.monotonic() + 10
     while f'"POST {path}" ' not in uvicorn_server.output():
         assert time.monotonic() < deadline, uvicorn_server.output()
@@ -145,6 +150,7 @@ def test_connections_past_the_limit_are_refused_and_honest_clients_served() -> N
             assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
             assert b"retry-after: 1" in answer.lower()
             assert b"DYDC_MAX_CONNECTIONS" in answer
+            assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", answer), answer
             for sock in held:  # the slow ones are cut at the read timeout ...
                 assert _read_until_closed(sock).startswith(b"HTTP/1.1 408")
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -67,6 +68,9 @@ def _problem(answer: bytes) -> dict[str, object]:
     assert b"content-type: application/problem+json" in head.lower(), head
     problem: dict[str, object] = orjson.loads(body)
     assert problem["status"] == 431
+    # an id, as on every answer, and the same id as the problem's instance
+    ids = re.findall(rb"\r\nx-request-id: ([0-9a-f]{32})\r\n", head)
+    assert len(ids) == 1 and problem["instance"] == f"urn:dydc:request:{ids[0].decode()}", head
     return problem
 
 

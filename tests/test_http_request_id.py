@@ -121,3 +121,19 @@ async def test_text_log_line(client: httpx.AsyncClient) -> None:
     (line,) = lines
     assert ' text-1 "POST /v1/routines/linear/sensitivities" 200 ' in line
     assert "routine=linear" in line and "n=2" in line and "secret" not in line
+
+
+async def test_a_text_log_line_cannot_be_forged_from_the_path_or_the_id(
+        client: httpx.AsyncClient) -> None:
+    """A path decodes %0a, %1b and %22; written raw, one request wrote a second, forged line
+    (or terminal escapes, or ended the quotes early). Each stays in its one line, escaped."""
+    forged = '2026-12-06T00:00:00.000Z forged "GET /admin" 200'
+    with access_log_lines() as lines:
+        r = await client.get("/v1/routines/x%0a" + forged.replace(" ", "%20").replace('"', "%22")
+                             + "%1b%5b31m%00%5c", headers={"x-request-id": 'a"b'})
+    assert r.status_code == 404
+    (line,) = lines
+    assert "\n" not in line and "\x1b" not in line and "\x00" not in line
+    assert line.count('"') == 2 + forged.count('"') + 1  # the path's quotes and the id's
+    assert ' a\\"b "GET /v1/routines/x\\x0a2026-12-06T00:00:00.000Z forged \\"GET /admin\\" ' \
+        '200\\x1b[31m\\x00\\\\" 404 ' in line

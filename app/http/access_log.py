@@ -103,8 +103,23 @@ def _second(epoch_s: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
 
 
+def _escaped(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def _quoted(text: str) -> str:
+    """``text`` safe in the line: a path decodes %0a, %1b or %22, and written raw they forged
+    a second line, sent escapes to a terminal, or ended the quotes early; a backslash, a
+    quote and every unprintable character are escaped instead."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # (nearly every path: checked without a copy)
+    return "".join(c if c.isprintable() and c not in '"\\' else _escaped(c) for c in text)
+
+
 def _text(entry: dict[str, Any]) -> str:
-    line = (f'{entry["time"]} {entry["id"]} "{entry["method"]} {entry["path"]}" '
+    line = (f'{entry["time"]} {_quoted(entry["id"])} "{entry["method"]} {_quoted(entry["path"])}" '
             f'{entry["status"]} {entry["total_ms"]}ms in={entry["bytes_in"]} '
             f'out={entry["bytes_out"]}')
     extra = " ".join(f"{k}={entry[k]}" for k in ("routine", "strategy", "n", "queue_ms",
