@@ -103,6 +103,17 @@ async def _read_inflated(receive: Receive, limit: int) -> bytes | None:
             return inflater.finish() if received else b""
 
 
+def _bodiless(scope: Scope) -> bool:
+    """A request framed without a body: no Transfer-Encoding, and Content-Length absent or 0."""
+    length = None
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            length = value
+    return length is None or length.strip() == b"0"
+
+
 class GzipRequestMiddleware:
     def __init__(self, app: ASGIApp, limit: int, refuse: Refuser | None = None) -> None:
         self.app = app
@@ -117,6 +128,11 @@ class GzipRequestMiddleware:
         lines = [v for k, v in scope["headers"] if k == b"content-encoding"]
         encoding = b", ".join(v.strip() for v in lines).lower() if lines else None
         if encoding is None or encoding == b"identity":
+            await self.app(scope, receive, send)
+            return
+        if encoding not in _GZIP and _bodiless(scope):
+            # an encoding of no body says nothing (a GET with the header): ignored, as a gzip
+            # one is where it turns out empty
             await self.app(scope, receive, send)
             return
         if encoding not in _GZIP:
