@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from dydc.cli import _comparison_table, _params, app
-from dydc.tables import InputTable
+from dydc.tables import InputTable, write_result, write_table
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -50,6 +50,7 @@ def test_csv_in_csv_out(dydc_url: str, tmp_path: Path) -> None:
                             str(source), "--param", "sigma=0.25", "--param", "r=0.03",
                             "--wrt", "sigma,r", "--out", str(target))
     assert code == 0, err
+    assert b"\r" not in target.read_bytes()  # lines end in "\n", as client/README.md shows
     header, table = read_csv(target.read_text())
     assert header == ["S", "K", "T", "y", "dy_dsigma", "dy_dr"]
     np.testing.assert_array_equal(table[:, :3], x)
@@ -60,10 +61,14 @@ def test_csv_in_csv_out(dydc_url: str, tmp_path: Path) -> None:
 
 
 def test_stdin_to_stdout_exact(dydc_url: str) -> None:
-    code, out, err = dydc_cli(dydc_url, "sensitivities", "linear", "-i", "-", "-p", "C=-5",
-                              "--out", "-", stdin="x\n0\n1\n2.5\n1e-300\n")
-    assert code == 0, err
-    header, table = read_csv(out)
+    result = runner.invoke(app, ["--url", dydc_url, "sensitivities", "linear", "-i", "-", "-p",
+                                 "C=-5", "--out", "-"], input="x\n0\n1\n2.5\n1e-300\n")
+    assert result.exit_code == 0, result.stderr
+    # lines end in "\n", as client/README.md shows (the bytes: Click's result.stdout turns
+    # "\r\n" into "\n")
+    assert result.stdout_bytes.startswith(b"x,y,dy_dC\n0.0,")
+    assert b"\r" not in result.stdout_bytes
+    header, table = read_csv(result.stdout)
     assert header == ["x", "y", "dy_dC"]
     np.testing.assert_array_equal(table[:, 1], -5 * np.array([0, 1, 2.5, 1e-300]))
     np.testing.assert_array_equal(table[:, 2], [0, 1, 2.5, 1e-300])
@@ -200,6 +205,23 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 def test_connection_refused_is_one_line() -> None:
     code, _, err = dydc_cli(f"http://127.0.0.1:{free_port()}", "--retries", "0", "routines")
     assert code == 1 and err.startswith("error: GET http://127.0.0.1:") and "ConnectError" in err
+
+
+def test_csv_lines_end_in_a_newline_alone(tmp_path: Path) -> None:
+    """Every CSV the CLI writes (results, and dydc scenarios' tables), to a file or to stdout,
+    ends its lines in "\n", not the csv module's "\r\n"."""
+    result = dydc.Result(routine="linear", values=np.array([1.0, 2.5]), n=2)
+    columns = [("x", np.array([0.5, 1.25])), ("y", np.array([1.0, 2.5]))]
+    stdout = io.StringIO()
+    write_result("-", columns, result, stdout)
+    write_result(str(tmp_path / "result.csv"), columns, result, stdout)
+    assert stdout.getvalue() == "x,y\n0.5,1.0\n1.25,2.5\n"
+    assert (tmp_path / "result.csv").read_bytes() == stdout.getvalue().encode()
+    stdout = io.StringIO()
+    write_table("-", ["shift", "y"], [[0.0, 1.0], [0.1, 1.5]], stdout)
+    write_table(str(tmp_path / "table.csv"), ["shift", "y"], [[0.0, 1.0], [0.1, 1.5]], stdout)
+    assert stdout.getvalue() == "shift,y\n0.0,1.0\n0.1,1.5\n"
+    assert (tmp_path / "table.csv").read_bytes() == stdout.getvalue().encode()
 
 
 def test_per_sample_parameter_from_a_column() -> None:

@@ -4,8 +4,11 @@ each refusal with the construct and column it names."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -341,6 +344,11 @@ def test_same_function_same_routine_name(expressions: Expressions) -> None:
         ("x + (x + x)", "x + (x + x)"),
         ("x - (x - x)", "x - (x - x)"),
         ("x / (x * x)", "x / (x * x)"),
+        # a run of one precedence is printed in one loop (tree.chain): the same parentheses
+        ("x - x + x * x / x * x - x", "x - x + x * x / x * x - x"),
+        ("((x - x) - x) - (x - x)", "x - x - x - (x - x)"),
+        ("(x + x) * x / (x - x) * x", "(x + x) * x / (x - x) * x"),
+        ("-x * x / -x ** x * (x ** x) ** x", "-x * x / -x ** x * (x ** x) ** x"),
         ("-x ** 2", "-x ** 2"),
         ("(-x) ** 2", "(-x) ** 2"),
         ("(-2) ** x", "(-2) ** x"),
@@ -365,6 +373,23 @@ def test_canonical_text(text: str, expected: str) -> None:
     tree = parse(text, ["x"], Bounds())
     assert canonical(tree) == expected
     assert parse(expected, ["x"], Bounds()) == tree  # the canonical text parses back
+
+
+def test_literals_and_comments_as_documented() -> None:
+    """docs/expressions.md, Grammar: Python's number literals (hex, octal, binary, underscores,
+    exponents), and comments from # to the end of a line, which are dropped."""
+    cases = {
+        "C * 0x10 * x": "C * 16 * x",
+        "0o17 + 0b101 + 0X1f + x": "15 + 5 + 31 + x",
+        "1_000 + 0x_ff + 1e-3 + 2.5E2 + .5 + 5. + x": "1000 + 255 + 0.001 + 250 + 0.5 + 5 + x",
+        "C * x # comment": "C * x",
+        "(C  # the scale\n * x)  # and the input": "C * x",
+    }
+    for text, expected in cases.items():
+        assert canonical(parse(text, ["x", "C"], Bounds())) == expected, text
+    for text in ("007 + x", "1__0 + x", "1_ + x"):  # Python refuses these too
+        with pytest.raises(ExpressionError, match="not an expression"):
+            parse(text, ["x"], Bounds())
 
 
 def test_tree() -> None:
@@ -420,9 +445,20 @@ def test_syntax_error_names_its_column() -> None:
         parse("x + * 2", ["x"], Bounds())
     assert caught.value.column == 5
     with pytest.raises(ExpressionError, match="not an expression"):
-        parse("", ["x"], Bounds())
-    with pytest.raises(ExpressionError, match="not an expression"):
         parse("x = 1", ["x"], Bounds())
+    # Python's parser puts an error at the end of the text at offset 0: the column is where
+    # the text ends (1-based), and a text with nothing to parse is called empty
+    for text in ("x +", "x +  ", "exp(x) *"):
+        with pytest.raises(ExpressionError) as caught:
+            parse(text, ["x"], Bounds())
+        column = len(text.rstrip()) + 1
+        assert caught.value.column == column
+        assert f"invalid syntax at column {column}, where the text ends" in str(caught.value)
+    for text in ("", "  ", "\n", "# a comment", " # a comment\n\n  # and another"):
+        with pytest.raises(ExpressionError) as caught:
+            parse(text, ["x"], Bounds())
+        assert str(caught.value) == "expression: the expression is empty", text
+        assert caught.value.column is None
     # a line break outside parentheses ends the expression: said, with the column
     with pytest.raises(ExpressionError, match="inside parentheses") as caught:
         parse("x\n*2", ["x"], Bounds())
@@ -456,6 +492,59 @@ def test_bounds_name_their_setting() -> None:
         assert setting in str(caught.value)
     parse("x ** 4 + x", ["x"], small)  # at the bounds: accepted
     parse("x ** x", ["x"], small)  # an exponent that is not literal is not bounded
+
+
+def test_a_run_of_one_precedence_is_one_level_of_depth() -> None:
+    """Python's parser nests a + b - c + d to the left, one BinOp per operator: no nesting
+    that the caller wrote. A run of + - (or of * /) is one level of DYDC_EXPRESSION_MAX_DEPTH,
+    so that a flat sum or product is bounded by the nodes alone; everything else nested,
+    parentheses that change the tree and ** included, counts a level each."""
+    small = Bounds(max_depth=3)
+    for text in ("x + x - x + x - x + x", "x * x / x * x / x", "((x + x) + x) - x",
+                 "(x + x) * x / (x - x) * x", "exp(x + x + x + x)"):
+        parse(text, ["x"], small)
+    for text in ("x + (x + (x + x))", "x * (x / (x * x))", "((x + x) * x + x) * x",
+                 "((x ** x) ** x) ** x", "exp(exp(exp(x)))", "-(-(-x))"):
+        with pytest.raises(ExpressionTooLarge, match="nested more deeply than 3 levels") as caught:
+            parse(text, ["x"], small)
+        assert caught.value.setting == "DYDC_EXPRESSION_MAX_DEPTH", text
+
+
+@contextmanager
+def _frames_to_spare(frames: int) -> Iterator[None]:
+    """Python's recursion limit lowered to ``frames`` more than the caller's stack."""
+    depth, frame = 1, sys._getframe()
+    while frame.f_back is not None:
+        depth, frame = depth + 1, frame.f_back
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + frames)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_no_walk_recurses_along_a_run_at_the_node_bound() -> None:
+    """A sum and a product at DYDC_EXPRESSION_MAX_NODES (999 nodes, runs of 499 operators)
+    are parsed, printed, interpreted and differentiated with 300 frames of Python's stack to
+    spare: no walk of ours recurses along a run (each did once, one or more frames per
+    operator). Python's own parser does too, in C, at a third of a frame per level (CPython's
+    ast2obj): about 170 frames for these."""
+    expressions = Expressions(cache_size=0)
+    at, scale = torch.tensor(0.5, dtype=F64), torch.tensor(1.5, dtype=F64)
+    jvp(torch.sin, (at,), (at,))  # torch.func's first call imports modules, many frames deep
+    for text, f, df in (
+        (" + ".join(["x"] * 499) + " + C", lambda x: 499 * x + 1.5, lambda x: 499.0),
+        ("C * " + " * ".join(["x"] * 499), lambda x: 1.5 * x**499,
+         lambda x: 1.5 * 499 * x**498),
+    ):
+        with _frames_to_spare(300):
+            made = expressions.expression(text, ["x"], ["C"])
+            fn = functools.partial(made.routine.fn, C=scale)
+            value, tangent = jvp(fn, (at,), (torch.ones_like(at),))
+        assert made.canonical == text
+        assert value.item() == pytest.approx(f(0.5), rel=1e-13)
+        assert tangent.item() == pytest.approx(df(0.5), rel=1e-12)
 
 
 def test_bounds_from_settings() -> None:

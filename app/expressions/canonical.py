@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number
+from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number, chain
 
 __all__ = ["canonical", "format_number"]
 
@@ -35,13 +35,20 @@ def canonical(node: Node) -> str:
             return id
         case Negation(operand):
             return "-" + _operand(operand, _precedence(operand) < _UNARY)
-        case Binary(op, left, right):
+        case Binary("**", left, right):
+            # right-associative, and tighter than a unary minus on its left
+            p = _PRECEDENCE["**"]
+            left_parens, right_parens = _precedence(left) <= p, _precedence(right) < _UNARY
+            return f"{_operand(left, left_parens)} ** {_operand(right, right_parens)}"
+        case Binary(op):
+            # a run of + - (or * /) is printed in one loop, not one call per operator: a flat
+            # sum is as long as the node bound allows (tree.chain)
             p = _PRECEDENCE[op]
-            if op == "**":  # right-associative, and tighter than a unary minus on its left
-                left_parens, right_parens = _precedence(left) <= p, _precedence(right) < _UNARY
-            else:
-                left_parens, right_parens = _precedence(left) < p, _precedence(right) <= p
-            return f"{_operand(left, left_parens)} {op} {_operand(right, right_parens)}"
+            first, rest = chain(node)
+            parts = [_operand(first, _precedence(first) < p)]
+            for symbol, right in rest:
+                parts.append(f"{symbol} {_operand(right, _precedence(right) <= p)}")
+            return " ".join(parts)
         case Comparison(ops, operands):
             text = canonical(operands[0])
             for op, operand in zip(ops, operands[1:], strict=True):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from app.expressions.functions import COMPARISONS, FUNCTIONS
-from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number
+from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number, chain
 
 __all__ = ["Evaluator", "Scope", "Value", "interpret"]
 
@@ -61,20 +61,30 @@ def interpret(node: Node) -> Evaluator:
         case Negation(operand):
             inner = interpret(operand)
             return lambda scope: -inner(scope)
-        case Binary(op, left, right):
-            return _binary(_BINARY[op], interpret(left), interpret(right))
+        case Binary():
+            first, rest = chain(node)
+            return _binary(interpret(first), [(_BINARY[op], interpret(r)) for op, r in rest])
         case Comparison(ops, operands):
             return _comparison([COMPARISONS[op] for op in ops], [interpret(o) for o in operands])
         case Call(function, args):
             return _call(FUNCTIONS[function].apply, [interpret(a) for a in args])
 
 
-def _binary(op: Callable[[Value, Value], Value], left: Evaluator, right: Evaluator) -> Evaluator:
+def _binary(
+    first: Evaluator, rest: list[tuple[Callable[[Value, Value], Value], Evaluator]]
+) -> Evaluator:
+    """``first``, then each operator and its operand, left to right: a run of + - (or * /)
+    is one closure that loops, where a closure per operator calling the next would recurse as
+    deep as the run, when run and when traced by torch.compile."""
+
     def binary(scope: Scope) -> Value:
-        a, b = left(scope), right(scope)
-        if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-            a = scope.tensor(a)
-        return op(a, b)
+        a = first(scope)
+        for op, right in rest:
+            b = right(scope)
+            if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+                a = scope.tensor(a)
+            a = op(a, b)
+        return a
 
     return binary
 

@@ -23,7 +23,17 @@ from app.expressions.bounds import Bounds
 from app.expressions.errors import ExpressionError, ExpressionTooLarge, UnknownName
 from app.expressions.functions import COMPARISONS, CONSTANTS, FUNCTIONS
 from app.expressions.interpreter import Scope, interpret
-from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number, walk
+from app.expressions.tree import (
+    GROUPS,
+    Binary,
+    Call,
+    Comparison,
+    Name,
+    Negation,
+    Node,
+    Number,
+    walk,
+)
 
 __all__ = ["parse"]
 
@@ -106,14 +116,22 @@ def parse(text: str, names: Collection[str], bounds: Bounds, *, field: str = "ex
     # indent); columns still count it
     body = text.lstrip()
     lead = len(text) - len(body)
+    # nothing to parse (blank, or comments alone): Python's parser would call it invalid
+    # syntax at column 0
+    if all(not line.strip() or line.lstrip().startswith("#") for line in body.splitlines()):
+        raise ExpressionError("the expression is empty", construct="syntax", field=field)
     try:
         tree = ast.parse(body, _FILENAME, mode="eval")
         return _Checker(text, names, bounds, field, lead).visit(tree.body)
     except SyntaxError as exc:
-        column = None
+        column, where = None, ""
         if exc.lineno is not None and exc.offset is not None:
-            column = _Positions(text, lead).column(exc.lineno, exc.offset - 1)
-        where = f" at column {column}" if column is not None else ""
+            if exc.offset < 1:  # the parser's way of saying that the text ended too early
+                column = len(text.rstrip()) + 1
+                where = f" at column {column}, where the text ends"
+            else:
+                column = _Positions(text, lead).column(exc.lineno, exc.offset - 1)
+                where = f" at column {column}"
         hint = ("; a line break ends the expression unless it is inside parentheses"
                 if exc.lineno is not None and exc.lineno > 1 else "")
         raise ExpressionError(
@@ -143,10 +161,22 @@ def _refuse_characters(text: str, field: str) -> None:
             )
 
 
+def _literal_value(node: Node) -> float | None:
+    """The value of a node of literals alone (a number, or 9 ** 9), computed in float64 by
+    the interpreter (never by Python); None where it holds a name."""
+    if isinstance(node, Number):
+        return node.value
+    if any(isinstance(n, Name) for n in walk(node)):
+        return None
+    scope = Scope({}, torch.zeros((), dtype=torch.float64))
+    return float(scope.tensor(interpret(node)(scope)))
+
+
 class _Positions:
     """Columns counted over the whole text (1-based), from the parser's line and offset."""
 
     def __init__(self, text: str, lead: int = 0) -> None:
+        self._text = text
         # the parser saw text[lead:]: its lines start at these offsets of text
         self._starts = [lead]
         for i in range(lead, len(text)):
@@ -157,13 +187,27 @@ class _Positions:
         # ASCII only (checked before parsing): the parser's byte offsets are characters
         return self._starts[lineno - 1] + col_offset + 1
 
+    def of(self, node: ast.expr | ast.keyword) -> int:
+        return self.column(node.lineno, node.col_offset)
+
+    def operator(self, node: ast.BinOp) -> int:
+        """Where the operator itself is: the first character after the left operand that is
+        neither space nor a closing parenthesis."""
+        start = self.of(node.left) - 1
+        if node.left.end_lineno is not None and node.left.end_col_offset is not None:
+            start = self.column(node.left.end_lineno, node.left.end_col_offset) - 1
+        i = start
+        while i < len(self._text) and self._text[i] in " \t\r\n)":
+            i += 1
+        return i + 1
+
 
 class _Checker(ast.NodeVisitor):
     """One ``visit_*`` per allowed construct; everything else reaches ``generic_visit``."""
 
     def __init__(self, text: str, names: Collection[str], bounds: Bounds, field: str,
                  lead: int) -> None:
-        self._text, self._positions = text, _Positions(text, lead)
+        self._positions = _Positions(text, lead)
         self._names = frozenset(names)
         self._bounds = bounds
         self._field = field
@@ -174,14 +218,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit(self, node: ast.AST) -> Node:
         assert isinstance(node, ast.expr)  # only expressions are ever visited
-        self._nodes += 1
-        if self._nodes > self._bounds.max_nodes:
-            raise ExpressionTooLarge(
-                f"the expression has more than {self._bounds.max_nodes} nodes",
-                setting="DYDC_EXPRESSION_MAX_NODES",
-                column=self._column(node),
-                field=self._field,
-            )
+        self._count(node)
         self._depth += 1
         if self._depth > self._bounds.max_depth:
             raise ExpressionTooLarge(
@@ -232,17 +269,23 @@ class _Checker(ast.NodeVisitor):
         self._refuse(f"operator {_REFUSED_OPERATORS[type(node.op)]}", node)
 
     def visit_BinOp(self, node: ast.BinOp) -> Node:
-        op = _OPERATORS.get(type(node.op))
-        if op is None:
-            self._refuse(
-                f"operator {_REFUSED_OPERATORS[type(node.op)]}",
-                node,
-                column=self._operator_column(node),
-            )
-        left, right = self.visit(node.left), self.visit(node.right)
-        if op == "**":
-            self._check_exponent(right, node.right)
-        return Binary(op, left, right)
+        # a run of one group's operators, a + b - c + ... (Python's parser nests it to the
+        # left), is one level of nesting: a flat sum or product is bounded by the node count
+        # alone, so its operators are walked in this loop and only its operands recursively
+        run = [node]
+        group = GROUPS.get(self._operator(node))
+        while group is not None and isinstance(left := run[-1].left, ast.BinOp) \
+                and GROUPS.get(_OPERATORS.get(type(left.op), "")) == group:
+            self._count(left)
+            run.append(left)
+        checked = self.visit(run[-1].left)
+        for binary in reversed(run):
+            op = _OPERATORS[type(binary.op)]
+            right = self.visit(binary.right)
+            if op == "**":
+                self._check_exponent(right, binary.right)
+            checked = Binary(op, checked, right)
+        return checked
 
     def visit_Compare(self, node: ast.Compare) -> Node:
         if not self._condition_allowed:
@@ -294,6 +337,23 @@ class _Checker(ast.NodeVisitor):
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _count(self, node: ast.expr) -> None:
+        self._nodes += 1
+        if self._nodes > self._bounds.max_nodes:
+            raise ExpressionTooLarge(
+                f"the expression has more than {self._bounds.max_nodes} nodes",
+                setting="DYDC_EXPRESSION_MAX_NODES",
+                column=self._column(node),
+                field=self._field,
+            )
+
+    def _operator(self, node: ast.BinOp) -> str:
+        op = _OPERATORS.get(type(node.op))
+        if op is None:
+            self._refuse(f"operator {_REFUSED_OPERATORS[type(node.op)]}", node,
+                         column=self._positions.operator(node))
+        return op
+
     def _number(self, node: ast.Constant) -> float:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -315,14 +375,8 @@ class _Checker(ast.NodeVisitor):
     def _check_exponent(self, exponent: Node, node: ast.expr) -> None:
         """A literal exponent, or one computed from literals alone (9 ** 9 in 9 ** 9 ** 9),
         is at most the bound in absolute value."""
-        if isinstance(exponent, Number):
-            value = exponent.value
-        elif any(isinstance(n, Name) for n in walk(exponent)):
-            return
-        else:  # constants only: computed in float64 by the interpreter (never by Python)
-            scope = Scope({}, torch.zeros((), dtype=torch.float64))
-            value = float(scope.tensor(interpret(exponent)(scope)))
-        if abs(value) > self._bounds.max_exponent:
+        value = _literal_value(exponent)
+        if value is not None and abs(value) > self._bounds.max_exponent:
             raise ExpressionTooLarge(
                 f"the literal exponent {value:g} at column {self._column(node)} is "
                 f"more than {self._bounds.max_exponent:g} in absolute value",
@@ -332,18 +386,7 @@ class _Checker(ast.NodeVisitor):
             )
 
     def _column(self, node: ast.expr | ast.keyword) -> int:
-        return self._positions.column(node.lineno, node.col_offset)
-
-    def _operator_column(self, node: ast.BinOp) -> int:
-        """Where the operator itself is: the first character after the left operand that is
-        neither space nor a closing parenthesis."""
-        start = self._column(node.left) - 1
-        if node.left.end_lineno is not None and node.left.end_col_offset is not None:
-            start = self._positions.column(node.left.end_lineno, node.left.end_col_offset) - 1
-        i = start
-        while i < len(self._text) and self._text[i] in " \t\r\n)":
-            i += 1
-        return i + 1
+        return self._positions.of(node)
 
     def _refuse(
         self, construct: str, node: ast.AST, hint: str | None = None, *, column: int | None = None

@@ -9,7 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Binary", "Call", "Comparison", "Name", "Negation", "Node", "Number", "walk"]
+__all__ = [
+    "GROUPS",
+    "Binary",
+    "Call",
+    "Comparison",
+    "Name",
+    "Negation",
+    "Node",
+    "Number",
+    "chain",
+    "walk",
+]
+
+# The operators that chain left to right at one precedence: a + b - c is (a + b) - c, one run
+# of the same group. ** is not here: it is right-associative, so a left-leaning ** is written
+# with parentheses and is nesting.
+GROUPS = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +74,8 @@ Node = Number | Name | Negation | Binary | Comparison | Call
 
 
 def walk(node: Node) -> Iterator[Node]:
-    """Every node of the tree, ``node`` first (iteratively: trees are at most the depth
-    bound deep, but a walk need not rely on it)."""
+    """Every node of the tree, ``node`` first (iteratively: a run of + or * is as deep as the
+    node bound allows, see :func:`chain`)."""
     stack: list[Node] = [node]
     while stack:
         current = stack.pop()
@@ -71,3 +87,17 @@ def walk(node: Node) -> Iterator[Node]:
                 stack += (right, left)
             case Comparison(_, operands) | Call(_, operands):
                 stack += reversed(operands)
+
+
+def chain(node: Binary) -> tuple[Node, list[tuple[str, Node]]]:
+    """``node`` as its first operand and the operators and operands that follow it, left to
+    right: a + b - c is ``a, [("+", b), ("-", c)]``. A flat sum or product of n terms is a
+    left-leaning run of n - 1 Binary nodes, bounded by the node count, not the depth: walks that
+    recurse go along the run with this, so that their recursion is only the nesting."""
+    group = GROUPS.get(node.op)
+    first, rest = node.left, [(node.op, node.right)]
+    while group is not None and isinstance(first, Binary) and GROUPS.get(first.op) == group:
+        rest.append((first.op, first.right))
+        first = first.left
+    rest.reverse()
+    return first, rest

@@ -189,7 +189,9 @@ def write_result(target: str, columns: list[tuple[str, np.ndarray]], result: Res
         np.save(target, table, allow_pickle=False)
         return
     with (open(target, "w", newline="") if target != "-" else _keep(stdout)) as out:
-        writer = csv.writer(out)
+        # "\n", as client/README.md shows and pipelines expect (the csv module's default is
+        # the RFC's "\r\n")
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow([name for name, _ in columns])
         lists = [values.tolist() for _, values in columns]
         writer.writerows(zip(*lists, strict=True))
@@ -207,7 +209,7 @@ def write_table(target: str, columns: Sequence[str], rows: Sequence[Sequence[flo
                                             "rows": [list(r) for r in rows]}))
         return
     with (open(target, "w", newline="") if target != "-" else _keep(stdout)) as out:
-        writer = csv.writer(out)
+        writer = csv.writer(out, lineterminator="\n")  # as write_result
         writer.writerow(columns)
         writer.writerows(rows)
 
