@@ -350,3 +350,39 @@ def test_what_one_launch_cannot_hold_goes_to_the_heavy_lane() -> None:
     assert not queue.heavy(job(SECOND_ORDER_CHUNK + 1, 1))
     assert queue.heavy(job(REVERSE_CHUNK + 1, 1))  # reverse mode's tape
     assert not queue.heavy(job(REVERSE_CHUNK + 1, 1, "forward"))
+
+
+def test_a_heavy_job_its_deadline_cannot_hold_is_not_told_to_retry() -> None:
+    """Behind heavy work, a job that its deadline leaves no time for is a 503 to retry only
+    if it would fit alone; one priced over its deadline alone is a 422 saying to raise
+    timeout_ms (a client retried it, in vain). The running total's rounding, left by jobs
+    gone, is not work ahead (it was: "heavy jobs ahead need about 0.0 s", 503)."""
+    import time
+
+    import torch
+
+    from app.engine import JobKind
+    from app.engine.errors import CostExceeded, QueueFull
+    from app.engine.runtime.batching import JobQueue
+    from app.engine.runtime.jobs import Job
+    from routines import discover
+
+    queue = JobQueue(10**7, 1000, 0.002)
+    linear = discover()["linear"]
+
+    def job(cost_s: float, deadline_in_s: float) -> Job:
+        heavy = Job(JobKind.SENSITIVITIES, linear, torch.zeros(2000, 1, dtype=torch.float64),
+                    {"C": 1.0}, ("C",), "reverse-loop", torch.float64,
+                    deadline=time.perf_counter() + deadline_in_s)
+        heavy.cost_s = cost_s
+        return heavy
+
+    first = job(0.1, 60)
+    queue.put(first)
+    queue.withdraw(first)
+    queue._heavy_cost += 1e-17  # what adding and taking back 0.1, 0.2, 0.7 can leave
+    queue.put(job(5.0, 0.3))  # nothing ahead: admitted (stopped at its deadline if it runs)
+    with pytest.raises(CostExceeded, match=r"estimated at 2.00 s .* raise timeout_ms"):
+        queue.put(job(2.0, 1.0))  # 5 s ahead, and over its 1 s alone
+    with pytest.raises(QueueFull, match="retry after a short wait"):
+        queue.put(job(0.5, 1.0))  # would fit alone: later, it may

@@ -18,7 +18,7 @@ import time
 from collections import deque
 
 from app import metrics
-from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
+from app.engine.errors import CostExceeded, DeadlineExceeded, QueueFull, ServiceUnavailable
 from app.engine.runtime.executor import batch_key, memory_chunk
 from app.engine.runtime.jobs import Job, resolve_all
 
@@ -64,10 +64,19 @@ class JobQueue:
         """Refuse a heavy job that the heavy work ahead of it leaves no time for."""
         ahead = self._heavy_cost
         left = math.inf if job.deadline is None else job.deadline - time.perf_counter()
+        if ahead < 1e-6:  # nothing ahead but the running total's rounding, left by jobs gone
+            self._heavy_cost = ahead = 0.0
+        if ahead > 0 and job.cost_s > left:  # no wait would make it fit: not a retry
+            metrics.REJECTIONS.labels("cost").inc()
+            raise CostExceeded(
+                f"this job is estimated at {job.cost_s:.2f} s of device time, more than its "
+                f"deadline leaves ({max(left, 0):.2f} s, behind {ahead:.2g} s of heavy jobs "
+                "ahead of it): raise timeout_ms (at most DYDC_REQUEST_TIMEOUT_MS), send fewer "
+                "samples, or use a cheaper strategy")
         if ahead > 0 and ahead + job.cost_s > left:
             metrics.REJECTIONS.labels("queue_full").inc()
             raise QueueFull(
-                f"heavy jobs ahead of this one need about {ahead:.1f} s of device time, and "
+                f"heavy jobs ahead of this one need about {ahead:.2g} s of device time, and "
                 f"this one about {job.cost_s:.2f} s: it would not finish within its deadline "
                 f"({max(left, 0):.1f} s left); retry after a short wait, or use a cheaper "
                 "strategy", retry_after_s=max(1.0, ahead))
