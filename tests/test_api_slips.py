@@ -91,3 +91,12 @@ async def test_an_unknown_field_with_nothing_close(client: httpx.AsyncClient) ->
     assert "did you mean" not in problem["detail"]  # type: ignore[operator]
     assert "order: Input should be a valid integer" in problem["detail"]  # type: ignore[operator]
     assert len(problem["detail"]) < 400  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout_ms", ["inf", "1e400", "1e12"])
+async def test_a_deadline_over_the_servers_is_capped_not_refused(client: httpx.AsyncClient,
+                                                                 timeout_ms: str) -> None:
+    r = await client.post(SENS.format("linear") + f"?timeout_ms={timeout_ms}",
+                          json={"inputs": [1.0, 2.0]})
+    assert r.status_code == 200, r.text
+    assert r.json()["derivatives"] == {"C": [1.0, 2.0]}

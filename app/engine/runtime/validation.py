@@ -132,8 +132,9 @@ def enabled(limits: Limits) -> list[str]:
 
 
 def checked_timeout(timeout_ms: float | None) -> None:
-    if timeout_ms is not None and not (math.isfinite(timeout_ms)
-                                       and timeout_ms >= MIN_TIMEOUT_MS):
+    """At least MIN_TIMEOUT_MS; longer ones, inf included, are capped at the server's own
+    (DYDC_REQUEST_TIMEOUT_MS) where the deadline is set. NaN is refused."""
+    if timeout_ms is not None and not timeout_ms >= MIN_TIMEOUT_MS:
         raise InvalidRequest(
             f"timeout_ms = {timeout_ms:g}; use a number of ms of at least "
             f"{MIN_TIMEOUT_MS:g} (a shorter deadline cannot be met)")
