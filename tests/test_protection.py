@@ -479,3 +479,34 @@ async def test_too_many_samples_are_counted_as_samples_not_as_body_size() -> Non
             value(before, "dydc_rejections_total", reason="samples") + 2
         assert value(after, "dydc_rejections_total", reason="body_size") == \
             value(before, "dydc_rejections_total", reason="body_size")
+
+
+@pytest.mark.parametrize(("order", "wrt", "advised"), [
+    (2, ("r",), "vmap-grad"),  # jacrev and reverse-loop are cheaper, but first order only
+    (1, ("r", "t"), "vmap-grad"),  # an input feature: per sample, which they cannot take
+    (1, ("r",), "jacrev"),
+])
+def test_the_cheaper_strategy_advised_can_serve_the_request(
+        order: int, wrt: tuple[str, ...], advised: str) -> None:
+    """A refusal for cost names a strategy to use instead: one that can serve the request
+    (it named jacrev for a Hessian, which jacrev then refused)."""
+    import torch
+
+    from app.engine import JobKind, Limits
+    from app.engine.errors import CostExceeded
+    from app.engine.runtime.jobs import Job
+    from app.engine.runtime.pricing import Pricing
+
+    class Costs:
+        def estimate(self, routine: object, strategy: str | None, n: int, p: int,
+                     pairs: int = 0) -> float:
+            return {"jacrev": 0.001, "reverse-loop": 0.002, "vmap-grad": 1.0}.get(
+                strategy or "", 50.0)
+
+    rk4 = discover()["logistic_rk4"]
+    pricing = Pricing(Costs(), Limits(max_samples=10**6, caps={}, max_job_cost_s=10.0),  # type: ignore[arg-type]
+                      None, [torch.device("cpu")])
+    job = Job(JobKind.SENSITIVITIES, rk4, torch.tensor([[10.0, 1.0]], dtype=torch.float64),
+              {"r": 0.3, "K": 100.0}, wrt, "forward", torch.float64, order=order)
+    with pytest.raises(CostExceeded, match=f"use strategy={advised} "):
+        pricing.price(job)

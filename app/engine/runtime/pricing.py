@@ -12,6 +12,7 @@ import torch
 
 from app import metrics
 from app.engine.compiled.forward import CompiledForward, runs_through_graphs
+from app.engine.differentiation.capabilities import refusal
 from app.engine.differentiation.input_sensitivities import with_features_as_params
 from app.engine.differentiation.problem import Problem
 from app.engine.errors import CostExceeded, GraphBuilding
@@ -61,19 +62,23 @@ class Pricing:
     def _within_cap(self, strategy: str, n: int) -> bool:
         return strategy not in self.limits.caps or n <= self.limits.caps[strategy][1]
 
-    def _cheaper(self, routine: Routine, n: int, p: int, cost: float, second: int) -> str:
-        """The cheapest enabled strategy for this request, as advice in a refusal."""
+    def _cheaper(self, job: Job, cost: float) -> str:
+        """The cheapest enabled strategy that can serve this request (its order, its
+        per-sample parameters), as advice in a refusal."""
+        n, p, second = job.n, passes(job), pairs(job)
         options = sorted(
-            (self.costs.estimate(routine, name, n, p, second), name)
-            for name in enabled(self.limits) if name != "auto" and self._within_cap(name, n))
+            (self.costs.estimate(job.routine, name, n, p, second), name)
+            for name in enabled(self.limits) if name != "auto" and self._within_cap(name, n)
+            and refusal(name, job.routine, order=job.order, per_sample=job.per_sample) is None)
         for estimate, name in options:
             if estimate < cost and estimate <= self.limits.max_job_cost_s:
                 return f"use strategy={name} (about {estimate:.3g} s), or split the batch"
         return "split the batch"
 
-    def _cost(self, routine: Routine, strategy: str | None, n: int, p: int,
-              cost: float | None = None, how: str = "", second: int = 0) -> float:
+    def _cost(self, job: Job, strategy: str | None, cost: float | None = None,
+              how: str = "") -> float:
         """``cost`` (default: the model's estimate), unless it is over DYDC_MAX_JOB_COST."""
+        routine, n, p, second = job.routine, job.n, passes(job), pairs(job)
         if cost is None:
             cost = self.costs.estimate(routine, strategy, n, p, second)
         if cost > self.limits.max_job_cost_s:
@@ -84,7 +89,7 @@ class Pricing:
                 f"{f' and {second} second-order pair(s)' if second else ''} is "
                 f"estimated at {cost:.3g} s of device time{how}, over the limit of "
                 f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
-                f"{self._cheaper(routine, n, p, cost, second)}"
+                f"{self._cheaper(job, cost)}"
             )
         return cost
 
@@ -114,7 +119,7 @@ class Pricing:
         p, second = passes(job), pairs(job)
         problem = self._compilable(routine, strategy, job)
         if problem is None:
-            return self._cost(routine, strategy, job.n, p, second=second)
+            return self._cost(job, strategy)
         assert self._compiled is not None
         device = self.devices[0]
         seconds = self._compiled.launch_seconds(problem, device, job.order, job.cross)
@@ -123,17 +128,16 @@ class Pricing:
             cost = seconds if measured else self.costs.estimate(routine, None, job.n, 1)
             how = " through its compiled graph" + ("" if measured else
                                                    " (plain evaluation's time)")
-            return self._cost(routine, strategy, job.n, p, cost, how, second)
+            return self._cost(job, strategy, cost, how)
         eager = self.costs.estimate(routine, strategy, job.n, p, second)
         if eager <= self.limits.max_job_cost_s:
             return eager  # (its launch asks for the graph, as every large launch does)
         if strategy is None:  # plain evaluation's graph is priced at eager evaluation's
             # estimate until it has launched: waiting for it would not make this affordable
-            return self._cost(routine, strategy, job.n, p, eager, second=second)
+            return self._cost(job, strategy, eager)
         self._compiled.request(problem, job.order, job.cross, device)
         if self._compiled.refused(problem, job.order, job.cross, device) is not None:
-            return self._cost(routine, strategy, job.n, p, eager,  # (DYDC_COMPILE_MAX_GRAPHS)
-                              second=second)
+            return self._cost(job, strategy, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
         plain = self.costs.estimate(routine, None, job.n, 1)
         retry_s = self._compiled.typical_build_s()
         metrics.REJECTIONS.labels("cost").inc()
