@@ -253,7 +253,7 @@ HUGE = 10**400  # an integer no float holds
      ["cross applies to second derivatives"]),
     ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": ["zz"]},
      ["'zz'", "neither a parameter nor an input"]),
-    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": ["r", "r"]}, ["'r'", "twice"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": ["r", "r"]}, ["'r' more than once"]),
     ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": []}, ["wrt is empty"]),
     # with it, an empty wrt is refused as /sensitivities refuses it, not taken as absent
     ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": [], "explain": True}, ["wrt is empty"]),

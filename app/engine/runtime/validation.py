@@ -218,7 +218,7 @@ def checked_wrt(routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
         )
     if len(set(wrt)) != len(wrt):
         twice = [w for w, count in Counter(wrt).items() if count > 1]
-        raise InvalidRequest(f"wrt lists a parameter twice: {listed(twice, quoted=True)}; "
+        raise InvalidRequest(f"wrt names {listed(twice, quoted=True)} more than once; "
                              "name each once")
     return tuple(wrt)
 
