@@ -75,6 +75,15 @@ async def test_cors_when_origins_are_set(make_client: ClientFactory) -> None:
             "origin": "https://evil.example", "access-control-request-method": "POST"})
         assert refused.status_code == 400
         assert "access-control-allow-origin" not in refused.headers
+        # in the path's format, as every refusal (it was Starlette's plain text)
+        problem = refused.json()
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert problem["type"] == "urn:dydc:problem:cors-preflight-refused"
+        assert problem["detail"].startswith("CORS preflight refused (origin not allowed)")
+        assert problem["instance"] == f"urn:dydc:request:{refused.headers['x-request-id']}"
+        v2 = await c.options("/v2/models/linear/infer", headers={
+            "origin": ORIGIN, "access-control-request-method": "PUT"})
+        assert v2.status_code == 400 and "method not allowed" in v2.json()["error"]
         # the browser can read the answer, a 401 included, and the request id
         r = await c.post(SENS, content=BODY, headers={"content-type": "application/json",
                                                       "origin": ORIGIN})

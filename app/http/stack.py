@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from app.config import Settings
@@ -26,6 +25,7 @@ from app.http.access_log import AccessLogMiddleware
 from app.http.auth import ApiKeyMiddleware
 from app.http.compression import GzipRequestMiddleware
 from app.http.content_type import ContentTypeMiddleware
+from app.http.cors import CorsMiddleware
 from app.http.headers import HeaderLimitMiddleware
 from app.http.refusal import Refuser
 from app.http.request_id import RequestIdMiddleware
@@ -50,7 +50,7 @@ def wrap(app: ASGIApp, settings: Settings, writers: Mapping[str, Writer]) -> ASG
                                           settings.compress_max_bytes, settings.gzip_level,
                                           settings.zstd_level)
     if settings.cors_origin_list:
-        stack = CORSMiddleware(stack, allow_origins=settings.cors_origin_list,
+        stack = CorsMiddleware(stack, refuse, allow_origins=settings.cors_origin_list,
                                allow_methods=["GET", "HEAD", "POST"],
                                allow_headers=_CORS_HEADERS,
                                expose_headers=["X-Request-ID",
