@@ -42,7 +42,8 @@ _LATENCY_BUCKETS = (
 
 REQUESTS = Counter(
     "dydc_requests_total",
-    "Computation requests answered, by routine, strategy (the one that ran) and HTTP status.",
+    "Computation requests answered, by routine, strategy (the one that ran) and HTTP status; "
+    "those the operator's middlewares refuse (401, 413, 415, 431) with routine unknown.",
     ["routine", "strategy", "status"],
 )
 REQUEST_SECONDS = Histogram(

@@ -8,7 +8,15 @@ import httpx
 import pytest
 
 from app.http.auth import ApiKeyMiddleware, presented_keys
-from tests.support import ClientFactory, access_log_lines, assert_error, assert_problem, tensor
+from tests.support import (
+    ClientFactory,
+    access_log_lines,
+    assert_error,
+    assert_problem,
+    scrape,
+    tensor,
+    value,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -133,3 +141,21 @@ async def test_a_wrong_credential_is_refused_beside_a_right_one(
         assert_problem(await c.post(SENS, json=V1_BODY, headers=headers), 401, "not accepted")
         both = {"Authorization": f"BeArEr   {KEY} ", "X-API-Key": KEY}  # case, spaces: fine
         assert _dy_dc(await c.post(SENS, json=V1_BODY, headers=both)) == [1, 2, 3.5]
+
+
+async def test_refused_computation_requests_are_counted(make_client: ClientFactory) -> None:
+    """dydc_requests_total counts computation requests by status: those the middlewares
+    refuse (401 here, 415) too, routine unknown; a refused GET is not a computation."""
+    async with make_client(api_keys=KEY, public_metrics=True) as c:
+        def count(status: str) -> float:
+            return value(metrics, "dydc_requests_total", routine="unknown", strategy="none",
+                         status=status)
+
+        metrics = scrape((await c.get("/metrics")).text)
+        before = count("401"), count("415")
+        await c.post(SENS, json=V1_BODY)
+        await c.post(INFER, json=V2_BODY, headers={"X-API-Key": "nope"})
+        await c.get("/v1/routines")
+        await c.post(SENS, content=b"x", headers={"X-API-Key": KEY, "content-type": "text/csv"})
+        metrics = scrape((await c.get("/metrics")).text)
+        assert (count("401"), count("415")) == (before[0] + 2, before[1] + 1)

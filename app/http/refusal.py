@@ -28,9 +28,13 @@ class Refuser:
 
     def response(self, scope: Scope, status: int, detail: str, slug: str,
                  headers: dict[str, str] | None = None, reason: str | None = None) -> Response:
-        """The answer; ``reason``, when given, counts it in dydc_rejections_total."""
+        """The answer; ``reason``, when given, counts it in dydc_rejections_total. A refused
+        POST (every computation route is one) is counted in dydc_requests_total as well, as
+        the pipeline counts what it answers: its routine and strategy unknown."""
         if reason is not None:
             metrics.child(metrics.REJECTIONS, reason).inc()
+        if scope.get("method") == "POST":
+            metrics.child(metrics.REQUESTS, "unknown", "none", str(status)).inc()
         problem = with_instance(ProblemDetails(status, detail, slug, dict(headers or {})), scope)
         return writer_for(scope["path"], self.writers)(problem)
 
