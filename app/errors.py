@@ -168,9 +168,15 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> ProblemD
                   else HTTPStatus(exc.status_code).phrase)
         if exc.status_code == 404:
             detail = f"no endpoint at {path}; see /docs for the API"
-        elif exc.status_code == 405:
-            detail = f"{method} is not allowed on {path}"
-        return ProblemDetails(exc.status_code, detail, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+            if "GET" in allowed and "HEAD" not in allowed:  # every GET answers HEAD (app.api)
+                allowed.insert(allowed.index("GET") + 1, "HEAD")
+                headers["Allow"] = ", ".join(allowed)
+            detail = f"{method} is not allowed on {path}" + (
+                f"; use {' or '.join(allowed)}" if allowed else "")
+        return ProblemDetails(exc.status_code, detail, headers=headers)
     if isinstance(exc, ClientDisconnect):
         return ProblemDetails(CLIENT_CLOSED_REQUEST, "the client went away")
     log.error("unhandled error on %s %s", method, path, exc_info=exc)

@@ -130,3 +130,13 @@ async def test_every_get_answers_head(client: httpx.AsyncClient, path: str) -> N
 async def test_head_where_there_is_no_get_is_405(client: httpx.AsyncClient) -> None:
     r = await client.head("/v1/routines/linear/sensitivities")
     assert r.status_code == 405 and "POST" in r.headers["allow"]
+
+
+@pytest.mark.parametrize("path", ["/v1/routines", "/healthz", "/v2/models/linear"])
+async def test_a_405_on_a_get_route_allows_head_too(client: httpx.AsyncClient,
+                                                    path: str) -> None:
+    """Every GET answers HEAD, so the 405 of another method says so in Allow."""
+    r = await client.post(path, json={})
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, HEAD"
+    assert "use GET or HEAD" in r.text
