@@ -33,7 +33,7 @@ async def test_default_bump_is_todays_and_is_echoed(client: httpx.AsyncClient) -
     body = await _sens(client, "?strategy=finite-difference", {"inputs": ROWS,
                                                                "params": {"k": 0.7}})
     assert body["bump"] == {"shift": pytest.approx(EPS ** (1 / 3)), "shift_type": "absolute",
-                            "scheme": "central"}
+                            "scheme": "central", "schemes": {"k": ["central"]}}
     assert body["derivatives"]["k"] == pytest.approx(_want("k"), rel=1e-9)  # type: ignore[index]
     second = await _sens(client, "?strategy=finite-difference",
                          {"inputs": ROWS, "params": {"k": 0.7}, "order": 2})
@@ -51,9 +51,10 @@ async def test_each_setting_runs_and_is_echoed(client: httpx.AsyncClient, query:
     body = await _sens(client, "?strategy=finite-difference&" + query,
                        {"inputs": ROWS, "params": {"k": 0.7}})
     settings = dict(part.split("=") for part in query.split("&"))
+    scheme = settings.get("scheme", "central")
     assert body["bump"] == {"shift": float(settings["shift"]),
                             "shift_type": settings["shift_type"],
-                            "scheme": settings.get("scheme", "central")}
+                            "scheme": scheme, "schemes": {"k": [scheme]}}
     got = body["derivatives"]["k"]  # type: ignore[index]
     assert got == pytest.approx(_want("k"), rel=first_rel)
 
@@ -194,3 +195,90 @@ async def test_check_sees_a_difference(client: httpx.AsyncClient) -> None:
     assert body["check"]["max_abs_diff"]["k"] == pytest.approx(diff, rel=1e-9)  # type: ignore[index]
     assert body["check"]["max_rel_diff"]["k"] == pytest.approx(  # type: ignore[index]
         diff / max(abs(b) for b in bumped), rel=1e-9)
+
+
+def _softmax(z: list[float], T: float) -> list[float]:
+    e = [math.exp(zj / T) for zj in z]
+    return [ej / sum(e) for ej in e]
+
+
+async def test_the_echo_names_the_scheme_that_ran(client: httpx.AsyncClient) -> None:
+    """T >= 0: a central bump of 0.6 at T = 0.5 would cross the bound, so the default steps
+    away from it, a one-sided difference of second order, and the echo says forward."""
+    z, T, h = [1.0, 2.0, 3.0], 0.5, 0.6
+    body = await _sens(client, f"?strategy=finite-difference&shift={h}",
+                       {"inputs": [z], "params": {"T": T}},
+                       url="/v1/routines/softmax/sensitivities")
+    assert body["bump"] == {"shift": h, "shift_type": "absolute", "scheme": "forward",
+                            "schemes": {"T": ["forward"]}}
+    f0, f1, f2 = (_softmax(z, T + k * h) for k in (0, 1, 2))
+    want = [(-3 * a + 4 * b - c) / (2 * h) for a, b, c in zip(f0, f1, f2, strict=True)]
+    assert body["derivatives"]["T"][0] == pytest.approx(want, rel=1e-12)  # type: ignore[index]
+
+
+async def test_the_echo_says_per_entry_which_samples_stepped_away(
+        client: httpx.AsyncClient) -> None:
+    """Per sample: sigma = 1e-9 steps forward where 0.2 stays central; S has no bound. At
+    order 2 the larger default step (eps^(1/4)) steps away where the first one did not."""
+    body = await _sens(client, "?strategy=finite-difference", {
+        "inputs": [[100.0, 100.0, 1.0]] * 2, "params": {"sigma": [0.2, 1e-9]},
+        "wrt": ["S", "sigma"]}, BS)
+    assert body["bump"]["scheme"] == "forward"  # type: ignore[index]
+    assert body["bump"]["schemes"] == {"S": ["central"],  # type: ignore[index]
+                                       "sigma": ["central", "forward"]}
+    for query, order, schemes in (("?strategy=finite-difference", 1, ["central"]),
+                                  ("?strategy=finite-difference", 2, ["central", "forward"]),
+                                  ("?check=finite-difference", 2, ["central", "forward"])):
+        body = await _sens(client, query, {"inputs": [[100.0, 100.0, 1.0]],
+                                           "params": {"sigma": 1e-5}, "wrt": ["sigma"],
+                                           "order": order}, BS)
+        assert body["bump"]["schemes"] == {"sigma": schemes}, query  # type: ignore[index]
+        assert body["bump"]["scheme"] == schemes[-1], query  # type: ignore[index]
+
+
+_OVERFLOWS = [
+    ("strategy=finite-difference&shift=1e308", "float64", ["h = 1e+308", "span 2h", "float64"]),
+    ("check=finite-difference&shift=1e308", "float64", ["h = 1e+308", "span 2h"]),
+    ("strategy=finite-difference&shift=2e38", "float32", ["h = 2e+38", "span 2h", "float32"]),
+    ("strategy=finite-difference&shift=1e39", "float32", ["h = 1e+39", "bumped value"]),
+]
+
+
+@pytest.mark.parametrize(("query", "dtype", "order", "needles"), [
+    *((q, dtype, order, needles) for q, dtype, needles in _OVERFLOWS for order in (1, 2)),
+    ("strategy=finite-difference&shift=1e308&scheme=forward", "float64", 2,
+     ["h = 1e+308", "bumped value"]),  # v + 2h
+])
+async def test_a_bump_whose_difference_overflows_is_422_about_the_bump(
+        client: httpx.AsyncClient, query: str, dtype: str, order: int,
+        needles: list[str]) -> None:
+    """v +- h is finite but the span 2h is not: the quotient came out 0 (dy/dC of C x is x)."""
+    resp = await client.post(f"{LINEAR}?{query}",
+                             json={"inputs": [1.0, 0.5], "dtype": dtype, "order": order})
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    for needle in ("params.C = 1.0", "overflows", "smaller shift", *needles):
+        assert needle in detail, detail
+
+
+@pytest.mark.parametrize(("shift", "dtype"), [("8e307", "float64"), ("1e38", "float32")])
+async def test_a_bump_just_inside_the_range_still_runs(client: httpx.AsyncClient, shift: str,
+                                                       dtype: str) -> None:
+    for order in (1, 2):
+        doc = await _sens(client, f"?strategy=finite-difference&shift={shift}",
+                          {"inputs": [1.0], "dtype": dtype, "order": order}, url=LINEAR)
+        assert doc["derivatives"]["C"] == pytest.approx([1.0], rel=1e-6)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("body", "nulls"), [
+    ({"inputs": [1.0, 2.0, 3.0], "order": 2}, ["C,C"]),  # d2y/dC2 = 0
+    ({"inputs": [0.0, 0.0]}, ["C"]),  # dy/dC = x = 0
+])
+async def test_max_rel_diff_is_null_where_the_bump_is_zero_everywhere(
+        client: httpx.AsyncClient, body: dict[str, object], nulls: list[str]) -> None:
+    check = (await _sens(client, "?check=finite-difference", body, url=LINEAR))["check"]
+    for key, rel in check["max_rel_diff"].items():  # type: ignore[index]
+        if key in nulls:
+            assert rel is None and check["max_abs_diff"][key] == 0.0, key  # type: ignore[index]
+        else:
+            assert 0 <= rel < 1e-8, key

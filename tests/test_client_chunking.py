@@ -50,3 +50,17 @@ async def test_a_batch_is_split_under_the_answer_limit(service: httpx.ASGITransp
     assert np.allclose(result.values.sum(axis=1), 1.0)
     assert np.allclose(result.derivatives["T"].sum(axis=1), 0.0, atol=1e-12)
     assert math.isfinite(float(result.second_derivatives["T,T"].sum()))
+
+
+def test_merged_checks_keep_a_relative_difference_over_a_null() -> None:
+    """A chunk whose reference is 0 everywhere has no relative difference (NaN, the service's
+    null): it gives way to another chunk's number, and stays NaN only where every one is."""
+    from dydc.chunking import _merge_check
+    from dydc.results import Check
+
+    nan, fd = math.nan, "finite-difference"
+    merged = _merge_check([Check(fd, {"C": 1e-9, "C,C": 0.0}, {"C": nan, "C,C": nan}),
+                           Check(fd, {"C": 2e-9, "C,C": 0.0}, {"C": 0.5, "C,C": nan}), None])
+    assert merged is not None
+    assert merged.max_abs_diff == {"C": 2e-9, "C,C": 0.0}
+    assert merged.max_rel_diff["C"] == 0.5 and math.isnan(merged.max_rel_diff["C,C"])

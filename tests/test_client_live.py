@@ -232,3 +232,18 @@ def test_json_without_orjson(dydc_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     np.testing.assert_array_equal(fast.values, plain.values)
     for key in ("sigma", "r"):
         np.testing.assert_array_equal(fast.derivatives[key], plain.derivatives[key])
+
+
+def test_a_null_relative_difference_is_nan(client: dydc.Client) -> None:
+    """d2y/dC2 of linear is 0 everywhere: the service says null for its relative difference
+    (nothing to divide by); the client reads NaN (it raised TypeError), merged chunks and the
+    comparison alike, and the bump's echo keeps the schemes that ran."""
+    result = client.sensitivities("linear", [1.0, 2.0, 3.0], order=2, check=True)
+    assert result.check is not None
+    assert math.isnan(result.check.max_rel_diff["C,C"])
+    assert result.check.max_abs_diff["C,C"] < 1e-6
+    assert result.check.max_rel_diff["C"] < 1e-8
+    assert result.bump is not None and result.bump.schemes == {"C": ["central"]}
+    comparison = client.compare("linear", [1.0, 2.0, 3.0], order=2)
+    ok = [row for row in comparison.strategies if row.status == "ok"]
+    assert ok and all(math.isnan(row.max_rel_diff["C,C"]) for row in ok)

@@ -134,3 +134,20 @@ async def test_strategies_say_what_they_support(client: httpx.AsyncClient) -> No
     routine = (await client.get("/v1/routines/black_scholes_call")).json()
     assert [p["name"] for p in routine["params"]] == ["sigma", "r"]
     assert routine["inputs"] == ["S", "K", "T"]
+
+
+async def test_max_rel_diff_is_null_where_the_reference_is_zero_everywhere(
+        client: httpx.AsyncClient) -> None:
+    """d2y/dC2 of C x is 0 for every sample: a relative difference has no value there, so it
+    is null and max_abs_diff says how far each strategy is; dy/dC = x is relative as ever."""
+    resp = await client.post(COMPARE.format("linear"), json={"inputs": [1, 2, 3], "order": 2})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["second_derivatives"]["C,C"] == [0.0, 0.0, 0.0]
+    assert body["derivatives"]["C"] == [1.0, 2.0, 3.0]
+    ok = {name: row for name, row in _rows(body).items() if row["status"] == "ok"}
+    assert "finite-difference" in ok and "forward" in ok
+    for name, row in ok.items():
+        assert row["max_rel_diff"]["C,C"] is None, row
+        assert row["max_abs_diff"]["C,C"] < 1e-6, row
+        assert 0 <= row["max_rel_diff"]["C"] < (1e-8 if name == "finite-difference" else 1e-15)

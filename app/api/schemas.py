@@ -118,15 +118,20 @@ class EvaluateResponse(BaseModel):
 class BumpInfo(BaseModel):
     shift: float
     shift_type: Literal["absolute", "relative"]
-    scheme: Literal["central", "forward", "backward"]
+    scheme: Literal["central", "forward", "backward"] = Field(
+        description="The scheme that ran: central only where every step was, else the first "
+                    "one-sided one (a bump that stepped away from a bound).")
+    schemes: dict[str, list[Literal["central", "forward", "backward"]]] | None = Field(
+        None, description="Per wrt entry, the schemes its steps took over every sample and "
+                          "order asked.")
 
 
 class CheckInfo(BaseModel):
     strategy: str
     max_abs_diff: dict[str, float]
     max_rel_diff: dict[str, float | None] = Field(
-        description="max |a - b| / max |b|, b the bump's; null where that is infinite (b is 0, "
-                    "or so small that the ratio overflows, where a is not).")
+        description="max |a - b| / max |b|, b the bump's; null where b is 0 for every sample "
+                    "(no relative difference: read max_abs_diff), or the ratio overflows.")
 
 
 class SensitivityResponse(EvaluateResponse):
@@ -145,8 +150,8 @@ class CompareRow(BaseModel):
     time_ms: float | None = Field(description="The launch's compute time.")
     max_abs_diff: dict[str, float]
     max_rel_diff: dict[str, float | None] = Field(
-        description="null where it is infinite (the reference is 0, or so small that the ratio "
-                    "overflows, where this strategy is not).")
+        description="null where the reference is 0 for every sample (no relative difference: "
+                    "read max_abs_diff), or the ratio overflows.")
 
 
 class CompareResponse(BaseModel):

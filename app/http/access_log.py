@@ -119,7 +119,8 @@ def _quoted(text: str) -> str:
 
 
 def _text(entry: dict[str, Any]) -> str:
-    line = (f'{entry["time"]} {_quoted(entry["id"])} "{entry["method"]} {_quoted(entry["path"])}" '
+    who, path = _quoted(str(entry["id"])), _quoted(entry["path"])
+    line = (f'{entry["time"]} {who} "{entry["method"]} {path}" '
             f'{entry["status"]} {entry["total_ms"]}ms in={entry["bytes_in"]} '
             f'out={entry["bytes_out"]}')
     extra = " ".join(f"{k}={entry[k]}" for k in ("routine", "strategy", "n", "queue_ms",

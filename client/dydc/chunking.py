@@ -9,6 +9,7 @@ independent, so the merged answer is the one a single request would get.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -68,7 +69,9 @@ def _merge_check(checks: Sequence[Check | None]) -> Check | None:
         for k, v in c.max_abs_diff.items():
             abs_diff[k] = max(abs_diff.get(k, v), v)
         for k, v in c.max_rel_diff.items():
-            rel_diff[k] = max(rel_diff.get(k, v), v)
+            # NaN (no reference to divide by in that chunk) gives way to any number
+            before = rel_diff.get(k, v)
+            rel_diff[k] = v if math.isnan(before) else before if math.isnan(v) else max(before, v)
     return Check(present[0].strategy, abs_diff, rel_diff)
 
 

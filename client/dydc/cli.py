@@ -374,7 +374,7 @@ def _print_check(result: Result) -> None:
                       title=f"check against {result.check.strategy}")
         for key, value in result.check.max_abs_diff.items():
             rel = result.check.max_rel_diff.get(key, math.nan)
-            table.add_row(key, f"{value:.3g}", f"{rel:.3g}")
+            table.add_row(key, f"{value:.3g}", "-" if math.isnan(rel) else f"{rel:.3g}")
         err.print(table)
 
 
@@ -470,7 +470,10 @@ def expression(
 
 
 def _worst(diffs: dict[str, float]) -> str:
-    return f"{max(diffs.values()):.3g}" if diffs else ""
+    """The largest difference; NaN (the service's null: no reference to divide by) only
+    where every one is."""
+    numbers = [v for v in diffs.values() if not math.isnan(v)]
+    return f"{max(numbers):.3g}" if numbers else "-" if diffs else ""
 
 
 def _comparison_table(comparison: Comparison) -> Table:

@@ -3,6 +3,7 @@ service's JSON, whichever protocol carried them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,9 @@ def _arrays(doc: Any, dtype: str) -> Arrays:
 
 
 def _floats(doc: Any) -> dict[str, float]:
-    return {str(k): float(v) for k, v in (doc or {}).items()}
+    """Numbers by key; null (a relative difference from a reference that is 0 for every
+    sample has no value) as NaN."""
+    return {str(k): math.nan if v is None else float(v) for k, v in (doc or {}).items()}
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,10 @@ class Bump:
     shift_type: str | None = None
     """``absolute`` or ``relative`` (h = shift * |value|)."""
     scheme: str | None = None
-    """``central``, ``forward`` or ``backward``."""
+    """``central``, ``forward`` or ``backward``; in an answer, the scheme that ran (one-sided
+    where a bump stepped away from a bound)."""
+    schemes: dict[str, list[str]] | None = field(default=None, compare=False)
+    """In an answer: per wrt entry, the schemes its steps took."""
 
     def query(self) -> dict[str, str]:
         return {k: str(v) for k, v in (("shift", self.shift), ("shift_type", self.shift_type),
@@ -143,8 +149,11 @@ class Bump:
         if not doc:
             return None
         shift = doc.get("shift")
+        schemes = doc.get("schemes")
         return cls(shift=None if shift is None else float(shift),
-                   shift_type=doc.get("shift_type"), scheme=doc.get("scheme"))
+                   shift_type=doc.get("shift_type"), scheme=doc.get("scheme"),
+                   schemes=None if schemes is None else {str(k): [str(x) for x in v]
+                                                         for k, v in schemes.items()})
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ class Check:
     strategy: str
     max_abs_diff: dict[str, float]
     max_rel_diff: dict[str, float]
+    """NaN where the reference is 0 for every sample (the service's null)."""
 
     @classmethod
     def from_json(cls, doc: dict[str, Any] | None) -> Check | None:

@@ -16,14 +16,15 @@ difference quotient.
   truncation against rounding: about 1e-10 and 1e-7 relative in float64).
 - ``scheme``: central (default), forward or backward. Left out, a central bump that would
   cross a parameter's bound steps away from it instead (a one-sided difference of second
-  order); chosen explicitly, a bump that crosses a bound is refused.
+  order); chosen explicitly, a bump that crosses a bound is refused. The echo says what ran,
+  so it names the one-sided scheme where a bump stepped away.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -75,11 +76,17 @@ def default_shift(dtype: torch.dtype, order: int) -> float:
 
 @dataclass(frozen=True)
 class Bump:
-    """The request's bump settings; None means the default."""
+    """The request's bump settings; None means the default.
+
+    Which scheme ran depends on the values and bounds, which the settings do not hold:
+    ``validate_bump`` returns the bump with ``ran``, per wrt entry the schemes its steps take
+    (the settings are compared and hashed without it), so that the echo can say it.
+    """
 
     shift: float | None = None
     shift_type: str | None = None
     scheme: str | None = None
+    ran: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.shift is not None and not (math.isfinite(self.shift) and self.shift > 0):
@@ -89,12 +96,19 @@ class Bump:
         if self.scheme is not None and self.scheme not in SCHEMES:
             raise InvalidRequest(f"scheme = {self.scheme!r}; use central, forward or backward")
 
-    def echo(self, dtype: torch.dtype, order: int) -> dict[str, float | str]:
-        """What ran: the shift (the default's base for the highest order asked), its type and
-        the scheme."""
+    def echo(self, dtype: torch.dtype, order: int) -> dict[str, object]:
+        """What ran: the shift (the default's base for the highest order asked), its type, the
+        scheme and, once validated, ``schemes``: per wrt entry the schemes its steps took.
+        ``scheme`` is central only where every step was; else the first one-sided scheme in
+        ``schemes`` (a default bump that stepped away from a bound somewhere)."""
         shift = self.shift if self.shift is not None else default_shift(dtype, order)
-        return {"shift": shift, "shift_type": self.shift_type or "absolute",
-                "scheme": self.scheme or "central"}
+        one_sided = [s for _, schemes in self.ran for s in schemes if s != "central"]
+        doc: dict[str, object] = {
+            "shift": shift, "shift_type": self.shift_type or "absolute",
+            "scheme": one_sided[0] if one_sided else self.scheme or "central"}
+        if self.ran:
+            doc["schemes"] = {name: list(schemes) for name, schemes in self.ran}
+        return doc
 
 
 # -- steps -------------------------------------------------------------------------------------
@@ -108,6 +122,7 @@ class _Steps:
     p: Tensor
     q: Tensor
     central: Tensor  # bool: p, q = +h, -h
+    schemes: tuple[str, ...]  # those taken by some element, in SCHEMES order
 
 
 def _where(name: str, c: Tensor, index: int) -> str:
@@ -120,19 +135,7 @@ def _steps(problem: Problem, name: str, bump: Bump, order: int, two_point: bool)
     c = problem.params[name]
     where = _label(problem, name)
     shift = default_shift(c.dtype, order) if bump.shift is None else bump.shift
-    if bump.shift is None and bump.shift_type is None:  # the default, as before
-        h = shift * torch.clamp(c.abs(), min=1.0)
-    elif bump.shift_type != "relative":
-        h = torch.full_like(c, shift)
-    else:
-        h = shift * c.abs()
-        zero = h == 0
-        if bool(zero.any()):
-            i = int(zero.reshape(-1).nonzero()[0, 0]) if c.dim() else 0
-            raise InvalidRequest(
-                f"{_where(where, c, i)} is 0, where a relative shift is no bump at all; use "
-                "shift_type=absolute"
-            )
+    h = _step_size(c, where, bump, shift)
     low, high = _bounds(problem, name)
     reach = 1 if two_point or order == 1 else 2  # how many steps of h the one-sided bump takes
     scheme = bump.scheme
@@ -150,21 +153,48 @@ def _steps(problem: Problem, name: str, bump: Bump, order: int, two_point: bool)
     p = torch.where(central, (c + h) - c, (c + s) - c)  # the steps as represented
     far = 0 * s if two_point else (c + 2 * s) - c
     q = torch.where(central, (c - h) - c, far)
-    _refuse_lost_steps(c, where, h, p, q if not two_point else p)
-    return _Steps(p, q, central)
+    # a message names h as asked, where the dtype holds it as inf (shift=1e39 in float32)
+    asked = h if bool(torch.isfinite(h).all()) else _step_size(c.double(), where, bump, shift)
+    _refuse_lost_steps(c, where, asked, p, q if not two_point else p)
+    taken = (central, sign > 0, sign < 0)
+    return _Steps(p, q, central, tuple(kind for kind, mask in zip(SCHEMES, taken, strict=True)
+                                       if bool(mask.any())))
+
+
+def _step_size(c: Tensor, where: str, bump: Bump, shift: float) -> Tensor:
+    """h per element, in c's dtype."""
+    if bump.shift is None and bump.shift_type is None:  # the default, as before
+        return shift * torch.clamp(c.abs(), min=1.0)
+    if bump.shift_type != "relative":
+        return shift * torch.ones_like(c)  # inf past the dtype's range (full_like raises)
+    h = shift * c.abs()
+    zero = h == 0
+    if bool(zero.any()):
+        i = int(zero.reshape(-1).nonzero()[0, 0]) if c.dim() else 0
+        raise InvalidRequest(
+            f"{_where(where, c, i)} is 0, where a relative shift is no bump at all; use "
+            "shift_type=absolute"
+        )
+    return h
 
 
 def _refuse_lost_steps(c: Tensor, where: str, h: Tensor, p: Tensor, q: Tensor) -> None:
-    """A step that the value's precision swallows (c + h == c: a quotient of 0 by 0) or that
-    overflows (c + h infinite) is the bump's fault, said as such, not the routine's."""
-    for bad, what in ((~(torch.isfinite(p) & torch.isfinite(q)), "overflows"),
-                      ((p == 0) | (q == 0), "does not move it")):
+    """A step that the value's precision swallows (c + h == c: a quotient of 0 by 0), or a
+    point (c + h, c + 2h) or span (p - q, 2h when central) of the stencil that overflows, is
+    the bump's fault, said as such, not the routine's: an infinite span divides the difference
+    to 0, a derivative of 0 answered as if it were one."""
+    dtype = str(c.dtype).removeprefix("torch.")
+    largest = f"the largest {dtype} ({torch.finfo(c.dtype).max:.6e})"
+    for bad, what in (
+            (~(torch.isfinite(p) & torch.isfinite(q)),
+             f"overflows: a bumped value is beyond {largest}"),
+            (~torch.isfinite(p - q), f"overflows: the difference's span 2h is beyond {largest}"),
+            ((p == 0) | (q == 0), "does not move it")):
         if bool(bad.any()):
             i = int(bad.reshape(-1).nonzero()[0, 0]) if c.dim() else 0
             value, step = float(c.reshape(-1)[i]), float(h.reshape(-1)[i])
-            advice = "a smaller shift" if what == "overflows" else (
-                f"a larger shift: in {str(c.dtype).removeprefix('torch.')} a bump must be "
-                "above the value's last digit")
+            advice = "a smaller shift" if what != "does not move it" else (
+                f"a larger shift: in {dtype} a bump must be above the value's last digit")
             raise InvalidRequest(
                 f"{_where(where, c, i)} = {value}: a bump of h = {step:g} {what}; use {advice}")
 
@@ -197,13 +227,17 @@ def _bounds(problem: Problem, name: str) -> tuple[float | None, float | None]:
     return problem.routine.param(name).bounds or (None, None)
 
 
-def validate_bump(problem: Problem, bump: Bump, order: int) -> None:
-    """Raise InvalidRequest unless every wrt entry can be bumped as asked."""
+def validate_bump(problem: Problem, bump: Bump, order: int) -> Bump:
+    """``bump`` with the schemes each wrt entry's steps take, at every order asked (for its
+    echo); InvalidRequest unless every entry can be bumped as asked."""
     two_point = bump.scheme in ("forward", "backward")
+    ran = []
     for name in problem.wrt:
-        _steps(problem, name, bump, 1, two_point)
+        taken = set(_steps(problem, name, bump, 1, two_point).schemes)
         if order == 2:
-            _steps(problem, name, bump, 2, False)
+            taken |= set(_steps(problem, name, bump, 2, False).schemes)
+        ran.append((name, tuple(s for s in SCHEMES if s in taken)))
+    return replace(bump, ran=tuple(ran))
 
 
 # -- difference quotients ----------------------------------------------------------------------

@@ -2,12 +2,15 @@
 Strata tests its AD), and each strategy against the reference in a comparison.
 
 ``max_abs_diff`` is the largest |a - b| over the batch; ``max_rel_diff`` divides it by the
-largest |b| of the reference (0 when both are zero everywhere), so that a derivative that
-crosses zero somewhere in the batch does not blow up the ratio.
+largest |b| of the reference, so that a derivative that crosses zero somewhere in the batch
+does not blow up the ratio. Where b is zero for every sample a relative difference has no
+value, whatever a is: it is NaN, JSON's null, and ``max_abs_diff`` says how far a is (0 for
+0 would read as a match measured, where nothing relative was).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,8 +24,8 @@ __all__ = ["Check", "differences"]
 class Check:
     strategy: str
     max_abs_diff: dict[str, float]
-    max_rel_diff: dict[str, float]
-    bump: dict[str, float | str]  # the bump that ran
+    max_rel_diff: dict[str, float]  # NaN (null) where the reference is 0 for every sample
+    bump: dict[str, object]  # the bump that ran (Bump.echo)
 
 
 def differences(got: Mapping[str, Tensor],
@@ -37,5 +40,5 @@ def differences(got: Mapping[str, Tensor],
         diff = float((a - b).abs().max()) if b.numel() else 0.0
         scale = float(b.abs().max()) if b.numel() else 0.0
         abs_diff[key] = diff
-        rel_diff[key] = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+        rel_diff[key] = diff / scale if scale > 0 else math.nan
     return abs_diff, rel_diff

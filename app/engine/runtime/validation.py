@@ -294,10 +294,9 @@ def beyond_first(routine: Routine, strategy: str, job: Job, bump: Bump | None) -
             "shift, shift_type and scheme configure bumps: use them with "
             "strategy=finite-difference or check=finite-difference")
     if strategy == "finite-difference" or job.check is not None:
-        bump = bump or Bump()
-        validate_bump(with_features_as_params(Problem(
+        bump = validate_bump(with_features_as_params(Problem(
             routine, job.inputs, {k: torch.as_tensor(v, dtype=job.dtype)
                                   for k, v in job.params.items()}, job.wrt)),
-            bump, job.order)
+            bump or Bump(), job.order)
         return replace(job, bump=bump)
     return job
