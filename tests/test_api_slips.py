@@ -100,3 +100,36 @@ async def test_a_deadline_over_the_servers_is_capped_not_refused(client: httpx.A
                           json={"inputs": [1.0, 2.0]})
     assert r.status_code == 200, r.text
     assert r.json()["derivatives"] == {"C": [1.0, 2.0]}
+
+
+@pytest.mark.parametrize(("url", "body", "needles"), [
+    (SENS.format("linear") + "?stratgy=reverse-loop", {"inputs": [1.0]},
+     ["'stratgy'", "did you mean 'strategy'", "check, scheme, shift, shift_type, strategy"]),
+    (SENS.format("linear") + "?strategy=forward&timeout=100", {"inputs": [1.0]},
+     ["'timeout'", "did you mean 'timeout_ms'"]),
+    ("/v1/routines/linear/evaluate?check=finite-difference", {"inputs": [1.0]},
+     ["'check'", "this route takes: timeout_ms"]),
+    ("/v1/expressions/sensitivities?shfit=1e-3",
+     {"expression": "C * x", "inputs": {"names": ["x"], "values": [1.0]}, "params": {"C": 2}},
+     ["'shfit'", "did you mean 'shift'"]),
+])
+async def test_a_misspelt_query_option_is_refused_not_ignored(
+        client: httpx.AsyncClient, url: str, body: dict[str, object],
+        needles: list[str]) -> None:
+    """A query option the route does not take was ignored: ?stratgy=reverse-loop ran forward
+    mode. It is refused naming the closest one the route takes."""
+    assert_problem(await client.post(url, json=body), 422, "unknown query option", *needles)
+
+
+async def test_options_a_route_takes_or_ignores_are_accepted(client: httpx.AsyncClient) -> None:
+    for url in (SENS.format("linear") + "?strategy=forward&timeout_ms=5000",
+                "/v1/routines/linear/evaluate?strategy=forward&timeout_ms=5000",
+                "/v1/routines/linear/compare?strategy=auto&shift=1e-6",
+                "/v1/routines/linear/scenarios?strategy=finite-difference&shift=1e-6"):
+        body: dict[str, object] = {"inputs": [1.0, 2.0]}
+        if "scenarios" in url:
+            body |= {"scenarios": {"list": [{"C": 0.5}]}, "explain": True}
+        r = await client.post(url, json=body)
+        assert r.status_code == 200, (url, r.text)
+    infer = await client.post(INFER + "?anything=1", json={"inputs": X1})
+    assert infer.status_code == 200, infer.text  # v2 has no query options to check

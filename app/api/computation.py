@@ -65,5 +65,11 @@ def computation_route(router: APIRouter, path: str, codec: Codec, name: str, doc
     endpoint.__name__ = endpoint.__qualname__ = name
     endpoint.__doc__ = doc
     router.post(path, **options)(endpoint)
+    # the query options the route declares are the ones it takes (app.api.pipeline refuses
+    # others: a misspelt ?stratgy= was ignored, and forward mode ran); none declared, none
+    # are checked (v2: the protocol has no query options, and its clients may add their own)
+    declared = frozenset(p["name"] for p in options.get("openapi_extra", {}).get("parameters", [])
+                         if p.get("in") == "query")
+    codec.query_options = declared or None
     full = router.prefix + path
     COMPUTATION_ROUTES.append(ComputationRoute(full, codec, _pattern(full)))

@@ -22,6 +22,7 @@ from app.api.expressions import (
 )
 from app.api.pipeline import Decoded, Incoming, offload
 from app.api.schemas import validate_request
+from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.v1 import _COMPUTE_QUERY
 from app.engine import Engine
 from app.expressions import Expressions
@@ -77,7 +78,7 @@ computation_route(
     launch: the routine route's answer (base, each scenario's values, P&L and with
     ``explain`` its Taylor terms), plus ``expression``, the canonical text.""",
     responses=scenarios.RESPONSES,
-    openapi_extra={"parameters": _COMPUTE_QUERY, "requestBody": {
+    openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY, "requestBody": {
         "required": True, "content": {"application/json": {
             "schema": ExpressionScenariosRequest.model_json_schema(
                 ref_template="#/components/schemas/{model}"),

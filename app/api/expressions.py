@@ -114,6 +114,8 @@ class ExpressionV1:
     """v1 JSON for expressions: the body of :class:`ExpressionRequest` and the query options
     of the routine routes in; the routine's answer plus ``expression`` out."""
 
+    query_options: frozenset[str] | None = None  # (app.api.computation)
+
     def __init__(self, kind: JobKind, compare: bool = False) -> None:
         self.kind = kind
         self.compare = compare

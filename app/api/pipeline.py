@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +30,7 @@ from app.api.instrumentation import RequestLabels, record
 from app.config import Settings
 from app.context import record_of
 from app.engine import Engine, Job, JobResult
+from app.engine.errors import InvalidRequest, listed
 from app.errors import CLIENT_CLOSED_REQUEST, ProblemDetails, problem_of, with_instance
 
 __all__ = ["Codec", "Decoded", "Incoming", "Reply", "offload", "respond", "serve", "shutdown_reply"]
@@ -133,6 +135,9 @@ class Codec(Protocol):
     """One protocol's translation between HTTP and the engine."""
 
     endpoint: str  # the request metrics' endpoint label
+    # the query options its route takes (app.api.computation sets them from the route's
+    # OpenAPI declaration), None where they are not checked
+    query_options: frozenset[str] | None
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded: ...
 
@@ -192,6 +197,24 @@ async def _run(codec: Codec, engine: Engine, decoded: Decoded, receive: Receive)
             watch.cancel()
 
 
+# Taken on every v1 route and ignored where it means nothing (evaluate, compare): the values
+# do not depend on it, and a client that sends the same options everywhere is not wrong
+_IGNORED_QUERY = frozenset({"strategy"})
+
+
+def _check_query(query: QueryParams, known: frozenset[str] | None) -> None:
+    """An option the route does not take is refused, naming the closest it does."""
+    if known is None or not query:
+        return
+    unknown = [name for name in query if name not in known and name not in _IGNORED_QUERY]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InvalidRequest(
+            f"unknown query option {listed(unknown, quoted=True)}{hint}; this route takes: "
+            f"{', '.join(sorted(known))}")
+
+
 async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None:
     """The answer to one computation request; None when its client went away."""
     started = time.perf_counter()
@@ -202,6 +225,7 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
         # a large request (a large body, or as many samples as compiled graphs are for) has
         # graphs being built step aside from the moment it is known to be large until its
         # answer is sent (the caller's request.finish())
+        _check_query(request.query, codec.query_options)
         declared = request.body.declared_length
         if declared is not None and declared >= OFFLOAD_BYTES:
             request.serving_large(engine)

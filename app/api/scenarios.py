@@ -21,6 +21,7 @@ from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of, job_fields
 from app.api.pipeline import Decoded, Incoming, Reply, offload
+from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
 from app.engine import Engine, Job, JobKind, Request
@@ -330,7 +331,8 @@ computation_route(
     arrays as binary tensors; ``totals_only`` leaves out the arrays of one number per
     sample.""",
     responses=RESPONSES,
-    openapi_extra={"parameters": _COMPUTE_QUERY, "requestBody": {"required": True, "content": {
-        "application/json": {"schema": ScenariosRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}")}}}},
+    openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY, "requestBody": {
+        "required": True, "content": {"application/json": {
+            "schema": ScenariosRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}")}}}},
 )

@@ -98,6 +98,8 @@ class V1:
     """v1 JSON: a body ``{"inputs", "params", "wrt", "dtype"}`` and query options in, the
     values and derivatives as JSON out, problem details for errors."""
 
+    query_options: frozenset[str] | None = None  # (app.api.computation)
+
     def __init__(self, kind: JobKind) -> None:
         self.kind = kind
         self.endpoint = kind.value

@@ -128,6 +128,8 @@ class V2:
     """The Open Inference Protocol's inference request: JSON, or a JSON header and binary
     tensors; its response in the same form; ``{"error"}`` for errors."""
 
+    query_options: frozenset[str] | None = None  # (app.api.computation)
+
     endpoint = "infer"
 
     def _prepare(self, engine: Engine, routine: Routine, header: bytes,
