@@ -386,3 +386,44 @@ def test_a_heavy_job_its_deadline_cannot_hold_is_not_told_to_retry() -> None:
         queue.put(job(2.0, 1.0))  # 5 s ahead, and over its 1 s alone
     with pytest.raises(QueueFull, match="retry after a short wait"):
         queue.put(job(0.5, 1.0))  # would fit alone: later, it may
+
+
+def test_a_large_second_order_job_asks_for_the_graph_its_small_launches_would_not() -> None:
+    """Second derivatives without a graph run in launches of 2,048 samples, below the
+    launch size that asks for a compiled graph: a job as large as those that compile asks
+    itself, so that the next one runs through the graph (four 65,536-row Hessians ran eagerly,
+    220 ms each against 8 ms compiled, until the small launches' count made the kind hot)."""
+    import torch
+
+    import app.engine.runtime.executor as compute
+    from app.engine import JobKind
+    from app.engine.runtime.jobs import Job
+    from routines import discover
+
+    asked: list[tuple[int, int]] = []
+
+    class Graphs:  # no graph yet for any kind; records what is asked for
+        min_samples = 4096
+
+        def launch_seconds(self, problem: Any, device: Any, order: int = 1,
+                           cross: bool = False) -> float | None:
+            return None
+
+        def applies(self, problem: Any, order: int = 1, cross: bool = False) -> bool:
+            return True
+
+        def request(self, problem: Any, order: int = 1, cross: bool = False,
+                    device: Any = None) -> None:
+            asked.append((problem.n, order))
+
+    linear = discover()["linear"]
+    ex = compute.Executor(torch.device("cpu"), chunk=262_144, compiled=Graphs())  # type: ignore[arg-type]
+
+    def job(n: int, order: int) -> Job:
+        return Job(JobKind.SENSITIVITIES, linear, torch.zeros(n, 1, dtype=torch.float64),
+                   {"C": 2.0}, ("C",), "forward", torch.float64, order=order)
+
+    assert compute._chunk(job(5000, 2), ex) == compute.SECOND_ORDER_CHUNK
+    assert asked == [(5000, 2)]
+    assert compute._chunk(job(3000, 2), ex) == compute.SECOND_ORDER_CHUNK  # under min_samples
+    assert asked == [(5000, 2)]

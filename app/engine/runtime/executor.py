@@ -228,8 +228,13 @@ def _chunk(job: Job, ex: Executor) -> int:
         return ex.chunk
     seconds = None  # a compiled graph's rate for the job's kind, once it has one
     if ex.compiled is not None and runs_through_graphs(job.strategy):
-        seconds = ex.compiled.launch_seconds(_problem([job], job.inputs, ex.device), ex.device,
-                                             job.order, job.cross)
+        problem = _problem([job], job.inputs, ex.device)
+        seconds = ex.compiled.launch_seconds(problem, ex.device, job.order, job.cross)
+        if seconds is None and job.n >= ex.compiled.min_samples \
+                and ex.compiled.applies(problem, job.order, job.cross):
+            # its launches without the graph are smaller than those that ask for one (second
+            # derivatives: 2,048 samples), so the job asks: the next such job runs through it
+            ex.compiled.request(problem, job.order, job.cross, ex.device)
     if seconds is None:
         return eager
     if job.n <= ex.chunk or ex.device.type != "cpu" or ex.whole_s <= 0:
