@@ -126,7 +126,7 @@ class Engine:
         dtype = checked_dtype(request.dtype)
         wrt = checked_wrt(routine, request.wrt) if sensitivities else ()
         x = checked_inputs(routine, request.inputs, dtype, self.limits.max_samples)
-        values = checked_params(routine, request.params, int(x.shape[0]))
+        values = checked_params(routine, request.params, int(x.shape[0]), dtype)
         if chosen is not None:
             check_cap(chosen, x.shape[0], self.limits)
         job = Job(

@@ -173,8 +173,23 @@ def checked_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def checked_params(routine: Routine, given: Mapping[str, ParamValue],
-                   n: int) -> dict[str, float | np.ndarray]:
+def _within_dtype(name: str, values: float | np.ndarray, dtype: torch.dtype) -> None:
+    """A parameter the request's dtype cannot hold (1e39 in float32) is the request's
+    mistake, said as such (it came back as the routine's non-finite value)."""
+    largest = torch.finfo(dtype).max
+    flat = np.asarray(values).reshape(-1)
+    over = np.flatnonzero(np.abs(flat) > largest)
+    if over.size:
+        i = int(over[0])
+        where = f"[{i}]" if np.ndim(values) else ""
+        raise InvalidRequest(
+            f"params.{name}{where} = {flat[i]:g} is not finite in "
+            f"{str(dtype).removeprefix('torch.')} (largest {largest:.4g}); send a smaller "
+            "value, or use dtype float64")
+
+
+def checked_params(routine: Routine, given: Mapping[str, ParamValue], n: int,
+                   dtype: torch.dtype = torch.float64) -> dict[str, float | np.ndarray]:
     unknown = sorted(set(given) - set(routine.param_names))
     if unknown:
         raise InvalidRequest(
@@ -186,6 +201,7 @@ def checked_params(routine: Routine, given: Mapping[str, ParamValue],
         v = given.get(p.name, p.default)
         if isinstance(v, (list, tuple, np.ndarray)):
             values[p.name] = _per_sample(p.name, v, n, p.bounds)
+            _within_dtype(p.name, values[p.name], dtype)
             continue
         if type(v) not in (int, float) and not isinstance(v, (np.floating, np.integer)):
             raise InvalidRequest(f"params.{p.name} is {_describe(v)}; send a number, or a "
@@ -196,6 +212,7 @@ def checked_params(routine: Routine, given: Mapping[str, ParamValue],
         if p.violates_bounds(f):
             raise InvalidRequest(f"params.{p.name} = {f} is outside its bounds "
                                  f"{interval(p.bounds)}")
+        _within_dtype(p.name, f, dtype)
         values[p.name] = f
     return values
 
