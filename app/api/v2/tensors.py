@@ -216,6 +216,11 @@ def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...
         raise InvalidRequest(
             f"parameters.wrt is {_describe(wrt_given)}; send parameter names separated by commas"
         )
+    if wrt is not None and not wrt:  # as v1's "wrt": [] (it answered values alone, silently)
+        raise InvalidRequest(
+            "parameters.wrt names nothing; name at least one parameter or input, or leave it "
+            "out to differentiate with respect to every parameter (ask for output y alone to "
+            "evaluate)")
     binary = parameters.get("binary_data_output", False)
     if not isinstance(binary, bool):
         raise InvalidRequest(
