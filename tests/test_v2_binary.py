@@ -156,3 +156,17 @@ async def test_multi_output_model_in_binary(client: httpx.AsyncClient) -> None:
     e = np.exp(z[0])
     np.testing.assert_allclose(out["y"][0], e / e.sum(), rtol=1e-15)
     np.testing.assert_allclose(out["y"][1], [1 / 3] * 3, rtol=1e-15)
+
+
+async def test_a_header_length_of_many_digits_is_400_and_leading_zeros_are_taken(
+        client: httpx.AsyncClient) -> None:
+    """int() refuses 4,300 digits and more (a 500, 'Exceeds the limit'); zeros before a
+    length are still that length."""
+    header = json.dumps(GOOD).encode()
+    body = header + X.tobytes()
+    for digits in ("1" * 5000, "9" * 19):
+        r = await client.post(INFER.format("linear"), content=body, headers={HEADER: digits})
+        assert_error(r, 400, HEADER, "digits")
+    r = await client.post(INFER.format("linear"), content=body,
+                          headers={HEADER: "0" * 4300 + str(len(header))})
+    assert r.status_code == 200, r.text

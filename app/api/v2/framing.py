@@ -28,11 +28,17 @@ def header_length(headers: Headers) -> int | None:
     value = headers.get(HEADER_LENGTH)
     if value is None:
         return None
-    if not (value.strip().isascii() and value.strip().isdigit()):  # not "²", a digit to isdigit
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()):  # not "²", a digit to isdigit
         raise MalformedFraming(
             f"{HEADER_LENGTH} is {value!r}; send the byte length of the JSON header"
         )
-    return int(value)
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 18:  # no body is that long (and Python's int() refuses 4,300 digits)
+        raise MalformedFraming(
+            f"{HEADER_LENGTH} has {len(digits)} digits; send the byte length of the JSON header"
+        )
+    return int(digits)
 
 
 def split(body: memoryview, length: int) -> tuple[memoryview, memoryview]:

@@ -42,7 +42,6 @@ from routines import Routine
 __all__ = ["INFER", "V2", "error_response", "router"]
 
 SERVER_NAME = "dydc"
-EXTENSIONS = ["binary_tensor_data"]
 MODEL_VERSION = "1"  # routines are not versioned: each is served as version 1
 PLATFORM = "dydc"
 
@@ -195,7 +194,7 @@ INFER = V2()
 
 @router.get("", response_model=ServerMetadata)
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+    return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=tensors.EXTENSIONS)
 
 
 @router.get("/health/live")

@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     SkipValidation,
     StrictBool,
     StrictFloat,
@@ -33,7 +34,24 @@ __all__ = [
 
 # The protocol's $parameters: string, number or boolean values. (A list is accepted for
 # ``wrt`` as a convenience; the protocol form is a comma-separated string.)
-ParameterValue = StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr]
+_PARAMETER_SCHEMA = {"anyOf": [{"type": "boolean"}, {"type": "number"}, {"type": "string"},
+                               {"type": "array", "items": {"type": "string"}}]}
+
+
+def _parameter(given: Any) -> Any:
+    """One check with one message (pydantic's own, for null, listed every member of the
+    union it failed: 'Input should be a valid boolean; ... a valid string; ...')."""
+    if isinstance(given, bool | int | float | str) or (
+            isinstance(given, list) and all(isinstance(x, str) for x in given)):
+        return given
+    kind = "null" if given is None else "a list of non-strings" if isinstance(given, list) \
+        else type(given).__name__
+    raise ValueError(f"is {kind}; a parameter is a string, a number or a boolean (a routine "
+                     "parameter with one value per sample is an input tensor named after it)")
+
+
+ParameterValue = Annotated[StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr],
+                           PlainValidator(_parameter), WithJsonSchema(_PARAMETER_SCHEMA)]
 Parameters = dict[str, ParameterValue]
 
 

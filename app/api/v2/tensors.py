@@ -26,7 +26,10 @@ from app.engine.errors import InvalidRequest, listed
 from app.errors import MalformedFraming
 from routines import Routine
 
-__all__ = ["DATATYPES", "MIN_TIMEOUT_US", "Call", "model_outputs", "plan", "response"]
+__all__ = ["DATATYPES", "EXTENSIONS", "MIN_TIMEOUT_US", "Call", "model_outputs", "plan",
+           "response"]
+
+EXTENSIONS = ["binary_tensor_data"]  # the protocol's extensions this server implements
 
 # Wire datatype -> (little-endian numpy dtype, engine dtype).
 DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
@@ -87,8 +90,18 @@ def _json_data(where: str, given: RequestInput) -> np.ndarray:
             "binary data with binary_data_size"
         )
     flat: list[Any] = data
+    nesting = [len(data)]
     while flat and set(map(type, flat)) == {list}:  # the natural nested representation
+        widths = set(map(len, flat))
+        if len(widths) != 1:
+            raise InvalidRequest(f"{where}.data is ragged (lists of {listed(sorted(widths))} "
+                                 f"items at one level); send it flat, or nested as shape "
+                                 f"{list(given.shape)}")
+        nesting.append(widths.pop())
         flat = list(chain.from_iterable(flat))
+    if len(nesting) > 1 and nesting != list(given.shape):  # (flat data takes any shape)
+        raise InvalidRequest(f"{where}.data is nested as {nesting} but its shape is "
+                             f"{list(given.shape)}; nest it as the shape says, or send it flat")
     if not set(map(type, flat)) <= {int, float}:
         k, bad = next((k, v) for k, v in enumerate(flat) if type(v) not in (int, float))
         raise InvalidRequest(
@@ -261,6 +274,9 @@ def _per_sample_params(routine: Routine, request: InferenceRequest,
     found: dict[str, np.ndarray] = {}
     for given, t in zip(request.inputs, tensors, strict=True):
         if given.name in routine.param_names and given.name not in routine.inputs:
+            if given.name in found:  # (the last one had won, silently)
+                raise InvalidRequest(f"inputs name the parameter tensor {given.name} twice; "
+                                     "send it once")
             if t.ndim != 1:
                 raise InvalidRequest(
                     f"input {given.name} (a parameter with one value per sample) has shape "
@@ -275,8 +291,17 @@ def _outputs(routine: Routine, request: InferenceRequest, wrt: tuple[str, ...] |
     available = model_outputs(routine, wrt, order, cross)
     if request.outputs is None:
         return [(name, binary_default) for name in available]
+    if not request.outputs:  # (it ran the job and answered nothing)
+        raise InvalidRequest(f"outputs is empty; leave it out for every output, or name those "
+                             f"you want of {listed(available)}")
     chosen: list[tuple[str, bool]] = []
     for i, wanted in enumerate(request.outputs):
+        unsupported = sorted(set(wanted.parameters) - {"binary_data"})
+        if unsupported:  # classification, shared memory: extensions this server lacks
+            raise InvalidRequest(
+                f"outputs[{i}].parameters has {listed(unsupported, quoted=True)}, which this "
+                f"server does not support (its extension is {', '.join(EXTENSIONS)}); send "
+                "binary_data alone")
         if wanted.name not in available:
             why = (f"wrt is {listed(wrt)}" if wrt is not None
                    and wanted.name in model_outputs(routine) else f"model {routine.name} has no "
