@@ -87,10 +87,18 @@ async def test_bad_gzip_and_other_encodings(client: httpx.AsyncClient) -> None:
     truncated = gzip.compress(body)[:-12]
     assert_problem(await client.post(SENS, content=truncated, headers=GZIP_JSON), 422, "gzip")
     assert_error(await client.post(INFER, content=body, headers=GZIP_JSON), 400, "gzip")
-    for encoding in ("br", "deflate", "gzip, br"):
+    for encoding in ("br", "gzip, br", "deflate, gzip"):
         r = await client.post(SENS, content=body, headers={
             "content-type": "application/json", "content-encoding": encoding})
         assert_problem(r, 415, encoding)
+    # deflate is the zlib format (RFC 9110 8.4.1.2), one stream
+    deflate = {"content-type": "application/json", "content-encoding": "deflate"}
+    r = await client.post(SENS, content=zlib.compress(body), headers=deflate)
+    assert r.status_code == 200 and r.json()["derivatives"] == {"C": [1.0]}, r.text
+    assert_problem(await client.post(SENS, content=zlib.compress(body)[:-3], headers=deflate),
+                   422, "not valid deflate", "ends early")
+    assert_problem(await client.post(SENS, content=zlib.compress(body) * 2, headers=deflate),
+                   400, "after its deflate data")
     identity = await client.post(SENS, content=body, headers={
         "content-type": "application/json", "content-encoding": "identity"})
     assert identity.status_code == 200

@@ -62,6 +62,18 @@ def test_forum_example(client: httpclient.InferenceServerClient, binary: bool) -
     assert result.as_numpy("y").tolist() == [-5.0 * i for i in range(10)]
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_the_clients_request_compression(client: httpclient.InferenceServerClient,
+                                         compression: str) -> None:
+    """Both of tritonclient's request_compression_algorithm values (deflate was a 415)."""
+    x = httpclient.InferInput("x", [10], "FP64")
+    x.set_data_from_numpy(np.arange(10, dtype=np.float64), binary_data=True)
+    result = client.infer("linear", [x], parameters={"C": -5.0},
+                          request_compression_algorithm=compression,
+                          response_compression_algorithm=compression)
+    assert result.as_numpy("dy_dC").tolist() == [float(i) for i in range(10)]
+
+
 def test_fp32_and_all_outputs_binary(client: httpclient.InferenceServerClient) -> None:
     t = np.linspace(0, 3, 7, dtype=np.float32)
     inp = httpclient.InferInput("t", [7, 1], "FP32")

@@ -1,6 +1,7 @@
-"""gzip request bodies (responses: app.http.response_compression).
+"""gzip and deflate request bodies (responses: app.http.response_compression).
 
-A body sent with ``Content-Encoding: gzip`` is inflated here, as it arrives, and
+A body sent with ``Content-Encoding: gzip`` (or ``deflate``, the zlib format, as Triton's
+client sends with ``request_compression_algorithm="deflate"``) is inflated here, as it arrives, and
 the route sees the plain body with its true Content-Length. DYDC_MAX_BODY_BYTES applies to
 the compressed bytes and to the inflated ones, checked while inflating (zlib's
 ``max_length``), so a compression bomb costs at most the limit and gets 413. Starlette has
@@ -22,6 +23,7 @@ from app.http.refusal import Refuser
 __all__ = ["GzipRequestMiddleware"]
 
 _GZIP = (b"gzip", b"x-gzip")
+_DEFLATE = b"deflate"
 _OFF_LOOP_BYTES = 256 * 1024  # inflate chunks larger than this in a thread
 
 
@@ -47,23 +49,25 @@ class _Inflater:
     and as ``gzip -d`` does; bytes after a member that do not begin another are refused
     (:class:`_Trailing`), never ignored."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gzip: bool = True) -> None:
         self.limit = limit
         self.size = 0
         self.parts: list[bytes] = []
-        self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.gzip = gzip  # else one zlib stream (deflate)
+        self.wbits = 16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS
+        self.z = zlib.decompressobj(self.wbits)
         self.rest = b""  # the start of a next member's magic, cut by a chunk's end
 
     def feed(self, data: bytes) -> None:
         data, self.rest = self.rest + data, b""
         while data:
             if self.z.eof:  # a member ended: what follows must be another
-                if len(data) < len(_MAGIC) and _MAGIC.startswith(data):
+                if self.gzip and len(data) < len(_MAGIC) and _MAGIC.startswith(data):
                     self.rest = data
                     return
-                if not data.startswith(_MAGIC):
+                if not (self.gzip and data.startswith(_MAGIC)):
                     raise _Trailing(len(data))
-                self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self.z = zlib.decompressobj(self.wbits)
             try:
                 out = self.z.decompress(data, self.limit + 1 - self.size)
             except zlib.error as exc:
@@ -78,13 +82,13 @@ class _Inflater:
         if self.rest:
             raise _Trailing(len(self.rest))
         if not self.z.eof:
-            raise _Malformed("the gzip stream ends early")
+            raise _Malformed(f"the {'gzip' if self.gzip else 'deflate'} stream ends early")
         return b"".join(self.parts)
 
 
-async def _read_inflated(receive: Receive, limit: int) -> bytes | None:
+async def _read_inflated(receive: Receive, limit: int, gzip: bool = True) -> bytes | None:
     """The inflated body, or None if the client went away."""
-    inflater = _Inflater(limit)
+    inflater = _Inflater(limit, gzip)
     received = 0
     while True:
         message = await receive()
@@ -130,19 +134,21 @@ class GzipRequestMiddleware:
         if encoding is None or encoding == b"identity":
             await self.app(scope, receive, send)
             return
-        if encoding not in _GZIP and _bodiless(scope):
+        known = encoding in _GZIP or encoding == _DEFLATE
+        if not known and _bodiless(scope):
             # an encoding of no body says nothing (a GET with the header): ignored, as a gzip
             # one is where it turns out empty
             await self.app(scope, receive, send)
             return
-        if encoding not in _GZIP:
+        if not known:
             await self.refuse(scope, receive, send, 415,
                               f"Content-Encoding {encoding.decode('latin-1')} is not supported; "
-                              "send the body as is, or with Content-Encoding: gzip",
+                              "send the body as is, or with Content-Encoding: gzip (or deflate)",
                               "unsupported-media-type")
             return
+        coding = "gzip" if encoding in _GZIP else "deflate"
         try:
-            body = await _read_inflated(receive, self.limit)
+            body = await _read_inflated(receive, self.limit, gzip=coding == "gzip")
         except _TooLarge:
             await self.refuse(scope, receive, send, 413,
                               f"the request body is over the limit of {self.limit} bytes "
@@ -151,13 +157,14 @@ class GzipRequestMiddleware:
             return
         except _Malformed as exc:
             await self.refuse(scope, receive, send, 422,
-                              f"the body is not valid gzip ({exc}); send it compressed with gzip, "
-                              "or without Content-Encoding", "malformed-body")
+                              f"the body is not valid {coding} ({exc}); send it compressed with "
+                              f"{coding}, or without Content-Encoding", "malformed-body")
             return
         except _Trailing as exc:
+            after = "another gzip member" if coding == "gzip" else "part of its zlib stream"
             await self.refuse(scope, receive, send, 400,
-                              f"the body has {exc} bytes after its gzip data that are not another "
-                              "gzip member; send only the compressed body", "gzip-trailing-data")
+                              f"the body has {exc} bytes after its {coding} data that are not "
+                              f"{after}; send only the compressed body", "gzip-trailing-data")
             return
         if body is None:  # the client went away (or the server cut a malformed request)
             record = record_of(scope)
