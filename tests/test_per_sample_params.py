@@ -214,7 +214,7 @@ async def test_v2_picks_one_second_derivative(client: httpx.AsyncClient) -> None
     ({"order": "2"}, [], "parameters.order"),
     ({"order": 2, "cross": "yes"}, [], "parameters.cross"),
     ({"order": 5}, [], "order"),
-    ({}, [_column("k", [0.5, 0.6, 0.7])], "params.k"),
+    ({}, [_column("k", [0.5, 0.6, 0.7])], "input k (a parameter with one value per sample)"),
     ({"order": 2, "strategy": "forward-dual"}, [], "cannot compute second derivatives"),
     # one parameter twice: per sample as a tensor and shared in parameters
     ({"k": 0.7}, [_column("k", [0.5, 0.6])], "k is sent both as an input tensor"),

@@ -174,6 +174,9 @@ X1 = [tensor("x", [1.0, 2.0])]
         ("black_scholes_call", {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64",
                                             "data": [[100, 100], [1, 100], [100, 2]]}]},
          ["nested as [3, 2] but its shape is [2, 3]"]),
+        ("black_scholes_call", {"inputs": [tensor("x", [100, 100, 1] * 3, shape=[3, 3]),
+                                           tensor("sigma", [0.1, 0.2])]},
+         ["input sigma", "shape [2], but the inputs have 3 samples", "send shape [3]"]),
         # a parameter tensor twice: the last had won
         ("black_scholes_call", {"inputs": [tensor("x", [100, 100, 1], shape=[1, 3]),
                                            tensor("sigma", [0.1]), tensor("sigma", [0.5])]},

@@ -346,10 +346,17 @@ def plan(routine: Routine, request: InferenceRequest,
             "tensor (one value per sample) and in parameters (one for all); send each once")
     features = [(given, t) for given, t in zip(request.inputs, tensors, strict=True)
                 if given.name not in per_sample]
+    samples = _samples(routine, [g for g, _ in features], [t for _, t in features])
+    for name, values in per_sample.items():  # said in v2's terms (the engine says params.X)
+        if len(values) != len(samples):
+            raise InvalidRequest(
+                f"input {name} (a parameter with one value per sample) has shape "
+                f"[{len(values)}], but the inputs have {len(samples)} samples; send shape "
+                f"[{len(samples)}], or one value for all in parameters.{name}")
     return Call(Request(
         kind=JobKind.SENSITIVITIES if differentiate else JobKind.EVALUATE,
         routine=routine,
-        inputs=_samples(routine, [g for g, _ in features], [t for _, t in features]),
+        inputs=samples,
         params={**params, **per_sample},
         wrt=differentiate or None,
         strategy=strategy,
