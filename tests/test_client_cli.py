@@ -164,6 +164,12 @@ def test_tables_and_json_listings(dydc_url: str, tmp_path: Path) -> None:
      "error: the inputs have no column y0, t; routine exponential_decay takes y0, t", 1),
     (["sensitivities", "linear", "-i", "in.txt"],
      "error: --inputs in.txt: use a .csv, .npy or .json file", 1),
+    (["sensitivities", "linear", "-i", "-", "-p", "C=nan"],
+     "error: --param 'C=nan': give a finite number", 2),
+    (["sensitivities", "linear", "-i", "-", "-p", "C=-inf"],
+     "error: --param 'C=-inf': give a finite number", 2),
+    (["sensitivities", "linear", "-i", "-", "--wrt", " , "],
+     "error: --wrt is empty; name at least one parameter, or leave --wrt out", 2),
 ])
 def test_errors_are_one_line(dydc_url: str, args: list[str], message: str,
                              status: int) -> None:
@@ -194,6 +200,8 @@ def test_global_options_before_or_after_the_command(dydc_url: str, placement: st
     ["--timeout", "-1", "routines"],
     ["--timeout", "0", "routines"],
     ["--retries", "-2", "routines"],
+    ["evaluate", "linear", "-i", "-", "--rows", "-1"],
+    ["scenarios", "linear", "-i", "-", "--shift", "C=rel:0.1", "--rows", "-1"],
 ])
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = runner.invoke(app, args)
@@ -258,6 +266,31 @@ def test_bench_tiny(dydc_url: str, tmp_path: Path) -> None:
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
     code, _, err = dydc_cli(dydc_url, "bench", "linear", "--concurrency", "0")
     assert code == 2 and "every value must be 1 or more" in err
+
+
+def test_bench_says_why_every_request_failed(dydc_url: str) -> None:
+    """Not a table of zeros and exit status 0: exit 1 with the service's reason."""
+    code, out, err = dydc_cli(dydc_url, "bench", "black_scholes_call", "--n", "4",
+                              "--concurrency", "1", "--duration", "0.3", "--warmup", "0",
+                              "--protocols", "json", "--param", "sigma=-1", "--json")
+    assert code == 1
+    (point,) = json.loads(out)
+    assert point["requests"] == 0 and point["errors"] > 0
+    assert "params.sigma = -1.0 is outside its bounds" in point["first_error"]
+    assert err.startswith("error: every request failed (json, concurrency 1: ")
+    assert "the first: 422 Unprocessable Entity: params.sigma = -1.0 is outside" in err
+    # a parameter the routine does not have is said before any load is sent
+    code, out, err = dydc_cli(dydc_url, "bench", "linear", "--duration", "60", "--param", "Z=1")
+    assert code == 1 and out == ""
+    assert err == "error: --param Z: routine linear has no such parameter (its parameters: C)\n"
+
+
+def test_the_evaluate_table_has_no_strategy(dydc_url: str) -> None:
+    code, out, err = dydc_cli(dydc_url, "evaluate", "linear", "-i", "-", "-p", "C=2",
+                              stdin="x\n1\n")
+    assert code == 0, err
+    assert "linear: 1 samples, float64 on" in " ".join(out.split())
+    assert "strategy" not in out
 
 
 def test_serve(dydc_url: str) -> None:

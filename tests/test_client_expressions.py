@@ -148,9 +148,13 @@ def test_cli_expression_table_and_ode(small_dydc_url: str, tmp_path: Path) -> No
     )
     assert code == 0, err
     assert "expression: ode(rhs=r * n * (1 - n / K)" in out
+    assert "expression-" not in out  # the table's title is the canonical text, not its hash
     assert "15.4828099" in out and "27.94433243" in out
     code, _, err = _cli(small_dydc_url, "expression", "--inputs", str(source))
     assert code == 2 and "EXPRESSION" in err
+    code, _, err = _cli(small_dydc_url, "expression", "r * N0 ** t", "--inputs", str(source),
+                        "--param", "r=0.5", "--evaluate", "--order", "2", "--check")
+    assert code == 2 and err.startswith("error: --order, --check: --evaluate asks for values")
     code, _, err = _cli(small_dydc_url, "expression", "--ode", "{", "--inputs", str(source))
     assert code == 2 and "--ode is not JSON" in err
     code, out, err = _cli(

@@ -128,6 +128,24 @@ def test_json_and_binary_identical(dydc_url: str, dtype: str) -> None:
         np.testing.assert_array_equal(as_json.derivatives[key], as_binary.derivatives[key])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_params_are_the_same_on_both_protocols(dydc_url: str, dtype: str) -> None:
+    """v2's answer does not echo the parameters: the binary path gives what v1's does, the
+    routine's defaults filled in and a per-sample parameter as a list."""
+    x = options(3, seed=2)
+    answers = []
+    for protocol in PROTOCOLS:
+        with dydc.Client(dydc_url, protocol=protocol) as client:
+            answers.append((
+                client.sensitivities("black_scholes_call", x,
+                                     {"r": 0.05, "sigma": [0.2, 0.25, 0.3]}, dtype=dtype),
+                client.evaluate("damped_oscillator", [1.0, 2.0], {"omega": 2}, dtype=dtype)))
+    (book, oscillator), (book_binary, oscillator_binary) = answers
+    assert book_binary.protocol == "binary"
+    assert book.params == book_binary.params == {"sigma": [0.2, 0.25, 0.3], "r": 0.05}
+    assert oscillator.params == oscillator_binary.params == {"gamma": 0.1, "omega": 2.0}
+
+
 def test_auto_picks_by_size(dydc_url: str) -> None:
     with dydc.Client(dydc_url, binary_min_samples=100) as client:
         small = client.sensitivities("linear", np.arange(99.0), {"C": 1.0})

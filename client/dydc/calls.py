@@ -95,7 +95,8 @@ class Call(Generic[T]):
         if response.is_success:
             try:
                 return self.read(response)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:  # not dydc's answer
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                # not dydc's answer
                 kind = response.headers.get("content-type", "no content type")
                 raise ApiError(response.status_code, (
                     f"the answer ({kind}, {len(response.content)} bytes) is not a dydc answer "

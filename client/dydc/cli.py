@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from dydc.client import DEFAULT_URL, PROTOCOLS, Client
 from dydc.errors import DydcError
-from dydc.load import run_load
+from dydc.load import LoadPoint, run_load
 from dydc.results import Comparison, Result, RoutineInfo
 from dydc.scenarios import SHIFT_TYPES, ScenarioResult
 from dydc.tables import InputTable, read_inputs, result_columns, write_result, write_table
@@ -270,21 +270,31 @@ def _params(given: Sequence[str], table: InputTable) -> dict[str, Any]:
             params[name.strip()] = table.column(value[1:])
             continue
         try:
-            params[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise UsageError(f"--param {item!r}: {value!r} is not a number (a column is "
                              f"@{value})") from None
+        if not math.isfinite(number):  # as --shift: the service reads finite numbers only
+            raise UsageError(f"--param {item!r}: give a finite number")
+        params[name.strip()] = number
     return params
 
 
 def _wrt(given: str | None) -> list[str] | None:
-    return None if given is None else [w.strip() for w in given.split(",") if w.strip()]
+    if given is None:
+        return None
+    names = [w.strip() for w in given.split(",") if w.strip()]
+    if not names:
+        raise UsageError("--wrt is empty; name at least one parameter, or leave --wrt out")
+    return names
 
 
 def _show(result: Result, columns: list[tuple[str, Any]], rows: int) -> None:
+    subject = result.routine if result.expression is None else result.expression  # not a hash
+    strategy = "" if result.strategy is None else f"strategy {result.strategy}, "  # evaluate
     table = Table(*(name for name, _ in columns),
-                  title=f"{result.routine}: {result.n} samples, strategy {result.strategy}, "
-                        f"{result.dtype} on {result.device}")
+                  title=f"{subject}: {result.n} samples, {strategy}{result.dtype} on "
+                        f"{result.device}")
     for i in range(min(rows, result.n)):
         table.add_row(*(f"{float(values[i]):.10g}" for _, values in columns))
     out.print(table)
@@ -308,7 +318,7 @@ ParamOption = Annotated[list[str] | None, typer.Option(
     "--param", "-p", help="NAME=NUMBER, or NAME=@COLUMN for one value per sample; repeatable.")]
 OutOption = Annotated[str | None, typer.Option(
     "--out", "-o", help=".csv, .json or .npy, or - for CSV on stdout; a table when left out.")]
-RowsOption = Annotated[int, typer.Option(help="Rows of the table printed without --out.")]
+RowsOption = Annotated[int, typer.Option(min=0, help="Rows of the table printed without --out.")]
 DtypeOption = Annotated[str | None, typer.Option(help="float64 (default) or float32.")]
 WrtOption = Annotated[str | None, typer.Option(
     help="Parameters and/or input features, comma-separated; default all parameters.")]
@@ -388,7 +398,8 @@ def _features(table: InputTable, names: str | None, param: list[str]) -> list[st
                          "order); this file's columns have no names")
     taken = {item.partition("=")[2].strip()[1:] for item in param
              if item.partition("=")[2].strip().startswith("@")}
-    return [c for c in table.columns if c not in taken]
+    # every column, those that are not numbers too: a feature's bad cell is then named
+    return [c for c in table.names if c not in taken]
 
 
 ExpressionArgument = Annotated[str | None, typer.Argument(
@@ -457,6 +468,13 @@ def expression(
     out_file: OutOption = None, rows: RowsOption = 20,
 ) -> None:
     """Values and derivatives of your own function (or ODE) for every sample of a file."""
+    if evaluate:
+        given = [option for option, is_given in (
+            ("--wrt", wrt is not None), ("--order", order != 1), ("--cross", cross),
+            ("--strategy", strategy != "auto"), ("--check", check)) if is_given]
+        if given:
+            raise UsageError(f"{', '.join(given)}: --evaluate asks for values only; leave "
+                             "out the options that shape derivatives")
     f = _function(text, ode, inputs, names, param)
     with _service(ctx).client(progress=True) as client:
         result = client.expression(f.text, f.samples, f.params, _wrt(wrt), names=f.features,
@@ -566,7 +584,7 @@ TotalsOnlyOption = Annotated[bool, typer.Option(
                           "arrays (the table is the same).")]
 ScenarioOutOption = Annotated[str | None, typer.Option(
     "--out", "-o", help=".csv or .json, or - for CSV on stdout; a table when left out.")]
-ScenarioRowsOption = Annotated[int, typer.Option(help="Scenarios shown without --out.")]
+ScenarioRowsOption = Annotated[int, typer.Option(min=0, help="Scenarios shown without --out.")]
 
 
 @dataclass(frozen=True)
@@ -713,21 +731,45 @@ def bench(
     service = _service(ctx)
     with service.client() as client:
         info = client.routine(name)
+    params = _params(param or [], InputTable())
+    unknown = [p for p in params if p not in info.param_names]
+    if unknown:  # said now, not after every point's --duration of refusals
+        raise ValueError(f"--param {unknown[0]}: routine {name} has no such parameter (its "
+                         f"parameters: {', '.join(info.param_names) or 'none'})")
     points = run_load(service.url, info, n=n, concurrency=_integers(concurrency, "--concurrency"),
                       duration=duration, warmup=warmup,
                       protocols=[p.strip() for p in protocols.split(",") if p.strip()],
-                      params=_params(param or [], InputTable()), api_key=service.api_key)
+                      params=params, api_key=service.api_key)
+    _report_load(points, name, n, duration, plot, as_json)
+
+
+def _report_load(points: Sequence[LoadPoint], name: str, n: int, duration: float,
+                 plot: str | None, as_json: bool) -> None:
+    """The points as a table (or JSON, or a plot); exit status 1 where every request of a
+    point failed, which measures nothing, with the first failure's reason."""
     if plot:
         _plot(points, plot, f"{name}, {n} samples a request")
     if as_json:
         _print_json([{**asdict(p), "throughput": p.throughput} for p in points])
-        return
-    table = Table("protocol", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests",
-                  "errors", title=f"{name}: {n} samples a request, {duration:g} s a point")
+    else:
+        table = Table("protocol", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms",
+                      "requests", "errors",
+                      title=f"{name}: {n} samples a request, {duration:g} s a point")
+        for p in points:
+            table.add_row(p.protocol, str(p.concurrency), f"{p.throughput:,.0f}",
+                          f"{p.p50_ms:.2f}", f"{p.p90_ms:.2f}", f"{p.p99_ms:.2f}",
+                          f"{p.requests:,}", str(p.errors))
+        out.print(table)
+    failed = [p for p in points if p.errors and not p.requests]
+    if failed:
+        p = failed[0]
+        raise DydcError(f"every request failed ({p.protocol}, concurrency {p.concurrency}: "
+                         f"{p.errors:,} errors); the first: {p.first_error}")
     for p in points:
-        table.add_row(p.protocol, str(p.concurrency), f"{p.throughput:,.0f}", f"{p.p50_ms:.2f}",
-                      f"{p.p90_ms:.2f}", f"{p.p99_ms:.2f}", f"{p.requests:,}", str(p.errors))
-    out.print(table)
+        if p.errors:
+            err.print(f"warning: {p.errors:,} of {p.requests + p.errors:,} requests failed "
+                      f"({p.protocol}, concurrency {p.concurrency}); the first: "
+                      f"{p.first_error}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -53,13 +53,46 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
+# Catalogue answers are read inside the call, so that JSON of another shape is the ApiError
+# that Call.outcome makes of it, as for a computation's answer.
+
+def _routines(response: httpx.Response) -> list[RoutineInfo]:
+    return [RoutineInfo.from_json(r) for r in _json(response)["routines"]]
+
+
+def _routine(response: httpx.Response) -> RoutineInfo:
+    return RoutineInfo.from_json(_json(response))
+
+
+def _strategies(response: httpx.Response) -> list[StrategyInfo]:
+    return [StrategyInfo.from_json(s) for s in _json(response)["strategies"]]
+
+
+def _limits(response: httpx.Response) -> Limits:
+    return Limits.from_json(_json(response))
+
+
 def _expression_options(evaluate: bool, wrt: Wrt, order: int, cross: bool, strategy: str,
                         dtype: str | None, timeout_ms: float | None,
                         check: str | bool | None, bump: BumpLike) -> Options:
     if evaluate:
+        given = _derivative_options(wrt, order, cross, strategy, check, bump)
+        if given:
+            raise ValueError("wrt, order, cross, strategy, check and bump shape the "
+                             "derivatives, and evaluate=True asks for values only: leave "
+                             f"them out (given: {', '.join(given)})")
         return options(Kind.EVALUATE, dtype=dtype, timeout_ms=timeout_ms)
     return options(Kind.SENSITIVITIES, wrt=wrt, order=order, cross=cross, strategy=strategy,
                    dtype=dtype, timeout_ms=timeout_ms, check=check, bump=bump)
+
+
+def _derivative_options(wrt: Wrt, order: int, cross: bool, strategy: str,
+                        check: str | bool | None = None, bump: BumpLike = None) -> list[str]:
+    """The names of the arguments given that only a derivative can honour."""
+    given = {"wrt": wrt is not None, "order": order != 1, "cross": bool(cross),
+             "strategy": strategy != "auto", "check": check not in (None, False),
+             "bump": bump is not None}
+    return [name for name, is_given in given.items() if is_given]
 
 
 def _check_url(url: str) -> None:
@@ -108,26 +141,29 @@ class _Steps:
     # -- steps ---------------------------------------------------------------------------------
 
     def routines_steps(self) -> Steps[list[RoutineInfo]]:
-        (doc,) = yield [Call("GET", "/v1/routines", _json)]
-        infos = [RoutineInfo.from_json(r) for r in doc["routines"]]
+        infos: list[RoutineInfo]
+        (infos,) = yield [Call("GET", "/v1/routines", _routines)]
         self._routines |= {i.name: i for i in infos}
         return infos
 
     def routine_steps(self, name: str) -> Steps[RoutineInfo]:
         if name not in self._routines:
-            (doc,) = yield [Call("GET", f"/v1/routines/{quote(name, safe='')}", _json)]
-            self._routines[name] = RoutineInfo.from_json(doc)
+            info: RoutineInfo
+            (info,) = yield [Call("GET", f"/v1/routines/{quote(name, safe='')}", _routine)]
+            self._routines[name] = info
         return self._routines[name]
 
     def strategies_steps(self) -> Steps[list[StrategyInfo]]:
-        (doc,) = yield [Call("GET", "/v1/strategies", _json)]
-        return [StrategyInfo.from_json(s) for s in doc["strategies"]]
+        rows: list[StrategyInfo]
+        (rows,) = yield [Call("GET", "/v1/strategies", _strategies)]
+        return rows
 
     def limits_steps(self) -> Steps[Limits]:
         """The service's limits, read once; none known from a service without the route."""
         if self._limits is None:
-            (doc,) = yield [Call("GET", "/v1/limits", _json, if_missing=dict)]
-            self._limits = Limits.from_json(doc)
+            limits: Limits
+            (limits,) = yield [Call("GET", "/v1/limits", _limits, if_missing=Limits)]
+            self._limits = limits
         return self._limits
 
     def compute_steps(self, routine: str, inputs: Inputs, params: Params,
@@ -246,8 +282,10 @@ def _scenario_options(explain: bool, wrt: Wrt, order: int, cross: bool, strategy
     if explain:
         return options(Kind.SENSITIVITIES, wrt=wrt, order=order, cross=cross,
                        strategy=strategy, dtype=dtype, timeout_ms=timeout_ms)
-    if wrt is not None or order != 1 or cross:
-        raise ValueError("wrt, order and cross shape the P&L explain: pass explain=True")
+    given = _derivative_options(wrt, order, cross, strategy)
+    if given:
+        raise ValueError("wrt, order, cross and strategy shape the P&L explain: pass "
+                         f"explain=True (given: {', '.join(given)})")
     return options(Kind.EVALUATE, dtype=dtype, timeout_ms=timeout_ms)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from dydc import v1, v2
 from dydc.batches import make_batch
 from dydc.calls import Call
+from dydc.errors import error_from_response
 from dydc.options import Kind, options
 from dydc.results import RoutineInfo
 
@@ -48,6 +49,8 @@ class LoadPoint:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    first_error: str | None = None
+    """Why the first failed request failed (the service's status and detail), if one did."""
 
     @property
     def throughput(self) -> float:
@@ -75,7 +78,10 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiter: asyncio.Future[int] | None = None
         self._status = 0
+        self._head = ""
         self._need: int | None = None
+        self.error: httpx.Response | None = None
+        """The last answer that was not a 200, kept to say why (a success is not kept)."""
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,8 +100,12 @@ class _Connection(asyncio.Protocol):
                 self._fail(ConnectionError("an answer without Content-Length"))
                 return
             self._status = int(head.split(" ", 2)[1])
+            self._head = head
             self._need = end + 4 + int(length.group(1))
         if len(self._buffer) >= self._need:
+            if self._status != 200:
+                self.error = _answer(self._status, self._head,
+                                     bytes(self._buffer[len(self._head) + 4:self._need]))
             del self._buffer[:self._need]
             self._need = None
             if self._waiter is not None and not self._waiter.done():
@@ -120,6 +130,12 @@ class _Connection(asyncio.Protocol):
 _CONTENT_LENGTH = re.compile(r"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
+def _answer(status: int, head: str, body: bytes) -> httpx.Response:
+    headers = [tuple(line.split(":", 1)) for line in head.split("\r\n")[1:] if ":" in line]
+    return httpx.Response(status, headers=[(k.strip(), v.strip()) for k, v in headers],
+                          content=body)
+
+
 def _request_bytes(url: httpx.URL, call: Call[Any], headers: Mapping[str, str]) -> bytes:
     """The whole HTTP/1.1 request, encoded once (httpx builds it; the loop only resends it)."""
     request = httpx.Request(call.method, url.join(call.path), params=call.query or None,
@@ -132,7 +148,7 @@ def _request_bytes(url: httpx.URL, call: Call[Any], headers: Mapping[str, str]) 
 
 
 async def _worker(url: httpx.URL, request: bytes, until: float, record_from: float,
-                  latencies: list[float], errors: list[int]) -> None:
+                  latencies: list[float], errors: list[httpx.Response | str]) -> None:
     loop = asyncio.get_running_loop()
     connection: _Connection | None = None
     while (start := time.perf_counter()) < until:
@@ -143,16 +159,21 @@ async def _worker(url: httpx.URL, request: bytes, until: float, record_from: flo
                     _Connection, url.host, url.port or (443 if url.scheme == "https" else 80),
                     ssl=url.scheme == "https" or None)
             ok = await connection.exchange(request) == 200
-        except (OSError, ConnectionError):
-            ok, connection = False, None
+            why: httpx.Response | str = connection.error or ""
+        except (OSError, ConnectionError) as exc:
+            ok, connection, why = False, None, f"{type(exc).__name__}: {exc}"
         end = time.perf_counter()
         if start >= record_from and end <= until:
             if ok:
                 latencies.append(end - start)
             else:
-                errors.append(1)
+                errors.append(why)
     if connection is not None and connection.transport is not None:
         connection.transport.close()
+
+
+def _why(error: httpx.Response | str) -> str:
+    return str(error_from_response(error)) if isinstance(error, httpx.Response) else error
 
 
 async def _point(url: str, headers: dict[str, str], call: Call[Any], protocol: str,
@@ -160,14 +181,15 @@ async def _point(url: str, headers: dict[str, str], call: Call[Any], protocol: s
     target = httpx.URL(url)
     request = _request_bytes(target, call, headers)
     latencies: list[float] = []
-    errors: list[int] = []
+    errors: list[httpx.Response | str] = []  # why each failed: an answer, or what happened
     record_from = time.perf_counter() + warmup
     until = record_from + duration
     await asyncio.gather(*(_worker(target, request, until, record_from, latencies, errors)
                            for _ in range(concurrency)))
     ms = np.asarray(latencies) * 1e3 if latencies else np.asarray([np.nan])
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    return LoadPoint(protocol, concurrency, len(latencies), len(errors), duration, p50, p90, p99)
+    return LoadPoint(protocol, concurrency, len(latencies), len(errors), duration, p50, p90, p99,
+                     _why(errors[0]) if errors else None)
 
 
 def run_load(url: str, info: RoutineInfo, *, n: int = 16,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -56,12 +56,25 @@ class Options:
         return None if self.timeout_ms is None else self.timeout_ms / 1e3 + 5.0
 
 
+_EMPTY_WRT = "wrt is empty; name at least one parameter, or leave wrt out"
+_DTYPES = ("float64", "float32")
+
+
 def _wrt(wrt: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The names, or None for the service's default; an empty list is refused here, as the
+    service refuses it over JSON (v2 would read an empty ``wrt`` as no derivatives at all)."""
     if wrt is None:
         return None
-    if isinstance(wrt, str):
-        return tuple(w.strip() for w in wrt.split(",") if w.strip())
-    return tuple(wrt)
+    listed: list[Any] = (wrt.split(",") if isinstance(wrt, str)
+                         else list(wrt) if isinstance(wrt, Iterable)
+                         and not isinstance(wrt, Mapping) else [wrt])
+    if not all(isinstance(w, str) for w in listed):
+        raise ValueError(f"wrt is {wrt!r}; give parameter or input names, as a list "
+                         "(['sigma', 'S']) or comma-separated ('sigma,S')")
+    names = tuple(w.strip() for w in listed if w.strip())
+    if not names:
+        raise ValueError(_EMPTY_WRT)
+    return names
 
 
 def _check(check: str | bool | None) -> str | None:
@@ -84,5 +97,9 @@ def options(kind: Kind, *, wrt: str | Sequence[str] | None = None, order: int = 
             cross: bool = False, strategy: str = "auto", dtype: str | None = None,
             timeout_ms: float | None = None, check: str | bool | None = None,
             bump: Bump | Mapping[str, Any] | None = None) -> Options:
+    """What the caller asked for, with every check that needs no service (a bad argument is
+    a ValueError, as a bad input is)."""
+    if dtype is not None and dtype not in _DTYPES:  # what the client can send, either protocol
+        raise ValueError(f"dtype {dtype!r}; use float64 or float32")
     return Options(kind, _wrt(wrt), order, cross, strategy, dtype, timeout_ms, _check(check),
                    _bump(bump))

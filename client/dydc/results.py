@@ -40,6 +40,14 @@ def _floats(doc: Any) -> dict[str, float]:
     return {str(k): math.nan if v is None else float(v) for k, v in (doc or {}).items()}
 
 
+def _name(doc: dict[str, Any]) -> str:
+    """A catalogue row's name (a TypeError where there is none: not dydc's answer)."""
+    name = doc["name"]
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name is {name!r}, not a name")
+    return name
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -72,7 +80,7 @@ class RoutineInfo:
                         description=p.get("description", ""),
                         bounds=tuple(p["bounds"]) if p.get("bounds") else None)
                   for p in doc.get("params", [])]
-        return cls(name=doc["name"], description=doc.get("description", ""), params=params,
+        return cls(name=_name(doc), description=doc.get("description", ""), params=params,
                    inputs=list(doc.get("inputs", [])), outputs=list(doc.get("outputs", ["y"])),
                    vectorized=bool(doc.get("vectorized", False)),
                    extra={k: v for k, v in doc.items() if k not in known})
@@ -95,7 +103,7 @@ class StrategyInfo:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> StrategyInfo:
         known = {"name", "mode", "cost", "description", "cap", "cap_setting", "batchable"}
-        return cls(name=doc["name"], mode=doc.get("mode", ""), cost=doc.get("cost", ""),
+        return cls(name=_name(doc), mode=doc.get("mode", ""), cost=doc.get("cost", ""),
                    description=doc.get("description", ""), cap=doc.get("cap"),
                    cap_setting=doc.get("cap_setting"), batchable=bool(doc.get("batchable")),
                    extra={k: v for k, v in doc.items() if k not in known})
@@ -117,14 +125,24 @@ class Limits:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Limits:
-        return cls(max_samples=doc.get("max_samples"), max_body_bytes=doc.get("max_body_bytes"),
-                   max_batch_samples=doc.get("max_batch_samples"),
-                   max_queue_samples=doc.get("max_queue_samples"),
-                   request_timeout_ms=doc.get("request_timeout_ms"),
+        return cls(max_samples=_whole(doc.get("max_samples")),
+                   max_body_bytes=_whole(doc.get("max_body_bytes")),
+                   max_batch_samples=_whole(doc.get("max_batch_samples")),
+                   max_queue_samples=_whole(doc.get("max_queue_samples")),
+                   request_timeout_ms=_number(doc.get("request_timeout_ms")),
                    strategy_caps={str(k): int(v)
                                   for k, v in (doc.get("strategy_caps") or {}).items()},
-                   max_response_bytes=doc.get("max_response_bytes"),
+                   max_response_bytes=_whole(doc.get("max_response_bytes")),
                    json_number_bytes=int(doc.get("json_number_bytes") or 24))
+
+
+def _whole(value: Any) -> int | None:
+    """A limit as an int (a TypeError or ValueError for what is not one: not dydc's answer)."""
+    return None if value is None else int(value)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,10 @@ def _shift(factor: str, given: Any) -> tuple[str, list[float]]:
             f"shifts[{factor!r}] = {given!r}: write ('relative', [-0.1, 0, 0.1]) "
             "or ('absolute', [...])"
         )
-    if kind not in SHIFT_TYPES:
+    if not isinstance(kind, str) or kind not in SHIFT_TYPES:
         raise ValueError(f"shifts[{factor!r}]: type {kind!r}; use absolute or relative")
-    listed = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    listed = np.atleast_1d(_numbers(f"shifts[{factor!r}]", values,
+                                    "a number or a non-empty flat list of numbers"))
     if listed.ndim != 1 or listed.size == 0:
         raise ValueError(f"shifts[{factor!r}]: give a number or a non-empty flat list of shifts")
     v1.finite(f"shifts[{factor!r}]", listed, _FINITE)
@@ -73,6 +74,18 @@ def _shift(factor: str, given: Any) -> tuple[str, list[float]]:
 
 
 _FINITE = "shifts must be finite numbers"
+
+
+def _numbers(where: str, given: Any, wanted: str) -> np.ndarray:
+    """Shifts as float64; a ValueError naming ``where`` for anything but numbers (a string
+    too: numpy would read ``"0.1"`` as one)."""
+    try:
+        array = np.asarray(given)
+    except ValueError:  # ragged lists
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{where} is {given!r}; give {wanted}")
+    return array.astype(np.float64)
 
 
 def scenario_spec(
@@ -86,14 +99,13 @@ def scenario_spec(
             "mapping of absolute shifts per scenario), not both and not neither"
         )
     if scenario_list is not None:
-        rows = [{str(f): float(v) for f, v in s.items()} for s in scenario_list]
-        for i, row in enumerate(rows):
-            for f, v in row.items():
-                v1.finite(f"scenario_list[{i}][{f!r}]", np.asarray(v), _FINITE)
+        rows = [_listed(i, s) for i, s in enumerate(_sequence(scenario_list))]
         return {"list": rows}, [{f: ("absolute", v) for f, v in row.items()} for row in rows]
     if combine not in COMBINE:
         raise ValueError(f"combine={combine!r}; use product or zip")
-    assert shifts is not None
+    if not isinstance(shifts, Mapping):
+        raise ValueError(f"shifts is {shifts!r}; give a mapping of factor to (type, values), "
+                         "e.g. {'sigma': ('relative', [-0.1, 0.1])}")
     lists = {str(f): _shift(str(f), s) for f, s in shifts.items()}
     spec = {
         "shifts": {f: {"type": kind, "values": values} for f, (kind, values) in lists.items()},
@@ -107,6 +119,29 @@ def scenario_spec(
     else:
         combos = list(itertools.product(*labelled.values()))
     return spec, [dict(zip(labelled, combo, strict=True)) for combo in combos]
+
+
+def _sequence(scenario_list: Any) -> list[Any]:
+    if isinstance(scenario_list, (str, Mapping)) or not isinstance(scenario_list, Sequence):
+        raise ValueError(f"scenario_list is {scenario_list!r}; give a list of mappings of "
+                         "factor to absolute shift, e.g. [{'sigma': 0.01}, {'r': -0.005}]")
+    return list(scenario_list)
+
+
+def _listed(i: int, scenario: Any) -> dict[str, float]:
+    """Scenario ``i`` of a scenario_list: each factor's absolute shift, a finite number."""
+    if not isinstance(scenario, Mapping):
+        raise ValueError(f"scenario_list[{i}] is {scenario!r}; give a mapping of factor to "
+                         "absolute shift, e.g. {'sigma': 0.01}")
+    row: dict[str, float] = {}
+    for f, v in scenario.items():
+        where = f"scenario_list[{i}][{f!r}]"
+        value = _numbers(where, v, "a number (the factor's absolute shift)")
+        if value.ndim != 0:
+            raise ValueError(f"{where} is {v!r}; give a number (the factor's absolute shift)")
+        v1.finite(where, value, _FINITE)
+        row[str(f)] = float(value)
+    return row
 
 
 @dataclass(frozen=True)

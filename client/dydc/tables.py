@@ -3,10 +3,12 @@ JSON or ``.npy``.
 
 A CSV has a header row and a column per feature, by the routine's feature names; other
 columns may carry per-sample parameters (``--param sigma=@vol``) or anything else, and are
-ignored otherwise. Results are written as the inputs' columns, then ``y`` (the output names
-when a routine has several), ``dy_d<a>`` and ``d2y_d<a>_d<b>`` (``dy_d<a>[<output>]`` per
-output when there are several). Numbers are written as Python's shortest repr, so float64
-values survive the trip exactly.
+ignored otherwise; a JSON object of columns is read the same way. Files are UTF-8 (the
+byte-order mark Excel writes is skipped), and what cannot be read is named by file, line or
+sample, and column, not by numpy's message. Results are written as the inputs' columns,
+then ``y`` (the output names when a routine has several), ``dy_d<a>`` and ``d2y_d<a>_d<b>``
+(``dy_d<a>[<output>]`` per output when there are several). Numbers are written as Python's
+shortest repr, so float64 values survive the trip exactly.
 
 Hand-written over the standard library's ``csv`` and ``json`` and numpy's ``.npy``: pandas
 would read these in one call, but as a dependency it weighs more than the whole client.
@@ -39,8 +41,15 @@ class InputTable:
 
     columns: dict[str, np.ndarray] | None = None
     array: np.ndarray | None = None
-    # CSV columns that are not numbers (a label, an id): why, said only if one is used
+    # columns that are not numbers (a label, an id): why, said only if one is used
     unreadable: dict[str, str] = field(default_factory=dict)
+    header: tuple[str, ...] = ()
+    """Every column's name in the file's order, the unreadable ones included."""
+
+    @property
+    def names(self) -> list[str]:
+        """The columns' names, in the file's order."""
+        return list(self.header or self.columns or ())
 
     @property
     def n(self) -> int:
@@ -96,7 +105,8 @@ def _csv(text: str, where: str) -> InputTable:
                 unreadable[name] = (f"{where} line {line}, column {name}: {value!r} is not a "
                                     "number")
     return InputTable(columns={k: np.asarray(v, dtype=np.float64) for k, v in columns.items()
-                               if k not in unreadable}, unreadable=unreadable)
+                               if k not in unreadable}, unreadable=unreadable,
+                      header=tuple(names))
 
 
 def _json(text: str, where: str) -> InputTable:
@@ -107,19 +117,91 @@ def _json(text: str, where: str) -> InputTable:
     if isinstance(doc, Mapping) and "inputs" in doc:
         doc = doc["inputs"]
     if isinstance(doc, Mapping):
-        return InputTable(columns={str(k): np.asarray(v, dtype=np.float64)
-                                   for k, v in doc.items()})
+        return _json_columns(doc, where)
     if isinstance(doc, list):
-        return InputTable(array=np.asarray(doc, dtype=np.float64))
+        return InputTable(array=_json_samples(doc, where))
     raise ValueError(f"{where} holds {type(doc).__name__}; send a list of samples, an object "
                      "of columns, or {\"inputs\": ...}")
+
+
+def _json_columns(doc: Mapping[str, Any], where: str) -> InputTable:
+    """An object of columns: each a list of numbers, all of one length (a column of labels
+    is fine until it is used, as in a CSV)."""
+    columns: dict[str, np.ndarray] = {}
+    unreadable: dict[str, str] = {}
+    for key, values in doc.items():
+        name = str(key)
+        if not isinstance(values, list):
+            unreadable[name] = (f"{where}, column {name}: {values!r} is not a list of "
+                                "numbers")
+            continue
+        bad = [v for v in values if not _is_number(v)][:1]
+        if bad:
+            unreadable[name] = f"{where}, column {name}: {bad[0]!r} is not a number"
+            continue
+        columns[name] = np.asarray(values, dtype=np.float64)
+    lengths = {name: len(values) for name, values in doc.items() if isinstance(values, list)}
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+        raise ValueError(f"{where}: the columns have different lengths ({sizes}); give "
+                         "every column one number per sample")
+    return InputTable(columns=columns, unreadable=unreadable,
+                      header=tuple(str(k) for k in doc))
+
+
+def _json_samples(doc: list[Any], where: str) -> np.ndarray:
+    """A list of samples: numbers (one feature), or lists of numbers of one length."""
+    for i, sample in enumerate(doc):
+        numbers = sample if isinstance(sample, list) else [sample]
+        bad = [v for v in numbers if not _is_number(v)][:1]
+        if bad:
+            raise ValueError(f"{where}, sample {i + 1}: {bad[0]!r} is not a number")
+    widths = [len(s) if isinstance(s, list) else None for s in doc]
+    if len(set(widths)) > 1:
+        odd = next(i for i, w in enumerate(widths) if w != widths[0])
+        size = _width(widths[0])
+        raise ValueError(f"{where}: sample {odd + 1} has {_width(widths[odd])} where sample "
+                         f"1 has {size}; give every sample the same features")
+    return np.asarray(doc, dtype=np.float64)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _width(width: int | None) -> str:
+    return "a single number" if width is None else f"{width} numbers"
+
+
+def _npy(path: Path) -> InputTable:
+    """An array of numbers (N,) or (N, D), or a structured array (what ``--out .npy``
+    writes) as named columns."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise ValueError(f"{path} is not a .npy file numpy can read; write one with "
+                         "numpy.save, or send .csv or .json") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under another name
+        raise ValueError(f"{path} holds several arrays; send one, saved with numpy.save")
+    if array.dtype.names is not None and array.ndim == 1:
+        names = array.dtype.names
+        bad = [n for n in names if array.dtype[n].kind not in "iuf"]
+        if bad:
+            raise ValueError(f"{path}, column {bad[0]}: {array.dtype[bad[0]]} is not numbers")
+        return InputTable(columns={n: array[n].astype(np.float64) for n in names},
+                          header=tuple(names))
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{path} holds {array.dtype} values; send numbers")
+    if array.ndim not in (1, 2):
+        raise ValueError(f"{path} has shape {array.shape}; send (N,) or (N, D)")
+    return InputTable(array=array)
 
 
 def read_inputs(source: str, stdin: IO[str] | None = None) -> InputTable:
     """Inputs from a ``.csv``, ``.npy`` or ``.json`` file, or ``-`` for stdin (JSON when it
     starts with ``[`` or ``{``, else CSV)."""
     if source == "-":
-        text = (stdin.read() if stdin is not None else "")
+        text = (stdin.read() if stdin is not None else "").removeprefix("\ufeff")
         parse = _json if text.lstrip()[:1] in ("[", "{") else _csv
         return parse(text, "stdin")
     path = Path(source)
@@ -127,8 +209,12 @@ def read_inputs(source: str, stdin: IO[str] | None = None) -> InputTable:
     if suffix not in SUFFIXES:
         raise ValueError(f"--inputs {source}: use a .csv, .npy or .json file, or - for stdin")
     if suffix == ".npy":
-        return InputTable(array=np.load(path, allow_pickle=False))
-    text = path.read_text()
+        return _npy(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                         "(Excel: CSV UTF-8)") from None
     return _csv(text, source) if suffix == ".csv" else _json(text, source)
 
 

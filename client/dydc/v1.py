@@ -63,6 +63,8 @@ def document(batch: Batch, options: Options) -> dict[str, Any]:
     """The body as a JSON-ready document (arrays as numpy arrays)."""
     finite("inputs", batch.samples)
     params: dict[str, Any] = dict(batch.scalars)
+    for name, value in batch.scalars.items():
+        finite(f"params.{name}", np.asarray(value))
     for name, values in batch.per_sample.items():
         finite(f"params.{name}", values)
         params[name] = values

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from dydc import v1
 from dydc.batches import Batch
 from dydc.calls import Call, request_id
 from dydc.options import Kind, Options
@@ -51,6 +52,8 @@ def _tensor(name: str, array: np.ndarray, datatype: str) -> dict[str, Any]:
 
 def _parameters(batch: Batch, options: Options) -> dict[str, Any]:
     parameters: dict[str, Any] = dict(batch.scalars)
+    for name, value in batch.scalars.items():  # the header is JSON, as a v1 body is
+        v1.finite(f"params.{name}", np.asarray(value))
     parameters["binary_data_output"] = True
     if options.kind is Kind.SENSITIVITIES:
         parameters["strategy"] = options.strategy
@@ -127,5 +130,16 @@ def _result(response: httpx.Response, keys: dict[str, tuple[int, str]], batch: B
                   strategy=parameters.get("strategy"),
                   dtype="float32" if values.dtype == np.float32 else "float64",
                   device=parameters.get("device", ""), n=int(values.shape[0]),
-                  params=dict(batch.scalars), outputs=list(info.outputs),
+                  params=_params(info, batch), outputs=list(info.outputs),
                   request_id=request_id(response), protocol="binary")
+
+
+def _params(info: RoutineInfo, batch: Batch) -> dict[str, Any]:
+    """The parameters as v1's answer echoes them (v2's does not): every one of the routine's
+    in its order, defaults filled in, a per-sample one as the list JSON would have carried."""
+    sent: dict[str, Any] = dict(batch.scalars)
+    for name, values in batch.per_sample.items():
+        # float32 as JSON writes it (its shortest repr), not widened to float64's digits
+        sent[name] = (values.tolist() if values.dtype == np.float64
+                      else v1.loads(v1.dumps({"v": values}))["v"])
+    return {**{p.name: sent.pop(p.name, p.default) for p in info.params}, **sent}
