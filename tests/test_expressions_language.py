@@ -464,6 +464,16 @@ def test_syntax_error_names_its_column() -> None:
         parse("x\n*2", ["x"], Bounds())
     assert caught.value.column == 3
     assert canonical(parse("(x\n*2)", ["x"], Bounds())) == "x * 2"
+    # a lone \r is a line break to Python's parser as \r\n is (it was counted as nothing:
+    # an IndexError, a 500)
+    for text, column in (("x\r*2", 3), ("x #\r+1", 5), ("x\r\n*2", 4)):
+        with pytest.raises(ExpressionError, match="inside parentheses") as caught:
+            parse(text, ["x"], Bounds())
+        assert caught.value.column == column, text
+    assert canonical(parse("(x\r*2)", ["x"], Bounds())) == "x * 2"
+    with pytest.raises(UnknownName) as caught_name:
+        parse("(x\r+ y)", ["x"], Bounds())
+    assert caught_name.value.column == 6
 
 
 def test_unknown_name_lists_the_declared_ones(expressions: Expressions) -> None:

@@ -178,9 +178,11 @@ class _Positions:
     def __init__(self, text: str, lead: int = 0) -> None:
         self._text = text
         # the parser saw text[lead:]: its lines start at these offsets of text
+        # (a line ends at \n, \r\n or a lone \r, as Python's parser counts them: a lone
+        # \r counted as nothing sent a column past the last line, an IndexError and a 500)
         self._starts = [lead]
         for i in range(lead, len(text)):
-            if text[i] == "\n":
+            if text[i] == "\n" or (text[i] == "\r" and text[i + 1:i + 2] != "\n"):
                 self._starts.append(i + 1)
 
     def column(self, lineno: int, col_offset: int) -> int:
