@@ -226,6 +226,18 @@ async def test_every_mistake_is_a_422_that_says_what_to_change(
     ("linear", {"inputs": [1.0, 2.0], "params": {"C": [1.0, 1e300]}, "scenarios": {"shifts": {
         "C": {"type": "relative", "values": [1e10]}}}},
      ["scenario 0 moves C of sample 1 to inf", "smaller shift"]),
+    # a shared parameter moves in float64 and runs in float32 (it was inf there: 200 with
+    # nulls, or the routine's domain blamed)
+    ("exponential_decay", {"inputs": [[1.0, 1.0]], "params": {"k": 1.0}, "dtype": "float32",
+                           "scenarios": {"list": [{"k": 1e39}]}, "explain": True},
+     ["scenario 0 moves k of sample 0 to 1e+39", "not a finite number in float32"]),
+    # finite values whose P&L, Taylor terms or sums are not (JSON carried null in a 200)
+    ("exponential_decay", {"inputs": [[1e300, 1.0], [1.0, 1.0]], "params": {"k": 1.0},
+                           "scenarios": {"list": [{"k": 1e10}]}, "explain": True},
+     ["scenario 0's delta_pnl for sample 0 is -inf", "not a finite number in float64"]),
+    ("linear", {"inputs": [1.7e308] * 3, "params": {"C": 1.0},
+                "scenarios": {"list": [{"C": -0.5}]}},
+     ["scenario 0's total_pnl, the sum over the samples, is beyond the largest float64"]),
 ])
 async def test_a_shift_to_a_number_that_is_not_finite_is_a_422(
         client: httpx.AsyncClient, routine: str, body: dict[str, object],

@@ -243,11 +243,11 @@ def _smaller(asked: Asked, per_sample_shifts: bool) -> list[str]:
 
 
 def _totals(t: Tensor | None) -> list[Any]:
-    """Per scenario of ``t`` (S, N, M), the sum over samples: a number (M = 1), or one per
-    output (one reduction for every scenario, not one a scenario)."""
+    """Per scenario of the sums ``t`` (S, M) over samples (the engine's, checked finite): a
+    number (M = 1), or one per output."""
     if t is None:
         return []
-    totals = t.sum(dim=1).numpy()
+    totals = t.numpy()
     return totals[:, 0].tolist() if totals.shape[1] == 1 else list(totals)
 
 
@@ -266,8 +266,8 @@ def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) ->
     job = plan.base
     rows = []
     total_pnl, total_delta, total_gamma, total_unexplained = (
-        _totals(t) for t in (result.pnl, result.delta_pnl, result.gamma_pnl,
-                             result.unexplained))
+        _totals(result.totals.get(name)) for name in ("pnl", "delta_pnl", "gamma_pnl",
+                                                      "unexplained"))
     for s, shifts in enumerate(plan.absolute):
         row: dict[str, Any] = {
             "shifts": {f: _shift(v) for f, v in shifts.items()},

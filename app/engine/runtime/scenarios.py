@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -199,7 +199,7 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
             with np.errstate(over="ignore", invalid="ignore"):  # reported below, by sample
                 moved = value + (shift.value if shift.kind == ABSOLUTE
                                  else shift.value * value)
-            _check_finite(factor, moved, s)
+            _check_finite(factor, moved, s, base.dtype)
             if is_param:
                 param = bounds[factor]
                 if param.bounds is not None:
@@ -230,14 +230,19 @@ def _per_sample(per_scenario: list[float | np.ndarray], n: int) -> np.ndarray:
     return out.reshape(-1)
 
 
-def _check_finite(name: str, moved: float | np.ndarray, scenario: int) -> None:
+def _check_finite(name: str, moved: float | np.ndarray, scenario: int,
+                  dtype: torch.dtype = torch.float64) -> None:
+    """Finite in the job's dtype: a parameter moves in float64 and runs in the job's dtype
+    (1e39 was finite here and inf in float32, blamed on the routine's domain)."""
     values = np.asarray(moved)  # one number for all samples (checked once), or one a sample
     finite = np.isfinite(values)
+    if dtype != torch.float64:
+        finite &= np.abs(values) <= torch.finfo(dtype).max
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0]) if values.ndim else 0
         raise InvalidRequest(
             f"scenario {scenario} moves {name} of sample {i} to {values.flat[i]}, not a "
-            f"finite number in {values.dtype}; use a smaller shift")
+            f"finite number in {str(dtype).removeprefix('torch.')}; use a smaller shift")
 
 
 def _check_bounds(name: str, bounds: tuple[float | None, float | None],
@@ -262,6 +267,8 @@ class ScenarioResult:
     gamma_pnl: Tensor | None = None
     unexplained: Tensor | None = None
     compute_s: float = 0.0
+    # each of pnl and the explain's terms summed over the samples, (S, M): a portfolio's
+    totals: dict[str, Tensor] = field(default_factory=dict)
 
 
 async def run(plan: ScenarioPlan, run_job: _RunJob) -> ScenarioResult:
@@ -284,7 +291,33 @@ async def run(plan: ScenarioPlan, run_job: _RunJob) -> ScenarioResult:
         predicted = result.delta_pnl + (result.gamma_pnl if result.gamma_pnl is not None
                                         else 0.0)
         result.unexplained = pnl - predicted
+    for name in ("pnl", "delta_pnl", "gamma_pnl", "unexplained"):
+        terms = getattr(result, name)
+        if terms is not None:
+            result.totals[name] = _finite_total(name, terms)
     return result
+
+
+def _finite_total(name: str, terms: Tensor) -> Tensor:
+    """``terms`` (S, N, M) summed over the samples, every term and sum finite: values near
+    the dtype's largest give a P&L, a Taylor term or a book's sum beyond it, which JSON would
+    carry as null in a 200 (and the tensor form as inf). A finite sum proves its terms finite
+    (an infinity or NaN among them makes it not), so the search runs only where one is not."""
+    totals = terms.sum(dim=1)
+    if bool(torch.isfinite(totals).all()):
+        return totals
+    dtype = str(terms.dtype).removeprefix("torch.")
+    bad = (~torch.isfinite(terms)).nonzero()
+    if len(bad):
+        s, i = int(bad[0, 0]), int(bad[0, 1])
+        raise InvalidRequest(
+            f"scenario {s}'s {name} for sample {i} is {float(terms[s, i].reshape(-1)[0])}, "
+            f"not a finite number in {dtype}; use smaller shifts, or values further from "
+            f"the largest {dtype}")
+    s = int((~torch.isfinite(totals)).nonzero()[0, 0])
+    raise InvalidRequest(
+        f"scenario {s}'s total_{name}, the sum over the samples, is beyond the largest {dtype}; "
+        "send the book in smaller parts")
 
 
 def _in_scenario_terms(plan: ScenarioPlan, exc: NonFinite) -> RoutineFailed:
