@@ -335,3 +335,26 @@ async def test_unknown_routine_and_content_type(client: httpx.AsyncClient) -> No
     r = await client.post(SCEN.format("linear"), content=b'{"inputs":[1]}',
                           headers={"content-type": "text/plain"})
     assert r.status_code == 415
+
+
+async def test_query_options_are_the_explains_and_said_so_without_it(
+        client: httpx.AsyncClient) -> None:
+    """The strategy and the bump settings shape the explain's derivatives: with the explain,
+    the bump that ran is echoed as sensitivities echoes it; without it they are refused (they
+    were taken and ignored, ?strategy=bogus included); check has no meaning here (it was
+    validated, then dropped from the answer)."""
+    body = {"inputs": BOOK, "params": BASE, "scenarios": {"list": [{"sigma": 0.01}]}}
+    url = "/v1/routines/black_scholes_call/scenarios"
+    for query, word in (("strategy=bogus", "strategy shapes"), ("shift=0.01", "shift shapes"),
+                        ("strategy=forward&scheme=central", "strategy, scheme shape")):
+        r = await client.post(f"{url}?{query}", json=body)
+        assert r.status_code == 422, r.text
+        assert word in r.json()["detail"] and '"explain": true' in r.json()["detail"]
+    assert (await client.post(f"{url}?strategy=auto", json=body)).status_code == 200
+    r = await client.post(f"{url}?check=finite-difference", json={**body, "explain": True})
+    assert r.status_code == 422 and "unknown query option 'check'" in r.json()["detail"]
+    r = await client.post(f"{url}?strategy=finite-difference&shift=0.001",
+                          json={**body, "explain": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["bump"] == {"shift": 0.001, "shift_type": "absolute", "scheme": "central",
+                                "schemes": {"sigma": ["central"]}}  # wrt: the factors

@@ -78,7 +78,7 @@ computation_route(
     launch: the routine route's answer (base, each scenario's values, P&L and with
     ``explain`` its Taylor terms), plus ``expression``, the canonical text.""",
     responses=scenarios.RESPONSES,
-    openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY, "requestBody": {
+    openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY[:3], "requestBody": {
         "required": True, "content": {"application/json": {
             "schema": ExpressionScenariosRequest.model_json_schema(
                 ref_template="#/components/schemas/{model}"),

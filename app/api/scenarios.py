@@ -105,6 +105,19 @@ class Asked:
     expression: str | None = None  # a caller's expression: its canonical text
 
 
+def _check_unexplained_query(query: Mapping[str, str]) -> None:
+    """Without the explain no derivative is taken: a strategy (other than the default) or a
+    bump setting would go unused, and is refused as the body's wrt and order are (they were
+    taken and ignored, a misspelt strategy included)."""
+    given = [k for k in ("strategy", "shift", "shift_type", "scheme") if k in query
+             and not (k == "strategy" and query[k] == "auto")]
+    if given:
+        raise InvalidRequest(
+            f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} the derivatives of the "
+            "P&L explain, and this request has none: send \"explain\": true, or leave "
+            f"{'it' if len(given) == 1 else 'them'} out")
+
+
 def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
                   document: ScenarioFields, inputs: np.ndarray, query: Mapping[str, str],
                   max_scenarios: int) -> scenarios.ScenarioPlan:
@@ -131,6 +144,7 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
     else:
         scenarios.check_unexplained_options(evaluate.routine, document.wrt, document.order,
                                             document.cross)
+        _check_unexplained_query(query)
 
     def shifted(x: Tensor, params: dict[str, float | np.ndarray]) -> Job:
         return engine.over(evaluate, x, params)
@@ -299,6 +313,8 @@ def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) ->
         doc["strategy"] = base.strategy
         doc["wrt"] = list(job.wrt)
         doc["order"] = job.order
+        if job.bump is not None and base.strategy == "finite-difference":
+            doc["bump"] = job.bump.echo(job.dtype, job.order)  # what ran, as sensitivities
         if not asked.totals_only:
             doc["derivatives"] = {k: array_of(d) for k, d in base.derivatives.items()}
             if job.order == 2:
@@ -331,7 +347,7 @@ computation_route(
     arrays as binary tensors; ``totals_only`` leaves out the arrays of one number per
     sample.""",
     responses=RESPONSES,
-    openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY, "requestBody": {
+    openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY[:3], "requestBody": {
         "required": True, "content": {"application/json": {
             "schema": ScenariosRequest.model_json_schema(
                 ref_template="#/components/schemas/{model}")}}}},
