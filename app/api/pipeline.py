@@ -222,10 +222,10 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
     reply: Reply | None = None
     metrics.REQUESTS_IN_FLIGHT.inc()
     try:
+        _check_query(request.query, codec.query_options)
         # a large request (a large body, or as many samples as compiled graphs are for) has
         # graphs being built step aside from the moment it is known to be large until its
         # answer is sent (the caller's request.finish())
-        _check_query(request.query, codec.query_options)
         declared = request.body.declared_length
         if declared is not None and declared >= OFFLOAD_BYTES:
             request.serving_large(engine)
