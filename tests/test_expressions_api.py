@@ -689,3 +689,17 @@ async def test_nesting_over_the_depth_bound_is_refused(client: httpx.AsyncClient
         f"expression: the expression is nested more deeply than 64 levels (at column {column}) "
         "(the bound is DYDC_EXPRESSION_MAX_DEPTH)"
     )
+
+
+async def test_a_derivative_made_nan_by_another_says_how_to_find_which(
+        client: httpx.AsyncClient) -> None:
+    """x ** C at x = -2: dy/dx = C x^(C-1) is 12, dy/dC = x^C ln x is not defined; forward
+    mode carries both tangents together and 0 x NaN makes dy/dx NaN too, so the refusal names
+    dy/dx. It says so, and one wrt at a time answers."""
+    body = {"expression": "x ** C", "inputs": {"names": ["x"], "values": [-2.0]},
+            "params": {"C": 3.0}}
+    r = await client.post(SENS, json={**body, "wrt": ["x", "C"]})
+    assert r.status_code == 422, r.text
+    assert "ask for one wrt at a time" in r.json()["detail"]
+    r = await client.post(SENS, json={**body, "wrt": ["x"]})
+    assert r.status_code == 200 and r.json()["derivatives"]["x"] == [12.0], r.text

@@ -325,10 +325,17 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
         sample = dict(zip(job.routine.inputs, job.inputs[i].tolist(), strict=True))
         params = {k: float(v[i]) if isinstance(v, np.ndarray) else v
                   for k, v in job.params.items()}  # (this sample's, not every sample's)
+        # forward mode carries every wrt entry's partials together: one not defined at this
+        # sample (x ** C at x < 0: dy/dC) makes the others NaN as well (0 x NaN)
+        together = (len(job.wrt) > 1 and name != "value"
+                    and job.strategy in (None, "auto", "forward", "forward-dual"))
+        hint = (f"; in forward mode one derivative not defined here (of "
+                f"{', '.join(job.wrt)}) makes the others so too: ask for one wrt at a time "
+                "to see which" if together else "")
         raise NonFinite(
             f"routine {job.routine.name} gave a non-finite {name} for sample {i} "
             f"(inputs {sample}, params {params}); check that the inputs and parameters "
-            "are inside the routine's domain", i, name)
+            f"are inside the routine's domain{hint}", i, name)
 
 
 def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str | None,
