@@ -108,7 +108,10 @@ def test_samples_are_counted_exactly_in_any_chunking() -> None:
         doc = {"params": {"C": 1.5, "ab": [1, 2]}, "inputs": inputs, "wrt": ["C"]}
         if rng.random() < 0.5:
             doc = {"inputs": inputs, **doc}
-        body = json.dumps(doc, separators=rng.choice([(",", ":"), (", ", ": ")])).encode()
+        # pretty-printed too (a line break between a row's "]" and the list's: counted on,
+        # the brackets of wrt and params made a body of N samples over the limit)
+        body = json.dumps(doc, separators=rng.choice([(",", ":"), (", ", ": ")]),
+                          indent=rng.choice([None, None, 2, "\t"])).encode()
         counter = _chunked(body, rng)
         assert counter.result() == n, body
         assert counter.at_least == n

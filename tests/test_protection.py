@@ -510,3 +510,19 @@ def test_the_cheaper_strategy_advised_can_serve_the_request(
               {"r": 0.3, "K": 100.0}, wrt, "forward", torch.float64, order=order)
     with pytest.raises(CostExceeded, match=f"use strategy={advised} "):
         pricing.price(job)
+
+
+async def test_a_pretty_printed_body_at_the_sample_limit_is_served() -> None:
+    """json.dumps(indent=2) puts a line break between the last row's "]" and the list's; the
+    count went on past the rows into wrt's brackets and refused a body of exactly
+    DYDC_MAX_SAMPLES samples with 413."""
+    async for s in _served(max_samples=50):
+        doc = {"inputs": [[float(i)] for i in range(1, 51)], "params": {"C": 2}, "wrt": ["C"]}
+        r = await s.client.post(SENS.format("linear"), content=json.dumps(doc, indent=2),
+                                headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.json()["derivatives"]["C"] == [float(i) for i in range(1, 51)]
+        doc["inputs"].append([51.0])
+        r = await s.client.post(SENS.format("linear"), content=json.dumps(doc, indent=2),
+                                headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "51 samples" in r.json()["detail"], r.text

@@ -190,8 +190,8 @@ def _rows_array(rows: list[Any]) -> np.ndarray | None:
 class SampleCounter:
     """The number of samples in a v1 body's ``inputs``, counted in the raw bytes as they
     arrive, without joining or parsing them: exact when ``inputs`` is a flat list of numbers
-    or a list of rows of numbers (no spaces between a row's closing bracket and the list's),
-    None when the end of ``inputs`` is not found (the parse then decides).
+    or a list of rows of numbers (spaced or pretty-printed alike), None when the end of
+    ``inputs`` is not found (the parse then decides).
 
     Fed chunk by chunk, a body with too many samples is known to be so after the bytes that
     prove it, each chunk scanned once while it is in cache, so the event loop is held for
@@ -207,7 +207,7 @@ class SampleCounter:
         self._head = bytearray()  # the bytes before the array, while it is looked for
         self._opened = False  # its opening bracket was seen
         self._rows: bool | None = None  # None until its first value is seen
-        self._last = 0  # the last byte of the previous chunk, while counting rows
+        self._closing = False  # the previous chunk ended in "]" and spaces at most
         self._count = 0
         self.done = False  # the end of inputs was found: the count is exact
         self.gave_up = False
@@ -268,16 +268,23 @@ class SampleCounter:
 
     def _scan(self, chunk: bytes | bytearray) -> None:
         if self._rows:
-            if self._last == ord("]") and chunk[0] == ord("]"):
-                self.done = True
-                return
-            end = chunk.find(b"]]")
-            if end >= 0:
-                self._count += chunk.count(b"[", 0, end)
+            if self._closing:  # the last chunk ended in a row's "]" (and spaces): is it the end?
+                j = _skip_space(chunk, 0)
+                if j == len(chunk):
+                    return
+                if chunk[j] == ord("]"):
+                    self.done = True
+                    return
+            # the rows end at "]" and "]" with nothing but space between (pretty-printed JSON
+            # puts a line break there: counted on, the rows of later lists made a valid body
+            # of N samples a 413)
+            found = _ROWS_END.search(chunk)
+            if found is not None:
+                self._count += chunk.count(b"[", 0, found.start())
                 self.done = True
                 return
             self._count += chunk.count(b"[")
-            self._last = chunk[-1]
+            self._closing = _ends_in_close(chunk)
         else:
             end = chunk.find(b"]")
             if end >= 0:
@@ -287,7 +294,15 @@ class SampleCounter:
             self._count += chunk.count(b",")
 
 
-def _skip_space(data: bytearray, i: int) -> int:
+def _ends_in_close(data: bytes | bytearray) -> bool:
+    """Whether ``data`` ends in "]" and spaces at most (read from the end: no copy)."""
+    i = len(data) - 1
+    while i >= 0 and data[i] in b" \t\r\n":
+        i -= 1
+    return i >= 0 and data[i] == ord("]")
+
+
+def _skip_space(data: bytes | bytearray, i: int) -> int:
     while i < len(data) and data[i] in b" \t\r\n":
         i += 1
     return i
