@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import httpx
 import pytest
 
@@ -68,6 +70,11 @@ async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:
         (SENS.format("black_scholes_call"), {"inputs": [[100, 100, 1], [100, 100, -1]]},
          ["sample 1", "non-finite"]),  # a negative time to expiry: sqrt(T) is NaN
         (SENS.format("logistic_growth"), {"inputs": [[1, 1], [0, 1]]}, ["sample 1"]),
+        # bytes that are not UTF-8, named by offset (orjson spoke of surrogates at column 1)
+        (SENS.format("linear"), b'{"inputs": [1, 2], "dtype": "float64\xe9"}',
+         ["not UTF-8", "byte 0xe9 at offset 36", "encoded as UTF-8"]),
+        (SENS.format("linear"), gzip.compress(b'{"inputs": [1]}'),
+         ["not UTF-8", "Content-Encoding: gzip"]),
     ],
 )
 async def test_bad_requests_are_422(client: httpx.AsyncClient, url: str, body: object,

@@ -45,9 +45,22 @@ def parse_json(body: bytes) -> Any:
         try:
             return json.loads(body, object_pairs_hook=_unique_object)
         except (ValueError, RecursionError):  # (a key twice is a MalformedBody: raised)
-            raise MalformedBody(f"request body is not valid JSON: {strict_error}") from None
+            raise MalformedBody(_not_json(body, strict_error)) from None
     check_unique_keys(body, document)
     return document
+
+
+def _not_json(body: bytes, error: Exception) -> str:
+    """Why ``body`` is not JSON: bytes that are not UTF-8 named by their offset (orjson says
+    "str is not valid UTF-8: surrogates not allowed ... column 1"), else orjson's own words."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        compressed = " (it looks gzip-compressed: say so with Content-Encoding: gzip)" \
+            if body.startswith(b"\x1f\x8b") else ""
+        return (f"request body is not UTF-8: byte {body[exc.start]:#04x} at offset {exc.start} "
+                f"is not valid there{compressed}; send JSON encoded as UTF-8")
+    return f"request body is not valid JSON: {error}"
 
 
 # -- duplicate keys ----------------------------------------------------------------------------
