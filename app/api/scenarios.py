@@ -21,8 +21,8 @@ from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of, job_fields
 from app.api.pipeline import Decoded, Incoming, Reply, offload
+from app.api.sensitivity_options import BUMP_OPTIONS, with_query
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
-from app.api.sensitivity_options import with_query
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
 from app.engine import Engine, Job, JobKind, Request
 from app.engine.errors import InvalidRequest
@@ -109,7 +109,7 @@ def _check_unexplained_query(query: Mapping[str, str]) -> None:
     """Without the explain no derivative is taken: a strategy (other than the default) or a
     bump setting would go unused, and is refused as the body's wrt and order are (they were
     taken and ignored, a misspelt strategy included)."""
-    given = [k for k in ("strategy", "shift", "shift_type", "scheme") if k in query
+    given = [k for k in ("strategy", *BUMP_OPTIONS) if k in query
              and not (k == "strategy" and query[k] == "auto")]
     if given:
         raise InvalidRequest(

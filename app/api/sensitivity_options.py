@@ -15,7 +15,9 @@ from typing import Any
 from app.engine import Bump, Request
 from app.engine.errors import InvalidRequest
 
-__all__ = ["QUERY", "SensitivityOptions", "sensitivity_options", "with_query"]
+__all__ = ["BUMP_OPTIONS", "QUERY", "SensitivityOptions", "sensitivity_options", "with_query"]
+
+BUMP_OPTIONS = ("shift", "shift_type", "scheme")  # the query options that configure bumps
 
 # OpenAPI declarations of the options, for the routes that read them
 QUERY: list[dict[str, Any]] = [
@@ -54,7 +56,7 @@ def _shift(given: str) -> float:
 
 def sensitivity_options(query: Mapping[str, str]) -> SensitivityOptions:
     """The options from the query string; InvalidRequest saying what to change."""
-    shift, shift_type, scheme = (query.get(k) for k in ("shift", "shift_type", "scheme"))
+    shift, shift_type, scheme = (query.get(k) for k in BUMP_OPTIONS)
     bump = None
     if shift is not None or shift_type is not None or scheme is not None:
         bump = Bump(None if shift is None else _shift(shift), shift_type, scheme)

@@ -65,10 +65,9 @@ class Pricing:
     def _cheaper(self, job: Job, cost: float) -> str:
         """The cheapest enabled strategy that can serve this request (its order, its
         per-sample parameters), as advice in a refusal."""
-        n, p, second = job.n, passes(job), pairs(job)
         options = sorted(
-            (self.costs.estimate(job.routine, name, n, p, second), name)
-            for name in enabled(self.limits) if name != "auto" and self._within_cap(name, n)
+            (self.estimate(job, name), name)
+            for name in enabled(self.limits) if name != "auto" and self._within_cap(name, job.n)
             and refusal(name, job.routine, order=job.order, per_sample=job.per_sample) is None)
         for estimate, name in options:
             if estimate < cost and estimate <= self.limits.max_job_cost_s:
@@ -78,14 +77,15 @@ class Pricing:
     def _cost(self, job: Job, strategy: str | None, cost: float | None = None,
               how: str = "") -> float:
         """``cost`` (default: the model's estimate), unless it is over DYDC_MAX_JOB_COST."""
-        routine, n, p, second = job.routine, job.n, passes(job), pairs(job)
         if cost is None:
-            cost = self.costs.estimate(routine, strategy, n, p, second)
+            cost = self.estimate(job, strategy)
         if cost > self.limits.max_job_cost_s:
             metrics.REJECTIONS.labels("cost").inc()
             what = f"strategy {strategy}" if strategy else "evaluation"
+            second = pairs(job)
             raise CostExceeded(
-                f"{what} of routine {routine.name} at N = {n} with {p} parameter(s)"
+                f"{what} of routine {job.routine.name} at N = {job.n} with {passes(job)} "
+                "parameter(s)"
                 f"{f' and {second} second-order pair(s)' if second else ''} is "
                 f"estimated at {cost:.3g} s of device time{how}, over the limit of "
                 f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
@@ -116,7 +116,6 @@ class Pricing:
         starts that graph's build and is told when to retry (503), rather than refused for
         good. Plain evaluation (``strategy`` None) is priced the same way through its values
         graph, but refused (422) over the limit while that graph has not launched."""
-        p, second = passes(job), pairs(job)
         problem = self._compilable(routine, strategy, job)
         if problem is None:
             return self._cost(job, strategy)
@@ -129,7 +128,7 @@ class Pricing:
             how = " through its compiled graph" + ("" if measured else
                                                    " (plain evaluation's time)")
             return self._cost(job, strategy, cost, how)
-        eager = self.costs.estimate(routine, strategy, job.n, p, second)
+        eager = self.estimate(job, strategy)
         if eager <= self.limits.max_job_cost_s:
             return eager  # (its launch asks for the graph, as every large launch does)
         if strategy is None:  # plain evaluation's graph is priced at eager evaluation's
@@ -154,7 +153,7 @@ class Pricing:
         the cost limit), or None."""
         if strategy not in self.limits.enabled:
             return f"strategy {strategy} is turned off on this server (DYDC_STRATEGIES)"
-        cost = self.costs.estimate(job.routine, strategy, job.n, passes(job), pairs(job))
+        cost = self.estimate(job, strategy)
         if cost > self.limits.max_job_cost_s:
             return (f"estimated at {cost:.3g} s of device time, over the limit of "
                     f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST)")

@@ -36,7 +36,13 @@ from torch import Tensor
 from app.engine.differentiation.bumping import pair_key, pairs
 from app.engine.errors import InvalidRequest, NonFinite, RoutineFailed, listed
 from app.engine.runtime.jobs import Job, JobResult
-from app.engine.runtime.validation import checked_order, checked_wrt, first_outside, interval
+from app.engine.runtime.validation import (
+    checked_order,
+    checked_wrt,
+    first_not_finite,
+    first_outside,
+    interval,
+)
 from routines import Routine
 
 __all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "check_factors",
@@ -234,15 +240,13 @@ def _check_finite(name: str, moved: float | np.ndarray, scenario: int,
                   dtype: torch.dtype = torch.float64) -> None:
     """Finite in the job's dtype: a parameter moves in float64 and runs in the job's dtype
     (1e39 was finite here and inf in float32, blamed on the routine's domain)."""
-    values = np.asarray(moved)  # one number for all samples (checked once), or one a sample
-    finite = np.isfinite(values)
-    if dtype != torch.float64:
-        finite &= np.abs(values) <= torch.finfo(dtype).max
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0]) if values.ndim else 0
+    # one number for all samples (checked once), or one a sample
+    i = first_not_finite(moved, dtype)
+    if i is not None:
         raise InvalidRequest(
-            f"scenario {scenario} moves {name} of sample {i} to {values.flat[i]}, not a "
-            f"finite number in {str(dtype).removeprefix('torch.')}; use a smaller shift")
+            f"scenario {scenario} moves {name} of sample {i} to "
+            f"{np.asarray(moved).reshape(-1)[i]}, not a finite number in "
+            f"{str(dtype).removeprefix('torch.')}; use a smaller shift")
 
 
 def _check_bounds(name: str, bounds: tuple[float | None, float | None],

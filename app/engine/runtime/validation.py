@@ -44,6 +44,7 @@ __all__ = [
     "checked_strategy",
     "checked_timeout",
     "checked_wrt",
+    "first_not_finite",
     "first_outside",
     "interval",
 ]
@@ -95,6 +96,16 @@ def first_outside(values: np.ndarray, bounds: tuple[float | None, float | None] 
         bad |= values < low
     if high is not None:
         bad |= values > high
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
+
+
+def first_not_finite(values: float | np.ndarray, dtype: torch.dtype) -> int | None:
+    """The (flat) index of the first of ``values`` that is not a finite number in ``dtype``,
+    or None: float64 numbers past float32's largest are inf once they run in float32."""
+    flat = np.asarray(values).reshape(-1)
+    bad = ~np.isfinite(flat)
+    if dtype != torch.float64:
+        bad |= np.abs(flat) > torch.finfo(dtype).max
     return int(np.flatnonzero(bad)[0]) if bad.any() else None
 
 
@@ -178,16 +189,13 @@ def _within_dtype(name: str, values: float | np.ndarray, dtype: torch.dtype) -> 
     mistake, said as such (it came back as the routine's non-finite value)."""
     if dtype == torch.float64:  # (finite, checked already: every request, on the hot path)
         return
-    largest = torch.finfo(dtype).max
-    flat = np.asarray(values).reshape(-1)
-    over = np.flatnonzero(np.abs(flat) > largest)
-    if over.size:
-        i = int(over[0])
+    i = first_not_finite(values, dtype)
+    if i is not None:
         where = f"[{i}]" if np.ndim(values) else ""
         raise InvalidRequest(
-            f"params.{name}{where} = {flat[i]:g} is not finite in "
-            f"{str(dtype).removeprefix('torch.')} (largest {largest:.4g}); send a smaller "
-            "value, or use dtype float64")
+            f"params.{name}{where} = {np.asarray(values).reshape(-1)[i]:g} is not finite in "
+            f"{str(dtype).removeprefix('torch.')} (largest {torch.finfo(dtype).max:.4g}); "
+            "send a smaller value, or use dtype float64")
 
 
 def checked_params(routine: Routine, given: Mapping[str, ParamValue], n: int,
