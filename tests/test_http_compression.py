@@ -225,6 +225,10 @@ async def test_a_client_gone_during_a_gzip_body_is_logged_as_499_not_500() -> No
     (b"GZIP;Q=0.5, zstd;q=0.4", True, "gzip"), (b"gzip, zstd", False, "gzip"),
     (b"zstd", False, None), (b"*;q=0.1", False, "gzip"), (b"gzip;q=bad", True, None),
     (b"deflate, br", True, None),
+    # identity named with a higher q-value than every coding: no coding (RFC 9110 12.5.3)
+    (b"identity, gzip;q=0.1", True, None), (b"identity;q=1, *;q=0.1", True, None),
+    (b"identity;q=0.5, gzip", True, "gzip"), (b"gzip, identity", True, "gzip"),
+    (b"identity;q=0, gzip;q=0.2", True, "gzip"),
 ])
 def test_negotiation(accept: bytes | None, zstd: bool, coding: str | None) -> None:
     assert negotiate(accept, zstd=zstd) == coding

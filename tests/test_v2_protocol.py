@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
 import pytest
 
 from tests.support import INFER, assert_error, tensor
+from tests.support.clients import ClientFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -205,7 +207,10 @@ X1 = [tensor("x", [1.0, 2.0])]
         ("linear", {"inputs": [tensor("x", [1.0], "INT64")]}, ["INT64", "FP64 or FP32"]),
         ("exponential_decay", {"inputs": [tensor("y0", [1.0]), tensor("t", [1.0], "FP32")]},
          ["mix FP32 and FP64"]),
-        ("linear", {"inputs": [tensor("x", [1.0, 1e39], "FP32")]}, ["inputs[1]", "float32"]),
+        # a non-finite input named by its tensor and element (not v1's inputs[i][j])
+        ("linear", {"inputs": [tensor("x", [1.0, 1e39], "FP32")]},
+         ["input x (inputs[0]) element 1 is not finite in float32"]),
+
         ("linear", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [-1], "data": [1]}]},
          ["inputs.0.shape.0"]),
         ("linear", {"inputs": [{"name": "x", "shape": [1], "data": [1]}]}, ["datatype"]),
@@ -238,3 +243,37 @@ async def test_triton_timeout_and_priority_parameters(client: httpx.AsyncClient)
     assert r.status_code == 200, r.text
     outputs = {o["name"]: o["data"] for o in r.json()["outputs"]}
     assert outputs == {"y": [2.0, 4.0], "dy_dC": [1.0, 2.0]}
+
+
+async def test_only_an_inputs_declared_shape_counts_against_the_sample_limit(
+        make_client: ClientFactory) -> None:
+    async with make_client(max_samples=10) as c:
+        over = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [11], "data": [1.0]}]}
+        assert_error(await c.post(INFER.format("linear"), json=over), 413,
+                     "shape [11, ...]", "DYDC_MAX_SAMPLES")
+        # a "shape" elsewhere in the body is not an input's (it had been refused as one)
+        r = await c.post(INFER.format("linear"), json={"inputs": X1, "meta": {"shape": [11]}})
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1.0, 2.0]
+        assert_error(await c.post(INFER.format("linear"),
+                                  json={"inputs": X1, "parameters": {"shape": [11]}}),
+                     400, "parameters.shape")
+
+
+async def test_an_empty_id_is_echoed(client: httpx.AsyncClient) -> None:
+    doc = (await client.post(INFER.format("linear"), json={"id": "", "inputs": X1})).json()
+    assert doc["id"] == ""
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"inputs": [tensor("S", [100, 90]), tensor("K", [100, 100]), tensor("T", [1.0, math.inf])]},
+     "input T (inputs[2]) element 1 is not finite in float64"),
+    ({"inputs": [tensor("sigma", [0.1, 0.2]),
+                 tensor("x", [100, 100, 1, 100, 100, math.nan], shape=[2, 3])]},
+     "input x (inputs[1]) element [1, 2] is not finite in float64"),
+])
+async def test_a_non_finite_input_is_named_by_its_tensor_and_element(
+        client: httpx.AsyncClient, body: dict[str, object], needle: str) -> None:
+    # (NaN and Infinity as Python's json writes them, which the service reads)
+    answer = await client.post(INFER.format("black_scholes_call"), content=json.dumps(body),
+                               headers={"Content-Type": "application/json"})
+    assert_error(answer, 400, needle)

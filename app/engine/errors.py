@@ -27,6 +27,7 @@ __all__ = [
     "GraphBuilding",
     "InvalidRequest",
     "NonFinite",
+    "NotFiniteInput",
     "QueueFull",
     "RequestTooLarge",
     "RoutineFailed",
@@ -67,6 +68,17 @@ class UnknownRoutine(EngineError):
 
 class InvalidRequest(EngineError):
     """The request is well-formed but cannot be computed: bad names, shapes or values."""
+
+
+class NotFiniteInput(InvalidRequest):
+    """An input that is not a finite number: ``sample`` and ``feature`` (its column) say
+    where, for a protocol that lays inputs out otherwise to say it in its own terms."""
+
+    def __init__(self, message: str, sample: int, feature: int, dtype: str) -> None:
+        super().__init__(message)
+        self.sample = sample
+        self.feature = feature
+        self.dtype = dtype
 
 
 class StrategyCapExceeded(InvalidRequest):

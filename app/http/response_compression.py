@@ -55,8 +55,9 @@ def _q(parameters: str) -> float:
 
 def negotiate(accept_encoding: bytes | None, zstd: bool = zstandard is not None) -> str | None:
     """The coding to answer with for this ``Accept-Encoding``: zstd where offered (and
-    available), else gzip, else None (identity). ``q=0`` refuses a coding (RFC 9110
-    12.5.3); ``*`` offers every coding not named."""
+    available), else gzip, else None (identity), the highest q-value first (RFC 9110
+    12.5.3): ``q=0`` refuses a coding, ``*`` offers every coding not named, and identity
+    named with a higher q-value than every coding we have is preferred to them."""
     if not accept_encoding:
         return None
     offered: dict[str, float] = {}
@@ -73,6 +74,8 @@ def negotiate(accept_encoding: bytes | None, zstd: bool = zstandard is not None)
         q = offered.get(coding, offered.get("x-gzip", star) if coding == "gzip" else star)
         if q > best_q:
             best, best_q = coding, q
+    if offered.get("identity", 0.0) > best_q:  # no coding at all, preferred by its q-value
+        return None
     return best
 
 

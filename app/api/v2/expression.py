@@ -26,14 +26,20 @@ from starlette.responses import Response
 
 from app.api.answer_size import check_tensor_answer
 from app.api.computation import computation_route
-from app.api.decoding import parse_json
 from app.api.deps import EngineDep
 from app.api.expression_schemas import OdeBody
 from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
 from app.api.instrumentation import RequestLabels
 from app.api.pipeline import Decoded, Incoming, Reply, offload
 from app.api.v2 import framing, tensors
-from app.api.v2.routes import MODEL_VERSION, PLATFORM, V2, V2Route, _request_id
+from app.api.v2.routes import (
+    MODEL_VERSION,
+    PLATFORM,
+    V2,
+    V2Route,
+    answer_id,
+    inference_request,
+)
 from app.api.v2.schemas import InferenceRequest, ModelMetadata, ParameterValue, TensorMetadata
 from app.engine import Engine, Job, JobResult
 from app.engine.errors import InvalidRequest
@@ -94,7 +100,7 @@ class ExpressionV2(V2):
         binary: memoryview | None,
         labels: RequestLabels,
     ) -> tuple[Job, InferenceRequest, tensors.Call, str]:
-        inference = InferenceRequest.model_validate(parse_json(header))
+        inference = inference_request(header, engine.limits.max_samples)
         parameters = dict(inference.parameters)
         expression, ode, names = (parameters.pop(key, None) for key in _FUNCTION)
         features = _names(names)
@@ -153,7 +159,7 @@ class ExpressionV2(V2):
     def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
         request_id, call, canonical = decoded.context
         header, binaries = tensors.response(
-            decoded.job.routine, request_id or _request_id(), MODEL_VERSION, call, result
+            decoded.job.routine, answer_id(request_id), MODEL_VERSION, call, result
         )
         header["model_name"] = MODEL
         header["parameters"]["expression"] = canonical

@@ -9,7 +9,6 @@ other v2 routes answer their errors in that format too (:class:`V2Route`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -35,7 +34,7 @@ from app.api.v2.schemas import (
 )
 from app.context import current_record
 from app.engine import STRATEGIES, Engine, Job, JobResult
-from app.engine.errors import RequestTooLarge
+from app.engine.errors import NotFiniteInput, RequestTooLarge
 from app.errors import ProblemDetails, UnknownVersion, problem_of
 from routines import Routine
 
@@ -88,8 +87,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _request_id() -> str | None:
-    """The request's X-Request-ID, the answer's ``id`` when the request has none."""
+def answer_id(given: str | None) -> str | None:
+    """The answer's ``id``: the request's, even empty (the protocol returns an id given),
+    else the request's X-Request-ID."""
+    if given is not None:
+        return given
     record = current_record()
     return record.id if record is not None else None
 
@@ -107,20 +109,21 @@ def _model(engine: Engine, name: str, version: str | None) -> Routine:
     return routine
 
 
-# The first dimension of each input's declared shape, found without parsing the body.
-_SHAPE = re.compile(rb'"shape"\s*:\s*\[\s*(\d{1,30})')
-
-
-def _check_shapes(header: bytes, limit: int) -> None:
-    """413 for a request whose inputs declare more samples than DYDC_MAX_SAMPLES, before its
-    tensors are read."""
-    for match in _SHAPE.finditer(header):
-        n = int(match[1])
-        if n > limit:
+def inference_request(header: bytes, max_samples: int) -> InferenceRequest:
+    """The JSON header as an inference request; 413 for an input whose declared shape has
+    more samples than DYDC_MAX_SAMPLES, before its data is validated (only the inputs'
+    shapes count: a "shape" elsewhere in the body is not one)."""
+    document = parse_json(header)
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    for given in inputs if isinstance(inputs, list) else ():
+        shape = given.get("shape") if isinstance(given, dict) else None
+        n = shape[0] if isinstance(shape, list) and shape else None
+        if type(n) is int and n > max_samples:
             raise RequestTooLarge(
-                f"an input has shape [{n}, ...]: {n} samples; the limit is {limit} per request "
-                "(DYDC_MAX_SAMPLES): split the batch"
+                f"an input has shape [{n}, ...]: {n} samples; the limit is {max_samples} per "
+                "request (DYDC_MAX_SAMPLES): split the batch"
             )
+    return InferenceRequest.model_validate(document)
 
 
 class V2:
@@ -134,7 +137,7 @@ class V2:
     def _prepare(self, engine: Engine, routine: Routine, header: bytes,
                  binary: memoryview | None,
                  labels: RequestLabels) -> tuple[Job, InferenceRequest, tensors.Call]:
-        inference = InferenceRequest.model_validate(parse_json(header))
+        inference = inference_request(header, engine.limits.max_samples)
         return self.job(engine, routine, inference, binary, labels)
 
     def job(self, engine: Engine, routine: Routine, inference: InferenceRequest,
@@ -145,12 +148,14 @@ class V2:
         labels.strategy = strategy if isinstance(strategy, str) and strategy in STRATEGIES \
             else "invalid"
         call = tensors.plan(routine, inference, framing.input_sections(inference.inputs, binary))
-        job = engine.prepare(call.request)
+        try:
+            job = engine.prepare(call.request)
+        except NotFiniteInput as exc:  # said of the request's tensors, not of v1's rows
+            raise tensors.not_finite(routine, inference.inputs, exc) from None
         return job, inference, call
 
     async def read(self, request: Incoming) -> tuple[bytes, memoryview | None]:
-        """The body's JSON header, and its binary tensor data if any (413 for inputs that
-        declare too many samples, before they are read)."""
+        """The body's JSON header, and its binary tensor data if any."""
         length = framing.header_length(request.headers)
         binary: memoryview | None = None
         if length is None:
@@ -159,7 +164,6 @@ class V2:
             body = await request.body.read_aligned(length)
             view, binary = framing.split(body, length)
             header = bytes(view)
-        _check_shapes(header, request.settings.max_samples)
         return header, binary
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
@@ -179,8 +183,8 @@ class V2:
 
     def encode(self, decoded: Decoded, result: JobResult, started: float) -> Reply:
         routine, request_id, call = decoded.context
-        header, binaries = tensors.response(routine, request_id or _request_id(),
-                                            MODEL_VERSION, call, result)
+        header, binaries = tensors.response(routine, answer_id(request_id), MODEL_VERSION, call,
+                                            result)
         body, media_type, headers = framing.encode(header, binaries)
         return Reply(200, body, media_type, headers)
 

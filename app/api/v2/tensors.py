@@ -22,12 +22,12 @@ from torch import Tensor
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
 from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult, Request
 from app.engine.differentiation.bumping import pairs
-from app.engine.errors import InvalidRequest, listed
+from app.engine.errors import InvalidRequest, NotFiniteInput, listed
 from app.errors import MalformedFraming
 from routines import Routine
 
-__all__ = ["DATATYPES", "EXTENSIONS", "MIN_TIMEOUT_US", "Call", "model_outputs", "plan",
-           "response"]
+__all__ = ["DATATYPES", "EXTENSIONS", "MIN_TIMEOUT_US", "Call", "model_outputs", "not_finite",
+           "plan", "response"]
 
 EXTENSIONS = ["binary_tensor_data"]  # the protocol's extensions this server implements
 
@@ -184,6 +184,22 @@ def _samples(routine: Routine, inputs: list[RequestInput],
             return t
         raise InvalidRequest(f"input {MATRIX_INPUT} has shape {list(t.shape)}; {expected}")
     raise InvalidRequest(f"inputs are named {listed(names) or 'nothing'}; {expected}")
+
+
+def not_finite(routine: Routine, inputs: list[RequestInput],
+               exc: NotFiniteInput) -> InvalidRequest:
+    """The engine's non-finite input (a sample and a feature of its rows) named by the
+    request's tensor and element."""
+    names = [given.name for given in inputs]
+    feature = routine.inputs[exc.feature]
+    if feature in names:  # one tensor per input
+        where = f"input {feature} (inputs[{names.index(feature)}]) element {exc.sample}"
+    else:  # the one tensor x of shape [N, D] (or [N])
+        element = f"[{exc.sample}, {exc.feature}]" if len(routine.inputs) > 1 \
+            else str(exc.sample)
+        where = f"input {MATRIX_INPUT} (inputs[{names.index(MATRIX_INPUT)}]) element {element}"
+    return InvalidRequest(f"{where} is not finite in {exc.dtype}; inputs must be finite "
+                          "numbers")
 
 
 # -- parameters and outputs --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from app.engine.differentiation.problem import Problem
 from app.engine.differentiation.strategies import AUTO_FALLBACK, STRATEGIES
 from app.engine.errors import (
     InvalidRequest,
+    NotFiniteInput,
     RequestTooLarge,
     StrategyCapExceeded,
     StrategyDisabled,
@@ -284,11 +285,11 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
             a = np.asarray(a, dtype=np.dtype(name), order="F" if columns else "C")
     finite = np.isfinite(a)
     if not finite.all():
-        flat = int(np.flatnonzero(~finite)[0])
+        flat = int(np.flatnonzero(~finite)[0])  # (a row-major index whatever the layout)
         where = _index(flat, (n, d)) if d > 1 else f"[{flat}]"
-        raise InvalidRequest(
-            f"inputs{where} is not finite in {name}; inputs must be finite numbers"
-        )
+        raise NotFiniteInput(
+            f"inputs{where} is not finite in {name}; inputs must be finite numbers",
+            *divmod(flat, d), name)
     if not a.flags.writeable:  # a view of a request body: torch wants its own buffer
         a = a.copy(order="K")
     return torch.from_numpy(a)
