@@ -6,13 +6,18 @@ change."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
+import threading
+from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 
+from app.engine.runtime import scenarios as engine_scenarios
 from tests.support import ClientFactory
 from tests.support import closed_forms as cf
 
@@ -358,3 +363,49 @@ async def test_query_options_are_the_explains_and_said_so_without_it(
     assert r.status_code == 200, r.text
     assert r.json()["bump"] == {"shift": 0.001, "shift_type": "absolute", "scheme": "central",
                                 "schemes": {"sigma": ["central"]}}  # wrt: the factors
+
+
+@pytest.mark.parametrize(("module", "name"), [
+    ("app.engine.runtime.scenarios", "plan"),  # the S x N samples laid out
+    ("app.engine.runtime.scenarios", "_outcome"),  # the P&L, its explain and the totals
+    ("app.api.scenarios", "_reply"),  # the answer
+])
+async def test_many_scenarios_are_worked_out_while_other_requests_are_answered(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, module: str,
+        name: str) -> None:
+    """Each step over all S x N samples runs in a thread: a small request is answered while
+    it is under way (1,000 scenarios of 2,000 options held the event loop for hundreds of
+    milliseconds). The step waits for that answer, which it would never get on the loop."""
+    target = importlib.import_module(module)
+    monkeypatch.setattr(engine_scenarios, "OFF_LOOP_SAMPLES", 4)  # S x N = 8 here
+    started, answered = threading.Event(), threading.Event()
+    step = getattr(target, name)
+
+    def waiting_step(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        if not answered.wait(10):
+            raise AssertionError(f"{name} held the event loop")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, waiting_step)
+    body = {"inputs": BOOK[:2], "params": BASE, "explain": True,
+            "scenarios": {"shifts": {"sigma": {"type": "relative", "values": [-0.1, 0.1]},
+                                     "r": {"type": "absolute", "values": [-0.01, 0.01]}}}}
+    results: dict[str, httpx.Response] = {}
+
+    async def scenarios() -> None:
+        results["scenarios"] = await post(client, "black_scholes_call", body)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(scenarios)
+        with anyio.fail_after(10):
+            while not started.is_set():
+                await anyio.sleep(0.005)
+        small = await client.post("/v1/routines/linear/sensitivities",
+                                  json={"inputs": [1.0, 2.0], "params": {"C": 3.0}})
+        answered.set()
+    assert small.status_code == 200 and small.json()["derivatives"]["C"] == [1.0, 2.0]
+    doc = results["scenarios"].json()
+    assert results["scenarios"].status_code == 200 and doc["scenario_count"] == 4
+    row = BOOK[1]
+    assert close(doc["scenarios"][3]["values"][1], price(row, 0.2 * 1.1, 0.06))

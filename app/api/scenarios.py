@@ -4,6 +4,7 @@ launch, with its P&L and, asked for, the P&L explained by the base's Taylor term
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from app.api.answer_size import JSON_NUMBER_BYTES, answer_arrays, echoed_numbers
 from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of, job_fields
-from app.api.pipeline import Decoded, Incoming, Reply, offload
+from app.api.pipeline import Decoded, Incoming, Reply
 from app.api.sensitivity_options import BUMP_OPTIONS, with_query
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
@@ -103,6 +104,7 @@ class Asked:
     tensors: bool = False  # the tensor form (app.api.tensor_answer), else JSON
     totals_only: bool = False
     expression: str | None = None  # a caller's expression: its canonical text
+    started: float = 0.0  # when its request began (timing_ms.total counts from here)
 
 
 def _check_unexplained_query(query: Mapping[str, str]) -> None:
@@ -186,30 +188,52 @@ class V1Scenarios(V1):
         return Asked(plan, totals_only=document.totals_only)
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:
+        started = time.perf_counter()
         routine = engine.routine(request.path_params["name"])
         request.labels.routine = routine.name
         body = await request.body.read(_sample_watch(request.settings.max_samples))
-        asked = await offload(len(body), self._plan, engine, routine, body, request.query,
-                              request.settings.max_scenarios)
-        return answered(asked, request)
+        # in a thread whatever the body's size: a small book under many scenarios is many
+        # samples to lay out (see scenarios.OFF_LOOP_SAMPLES)
+        asked = await asyncio.to_thread(self._plan, engine, routine, body, request.query,
+                                        request.settings.max_scenarios)
+        return answered(asked, request, started)
 
     async def run(self, engine: Engine,  # type: ignore[override]
-                  decoded: Decoded) -> scenarios.ScenarioResult:
-        return await scenarios.run(decoded.context.plan, engine.run)
-
-    def encode(self, decoded: Decoded, result: scenarios.ScenarioResult,  # type: ignore[override]
-               started: float) -> Reply:
+                  decoded: Decoded) -> Answered:
+        """The scenarios' result, and the answer made from it: in a thread when there are
+        many samples (its arrays are copied into the answer)."""
         asked: Asked = decoded.context
-        doc = _document(asked, result, started)
-        if asked.tensors:
-            body, headers = tensor_answer.encode(doc)
-            return Reply(200, body, tensor_answer.TENSORS, headers)
-        return Reply(200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-                     "application/json")
+        result = await scenarios.run(asked.plan, engine.run)
+        plan = asked.plan
+        if plan.base.n * len(plan.scenarios) >= scenarios.OFF_LOOP_SAMPLES:
+            return await asyncio.to_thread(_reply, asked, result)
+        return _reply(asked, result)
+
+    def encode(self, decoded: Decoded, result: Answered,  # type: ignore[override]
+               started: float) -> Reply:
+        return result.reply
 
 
-def answered(asked: Asked, request: Incoming) -> Decoded:
-    """The request's job, its answer's form read from its Accept, and that answer priced."""
+@dataclass
+class Answered:
+    """A scenarios request's answer, made as soon as its result was known."""
+
+    reply: Reply
+
+
+def _reply(asked: Asked, result: scenarios.ScenarioResult) -> Answered:
+    doc = _document(asked, result)
+    if asked.tensors:
+        body, headers = tensor_answer.encode(doc)
+        return Answered(Reply(200, body, tensor_answer.TENSORS, headers))
+    return Answered(Reply(200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+                          "application/json"))
+
+
+def answered(asked: Asked, request: Incoming, started: float) -> Decoded:
+    """The request's job, its answer's form read from its Accept, and that answer priced;
+    ``started``: when the request began."""
+    asked.started = started
     asked.tensors = tensor_answer.wants_tensors(request.headers)
     _check_answer(asked, request.settings.max_response_bytes)
     return Decoded(asked.plan.shifted, asked)
@@ -272,7 +296,7 @@ def _shift(value: float | np.ndarray) -> Any:
 _PER_SAMPLE = ("values", "pnl", "delta_pnl", "gamma_pnl", "unexplained")
 
 
-def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) -> dict[str, Any]:
+def _document(asked: Asked, result: scenarios.ScenarioResult) -> dict[str, Any]:
     """The answer as a document (arrays as numpy arrays); with totals_only, without the
     arrays of one number per sample."""
     plan = asked.plan
@@ -321,7 +345,7 @@ def _document(asked: Asked, result: scenarios.ScenarioResult, started: float) ->
                 doc["second_derivatives"] = {k: array_of(d)
                                              for k, d in base.second_derivatives.items()}
     doc["timing_ms"] = {"compute": round(result.compute_s * 1e3, 3),
-                        "total": round((time.perf_counter() - started) * 1e3, 3)}
+                        "total": round((time.perf_counter() - asked.started) * 1e3, 3)}
     return doc
 
 

@@ -45,10 +45,15 @@ from app.engine.runtime.validation import (
 )
 from routines import Routine
 
-__all__ = ["ScenarioPlan", "ScenarioResult", "Shift", "check_factors",
+__all__ = ["OFF_LOOP_SAMPLES", "ScenarioPlan", "ScenarioResult", "Shift", "check_factors",
            "check_unexplained_options", "expand", "plan", "run"]
 
 ABSOLUTE, RELATIVE = "absolute", "relative"
+# From this many samples in all (scenarios x N) the arithmetic over them (planning the
+# shifted samples, the P&L and its explain, the answer) runs in a thread: numpy and torch
+# let go of the interpreter's lock there, and other requests' answers go on meanwhile (1,000
+# scenarios of 2,000 samples held the event loop for hundreds of milliseconds).
+OFF_LOOP_SAMPLES = 1 << 16
 COMBINE = ("product", "zip")
 
 
@@ -286,6 +291,13 @@ async def run(plan: ScenarioPlan, run_job: _RunJob) -> ScenarioResult:
         raise _in_scenario_terms(plan, shifted) from None
     if isinstance(shifted, BaseException):
         raise shifted
+    if plan.base.n * len(plan.scenarios) >= OFF_LOOP_SAMPLES:
+        return await asyncio.to_thread(_outcome, plan, base, shifted)
+    return _outcome(plan, base, shifted)
+
+
+def _outcome(plan: ScenarioPlan, base: JobResult, shifted: JobResult) -> ScenarioResult:
+    """The P&L of every scenario, its explain and the totals, from the two jobs' results."""
     n, s_count = plan.base.n, len(plan.scenarios)
     values = shifted.values.reshape(s_count, n, -1)
     pnl = values - base.values
