@@ -12,6 +12,7 @@ from routines.registry import Param, routine
 __all__ = ["black_scholes_call", "normal_cdf"]
 
 _SQRT1_2 = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
 def normal_cdf(x: Tensor) -> Tensor:
@@ -36,17 +37,30 @@ def normal_cdf(x: Tensor) -> Tensor:
     outputs=["price"],
 )
 def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Tensor) -> Tensor:
-    vol = sigma * T.sqrt()
-    # sigma = 0 (within its bounds) or T = 0: no spread, the price is the discounted intrinsic
-    # value, and the formula's 0/0 would put NaN in every derivative; the formula runs on a
-    # vol of 1 there, and its value (and so its derivatives) is replaced
-    flat = vol == 0
-    vol = torch.where(flat, 1.0, vol)
+    strike = K * (-r * T).exp()
+    # sigma = 0 (within its bounds) or T = 0: no spread, and the formula's 0/0 would put NaN
+    # in its derivatives. There the price is the discounted intrinsic value, and the
+    # derivatives are the formula's limits as sigma sqrt(T) -> 0+: the intrinsic value's
+    # away from the forward; at the money forward (S = K e^(-rT)) delta 1/2, rho and dy/dK
+    # half the intrinsic value's, vega S sqrt(T) / sqrt(2 pi) (the price grows as
+    # S sigma sqrt(T) / sqrt(2 pi) there). One limit is not given: at T = 0 at the money
+    # with sigma > 0, dy/dT is unbounded (the time value grows as sqrt(T)); the answer is
+    # the intrinsic value's half, r K / 2 (forward mode would carry sqrt's infinite slope
+    # at 0 into every derivative as NaN).
+    # Each branch runs on values where it is finite (T and sigma of 1 elsewhere): an
+    # infinity in the branch not taken reaches the derivatives as NaN in reverse mode.
+    live = (sigma > 0) & (T > 0)
+    t_live = torch.where(live, T, 1.0)
+    vol = torch.where(live, sigma, 1.0) * t_live.sqrt()
     # sigma^2 T / 2 over vol written as vol / 2: sigma^2 overflows from about 1.3e154, which
     # made d2 infinite with d1 and the price S - K e^(-rT), negative; this way it tends to S
-    d1 = ((S / K).log() + r * T) / vol + 0.5 * vol
+    d1 = ((S / K).log() + r * t_live) / vol + 0.5 * vol
     d2 = d1 - vol
-    strike = K * (-r * T).exp()
-    price: Tensor = torch.where(flat, (S - strike).clamp(min=0),
-                                S * normal_cdf(d1) - strike * normal_cdf(d2))
+    formula = S * normal_cdf(d1) - K * (-r * t_live).exp() * normal_cdf(d2)
+    intrinsic = S - strike
+    forward = intrinsic == 0
+    spread = sigma * torch.where(forward & (T > 0), T, 1.0).sqrt()
+    at_forward = 0.5 * intrinsic + torch.where(T > 0, S * spread * _INV_SQRT_2PI, 0.0)
+    flat = torch.where(forward, at_forward, intrinsic.clamp(min=0))
+    price: Tensor = torch.where(live, formula, flat)
     return price

@@ -143,6 +143,37 @@ def test_black_scholes_at_zero_volatility_is_the_discounted_intrinsic_value(
             strike * T if itm else 0.0, rel=1e-15)
 
 
+@pytest.mark.parametrize("strategy", ["forward", "vmap-grad", "jacfwd"])
+def test_black_scholes_without_spread_has_the_formulas_limits(
+        builtins: dict[str, Routine], strategy: str) -> None:
+    """sigma sqrt(T) = 0: away from the forward the intrinsic value's derivatives (dy/dT at
+    T = 0 was NaN in reverse mode: sqrt's infinite slope in the branch not taken); at the
+    money forward the formula's limits as sigma -> 0+: delta 1/2, vega S sqrt(T)/sqrt(2 pi),
+    rho and dy/dK half the intrinsic value's (delta had been 1 and vega 0)."""
+    r = 0.03
+    rows = [(100.0, 100.0 * math.exp(r * 2.0), 2.0),  # at the money forward, sigma = 0
+            (100.0, 90.0, 0.0), (100.0, 110.0, 0.0), (100.0, 100.0, 0.0)]  # T = 0
+    at_forward = 0
+    for sigma in (0.0, 0.25):
+        result = run_engine(builtins["black_scholes_call"], torch.tensor(rows, dtype=torch.float64),
+                            {"sigma": sigma, "r": r}, strategy=strategy,
+                            wrt=("S", "K", "T", "sigma", "r"))
+        got = {k: v.reshape(-1).tolist() for k, v in result.derivatives.items()}
+        for i, (S, K, T) in enumerate(rows):
+            if T > 0 and sigma > 0:
+                continue  # the formula itself (tested against QuantLib)
+            discount = math.exp(-r * T)
+            part = 0.5 if K * discount == S else 1.0 if K * discount < S else 0.0
+            assert result.values[i].item() == pytest.approx(max(S - K * discount, 0), abs=1e-12)
+            want = {"S": part, "K": -part * discount, "T": part * r * K * discount,
+                    "r": part * K * T * discount,
+                    "sigma": S * math.sqrt(T) / math.sqrt(2 * math.pi) if part == 0.5 else 0.0}
+            for name, value in want.items():
+                assert got[name][i] == pytest.approx(value, rel=1e-12, abs=1e-15), (i, name)
+            at_forward += part == 0.5
+    assert at_forward == 3  # rows 0 (sigma 0) and 3 (both): exactly at the forward
+
+
 def test_logistic_rk4_error_is_integration_error(builtins: dict[str, Routine],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The RK4 tolerance is not loose: values and derivatives differ from the closed form by
