@@ -29,6 +29,20 @@ async def test_v1_bodies_must_be_json(client: httpx.AsyncClient, content_type: s
         assert body["type"] == "urn:dydc:problem:unsupported-media-type"
 
 
+async def test_every_v1_route_that_reads_a_body_refuses_a_form(
+        client: httpx.AsyncClient) -> None:
+    """Every v1 POST route the app has, however added: a form or text/plain body is a 415
+    before the route runs (/v1/expressions/scenarios, added later, had been missed)."""
+    declared = (await client.get("/openapi.json")).json()["paths"]
+    paths = sorted(path.replace("{name}", "linear") for path, operations in declared.items()
+                   if "post" in operations and path.startswith("/v1/"))
+    assert "/v1/expressions/scenarios" in paths and "/v1/routines/linear/scenarios" in paths
+    for path in paths:
+        for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+            r = await client.post(path, content=BODY, headers={"content-type": content_type})
+            assert_problem(r, 415, "application/json")
+
+
 @pytest.mark.parametrize("content_type", [
     "application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
 ])

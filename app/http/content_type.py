@@ -29,7 +29,7 @@ PREFLIGHT_FREE = frozenset(
 )
 # The v1 routes that read a body (other POSTs fall through to the router: 404 or 405).
 _V1_BODIES = re.compile(r"/v1/routines/[^/]+/(sensitivities|evaluate|compare|scenarios)"
-                        r"|/v1/expressions/(sensitivities|evaluate|compare)")
+                        r"|/v1/expressions/(sensitivities|evaluate|compare|scenarios)")
 
 
 def media_type(scope: Scope) -> str | None:
