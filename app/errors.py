@@ -11,6 +11,7 @@ anything unexpected is logged with its traceback and answered 500 with a generic
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -56,6 +57,7 @@ __all__ = [
     "UnknownVersion",
     "Writer",
     "install_error_handlers",
+    "json_bytes",
     "problem_body",
     "problem_of",
     "problem_response",
@@ -191,9 +193,25 @@ def with_instance(problem: ProblemDetails, scope: Scope) -> ProblemDetails:
     return replace(problem, extra={**problem.extra, "instance": instance})
 
 
+def json_bytes(document: Any) -> bytes:
+    """``document`` as JSON (numpy arrays as lists). A string from a request may hold a lone
+    surrogate (JSON's "\\ud800" decodes to one), which UTF-8 cannot carry and orjson refuses:
+    it is then written escaped, as the client sent it (an echoed id or name had been a 500)."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        return json.dumps(document, default=_plain, separators=(",", ":")).encode("ascii")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # a numpy array or number
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def problem_body(problem: ProblemDetails) -> bytes:
     """A problem as RFC 9457 problem details (v1, health, everything but v2)."""
-    return orjson.dumps({
+    return json_bytes({
         "type": f"urn:dydc:problem:{problem.slug}" if problem.slug else "about:blank",
         "title": HTTPStatus(problem.status).phrase,
         "status": problem.status,

@@ -277,3 +277,27 @@ async def test_a_non_finite_input_is_named_by_its_tensor_and_element(
     answer = await client.post(INFER.format("black_scholes_call"), content=json.dumps(body),
                                headers={"Content-Type": "application/json"})
     assert_error(answer, 400, needle)
+
+
+LONE = "\\ud800"  # JSON's escape of a lone surrogate, which UTF-8 cannot carry
+
+
+def _with_lone(id_: str = "q", name: str = "x", datatype: str = "FP64") -> str:
+    tensor_ = '{"name": "NAME", "datatype": "TYPE", "shape": [1], "data": [2]}'
+    tensor_ = tensor_.replace("NAME", name).replace("TYPE", datatype)
+    return '{"id": "ID", "inputs": [TENSOR]}'.replace("ID", id_).replace("TENSOR", tensor_)
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [
+    (_with_lone(id_=LONE), 200, f'"id":"{LONE}"'),
+    (_with_lone(name=LONE), 400, f"inputs are named {LONE}"),
+    (_with_lone(datatype=LONE), 400, f"inputs[0] (x) is {LONE}"),
+])
+async def test_a_lone_surrogate_is_echoed_escaped_not_a_500(
+        client: httpx.AsyncClient, body: str, status: int, needle: str) -> None:
+    """A string the answer repeats (the id, or an error naming the client's input) is written
+    with the escape the client sent: orjson refuses it, and that had been a 500."""
+    answer = await client.post(INFER.format("linear"), content=body.encode(),
+                               headers={"Content-Type": "application/json"})
+    assert answer.status_code == status and needle in answer.text, answer.text
+    assert answer.json()  # valid JSON

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.datastructures import Headers
 
 from app.api.v2.schemas import RequestInput
-from app.errors import MalformedFraming
+from app.errors import MalformedFraming, json_bytes
 
 __all__ = ["HEADER_LENGTH", "encode", "header_length", "input_sections", "split"]
 
@@ -99,7 +98,7 @@ def encode(header: dict[str, Any], binaries: Sequence[np.ndarray]
            ) -> tuple[bytes, str, dict[str, str]]:
     """The response body, its media type and headers: the JSON, then the binary outputs'
     bytes in JSON order (little-endian)."""
-    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    head = json_bytes(header)
     if not binaries:
         return head, "application/json", {}
     parts = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).data

@@ -35,7 +35,7 @@ from app.api.v2.schemas import (
 from app.context import current_record
 from app.engine import STRATEGIES, Engine, Job, JobResult
 from app.engine.errors import NotFiniteInput, RequestTooLarge
-from app.errors import ProblemDetails, UnknownVersion, problem_of
+from app.errors import ProblemDetails, UnknownVersion, json_bytes, problem_of
 from routines import Routine
 
 __all__ = ["INFER", "V2", "error_response", "router"]
@@ -50,7 +50,7 @@ def _status(problem: ProblemDetails) -> int:
 
 
 def error_body(problem: ProblemDetails) -> bytes:
-    return orjson.dumps({"error": problem.detail})
+    return json_bytes({"error": problem.detail})
 
 
 def error_response(problem: ProblemDetails) -> Response:
