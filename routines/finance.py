@@ -49,7 +49,8 @@ def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Ten
     # at 0 into every derivative as NaN).
     # Each branch runs on values where it is finite (T and sigma of 1 elsewhere): an
     # infinity in the branch not taken reaches the derivatives as NaN in reverse mode.
-    live = (sigma > 0) & (T > 0)
+    # (a negative T is neither: the formula's NaN says it is outside the routine's domain)
+    live = (sigma != 0) & (T != 0)
     t_live = torch.where(live, T, 1.0)
     vol = torch.where(live, sigma, 1.0) * t_live.sqrt()
     # sigma^2 T / 2 over vol written as vol / 2: sigma^2 overflows from about 1.3e154, which
