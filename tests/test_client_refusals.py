@@ -5,6 +5,7 @@ line from the command line), against stubs that fail the test if a computation i
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -214,3 +215,24 @@ def test_scenarios_without_explain_refuse_a_strategy_too() -> None:
             ValueError, match=r"pass explain=True \(given: strategy\)"):
         client.scenarios("linear", [1.0], {"C": 1.0}, {"C": ("rel", [0.1])},
                          strategy="reverse")
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1, -0.5, float("nan"), float("inf"), "5", True])
+def test_a_timeout_that_is_not_seconds_above_0_is_refused(timeout: Any) -> None:
+    """Before anything is sent, by both clients: httpx took 0 as a timeout that failed every
+    connect (a ConnectionFailed after 4 attempts), and refused -1 at the first request in its
+    own words ("Timeout value out of range"), naming no argument."""
+    message = rf"timeout is {re.escape(repr(timeout))}; give the seconds to wait for an answer"
+    transport = httpx.MockTransport(catalogue)
+    with pytest.raises(ValueError, match=message):
+        dydc.Client("http://stub", timeout=timeout, transport=transport)
+    with pytest.raises(ValueError, match=message):
+        dydc.AsyncClient("http://stub", timeout=timeout, transport=transport)
+
+
+@pytest.mark.parametrize("timeout", [None, 0.5, 2, httpx.Timeout(5.0, connect=1.0)])
+def test_a_timeout_of_seconds_none_or_httpx_is_still_taken(timeout: Any) -> None:
+    """None waits without limit, as in httpx; an httpx.Timeout passes as before."""
+    with dydc.Client("http://stub", timeout=timeout,
+                     transport=httpx.MockTransport(catalogue)) as client:
+        assert client.routine("linear").inputs == ["x"]

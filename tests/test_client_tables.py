@@ -1,6 +1,7 @@
-"""The command line's input files (dydc.tables): a CSV from Excel (with its byte-order mark),
-JSON and ``.npy`` that cannot be read named by file and column rather than by numpy's text,
-and a non-number in a file's column named the same way by every command."""
+"""The command line's files (dydc.tables): a CSV from Excel (with its byte-order mark), JSON
+and ``.npy`` that cannot be read named by file and column rather than by numpy's text, a
+non-number in a file's column named the same way by every command, and result columns with
+one name each."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dydc.cli import app
-from dydc.results import RoutineInfo
-from dydc.tables import read_inputs
+from dydc.results import Result, RoutineInfo
+from dydc.tables import read_inputs, result_columns, write_result
 from typer.testing import CliRunner
 
 from tests.support import free_port
@@ -94,3 +95,74 @@ def test_an_expression_names_a_column_that_is_not_numbers(tmp_path: Path, comman
                                       "-i", str(source), "-p", "C=2"])
     assert result.exit_code == 1, result.output
     assert result.stderr == f"error: {source} line 3, column x: 'N/A' is not a number\n"
+
+
+def test_a_csv_header_that_repeats_a_column_is_named(tmp_path: Path) -> None:
+    """Not "line 2 has 4 fields; the header has 3": the header has 4, one of them twice."""
+    (tmp_path / "twice.csv").write_text("S,S,K,T\n49,48,50,0.3846\n")
+    with pytest.raises(ValueError, match=r"twice\.csv: column S appears twice in the header; "
+                                         "give every column its own name"):
+        read_inputs(str(tmp_path / "twice.csv"))
+    (tmp_path / "more.csv").write_text("x,S, S,x,S\n1,2,3,4,5\n")  # names are stripped
+    with pytest.raises(ValueError, match=r"columns x \(twice\) and S \(3 times\) appear more "
+                                         "than once in the header"):
+        read_inputs(str(tmp_path / "more.csv"))
+
+
+@pytest.mark.parametrize(("separator", "said"), [(";", "';'"), ("\t", "a tab")])
+def test_a_file_not_separated_by_commas_shows_its_one_column(tmp_path: Path, separator: str,
+                                                             said: str) -> None:
+    """Excel's "CSV" where the decimal mark is a comma, or a TSV: one column, ``S;K;T``, is
+    found (not "none"), and the message says why."""
+    header = separator.join(["S", "K", "T"])
+    source = tmp_path / "other.csv"
+    source.write_text(f"{header}\n" + separator.join(["49", "50", "0.3846"]) + "\n")
+    hint = f"; the header's column {header!r} holds {said}: the file must be comma-separated"
+    table = read_inputs(str(source))
+    with pytest.raises(ValueError) as caught:
+        table.samples(BLACK_SCHOLES)
+    assert str(caught.value) == ("the inputs have no column S, K, T; routine black_scholes_call "
+                                 f"takes S, K, T (columns found: {header}){hint}")
+    with pytest.raises(ValueError) as caught:
+        table.column("vol")
+    assert str(caught.value).endswith(f"(columns: {header}){hint}")
+    source.write_text(f"{header}\n" + separator.join(["49,5", "50", "0,3846"]) + "\n")
+    with pytest.raises(ValueError) as caught:
+        read_inputs(str(source))
+    assert str(caught.value) == f"{source} line 2 has 3 fields; the header has 1{hint}"
+
+
+def test_a_comma_separated_file_gets_no_hint(tmp_path: Path) -> None:
+    (tmp_path / "plain.csv").write_text("S,K\n1,2\n")
+    with pytest.raises(ValueError) as caught:
+        read_inputs(str(tmp_path / "plain.csv")).samples(BLACK_SCHOLES)
+    assert str(caught.value).endswith("(columns found: S, K)")
+
+
+def test_an_output_named_as_an_input_is_written_under_out(tmp_path: Path) -> None:
+    """``dydc expression "C * y"`` over an input column ``y``: the CSV had two columns ``y``
+    and ``.npy`` failed after the computation. The inputs keep their names (the file reads
+    back as inputs); a taken output name gets ``out:``, again while it is still taken."""
+    info = RoutineInfo(name="expression", description="", params=[], inputs=["y"],
+                       outputs=["y"])
+    samples = np.array([1.0, 2.0])
+    result = Result(routine="expression", values=samples * 2, n=2,
+                    derivatives={"C": samples, "y": np.full(2, 2.0)})
+    columns = result_columns(result, info, samples)
+    assert [name for name, _ in columns] == ["y", "out:y", "dy_dC", "dy_dy"]
+    stdout = io.StringIO()
+    write_result("-", columns, result, stdout)
+    assert stdout.getvalue() == "y,out:y,dy_dC,dy_dy\n1.0,2.0,1.0,2.0\n2.0,4.0,2.0,2.0\n"
+    write_result(str(tmp_path / "out.npy"), columns, result, stdout)
+    table = read_inputs(str(tmp_path / "out.npy"))
+    assert table.names == ["y", "out:y", "dy_dC", "dy_dy"]
+    np.testing.assert_array_equal(table.samples(info), samples)
+    np.testing.assert_array_equal(table.column("out:y"), [2.0, 4.0])
+
+    info = RoutineInfo(name="r", description="", params=[], inputs=["a", "out:a", "dy_dC"],
+                       outputs=["a", "b"])
+    values = np.array([[1.0, 2.0]])
+    result = Result(routine="r", values=values, n=1, outputs=["a", "b"],
+                    derivatives={"C": values})
+    names = [name for name, _ in result_columns(result, info, np.array([[5.0, 6.0, 7.0]]))]
+    assert names == ["a", "out:a", "dy_dC", "out:out:a", "b", "dy_dC[a]", "dy_dC[b]"]

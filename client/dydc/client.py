@@ -10,6 +10,7 @@ with the same :class:`~dydc.retrying.RetryPolicy`. Both are context managers.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -103,12 +104,25 @@ def _check_url(url: str) -> None:
                          "http://127.0.0.1:8000")
 
 
+def _check_timeout(timeout: Any) -> None:
+    """Seconds above 0, or None to wait without limit (httpx's meaning). Refused here: httpx
+    takes 0 as a timeout that fails every connect, retried as a connection failure, and
+    refuses a negative one only when the first request goes out, in words that name no
+    argument. An ``httpx.Timeout`` passes as it always has (httpx checks its own)."""
+    if timeout is None or isinstance(timeout, httpx.Timeout):
+        return
+    if (not isinstance(timeout, int | float) or isinstance(timeout, bool)
+            or not math.isfinite(timeout) or timeout <= 0):
+        raise ValueError(f"timeout is {timeout!r}; give the seconds to wait for an answer, "
+                         "a finite number above 0 (or None to wait without limit)")
+
+
 class _Steps:
     """Configuration, caches and every method as steps; no I/O."""
 
-    def __init__(self, url: str | None, *, api_key: str | None, protocol: str,
-                 policy: RetryPolicy, max_concurrency: int, binary_min_samples: int,
-                 progress: Progress | None) -> None:
+    def __init__(self, url: str | None, *, api_key: str | None, timeout: float | None,
+                 protocol: str, policy: RetryPolicy, max_concurrency: int,
+                 binary_min_samples: int, progress: Progress | None) -> None:
         # as the command line does: an argument wins over the variable, which wins over the
         # default (api_key="" sends no key whatever DYDC_API_KEY says)
         url = url or os.environ.get("DYDC_URL") or DEFAULT_URL
@@ -117,12 +131,14 @@ class _Steps:
             raise ValueError(f"protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency is {max_concurrency}; use 1 or more")
+        _check_timeout(timeout)
         _check_url(url)
         api_key = (api_key or "").strip()
         if not all("!" <= char <= "~" for char in api_key):  # as the service holds its keys
             raise ValueError("api_key holds a space, a control or a non-ASCII character; an "
                              "API key is visible ASCII (letters, digits and punctuation)")
         self.url = url.rstrip("/")
+        self.timeout = timeout
         self.protocol = protocol
         self.policy = policy
         self.max_concurrency = max_concurrency
@@ -319,18 +335,18 @@ class Client:
     """
 
     def __init__(self, url: str | None = None, *, api_key: str | None = None,
-                 timeout: float = 60.0, retries: int = 3, protocol: str = "auto",
+                 timeout: float | None = 60.0, retries: int = 3, protocol: str = "auto",
                  retry_on_timeout: bool = False, backoff: float = 0.5,
                  max_retry_after: float = 30.0, max_concurrency: int = 4,
                  binary_min_samples: int = AUTO_BINARY_MIN_SAMPLES,
                  progress: Progress | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
         policy = RetryPolicy(retries, retry_on_timeout, backoff, max_retry_after=max_retry_after)
-        self._steps = _Steps(url, api_key=api_key, protocol=protocol, policy=policy,
-                             max_concurrency=max_concurrency,
+        self._steps = _Steps(url, api_key=api_key, timeout=timeout, protocol=protocol,
+                             policy=policy, max_concurrency=max_concurrency,
                              binary_min_samples=binary_min_samples, progress=progress)
         self._http = httpx.Client(base_url=self._steps.url, headers=self._steps.headers,
-                                  timeout=timeout, transport=transport)
+                                  timeout=self._steps.timeout, transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -496,18 +512,18 @@ class AsyncClient:
     """
 
     def __init__(self, url: str | None = None, *, api_key: str | None = None,
-                 timeout: float = 60.0, retries: int = 3, protocol: str = "auto",
+                 timeout: float | None = 60.0, retries: int = 3, protocol: str = "auto",
                  retry_on_timeout: bool = False, backoff: float = 0.5,
                  max_retry_after: float = 30.0, max_concurrency: int = 4,
                  binary_min_samples: int = AUTO_BINARY_MIN_SAMPLES,
                  progress: Progress | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         policy = RetryPolicy(retries, retry_on_timeout, backoff, max_retry_after=max_retry_after)
-        self._steps = _Steps(url, api_key=api_key, protocol=protocol, policy=policy,
-                             max_concurrency=max_concurrency,
+        self._steps = _Steps(url, api_key=api_key, timeout=timeout, protocol=protocol,
+                             policy=policy, max_concurrency=max_concurrency,
                              binary_min_samples=binary_min_samples, progress=progress)
         self._http = httpx.AsyncClient(base_url=self._steps.url, headers=self._steps.headers,
-                                       timeout=timeout, transport=transport)
+                                       timeout=self._steps.timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -7,8 +7,9 @@ ignored otherwise; a JSON object of columns is read the same way. Files are UTF-
 byte-order mark Excel writes is skipped), and what cannot be read is named by file, line or
 sample, and column, not by numpy's message. Results are written as the inputs' columns,
 then ``y`` (the output names when a routine has several), ``dy_d<a>`` and ``d2y_d<a>_d<b>``
-(``dy_d<a>[<output>]`` per output when there are several). Numbers are written as Python's
-shortest repr, so float64 values survive the trip exactly.
+(``dy_d<a>[<output>]`` per output when there are several), an output's name prefixed with
+``out:`` where an input already has it. Numbers are written as Python's shortest repr, so
+float64 values survive the trip exactly.
 
 Hand-written over the standard library's ``csv`` and ``json`` and numpy's ``.npy``: pandas
 would read these in one call, but as a dependency it weighs more than the whole client.
@@ -69,7 +70,7 @@ class InputTable:
         if missing:
             raise ValueError(f"the inputs have no column {', '.join(missing)}; routine "
                              f"{info.name} takes {', '.join(info.inputs)} (columns found: "
-                             f"{', '.join(self.columns) or 'none'})")
+                             f"{', '.join(self.names) or 'none'}){_separator_hint(self.names)}")
         columns = [self.columns[f] for f in info.inputs]
         return columns[0] if len(columns) == 1 else np.stack(columns, axis=1)
 
@@ -77,10 +78,26 @@ class InputTable:
         if name in self.unreadable:
             raise ValueError(self.unreadable[name])
         if self.columns is None or name not in self.columns:
-            found = ", ".join(self.columns) if self.columns else "none: the file has no names"
+            found = ", ".join(self.names) if self.names else "none: the file has no names"
             raise ValueError(f"no input column {name!r} for a per-sample parameter "
-                             f"(columns: {found})")
+                             f"(columns: {found}){_separator_hint(self.names)}")
         return self.columns[name]
+
+
+_OTHER_SEPARATORS = {";": "';'", "\t": "a tab"}
+
+
+def _separator_hint(names: Sequence[str]) -> str:
+    """Why a file may have fewer columns than it seems to: Excel saves "CSV" with ';' where
+    the decimal mark is a comma, and a tab-separated file is one column to the csv module."""
+    cells = [n for n in names if any(sep in n for sep in _OTHER_SEPARATORS)]
+    if not cells:
+        return ""
+    held = " and ".join(said for sep, said in _OTHER_SEPARATORS.items()
+                        if any(sep in n for n in cells))
+    which = (f"column {cells[0]!r} holds" if len(cells) == 1
+             else f"columns {', '.join(map(repr, cells))} hold")
+    return f"; the header's {which} {held}: the file must be comma-separated"
 
 
 def _csv(text: str, where: str) -> InputTable:
@@ -88,14 +105,24 @@ def _csv(text: str, where: str) -> InputTable:
     header = next(reader, None)
     if not header:
         raise ValueError(f"{where} is empty; send a header row of feature names, then rows")
+    names = [name.strip() for name in header]
+    twice = [name for name in dict.fromkeys(names) if names.count(name) > 1]
+    if twice:  # a dict of columns would keep one of them, and count the fields wrong
+        if len(twice) == 1:
+            repeated = f"column {twice[0] or repr('')} appears {_times(names.count(twice[0]))}"
+        else:
+            counted = [f"{name or repr('')} ({_times(names.count(name))})" for name in twice]
+            repeated = (f"columns {', '.join(counted[:-1])} and {counted[-1]} appear more "
+                        "than once")
+        raise ValueError(f"{where}: {repeated} in the header; give every column its own name")
+    hint = _separator_hint(names)
     rows = [row for row in reader if row]
-    columns: dict[str, list[float]] = {name.strip(): [] for name in header}
-    names = list(columns)
+    columns: dict[str, list[float]] = {name: [] for name in names}
     unreadable: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         if len(row) != len(names):
             raise ValueError(f"{where} line {line} has {len(row)} fields; the header has "
-                             f"{len(names)}")
+                             f"{len(names)}{hint}")
         for name, value in zip(names, row, strict=True):
             if name in unreadable:
                 continue
@@ -103,10 +130,14 @@ def _csv(text: str, where: str) -> InputTable:
                 columns[name].append(float(value))
             except ValueError:  # a label beside the numbers is fine until it is used
                 unreadable[name] = (f"{where} line {line}, column {name}: {value!r} is not a "
-                                    "number")
+                                    f"number{hint}")
     return InputTable(columns={k: np.asarray(v, dtype=np.float64) for k, v in columns.items()
                                if k not in unreadable}, unreadable=unreadable,
                       header=tuple(names))
+
+
+def _times(count: int) -> str:
+    return "twice" if count == 2 else f"{count} times"
 
 
 def _json(text: str, where: str) -> InputTable:
@@ -224,23 +255,41 @@ def _named(prefix: str, array: np.ndarray, outputs: Sequence[str]) -> list[tuple
     return [(f"{prefix}[{o}]", array[:, j]) for j, o in enumerate(outputs)]
 
 
+OUTPUT_PREFIX = "out:"
+"""Put before an output column's name that an earlier column already has (an input feature
+named ``y``, say), once more for each time it is still taken."""
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name = OUTPUT_PREFIX + name
+    taken.add(name)
+    return name
+
+
 def result_columns(result: Result, info: RoutineInfo,
                    samples: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
-    """The output table's columns in order: inputs, values, first then second derivatives."""
-    columns: list[tuple[str, np.ndarray]] = []
+    """The output table's columns in order: inputs, values, first then second derivatives.
+
+    Every name is unique, or a DictReader loses a column and ``.npy`` cannot be written: the
+    inputs keep theirs, so that the table reads back as inputs, and an output whose name is
+    taken is written as ``out:<name>``."""
+    inputs: list[tuple[str, np.ndarray]] = []
     if samples is not None:
         matrix = samples.reshape(len(samples), -1)
-        columns += [(f, matrix[:, j]) for j, f in enumerate(info.inputs)]
+        inputs = [(f, matrix[:, j]) for j, f in enumerate(info.inputs)]
+    outputs: list[tuple[str, np.ndarray]] = []
     if result.values.ndim == 1:
-        columns.append(("y", result.values))
+        outputs.append(("y", result.values))
     else:
-        columns += [(o, result.values[:, j]) for j, o in enumerate(result.outputs)]
+        outputs += [(o, result.values[:, j]) for j, o in enumerate(result.outputs)]
     for key, d in result.derivatives.items():
-        columns += _named(f"dy_d{key}", d, result.outputs)
+        outputs += _named(f"dy_d{key}", d, result.outputs)
     for key, d in result.second_derivatives.items():
         a, _, b = key.partition(",")
-        columns += _named(f"d2y_d{a}_d{b}", d, result.outputs)
-    return columns
+        outputs += _named(f"d2y_d{a}_d{b}", d, result.outputs)
+    taken = {name for name, _ in inputs}
+    return inputs + [(_unique(name, taken), values) for name, values in outputs]
 
 
 def result_document(result: Result) -> dict[str, Any]:
