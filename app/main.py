@@ -45,7 +45,12 @@ from app.engine import (
     warm_up,
 )
 from app.engine.compiled.builds import ProcessBuilder
-from app.engine.compiled.cache import CacheDirError, default_cache_dir, prepare_cache_dir
+from app.engine.compiled.cache import (
+    CacheDirError,
+    default_cache_dir,
+    prepare_cache_dir,
+    use_private_compile_caches,
+)
 from app.engine.compiled.pacing import Pacer
 from app.errors import install_error_handlers
 from app.http.stack import wrap
@@ -166,9 +171,6 @@ def create_app(settings: Settings | None = None) -> Service:
         install(ConnectionLimits(s.read_timeout_s, s.max_connections, s.max_header_bytes))
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
-        load_torch_extensions(compiled=s.compile)
-        if s.host_allocator_cache:
-            cache_host_allocations()
         try:
             routines = discover(folders=s.routine_folders)
             devices = resolve_devices(s.device)
@@ -178,6 +180,11 @@ def create_app(settings: Settings | None = None) -> Service:
             # a setting this host cannot serve: one line, as for an invalid value
             app.state.startup_error = StartupError(f"cannot start: {exc}")
             raise app.state.startup_error from None
+        if cache_dir is not None:  # before the first compile, below
+            use_private_compile_caches(cache_dir)
+        load_torch_extensions(compiled=s.compile)
+        if s.host_allocator_cache:
+            cache_host_allocations()
         _tune_gc(s.gc_threshold)
         queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
         compiled: CompiledForward | None = None

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,7 +33,11 @@ from app.engine.compiled.builds import (
     Samples,
     kind_of,
 )
-from app.engine.compiled.cache import CacheDirError, prepare_cache_dir
+from app.engine.compiled.cache import (
+    CacheDirError,
+    prepare_cache_dir,
+    use_private_compile_caches,
+)
 from app.engine.compiled.forward import CompiledForward
 from app.engine.differentiation.differentiate import differentiate
 from app.engine.differentiation.strategies import Problem
@@ -250,6 +255,53 @@ def test_a_cache_directory_others_can_reach_is_refused(tmp_path: Path) -> None:
     link.symlink_to(prepare_cache_dir(tmp_path / "ours"))
     with pytest.raises(CacheDirError, match="symbolic link"):
         prepare_cache_dir(link)
+
+
+def test_a_cache_directory_inside_a_folder_others_can_write_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its parent's owner (or anyone, where the parent is writable by others and not sticky)
+    could rename it and put a folder of theirs in its place after the check."""
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)
+    with pytest.raises(CacheDirError, match="chmod go-w"):
+        prepare_cache_dir(open_parent / "cache")
+    sticky = tmp_path / "sticky"  # as /tmp: others cannot rename what is ours
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert prepare_cache_dir(sticky / "cache") == sticky / "cache"
+    theirs = tmp_path / "theirs"
+    path = prepare_cache_dir(theirs / "cache")
+    uid = theirs.stat().st_uid
+    real_stat = Path.stat
+
+    def as_if_another_owned_it(self: Path, **kwargs: Any) -> os.stat_result:
+        info = real_stat(self, **kwargs)
+        if self == theirs:
+            return os.stat_result((info.st_mode, info.st_ino, info.st_dev, info.st_nlink,
+                                   uid + 1, *tuple(info)[5:10]))
+        return info
+
+    monkeypatch.setattr(Path, "stat", as_if_another_owned_it)
+    with pytest.raises(CacheDirError, match=f"inside {theirs}, owned by uid {uid + 1}"):
+        prepare_cache_dir(path)
+
+
+def test_torchs_compile_caches_go_inside_the_cache_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, or holding torch's shared default (which torch writes into the environment at
+    its first compile, and a build process inherited): inside the cache directory. An
+    operator's own choice stands."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", torch_default())
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    use_private_compile_caches(tmp_path)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/srv/operators/choice")
+    use_private_compile_caches(tmp_path / "other")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/srv/operators/choice"
 
 
 def test_a_cache_directory_of_another_user_is_refused(

@@ -51,6 +51,7 @@ from torch.func import jvp
 from torch.fx import GraphModule
 
 from app import metrics
+from app.engine.compiled.cache import use_private_compile_caches
 from app.engine.compiled.rolled import RolledForward, find_loop
 from app.engine.compiled.tracing import TRACE_N, trace
 from app.engine.compiled.verification import mismatch
@@ -567,8 +568,7 @@ def _start_build_process(cache_dir: str, threads: int, niceness: int,
     if idle and hasattr(os, "SCHED_IDLE"):
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
-        os.environ.setdefault(name, os.path.join(cache_dir, sub))  # an operator's choice stands
+    use_private_compile_caches(cache_dir)  # (the service's already: kept; an operator's too)
     torch.set_num_threads(threads)
 
 

@@ -15,7 +15,10 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["CacheDirError", "default_cache_dir", "prepare_cache_dir"]
+__all__ = ["CacheDirError", "default_cache_dir", "prepare_cache_dir", "use_private_compile_caches"]
+
+# PyTorch's own compile caches, and the folder of the cache directory each is put in
+_TORCH_CACHES = (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"))
 
 
 class CacheDirError(RuntimeError):
@@ -55,4 +58,51 @@ def prepare_cache_dir(path: Path) -> Path:
         raise CacheDirError(
             f"DYDC_COMPILE_CACHE_DIR={path} has mode {stat.S_IMODE(info.st_mode):04o}: others "
             f"can reach what is loaded from it as code. chmod 700 {path}, or choose another path")
+    _check_ancestors(path)
     return path
+
+
+def _check_ancestors(path: Path) -> None:
+    """No other user can replace ``path`` by one of their own: every folder above it (as
+    written, and as its links resolve) belongs to root or to us, and is closed to others'
+    writes, or is sticky like /tmp (where others cannot rename what is ours). Else, after a
+    check of the directory alone, a parent's owner could swap in a folder of theirs and have
+    what they put in it loaded as code."""
+    ours = {0, os.geteuid()}
+    for folder in path.parents:  # links on the way, as written
+        info = folder.lstat()
+        if stat.S_ISLNK(info.st_mode) and info.st_uid not in ours:
+            raise CacheDirError(
+                f"DYDC_COMPILE_CACHE_DIR={path} goes through {folder}, a symbolic link of uid "
+                f"{info.st_uid}, who could point it elsewhere; choose a path of folders that "
+                "are root's or the service user's")
+    for folder in Path(os.path.realpath(path)).parents:  # the folders themselves
+        info = folder.stat()
+        if info.st_uid not in ours:
+            raise CacheDirError(
+                f"DYDC_COMPILE_CACHE_DIR={path} is inside {folder}, owned by uid {info.st_uid}, "
+                "who could replace it with a directory of their own; choose a path of folders "
+                "that are root's or the service user's")
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise CacheDirError(
+                f"DYDC_COMPILE_CACHE_DIR={path} is inside {folder} (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}), where others can rename it and put a "
+                f"directory of their own in its place; chmod go-w {folder}, or choose another "
+                "path")
+
+
+def use_private_compile_caches(cache_dir: Path | str) -> None:
+    """Point PyTorch's own compile caches (Inductor's C++ and Triton's) inside ``cache_dir``,
+    in this process's environment and so in the build process it starts, unless the operator
+    set them. Called before anything compiles: the first compile (the probe of the CPU's
+    vector instructions at start-up) writes torch's default, ``/tmp/torchinductor_<user>``,
+    into the environment, where a child's ``setdefault`` then found it and kept it (every
+    build compiled and loaded its code there). A variable holding that default is taken to
+    be torch's, not the operator's, and replaced too."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+
+    shared = os.path.abspath(torch_default())
+    for name, sub in _TORCH_CACHES:
+        given = os.environ.get(name)
+        if given is None or os.path.abspath(given) == shared:
+            os.environ[name] = os.path.join(os.fspath(cache_dir), sub)
