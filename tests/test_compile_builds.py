@@ -10,6 +10,7 @@ a user's. Their builds run once for the module, in the build process.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -390,3 +391,15 @@ def test_inputs_that_are_columns_seen_transposed_reach_a_graph_without_a_copy() 
     rows = Problem(weighted_sawtooth, cols.t().contiguous(), p.params, ("a",))
     stacked, _ = builds.columns(rows, slice(0, 4))
     assert stacked.is_contiguous() and torch.equal(stacked, cols)
+
+
+@pytest.mark.parametrize("content", [pickle.dumps(7), b"\x80\x04truncated"],
+                         ids=["another object", "truncated"])
+def test_an_artefact_file_that_is_not_one_is_built_again(
+        tmp_path: Path, content: bytes) -> None:
+    """Whatever the file holds, the kind is built again rather than the request failing (an
+    object of another type had reached the launch: a 422 naming the service's own fault)."""
+    p = problem(weighted_sawtooth, N)
+    kind = kind_of(p)
+    (tmp_path / f"{builds._identity(kind, weighted_sawtooth)}.artefact").write_bytes(content)
+    assert builds.cached(kind, weighted_sawtooth, tmp_path) is None

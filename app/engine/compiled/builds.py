@@ -391,6 +391,10 @@ def cached(kind: Kind, routine: Routine, cache_dir: Path) -> Artefact | None:
     except Exception as exc:  # unreadable: build it again
         log.warning("compiled artefact %s unreadable (%s); building it again", path, exc)
         return None
+    if not isinstance(artefact, Artefact):  # not one (the request had failed on it, a 422)
+        log.warning("compiled artefact %s holds a %s; building it again", path,
+                    type(artefact).__name__)
+        return None
     if artefact.kind != kind or not (cache_dir / artefact.package).is_file():
         return None
     return replace(artefact, seconds=0.0)
