@@ -85,6 +85,14 @@ class Routine:
     # ``rebuild(source)``, a function of the module of ``fn``, makes it again in another
     # process (a build of its compiled forward mode). The data is parsed there, never run.
     source: str | None = None
+    # how messages to callers name it where its name is not theirs ("the expression"); by
+    # default "routine <name>" (see ``called``)
+    title: str = ""
+
+    @property
+    def called(self) -> str:
+        """The routine as a message to a caller names it."""
+        return self.title or f"routine {self.name}"
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):

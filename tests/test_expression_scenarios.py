@@ -208,3 +208,22 @@ async def test_a_base_outside_the_domain_is_named_by_its_sample(
     problem = assert_problem(await client.post(SCEN, json=body), 422,
                              "non-finite value for sample 1")
     assert "scenario" not in str(problem["detail"])
+
+
+@pytest.mark.parametrize(("route", "body", "needle"), [
+    (SCEN, {"expression": "C * x", "inputs": {"names": ["x"], "values": [1.0]},
+            "params": {"C": 2.0},
+            "scenarios": {"shifts": {"D": {"type": "absolute", "values": [1]}}}},
+     "neither a parameter nor an input of the expression; its parameters are: C"),
+    (SCEN, {"expression": "log(C * x)", "inputs": {"names": ["x"], "values": [1.0]},
+            "params": {"C": 2.0}, "scenarios": {"list": [{"C": -3.0}]}},
+     "the expression gave a non-finite value for sample 0 under scenario 0"),
+    ("/v1/expressions/sensitivities",
+     {"expression": "C * x", "inputs": {"names": ["x"], "values": [1.0]},
+      "params": {"C": 2.0}, "wrt": ["D"]}, "of the expression; its parameters are: C"),
+])
+async def test_messages_name_the_expression_not_the_services_id_for_it(
+        client: httpx.AsyncClient, route: str, body: dict[str, Any], needle: str) -> None:
+    r = await client.post(route, json=body)
+    detail = assert_problem(r, 422, needle)["detail"]
+    assert "expression-" not in detail and "routine" not in detail, detail

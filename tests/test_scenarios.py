@@ -273,7 +273,8 @@ HUGE = 10**400  # an integer no float holds
     ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": ["r", "r"]}, ["'r' more than once"]),
     ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": []}, ["wrt is empty"]),
     # with it, an empty wrt is refused as /sensitivities refuses it, not taken as absent
-    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": [], "explain": True}, ["wrt is empty"]),
+    ({"scenarios": {"list": [{"r": 0.01}]}, "wrt": [], "explain": True},
+     ["wrt is empty", "omit wrt to explain it by the shifted factors (r)"]),
 ])
 async def test_what_no_request_could_mean_is_a_422(
         client: httpx.AsyncClient, body: dict[str, object], words: list[str]) -> None:

@@ -109,8 +109,9 @@ class Asked:
 
 def _check_unexplained_query(query: Mapping[str, str]) -> None:
     """Without the explain no derivative is taken: a strategy (other than the default) or a
-    bump setting would go unused, and is refused as the body's wrt and order are (they were
-    taken and ignored, a misspelt strategy included)."""
+    bump setting would go unused, and is refused (they were taken and ignored, a misspelt
+    strategy included). The body's wrt, order and cross are checked, not refused: one body
+    may serve /sensitivities and /scenarios (scenarios.check_unexplained_options)."""
     given = [k for k in ("strategy", *BUMP_OPTIONS) if k in query
              and not (k == "strategy" and query[k] == "auto")]
     if given:
@@ -137,7 +138,11 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
     # before the explain's wrt, which defaults to the factors: an unknown one is the shift's
     scenarios.check_factors(evaluate.routine, expanded)
     base = evaluate
-    if document.explain:  # wrt defaults to the shifted factors (an empty one is refused)
+    if document.explain and document.wrt == []:
+        raise InvalidRequest(
+            "wrt is empty; name the parameters or inputs to explain the P&L by, or omit wrt "
+            f"to explain it by the shifted factors ({', '.join(_factors(spec))})")
+    if document.explain:  # wrt defaults to the shifted factors
         base = engine.prepare(with_query(Request(
             JobKind.SENSITIVITIES, target, inputs, document.params,
             wrt=_factors(spec) if document.wrt is None else document.wrt,

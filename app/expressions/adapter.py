@@ -303,5 +303,6 @@ def _adapted(
         fn=fn,
         operations=operations,
         source=source,  # what a build process makes it again from (rebuild)
+        title="the expression",  # its name is the service's, not the caller's
     )
     return ExpressionRoutine(text, routine)

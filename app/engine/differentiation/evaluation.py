@@ -28,17 +28,17 @@ def _as_outputs(routine: Routine, out: Any, batch_shape: tuple[int, ...]) -> Ten
     if isinstance(out, (tuple, list)):
         if len(out) != m or not all(isinstance(o, Tensor) for o in out):
             raise RoutineFailed(
-                f"routine {routine.name} returned {len(out)} values; it declares {m} outputs"
+                f"{routine.called} returned {len(out)} values; it declares {m} outputs"
             )
         return torch.stack(list(out), dim=-1)
     if not isinstance(out, Tensor):
-        raise RoutineFailed(f"routine {routine.name} returned {type(out).__name__}, not a tensor")
+        raise RoutineFailed(f"{routine.called} returned {type(out).__name__}, not a tensor")
     if out.shape == (*batch_shape, m):
         return out
     if m == 1 and out.shape == batch_shape:
         return out.unsqueeze(-1)
     raise RoutineFailed(
-        f"routine {routine.name} returned shape {tuple(out.shape)}; expected "
+        f"{routine.called} returned shape {tuple(out.shape)}; expected "
         f"{(*batch_shape, m)} for its {m} outputs"
     )
 

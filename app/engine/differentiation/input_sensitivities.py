@@ -60,6 +60,7 @@ def derived(routine: Routine, features: tuple[str, ...]) -> Routine:
         fn=with_features,
         vectorized=routine.vectorized,
         compile=routine.compile,
+        title=routine.title,
     )
     _ORIGINS[made] = (routine, features)
     return made

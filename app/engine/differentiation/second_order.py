@@ -114,7 +114,7 @@ def _batch_jacfwd2(problem: Problem, cross: bool) -> Derivatives:
     parameters (the Jacobian with respect to a scalar is shaped like the values)."""
     if any(v.dim() for v in problem.params.values()):
         raise InvalidRequest(
-            f"jacfwd at order 2 on the vectorized routine {problem.routine.name} takes shared "
+            f"jacfwd at order 2 on the vectorized {problem.routine.called} takes shared "
             "parameters only; use strategy=forward")
     argnums = tuple(range(len(problem.wrt)))
 

@@ -84,7 +84,7 @@ class Pricing:
             what = f"strategy {strategy}" if strategy else "evaluation"
             second = pairs(job)
             raise CostExceeded(
-                f"{what} of routine {job.routine.name} at N = {job.n} with {passes(job)} "
+                f"{what} of {job.routine.called} at N = {job.n} with {passes(job)} "
                 "parameter(s)"
                 f"{f' and {second} second-order pair(s)' if second else ''} is "
                 f"estimated at {cost:.3g} s of device time{how}, over the limit of "
@@ -141,7 +141,7 @@ class Pricing:
         retry_s = self._compiled.typical_build_s()
         metrics.REJECTIONS.labels("cost").inc()
         raise GraphBuilding(
-            f"strategy {strategy} of routine {routine.name} at N = {job.n} is estimated at "
+            f"strategy {strategy} of {routine.called} at N = {job.n} is estimated at "
             f"{eager:.3g} s of device time in eager forward mode, over the limit of "
             f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); a compiled graph for it is "
             f"being built (about {retry_s:.0f} s): retry then, when it is priced at the "

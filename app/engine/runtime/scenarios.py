@@ -134,7 +134,7 @@ def check_factors(routine: Routine, scenarios: list[Scenario]) -> None:
     if unknown:
         raise InvalidRequest(
             f"scenarios shift {listed(unknown, quoted=True)}, neither a parameter nor an input "
-            f"of routine {routine.name}; its parameters are: {', '.join(routine.param_names)}; "
+            f"of {routine.called}; its parameters are: {', '.join(routine.param_names)}; "
             f"its inputs are: {', '.join(routine.inputs)}")
 
 
@@ -344,9 +344,9 @@ def _in_scenario_terms(plan: ScenarioPlan, exc: NonFinite) -> RoutineFailed:
     shifts = {name: float(v[i]) if isinstance(v, np.ndarray) else v
               for name, v in plan.absolute[scenario].items()}
     return RoutineFailed(
-        f"routine {plan.base.routine.name} gave a non-finite {exc.what} for sample {i} under "
+        f"{plan.base.routine.called} gave a non-finite {exc.what} for sample {i} under "
         f"scenario {scenario} (absolute shifts {shifts}); use smaller shifts, or keep the "
-        "shifted values inside the routine's domain")
+        "shifted values inside its domain")
 
 
 def _taylor(plan: ScenarioPlan, base: JobResult,

@@ -204,7 +204,7 @@ def checked_params(routine: Routine, given: Mapping[str, ParamValue], n: int,
     unknown = sorted(set(given) - set(routine.param_names))
     if unknown:
         raise InvalidRequest(
-            f"routine {routine.name} has no parameter {listed(unknown, quoted=True)}; "
+            f"{routine.called} has no parameter {listed(unknown, quoted=True)}; "
             f"its parameters are: {', '.join(routine.param_names)}"
         )
     values: dict[str, float | np.ndarray] = {}
@@ -241,7 +241,7 @@ def checked_wrt(routine: Routine, wrt: Sequence[str] | None) -> tuple[str, ...]:
     if unknown:
         raise InvalidRequest(
             f"wrt names {listed(unknown, quoted=True)}, neither a parameter nor an input "
-            f"of routine {routine.name}; its parameters are: "
+            f"of {routine.called}; its parameters are: "
             f"{', '.join(routine.param_names)}; its inputs are: {', '.join(routine.inputs)}"
         )
     if len(set(wrt)) != len(wrt):
@@ -259,7 +259,7 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
         a = a.reshape(-1, 1)
     elif a.ndim == 1 and a.shape[0] > 0:
         raise InvalidRequest(
-            f"routine {routine.name} takes {d} features per sample "
+            f"{routine.called} takes {d} features per sample "
             f"({', '.join(routine.inputs)}); send inputs as a list of rows of {d} numbers"
         )
     n = int(a.shape[0])
@@ -268,7 +268,7 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
     if a.ndim != 2 or a.shape[1] != d:
         got = a.shape[1] if a.ndim == 2 else f"shape {tuple(a.shape)}"
         raise InvalidRequest(
-            f"routine {routine.name} takes {d} features per sample "
+            f"{routine.called} takes {d} feature{'s' if d > 1 else ''} per sample "
             f"({', '.join(routine.inputs)}); inputs rows have {got}"
         )
     if n > max_samples:
