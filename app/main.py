@@ -186,7 +186,9 @@ def create_app(settings: Settings | None = None) -> Service:
         if s.host_allocator_cache:
             cache_host_allocations()
         _tune_gc(s.gc_threshold)
-        queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3)
+        # a job priced over two slices runs alone, in slices, light work between them
+        queue = JobQueue(s.max_queue_samples, s.max_batch_samples, s.max_delay_ms / 1e3,
+                         heavy_cost_s=2 * s.slice_ms / 1e3)
         compiled: CompiledForward | None = None
         if cache_dir is not None:
             builder = ProcessBuilder(cache_dir,

@@ -352,6 +352,34 @@ def test_what_one_launch_cannot_hold_goes_to_the_heavy_lane() -> None:
     assert not queue.heavy(job(REVERSE_CHUNK + 1, 1, "forward"))
 
 
+def test_a_job_priced_over_two_slices_goes_to_the_heavy_lane_and_runs_in_slices() -> None:
+    """A launch that fits every sample bound can still take seconds (262,144 samples of
+    logistic_rk4 eagerly: 9 s in one launch, light requests waiting behind it): priced
+    over the queue's bound it runs alone, its eager launches about a slice each by price."""
+    import torch
+
+    from app.engine import JobKind
+    from app.engine.runtime.batching import JobQueue
+    from app.engine.runtime.executor import Executor, _chunk
+    from app.engine.runtime.jobs import Job
+    from routines import discover
+
+    queue = JobQueue(10**7, 262_144, 0.002, heavy_cost_s=0.1)
+    linear = discover()["linear"]
+
+    def job(n: int, cost_s: float) -> Job:
+        made = Job(JobKind.SENSITIVITIES, linear, torch.zeros(n, 1, dtype=torch.float64),
+                   {"C": 1.0}, ("C",), "forward", torch.float64)
+        made.cost_s = cost_s
+        return made
+
+    assert queue.heavy(job(100_000, 3.0)) and not queue.heavy(job(100_000, 0.05))
+    ex = Executor(torch.device("cpu"), 262_144, None, 0.05)
+    assert _chunk(job(100_000, 3.0), ex, sliced=True) == 100_000 * 0.05 // 3.0  # 60 slices
+    assert _chunk(job(100_000, 3.0), ex) == 262_144  # drained whole: no slices to serve
+    assert _chunk(job(100_000, 0.01), ex, sliced=True) == 262_144  # within a slice
+
+
 def test_a_heavy_job_its_deadline_cannot_hold_is_not_told_to_retry() -> None:
     """Behind heavy work, a job that its deadline leaves no time for is a 503 to retry only
     if it would fit alone; one priced over its deadline alone is a 422 saying to raise
@@ -381,7 +409,11 @@ def test_a_heavy_job_its_deadline_cannot_hold_is_not_told_to_retry() -> None:
     queue.put(first)
     queue.withdraw(first)
     queue._heavy_cost += 1e-17  # what adding and taking back 0.1, 0.2, 0.7 can leave
-    queue.put(job(5.0, 0.3))  # nothing ahead: admitted (stopped at its deadline if it runs)
+    # priced over its deadline even alone: no wait would help (it was admitted, then cut at
+    # its deadline with a 504 after that much device time)
+    with pytest.raises(CostExceeded, match=r"estimated at 5.00 s .*leaves \(0\.\d\d s\): raise"):
+        queue.put(job(5.0, 0.3))
+    queue.put(job(5.0, 60))  # nothing ahead, and it fits: admitted
     with pytest.raises(CostExceeded, match=r"estimated at 2.00 s .* raise timeout_ms"):
         queue.put(job(2.0, 1.0))  # 5 s ahead, and over its 1 s alone
     with pytest.raises(QueueFull, match="retry after a short wait"):

@@ -29,10 +29,12 @@ class JobQueue:
     """A FIFO in two lanes (light and heavy, see the module docstring), bounded in samples,
     and in the heavy lane by the work queued ahead of a job against its deadline."""
 
-    def __init__(self, max_samples: int, max_batch_samples: int, max_delay_s: float):
+    def __init__(self, max_samples: int, max_batch_samples: int, max_delay_s: float,
+                 heavy_cost_s: float = math.inf):
         self.max_samples = max_samples
         self.max_batch_samples = max_batch_samples
         self.max_delay_s = max_delay_s
+        self.heavy_cost_s = heavy_cost_s
         self._light: deque[Job] = deque()
         self._heavy: deque[Job] = deque()
         self._samples = 0
@@ -46,11 +48,14 @@ class JobQueue:
         return self._closed
 
     def heavy(self, job: Job) -> bool:
-        """Run alone and in slices: unbatchable, larger than a launch, or larger than what
-        one launch may hold in memory (second derivatives, reverse mode:
-        executor.memory_chunk), so that the worker can stop them at their deadline or when
-        they overrun their price."""
-        if batch_key(job) is None or job.n > self.max_batch_samples:
+        """Run alone and in slices: unbatchable, larger than a launch, larger than what one
+        launch may hold in memory (second derivatives, reverse mode: executor.memory_chunk),
+        or priced over ``heavy_cost_s`` (a launch of a slow routine that fits the sample
+        bounds: 262,144 samples of logistic_rk4 ran 9 s in one launch, light requests
+        waiting behind it), so that the worker can serve light work between slices and stop
+        them at their deadline or when they overrun their price."""
+        if batch_key(job) is None or job.n > self.max_batch_samples \
+                or job.cost_s > self.heavy_cost_s:
             return True
         bound = memory_chunk(job)
         return bound is not None and job.n > bound
@@ -66,13 +71,13 @@ class JobQueue:
         left = math.inf if job.deadline is None else job.deadline - time.perf_counter()
         if ahead < 1e-6:  # nothing ahead but the running total's rounding, left by jobs gone
             self._heavy_cost = ahead = 0.0
-        if ahead > 0 and job.cost_s > left:  # no wait would make it fit: not a retry
+        if job.cost_s > left:  # no wait would make it fit, even alone: not a retry
             metrics.REJECTIONS.labels("cost").inc()
+            behind = f", behind {ahead:.2g} s of heavy jobs ahead of it" if ahead > 0 else ""
             raise CostExceeded(
                 f"this job is estimated at {job.cost_s:.2f} s of device time, more than its "
-                f"deadline leaves ({max(left, 0):.2f} s, behind {ahead:.2g} s of heavy jobs "
-                "ahead of it): raise timeout_ms (at most DYDC_REQUEST_TIMEOUT_MS), send fewer "
-                "samples, or use a cheaper strategy")
+                f"deadline leaves ({max(left, 0):.2f} s{behind}): raise timeout_ms (at most "
+                "DYDC_REQUEST_TIMEOUT_MS), send fewer samples, or use a cheaper strategy")
         if ahead > 0 and ahead + job.cost_s > left:
             metrics.REJECTIONS.labels("queue_full").inc()
             raise QueueFull(

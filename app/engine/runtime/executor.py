@@ -142,7 +142,7 @@ def _translated(job: Job) -> Iterator[None]:
                              f"{job.routine.name}: {exc}".split("\n")[0] + hint) from exc
     except Exception as exc:
         raise RoutineFailed(
-            f"routine {job.routine.name} failed under strategy {job.strategy or 'evaluate'}: "
+            f"{job.routine.called} failed under strategy {job.strategy or 'evaluate'}: "
             f"{type(exc).__name__}: {exc}".split("\n")[0]
         ) from exc
 
@@ -215,7 +215,7 @@ def memory_chunk(job: Job) -> int | None:
     return None
 
 
-def _chunk(job: Job, ex: Executor) -> int:
+def _chunk(job: Job, ex: Executor, sliced: bool = False) -> int:
     """Samples per launch: DYDC_MAX_BATCH_SAMPLES, or the whole job where a compiled graph on
     the CPU serves its kind and, at the rate its launches took so far, runs it within
     ``ex.whole_s`` (a heavy job's slice): chunks would only add a copy of every output to join
@@ -224,6 +224,8 @@ def _chunk(job: Job, ex: Executor) -> int:
     :func:`memory_chunk`."""
     bound = memory_chunk(job)
     eager = ex.chunk if bound is None else min(ex.chunk, bound)  # without a graph
+    if sliced and job.cost_s > ex.whole_s > 0:  # eager launches of about a slice, by price
+        eager = min(eager, max(1, int(job.n * ex.whole_s / job.cost_s)))
     if job.n <= eager:
         return ex.chunk
     seconds = None  # a compiled graph's rate for the job's kind, once it has one
@@ -242,12 +244,13 @@ def _chunk(job: Job, ex: Executor) -> int:
     return job.n if 0 < seconds <= ex.whole_s else ex.chunk
 
 
-def _chunks(job: Job, ex: Executor) -> Generator[float, None, _Output]:
-    """A request larger than a launch runs in chunks, yielding the fraction done after each;
+def _chunks(job: Job, ex: Executor, sliced: bool = False) -> Generator[float, None, _Output]:
+    """A request larger than a launch runs in chunks, yielding the fraction done after each
+    (``sliced``: a heavy job, whose eager chunks are also priced at about a slice each);
     CUDA running out of memory halves the chunk and retries, down to one sample, before the
     request is refused."""
     parts: list[_Output] = []
-    start, chunk = 0, _chunk(job, ex)
+    start, chunk = 0, _chunk(job, ex, sliced)
     while start < job.n:
         size = min(chunk, job.n - start)
         try:
@@ -333,9 +336,9 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
                 f"{', '.join(job.wrt)}) makes the others so too: ask for one wrt at a time "
                 "to see which" if together else "")
         raise NonFinite(
-            f"routine {job.routine.name} gave a non-finite {name} for sample {i} "
+            f"{job.routine.called} gave a non-finite {name} for sample {i} "
             f"(inputs {sample}, params {params}); check that the inputs and parameters "
-            f"are inside the routine's domain{hint}", i, name)
+            f"are inside its domain{hint}", i, name)
 
 
 def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str | None,
@@ -394,7 +397,7 @@ class Executor:
         if strategy is not None and strategy.steps is not None and job.order == 1:
             out = yield from _steps(job, self.device, slice_s)
         else:
-            out = yield from _chunks(job, self)
+            out = yield from _chunks(job, self, sliced=True)
         return _result(job, out.values, out.derivatives, out.strategy, self.device, started,
                        time.perf_counter())
 
