@@ -203,6 +203,10 @@ async def test_a_disabled_strategy_is_refused(make_client: ClientFactory) -> Non
         assert listed["forward"] is True and listed["auto"] is True
         ok = await c.post(SENS.format("linear") + "?strategy=vmap-grad", json={"inputs": [2]})
         assert ok.json()["derivatives"] == {"C": [2.0]}
+        # the check runs finite differences, turned off here too (it had run them)
+        r = await c.post(SENS.format("linear") + "?check=finite-difference", json={"inputs": [1]})
+        assert r.status_code == 422 and r.json()["type"] == "urn:dydc:problem:strategy-disabled"
+        assert "check=finite-difference" in r.json()["detail"]
 
 
 async def test_auto_runs_only_what_the_allow_list_serves(make_client: ClientFactory) -> None:

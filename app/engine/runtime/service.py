@@ -24,7 +24,7 @@ from app.engine.differentiation.bumping import Bump
 from app.engine.differentiation.capabilities import supports_order2, supports_per_sample
 from app.engine.differentiation.checking import Check, differences
 from app.engine.differentiation.strategies import STRATEGIES, Strategy
-from app.engine.errors import DeadlineExceeded, UnknownRoutine
+from app.engine.errors import DeadlineExceeded, StrategyDisabled, UnknownRoutine
 from app.engine.runtime.admission import CostModel
 from app.engine.runtime.comparison import Comparison, compare
 from app.engine.runtime.jobs import Job, JobKind, JobResult
@@ -143,6 +143,11 @@ class Engine:
             cross=request.cross if sensitivities else False,
             check=request.check if sensitivities else None,
         )
+        if job.check == "finite-difference" and job.check not in self.limits.enabled \
+                and not request.any_strategy:
+            raise StrategyDisabled(
+                "check=finite-difference runs finite differences, which are turned off on "
+                "this server (DYDC_STRATEGIES); leave the check out")
         if chosen is not None:
             job = beyond_first(routine, chosen, job, request.bump)
         job.cost_s = (self.pricing.estimate(job, chosen) if request.any_strategy
