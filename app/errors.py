@@ -137,6 +137,24 @@ class ProblemDetails:
     headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # v1 problem members (``errors``)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", capped(self.detail))
+
+
+# What a problem's detail may hold: a message quotes what the request named (a wrt entry, a
+# parameter, a dtype, a strategy), and one name of a megabyte had come back whole, a body of
+# 64 MiB making an error as large. Our own words are a few hundred characters.
+DETAIL_AT_MOST = 2048
+
+
+def capped(text: str, at_most: int = DETAIL_AT_MOST) -> str:
+    """``text``, or its beginning and its end (where a message says what to change) with the
+    middle left out and counted."""
+    if len(text) <= at_most:
+        return text
+    head, tail = at_most * 2 // 3, at_most // 3
+    return f"{text[:head]} ... ({len(text) - head - tail} characters left out) ... {text[-tail:]}"
+
 
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body") or "body"
@@ -159,7 +177,7 @@ def problem_of(exc: BaseException, method: str = "", path: str = "") -> ProblemD
                 return ProblemDetails(status, exc.message, slug, headers)
     if isinstance(exc, (RequestValidationError, ValidationError)):
         found = exc.errors()
-        errors = [{"loc": _location(tuple(e["loc"])), "msg": e["msg"]}
+        errors = [{"loc": capped(_location(tuple(e["loc"])), 256), "msg": capped(e["msg"], 512)}
                   for e in found[:_ERRORS_AT_MOST]]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
         if len(found) > len(errors):

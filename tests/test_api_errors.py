@@ -157,6 +157,30 @@ async def test_an_error_echoes_at_most_ten_names(client: httpx.AsyncClient, wrt:
     assert len(r.content) < 1000
 
 
+LONG = "a" * 200_000
+
+
+@pytest.mark.parametrize(("path", "body", "closing"), [
+    (SENS.format("linear"), {"inputs": [1], "wrt": [LONG]}, "parameters are: C"),
+    (SENS.format("linear"), {"inputs": [1], "params": {LONG: 1}}, "parameters are: C"),
+    (SENS.format("linear"), {"inputs": [1], "dtype": LONG}, "float64 or float32"),
+    ("/v2/models/linear/infer", {"inputs": [
+        {"name": LONG, "datatype": "FP64", "shape": [1], "data": [1]}]}, "[N, 1]"),
+    ("/v2/models/linear/infer", {"inputs": [
+        {"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}],
+        "parameters": {"strategy": LONG}}, "finite-difference"),
+], ids=["wrt", "param", "dtype", "v2-input", "v2-strategy"])
+async def test_an_error_echoes_a_long_name_cut(client: httpx.AsyncClient, path: str,
+                                               body: dict[str, object], closing: str) -> None:
+    """One name of 200,000 characters had come back whole in the error (a 64 MiB body could
+    make an error as large): the detail keeps its beginning and its end, where it says what
+    to change."""
+    r = await client.post(path, json=body)
+    assert r.status_code in (400, 422) and len(r.content) < 3000, len(r.content)
+    detail = r.json().get("detail") or r.json()["error"]
+    assert "characters left out" in detail and closing in detail, detail
+
+
 async def test_large_answers_are_checked_exactly_for_non_finite_values(
         client: httpx.AsyncClient) -> None:
     """A large answer's finiteness is tried by its sum first: values whose sum overflows are
