@@ -121,6 +121,17 @@ async def test_a_misspelt_query_option_is_refused_not_ignored(
     assert_problem(await client.post(url, json=body), 422, "unknown query option", *needles)
 
 
+@pytest.mark.parametrize("query", ["?strategy=auto&strategy=jacrev",
+                                   "?shift=1e-6&strategy=finite-difference&shift=1e-3"])
+async def test_a_query_option_given_twice_is_refused(client: httpx.AsyncClient,
+                                                     query: str) -> None:
+    """The last had won silently (?strategy=auto&strategy=jacrev ran jacrev), where a JSON key
+    given twice is refused as ambiguous."""
+    r = await client.post(SENS.format("linear") + query, json={"inputs": [1.0]})
+    name = query[1:].split("=")[0]
+    assert_problem(r, 422, f"the query gives '{name}' more than once", "give each option once")
+
+
 async def test_options_a_route_takes_or_ignores_are_accepted(client: httpx.AsyncClient) -> None:
     for url in (SENS.format("linear") + "?strategy=forward&timeout_ms=5000",
                 "/v1/routines/linear/evaluate?strategy=forward&timeout_ms=5000",

@@ -203,9 +203,16 @@ _IGNORED_QUERY = frozenset({"strategy"})
 
 
 def _check_query(query: QueryParams, known: frozenset[str] | None) -> None:
-    """An option the route does not take is refused, naming the closest it does."""
+    """An option the route does not take is refused, naming the closest it does; so is one
+    given twice (the last had won silently, as a JSON key given twice would)."""
     if known is None or not query:
         return
+    if len(query) != len(query.multi_items()):
+        names = [name for name, _ in query.multi_items()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise InvalidRequest(
+            f"the query gives {listed(twice, quoted=True)} more than once; give each option "
+            "once (which one was meant is ambiguous)")
     unknown = [name for name in query if name not in known and name not in _IGNORED_QUERY]
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
