@@ -137,3 +137,15 @@ async def test_a_text_log_line_cannot_be_forged_from_the_path_or_the_id(
     assert line.count('"') == 2 + forged.count('"') + 1  # the path's quotes and the id's
     assert ' a\\"b "GET /v1/routines/x\\x0a2026-12-06T00:00:00.000Z forged \\"GET /admin\\" ' \
         '200\\x1b[31m\\x00\\\\" 404 ' in line
+
+
+async def test_a_not_ready_answer_carries_its_instance(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz's 503 is a problem like every other, with the request's id as instance."""
+    from app.engine.runtime.service import Engine
+
+    monkeypatch.setattr(Engine, "readiness", lambda self: "warming up on cpu")
+    r = await client.get("/readyz", headers={"X-Request-ID": "ready-probe-1"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["detail"] == "warming up on cpu"
+    assert r.json()["instance"] == "urn:dydc:request:ready-probe-1"

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import Response
 
 from app import metrics
 from app.api.deps import EngineDep
-from app.errors import ProblemDetails, problem_response
+from app.errors import ProblemDetails, problem_response, with_instance
 
 __all__ = ["router"]
 
@@ -31,11 +31,13 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {
 
 @router.head("/readyz", operation_id="readyz_head", responses=_NOT_READY)
 @router.get("/readyz", responses=_NOT_READY)
-async def readyz(engine: EngineDep) -> Response:
-    """200 once the device worker is up and warm; 503 with the reason otherwise."""
+async def readyz(engine: EngineDep, request: Request) -> Response:
+    """200 once the device worker is up and warm; 503 with the reason otherwise (with the
+    request's id as ``instance``, as every problem)."""
     reason = engine.readiness()
     if reason is not None:
-        return problem_response(ProblemDetails(503, reason, "not-ready", {"Retry-After": "1"}))
+        return problem_response(with_instance(
+            ProblemDetails(503, reason, "not-ready", {"Retry-After": "1"}), request.scope))
     devices = ",".join(str(d) for d in engine.devices)
     return Response(b'{"status":"ready","device":"%s"}' % devices.encode(),
                     media_type="application/json")
