@@ -27,6 +27,10 @@ class Function:
     arity: int
     apply: Callable[..., Tensor]
     description: str
+    # a point of its domain where it and its derivatives are finite, for a function with a
+    # singular point (or one that overflows): inside a branch of where, the samples the
+    # branch does not serve take it (app.expressions.interpreter.Scope.guarded)
+    safe: float | None = None
 
     @property
     def signature(self) -> str:
@@ -57,20 +61,20 @@ def _where(condition: Tensor, a: Tensor, b: Tensor) -> Tensor:
 FUNCTIONS: dict[str, Function] = {
     f.name: f
     for f in (
-        Function("exp", 1, torch.exp, "e to the power x"),
-        Function("log", 1, torch.log, "natural logarithm"),
-        Function("log1p", 1, torch.log1p, "log(1 + x), accurate near 0"),
-        Function("expm1", 1, torch.expm1, "exp(x) - 1, accurate near 0"),
-        Function("sqrt", 1, torch.sqrt, "square root"),
+        Function("exp", 1, torch.exp, "e to the power x", 0.0),
+        Function("log", 1, torch.log, "natural logarithm", 1.0),
+        Function("log1p", 1, torch.log1p, "log(1 + x), accurate near 0", 0.0),
+        Function("expm1", 1, torch.expm1, "exp(x) - 1, accurate near 0", 0.0),
+        Function("sqrt", 1, torch.sqrt, "square root", 1.0),
         Function("abs", 1, torch.abs, "absolute value"),
         Function("sin", 1, torch.sin, "sine (radians)"),
         Function("cos", 1, torch.cos, "cosine (radians)"),
-        Function("tan", 1, torch.tan, "tangent (radians)"),
+        Function("tan", 1, torch.tan, "tangent (radians)", 0.0),
         Function("tanh", 1, torch.tanh, "hyperbolic tangent"),
-        Function("sinh", 1, torch.sinh, "hyperbolic sine"),
-        Function("cosh", 1, torch.cosh, "hyperbolic cosine"),
-        Function("arcsin", 1, torch.asin, "inverse sine"),
-        Function("arccos", 1, torch.acos, "inverse cosine"),
+        Function("sinh", 1, torch.sinh, "hyperbolic sine", 0.0),
+        Function("cosh", 1, torch.cosh, "hyperbolic cosine", 0.0),
+        Function("arcsin", 1, torch.asin, "inverse sine", 0.0),
+        Function("arccos", 1, torch.acos, "inverse cosine", 0.0),
         Function("arctan", 1, torch.atan, "inverse tangent"),
         Function("sigmoid", 1, torch.sigmoid, "1 / (1 + exp(-x))"),
         Function("softplus", 1, _softplus, "log(1 + exp(x)), without overflow"),
@@ -78,10 +82,10 @@ FUNCTIONS: dict[str, Function] = {
         Function("erfc", 1, torch.special.erfc, "1 - erf(x), accurate for large x"),
         Function("ndtr", 1, normal_cdf, "standard normal cumulative distribution"),
         Function("norm_pdf", 1, _norm_pdf, "standard normal density exp(-x**2 / 2) / sqrt(2 pi)"),
-        Function("gammaln", 1, torch.special.gammaln, "log |Gamma(x)|"),
+        Function("gammaln", 1, torch.special.gammaln, "log |Gamma(x)|", 1.0),
         Function("min", 2, torch.minimum, "the smaller of a and b"),
         Function("max", 2, torch.maximum, "the larger of a and b"),
-        Function("pow", 2, torch.pow, "a to the power b (as a ** b)"),
+        Function("pow", 2, torch.pow, "a to the power b (as a ** b)", 1.0),
         Function("clamp", 3, _clamp, "x limited to [low, high]: min(max(x, low), high)"),
         Function(
             "where",

@@ -33,19 +33,32 @@ _BINARY: dict[str, Callable[[Value, Value], Value]] = {
 
 
 class Scope:
-    """The values of the names for one call, and the dtype and device literals take."""
+    """The values of the names for one call, the dtype and device literals take, and, inside
+    a branch of ``where``, the samples whose value of that branch is not used (``unused``)."""
 
-    __slots__ = ("device", "dtype", "values")
+    __slots__ = ("device", "dtype", "unused", "values")
 
     def __init__(self, values: dict[str, Tensor], like: Tensor) -> None:
         self.values = values
         self.dtype = like.dtype
         self.device = like.device
+        self.unused: Tensor | None = None
 
     def tensor(self, value: Value) -> Tensor:
         if isinstance(value, Tensor):
             return value
         return torch.full((), value, dtype=self.dtype, device=self.device)
+
+    def guarded(self, value: Value, safe: float) -> Value:
+        """``value``, with ``safe`` (a point where the operation about to take it is finite,
+        with finite derivatives) for the samples whose result is not used. ``where(x != 0,
+        C / x, C)`` at x = 0: the branch not taken is inf there, and reverse mode multiplies
+        its zero gradient by the inf of 1/x, so NaN reached dy/dC; forward mode selects
+        tangents and never saw it. The double-where of JAX's FAQ, applied by the
+        interpreter at each operation that has a singular point."""
+        if self.unused is None or not isinstance(value, Tensor):
+            return value
+        return torch.where(self.unused, safe, value)
 
 
 Evaluator = Callable[[Scope], Value]
@@ -63,26 +76,35 @@ def interpret(node: Node) -> Evaluator:
             return lambda scope: -inner(scope)
         case Binary():
             first, rest = chain(node)
-            return _binary(interpret(first), [(_BINARY[op], interpret(r)) for op, r in rest])
+            return _binary(interpret(first), [(op, interpret(r)) for op, r in rest])
         case Comparison(ops, operands):
             return _comparison([COMPARISONS[op] for op in ops], [interpret(o) for o in operands])
+        case Call("where", [condition, a, b]):
+            return _where(interpret(condition), interpret(a), interpret(b))
         case Call(function, args):
-            return _call(FUNCTIONS[function].apply, [interpret(a) for a in args])
+            f = FUNCTIONS[function]
+            return _call(f.apply, [interpret(a) for a in args], f.safe)
 
 
-def _binary(
-    first: Evaluator, rest: list[tuple[Callable[[Value, Value], Value], Evaluator]]
-) -> Evaluator:
+# Operators with a singular point, guarded in a branch of where (Scope.guarded): a / b at
+# b = 0, a ** b at a <= 0 (and overflow), both operands made 1 where unused
+_SINGULAR = frozenset({"/", "**"})
+
+
+def _binary(first: Evaluator, rest: list[tuple[str, Evaluator]]) -> Evaluator:
     """``first``, then each operator and its operand, left to right: a run of + - (or * /)
     is one closure that loops, where a closure per operator calling the next would recurse as
     deep as the run, when run and when traced by torch.compile."""
+    steps = [(_BINARY[symbol], symbol in _SINGULAR, right) for symbol, right in rest]
 
     def binary(scope: Scope) -> Value:
         a = first(scope)
-        for op, right in rest:
+        for op, singular, right in steps:
             b = right(scope)
             if not isinstance(a, Tensor) and not isinstance(b, Tensor):
                 a = scope.tensor(a)
+            if singular and scope.unused is not None:
+                a, b = scope.guarded(a, 1.0), scope.guarded(b, 1.0)
             a = op(a, b)
         return a
 
@@ -102,8 +124,34 @@ def _comparison(
     return comparison
 
 
-def _call(apply: Callable[..., Tensor], args: list[Evaluator]) -> Evaluator:
-    def call(scope: Scope) -> Value:
-        return apply(*(scope.tensor(a(scope)) for a in args))
+def _call(apply: Callable[..., Tensor], args: list[Evaluator],
+          safe: float | None) -> Evaluator:
+    """A function of the language; one with a singular point (``safe``: a point of its
+    domain) takes its argument guarded inside a branch of where."""
+    if safe is None:
+        def call(scope: Scope) -> Value:
+            return apply(*(scope.tensor(a(scope)) for a in args))
+    else:
+        def call(scope: Scope) -> Value:
+            return apply(*(scope.tensor(scope.guarded(a(scope), safe)) for a in args))
 
     return call
+
+
+def _where(condition: Evaluator, a: Evaluator, b: Evaluator) -> Evaluator:
+    """``where(condition, a, b)``: each branch evaluated knowing which samples it does not
+    serve (Scope.unused), so that its singular operations are guarded there."""
+
+    def where(scope: Scope) -> Value:
+        test = scope.tensor(condition(scope))
+        outer = scope.unused
+        try:
+            scope.unused = ~test if outer is None else outer | ~test
+            taken = scope.tensor(a(scope))
+            scope.unused = test if outer is None else outer | test
+            other = scope.tensor(b(scope))
+        finally:
+            scope.unused = outer
+        return torch.where(test, taken, other)
+
+    return where
