@@ -132,6 +132,20 @@ async def test_a_query_option_given_twice_is_refused(client: httpx.AsyncClient,
     assert_problem(r, 422, f"the query gives '{name}' more than once", "give each option once")
 
 
+@pytest.mark.parametrize(("wrt", "status"), [
+    ("", 422), ([], 422), ("zzz", 422), (["nope"], 422), (["C", "C"], 422),
+    (["C"], 200), ("C", 200), (["x"], 200)])
+async def test_evaluate_checks_the_wrt_it_does_not_use(client: httpx.AsyncClient,
+                                                       wrt: object, status: int) -> None:
+    """One body serves /evaluate and /sensitivities, so /evaluate takes a wrt; one no request
+    could mean (empty, unknown, repeated) is refused as OpenAPI declares it (schemathesis
+    found them answered 200)."""
+    r = await client.post("/v1/routines/linear/evaluate", json={"inputs": [2.0], "wrt": wrt})
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json()["values"] == [2.0] and "derivatives" not in r.json()
+
+
 async def test_options_a_route_takes_or_ignores_are_accepted(client: httpx.AsyncClient) -> None:
     for url in (SENS.format("linear") + "?strategy=forward&timeout_ms=5000",
                 "/v1/routines/linear/evaluate?strategy=forward&timeout_ms=5000",

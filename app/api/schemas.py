@@ -79,8 +79,8 @@ class EvaluateRequest(BaseModel):
     )
     dtype: str = Field("float64", description="float64 or float32.",
                        json_schema_extra={"enum": ["float64", "float32"]})
-    wrt: Wrt | None = Field(None, description="Ignored by /evaluate; accepted so "
-                                        "that one body serves both endpoints.")
+    wrt: Wrt | None = Field(None, description="Not used by /evaluate, but checked: "
+                                        "accepted so that one body serves both endpoints.")
     order: StrictInt = Field(1, description="Ignored by /evaluate.")
     cross: StrictBool = Field(False, description="Ignored by /evaluate.")
 

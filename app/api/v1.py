@@ -117,6 +117,7 @@ class V1:
         inputs = decode_inputs(document.inputs)
         if not isinstance(document, schemas.SensitivityRequest):
             return Request(self.kind, routine.name, inputs, document.params,
+                           wrt=document.wrt,  # not used, but checked (Engine.prepare)
                            dtype=document.dtype, timeout_ms=_timeout_ms(query))
         return with_query(Request(self.kind, routine.name, inputs, document.params,
                                   wrt=document.wrt, dtype=document.dtype,

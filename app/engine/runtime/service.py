@@ -125,6 +125,10 @@ class Engine:
                   if sensitivities else None)
         dtype = checked_dtype(request.dtype)
         wrt = checked_wrt(routine, request.wrt) if sensitivities else ()
+        if not sensitivities and request.wrt is not None:
+            # evaluated without it (one body serves /evaluate and /sensitivities), but a wrt
+            # no request could mean is refused all the same, as OpenAPI declares it
+            checked_wrt(routine, request.wrt)
         x = checked_inputs(routine, request.inputs, dtype, self.limits.max_samples)
         values = checked_params(routine, request.params, int(x.shape[0]), dtype)
         if chosen is not None:
