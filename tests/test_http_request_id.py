@@ -114,6 +114,25 @@ async def test_json_log_line(make_client: ClientFactory) -> None:
     assert third["bytes_out"] == len(infer.content)
 
 
+async def test_compare_and_scenarios_log_what_ran(make_client: ClientFactory) -> None:
+    """Both had logged n, queue_ms and compute_ms as null (and scenarios no strategy): compare
+    logs its reference's run, scenarios the samples revalued (scenarios x N), its compute and
+    the explain's strategy."""
+    body = {"inputs": [1.0, 2.0, 3.0], "params": {"C": 2.0}}
+    scenarios = {**body, "scenarios": {"list": [{"C": 0.5}, {"C": 1.0}]}, "explain": True}
+    async with make_client(log_format="json") as c:
+        with access_log_lines() as lines:
+            compare = await c.post("/v1/routines/linear/compare", json=body)
+            shifted = await c.post("/v1/routines/linear/scenarios", json=scenarios)
+    assert compare.status_code == shifted.status_code == 200, (compare.text, shifted.text)
+    first, second = (json.loads(line) for line in lines)
+    assert first["n"] == 3 and first["strategy"] == compare.json()["reference"]
+    assert second["n"] == 6 and second["strategy"] == shifted.json()["strategy"] == "forward"
+    assert second["compute_ms"] == shifted.json()["timing_ms"]["compute"]
+    for entry in (first, second):
+        assert entry["queue_ms"] is not None and entry["compute_ms"] is not None, entry
+
+
 async def test_text_log_line(client: httpx.AsyncClient) -> None:
     with access_log_lines() as lines:
         await client.post(SENS + "?timeout_ms=31337", json={"inputs": [1, 2]},

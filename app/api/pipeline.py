@@ -29,7 +29,7 @@ from app.api.bodies import BodyBudget, BodyReader
 from app.api.instrumentation import RequestLabels, record
 from app.config import Settings
 from app.context import record_of
-from app.engine import Engine, Job, JobResult
+from app.engine import Comparison, Engine, Job, JobResult
 from app.engine.errors import InvalidRequest, listed
 from app.errors import CLIENT_CLOSED_REQUEST, ProblemDetails, problem_of, with_instance
 
@@ -243,9 +243,10 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
         if engine.large(decoded.job.n):
             request.serving_large(engine)
         result = await _run(codec, engine, decoded, request.receive)
-        if isinstance(result, JobResult):
-            labels.ran(decoded.job, result)
-            labels.strategy = result.strategy or "none"
+        ran = result.result if isinstance(result, Comparison) else result  # its reference
+        if isinstance(ran, JobResult):  # (a scenarios answer has said what ran: labels.took)
+            labels.ran(decoded.job, ran)
+            labels.strategy = ran.strategy or "none"
         reply = codec.encode(decoded, result, started)
     except ClientDisconnect:
         # gone, or cut by the server's read timeout (a 408 it wrote itself)

@@ -21,6 +21,7 @@ from app.api.answer_size import JSON_NUMBER_BYTES, answer_arrays, echoed_numbers
 from app.api.computation import computation_route
 from app.api.decoding import decode_inputs, parse_document
 from app.api.encoding import array_of, job_fields
+from app.api.instrumentation import RequestLabels
 from app.api.pipeline import Decoded, Incoming, Reply
 from app.api.sensitivity_options import BUMP_OPTIONS, with_query
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
@@ -105,6 +106,7 @@ class Asked:
     totals_only: bool = False
     expression: str | None = None  # a caller's expression: its canonical text
     started: float = 0.0  # when its request began (timing_ms.total counts from here)
+    labels: RequestLabels | None = None  # what the access log and metrics report of it
 
 
 def _check_unexplained_query(query: Mapping[str, str]) -> None:
@@ -210,6 +212,11 @@ class V1Scenarios(V1):
         asked: Asked = decoded.context
         result = await scenarios.run(asked.plan, engine.run)
         plan = asked.plan
+        if asked.labels is not None:  # every sample revalued; the explain's strategy
+            asked.labels.n = plan.shifted.n
+            asked.labels.queue_s, asked.labels.compute_s = result.queue_s, result.compute_s
+            asked.labels.strategy = (result.base.strategy or "none") if plan.explain \
+                else "none"
         if plan.base.n * len(plan.scenarios) >= scenarios.OFF_LOOP_SAMPLES:
             return await asyncio.to_thread(_reply, asked, result)
         return _reply(asked, result)
@@ -239,6 +246,7 @@ def answered(asked: Asked, request: Incoming, started: float) -> Decoded:
     """The request's job, its answer's form read from its Accept, and that answer priced;
     ``started``: when the request began."""
     asked.started = started
+    asked.labels = request.labels
     asked.tensors = tensor_answer.wants_tensors(request.headers)
     _check_answer(asked, request.settings.max_response_bytes)
     return Decoded(asked.plan.shifted, asked)

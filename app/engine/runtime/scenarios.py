@@ -276,6 +276,7 @@ class ScenarioResult:
     gamma_pnl: Tensor | None = None
     unexplained: Tensor | None = None
     compute_s: float = 0.0
+    queue_s: float = 0.0  # the longer of the two jobs' waits in the queue
     # each of pnl and the explain's terms summed over the samples, (S, M): a portfolio's
     totals: dict[str, Tensor] = field(default_factory=dict)
 
@@ -301,7 +302,8 @@ def _outcome(plan: ScenarioPlan, base: JobResult, shifted: JobResult) -> Scenari
     n, s_count = plan.base.n, len(plan.scenarios)
     values = shifted.values.reshape(s_count, n, -1)
     pnl = values - base.values
-    result = ScenarioResult(base, values, pnl, compute_s=base.compute_s + shifted.compute_s)
+    result = ScenarioResult(base, values, pnl, compute_s=base.compute_s + shifted.compute_s,
+                            queue_s=max(base.queue_s, shifted.queue_s))
     if plan.explain:
         result.delta_pnl, result.gamma_pnl = _taylor(plan, base, values.dtype)
         predicted = result.delta_pnl + (result.gamma_pnl if result.gamma_pnl is not None
