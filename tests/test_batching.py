@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,7 +183,15 @@ async def test_expired_deadline_is_504(make_client: ClientFactory,
         late = await c.post(SENS.format("linear") + "?timeout_ms=100", json={"inputs": [2]})
         assert late.status_code == 504, late.text
         assert late.json()["type"] == "urn:dydc:problem:deadline-exceeded"
-        assert "timeout_ms" in late.json()["detail"]
+        # the deadline it was given, then the wait (the wait had been called the deadline)
+        assert re.search(r"deadline \(100 ms\) passed while it waited in the queue "
+                         r"\(\d+ ms\).*raise timeout_ms", late.json()["detail"]), late.text
+        late_v2 = await c.post("/v2/models/linear/infer", json={
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [2.0]}],
+            "parameters": {"timeout": 100_000}})  # microseconds
+        assert late_v2.status_code == 504, late_v2.text
+        assert "deadline (100 ms)" in late_v2.json()["error"]
+        assert "raise parameters.timeout (in microseconds)" in late_v2.json()["error"]
         bad = await c.post(SENS.format("linear") + "?timeout_ms=-5", json={"inputs": [2]})
         assert bad.status_code == 422
         gate.release.set()

@@ -139,11 +139,13 @@ class DeadlineExceeded(EngineError):
     """The request's deadline passed: still queued (dropped unrun), or running (stopped at
     the next slice)."""
 
-    def __init__(self, waited_s: float, *, running: bool = False) -> None:
+    def __init__(self, waited_s: float, *, running: bool = False,
+                 deadline_s: float | None = None) -> None:
+        given = "" if deadline_s is None else f" ({deadline_s * 1e3:.0f} ms)"
         super().__init__(
             f"the request ran past its deadline ({waited_s * 1e3:.0f} ms after it was queued) "
             "and was stopped; raise timeout_ms, send fewer samples, or use a cheaper strategy"
             if running else
-            f"the request waited in the queue for its whole deadline ({waited_s * 1e3:.0f} ms) "
-            "and was not run; retry, or raise timeout_ms"
+            f"the request's deadline{given} passed while it waited in the queue "
+            f"({waited_s * 1e3:.0f} ms) and it was not run; retry, or raise timeout_ms"
         )

@@ -50,7 +50,10 @@ def _status(problem: ProblemDetails) -> int:
 
 
 def error_body(problem: ProblemDetails) -> bytes:
-    return json_bytes({"error": problem.detail})
+    """``{"error"}``, in v2's terms: its deadline is parameters.timeout, in microseconds (the
+    engine's words name v1's timeout_ms)."""
+    return json_bytes({"error": problem.detail.replace(
+        "raise timeout_ms", "raise parameters.timeout (in microseconds)")})
 
 
 def error_response(problem: ProblemDetails) -> Response:

@@ -156,7 +156,7 @@ class JobQueue:
                 self._heavy_cost -= job.cost_s
             if reason == "deadline":
                 metrics.REJECTIONS.labels("deadline").inc()
-                job.resolve(DeadlineExceeded(now - job.enqueued_at))
+                job.resolve(DeadlineExceeded(now - job.enqueued_at, deadline_s=job.timeout_s))
         return None
 
     def _gather(self, batch: list[Job], key: object, samples: int) -> int:

@@ -69,6 +69,11 @@ class Job:
         return bool(features_in(self.routine, self.wrt)) or any(
             isinstance(v, np.ndarray) for v in self.params.values())
 
+    @property
+    def timeout_s(self) -> float | None:
+        """The seconds from its making to its deadline."""
+        return None if self.deadline is None else self.deadline - self.enqueued_at
+
     def stop_reason(self, now: float) -> str | None:
         """Why this job must not run on, read from the worker's thread: ``disconnect`` (its
         request was cancelled), ``answered`` (it already has an answer, such as a shutdown's

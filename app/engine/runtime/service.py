@@ -175,7 +175,8 @@ class Engine:
         progress gets its answer."""
         if not job.future.done() and self.worker.withdraw(job):
             metrics.REJECTIONS.labels("deadline").inc()
-            job.future.set_exception(DeadlineExceeded(time.perf_counter() - job.enqueued_at))
+            job.future.set_exception(DeadlineExceeded(time.perf_counter() - job.enqueued_at,
+                                                          deadline_s=job.timeout_s))
 
     async def run(self, job: Job | Request) -> JobResult:
         """Queue the job and await its answer; a request is prepared first, here (the codecs
