@@ -369,7 +369,7 @@ def test_a_job_priced_over_two_slices_goes_to_the_heavy_lane_and_runs_in_slices(
 
     from app.engine import JobKind
     from app.engine.runtime.batching import JobQueue
-    from app.engine.runtime.executor import Executor, _chunk
+    from app.engine.runtime.executor import PRICED_CHUNK_MIN, Executor, _chunk
     from app.engine.runtime.jobs import Job
     from routines import discover
 
@@ -384,9 +384,13 @@ def test_a_job_priced_over_two_slices_goes_to_the_heavy_lane_and_runs_in_slices(
 
     assert queue.heavy(job(100_000, 3.0)) and not queue.heavy(job(100_000, 0.05))
     ex = Executor(torch.device("cpu"), 262_144, None, 0.05)
-    assert _chunk(job(100_000, 3.0), ex, sliced=True) == 100_000 * 0.05 // 3.0  # 60 slices
+    assert _chunk(job(1_000_000, 3.0), ex, sliced=True) == 1_000_000 * 0.05 // 3.0  # 60
     assert _chunk(job(100_000, 3.0), ex) == 262_144  # drained whole: no slices to serve
     assert _chunk(job(100_000, 0.01), ex, sliced=True) == 262_144  # within a slice
+    # a few thousand samples at least: below, a launch's fixed time is most of it (an
+    # ODE's 40-sample Hessian was cut in launches of 2, each as long as the whole)
+    assert _chunk(job(100_000, 30.0), ex, sliced=True) == PRICED_CHUNK_MIN
+    assert _chunk(job(40, 3.0), ex, sliced=True) == 262_144  # one launch
 
 
 def test_a_heavy_job_its_deadline_cannot_hold_is_not_told_to_retry() -> None:

@@ -215,6 +215,13 @@ def memory_chunk(job: Job) -> int | None:
     return None
 
 
+# The fewest samples a launch is cut to by its price: below a few thousand, a launch's time
+# is mostly its fixed part (Python and torch's overhead per operation, the same for 40 samples
+# as for 4,000), which smaller launches only repeat (an ODE's 40-sample Hessian, priced over a
+# slice, was cut in launches of 2 samples, and stopped as overrunning its price 20 times over).
+PRICED_CHUNK_MIN = 4096
+
+
 def _chunk(job: Job, ex: Executor, sliced: bool = False) -> int:
     """Samples per launch: DYDC_MAX_BATCH_SAMPLES, or the whole job where a compiled graph on
     the CPU serves its kind and, at the rate its launches took so far, runs it within
@@ -225,7 +232,7 @@ def _chunk(job: Job, ex: Executor, sliced: bool = False) -> int:
     bound = memory_chunk(job)
     eager = ex.chunk if bound is None else min(ex.chunk, bound)  # without a graph
     if sliced and job.cost_s > ex.whole_s > 0:  # eager launches of about a slice, by price
-        eager = min(eager, max(1, int(job.n * ex.whole_s / job.cost_s)))
+        eager = min(eager, max(PRICED_CHUNK_MIN, int(job.n * ex.whole_s / job.cost_s)))
     if job.n <= eager:
         return ex.chunk
     seconds = None  # a compiled graph's rate for the job's kind, once it has one
