@@ -65,6 +65,10 @@ ENV PATH=/app/.venv/bin:$PATH \
     DYDC_COMPILE_WARMUP=true \
     DYDC_COMPILE_CACHE_DIR=/var/cache/dydc/compiled \
     DYDC_GRACE_PERIOD_S=30
+# DL3008 (pin apt package versions) is ignored on purpose: Debian's archive keeps only the
+# current version of a package in a release, so a pinned g++ would fail the build at its next
+# security update. The base image's tag (bookworm) fixes the release, and with it g++'s
+# major version.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ \
@@ -85,7 +89,9 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
 # One process: `python -m app` runs one uvicorn server in-process (no --workers: each process
 # would hold its own CUDA contexts; this one runs a device worker per GPU), reads every DYDC_
 # setting, and drains on SIGTERM: readiness turns 503, and requests in flight and queued get
-# their answers within DYDC_GRACE_PERIOD_S (30 s) of the signal. The stop grace periods of
-# docker-compose.yml (65 s) and deploy/k8s (70 s) are well above that.
+# their answers within DYDC_GRACE_PERIOD_S (30 s) of the signal. The process exits within
+# 65 s: uvicorn's graceful timeout (DYDC_GRACE_PERIOD_S plus 5 s), then the worker pool's stop
+# (DYDC_GRACE_PERIOD_S again). The stop grace periods of docker-compose.yml (75 s) and
+# deploy/k8s (80 s) are above that.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]
