@@ -39,6 +39,7 @@ BLACK_SCHOLES = (
     "- K * exp(-r * T) * ndtr((log(S / K) + (r - 0.5 * sigma ** 2) * T) "
     "/ (sigma * sqrt(T)))"
 )
+ROWS_INPUTS = {"names": ["N0", "t"], "values": ROWS}
 BS_ROWS = [[49.0, 50.0, 0.3846], [100.0, 95.0, 0.5], [80.0, 100.0, 2.0], [120.0, 100.0, 0.25]]
 SIGMAS = [0.2, 0.35, 0.6, 0.15]
 
@@ -250,6 +251,19 @@ async def test_functions_lists_the_language_and_its_bounds(make_client: ClientFa
     assert body["bounds"]["max_chars"]["setting"] == "DYDC_EXPRESSION_MAX_CHARS"
 
 
+async def test_whole_bounds_are_listed_as_integers(make_client: ClientFactory) -> None:
+    async with make_client() as c:
+        r = await c.get("/v1/expressions/functions")
+    values = {key: bound["value"] for key, bound in r.json()["bounds"].items()}
+    assert values == {"max_chars": 4096, "max_nodes": 1000, "max_depth": 64,
+                      "max_ode_steps": 10_000, "max_exponent": 64}
+    assert all(type(value) is int for value in values.values()), r.text
+    assert '"value":4096,' in r.text.replace(" ", ""), r.text
+    async with make_client(expression_max_exponent=2.5) as c:
+        r = await c.get("/v1/expressions/functions")
+    assert r.json()["bounds"]["max_exponent"]["value"] == 2.5
+
+
 async def test_the_routes_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     for route in ("sensitivities", "evaluate", "compare"):
@@ -296,6 +310,26 @@ async def test_declared_names_are_checked(client: httpx.AsyncClient) -> None:
     await refused(client, logistic_body(params={"r": 0.5, "K": 1.0, "1x": 3.0}), "is not a name")
     await refused(client, logistic_body(params={}), "params")
     await refused(client, logistic_body(wrt=["r", "q"]), "'q'")
+
+
+async def test_params_missing_or_empty_says_what_to_declare(client: httpx.AsyncClient) -> None:
+    needed = "params: an expression needs at least one parameter in params: a name with a number"
+    body = {"expression": "C * x + K", "inputs": {"names": ["x"], "values": [1.0, 2.0]}}
+    for given in (body, {**body, "params": {}}):
+        detail = await refused(client, given, needed, "one number per sample",
+                               'the expression uses C, K besides its inputs: declare them, '
+                               'e.g. "params": {"C": 1.0, "K": 1.0}')
+        assert "Dictionary" not in detail and "Field required" not in detail
+    await refused(client, {**body, "expression": "2 * x"}, needed,
+                  "uses no name besides its inputs", 'C * x with "params": {"C": 2}')
+    await refused(client, {"ode": {**ODE, "rhs": "-k * n"}, "inputs": ROWS_INPUTS}, needed,
+                  "uses k besides its inputs: declare it")
+    # with another problem in the body, both are said
+    await refused(client, {**body, "zzz": 1}, "an expression needs at least one parameter",
+                  "uses C, K besides", "unknown field 'zzz'")
+    await refused(client, {**body, "expression": 3}, needed, '"params": {"C": 2}')
+    await refused(client, {**body, "scenarios": {"shifts": {}}}, needed,
+                  path="/v1/expressions/scenarios")
 
 
 async def test_bounds_are_named(make_client: ClientFactory) -> None:
@@ -559,6 +593,14 @@ async def test_v2_refusals_are_400_in_the_protocol_format(client: httpx.AsyncCli
     await refused_v2({k: v for k, v in base.items() if k != "expression"}, "one of expression")
     await refused_v2({**base, "expression": 3}, "parameters.expression")
     await refused_v2({**base, "ode": "{not json"}, "parameters.ode")
+    # an ode sent as a JSON object: said to send it as a JSON string, with it as the example
+    ode_as_object = {k: v for k, v in base.items() if k != "expression"} | {"ode": ODE}
+    await refused_v2(ode_as_object, "parameters.ode is an object, but a v2 parameter is a "
+                     "string, a number or a boolean: send the ode object as a JSON string",
+                     json.dumps(json.dumps(ODE)), "json.dumps(ode)")
+    await refused_v2({**ode_as_object, "K": None}, "as a JSON string", "parameters.K: ")
+    await refused_v2({**base, "expression": {"y": "x"}}, "parameters.expression: send the "
+                     "expression as a string, or a list of strings")
     # an ode object missing fields, or with one too many: v1's schema names each
     await refused_v2({**base, "ode": "{}"}, "parameters.ode", "rhs: Field required",
                      "time: Field required")

@@ -4,6 +4,7 @@ each refusal with the construct and column it names."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import sys
@@ -30,6 +31,7 @@ from app.expressions import (
     canonical,
     catalogue,
     parse,
+    parsing,
 )
 from app.expressions.tree import Binary, Call, Name, Negation, Number
 from routines.population import logistic_growth
@@ -438,6 +440,58 @@ def test_refused_constructs_name_themselves_and_their_column(
     assert caught.value.column == column
     assert f"{construct} at column {column} is not allowed" in str(caught.value)
     assert str(caught.value).startswith("expression: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "callee"),
+    [
+        ("x.conjugate()", "an attribute access (.name)"),
+        ("__import__('os').system('id')", "an attribute access (.name)"),
+        ("x[0]()", "a subscript ([...])"),
+        ("(lambda: 1)()", "a lambda"),
+        ("[x for x in y]()", "a comprehension"),
+        ("(x for x in y)()", "a generator expression"),
+        ("[x]()", "a list"),
+        ("(x,)()", "a tuple"),
+        ("{x}()", "a set"),
+        ("{x: 1}()", "a dict"),
+        ("(x if y else 1)()", "a conditional expression (a if c else b)"),
+        ("(x and y)()", "an and/or"),
+        ("(y := 1)()", "an assignment expression (:=)"),
+        ("f'{x}'()", "an f-string"),
+        ("(await x)()", "an await"),
+        ("(yield x)()", "a yield"),
+        ("1()", "a literal"),
+        ("(x + 1)()", "an operation's result"),
+        ("(-x)()", "an operation's result"),
+        ("exp(x)(y)", "a function's result"),
+        ("(x < 1)()", "a comparison"),
+    ],
+)
+def test_a_call_of_anything_but_a_name_names_it_with_its_article(text: str, callee: str) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse(text, ["x", "y"], Bounds())
+    assert f"call of {callee} at column 1 is not allowed" in str(caught.value)
+
+
+def test_every_callee_has_a_name() -> None:
+    """No construct is called by its class name ('call of a BinOp'): each kind of expression
+    Python's parser makes is named, so its article above is checked."""
+    kinds = [k for k in vars(ast).values() if isinstance(k, type) and issubclass(k, ast.expr)
+             and k is not ast.expr and (k is ast.Constant or not issubclass(k, ast.Constant))]
+    named = {*parsing._CONSTRUCTS, *parsing._CALLEES, ast.Name}
+    assert [k.__name__ for k in kinds if k not in named] == []
+
+
+def test_an_exponent_over_the_bound_is_printed_as_given() -> None:
+    for text, shown in (("C * x ** (64.0000001)", "64.0000001"), ("pow(x, -64.5)", "-64.5"),
+                        ("x ** 65", "65"), ("x ** 9 ** 9", "387420489")):
+        with pytest.raises(ExpressionTooLarge) as caught:
+            parse(text, ["x", "C"], Bounds())
+        assert f"the literal exponent {shown} at column" in str(caught.value), text
+        assert "more than 64 in absolute value" in str(caught.value)
+    with pytest.raises(ExpressionTooLarge, match=r"exponent 2\.75 at column 6 is more than 2\.5"):
+        parse("x ** 2.75", ["x"], Bounds(max_exponent=2.5))
 
 
 def test_syntax_error_names_its_column() -> None:

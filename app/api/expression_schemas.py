@@ -5,9 +5,23 @@ expression's canonical text."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import keyword
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from app.api.schemas import (
     CompareResponse,
@@ -16,8 +30,10 @@ from app.api.schemas import (
     ParamValue,
     SensitivityRequest,
     SensitivityResponse,
+    _as_is,
 )
-from app.expressions import METHODS
+from app.engine.errors import listed
+from app.expressions import CONSTANTS, METHODS
 
 __all__ = [
     "ExpressionCompareResponse",
@@ -86,6 +102,82 @@ class ExpressionRequest(SensitivityRequest):
         "every sample, or a list of N numbers (one per sample).",
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _params_given(cls, data: Any, handler: ModelWrapValidatorHandler[ExpressionRequest]
+                      ) -> ExpressionRequest:
+        """``params`` missing or empty is said in the language's words, naming the names the
+        expression uses beyond its inputs (pydantic's own: "Field required", "Dictionary
+        should have at least 1 item"). Only the error path pays for it."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if not isinstance(data, dict) or not any(_no_params(e) for e in errors):
+                raise
+            worded = [
+                InitErrorDetails(
+                    # value_error's ctx, so that app.api.schemas.validate_request, which
+                    # rebuilds the errors by type, keeps the message
+                    type=PydanticCustomError("value_error", "{error}",
+                                             {"error": _params_needed(data)}),
+                    loc=e["loc"], input=e["input"])
+                if _no_params(e) else _as_is(e)
+                for e in errors
+            ]
+            raise ValidationError.from_exception_data(exc.title, worded) from None
+
+
+# A name in an expression's text, not called: what the caller may mean as a parameter. (A
+# look at the text, not a parse: its checks and bounds come once params are given.)
+_NAME = re.compile(r"\b[A-Za-z_]\w*\b(?!\s*\()")
+_SCANNED = 4096  # characters of each text looked at
+
+
+def _no_params(error: ErrorDetails) -> bool:
+    return error["loc"] == ("params",) and error["type"] in ("missing", "too_short")
+
+
+def _params_needed(document: dict[str, Any]) -> str:
+    """What to write when ``params`` is missing or empty, with the names ``document``'s
+    expression (or ode) uses beyond its inputs, if any."""
+    message = ("an expression needs at least one parameter in params: a name with a number "
+               "shared by every sample, or with a list of one number per sample")
+    names = _used_names(document)
+    if names is None:
+        return (f'{message}; declare the parameters the expression uses, e.g. "params": '
+                '{"C": 2} for C * x')
+    if not names:
+        return (f"{message}; the expression uses no name besides its inputs: make one of its "
+                'numbers a parameter, e.g. C * x with "params": {"C": 2} for 2 * x')
+    example = ", ".join(f'"{name}": 1.0' for name in names[:3])
+    return (f"{message}; the expression uses {listed(names)} besides its inputs: declare "
+            f'{"it" if len(names) == 1 else "them"}, e.g. "params": {{{example}}}')
+
+
+def _used_names(document: dict[str, Any]) -> list[str] | None:
+    """The names (not called) in the expression's or the ode's text that are neither inputs,
+    nor the ode's state, nor constants, in order; None where there is no text to read."""
+    ode = document.get("ode")
+    given = document.get("expression")
+    texts = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+    inputs = document.get("inputs")
+    names = inputs.get("names") if isinstance(inputs, dict) else None
+    if isinstance(ode, dict):
+        texts = [ode.get(key) for key in ("rhs", "initial", "time")]
+        names = [*(names if isinstance(names, list) else []), ode.get("state")]
+    known = {*CONSTANTS, *(n for n in names or () if isinstance(n, str))}
+    texts = [t for t in texts if isinstance(t, str)]
+    if not texts:
+        return None
+    found: dict[str, None] = {}
+    for text in texts:
+        for match in _NAME.finditer(text[:_SCANNED]):
+            name = match.group()
+            if name not in known and not keyword.iskeyword(name):
+                found.setdefault(name)
+    return list(found)
+
 
 class ExpressionEvaluateResponse(EvaluateResponse):
     expression: str = Field(description="The expression as normalised (its canonical text).")
@@ -106,8 +198,16 @@ class FunctionInfo(BaseModel):
     description: str
 
 
+def _whole(value: object) -> object:
+    """A bound that is a whole number as an integer (4096, not 4096.0): the float settings
+    (DYDC_EXPRESSION_MAX_EXPONENT) hold them too."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 class BoundInfo(BaseModel):
-    value: float
+    value: Annotated[int | float, BeforeValidator(_whole)]
     setting: str
     description: str
 

@@ -20,6 +20,7 @@ _ATOM = 5
 
 
 def format_number(value: float) -> str:
+    value = float(value)  # an int (a bound set as 64) prints as the float it stands for
     if value == 0:
         return "-0.0" if math.copysign(1.0, value) < 0 else "0"
     if value.is_integer() and abs(value) < 1e16:

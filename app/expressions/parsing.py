@@ -20,6 +20,7 @@ from typing import Never
 import torch
 
 from app.expressions.bounds import Bounds
+from app.expressions.canonical import format_number
 from app.expressions.errors import ExpressionError, ExpressionTooLarge, UnknownName
 from app.expressions.functions import COMPARISONS, CONSTANTS, FUNCTIONS
 from app.expressions.interpreter import Scope, interpret
@@ -93,6 +94,14 @@ _CONSTRUCTS: dict[type[ast.AST], tuple[str, str | None]] = {
     ast.Yield: ("yield", None),
     ast.YieldFrom: ("yield", None),
 }
+# What a call of something other than a name calls, where no construct above names it.
+_CALLEES: dict[type[ast.AST], str] = {
+    ast.Call: "function's result",
+    ast.Constant: "literal",
+    ast.BinOp: "operation's result",
+    ast.UnaryOp: "operation's result",
+    ast.Compare: "comparison",
+}
 _OFFER = (
     "the language has numbers, the declared names, + - * / **, unary -, "
     "where(comparison, a, b) and the functions " + ", ".join(FUNCTIONS)
@@ -144,6 +153,11 @@ def parse(text: str, names: Collection[str], bounds: Bounds, *, field: str = "ex
             setting="DYDC_EXPRESSION_MAX_DEPTH",
             field=field,
         ) from None
+
+
+def _with_article(noun: str) -> str:
+    """'an attribute access', 'a subscript', 'an f-string' (said "ef-string")."""
+    return f"{'an' if noun[0] in 'aeioAEIO' or noun.startswith('f-') else 'a'} {noun}"
 
 
 def _refuse_characters(text: str, field: str) -> None:
@@ -306,9 +320,10 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> Node:
         if not isinstance(node.func, ast.Name):
-            construct = _CONSTRUCTS.get(type(node.func), (type(node.func).__name__, None))[0]
+            callee = _CALLEES.get(type(node.func)) or _CONSTRUCTS.get(
+                type(node.func), (type(node.func).__name__, None))[0]
             self._refuse(
-                f"call of a {construct}",
+                f"call of {_with_article(callee)}",
                 node,
                 "only the language's functions may be called, by name",
             )
@@ -380,8 +395,8 @@ class _Checker(ast.NodeVisitor):
         value = _literal_value(exponent)
         if value is not None and abs(value) > self._bounds.max_exponent:
             raise ExpressionTooLarge(
-                f"the literal exponent {value:g} at column {self._column(node)} is "
-                f"more than {self._bounds.max_exponent:g} in absolute value",
+                f"the literal exponent {format_number(value)} at column {self._column(node)} "
+                f"is more than {format_number(self._bounds.max_exponent)} in absolute value",
                 setting="DYDC_EXPRESSION_MAX_EXPONENT",
                 column=self._column(node),
                 field=self._field,

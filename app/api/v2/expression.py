@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from starlette.responses import Response
 
 from app.api.answer_size import check_tensor_answer
@@ -88,6 +89,39 @@ def _ode(given: ParameterValue | None) -> dict[str, Any] | None:
                              f"with the fields {fields}") from None
 
 
+_ODE_EXAMPLE = {"rhs": "-k * y", "state": "y", "initial": "y0", "time": "t"}
+
+
+def _refuse_function_object(exc: ValidationError) -> None:
+    """The ``ode`` (or ``expression``) sent as a JSON object or list, which no v2 parameter
+    is, said with what to send instead (the protocol's words alone, "is dict; a parameter is
+    a string, a number or a boolean", do not say how to send an ode); the request's other
+    problems follow."""
+    errors = exc.errors()
+    for error in errors:
+        message = _function_object(error)
+        if message is not None:
+            others = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors
+                      if e is not error]
+            raise InvalidRequest("; ".join([message, *others])) from None
+
+
+def _function_object(error: ErrorDetails) -> str | None:
+    if error["loc"] == ("parameters", "ode"):
+        given = error["input"]
+        example = json.dumps(given) if isinstance(given, dict) else ""
+        if not example or len(example) > 200:
+            example = json.dumps(_ODE_EXAMPLE)
+        kind = "an object" if isinstance(given, dict) else "not a string"
+        return (f"parameters.ode is {kind}, but a v2 parameter is a string, a number or a "
+                "boolean: send the ode object as a JSON string (json.dumps(ode) in Python), "
+                f'e.g. "ode": {json.dumps(example)}')
+    if error["loc"] == ("parameters", "expression"):
+        return ("parameters.expression: send the expression as a string, or a list of "
+                "strings for several outputs")
+    return None
+
+
 class ExpressionV2(V2):
     """The v2 codec for the ``expression`` model: the routine comes from the request's
     parameters instead of the path."""
@@ -100,7 +134,11 @@ class ExpressionV2(V2):
         binary: memoryview | None,
         labels: RequestLabels,
     ) -> tuple[Job, InferenceRequest, tensors.Call, str]:
-        inference = inference_request(header, engine.limits.max_samples)
+        try:
+            inference = inference_request(header, engine.limits.max_samples)
+        except ValidationError as exc:
+            _refuse_function_object(exc)
+            raise
         parameters = dict(inference.parameters)
         expression, ode, names = (parameters.pop(key, None) for key in _FUNCTION)
         features = _names(names)
