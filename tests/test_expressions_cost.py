@@ -79,3 +79,26 @@ async def test_second_derivatives_of_an_ode_are_priced_as_nested_ad_runs(
     t, n0, k = 3.0, 2.0, 0.3  # y = N0 exp(-k t), by RK4 in 20 steps: close to it
     assert r.json()["second_derivatives"]["k,k"][1] == pytest.approx(
         t * t * n0 * math.exp(-k * t), rel=1e-5)
+
+
+async def test_the_ode_form_is_admitted_where_the_routine_it_reproduces_is(
+        client: httpx.AsyncClient) -> None:
+    """The logistic ODE at N = 30,000 is logistic_rk4's computation (0.8 s here): its price
+    by operations had been 10.4 s, over DYDC_MAX_JOB_COST, so it was refused (422) where the
+    routine answered. Priced now at what an operation measured costs, about twice over."""
+    rows = [[10.0 + i % 50, 0.5 + (i % 7) / 4] for i in range(30_000)]
+    params = {"r": 0.5, "K": 100.0}
+    ode = {"rhs": "r * n * (1 - n / K)", "state": "n", "initial": "N0", "time": "t",
+           "steps": 200, "method": "rk4"}
+    model = CostModel(max_job_cost_s=10)
+    routine = Expressions().ode(OdeSpec(**ode), ["N0", "t"], ["K", "r"]).routine
+    assert model.estimate(routine, "forward", 30_000, 2) < 3.0
+    got = await client.post(SENS, json={"ode": ode, "inputs": {"names": ["N0", "t"],
+                                                               "values": rows},
+                                        "params": params, "wrt": ["r", "K"]})
+    want = await client.post("/v1/routines/logistic_rk4/sensitivities",
+                             json={"inputs": rows, "params": params, "wrt": ["r", "K"]})
+    assert got.status_code == want.status_code == 200, got.text
+    for name in ("r", "K"):
+        assert got.json()["derivatives"][name] == pytest.approx(
+            want.json()["derivatives"][name], rel=1e-12)

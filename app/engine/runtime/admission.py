@@ -48,10 +48,15 @@ class RoutineCost:
 _PRIOR = RoutineCost(pass_s=1e-4, sample_s=1e-7)
 # A routine that states its operations (a caller's expression) is priced by them and never
 # timed on the device first: timing runs the routine ten times before any price holds, and a
-# caller's 10,000-step ODE of a 1,000-node right-hand side would hold the device for minutes
-# (an eager tensor operation costs about 7 us of dispatch here, measured on a 200-step ODE,
-# plus its elements)
-_OPERATION = RoutineCost(pass_s=1e-5, sample_s=4e-9)
+# caller's 10,000-step ODE of a 1,000-node right-hand side would hold the device for minutes.
+# A pass costs a call's fixed part and each operation's dispatch through the interpreter,
+# and each sample each operation's elements: measured here (CostModel.measure of the
+# 200-step logistic ODE, 10,401 operations: 2.7 us and 0.23 ns an operation; of a 15-node
+# expression: 150 us a call), and taken about twice over. The constants they replace (10 us
+# and 4 ns an operation) priced the ODE 12x over logistic_rk4, the same computation, and
+# refused at N = 30,000 what the routine serves in 0.8 s.
+_CALL_S = 1e-4
+_OPERATION = RoutineCost(pass_s=4e-6, sample_s=5e-10)
 # What one second-order pair (d2y/da db) costs, in first-order units of the strategy's mode:
 # nested forward mode (a jvp of a jvp) through a routine of many small steps about ten
 # first-order passes (measured: logistic_rk4 9.4, a 200-step ODE expression 11); reverse over
@@ -110,7 +115,7 @@ class CostModel:
              pairs: int = 0) -> float:
         if routine.operations is not None:
             ops = routine.operations
-            cost = RoutineCost(ops * _OPERATION.pass_s, ops * _OPERATION.sample_s)
+            cost = RoutineCost(_CALL_S + ops * _OPERATION.pass_s, ops * _OPERATION.sample_s)
         else:
             cost = self._routines.get(routine.name, _PRIOR)
         m = len(routine.outputs)
