@@ -106,8 +106,8 @@ class BodiesInFlightFull(ServiceUnavailable):
 _STATUS: list[tuple[type[EngineError], int, str, str | None]] = [
     (UnknownRoutine, 404, "unknown-routine", None),
     (UnknownVersion, 404, "unknown-version", None),
-    (StrategyCapExceeded, 422, "strategy-cap-exceeded", None),
-    (StrategyDisabled, 422, "strategy-disabled", None),
+    (StrategyCapExceeded, 422, "strategy-cap-exceeded", "strategy_cap"),
+    (StrategyDisabled, 422, "strategy-disabled", "strategy_disabled"),
     (CostExceeded, 422, "cost-exceeded", None),
     (ResponseTooLarge, 422, "response-too-large", "response_bytes"),
     (RoutineFailed, 422, "routine-failed", None),

@@ -106,11 +106,14 @@ REJECTIONS = Counter(
     "queued), shutdown (503), cost (422, over DYDC_MAX_JOB_COST), body_bytes (503, over "
     "DYDC_MAX_INFLIGHT_BODY_BYTES), body_size (413, over DYDC_MAX_BODY_BYTES, compressed or "
     "inflated), samples (413, over DYDC_MAX_SAMPLES), response_bytes (422, over "
-    "DYDC_MAX_RESPONSE_BYTES), headers (431, over DYDC_MAX_HEADERS or DYDC_MAX_HEADER_BYTES).",
+    "DYDC_MAX_RESPONSE_BYTES), headers (431, over DYDC_MAX_HEADERS or DYDC_MAX_HEADER_BYTES), "
+    "strategy_cap (422, N over a strategy's cap), strategy_disabled (422, a strategy "
+    "DYDC_STRATEGIES turns off).",
     ["reason"],
 )
 REJECTION_REASONS = ("queue_full", "deadline", "shutdown", "cost", "body_bytes", "body_size",
-                     "samples", "response_bytes", "headers")
+                     "samples", "response_bytes", "headers", "strategy_cap",
+                     "strategy_disabled")
 for _reason in REJECTION_REASONS:
     REJECTIONS.labels(_reason)
 CANCELLED = Counter(

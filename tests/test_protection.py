@@ -187,12 +187,14 @@ async def test_a_job_over_the_cost_limit_is_refused_with_a_cheaper_strategy(
 
 
 async def test_a_disabled_strategy_is_refused(make_client: ClientFactory) -> None:
-    async with make_client(strategies="auto,forward,vmap-grad") as c:
+    async with make_client(strategies="auto,forward,vmap-grad,reverse-batched",
+                           reverse_batched_max_n=10) as c:
+        before = scrape((await c.get("/metrics")).text)
         r = await c.post(SENS.format("linear") + "?strategy=reverse-loop", json={"inputs": [1]})
         assert r.status_code == 422
         assert r.json()["type"] == "urn:dydc:problem:strategy-disabled"
         assert "turned off on this server (DYDC_STRATEGIES)" in r.json()["detail"]
-        assert "auto, forward, vmap-grad" in r.json()["detail"]
+        assert "use one of: auto, forward, reverse-batched, vmap-grad" in r.json()["detail"]
         v2 = await c.post(INFER.format("linear"), json={
             "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}],
             "parameters": {"strategy": "jacrev"}})
@@ -207,6 +209,14 @@ async def test_a_disabled_strategy_is_refused(make_client: ClientFactory) -> Non
         r = await c.post(SENS.format("linear") + "?check=finite-difference", json={"inputs": [1]})
         assert r.status_code == 422 and r.json()["type"] == "urn:dydc:problem:strategy-disabled"
         assert "check=finite-difference" in r.json()["detail"]
+        capped = await c.post(SENS.format("linear") + "?strategy=reverse-batched",
+                              json={"inputs": [1.0] * 11})
+        assert capped.json()["type"] == "urn:dydc:problem:strategy-cap-exceeded", capped.text
+        # both refusals counted as every protection's (they were not)
+        after = scrape((await c.get("/metrics")).text)
+        for reason, refused in (("strategy_disabled", 3), ("strategy_cap", 1)):
+            assert value(after, "dydc_rejections_total", reason=reason) == value(
+                before, "dydc_rejections_total", reason=reason) + refused, reason
 
 
 async def test_auto_runs_only_what_the_allow_list_serves(make_client: ClientFactory) -> None:
