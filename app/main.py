@@ -53,6 +53,7 @@ from app.engine.compiled.cache import (
 )
 from app.engine.compiled.pacing import Pacer
 from app.errors import install_error_handlers
+from app.http.access_log import flush_access_log
 from app.http.stack import wrap
 from app.http.tracing import TracingUnavailable
 from app.server import ConnectionLimits, install
@@ -220,6 +221,7 @@ def create_app(settings: Settings | None = None) -> Service:
             await asyncio.to_thread(pool.stop, s.grace_period_s)
             if compiled is not None:
                 compiled.close()
+            flush_access_log()  # the answers sent at the end of the grace period included
 
     app = Service(
         title="dydc",

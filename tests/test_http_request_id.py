@@ -168,3 +168,23 @@ async def test_a_not_ready_answer_carries_its_instance(
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["detail"] == "warming up on cpu"
     assert r.json()["instance"] == "urn:dydc:request:ready-probe-1"
+
+
+async def test_lines_kept_for_the_flush_timer_are_written_at_shutdown(
+        make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers sent at the end of a graceful shutdown come after the event loop's last
+    timer: their lines were kept for a flush that never came (and logging's own flush at
+    exit does not reach the handler once logging is configured again). The app flushes the
+    access log when it shuts down, and at exit."""
+    import io
+
+    from app.http import access_log
+
+    handler = access_log.access_logger().handlers[0]
+    monkeypatch.setattr(handler, "stream", io.StringIO())
+    monkeypatch.setattr(access_log._LazyFlushHandler, "FLUSH_S", 3600.0)  # no timer in time
+    async with make_client() as c:
+        r = await c.post(SENS, json={"inputs": [1.0]}, headers={"x-request-id": "last-one"})
+        assert r.status_code == 200
+        assert "last-one" not in handler.stream.getvalue()  # kept for the timer
+    assert ' last-one "POST /v1/routines/linear/sensitivities" 200 ' in handler.stream.getvalue()

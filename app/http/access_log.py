@@ -13,6 +13,7 @@ uvicorn's own access line (no id, no fields) is off under ``python -m app``; wit
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import sys
@@ -24,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import record_of
 
-__all__ = ["FIELDS", "AccessLogMiddleware", "access_logger"]
+__all__ = ["FIELDS", "AccessLogMiddleware", "access_logger", "flush_access_log"]
 
 FIELDS = ("time", "id", "method", "path", "routine", "strategy", "n", "status", "queue_ms",
           "compute_ms", "total_ms", "bytes_in", "bytes_out")
@@ -70,7 +71,9 @@ class _LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         lines, self._lines = self._lines, []
-        if lines and not getattr(self.stream, "closed", False):  # (closed at exit: dropped)
+        if getattr(self.stream, "closed", False):  # (closed at exit: dropped)
+            return
+        if lines:
             try:
                 self.stream.write(self.terminator.join(lines) + self.terminator)
             except Exception:
@@ -95,7 +98,18 @@ def access_logger() -> logging.Logger:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+        # logging's own flush at exit does not reach it where logging was configured again
+        # (dictConfig forgets the handlers it had), and the lines of the answers sent at the
+        # end of a graceful shutdown, after the event loop's last timer, were lost
+        atexit.register(handler.flush)
     return logger
+
+
+def flush_access_log() -> None:
+    """Write the lines kept for the flush timer now (at shutdown: the loop may not turn
+    again)."""
+    for handler in logging.getLogger(LOGGER).handlers:
+        handler.flush()
 
 
 @functools.lru_cache(maxsize=4)
