@@ -55,13 +55,14 @@ def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Ten
     vol = torch.where(live, sigma, 1.0) * t_live.sqrt()
     # sigma^2 T / 2 over vol written as vol / 2: sigma^2 overflows from about 1.3e154, which
     # made d2 infinite with d1 and the price S - K e^(-rT), negative; this way it tends to S
-    d1 = ((S / K).log() + r * t_live) / vol + 0.5 * vol
+    d1 = ((S / K).log() + r * T) / vol + 0.5 * vol
     d2 = d1 - vol
-    formula = S * normal_cdf(d1) - K * (-r * t_live).exp() * normal_cdf(d2)
+    formula = S * normal_cdf(d1) - strike * normal_cdf(d2)
     intrinsic = S - strike
     forward = intrinsic == 0
-    spread = sigma * torch.where(forward & (T > 0), T, 1.0).sqrt()
-    at_forward = 0.5 * intrinsic + torch.where(T > 0, S * spread * _INV_SQRT_2PI, 0.0)
+    lasting = T > 0
+    spread = sigma * torch.where(forward & lasting, T, 1.0).sqrt()
+    at_forward = 0.5 * intrinsic + torch.where(lasting, S * spread * _INV_SQRT_2PI, 0.0)
     flat = torch.where(forward, at_forward, intrinsic.clamp(min=0))
     price: Tensor = torch.where(live, formula, flat)
     return price
