@@ -81,7 +81,7 @@ computation_route(
     """The caller's expression (or ODE) over the book (inputs) under every scenario in one
     launch: the routine route's answer (base, each scenario's values, P&L and with
     ``explain`` its Taylor terms), plus ``expression``, the canonical text.""",
-    responses=scenarios.RESPONSES,
+    responses={k: v for k, v in scenarios.RESPONSES.items() if k != 404},  # no routine
     openapi_extra={"parameters": _COMPUTE_QUERY + _OPTIONS_QUERY[:3], "requestBody": {
         "required": True, "content": {"application/json": {
             "schema": ExpressionScenariosRequest.model_json_schema(

@@ -207,6 +207,10 @@ def _openapi(query: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# v1's errors but 404: these paths name no routine
+_EXPRESSION_ERRORS: dict[int | str, dict[str, Any]] = {
+    k: v for k, v in _ERRORS.items() if k != 404}
+
 EXAMPLE: dict[str, Any] = {
     "expression": "K / (1 + (K - N0) / N0 * exp(-r * t))",
     "inputs": {"names": ["N0", "t"], "values": [[10, 1.0], [10, 2.5]]},
@@ -219,21 +223,21 @@ computation_route(
     router, "/sensitivities", EXPRESSION_SENSITIVITIES, "sensitivities",
     """Values and derivatives of the caller's expression (or ODE) for every sample.""",
     response_model=ExpressionSensitivityResponse,
-    responses=_ERRORS,
+    responses=_EXPRESSION_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY + _OPTIONS_QUERY),
 )
 computation_route(
     router, "/evaluate", EXPRESSION_EVALUATE, "evaluate",
     """Values only.""",
     response_model=ExpressionEvaluateResponse,
-    responses=_ERRORS,
+    responses=_EXPRESSION_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY[1:]),
 )
 computation_route(
     router, "/compare", EXPRESSION_COMPARE, "compare",
     """Every strategy that applies, side by side, as for a routine.""",
     response_model=ExpressionCompareResponse,
-    responses=_ERRORS,
+    responses=_EXPRESSION_ERRORS,
     openapi_extra=_openapi(_COMPUTE_QUERY[1:] + _OPTIONS_QUERY[:3]),
 )
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app import metrics
 from app.api.deps import EngineDep
-from app.errors import ProblemDetails, problem_response, with_instance
+from app.errors import PROBLEM_JSON, ProblemDetails, problem_response, with_instance
 
 __all__ = ["router"]
 
@@ -25,12 +25,23 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-_NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"description": "Not ready; the detail says why"}}
+_READINESS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Ready: the devices that serve", "content": {"application/json": {
+        "schema": {"type": "object",
+                   "properties": {"status": {"const": "ready"},
+                                  "device": {"type": "string",
+                                             "description": "The devices, separated by commas"}},
+                   "required": ["status", "device"], "additionalProperties": False}}}},
+    503: {"description": "Not ready; the detail says why",
+          "headers": {"Retry-After": {"description": "Seconds to wait before asking again",
+                                      "required": True,
+                                      "schema": {"type": "integer", "minimum": 1}}},
+          "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+}
 
 
-@router.head("/readyz", operation_id="readyz_head", responses=_NOT_READY)
-@router.get("/readyz", responses=_NOT_READY)
+@router.head("/readyz", operation_id="readyz_head", responses=_READINESS)
+@router.get("/readyz", responses=_READINESS)
 async def readyz(engine: EngineDep, request: Request) -> Response:
     """200 once the device worker is up and warm; 503 with the reason otherwise (with the
     request's id as ``instance``, as every problem)."""
@@ -43,7 +54,13 @@ async def readyz(engine: EngineDep, request: Request) -> Response:
                     media_type="application/json")
 
 
-@router.get("/metrics", response_class=Response)
+# The exposition's media type, without its charset (a parameter of the answer, not a type)
+_EXPOSITION = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+
+
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "The Prometheus text exposition of every metric",
+    "content": {_EXPOSITION: {"schema": {"type": "string"}}}}})
 async def scrape(engine: EngineDep) -> Response:
     for device in engine.devices:
         if device.type == "cuda":

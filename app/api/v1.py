@@ -39,14 +39,28 @@ __all__ = ["COMPARE", "EVALUATE", "SENSITIVITIES", "V1", "V1Compare", "router"]
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+# Every error is a problem (app.errors.problem_body; its schema: app.api.openapi). 408 and
+# 431 are written by the server and the header check before any route runs, on every path;
+# they are declared here, on the routes that take a body, where a client meets them.
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {
+    "schema": {"$ref": "#/components/schemas/Problem"}}}}
+_RETRY_AFTER: dict[str, Any] = {"Retry-After": {
+    "description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A gzip (or deflate) body followed by bytes that are not part of it",
+          **_PROBLEM},
     404: {"description": "Unknown routine", **_PROBLEM},
+    408: {"description": "The request (headers and body) did not arrive within "
+                         "DYDC_READ_TIMEOUT_S; the connection is closed", **_PROBLEM},
     413: {"description": "Body or batch over the configured limits", **_PROBLEM},
-    415: {"description": "Body not sent as application/json", **_PROBLEM},
+    415: {"description": "Body not sent as application/json, or in an unsupported "
+                         "Content-Encoding", **_PROBLEM},
     422: {"description": "Invalid request; the detail says what to change", **_PROBLEM},
-    503: {"description": "Not ready, shutting down, or at a bound (queue, bodies in flight); "
-                         "Retry-After says when to retry", **_PROBLEM},
+    431: {"description": "More header fields than DYDC_MAX_HEADERS, or more bytes than "
+                         "DYDC_MAX_HEADER_BYTES", **_PROBLEM},
+    503: {"description": "Not ready, shutting down, or at a bound (queue, bodies in flight, "
+                         "connections); Retry-After says when to retry",
+          "headers": _RETRY_AFTER, **_PROBLEM},
     504: {"description": "The deadline passed before the answer", **_PROBLEM},
 }
 

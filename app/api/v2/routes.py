@@ -79,13 +79,35 @@ class V2Route(APIRoute):
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=V2Route)
 
-_ERROR = {"content": {"application/json": {"example": {"error": "what to change"}}}}
+# Every error is {"error"} (error_body; its schema: app.api.openapi), but for what the server
+# writes itself before any route runs, on every path: problem details (app.server) for a
+# request that did not arrive in time (408), a head over DYDC_MAX_HEADER_BYTES as it arrives
+# (431) and a connection over DYDC_MAX_CONNECTIONS (503). Those are declared on the inference
+# routes, where a client meets them.
+_ERROR_JSON: dict[str, Any] = {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+    "example": {"error": "what to change"}}}
+_SERVER_PROBLEM: dict[str, Any] = {"application/problem+json": {
+    "schema": {"$ref": "#/components/schemas/Problem"}}}
+_ERROR: dict[str, Any] = {"content": _ERROR_JSON}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request, malformed binary framing included", **_ERROR},
     404: {"description": "Unknown model or version", **_ERROR},
+    408: {"description": "The request (headers and body) did not arrive within "
+                         "DYDC_READ_TIMEOUT_S; the connection is closed",
+          "content": _SERVER_PROBLEM},
     413: {"description": "Body or batch over the configured limits", **_ERROR},
-    415: {"description": "Body sent as a form or as text", **_ERROR},
-    503: {"description": "Not ready, or at a bound (queue, bodies in flight)", **_ERROR},
+    415: {"description": "Body sent as a form or as text, or in an unsupported "
+                         "Content-Encoding", **_ERROR},
+    431: {"description": "More header fields than DYDC_MAX_HEADERS, or more bytes than "
+                         "DYDC_MAX_HEADER_BYTES (problem details when the server refuses the "
+                         "head as it arrives)", "content": {**_ERROR_JSON, **_SERVER_PROBLEM}},
+    503: {"description": "Not ready, or at a bound (queue, bodies in flight; problem details "
+                         "for a connection over DYDC_MAX_CONNECTIONS); Retry-After says when to "
+                         "retry",
+          "headers": {"Retry-After": {"description": "Seconds to wait before retrying",
+                                      "schema": {"type": "integer", "minimum": 1}}},
+          "content": {**_ERROR_JSON, **_SERVER_PROBLEM}},
     504: {"description": "The deadline passed before the answer", **_ERROR},
 }
 
@@ -209,7 +231,18 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", responses={503: {"description": "Not ready; the error says why"}})
+_SERVER_READY: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Ready", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"ready": {"const": True}}, "required": ["ready"],
+        "additionalProperties": False}}}},
+    503: {"description": "Not ready; the error says why", "content": {"application/json": {
+        "schema": {"type": "object",
+                   "properties": {"ready": {"const": False}, "error": {"type": "string"}},
+                   "required": ["ready", "error"], "additionalProperties": False}}}},
+}
+
+
+@router.get("/health/ready", responses=_SERVER_READY)
 async def ready(engine: EngineDep) -> Response:
     reason = engine.readiness()
     if reason is not None:
@@ -248,12 +281,26 @@ async def _model_ready(engine: Engine, name: str, version: str | None) -> Respon
     return _json({"name": routine.name, "ready": ready}, 200 if ready else 503)
 
 
-@router.get("/models/{name}/ready", responses={404: _ERRORS[404]})
+def _readiness(ready: bool) -> dict[str, Any]:
+    return {"application/json": {"schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "ready": {"const": ready}},
+        "required": ["name", "ready"], "additionalProperties": False}}}
+
+
+_MODEL_READY: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The model is ready", "content": _readiness(True)},
+    404: _ERRORS[404],
+    503: {"description": "The model is known, but the service is not ready (warming up, or "
+                         "shutting down)", "content": _readiness(False)},
+}
+
+
+@router.get("/models/{name}/ready", responses=_MODEL_READY)
 async def model_ready(name: str, engine: EngineDep) -> Response:
     return await _model_ready(engine, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses={404: _ERRORS[404]})
+@router.get("/models/{name}/versions/{version}/ready", responses=_MODEL_READY)
 async def model_version_ready(name: str, version: str, engine: EngineDep) -> Response:
     return await _model_ready(engine, name, version)
 
@@ -269,7 +316,15 @@ _INFER_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
                        "Inference-Header-Content-Length gives the header's length"},
 }}}
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": InferenceResponse, "description": "The outputs (values, dy/d<param>)"},
+    200: {"model": InferenceResponse,
+          "description": "The outputs (values, dy/d<param>): JSON, or with an output's (or "
+                         "the request's) binary_data_output, the JSON header and then the "
+                         "binary outputs' bytes (application/octet-stream)",
+          "headers": {framing.HEADER_LENGTH: {
+              "description": "The JSON header's length in bytes, when binary outputs follow it",
+              "schema": {"type": "integer", "minimum": 0}}},
+          "content": {"application/octet-stream": {
+              "schema": {"type": "string", "format": "binary"}}}},
     **_ERRORS,
 }
 
