@@ -49,20 +49,17 @@ def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Ten
     # at 0 into every derivative as NaN).
     # Each branch runs on values where it is finite (T and sigma of 1 elsewhere): an
     # infinity in the branch not taken reaches the derivatives as NaN in reverse mode.
-    # (a negative T is neither: the formula's NaN says it is outside the routine's domain)
-    live = (sigma != 0) & (T != 0)
-    t_live = torch.where(live, T, 1.0)
-    vol = torch.where(live, sigma, 1.0) * t_live.sqrt()
+    # (a negative T, whatever sigma, goes to the formula, whose NaN refuses it)
+    live = ((sigma != 0) & (T > 0)) | (T < 0)
+    root_t = torch.where(T != 0, T, 1.0).sqrt()  # sqrt(T), but no infinite slope at 0
+    vol = torch.where(live, sigma, 1.0) * root_t
     # sigma^2 T / 2 over vol written as vol / 2: sigma^2 overflows from about 1.3e154, which
     # made d2 infinite with d1 and the price S - K e^(-rT), negative; this way it tends to S
     d1 = ((S / K).log() + r * T) / vol + 0.5 * vol
     d2 = d1 - vol
     formula = S * normal_cdf(d1) - strike * normal_cdf(d2)
     intrinsic = S - strike
-    forward = intrinsic == 0
-    lasting = T > 0
-    spread = sigma * torch.where(forward & lasting, T, 1.0).sqrt()
-    at_forward = 0.5 * intrinsic + torch.where(lasting, S * spread * _INV_SQRT_2PI, 0.0)
-    flat = torch.where(forward, at_forward, intrinsic.clamp(min=0))
+    at_forward = 0.5 * intrinsic + torch.where(T > 0, S * sigma * root_t * _INV_SQRT_2PI, 0.0)
+    flat = torch.where(intrinsic == 0, at_forward, intrinsic.clamp(min=0))
     price: Tensor = torch.where(live, formula, flat)
     return price

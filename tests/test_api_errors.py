@@ -69,6 +69,10 @@ async def test_unknown_routine_is_404(client: httpx.AsyncClient) -> None:
         (SENS.format("linear"), [1, 2, 3], ["dict"]),
         (SENS.format("black_scholes_call"), {"inputs": [[100, 100, 1], [100, 100, -1]]},
          ["sample 1", "non-finite"]),  # a negative time to expiry: sqrt(T) is NaN
+        # at sigma = 0 too (the spread-free branch had priced it as intrinsic value)
+        (SENS.format("black_scholes_call"),
+         {"inputs": [[100, 100, 1], [100, 90, -1]], "params": {"sigma": 0.0}},
+         ["sample 1", "non-finite"]),
         (SENS.format("logistic_growth"), {"inputs": [[1, 1], [0, 1]]}, ["sample 1"]),
         # bytes that are not UTF-8, named by offset (orjson spoke of surrogates at column 1)
         (SENS.format("linear"), b'{"inputs": [1, 2], "dtype": "float64\xe9"}',
