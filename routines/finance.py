@@ -50,7 +50,8 @@ def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Ten
     # Each branch runs on values where it is finite (T and sigma of 1 elsewhere): an
     # infinity in the branch not taken reaches the derivatives as NaN in reverse mode.
     # (a negative T, whatever sigma, goes to the formula, whose NaN refuses it)
-    live = ((sigma != 0) & (T > 0)) | (T < 0)
+    lasting = T > 0
+    live = ((sigma != 0) & lasting) | (T < 0)
     root_t = torch.where(T != 0, T, 1.0).sqrt()  # sqrt(T), but no infinite slope at 0
     vol = torch.where(live, sigma, 1.0) * root_t
     # sigma^2 T / 2 over vol written as vol / 2: sigma^2 overflows from about 1.3e154, which
@@ -59,7 +60,9 @@ def black_scholes_call(S: Tensor, K: Tensor, T: Tensor, *, sigma: Tensor, r: Ten
     d2 = d1 - vol
     formula = S * normal_cdf(d1) - strike * normal_cdf(d2)
     intrinsic = S - strike
-    at_forward = 0.5 * intrinsic + torch.where(T > 0, S * sigma * root_t * _INV_SQRT_2PI, 0.0)
+    # (sigma times a number first: one number for all samples where sigma is shared)
+    spread = (sigma * _INV_SQRT_2PI) * S * root_t
+    at_forward = 0.5 * intrinsic + torch.where(lasting, spread, 0.0)
     flat = torch.where(intrinsic == 0, at_forward, intrinsic.clamp(min=0))
     price: Tensor = torch.where(live, formula, flat)
     return price
