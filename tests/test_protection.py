@@ -212,11 +212,23 @@ async def test_a_disabled_strategy_is_refused(make_client: ClientFactory) -> Non
         capped = await c.post(SENS.format("linear") + "?strategy=reverse-batched",
                               json={"inputs": [1.0] * 11})
         assert capped.json()["type"] == "urn:dydc:problem:strategy-cap-exceeded", capped.text
+        assert "Use strategy=forward" in capped.json()["detail"]  # forward is served here
         # both refusals counted as every protection's (they were not)
         after = scrape((await c.get("/metrics")).text)
         for reason, refused in (("strategy_disabled", 3), ("strategy_cap", 1)):
             assert value(after, "dydc_rejections_total", reason=reason) == value(
                 before, "dydc_rejections_total", reason=reason) + refused, reason
+
+
+async def test_a_cap_refusal_advises_only_what_the_server_serves(
+        make_client: ClientFactory) -> None:
+    """It had advised strategy=forward on a server that turns forward mode off."""
+    async with make_client(strategies="auto,vmap-grad,reverse-batched",
+                           reverse_batched_max_n=10) as c:
+        capped = await c.post(SENS.format("linear") + "?strategy=reverse-batched",
+                              json={"inputs": [1.0] * 11})
+        assert capped.json()["type"] == "urn:dydc:problem:strategy-cap-exceeded", capped.text
+        assert "forward" not in capped.json()["detail"] and "Split the batch" in capped.text
 
 
 async def test_auto_runs_only_what_the_allow_list_serves(make_client: ClientFactory) -> None:

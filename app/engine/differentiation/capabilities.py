@@ -7,7 +7,7 @@ same reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from app.engine.differentiation.second_order import SECOND_ORDER
 from app.engine.differentiation.strategies import STRATEGIES
@@ -47,13 +47,18 @@ def refusal(strategy: str, routine: Routine, *, order: int, per_sample: bool) ->
     return None
 
 
-def cap_refusal(strategy: str, n: int, caps: Mapping[str, tuple[str, int]]) -> str | None:
-    """Why N is too large for ``strategy``, naming its setting; None if it is not."""
+def cap_refusal(strategy: str, n: int, caps: Mapping[str, tuple[str, int]],
+                enabled: Collection[str] | None = None) -> str | None:
+    """Why N is too large for ``strategy``, naming its setting; None if it is not. The
+    advice names forward mode only where the server serves it (``enabled``: the strategies
+    DYDC_STRATEGIES serves; None, all)."""
     if strategy not in caps:
         return None
     setting, cap = caps[strategy]
     if n <= cap:
         return None
+    forward = enabled is None or "forward" in enabled
     return (f"strategy {strategy} is capped at N = {cap} samples (DYDC_{setting.upper()}); "
-            f"this request has N = {n}. Use strategy=forward (one pass, no cap), or split "
-            "the batch")
+            f"this request has N = {n}. "
+            + ("Use strategy=forward (one pass, no cap), or split the batch" if forward
+               else "Split the batch"))

@@ -296,7 +296,7 @@ def checked_inputs(routine: Routine, inputs: np.ndarray | torch.Tensor, dtype: t
 
 
 def check_cap(strategy: str, n: int, limits: Limits) -> None:
-    reason = cap_refusal(strategy, n, limits.caps)
+    reason = cap_refusal(strategy, n, limits.caps, limits.enabled)
     if reason is not None:
         raise StrategyCapExceeded(reason)
 
