@@ -132,6 +132,19 @@ async def test_a_query_option_given_twice_is_refused(client: httpx.AsyncClient,
     assert_problem(r, 422, f"the query gives '{name}' more than once", "give each option once")
 
 
+@pytest.mark.parametrize("wrt", ["C,,x", "C, ,x", ",C,,x,"])
+async def test_an_empty_name_between_names_in_a_wrt_string_is_refused(
+        client: httpx.AsyncClient, wrt: str) -> None:
+    """It was dropped silently ("C,,x" ran as "C,x"), where a name may have been left out;
+    a comma at an end is a typing habit, and taken."""
+    r = await client.post(SENS.format("linear"), json={"inputs": [1.0], "wrt": wrt})
+    assert_problem(r, 422, f"wrt = {wrt!r} has an empty name between two commas",
+                   "single commas")
+    for taken in (" C , x ", "C,x,", ",C,x"):
+        ok = await client.post(SENS.format("linear"), json={"inputs": [2.0], "wrt": taken})
+        assert ok.json()["derivatives"] == {"C": [2.0], "x": [1.0]}, ok.text
+
+
 @pytest.mark.parametrize(("wrt", "status"), [
     ("", 422), ([], 422), ("zzz", 422), (["nope"], 422), (["C", "C"], 422),
     (["C"], 200), ("C", 200), (["x"], 200)])

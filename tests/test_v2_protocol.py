@@ -154,6 +154,8 @@ X1 = [tensor("x", [1.0, 2.0])]
         ("linear", {"inputs": X1, "parameters": {"wrt": ""}}, ["parameters.wrt names nothing"]),
         ("linear", {"inputs": X1, "parameters": {"wrt": " , "}}, ["names nothing", "output y"]),
         ("linear", {"inputs": X1, "parameters": {"wrt": []}}, ["names nothing"]),
+        ("linear", {"inputs": X1, "parameters": {"wrt": "C,,x"}},
+         ["parameters.wrt = 'C,,x' has an empty name between two commas"]),
         ("linear", {"inputs": X1, "parameters": {"binary_data_output": 1}}, ["binary_data_output"]),
         ("linear", {"inputs": X1, "parameters": {"timeout": -1}}, ["parameters.timeout"]),
         ("linear", {"inputs": X1, "parameters": {"timeout": "1s"}}, ["microseconds"]),

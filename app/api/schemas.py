@@ -19,6 +19,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from app.engine.errors import InvalidRequest
+
 __all__ = [
     "BumpInfo",
     "CheckInfo",
@@ -32,6 +34,7 @@ __all__ = [
     "SensitivityRequest",
     "SensitivityResponse",
     "StrategyList",
+    "split_names",
     "unknown_field",
     "validate_request",
 ]
@@ -52,11 +55,22 @@ ParamValue = Annotated[Number | list[Number], SkipValidation]
 ParamName = Annotated[str, Field(min_length=1)]
 
 
+def split_names(given: str, field: str) -> list[str]:
+    """``"sigma, r"`` as ``["sigma", "r"]``: the comma-separated form v1, v2, the client and
+    the command line take. A comma at either end is a typing habit and goes; an empty name
+    between two names (``"C,,x"``) is refused: it had been dropped silently, where a name
+    may have been left out. Nothing but commas and spaces is an empty list (which the
+    engine refuses, saying what to do)."""
+    names = [w.strip() for w in given.strip().strip(",").split(",")]
+    if any(names) and not all(names):
+        raise InvalidRequest(
+            f"{field} = {given!r} has an empty name between two commas; give the names "
+            "separated by single commas")
+    return [w for w in names if w]
+
+
 def _split_names(given: Any) -> Any:
-    """``"sigma, r"`` as ``["sigma", "r"]``: the comma-separated form v2, the client and the
-    command line take."""
-    return [w.strip() for w in given.split(",") if w.strip()] if isinstance(given, str) \
-        else given
+    return split_names(given, "wrt") if isinstance(given, str) else given
 
 
 # Omitted means every parameter; an empty list is refused (422) by the engine, whose message

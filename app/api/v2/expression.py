@@ -32,6 +32,7 @@ from app.api.expression_schemas import OdeBody
 from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
 from app.api.instrumentation import RequestLabels
 from app.api.pipeline import Decoded, Incoming, Reply, offload
+from app.api.schemas import split_names
 from app.api.v2 import framing, tensors
 from app.api.v2.routes import (
     MODEL_VERSION,
@@ -57,7 +58,7 @@ _FUNCTION = ("expression", "ode", "inputs")
 
 def _names(given: ParameterValue | None) -> list[str]:
     if isinstance(given, str):
-        return [w.strip() for w in given.split(",") if w.strip()]
+        return split_names(given, "parameters.inputs")
     if isinstance(given, list):
         return list(given)
     raise InvalidRequest(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from app.api.schemas import split_names
 from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
 from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult, Request
 from app.engine.differentiation.bumping import pairs
@@ -238,7 +239,7 @@ def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...
     if wrt_given is None:
         wrt = None
     elif isinstance(wrt_given, str):
-        wrt = tuple(w.strip() for w in wrt_given.split(",") if w.strip())
+        wrt = tuple(split_names(wrt_given, "parameters.wrt"))
     elif isinstance(wrt_given, list):
         wrt = tuple(wrt_given)
     else:
