@@ -26,9 +26,12 @@ class RequestLabels:
 
     def ran(self, job: Job, result: JobResult) -> None:
         """What the access log reports of a job that ran."""
-        self.n = job.n
-        self.queue_s = result.queue_s
-        self.compute_s = result.compute_s
+        self.took(job.n, result.queue_s, result.compute_s)
+
+    def took(self, n: int, queue_s: float, compute_s: float) -> None:
+        """What the access log reports of work that ran: its samples, its wait and its
+        compute (a request of several jobs, as scenarios, says them together)."""
+        self.n, self.queue_s, self.compute_s = n, queue_s, compute_s
 
 
 def _to_record(labels: RequestLabels) -> None:

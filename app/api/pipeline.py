@@ -244,7 +244,7 @@ async def serve(codec: Codec, request: Incoming, engine: Engine) -> Reply | None
             request.serving_large(engine)
         result = await _run(codec, engine, decoded, request.receive)
         ran = result.result if isinstance(result, Comparison) else result  # its reference
-        if isinstance(ran, JobResult):  # (a scenarios answer has said what ran: labels.took)
+        if isinstance(ran, JobResult):  # (scenarios say what ran themselves: labels.took)
             labels.ran(decoded.job, ran)
             labels.strategy = ran.strategy or "none"
         reply = codec.encode(decoded, result, started)

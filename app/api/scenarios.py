@@ -213,8 +213,7 @@ class V1Scenarios(V1):
         result = await scenarios.run(asked.plan, engine.run)
         plan = asked.plan
         if asked.labels is not None:  # every sample revalued; the explain's strategy
-            asked.labels.n = plan.shifted.n
-            asked.labels.queue_s, asked.labels.compute_s = result.queue_s, result.compute_s
+            asked.labels.took(plan.shifted.n, result.queue_s, result.compute_s)
             asked.labels.strategy = (result.base.strategy or "none") if plan.explain \
                 else "none"
         if plan.base.n * len(plan.scenarios) >= scenarios.OFF_LOOP_SAMPLES:
