@@ -172,6 +172,13 @@ class _LimitSettings(BaseSettings):
     max_delay_ms: Annotated[float, Field(ge=0, le=_DAY_S * 1e3)] = Field(
         2.0, description="How long the first request of a partial batch may wait for company."
     )
+    inline_launch_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        1.0, description="On a CPU device, a small request priced under this many ms of "
+        "device time runs on the event loop's thread, batched with those that arrived with "
+        "it, when the device worker is idle: handing it to the worker's thread costs more "
+        "than the launch. At most this long of such launches a turn of the loop; the rest "
+        "queue for the worker. 0: every launch on the worker."
+    )
     max_queue_samples: PositiveInt = Field(
         4_000_000, description="Samples queued before new requests get 503 + Retry-After."
     )

@@ -208,7 +208,8 @@ def create_app(settings: Settings | None = None) -> Service:
                           warmup=(partial(warm_up, routines, costs=costs,
                                           compile=s.compile_warmup)
                                   if s.warmup else None),
-                          costs=costs, slice_s=s.slice_ms / 1e3)
+                          costs=costs, slice_s=s.slice_ms / 1e3,
+                          inline_s=s.inline_launch_ms / 1e3)
         app.state.bodies = BodyBudget(s.max_inflight_body_bytes)
         app.state.engine = Engine(routines, bounds, pool, costs)
         pool.start()

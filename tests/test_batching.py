@@ -51,6 +51,10 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     real = worker_module.Executor.run_batch
 
     def held(*args: Any, **kwargs: Any) -> Any:
+        # the tests that hold the worker turn launches on the event loop off: held there,
+        # the loop would wait for a release that only it can give
+        assert threading.current_thread().name.startswith("dydc-worker"), \
+            "a gated launch ran on the event loop: give the test inline_launch_ms=0"
         held_gate.entered.set()
         held_gate.release.wait(30)
         return real(*args, **kwargs)
@@ -94,7 +98,7 @@ async def test_hundreds_of_concurrent_requests_batch_and_each_gets_its_own_answe
 
 async def test_a_failing_request_fails_alone(make_client: ClientFactory,
                                              gate: Gate) -> None:
-    async with make_client(max_delay_ms=50) as c:
+    async with make_client(max_delay_ms=50, inline_launch_ms=0) as c:
         def post(n0: float, r: float) -> Any:
             return c.post(SENS.format("logistic_growth"),
                           json={"inputs": [[n0, 1.0], [n0 + 1, 2.0]], "params": {"r": r}})
@@ -157,7 +161,8 @@ async def test_large_requests_run_in_chunks(make_client: ClientFactory) -> None:
 
 async def test_queue_full_is_503_with_retry_after(make_client: ClientFactory,
                                                   gate: Gate) -> None:
-    async with make_client(max_queue_samples=10, max_batch_samples=10) as c:
+    async with make_client(max_queue_samples=10, max_batch_samples=10,
+                           inline_launch_ms=0) as c:
         body = {"inputs": list(range(10))}
         running = asyncio.ensure_future(c.post(SENS.format("linear"), json=body))
         await gate.holding()  # taken by the worker, held at the gate
@@ -177,7 +182,7 @@ async def test_queue_full_is_503_with_retry_after(make_client: ClientFactory,
 
 async def test_expired_deadline_is_504(make_client: ClientFactory,
                                        gate: Gate) -> None:
-    async with make_client() as c:
+    async with make_client(inline_launch_ms=0) as c:
         running = asyncio.ensure_future(c.post(SENS.format("linear"), json={"inputs": [1]}))
         await gate.holding()
         late = await c.post(SENS.format("linear") + "?timeout_ms=100", json={"inputs": [2]})
@@ -217,7 +222,7 @@ async def test_a_dead_worker_is_restarted(make_client: ClientFactory,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(worker_module.Executor, "run_batch", crash_once)
-    async with make_client() as c:
+    async with make_client(inline_launch_ms=0) as c:  # (the worker's thread launches)
         before = scrape((await c.get("/metrics")).text)
         lost = await c.post(SENS.format("linear"), json={"inputs": [1]})
         assert lost.status_code == 503, lost.text

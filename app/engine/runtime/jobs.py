@@ -98,7 +98,9 @@ def resolve_all(answers: Sequence[tuple[Job, JobResult | BaseException]]) -> Non
     for job, result in answers:
         by_loop.setdefault(job.future.get_loop(), []).append((job, result))
     for loop, settled in by_loop.items():
-        if not loop.is_closed():
+        if asyncio._get_running_loop() is loop:  # answered on the loop itself (inline.py)
+            _settle(settled)
+        elif not loop.is_closed():
             loop.call_soon_threadsafe(_settle, settled)
 
 

@@ -1,8 +1,9 @@
 """The device workers.
 
-Requests never compute on the event loop: they put a :class:`Job` on the
-:class:`~app.engine.runtime.batching.JobQueue` (its two lanes and batching policy are described
-there) and await its future. One :class:`DeviceWorker` thread per device takes work from the queue;
+Requests put a :class:`Job` on the :class:`~app.engine.runtime.batching.JobQueue` (its two
+lanes and batching policy are described there) and await its future; only a small one on the
+CPU, while its worker is idle, runs on the event loop instead (app.engine.runtime.inline).
+One :class:`DeviceWorker` thread per device takes work from the queue;
 an idle worker is the least loaded one, so work goes where there is room. Heavy jobs run
 alone, in slices: between two slices the worker runs any light launch that is waiting, so
 small requests never wait behind a heavy job for more than about a slice, and it checks
@@ -32,6 +33,7 @@ from app.engine.errors import (
 from app.engine.runtime.admission import CostModel
 from app.engine.runtime.batching import JobQueue
 from app.engine.runtime.executor import Executor, Sliced
+from app.engine.runtime.inline import InlineLane
 from app.engine.runtime.jobs import Job, JobResult, resolve_all
 from app.engine.runtime.pricing import pairs, passes
 
@@ -98,6 +100,20 @@ class _Task:
         return first_s + rate * (1 - first_done)
 
 
+def _died(device: torch.device, exc: BaseException) -> ServiceUnavailable:
+    """The answer for the requests of a launch that killed the worker's thread."""
+    return ServiceUnavailable(f"the device worker on {device} failed "
+                              f"({type(exc).__name__}); retry")
+
+
+def _count_launch(device: torch.device, jobs: Sequence[Job], seconds: float) -> None:
+    place = str(device)
+    metrics.child(metrics.LAUNCHES, place).inc()
+    metrics.child(metrics.LAUNCH_SECONDS, place).observe(seconds)
+    metrics.BATCH_REQUESTS.observe(len(jobs))
+    metrics.BATCH_SAMPLES.observe(sum(job.n for job in jobs))
+
+
 def _take_torch_threads() -> None:
     """Give the calling thread torch's intra-op thread count (DYDC_TORCH_THREADS) as its
     OpenMP threads, which ATen otherwise does at the thread's first parallel call: compiled
@@ -121,6 +137,9 @@ class DeviceWorker:
         self._ready = threading.Event()
         self._task: _Task | None = None
         self._running: list[Job] = []  # the light launch in progress
+        # held while this worker launches (or warms up, or steps a heavy job), so that a
+        # launch on the event loop (app.engine.runtime.inline) never runs beside one
+        self.launching = threading.Lock()
         self._aborted: Exception | None = None
         self.failure: str | None = None
         self.restarts = 0
@@ -161,18 +180,6 @@ class DeviceWorker:
         running = [*self._running, *([self._task.job] if self._task else [])]
         resolve_all([(job, error) for job in running])
 
-    def _died(self, exc: BaseException) -> ServiceUnavailable:
-        """The answer for the requests of a launch that killed the worker's thread."""
-        return ServiceUnavailable(f"the device worker on {self.device} failed "
-                                  f"({type(exc).__name__}); retry")
-
-    def _count_launch(self, jobs: Sequence[Job], seconds: float) -> None:
-        device = str(self.device)
-        metrics.child(metrics.LAUNCHES, device).inc()
-        metrics.child(metrics.LAUNCH_SECONDS, device).observe(seconds)
-        metrics.BATCH_REQUESTS.observe(len(jobs))
-        metrics.BATCH_SAMPLES.observe(sum(job.n for job in jobs))
-
     def _measure(self, jobs: Sequence[Job]) -> None:
         """The routine's cost on this device, once, at its first launch (warm-up does it
         before when it runs)."""
@@ -184,7 +191,9 @@ class DeviceWorker:
             except Exception:  # a routine undefined at ones: the launch itself will say
                 log.debug("measuring routine %s failed", routine.name, exc_info=True)
 
-    def _execute(self, batch: list[Job]) -> None:
+    def execute(self, batch: list[Job]) -> None:
+        """One light launch, on the calling thread, with :attr:`launching` held; its
+        answers handed over."""
         self.executor.swap_in()  # between launches: graphs built meanwhile, loaded
         started = time.perf_counter()
         for job in batch:
@@ -194,12 +203,12 @@ class DeviceWorker:
         try:
             results = self.executor.run_batch(batch)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
-            lost = self._died(exc)
+            lost = _died(self.device, exc)
             resolve_all([(job, lost) for job in batch])
             raise
         finally:
             self._running = []
-        self._count_launch(batch, time.perf_counter() - started)
+        _count_launch(self.device, batch, time.perf_counter() - started)
         resolve_all(list(zip(batch, results, strict=True)))
 
     def _start(self, job: Job) -> None:
@@ -218,7 +227,7 @@ class DeviceWorker:
             if cancelled is not None:
                 metrics.CANCELLED.labels(cancelled).inc()
             else:
-                self._count_launch([task.job], task.busy_s)
+                _count_launch(self.device, [task.job], task.busy_s)
             if answer is not None:
                 task.job.resolve(answer)
         finally:
@@ -254,7 +263,7 @@ class DeviceWorker:
             self._finish(task, exc)
             return
         except BaseException as exc:  # the thread is dying: no request may be lost with it
-            self._finish(task, self._died(exc))
+            self._finish(task, _died(self.device, exc))
             raise
         task.busy_s += time.perf_counter() - began
         projected = task.projected_s(progress)
@@ -277,22 +286,25 @@ class DeviceWorker:
                 work = self._queue.take()
                 if work is None:
                     return
-                if isinstance(work, list):
-                    self._execute(work)
-                else:
-                    self._start(work)
+                with self.launching:
+                    if isinstance(work, list):
+                        self.execute(work)
+                    else:
+                        self._start(work)
                 continue
-            light = self._queue.take(block=False)
-            if isinstance(light, list):
-                self._execute(light)
-            self._advance()
+            with self.launching:
+                light = self._queue.take(block=False)
+                if isinstance(light, list):
+                    self.execute(light)
+                self._advance()
 
     def _loop(self) -> None:
         _take_torch_threads()
         try:
             if self._warmup is not None:
                 started = time.perf_counter()
-                self._warmup(self.executor)
+                with self.launching:
+                    self._warmup(self.executor)
                 log.info("device worker warm on %s in %.2f s", self.device,
                          time.perf_counter() - started)
         except Exception as exc:
@@ -313,9 +325,15 @@ class WorkerPool:
 
     def __init__(self, executors: Sequence[Executor], queue: JobQueue,
                  warmup: Callable[[Executor], None] | None = None,
-                 costs: CostModel | None = None, slice_s: float = 0.05):
+                 costs: CostModel | None = None, slice_s: float = 0.05,
+                 inline_s: float = 0.0):
         self.queue = queue
         self.workers = [DeviceWorker(ex, queue, warmup, costs, slice_s) for ex in executors]
+        # small launches on the event loop (app.engine.runtime.inline): one CPU device only
+        only = self.workers[0] if len(self.workers) == 1 else None
+        self.inline = (InlineLane(only, queue, costs, inline_s)
+                       if inline_s > 0 and costs is not None and only is not None
+                       and only.device.type == "cpu" else None)
         self._started = False
         self._abort_timer: threading.Timer | None = None
         self.drain_started: float | None = None  # time.monotonic() of the drain's start
@@ -330,10 +348,14 @@ class WorkerPool:
             w.start()
 
     def submit(self, job: Job) -> None:
-        self.queue.put(job)
+        """Queue ``job`` (on the event loop that awaits it), or keep it for a launch on
+        that loop."""
+        if self.inline is None or not self.inline.offer(job):
+            self.queue.put(job)
 
     def withdraw(self, job: Job) -> bool:
-        return self.queue.withdraw(job)
+        return (self.inline is not None and self.inline.withdraw(job)) \
+            or self.queue.withdraw(job)
 
     def begin_drain(self, abort_after_s: float | None = None) -> None:
         """Readiness goes to 503 and new work is refused; queued work still runs. With

@@ -1,0 +1,302 @@
+"""Small launches on the event loop (app.engine.runtime.inline): which jobs the lane takes,
+how it batches them, when it leaves them to the worker's queue, and the service answering
+through it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+
+import app.engine.runtime.worker as worker_module
+from app.engine.errors import DeadlineExceeded, ServiceUnavailable
+from app.engine.runtime.admission import CostModel
+from app.engine.runtime.batching import JobQueue
+from app.engine.runtime.inline import INLINE_SAMPLES, InlineLane
+from app.engine.runtime.jobs import Job, JobKind, JobResult
+from routines.elementary import exponential_decay, linear
+from tests.support import ClientFactory, scrape, value
+
+pytestmark = pytest.mark.anyio
+
+SENS = "/v1/routines/{}/sensitivities"
+
+
+class Worker:
+    """A device worker as the lane sees it: ``execute`` answers each job with its own
+    inputs (or does what ``then`` says), and records the batches."""
+
+    def __init__(self) -> None:
+        self.launching = threading.Lock()
+        self.ready = True
+        self.batches: list[list[Job]] = []
+        self.then: Any = None
+
+    def execute(self, batch: list[Job]) -> None:
+        self.batches.append(batch)
+        if self.then is not None:
+            self.then(batch)
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(JobResult(job.inputs, {}, "forward", "cpu", 0.0, 0.0))
+
+
+def _costs() -> CostModel:
+    costs = CostModel(10.0)
+    costs.measure(linear, torch.device("cpu"))
+    costs.measure(exponential_decay, torch.device("cpu"))
+    return costs
+
+
+COSTS = _costs()
+
+
+def _job(n: int = 4, routine: Any = linear, strategy: str | None = "forward", cost_s: float = 1e-5,
+         deadline_s: float = 30.0) -> Job:
+    job = Job(JobKind.SENSITIVITIES, routine,
+              torch.ones(n, len(routine.inputs), dtype=torch.float64), {},
+              (routine.param_names[0],), strategy, torch.float64,
+              deadline=time.perf_counter() + deadline_s, cost_s=cost_s)
+    job.future = asyncio.get_running_loop().create_future()
+    return job
+
+
+def _lane(worker: Worker, queue: JobQueue | None = None, budget_s: float = 1e-3) -> InlineLane:
+    return InlineLane(worker, queue or JobQueue(10**6, 10**6, 0.0), COSTS, budget_s)
+
+
+async def _turn() -> None:
+    """Until the loop has run the lane's turn (scheduled with call_soon)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_what_the_lane_takes_and_what_it_leaves_to_the_queue() -> None:
+    worker, queue = Worker(), JobQueue(10**6, 10**6, 0.0)
+    lane = _lane(worker, queue)
+    assert lane.offer(_job())
+    assert not lane.offer(_job(cost_s=2e-3)), "priced over the budget"
+    assert not lane.offer(_job(n=INLINE_SAMPLES + 1)), "more samples than a serial launch"
+    assert not lane.offer(_job(strategy="reverse-loop")), "unbatchable: the heavy lane"
+    from routines import Param, routine
+
+    @routine(description="never timed", params=[Param("C", 1.0)], inputs=["x"],
+             vectorized=True)
+    def untimed(x: torch.Tensor, *, C: torch.Tensor) -> torch.Tensor:
+        return C * x
+
+    assert not lane.offer(_job(routine=untimed)), "not yet timed: the worker measures it"
+    worker.ready = False
+    assert not lane.offer(_job()), "the worker is warming up"
+    worker.ready = True
+    queue.close()
+    assert not lane.offer(_job()), "shutting down: the queue refuses it"
+
+
+async def test_jobs_offered_together_run_in_one_launch_per_kind_on_the_loop() -> None:
+    worker = Worker()
+    lane = _lane(worker)
+    threads: list[str] = []
+    worker.then = lambda batch: threads.append(threading.current_thread().name)
+    a, b = _job(), _job(n=7)
+    other = _job(routine=exponential_decay)
+    c = _job(n=3)
+    for job in (a, b, other, c):
+        assert lane.offer(job)
+    assert worker.batches == [], "not before the loop's next turn"
+    await _turn()
+    assert worker.batches == [[a, b, c], [other]]
+    assert threads == [threading.current_thread().name] * 2
+    for job in (a, b, other, c):
+        assert (await job.future).values is job.inputs
+
+
+async def test_a_launch_holds_at_most_a_serial_launch_of_samples() -> None:
+    worker = Worker()
+    lane = _lane(worker)
+    jobs = [_job(n=INLINE_SAMPLES // 2) for _ in range(3)]
+    for job in jobs:
+        assert lane.offer(job)
+    await _turn()
+    assert worker.batches == [jobs[:2], jobs[2:]]
+
+
+async def test_a_busy_worker_gets_the_jobs_in_its_queue() -> None:
+    worker, queue = Worker(), JobQueue(10**6, 10**6, 0.0)
+    lane = _lane(worker, queue)
+    worker.launching.acquire()  # the worker is launching
+    jobs = [_job(), _job()]
+    for job in jobs:
+        assert lane.offer(job)
+    await _turn()
+    assert worker.batches == []
+    assert queue.take(block=False) == jobs
+    worker.launching.release()
+
+
+async def test_the_turn_ends_with_its_budget_and_the_rest_queue() -> None:
+    worker, queue = Worker(), JobQueue(10**6, 10**6, 0.0)
+    lane = _lane(worker, queue, budget_s=1e-3)
+    worker.then = lambda batch: time.sleep(2e-3)  # a launch longer than the turn's budget
+    first, second = _job(), _job(routine=exponential_decay)
+    assert lane.offer(first) and lane.offer(second)
+    await _turn()
+    assert worker.batches == [[first]]
+    assert first.future.done()
+    assert not second.future.done()
+    assert queue.take(block=False) == [second]
+    assert not worker.launching.locked()
+
+
+async def test_a_full_queue_answers_what_the_lane_hands_over() -> None:
+    worker, queue = Worker(), JobQueue(4, 10**6, 0.0)
+    lane = _lane(worker, queue)
+    worker.launching.acquire()
+    jobs = [_job(n=4), _job(n=4)]
+    for job in jobs:
+        assert lane.offer(job)
+    await _turn()
+    assert not jobs[0].future.done()  # queued
+    assert "DYDC_MAX_QUEUE_SAMPLES" in str(jobs[1].future.exception())
+    worker.launching.release()
+
+
+async def test_withdrawn_and_expired_jobs_do_not_run() -> None:
+    worker = Worker()
+    lane = _lane(worker)
+    gone, late, kept = _job(), _job(deadline_s=-1.0), _job()
+    for job in (gone, late, kept):
+        assert lane.offer(job)
+    assert lane.withdraw(gone)
+    assert not lane.withdraw(gone)
+    await _turn()
+    assert worker.batches == [[kept]]
+    assert isinstance(late.future.exception(), DeadlineExceeded)
+    assert not gone.future.done()
+
+
+async def test_a_failed_launch_answers_its_jobs_and_the_rest_still_run() -> None:
+    worker = Worker()
+    lane = _lane(worker)
+
+    def fail_first(batch: list[Job]) -> None:
+        if len(worker.batches) == 1:
+            raise RuntimeError("a graph failed to load")
+
+    worker.then = fail_first
+    broken, fine = _job(), _job(routine=exponential_decay)
+    assert lane.offer(broken) and lane.offer(fine)
+    await _turn()
+    error = broken.future.exception()
+    assert isinstance(error, ServiceUnavailable) and "RuntimeError" in str(error)
+    assert (await fine.future).values is fine.inputs
+    assert not worker.launching.locked()
+
+
+class Crash(BaseException):
+    """Not an Exception: what kills a worker's thread."""
+
+
+async def test_what_escapes_a_launch_on_the_loop_loses_no_job() -> None:
+    worker, queue = Worker(), JobQueue(10**6, 10**6, 0.0)
+    lane = _lane(worker, queue)
+
+    def crash(batch: list[Job]) -> None:
+        raise Crash
+
+    worker.then = crash
+    crashed, behind = _job(), _job(routine=exponential_decay)
+    assert lane.offer(crashed) and lane.offer(behind)
+    caught: list[BaseException] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: caught.append(context["exception"]))
+    try:
+        await _turn()
+    finally:
+        loop.set_exception_handler(None)
+    assert [type(e) for e in caught] == [Crash]
+    assert queue.take(block=False) == [behind], "the job behind it went to the worker"
+    assert not worker.launching.locked()
+
+
+# -- through the service
+
+
+def _launch_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads that launches run on, as they run."""
+    threads: list[str] = []
+    real = worker_module.Executor.run_batch
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module.Executor, "run_batch", recorded)
+    return threads
+
+
+@pytest.mark.parametrize(("inline_ms", "on_loop"), [(1.0, True), (0.0, False)])
+async def test_a_small_request_runs_on_the_loop_unless_turned_off(
+        make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, inline_ms: float,
+        on_loop: bool) -> None:
+    threads = _launch_threads(monkeypatch)
+    async with make_client(inline_launch_ms=inline_ms) as c:
+        threads.clear()  # (warm-up's)
+        resp = await c.post(SENS.format("linear"), json={"inputs": [1, 2, 3], "params": {"C": -5}})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["values"] == [-5.0, -10.0, -15.0]
+        assert resp.json()["derivatives"]["C"] == [1.0, 2.0, 3.0]
+    loop_thread = threading.current_thread().name
+    assert threads == [loop_thread if on_loop else "dydc-worker-cpu"]
+
+
+async def test_concurrent_small_requests_batch_on_the_loop_each_with_its_answer(
+        make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = _launch_threads(monkeypatch)
+    async with make_client() as c:
+        before = scrape((await c.get("/metrics")).text)
+        threads.clear()
+
+        async def one(i: int) -> None:
+            x = [float(i), float(i + 1)]
+            resp = await c.post(SENS.format("linear"), json={"inputs": x, "params": {"C": i}})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["values"] == [i * v for v in x]
+            assert resp.json()["derivatives"]["C"] == x
+
+        await asyncio.gather(*(one(i) for i in range(120)))
+        after = scrape((await c.get("/metrics")).text)
+    launches = value(after, "dydc_launches_total") - value(before, "dydc_launches_total")
+    assert set(threads) == {threading.current_thread().name}
+    assert launches == len(threads) < 120, "no launch held more than one request"
+
+
+async def test_a_request_crashing_a_launch_on_the_loop_is_503_and_the_service_goes_on(
+        make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = worker_module.Executor.run_batch
+    crashed = threading.Event()
+
+    def crash_once(*args: Any, **kwargs: Any) -> Any:
+        if not crashed.is_set():
+            crashed.set()
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module.Executor, "run_batch", crash_once)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda *_: None)  # (asyncio logs what escapes a callback)
+    try:
+        async with make_client() as c:
+            lost = await c.post(SENS.format("linear"), json={"inputs": [1]})
+            assert lost.status_code == 503, lost.text
+            assert "retry" in lost.json()["detail"]
+            ok = await c.post(SENS.format("linear"), json={"inputs": [1, 2], "params": {"C": 3}})
+            assert ok.json()["derivatives"]["C"] == [1.0, 2.0]
+            assert (await c.get("/readyz")).status_code == 200
+    finally:
+        loop.set_exception_handler(None)
+    assert crashed.is_set()
