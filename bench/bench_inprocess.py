@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-
 from prometheus_client import REGISTRY  # noqa: E402
 
 from app.config import Settings  # noqa: E402
@@ -86,7 +85,7 @@ async def _round(inline_ms: float, requests: int) -> tuple[float, float, float]:
                 status = await _one(app, k)
                 assert status == 200, status
 
-        for timed in (False, True):
+        for _warm_then_timed in range(2):
             left[0] = requests
             launches = _launches()
             began, cpu = time.perf_counter(), time.thread_time()
