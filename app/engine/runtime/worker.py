@@ -32,7 +32,7 @@ from app.engine.errors import (
 )
 from app.engine.runtime.admission import CostModel
 from app.engine.runtime.batching import JobQueue
-from app.engine.runtime.executor import Executor, Sliced
+from app.engine.runtime.executor import Executor, Sliced, batch_key
 from app.engine.runtime.inline import InlineLane
 from app.engine.runtime.jobs import Job, JobResult, resolve_all
 from app.engine.runtime.pricing import pairs, passes
@@ -100,6 +100,21 @@ class _Task:
         return first_s + rate * (1 - first_done)
 
 
+# kinds whose last launch time a worker keeps (app.engine.runtime.inline), before it starts anew
+_KINDS_TIMED = 4096
+
+
+def _took(times: dict[tuple[object, ...], tuple[float, int]], batch: list[Job],
+          seconds: float) -> None:
+    """Record a light launch's time for its kind (what app.engine.runtime.inline decides
+    by), in a bounded record (callers' expressions are kinds of their own)."""
+    key = batch_key(batch[0])
+    if key is not None:
+        if len(times) >= _KINDS_TIMED:
+            times.clear()
+        times[key] = (seconds, sum(job.n for job in batch))
+
+
 def _died(device: torch.device, exc: BaseException) -> ServiceUnavailable:
     """The answer for the requests of a launch that killed the worker's thread."""
     return ServiceUnavailable(f"the device worker on {device} failed "
@@ -137,9 +152,10 @@ class DeviceWorker:
         self._ready = threading.Event()
         self._task: _Task | None = None
         self._running: list[Job] = []  # the light launch in progress
-        # held while this worker launches (or warms up, or steps a heavy job), so that a
-        # launch on the event loop (app.engine.runtime.inline) never runs beside one
+        # held while it launches (warms up, steps a heavy job): a launch on the event loop
+        # (app.engine.runtime.inline) never runs beside one; and what light launches took
         self.launching = threading.Lock()
+        self.launch_s: dict[tuple[object, ...], tuple[float, int]] = {}
         self._aborted: Exception | None = None
         self.failure: str | None = None
         self.restarts = 0
@@ -200,6 +216,7 @@ class DeviceWorker:
             metrics.QUEUE_WAIT_SECONDS.observe(started - job.enqueued_at)
         self._measure(batch)
         self._running = batch
+        launched = time.perf_counter()
         try:
             results = self.executor.run_batch(batch)
         except BaseException as exc:  # the thread is dying: no request may be lost with it
@@ -208,7 +225,9 @@ class DeviceWorker:
             raise
         finally:
             self._running = []
-        _count_launch(self.device, batch, time.perf_counter() - started)
+        finished = time.perf_counter()
+        _took(self.launch_s, batch, finished - launched)
+        _count_launch(self.device, batch, finished - started)
         resolve_all(list(zip(batch, results, strict=True)))
 
     def _start(self, job: Job) -> None:
@@ -331,9 +350,9 @@ class WorkerPool:
         self.workers = [DeviceWorker(ex, queue, warmup, costs, slice_s) for ex in executors]
         # small launches on the event loop (app.engine.runtime.inline): one CPU device only
         only = self.workers[0] if len(self.workers) == 1 else None
-        self.inline = (InlineLane(only, queue, costs, inline_s)
-                       if inline_s > 0 and costs is not None and only is not None
-                       and only.device.type == "cpu" else None)
+        self.inline = (InlineLane(only, queue, inline_s)
+                       if inline_s > 0 and only is not None and only.device.type == "cpu"
+                       else None)
         self._started = False
         self._abort_timer: threading.Timer | None = None
         self.drain_started: float | None = None  # time.monotonic() of the drain's start
@@ -376,6 +395,8 @@ class WorkerPool:
                                    "retry on another replica")
         self.queue.close()
         self.queue.fail_all(error)
+        if self.inline is not None:
+            self.inline.fail_all(error)
         for w in self.workers:
             w.abort(error)
 
