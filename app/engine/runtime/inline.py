@@ -169,15 +169,12 @@ class InlineLane:
         live = self._live()
         if not live:
             return
-        closing = self._queue.closed
         if not self._worker.launching.acquire(blocking=False):
-            if closing:  # the closed queue takes nothing: again once the worker is done
-                self._later(live)
-            else:
-                self._hand_over(live)
+            self._hand_over(live)
             return
         try:
             began = time.perf_counter()
+            closing = self._queue.closed  # (then all of them: the queue takes none)
             while live and (closing or time.perf_counter() - began < self._budget_s):
                 batch, live = self._batch(live)
                 self._launch(batch)
@@ -206,13 +203,10 @@ class InlineLane:
         """To the worker's queue: it was busy, or the turn's budget is spent. Once the queue
         is closed (shutting down), the lane keeps them: they were taken before."""
         for i, job in enumerate(jobs):
-            if self._queue.closed:
-                self._later(jobs[i:])
-                return
             try:
                 self._queue.put(job)
             except QueueFull as exc:  # its answer
                 job.future.set_exception(exc)
-            except ServiceUnavailable:  # closed meanwhile, by the shutdown's thread
+            except ServiceUnavailable:  # closed: again once the worker is done
                 self._later(jobs[i:])
                 return
