@@ -173,8 +173,9 @@ class _LimitSettings(BaseSettings):
         2.0, description="How long the first request of a partial batch may wait for company."
     )
     inline_launch_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
-        1.0, description="On a CPU device, a small request priced under this many ms of "
-        "device time runs on the event loop's thread, batched with those that arrived with "
+        1.0, description="On a CPU device, a small request of a kind that has launched "
+        "before, priced under this many ms of device time and within it at its kind's last "
+        "launch's rate, runs on the event loop's thread, batched with those that arrived with "
         "it, when the device worker is idle: handing it to the worker's thread costs more "
         "than the launch. At most this long of such launches a turn of the loop; the rest "
         "queue for the worker. 0: every launch on the worker."
