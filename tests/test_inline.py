@@ -201,14 +201,20 @@ async def test_shutting_down_the_lane_runs_what_it_took_whatever_the_budget() ->
         assert (await job.future).values is job.inputs
 
 
-async def test_shutting_down_with_the_worker_busy_the_lane_waits_for_it() -> None:
+async def _closed_with_the_worker_busy() -> tuple[Worker, InlineLane, Job]:
+    """A lane holding a job when the queue closes (SIGTERM), the worker still launching."""
     worker, queue = Worker(), JobQueue(10**6, 10**6, 0.0)
     lane = _lane(worker, queue)
     job = _job()
     assert lane.offer(job)
     queue.close()
-    worker.launching.acquire()  # the worker finishing what it had
+    worker.launching.acquire()
     await _turn()
+    return worker, lane, job
+
+
+async def test_shutting_down_with_the_worker_busy_the_lane_waits_for_it() -> None:
+    worker, _, job = await _closed_with_the_worker_busy()
     await asyncio.sleep(0.02)
     assert worker.batches == [] and not job.future.done()
     worker.launching.release()
@@ -217,13 +223,7 @@ async def test_shutting_down_with_the_worker_busy_the_lane_waits_for_it() -> Non
 
 
 async def test_the_end_of_the_grace_period_answers_what_the_lane_holds() -> None:
-    worker, queue = Worker(), JobQueue(10**6, 10**6, 0.0)
-    lane = _lane(worker, queue)
-    job = _job()
-    assert lane.offer(job)
-    queue.close()
-    worker.launching.acquire()  # the worker still busy at the end of the grace period
-    await _turn()
+    worker, lane, job = await _closed_with_the_worker_busy()  # still at the period's end
     lane.fail_all(ServiceUnavailable("the service shut down"))
     assert "shut down" in str(job.future.exception())
     worker.launching.release()

@@ -18,7 +18,7 @@ import time
 from collections import deque
 
 from app import metrics
-from app.engine.errors import CostExceeded, DeadlineExceeded, QueueFull, ServiceUnavailable
+from app.engine.errors import CostExceeded, QueueFull, ServiceUnavailable
 from app.engine.runtime.executor import batch_key, memory_chunk
 from app.engine.runtime.jobs import Job, resolve_all
 
@@ -155,8 +155,7 @@ class JobQueue:
             if lane is self._heavy:
                 self._heavy_cost -= job.cost_s
             if reason == "deadline":
-                metrics.REJECTIONS.labels("deadline").inc()
-                job.resolve(DeadlineExceeded(now - job.enqueued_at, deadline_s=job.timeout_s))
+                job.expire(now)
         return None
 
     def _gather(self, batch: list[Job], key: object, samples: int) -> int:

@@ -42,9 +42,8 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from app import metrics
 from app.engine.compiled.threads import GRAIN
-from app.engine.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
+from app.engine.errors import QueueFull, ServiceUnavailable
 from app.engine.runtime.batching import JobQueue
 from app.engine.runtime.executor import batch_key
 from app.engine.runtime.jobs import Job, resolve_all
@@ -94,8 +93,7 @@ class InlineLane:
         if (job.n > self._most or self._queue.closed or not self._worker.ready
                 or self._queue.heavy(job)):
             return False
-        key = batch_key(job)
-        last = self._worker.launch_s.get(key) if key is not None else None
+        last = self._last(batch_key(job))
         if last is None or job.cost_s > self._budget_s \
                 or last[0] * job.n / max(last[1], 1) > self._budget_s:
             return False  # its kind's first launch, or too long for the loop
@@ -119,11 +117,15 @@ class InlineLane:
         left, self._pending = self._pending, []
         resolve_all([(job, error) for job in left])
 
+    def _last(self, key: tuple[object, ...] | None) -> tuple[float, int] | None:
+        """The kind's last launch (seconds, samples), or None (never launched)."""
+        return self._worker.launch_s.get(key) if key is not None else None
+
     def _samples(self, key: tuple[object, ...] | None) -> int:
         """The most samples of a kind that one launch on the loop takes: as many as its last
         launch's rate fits in the budget (that launch's own size at least), within a serial
         launch and DYDC_MAX_BATCH_SAMPLES."""
-        last = self._worker.launch_s.get(key) if key is not None else None
+        last = self._last(key)
         if last is None or last[0] <= 0:
             return self._most
         seconds, samples = last
@@ -154,9 +156,7 @@ class InlineLane:
         for job in pending:
             reason = job.stop_reason(now)
             if reason == "deadline":
-                metrics.REJECTIONS.labels("deadline").inc()
-                job.future.set_exception(DeadlineExceeded(now - job.enqueued_at,
-                                                          deadline_s=job.timeout_s))
+                job.expire(now)
             elif reason is None:
                 live.append(job)
         return live

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from app import metrics
 from app.engine.differentiation.bumping import Bump
 from app.engine.differentiation.checking import Check
 from app.engine.differentiation.input_sensitivities import features_in
+from app.engine.errors import DeadlineExceeded
 from routines import Routine
 
 __all__ = ["Job", "JobKind", "JobResult", "resolve_all"]
@@ -85,6 +87,12 @@ class Job:
         if self.deadline is not None and now > self.deadline:
             return "deadline"
         return None
+
+    def expire(self, now: float) -> None:
+        """Its deadline passed before it ran (queued, or waiting for the event loop's turn):
+        answer DeadlineExceeded, counted in dydc_rejections_total, from any thread."""
+        metrics.REJECTIONS.labels("deadline").inc()
+        self.resolve(DeadlineExceeded(now - self.enqueued_at, deadline_s=self.timeout_s))
 
     def resolve(self, result: JobResult | BaseException) -> None:
         """Hand the answer to the awaiting request, from any thread."""

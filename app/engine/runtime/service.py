@@ -24,7 +24,7 @@ from app.engine.differentiation.bumping import Bump
 from app.engine.differentiation.capabilities import supports_order2, supports_per_sample
 from app.engine.differentiation.checking import Check, differences
 from app.engine.differentiation.strategies import STRATEGIES, Strategy
-from app.engine.errors import DeadlineExceeded, StrategyDisabled, UnknownRoutine
+from app.engine.errors import StrategyDisabled, UnknownRoutine
 from app.engine.runtime.admission import CostModel
 from app.engine.runtime.comparison import Comparison, compare
 from app.engine.runtime.jobs import Job, JobKind, JobResult
@@ -174,9 +174,7 @@ class Engine:
         already running is stopped by its worker at its next slice (504), and a launch in
         progress gets its answer."""
         if not job.future.done() and self.worker.withdraw(job):
-            metrics.REJECTIONS.labels("deadline").inc()
-            job.future.set_exception(DeadlineExceeded(time.perf_counter() - job.enqueued_at,
-                                                          deadline_s=job.timeout_s))
+            job.expire(time.perf_counter())
 
     async def run(self, job: Job | Request) -> JobResult:
         """Queue the job and await its answer; a request is prepared first, here (the codecs
