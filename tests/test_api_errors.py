@@ -141,6 +141,19 @@ async def test_unknown_path_and_method_are_problems(client: httpx.AsyncClient) -
     assert_problem(await client.get(SENS.format("linear")), 405, "GET")
 
 
+@pytest.mark.parametrize(("asked", "meant"), [
+    ("reverse_loop", "reverse-loop"), ("Finite differences", "finite-difference"),
+    ("vmap_grad", "vmap-grad"), ("forwrd", "forward"), ("magic", None),
+])
+async def test_a_misspelt_strategy_names_the_one_meant(client: httpx.AsyncClient, asked: str,
+                                                       meant: str | None) -> None:
+    r = await client.post(SENS.format("linear"), params={"strategy": asked},
+                          json={"inputs": [1]})
+    assert_problem(r, 422, f"unknown strategy {asked!r}", "use one of: auto, forward")
+    hint = f"(did you mean {meant!r}?)"
+    assert (hint in r.json()["detail"]) if meant else "did you mean" not in r.json()["detail"]
+
+
 async def test_query_validation_is_problem_json(client: httpx.AsyncClient) -> None:
     r = await client.post(SENS.format("linear") + "?strategy=", json={"inputs": [1]})
     assert_problem(r, 422, "strategy")

@@ -5,6 +5,7 @@ array per sample, a dense tensor of inputs: rows or columns in memory)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections import Counter
@@ -154,8 +155,10 @@ def checked_timeout(timeout_ms: float | None) -> None:
 
 def checked_strategy(name: str, limits: Limits, any_strategy: bool = False) -> str:
     if name not in STRATEGIES:
+        served = enabled(limits)
         raise InvalidRequest(
-            f"unknown strategy {name!r}; use one of: {', '.join(enabled(limits))}"
+            f"unknown strategy {name!r}{_close_to(name, served)}; "
+            f"use one of: {', '.join(served)}"
         )
     if name not in limits.enabled and not any_strategy:
         raise StrategyDisabled(
@@ -163,6 +166,19 @@ def checked_strategy(name: str, limits: Limits, any_strategy: bool = False) -> s
             f"{', '.join(enabled(limits))}"
         )
     return _auto_within(limits) if name == "auto" and not any_strategy else name
+
+
+# Of an unknown strategy's name, what is compared with the served ones (a query value may be
+# kilobytes long; app.errors cuts the one the refusal quotes).
+_NAME_AT_MOST = 64
+
+
+def _close_to(name: str, served: Sequence[str]) -> str:
+    """A hint at the served strategy ``name`` was meant to be, if one is close: the brief's
+    words and Python's spelling (``reverse_loop``, ``Finite differences``) are common."""
+    spelled = name[:_NAME_AT_MOST].strip().lower().replace("_", "-").replace(" ", "-")
+    close = difflib.get_close_matches(spelled, served, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _auto_within(limits: Limits) -> str:
