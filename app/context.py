@@ -34,6 +34,7 @@ class RequestRecord:
     # the status of a request the application never answered: 408 written by the server at
     # the read timeout (app.server), 499 when the client went away (the pipeline)
     closed_with: int | None = None
+    closed_bytes: int = 0  # the body of that 408, as written by the server
 
     @property
     def instance(self) -> str:

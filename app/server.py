@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from app import metrics
 from app.context import RequestRecord, record_of
 from app.http.request_id import accepted_id
@@ -60,15 +62,18 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem
          b"content-length: %d\r\n\r\n%s")
 
 
-def _answer(template: bytes, status: int, title: bytes, detail: bytes,
+def _answer(template: bytes, status: int, title: str, detail: str,
             record: RequestRecord | None = None) -> bytes:
     """A refusal written before (or instead of) the application, with an id as every answer
     has (the request's where the application had its record, else a new one) and the id as
-    the problem's ``instance``."""
+    the problem's ``instance``, escaped like every JSON string (a client's id may hold any
+    visible character, ``"`` included)."""
     record = record or RequestRecord(accepted_id(None))
-    body = (b'{"type":"about:blank","title":"%s","status":%d,"detail":"%s","instance":"%s"}'
-            % (title, status, detail, record.instance.encode("ascii")))
-    return template % (record.id.encode("ascii"), len(body), body)
+    body = orjson.dumps({"type": "about:blank", "title": title, "status": status,
+                         "detail": detail, "instance": record.instance})
+    answer = template % (record.id.encode("ascii"), len(body), body)
+    record.closed_bytes = len(body)  # for the access log: the body the client got
+    return answer
 
 
 @dataclass
@@ -98,9 +103,9 @@ def _head_refused(protocol: Any, data: bytes) -> bool:
         return False
     _disarm(protocol)
     protocol.transport.write(_answer(
-        _HEAD_TOO_LARGE, 431, b"Request Header Fields Too Large",
-        b"the request's head is over %d bytes (DYDC_MAX_HEADER_BYTES): send fewer or shorter "
-        b"header fields" % limit))
+        _HEAD_TOO_LARGE, 431, "Request Header Fields Too Large",
+        f"the request's head is over {limit} bytes (DYDC_MAX_HEADER_BYTES): send fewer or "
+        "shorter header fields"))
     metrics.REJECTIONS.labels("headers").inc()
     protocol.transport.close()
     return True
@@ -119,9 +124,9 @@ def _timed_out(protocol: Any) -> None:
             record.closed_with = 408
         assert _limits is not None
         transport.write(_answer(
-            _TIMEOUT, 408, b"Request Timeout",
-            b"the request was not complete within %g s (DYDC_READ_TIMEOUT_S)"
-            % _limits.read_timeout_s, record))
+            _TIMEOUT, 408, "Request Timeout",
+            f"the request was not complete within {_limits.read_timeout_s:g} s "
+            "(DYDC_READ_TIMEOUT_S)", record))
     metrics.CONNECTIONS_CLOSED.labels("read_timeout").inc()
     transport.close()
 
@@ -147,9 +152,9 @@ def _connection_made(original: Callable[..., None]) -> Callable[..., None]:
             return
         if len(self.connections) > _limits.max_connections:
             transport.write(_answer(
-                _FULL, 503, b"Service Unavailable",
-                b"too many open connections (DYDC_MAX_CONNECTIONS = %d); retry shortly"
-                % _limits.max_connections))
+                _FULL, 503, "Service Unavailable",
+                f"too many open connections (DYDC_MAX_CONNECTIONS = {_limits.max_connections}); "
+                "retry shortly"))
             metrics.CONNECTIONS_CLOSED.labels("max_connections").inc()
             transport.close()
             return

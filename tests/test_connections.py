@@ -82,23 +82,27 @@ def test_a_trickled_body_is_cut(uvicorn_server: ServerProcess) -> None:
 def test_a_request_cut_at_the_read_timeout_is_logged_and_counted_as_408(
         uvicorn_server: ServerProcess) -> None:
     """The access log and dydc_requests_total say what the client got (they said 500 with
-    out=0, and 499)."""
+    out=0, and 499, and then 408 with out=0); the client's id is escaped in the answer's JSON
+    (written raw, an id with a quote made it invalid and added fields to it)."""
     path = "/v1/routines/exponential_decay/sensitivities"  # a routine no other test here uses
+    rid = 'cut-1"},"status":200,"x":{"a":"\\'
     with _connect(uvicorn_server) as sock:
-        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Request-ID: cut-1\r\n" % path.encode()
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Request-ID: %s\r\n"
+                     % (path.encode(), rid.encode())
                      + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                      b'{"inputs": [')
         answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert b"\r\nx-request-id: cut-1\r\n" in head  # the request's own id, as logged
-    assert orjson.loads(body)["instance"] == "urn:dydc:request:cut-1"
+    assert b"\r\nx-request-id: %s\r\n" % rid.encode() in head  # the request's own id
+    problem = orjson.loads(body)
+    assert problem["instance"] == f"urn:dydc:request:{rid}" and problem["status"] == 408
     deadline = time.monotonic() + 10
     while f'"POST {path}" ' not in uvicorn_server.output():
         assert time.monotonic() < deadline, uvicorn_server.output()
         time.sleep(0.05)
     line = next(x for x in uvicorn_server.output().splitlines() if f'"POST {path}" ' in x)
-    assert f'"POST {path}" 408 ' in line, line
+    assert f'"POST {path}" 408 ' in line and f" out={len(body)} " in line, line
     metrics = httpx.get(uvicorn_server.url + "/metrics", timeout=10).text
     assert ('dydc_requests_total{routine="exponential_decay",status="408",strategy="auto"} 1.0'
             in metrics), [x for x in metrics.splitlines() if "exponential_decay" in x]

@@ -201,6 +201,7 @@ class AccessLogMiddleware:
             if not status:  # the server's own answer (408), the client gone (499), or 500
                 record = record_of(scope)
                 status = (record.closed_with if record and record.closed_with else 500)
+                bytes_out += record.closed_bytes if record else 0
             if self.logger.isEnabledFor(logging.INFO):
                 line = self.format(self._entry(scope, at, started, status, bytes_in, bytes_out))
                 direct = _direct_handler(self.logger)
