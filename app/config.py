@@ -145,7 +145,7 @@ class _LimitSettings(BaseSettings):
     )
     max_response_bytes: PositiveInt = Field(
         128 * 2**20, description="Largest answer, priced before the job runs (N x outputs x "
-        "the arrays asked: values, derivatives, second-order pairs; 24 bytes a number in JSON, "
+        "the arrays asked: values, derivatives, second-order pairs; 25 bytes a number in JSON, "
         "8 or 4 in binary v2): 422 above, naming the estimate and what to ask for instead. "
         "Default: half the in-flight body budget's default."
     )

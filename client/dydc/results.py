@@ -121,7 +121,7 @@ class Limits:
     strategy_caps: dict[str, int] = field(default_factory=dict)
     max_response_bytes: int | None = None
     """Largest answer, as the service prices it: N x outputs x arrays x bytes a number."""
-    json_number_bytes: int = 24
+    json_number_bytes: int = 25
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Limits:
@@ -133,7 +133,7 @@ class Limits:
                    strategy_caps={str(k): int(v)
                                   for k, v in (doc.get("strategy_caps") or {}).items()},
                    max_response_bytes=_whole(doc.get("max_response_bytes")),
-                   json_number_bytes=int(doc.get("json_number_bytes") or 24))
+                   json_number_bytes=int(doc.get("json_number_bytes") or 25))
 
 
 def _whole(value: Any) -> int | None:
