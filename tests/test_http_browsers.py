@@ -29,6 +29,26 @@ async def test_v1_bodies_must_be_json(client: httpx.AsyncClient, content_type: s
         assert body["type"] == "urn:dydc:problem:unsupported-media-type"
 
 
+@pytest.mark.parametrize("types", [
+    ["application/json", "text/plain"], ["text/plain", "application/json"],
+    ["application/json", "application/json;charset=utf-8", "application/octet-stream"],
+])
+async def test_two_content_types_that_differ_are_refused(client: httpx.AsyncClient,
+                                                         types: list[str]) -> None:
+    """Which of two Content-Type headers the body is in is ambiguous: the first had been
+    taken, so the same request got 200 or 415 by the headers' order. One type given twice,
+    parameters aside, is no ambiguity."""
+    headers = [("content-type", t) for t in types]
+    r = await client.post(SENS, content=BODY, headers=headers)
+    assert_problem(r, 415, f"{len(types)} Content-Type headers", "text/plain"
+                   if "text/plain" in types else "application/octet-stream", "send one")
+    v2 = await client.post(INFER, headers=headers, content=(
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.5]}]}'))
+    assert_error(v2, 415, "Content-Type headers", "send one")
+    same = [("content-type", "application/json"), ("content-type", "application/json")]
+    assert (await client.post(SENS, content=BODY, headers=same)).status_code == 200
+
+
 async def test_every_v1_route_that_reads_a_body_refuses_a_form(
         client: httpx.AsyncClient) -> None:
     """Every v1 POST route the app has, however added: a form or text/plain body is a 415

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http.refusal import Refuser
 
-__all__ = ["ContentTypeMiddleware", "media_type"]
+__all__ = ["ContentTypeMiddleware", "media_type", "media_types"]
 
 V2_PREFIX = "/v2"
 
@@ -32,12 +32,16 @@ _V1_BODIES = re.compile(r"/v1/routines/[^/]+/(sensitivities|evaluate|compare|sce
                         r"|/v1/expressions/(sensitivities|evaluate|compare|scenarios)")
 
 
+def media_types(scope: Scope) -> list[str]:
+    """Each Content-Type header's media type, lower case, without parameters, in order."""
+    return [str(value.decode("latin-1")).partition(";")[0].strip().lower()
+            for name, value in scope["headers"] if name == b"content-type"]
+
+
 def media_type(scope: Scope) -> str | None:
     """The Content-Type's media type, lower case, without parameters; None when absent."""
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return str(value.decode("latin-1")).partition(";")[0].strip().lower()
-    return None
+    given = media_types(scope)
+    return given[0] if given else None
 
 
 def _speaks_v2(path: str) -> bool:
@@ -54,8 +58,14 @@ class ContentTypeMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        given = media_type(scope)
-        if given != JSON and _V1_BODIES.fullmatch(path):
+        types = media_types(scope)
+        given = types[0] if types else None
+        if len(set(types)) > 1:
+            # a singleton field (RFC 9110 8.3) given twice: which one the body is in is
+            # ambiguous (the first had been taken, so the header's order made it 200 or 415)
+            detail = (f"the request has {len(types)} Content-Type headers "
+                      f"({', '.join(types[:3])}{', ...' if len(types) > 3 else ''}); send one")
+        elif given != JSON and _V1_BODIES.fullmatch(path):
             what = f"Content-Type {given}" if given else "no Content-Type"
             detail = f"the body was sent with {what}; send it as {JSON}"
         elif _speaks_v2(path) and given in PREFLIGHT_FREE:
