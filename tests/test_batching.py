@@ -436,6 +436,8 @@ def test_a_heavy_job_its_deadline_cannot_hold_is_not_told_to_retry() -> None:
         queue.put(job(2.0, 1.0))  # 5 s ahead, and over its 1 s alone
     with pytest.raises(QueueFull, match="retry after a short wait"):
         queue.put(job(0.5, 1.0))  # would fit alone: later, it may
+    with pytest.raises(CostExceeded, match=r"estimated at 0.05 s .*leaves \(0\.00\d+ s, "):
+        queue.put(job(0.05, 0.005))  # a deadline of milliseconds is not "0.00 s"
 
 
 def test_a_large_second_order_job_asks_for_the_graph_its_small_launches_would_not() -> None:

@@ -25,6 +25,12 @@ from app.engine.runtime.jobs import Job, resolve_all
 __all__ = ["JobQueue"]
 
 
+def _seconds(s: float) -> str:
+    """Seconds in a refusal: two decimals, and two significant digits below 0.1 s (a 5 ms
+    deadline was "0.00 s")."""
+    return f"{s:.2f}" if s >= 0.1 or s == 0 else f"{s:.2g}"
+
+
 class JobQueue:
     """A FIFO in two lanes (light and heavy, see the module docstring), bounded in samples,
     and in the heavy lane by the work queued ahead of a job against its deadline."""
@@ -75,16 +81,17 @@ class JobQueue:
             metrics.REJECTIONS.labels("cost").inc()
             behind = f", behind {ahead:.2g} s of heavy jobs ahead of it" if ahead > 0 else ""
             raise CostExceeded(
-                f"this job is estimated at {job.cost_s:.2f} s of device time, more than its "
-                f"deadline leaves ({max(left, 0):.2f} s{behind}): raise timeout_ms (at most "
-                "DYDC_REQUEST_TIMEOUT_MS), send fewer samples, or use a cheaper strategy")
+                f"this job is estimated at {_seconds(job.cost_s)} s of device time, more than "
+                f"its deadline leaves ({_seconds(max(left, 0))} s{behind}): raise timeout_ms "
+                "(at most DYDC_REQUEST_TIMEOUT_MS), send fewer samples, or use a cheaper "
+                "strategy")
         if ahead > 0 and ahead + job.cost_s > left:
             metrics.REJECTIONS.labels("queue_full").inc()
             raise QueueFull(
                 f"heavy jobs ahead of this one need about {ahead:.2g} s of device time, and "
-                f"this one about {job.cost_s:.2f} s: it would not finish within its deadline "
-                f"({max(left, 0):.1f} s left); retry after a short wait, or use a cheaper "
-                "strategy", retry_after_s=max(1.0, ahead))
+                f"this one about {_seconds(job.cost_s)} s: it would not finish within its "
+                f"deadline ({_seconds(max(left, 0))} s left); retry after a short wait, or use "
+                "a cheaper strategy", retry_after_s=max(1.0, ahead))
 
     def put(self, job: Job) -> None:
         with self._cond:
