@@ -164,7 +164,7 @@ class GzipRequestMiddleware:
             after = "another gzip member" if coding == "gzip" else "part of its zlib stream"
             await self.refuse(scope, receive, send, 400,
                               f"the body has {exc} bytes after its {coding} data that are not "
-                              f"{after}; send only the compressed body", "gzip-trailing-data")
+                              f"{after}; send only the compressed body", f"{coding}-trailing-data")
             return
         if body is None:  # the client went away (or the server cut a malformed request)
             record = record_of(scope)
