@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 import uvicorn
@@ -29,16 +30,21 @@ def _help(field: str) -> str:
 
 def _port(text: str) -> int:
     """--port's value: an integer from 0 to 65535 (else a usage error naming the flag)."""
-    port = int(text)  # ValueError: argparse's "invalid _port value"
+    try:
+        port = int(text)
+    except ValueError:  # (argparse's own message named this function: "invalid _port value")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; use 0 to 65535") from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port; use 0 to 65535")
     return port
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags; an unknown or malformed one ends the process with usage and exit 2."""
+def parse_args(argv: Sequence[str] | None = None,
+               prog: str | None = None) -> argparse.Namespace:
+    """The flags; an unknown or malformed one ends the process with usage and exit 2.
+    ``prog``: the command's name in the usage (default: how it was started)."""
     parser = argparse.ArgumentParser(
-        prog="python -m app",
+        prog=prog or _prog(),
         description="Serve the dydc sensitivity service with uvicorn.",
         epilog="Every other setting is a DYDC_* environment variable (README: Configuration).",
         allow_abbrev=False,
@@ -47,6 +53,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=_port, help=_help("port"))
     parser.add_argument("--log-level", type=str.lower, choices=_LOG_LEVELS, help=_help("log_level"))
     return parser.parse_args(argv)
+
+
+def _prog() -> str:
+    """``dydc-server`` when started as that script, else ``python -m app``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name.startswith("dydc-server") else "python -m app"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,7 +53,7 @@ def test_no_flags_keep_the_defaults(served: dict[str, Any]) -> None:
     ("argv", "message"),
     [
         (["--bogus"], "unrecognized arguments: --bogus"),
-        (["--port", "eighty"], "argument --port: invalid _port value: 'eighty'"),
+        (["--port", "eighty"], "argument --port: 'eighty' is not a port; use 0 to 65535"),
         (["--port", "-1"], "argument --port: -1 is not a port; use 0 to 65535"),
         (["--port", "65536"], "argument --port: 65536 is not a port; use 0 to 65535"),
         (["--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
@@ -84,6 +85,11 @@ def test_help_starts_nothing() -> None:
         ("--log-level", "DYDC_LOG_LEVEL"),
     ):
         assert flag in done.stdout and variable in done.stdout
+    # the installed script's usage names the script (it said "python -m app")
+    script = Path(sys.executable).parent / "dydc-server"
+    done = subprocess.run([str(script), "--port", "x"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("usage: dydc-server"), done.stderr
 
 
 def test_the_log_level_reaches_the_services_own_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
