@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,33 +47,65 @@ import orjson
 
 from app import metrics
 from app.context import RequestRecord, record_of
+from app.http.access_log import log_refused
 from app.http.request_id import accepted_id
 
 __all__ = ["ConnectionLimits", "install"]
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
+_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: %s\r\n"
             b"connection: close\r\nx-request-id: %s\r\ncontent-length: %d\r\n\r\n%s")
 _HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                   b"content-type: application/problem+json\r\nconnection: close\r\n"
+                   b"content-type: %s\r\nconnection: close\r\n"
                    b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n%s")
-_FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: %s\r\n"
          b"retry-after: 1\r\nconnection: close\r\nx-request-id: %s\r\n"
          b"content-length: %d\r\n\r\n%s")
 
 
 def _answer(template: bytes, status: int, title: str, detail: str,
-            record: RequestRecord | None = None) -> bytes:
+            record: RequestRecord | None = None, path: str = "") -> bytes:
     """A refusal written before (or instead of) the application, with an id as every answer
-    has (the request's where the application had its record, else a new one) and the id as
-    the problem's ``instance``, escaped like every JSON string (a client's id may hold any
+    has (the request's where the application had its record, else a new one): on a v2 path
+    (``path``, where the request line arrived) v2's ``{"error"}``, else problem details with
+    the id as the ``instance``, escaped like every JSON string (a client's id may hold any
     visible character, ``"`` included)."""
     record = record or RequestRecord(accepted_id(None))
-    body = orjson.dumps({"type": "about:blank", "title": title, "status": status,
-                         "detail": detail, "instance": record.instance})
-    answer = template % (record.id.encode("ascii"), len(body), body)
+    if path == "/v2" or path.startswith("/v2/"):
+        content_type, body = b"application/json", orjson.dumps({"error": detail})
+    else:
+        content_type = b"application/problem+json"
+        body = orjson.dumps({"type": "about:blank", "title": title, "status": status,
+                             "detail": detail, "instance": record.instance})
+    answer = template % (content_type, record.id.encode("ascii"), len(body), body)
     record.closed_bytes = len(body)  # for the access log: the body the client got
+    return answer
+
+
+def _request_line(protocol: Any) -> tuple[str, str]:
+    """The method and path of the head that is arriving, as far as its first bytes tell
+    ("" for what has not arrived)."""
+    first, _, _ = getattr(protocol, _FIRST, (b"", 0.0, 0.0))
+    method, _, rest = first.partition(b"\n")[0].partition(b" ")
+    target = rest.partition(b" ")[0].partition(b"?")[0]
+    if not method.isalpha() or len(method) > 16:
+        return "", ""
+    return method.decode("ascii"), target.decode("latin-1")
+
+
+def _refused_on_the_wire(protocol: Any, status: int, template: bytes, title: str,
+                         detail: str) -> bytes:
+    """The answer to a head refused before the application saw it, counted as the
+    middlewares count theirs (dydc_requests_total for a POST) and logged."""
+    method, path = _request_line(protocol)
+    record = RequestRecord(accepted_id(None))
+    answer = _answer(template, status, title, detail, record, path)
+    if method == "POST":
+        metrics.child(metrics.REQUESTS, "unknown", "none", str(status)).inc()
+    _, arrived, started = getattr(protocol, _FIRST, (b"", time.time(), time.perf_counter()))
+    log_refused(record.id, method or "-", path or "-", status, arrived, started, 0,
+                record.closed_bytes)
     return answer
 
 
@@ -86,6 +119,9 @@ class ConnectionLimits:
 _limits: ConnectionLimits | None = None
 _ATTRIBUTE = "_dydc_read_timer"
 _HEAD = "_dydc_head_bytes"  # bytes of the request head that is arriving
+# its first bytes (the request line, for the records of a refusal), with when they came
+_FIRST = "_dydc_head_first"
+_FIRST_BYTES = 512
 
 
 def _head_refused(protocol: Any, data: bytes) -> bool:
@@ -94,6 +130,8 @@ def _head_refused(protocol: Any, data: bytes) -> bool:
     assert _limits is not None
     limit = _limits.max_header_bytes
     before = getattr(protocol, _HEAD, 0)
+    if not before:
+        setattr(protocol, _FIRST, (data[:_FIRST_BYTES], time.time(), time.perf_counter()))
     if before + len(data) <= limit:
         setattr(protocol, _HEAD, before + len(data))
         return False
@@ -102,8 +140,8 @@ def _head_refused(protocol: Any, data: bytes) -> bool:
     if crlf >= 0 or lf >= 0:  # the head ends within the limit; a body follows
         return False
     _disarm(protocol)
-    protocol.transport.write(_answer(
-        _HEAD_TOO_LARGE, 431, "Request Header Fields Too Large",
+    protocol.transport.write(_refused_on_the_wire(
+        protocol, 431, _HEAD_TOO_LARGE, "Request Header Fields Too Large",
         f"the request's head is over {limit} bytes (DYDC_MAX_HEADER_BYTES): send fewer or "
         "shorter header fields"))
     metrics.REJECTIONS.labels("headers").inc()
@@ -117,16 +155,21 @@ def _timed_out(protocol: Any) -> None:
     if transport is None or transport.is_closing():
         return
     cycle = getattr(protocol, "cycle", None)
-    if cycle is None or cycle.response_complete or not cycle.response_started:
-        record = record_of(cycle.scope) if cycle is not None and not cycle.response_complete \
-            else None
-        if record is not None:  # the application is reading this request: log what it got
-            record.closed_with = 408
-        assert _limits is not None
-        transport.write(_answer(
-            _TIMEOUT, 408, "Request Timeout",
-            f"the request was not complete within {_limits.read_timeout_s:g} s "
-            "(DYDC_READ_TIMEOUT_S)", record))
+    assert _limits is not None
+    detail = (f"the request was not complete within {_limits.read_timeout_s:g} s "
+              "(DYDC_READ_TIMEOUT_S)")
+    if cycle is not None and not cycle.response_complete:
+        if not cycle.response_started:  # the application is reading this request: its
+            record = record_of(cycle.scope)  # access log and counts record the 408
+            if record is not None:
+                record.closed_with = 408
+            transport.write(_answer(_TIMEOUT, 408, "Request Timeout", detail, record,
+                                    cycle.scope.get("path", "")))
+    elif getattr(protocol, _HEAD, 0):  # a head was arriving: the application never saw it
+        transport.write(_refused_on_the_wire(protocol, 408, _TIMEOUT, "Request Timeout",
+                                             detail))
+    else:  # a connection that sent nothing, or nothing since its last answer
+        transport.write(_answer(_TIMEOUT, 408, "Request Timeout", detail))
     metrics.CONNECTIONS_CLOSED.labels("read_timeout").inc()
     transport.close()
 

@@ -59,14 +59,67 @@ def _closed_total(server: ServerProcess, reason: str) -> float:
     return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
 
 
+def _refused_total(server: ServerProcess, status: int) -> float:
+    """dydc_requests_total of the POSTs refused before their routine was known."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    line = f'dydc_requests_total{{routine="unknown",status="{status}",strategy="none"}} '
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+
+
+def _logged(server: ServerProcess, needle: str) -> str:
+    """The access log's line that holds ``needle`` (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while needle not in server.output():
+        assert time.monotonic() < deadline, server.output()[-2000:]
+        time.sleep(0.05)
+    return next(x for x in server.output().splitlines() if needle in x)
+
+
 def test_unfinished_headers_get_408_and_are_closed(uvicorn_server: ServerProcess) -> None:
+    """Never seen by the application, the request is logged and counted all the same, and
+    on a v2 path answered in v2's format."""
     before = _closed_total(uvicorn_server, "read_timeout")
+    refused = _refused_total(uvicorn_server, 408)
     with _connect(uvicorn_server) as sock:
-        sock.sendall(b"POST /v1/routines/linear/sensitivities HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"POST /v1/routines/logistic_growth/evaluate?x=1 HTTP/1.1\r\nHost: x\r\n")
         answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
-    assert b"DYDC_READ_TIMEOUT_S" in answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head
+    assert "DYDC_READ_TIMEOUT_S" in orjson.loads(body)["detail"]
     assert _closed_total(uvicorn_server, "read_timeout") == before + 1
+    line = _logged(uvicorn_server, '"POST /v1/routines/logistic_growth/evaluate" ')
+    assert '" 408 ' in line and f" out={len(body)}" in line, line
+    assert _refused_total(uvicorn_server, 408) == refused + 1
+    with _connect(uvicorn_server) as sock:
+        sock.sendall(b"POST /v2/models/logistic_growth/infer HTTP/1.1\r\nHost: x\r\n")
+        answer = _read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"content-type: application/json" in head
+    assert "DYDC_READ_TIMEOUT_S" in orjson.loads(body)["error"]
+    assert '" 408 ' in _logged(uvicorn_server, '"POST /v2/models/logistic_growth/infer" ')
+
+
+@pytest.mark.parametrize(("path", "key"), [("/v1/routines/softmax/evaluate", "detail"),
+                                           ("/v2/models/softmax/infer", "error")])
+def test_a_head_over_the_limit_is_logged_and_counted(uvicorn_server: ServerProcess,
+                                                     path: str, key: str) -> None:
+    """The server's 431, written before the application sees the request, is in the access
+    log and dydc_requests_total as the middlewares' refusals are, in the path's format."""
+    refused = _refused_total(uvicorn_server, 431)
+    with _connect(uvicorn_server) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n"
+                     % (path.encode(), b"a" * 20_000))
+        answer = _read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert "DYDC_MAX_HEADER_BYTES" in orjson.loads(body)[key]
+    rid = re.search(rb"\r\nx-request-id: (\w+)\r\n", head)
+    assert rid is not None, head
+    line = _logged(uvicorn_server, f'"POST {path}" ')
+    assert line.split()[1] == rid[1].decode() and '" 431 ' in line, line
+    assert f" in=0 out={len(body)}" in line, line
+    assert _refused_total(uvicorn_server, 431) == refused + 1
 
 
 def test_a_trickled_body_is_cut(uvicorn_server: ServerProcess) -> None:

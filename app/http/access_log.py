@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import record_of
 
-__all__ = ["FIELDS", "AccessLogMiddleware", "access_logger", "flush_access_log"]
+__all__ = ["FIELDS", "AccessLogMiddleware", "access_logger", "flush_access_log",
+           "log_refused"]
 
 FIELDS = ("time", "id", "method", "path", "routine", "strategy", "n", "status", "queue_ms",
           "compute_ms", "total_ms", "bytes_in", "bytes_out")
@@ -165,6 +166,8 @@ class AccessLogMiddleware:
         self.app = app
         self.format = _text if log_format == "text" else self._json
         self.logger = logger or access_logger()
+        global _serving
+        _serving = self  # the one :func:`log_refused` writes with
 
     @staticmethod
     def _json(entry: dict[str, Any]) -> str:
@@ -203,14 +206,18 @@ class AccessLogMiddleware:
                 status = (record.closed_with if record and record.closed_with else 500)
                 bytes_out += record.closed_bytes if record else 0
             if self.logger.isEnabledFor(logging.INFO):
-                line = self.format(self._entry(scope, at, started, status, bytes_in, bytes_out))
-                direct = _direct_handler(self.logger)
-                if direct is not None:
-                    direct.write_line(line)
-                else:  # handle() a record made here: logger.info() would also walk the
-                    # stack to find its caller, which cost more than the line (measured)
-                    self.logger.handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0,
-                                                         line, None, None))
+                self.write(self._entry(scope, at, started, status, bytes_in, bytes_out))
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """One line, in the configured format."""
+        line = self.format(entry)
+        direct = _direct_handler(self.logger)
+        if direct is not None:
+            direct.write_line(line)
+        else:  # handle() a record made here: logger.info() would also walk the stack to
+            # find its caller, which cost more than the line (measured)
+            self.logger.handle(logging.LogRecord(LOGGER, logging.INFO, __file__, 0, line,
+                                                 None, None))
 
     @staticmethod
     def _entry(scope: Scope, at: float, started: float, status: int, bytes_in: int,
@@ -231,3 +238,24 @@ class AccessLogMiddleware:
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
         }
+
+
+_serving: AccessLogMiddleware | None = None  # the access log of the service being served
+
+
+def log_refused(request_id: str, method: str, path: str, status: int, arrived: float,
+                started: float, bytes_in: int, bytes_out: int) -> None:
+    """A line for a request the server refused before the application saw it (app.server:
+    a head over its limit, or not complete within the read timeout), in the service's
+    format; nothing where the access log is off. ``arrived``: ``time.time()`` when the
+    head's first bytes came, ``started`` the same on ``time.perf_counter()``."""
+    log = _serving
+    if log is None or not log.logger.isEnabledFor(logging.INFO):
+        return
+    log.write({
+        "time": f"{_second(int(arrived))}.{int(arrived % 1 * 1000):03d}Z", "id": request_id,
+        "method": method, "path": path, "routine": None, "strategy": None, "n": None,
+        "status": status, "queue_ms": None, "compute_ms": None,
+        "total_ms": round((time.perf_counter() - started) * 1e3, 3),
+        "bytes_in": bytes_in, "bytes_out": bytes_out,
+    })
