@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import ClientFactory
+
 pytestmark = pytest.mark.anyio
 
 V1 = ("sensitivities", "evaluate", "compare")
@@ -98,3 +100,73 @@ async def test_the_relative_difference_may_be_null(doc: dict[str, Any]) -> None:
     for model in ("CheckInfo", "CompareRow"):
         rel = doc["components"]["schemas"][model]["properties"]["max_rel_diff"]
         assert {"type": "null"} in rel["additionalProperties"]["anyOf"]
+
+
+EXPRESSIONS = ("sensitivities", "evaluate", "compare", "scenarios")
+
+
+@pytest.mark.parametrize("endpoint", EXPRESSIONS)
+async def test_an_expression_body_is_one_of_expression_and_ode(
+    doc: dict[str, Any], endpoint: str
+) -> None:
+    schema = body(doc, f"/v1/expressions/{endpoint}")["schema"]
+    assert [option["required"] for option in schema["oneOf"]] == [["expression"], ["ode"]]
+    # an explicit null is left out, as the service reads it
+    assert {"type": "null"} in schema["properties"]["expression"]["anyOf"]
+    assert schema["oneOf"][0]["properties"]["expression"]["type"] == ["string", "array"]
+
+
+async def test_an_expression_names_are_identifiers(
+    client: httpx.AsyncClient, doc: dict[str, Any]
+) -> None:
+    names = doc["components"]["schemas"]["ExpressionInputs"]["properties"]["names"]
+    params = body(doc, "/v1/expressions/evaluate")["schema"]["properties"]["params"]
+    state = doc["components"]["schemas"]["OdeBody"]["properties"]["state"]
+    for name in (names["items"], params["propertyNames"], state):
+        assert re.search(name["pattern"], "N0_t") and re.search(name["pattern"], "_x")
+        assert not any(re.search(name["pattern"], bad) for bad in ("0", "x y", "", "é", "x-1"))
+        assert {"if", "None", "pi", "e"} <= set(name["not"]["enum"])
+    assert names["uniqueItems"] is True
+    # what the document says is what the service refuses
+    given = {"expression": "C * x", "inputs": {"names": ["0"], "values": [1.0]},
+             "params": {"C": 2.0}}
+    r = await client.post("/v1/expressions/evaluate", json=given)
+    assert r.status_code == 422 and "'0' is not a name" in r.json()["detail"], r.text
+
+
+async def test_an_expression_sample_bounds_follow_the_settings(
+    make_client: ClientFactory,
+) -> None:
+    async with make_client(max_samples=7, expression_max_ode_steps=50,
+                           expression_max_chars=300) as c:
+        doc = (await c.get("/openapi.json")).json()
+    values = doc["components"]["schemas"]["ExpressionInputs"]["properties"]["values"]
+    assert [option["maxItems"] for option in values["anyOf"]] == [7, 7]
+    assert doc["components"]["schemas"]["OdeBody"]["properties"]["steps"]["maximum"] == 50
+    for endpoint in EXPRESSIONS:
+        fields = body(doc, f"/v1/expressions/{endpoint}")["schema"]["properties"]
+        per_sample = [o for o in fields["params"]["additionalProperties"]["anyOf"]
+                      if o.get("type") == "array"]
+        assert [(o["minItems"], o["maxItems"]) for o in per_sample] == [(1, 7)]
+        text, texts, _ = fields["expression"]["anyOf"]
+        assert text["maxLength"] == texts["items"]["maxLength"] == 300
+
+
+async def test_v2_priority_is_a_whole_number(
+    client: httpx.AsyncClient, doc: dict[str, Any]
+) -> None:
+    """Triton's priority is read and has no effect; what is not a level is refused, as the
+    other parameters are (1.5 and "high" had been taken)."""
+    parameters = body(doc, V2[0])["schema"]["properties"]["parameters"]["properties"]
+    assert parameters["priority"]["type"] == "integer" and parameters["priority"]["minimum"] == 0
+    tensor = {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}
+    for path in ("/v2/models/linear/infer", "/v2/models/linear/versions/1/infer"):
+        for level in (0, 3, 2.0):
+            r = await client.post(path, json={"inputs": [tensor],
+                                              "parameters": {"priority": level}})
+            assert r.status_code == 200, (level, r.text)
+        for bad in (1.5, "high", -1, True):
+            r = await client.post(path, json={"inputs": [tensor],
+                                              "parameters": {"priority": bad}})
+            assert r.status_code == 400, (bad, r.text)
+            assert r.json()["error"].startswith("parameters.priority: is "), r.text

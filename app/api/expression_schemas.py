@@ -36,6 +36,8 @@ from app.engine.errors import listed
 from app.expressions import CONSTANTS, METHODS
 
 __all__ = [
+    "IDENTIFIER",
+    "NAME_SCHEMA",
     "ExpressionCompareResponse",
     "ExpressionEvaluateResponse",
     "ExpressionInputs",
@@ -46,14 +48,26 @@ __all__ = [
     "OdeBody",
 ]
 
-Name = Annotated[StrictStr, Field(min_length=1)]
+# A declared name (an input feature, a parameter, an ode's state) as the document says it: an
+# ASCII identifier that is neither a Python keyword nor a constant of the language. The
+# service's own check (app.expressions.adapter) answers the rest with its 422, naming it; the
+# schema only says it, so that a client generated from the document knows.
+IDENTIFIER = "[A-Za-z_][A-Za-z0-9_]*"
+_NOT_A_NAME = sorted({*keyword.kwlist, *CONSTANTS})
+NAME_SCHEMA: dict[str, Any] = {"pattern": f"^{IDENTIFIER}$", "not": {"enum": _NOT_A_NAME}}
+_NAME_RULE = ("letters, digits and _, not starting with a digit, neither a Python keyword nor "
+              "a constant of the language")
+
+Name = Annotated[StrictStr, Field(min_length=1, json_schema_extra=NAME_SCHEMA)]
 
 
 class ExpressionInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     names: Annotated[list[Name], Field(min_length=1)] = Field(
-        description="The D input features, in column order: the names the expression uses."
+        description=f"The D input features, in column order: the names the expression uses "
+        f"({_NAME_RULE}; each once, none also a parameter).",
+        json_schema_extra={"uniqueItems": True},
     )
     values: Inputs = Field(description="N rows of D numbers, or a flat list of N when D = 1.")
 
@@ -67,11 +81,16 @@ class OdeBody(BaseModel):
         description="The rate: an expression of the state, the inputs, the "
         "parameters and the time name (the current time)."
     )
-    state: StrictStr = Field(description="The integrated quantity's name (the output's name).")
+    state: StrictStr = Field(
+        description=f"The integrated quantity's name (the output's name): a name ({_NAME_RULE}) "
+        "that is neither an input nor a parameter.",
+        json_schema_extra=NAME_SCHEMA,
+    )
     initial: StrictStr = Field(
         description="The state at 0: an expression of inputs and parameters."
     )
-    time: StrictStr = Field(description="An input or parameter: each sample's end time.")
+    time: StrictStr = Field(description="An input or parameter: each sample's end time.",
+                            json_schema_extra={"pattern": f"^{IDENTIFIER}$"})
     steps: StrictInt = Field(
         200, ge=1, description="Fixed steps over [0, time] (at most DYDC_EXPRESSION_MAX_ODE_STEPS)."
     )
@@ -80,6 +99,12 @@ class OdeBody(BaseModel):
 
 class ExpressionRequest(SensitivityRequest):
     """One of ``expression`` and ``ode``; parameters are the names of ``params``."""
+
+    # "one of" as the document's oneOf: a member given as null counts as left out
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["expression"], "properties": {"expression": {"type": ["string", "array"]}}},
+        {"required": ["ode"], "properties": {"ode": {"type": "object"}}},
+    ]})
 
     expression: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | None = Field(
         None,
@@ -99,7 +124,9 @@ class ExpressionRequest(SensitivityRequest):
     params: dict[str, ParamValue] = Field(
         min_length=1,
         description="Every parameter the expression uses: a number shared by "
-        "every sample, or a list of N numbers (one per sample).",
+        f"every sample, or a list of N numbers (one per sample). Its names are names "
+        f"({_NAME_RULE}), none also an input.",
+        json_schema_extra={"propertyNames": NAME_SCHEMA},
     )
 
     @model_validator(mode="wrap")

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.access import is_open
-from app.api.openapi_bodies import constrain_bodies
+from app.api.openapi_bodies import constrain_bodies, constrain_expression_bodies
 from app.api.v2.routes import MODEL_VERSION
 from app.api.v2.routes import router as v2_router
 from app.api.v2.tensors import MATRIX_INPUT
@@ -213,6 +213,8 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
                                         summary=app.summary, routes=app.routes))
         _hoist_definitions(doc)
         _declare_errors(doc)
+        constrain_expression_bodies(doc, settings.max_samples, settings.expression_max_ode_steps,
+                                    settings.expression_max_chars)
         engine = getattr(app.state, "engine", None)
         if engine is not None:
             _name_routines(doc, engine.routines)

@@ -7,6 +7,10 @@ what only the running service knows: the names of the routines' parameters and f
 v2 request parameters (strategies, datatypes, the shortest deadline). What no schema can say
 stays with the validation: which names the routine chosen by the path has, how many features
 its rows need, a v2 tensor's data against its shape.
+
+The expression routes' bodies get the settings' bounds (DYDC_MAX_SAMPLES, the ode's steps,
+an expression's characters); what no schema can say of them is the expression language, a
+name declared both as an input and as a parameter, rows as wide as the names.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from app.api.v2.tensors import DATATYPES, MATRIX_INPUT, MIN_TIMEOUT_US, model_ou
 from app.engine import STRATEGIES
 from routines import Routine
 
-__all__ = ["constrain_bodies"]
+__all__ = ["constrain_bodies", "constrain_expression_bodies"]
 
 _V1_BODIES = ("/v1/routines/{name}/sensitivities", "/v1/routines/{name}/evaluate",
               "/v1/routines/{name}/compare", "/v1/routines/{name}/scenarios")
+_EXPRESSION_BODIES = tuple(f"/v1/expressions/{endpoint}" for endpoint in
+                           ("sensitivities", "evaluate", "compare", "scenarios"))
 _V2_BODIES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 _NUMBER = {"type": "number"}
 
@@ -44,9 +50,7 @@ def _v1(schema: dict[str, Any], params: list[str], names: list[str], widths: lis
         for width in widths)]
     values = fields["params"]
     values["propertyNames"] = {"enum": params}
-    for option in values["additionalProperties"]["anyOf"]:
-        if option.get("type") == "array":
-            option.update(minItems=1, maxItems=max_samples)
+    _samples(values["additionalProperties"], max_samples)
     for option in fields["wrt"]["anyOf"]:
         if option.get("type") == "array":
             option["items"]["enum"] = names
@@ -70,7 +74,9 @@ def _v2_parameters(params: list[str], names: list[str]) -> dict[str, Any]:
             "binary_data_output": {"type": "boolean", "default": False},
             "timeout": {"type": "number", "minimum": MIN_TIMEOUT_US,
                         "description": "Deadline in microseconds (400 below the minimum)."},
-            "priority": {"type": "integer", "description": "Accepted; no effect."},
+            "priority": {"type": "integer", "minimum": 0,
+                         "description": "Triton's priority level (0: the default): accepted, no "
+                                        "effect (one first-come queue)."},
             **{p: _NUMBER for p in params},
         },
         "additionalProperties": False,
@@ -109,6 +115,37 @@ def _scenarios(spec: dict[str, Any], names: list[str]) -> None:
             option["items"].update(minProperties=1, propertyNames={"enum": names})
     spec["oneOf"] = [{"required": ["shifts"], "properties": {"shifts": {"type": "object"}}},
                      {"required": ["list"], "properties": {"list": {"type": "array"}}}]
+
+
+def _samples(values: dict[str, Any], max_samples: int) -> None:
+    """At most DYDC_MAX_SAMPLES samples in ``values``' list forms."""
+    for option in values["anyOf"]:
+        if option.get("type") == "array":
+            option.update(minItems=1, maxItems=max_samples)
+
+
+def constrain_expression_bodies(doc: dict[str, Any], max_samples: int, max_ode_steps: int,
+                                max_chars: int) -> None:
+    """Complete the expression routes' body schemas with the settings' bounds: samples
+    (inputs.values, a parameter's list), ode.steps, the characters of one expression. (The
+    names' shape and the one of expression and ode are in the models:
+    app.api.expression_schemas.)"""
+    components = doc.get("components", {}).get("schemas", {})
+    if "ExpressionInputs" in components:
+        _samples(components["ExpressionInputs"]["properties"]["values"], max_samples)
+    if "OdeBody" in components:
+        components["OdeBody"]["properties"]["steps"]["maximum"] = max_ode_steps
+    for path in _EXPRESSION_BODIES:
+        if path not in doc["paths"]:
+            continue
+        fields = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"][
+            "schema"]["properties"]
+        _samples(fields["params"]["additionalProperties"], max_samples)
+        for option in fields["expression"]["anyOf"]:
+            if option.get("type") == "string":
+                option["maxLength"] = max_chars
+            elif option.get("type") == "array":
+                option["items"]["maxLength"] = max_chars
 
 
 def constrain_bodies(doc: dict[str, Any], routines: dict[str, Routine],

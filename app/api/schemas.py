@@ -123,7 +123,9 @@ class EvaluateResponse(BaseModel):
     dtype: str
     device: str
     n: int
-    params: dict[str, float] = Field(description="The parameter values used, defaults included.")
+    params: dict[str, float | list[float]] = Field(
+        description="The parameter values used, defaults included; a per-sample parameter as "
+        "its list of N numbers.")
     outputs: list[str]
     values: Values
     timing_ms: Timing

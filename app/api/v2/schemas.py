@@ -4,6 +4,7 @@ field by field, and the metadata answers. Tensor ``data`` is converted by
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import (
@@ -17,8 +18,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationError,
     WithJsonSchema,
+    field_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "InferenceRequest",
@@ -60,6 +64,13 @@ def _whole(given: Any) -> Any:
     return int(given) if isinstance(given, float) and given.is_integer() else given
 
 
+def _whole_number(given: object) -> bool:
+    """0, 1, 2, ... (2.0 too: JSON Schema's integer includes it; true is no number here)."""
+    if isinstance(given, float):
+        return given.is_integer() and given >= 0
+    return isinstance(given, int) and not isinstance(given, bool) and given >= 0
+
+
 Dim = Annotated[StrictInt, BeforeValidator(_whole), Field(ge=0),
                 WithJsonSchema({"type": "integer", "minimum": 0})]
 
@@ -91,6 +102,23 @@ class InferenceRequest(BaseModel):
     # minItems for the document; an empty list gets app.api.v2.tensors' own message
     inputs: list[RequestInput] = Field(json_schema_extra={"minItems": 1})
     outputs: list[RequestOutput] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _priority(cls, parameters: Parameters) -> Parameters:
+        """Triton's ``priority``, a whole number of 0 or more (0: the default level), is read
+        and has no effect (one queue, first come first served); anything else is refused, as
+        Triton refuses it, rather than taken silently (1.5 and "high" had been)."""
+        given = parameters.get("priority")
+        if given is None or _whole_number(given):
+            return parameters
+        shown = given if isinstance(given, int | float) and not isinstance(given, bool) \
+            else json.dumps(given)
+        error = PydanticCustomError(
+            "priority", "is {given}; send a whole number of 0 or more (accepted, no effect: "
+            "one first-come queue), or leave it out", {"given": str(shown)})
+        raise ValidationError.from_exception_data(
+            cls.__name__, [InitErrorDetails(type=error, loc=("priority",), input=given)])
 
 
 class ResponseOutput(BaseModel):
