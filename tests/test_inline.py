@@ -108,6 +108,24 @@ async def test_a_launch_takes_what_its_kinds_rate_fits_in_the_budget() -> None:
     assert [len(b) for b in worker.batches] == [4, 1]
 
 
+async def test_a_job_whose_kind_slowed_after_its_offer_still_runs() -> None:
+    """A scenarios request offers two jobs of one kind (its base and its revaluation): the
+    first's launch can lower the kind's rate under the second's size, and the lane made an
+    empty batch of it, whose launch failed ("a launch on the event loop failed", in a loop
+    until the turn's budget was spent). The job offered at the old rate runs in a launch of
+    its own."""
+    worker = Worker()
+    lane = _lane(worker, budget_s=1.0)  # (a turn long enough for both launches, however slow)
+    base, revalued = _job(n=60), _job(n=60)
+    key = batch_key(base)
+    worker.launch_s[key] = (0.1, 10)  # 100 samples fit the budget: one job a launch
+    worker.then = lambda batch: worker.launch_s.__setitem__(key, (2.0, 30))  # now 30
+    assert lane.offer(base) and lane.offer(revalued)
+    await _turn()
+    assert worker.batches == [[base], [revalued]]
+    assert (await revalued.future).values is revalued.inputs
+
+
 async def test_a_launch_holds_no_more_than_dydc_max_batch_samples() -> None:
     worker = Worker()
     lane = _lane(worker, JobQueue(10**6, 8, 0.0))

@@ -132,8 +132,11 @@ class InlineLane:
         return min(self._most, max(samples, int(samples * self._budget_s / seconds)))
 
     def _batch(self, pending: list[Job]) -> tuple[list[Job], list[Job]]:
-        """The first job still waiting and the compatible ones behind it (up to
-        :meth:`_samples`); and the rest."""
+        """The first job still waiting, whatever its kind's rate now (it was taken at the
+        rate of its offer, and within the serial grain), and the compatible ones behind it up
+        to :meth:`_samples`; and the rest. (A scenarios request offers two jobs of one kind:
+        the base's small launch could lower the rate under the other's size, and the empty
+        batch failed its launch.)"""
         first = pending[0]
         key = batch_key(first)
         most = self._samples(key)
@@ -141,7 +144,7 @@ class InlineLane:
         rest: list[Job] = []
         samples = 0
         for job in pending:
-            if samples + job.n <= most and (job is first or batch_key(job) == key):
+            if job is first or (samples + job.n <= most and batch_key(job) == key):
                 batch.append(job)
                 samples += job.n
             else:
