@@ -63,7 +63,10 @@ def _job(n: int = 4, routine: Any = linear, strategy: str | None = "forward",
     return job
 
 
-def _lane(worker: Worker, queue: JobQueue | None = None, budget_s: float = 1e-3) -> InlineLane:
+def _lane(worker: Worker, queue: JobQueue | None = None, budget_s: float = 1.0) -> InlineLane:
+    """A lane whose turn, unless a test is about its end, outlasts every launch in it: with
+    the service's 1 ms, a first launch that logged a traceback could spend the turn, and
+    the job behind it went to a queue no worker takes (the test hung)."""
     return InlineLane(worker, queue or JobQueue(10**6, 10**6, 0.0), budget_s)
 
 
@@ -98,9 +101,9 @@ async def test_what_the_lane_takes_and_what_it_leaves_to_the_queue() -> None:
 
 async def test_a_launch_takes_what_its_kinds_rate_fits_in_the_budget() -> None:
     worker = Worker()
-    lane = _lane(worker, budget_s=1e-3)
+    lane = _lane(worker)
     job = _job()
-    worker.launch_s[batch_key(job)] = (5e-4, 8)  # 8 samples in half the budget: 16 fit
+    worker.launch_s[batch_key(job)] = (0.5, 8)  # 8 samples in half the budget: 16 fit
     jobs = [job, *(_job() for _ in range(4))]  # 4 samples each
     for j in jobs:
         assert lane.offer(j)
@@ -115,10 +118,10 @@ async def test_a_job_whose_kind_slowed_after_its_offer_still_runs() -> None:
     until the turn's budget was spent). The job offered at the old rate runs in a launch of
     its own."""
     worker = Worker()
-    lane = _lane(worker, budget_s=1.0)  # (a turn long enough for both launches, however slow)
+    lane = _lane(worker)
     base, revalued = _job(n=60), _job(n=60)
     key = batch_key(base)
-    worker.launch_s[key] = (0.1, 10)  # 100 samples fit the budget: one job a launch
+    worker.launch_s[key] = (0.1, 10)  # 100 samples fit the 1 s budget: one job a launch
     worker.then = lambda batch: worker.launch_s.__setitem__(key, (2.0, 30))  # now 30
     assert lane.offer(base) and lane.offer(revalued)
     await _turn()
