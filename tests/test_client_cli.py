@@ -163,7 +163,11 @@ def test_tables_and_json_listings(dydc_url: str, tmp_path: Path) -> None:
     (["sensitivities", "exponential_decay", "-i", "-"],
      "error: the inputs have no column y0, t; routine exponential_decay takes y0, t", 1),
     (["sensitivities", "linear", "-i", "in.txt"],
-     "error: --inputs in.txt: use a .csv, .npy or .json file", 1),
+     "error: --inputs in.txt: use a .csv, .npy or .json file, or - for stdin", 2),
+    (["sensitivities", "linear", "-i", "-", "-o", "json"],
+     "error: --out json: use a .csv, .json or .npy file, or - for stdout", 2),
+    (["scenarios", "linear", "-i", "-", "--shift", "C=rel:0.1", "-o", "pnl.npy"],
+     "error: --out pnl.npy: use a .csv or .json file, or - for stdout", 2),
     (["sensitivities", "linear", "-i", "-", "-p", "C=nan"],
      "error: --param 'C=nan': give a finite number", 2),
     (["sensitivities", "linear", "-i", "-", "-p", "C=-inf"],
@@ -179,6 +183,44 @@ def test_errors_are_one_line(dydc_url: str, args: list[str], message: str,
     assert err.startswith(message) and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("args", [
+    ["sensitivities", "linear", "-i", "-"],
+    ["evaluate", "linear", "-i", "-"],
+    ["compare", "linear", "-i", "-"],
+    ["expression", "C * x", "-i", "-"],
+    ["scenarios", "linear", "-i", "-", "--shift", "C=rel:0.1"],
+    ["scenarios", "--expression", "C * x", "-i", "-", "--shift", "C=rel:0.1"],
+    ["bench", "linear", "--duration", "60"],
+])
+def test_a_parameter_given_twice_is_a_usage_error(dydc_url: str, args: list[str]) -> None:
+    """Every command that takes --param: the last value would have won, unsaid; refused in
+    the words of a --shift given twice (and as the service refuses a repeated JSON key)."""
+    code, out, err = dydc_cli(dydc_url, *args, "-p", "C=1", "--param", "C=@x", stdin="x\n1\n")
+    assert code == 2 and out == ""
+    assert err == "error: --param C is given twice; give each parameter once\n", err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sensitivities", "linear", "-i", "in.csv", "-o", "json"], "error: --out json: use a .csv"),
+    (["evaluate", "linear", "-i", "in.csv", "-o", "y.txt"], "error: --out y.txt: use a .csv"),
+    (["expression", "C * x", "-i", "in.csv", "-o", "y"], "error: --out y: use a .csv"),
+    (["scenarios", "linear", "-i", "in.csv", "--shift", "C=rel:0.1", "-o", "pnl.npy"],
+     "error: --out pnl.npy: use a .csv or .json file"),
+    (["sensitivities", "linear", "-i", "in.txt"], "error: --inputs in.txt: use a .csv"),
+    (["compare", "linear", "-i", "in.xlsx"], "error: --inputs in.xlsx: use a .csv"),
+])
+def test_file_names_are_checked_before_anything_is_sent(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        args: list[str], message: str) -> None:
+    """Where nothing listens: the usage error, not a connection failure, so that a name the
+    command cannot write is not said only once the service has computed a large batch."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("x\n1\n")
+    code, out, err = dydc_cli(f"http://127.0.0.1:{free_port()}", "--retries", "0", *args)
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("placement", ["before", "after", "after, with ="])
 def test_global_options_before_or_after_the_command(dydc_url: str, placement: str) -> None:
     """As kubectl and gh take them: ``dydc routines --url URL`` as well as
@@ -190,6 +232,15 @@ def test_global_options_before_or_after_the_command(dydc_url: str, placement: st
     result = runner.invoke(app, args, env={"DYDC_URL": f"http://127.0.0.1:{free_port()}"})
     assert result.exit_code == 0, result.stderr
     assert "black_scholes_call" in [r["name"] for r in json.loads(result.stdout)]
+
+
+@pytest.mark.parametrize("spec", ["C=rel:-0.1,,0.1", "C=rel:-0.1,0.1,", "C=abs:,0.1"])
+def test_an_empty_shift_between_commas_is_a_usage_error(spec: str) -> None:
+    """It was dropped: "-0.1,,0.1" ran two scenarios, without the base the caller meant."""
+    result = runner.invoke(app, ["scenarios", "linear", "-i", "-", "--shift", spec],
+                           input="x\n1\n")
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert f"--shift '{spec}': a shift is empty between commas" in result.stderr
 
 
 @pytest.mark.parametrize("args", [
@@ -208,6 +259,39 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert result.exit_code == 2, (result.stdout, result.stderr)
     if "--timeout" in args or "--retries" in args:
         assert args[0] in result.stderr, result.stderr  # named, not httpx's message
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["strategies", "--url", "notaurl"], {},
+     "Invalid value for --url: 'notaurl': give the service's address with its scheme, e.g. "
+     "http://127.0.0.1:8000"),
+    (["--url", "ftp://127.0.0.1:8000", "routines"], {},
+     "Invalid value for --url: 'ftp://127.0.0.1:8000': give the service's address"),
+    (["routines"], {"DYDC_URL": "notaurl"}, "Invalid value for DYDC_URL: 'notaurl': give"),
+    (["routines", "--api-key", "k 1"], {},
+     "Invalid value for --api-key: the key holds a space, a control or a non-ASCII "
+     "character; an API key is visible ASCII"),
+    (["routines"], {"DYDC_API_KEY": "k\u00e9y"}, "Invalid value for DYDC_API_KEY: the key holds"),
+])
+def test_a_url_or_key_the_client_cannot_use_is_a_usage_error(args: list[str],
+                                                             env: dict[str, str],
+                                                             message: str) -> None:
+    """As --timeout: exit 2 naming the option (or its variable) and what to change, not the
+    Client's ValueError as an error of exit 1; a key is not echoed."""
+    result = runner.invoke(app, args, env=env)
+    said = " ".join(result.stderr.replace("\u2502", " ").split())  # out of Rich's box
+    assert result.exit_code == 2 and message in said, said
+    assert "k 1" not in said and "k\u00e9y" not in said
+
+
+def test_the_client_still_raises_a_value_error_for_a_url_without_its_scheme() -> None:
+    """What client/README.md documents for library callers: a ValueError naming ``url``."""
+    with pytest.raises(ValueError, match=r"^url 'notaurl': give the service's address with "
+                                         r"its scheme, e\.g\. http://127\.0\.0\.1:8000$"):
+        dydc.Client(url="notaurl")
+    with pytest.raises(ValueError, match=r"^api_key holds a space, a control or a non-ASCII "
+                                         r"character; an API key is visible ASCII"):
+        dydc.Client(url="http://127.0.0.1:8000", api_key="k 1")
 
 
 def test_connection_refused_is_one_line() -> None:

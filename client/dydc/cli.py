@@ -30,12 +30,22 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit("the dydc command line needs its extra: pip install 'dydc-client[cli]'") \
         from exc
 
-from dydc.client import DEFAULT_URL, PROTOCOLS, Client
+from dydc.client import DEFAULT_URL, PROTOCOLS, Client, api_key_problem, url_problem
 from dydc.errors import DydcError
 from dydc.load import LoadPoint, run_load
 from dydc.results import Comparison, Result, RoutineInfo
 from dydc.scenarios import SHIFT_TYPES, ScenarioResult
-from dydc.tables import InputTable, read_inputs, result_columns, write_result, write_table
+from dydc.tables import (
+    RESULT_SUFFIXES,
+    TABLE_SUFFIXES,
+    InputTable,
+    input_suffix,
+    output_suffix,
+    read_inputs,
+    result_columns,
+    write_result,
+    write_table,
+)
 
 __all__ = ["UsageError", "app", "main"]
 
@@ -176,7 +186,24 @@ def _options(
                                  param_hint="--timeout")
     if retries < 0:
         raise typer.BadParameter(f"{retries}; give 0 or more", param_hint="--retries")
+    # said here as usage errors, not by the Client as a ValueError (exit 1); "" leaves the
+    # Client to its default
+    problem = url_problem(url) if url else None
+    if problem is not None:
+        raise typer.BadParameter(f"{url!r}: {problem}", param_hint=_hint(ctx, "url"))
+    problem = api_key_problem(api_key) if api_key else None
+    if problem is not None:  # not echoed: a key is a secret
+        raise typer.BadParameter(f"the key {problem}", param_hint=_hint(ctx, "api_key"))
     ctx.obj = _Service(url, api_key, protocol, timeout, retries)
+
+
+def _hint(ctx: typer.Context, name: str) -> str:
+    """The option, or its variable (``DYDC_URL``) where the value came from there."""
+    (param,) = (p for p in ctx.command.params if p.name == name)
+    source = ctx.get_parameter_source(name)
+    if getattr(source, "name", None) == "ENVIRONMENT" and param.envvar:
+        return str(param.envvar)
+    return str(param.opts[0])
 
 
 # -- catalogue ---------------------------------------------------------------------------------
@@ -265,6 +292,9 @@ def _params(given: Sequence[str], table: InputTable) -> dict[str, Any]:
         if not sep or not name.strip() or not value.strip():
             raise UsageError(f"--param {item!r}: write NAME=NUMBER, or NAME=@COLUMN for one "
                              "value per sample")
+        if name.strip() in params:  # else the last would win, unsaid (as --shift)
+            raise UsageError(f"--param {name.strip()} is given twice; give each parameter "
+                             "once")
         value = value.strip()
         if value.startswith("@"):
             params[name.strip()] = table.column(value[1:])
@@ -329,9 +359,22 @@ CheckOption = Annotated[bool, typer.Option(help="Also check against finite diffe
 TimeoutOption = Annotated[float | None, typer.Option(help="The request's deadline.")]
 
 
+def _files(inputs: str, out_file: str | None,
+           suffixes: Sequence[str] = RESULT_SUFFIXES) -> None:
+    """--inputs and --out by their suffixes, before anything is sent: a name the command
+    cannot write would be refused only once the service had computed the answer."""
+    try:
+        input_suffix(inputs)
+        if out_file is not None:
+            output_suffix(out_file, suffixes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _inputs(source: str, info: RoutineInfo, param: list[str] | None) -> tuple[Any, dict[str, Any]]:
     table = read_inputs(source, sys.stdin)
-    return table.samples(info), _params(param or [], table)
+    params = _params(param or [], table)  # first: a malformed --param before the data's faults
+    return table.samples(info), params
 
 
 @app.command()
@@ -340,6 +383,7 @@ def evaluate(ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOp
              out_file: OutOption = None, rows: RowsOption = 20, dtype: DtypeOption = None,
              ) -> None:
     """Values only."""
+    _files(inputs, out_file)
     with _service(ctx).client(progress=True) as client:
         info = client.routine(name)
         samples, params = _inputs(inputs, info, param)
@@ -365,6 +409,7 @@ def sensitivities(
     out_file: OutOption = None, rows: RowsOption = 20,
 ) -> None:
     """Values and derivatives for every sample of a file."""
+    _files(inputs, out_file)
     bump = {k: v for k, v in (("shift", shift), ("shift_type", shift_type),
                               ("scheme", scheme)) if v is not None}
     with _service(ctx).client(progress=True) as client:
@@ -443,8 +488,8 @@ def _function(text: str | None, ode: str | None, inputs: str, names: str | None,
     features = _features(table, names, param or [])
     info = RoutineInfo(name="expression", description=text or ode or "", params=[],
                        inputs=features, outputs=["y"])
-    return _Function(text, spec, features, info, table.samples(info),
-                     _params(param or [], table))
+    params = _params(param or [], table)  # first, as _inputs
+    return _Function(text, spec, features, info, table.samples(info), params)
 
 
 def _print_expression(canonical: str | None) -> None:
@@ -468,6 +513,7 @@ def expression(
     out_file: OutOption = None, rows: RowsOption = 20,
 ) -> None:
     """Values and derivatives of your own function (or ODE) for every sample of a file."""
+    _files(inputs, out_file)
     if evaluate:
         given = [option for option, is_given in (
             ("--wrt", wrt is not None), ("--order", order != 1), ("--cross", cross),
@@ -515,6 +561,7 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
 ) -> None:
     """Every strategy's time and disagreement with the reference, side by side."""
+    _files(inputs, None)
     with _service(ctx).client() as client:
         info = client.routine(name)
         samples, params = _inputs(inputs, info, param)
@@ -540,8 +587,12 @@ def _shifts(given: Sequence[str]) -> dict[str, tuple[str, list[float]]]:
                              "value) or NAME=abs:V1,V2,... (amounts added)")
         if name in shifts:
             raise UsageError(f"--shift {name} is given twice; give each factor's shifts once")
+        parts = [v.strip() for v in values.split(",")] if values.strip() else []
+        if "" in parts:  # (dropped, "-0.1,,0.1" had lost the base scenario, unsaid)
+            raise UsageError(f"--shift {item!r}: a shift is empty between commas; write each "
+                             "one (0 for the unshifted value)")
         try:
-            numbers = [float(v) for v in values.split(",") if v.strip()]
+            numbers = [float(v) for v in parts]
         except ValueError:
             raise UsageError(f"--shift {item!r}: the shifts must be numbers separated by "
                              "commas") from None
@@ -648,6 +699,7 @@ def scenarios(
     """The book revalued under a grid (or zip) of shifts in one request: P&L per scenario,
     and with --explain its delta, gamma and unexplained parts. A routine's (NAME), or your
     own function's (--expression TEXT, or --ode JSON, with --names)."""
+    _files(inputs, out_file, TABLE_SUFFIXES)
     asked = _Scenarios.read(shift, combine, explain, order, cross, wrt, totals_only)
     if name is not None and (text is not None or ode is not None or names is not None):
         raise UsageError(f"give a routine ({name}) or --expression/--ode (with --names), "

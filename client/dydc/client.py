@@ -96,12 +96,29 @@ def _derivative_options(wrt: Wrt, order: int, cross: bool, strategy: str,
     return [name for name, is_given in given.items() if is_given]
 
 
-def _check_url(url: str) -> None:
-    """A URL the client can call (refused here, not retried as a connection failure)."""
+def url_problem(url: str) -> str | None:
+    """What to change in a URL the client cannot call, or None: said by ``Client`` as a
+    ValueError (not retried as a connection failure), by the command line as a usage error of
+    ``--url``."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"url {url!r}: give the service's address with its scheme, e.g. "
-                         "http://127.0.0.1:8000")
+        return "give the service's address with its scheme, e.g. http://127.0.0.1:8000"
+    return None
+
+
+def api_key_problem(api_key: str) -> str | None:
+    """What to change in an API key the service could not hold, or None (as
+    :func:`url_problem`)."""
+    if not all("!" <= char <= "~" for char in api_key.strip()):  # as the service holds keys
+        return ("holds a space, a control or a non-ASCII character; an API key is visible "
+                "ASCII (letters, digits and punctuation)")
+    return None
+
+
+def _check_url(url: str) -> None:
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(f"url {url!r}: {problem}")
 
 
 def _check_timeout(timeout: Any) -> None:
@@ -134,9 +151,9 @@ class _Steps:
         _check_timeout(timeout)
         _check_url(url)
         api_key = (api_key or "").strip()
-        if not all("!" <= char <= "~" for char in api_key):  # as the service holds its keys
-            raise ValueError("api_key holds a space, a control or a non-ASCII character; an "
-                             "API key is visible ASCII (letters, digits and punctuation)")
+        key_problem = api_key_problem(api_key)
+        if key_problem is not None:
+            raise ValueError(f"api_key {key_problem}")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.protocol = protocol

@@ -29,10 +29,14 @@ import numpy as np
 
 from dydc.results import Result, RoutineInfo
 
-__all__ = ["InputTable", "read_inputs", "result_columns", "result_document", "write_result",
-           "write_table"]
+__all__ = ["RESULT_SUFFIXES", "TABLE_SUFFIXES", "InputTable", "input_suffix", "output_suffix",
+           "read_inputs", "result_columns", "result_document", "write_result", "write_table"]
 
 SUFFIXES = (".csv", ".npy", ".json")
+RESULT_SUFFIXES = (".csv", ".json", ".npy")
+"""What :func:`write_result` writes."""
+TABLE_SUFFIXES = (".csv", ".json")
+"""What :func:`write_table` writes."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,31 @@ def _npy(path: Path) -> InputTable:
     return InputTable(array=array)
 
 
+def _file_kinds(suffixes: Sequence[str]) -> str:
+    return f"a {', '.join(suffixes[:-1])} or {suffixes[-1]} file"
+
+
+def input_suffix(source: str) -> str:
+    """The format ``--inputs`` names by its suffix (``-``: stdin); the command line asks it
+    before it sends anything."""
+    if source == "-":
+        return "-"
+    suffix = Path(source).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"--inputs {source}: use {_file_kinds(SUFFIXES)}, or - for stdin")
+    return suffix
+
+
+def output_suffix(target: str, suffixes: Sequence[str] = RESULT_SUFFIXES) -> str:
+    """The format ``--out`` names by its suffix (``-``: CSV on stdout); the command line asks
+    it before it sends anything, as a name it cannot write would be refused only once the
+    service had computed the answer."""
+    suffix = Path(target).suffix.lower() if target != "-" else ".csv"
+    if suffix not in suffixes:
+        raise ValueError(f"--out {target}: use {_file_kinds(suffixes)}, or - for stdout")
+    return suffix
+
+
 def read_inputs(source: str, stdin: IO[str] | None = None) -> InputTable:
     """Inputs from a ``.csv``, ``.npy`` or ``.json`` file, or ``-`` for stdin (JSON when it
     starts with ``[`` or ``{``, else CSV)."""
@@ -236,9 +265,7 @@ def read_inputs(source: str, stdin: IO[str] | None = None) -> InputTable:
         parse = _json if text.lstrip()[:1] in ("[", "{") else _csv
         return parse(text, "stdin")
     path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"--inputs {source}: use a .csv, .npy or .json file, or - for stdin")
+    suffix = input_suffix(source)
     if suffix == ".npy":
         return _npy(path)
     try:
@@ -311,9 +338,7 @@ def result_document(result: Result) -> dict[str, Any]:
 def write_result(target: str, columns: list[tuple[str, np.ndarray]], result: Result,
                  stdout: IO[str]) -> None:
     """To ``.csv``, ``.json`` or ``.npy`` by suffix; ``-`` writes CSV to stdout."""
-    suffix = Path(target).suffix.lower() if target != "-" else ".csv"
-    if suffix not in SUFFIXES:
-        raise ValueError(f"--out {target}: use a .csv, .json or .npy file, or - for stdout")
+    suffix = output_suffix(target)
     if suffix == ".json":
         Path(target).write_text(json.dumps(result_document(result)))
         return
@@ -336,9 +361,7 @@ def write_table(target: str, columns: Sequence[str], rows: Sequence[Sequence[flo
                 stdout: IO[str]) -> None:
     """A table of rows (``dydc scenarios``) to ``.csv`` or ``.json`` (``{"columns": [...],
     "rows": [...]}``) by suffix; ``-`` writes CSV to stdout."""
-    suffix = Path(target).suffix.lower() if target != "-" else ".csv"
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"--out {target}: use a .csv or .json file, or - for stdout")
+    suffix = output_suffix(target, TABLE_SUFFIXES)
     if suffix == ".json":
         Path(target).write_text(json.dumps({"columns": list(columns),
                                             "rows": [list(r) for r in rows]}))
