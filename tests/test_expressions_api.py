@@ -670,6 +670,39 @@ async def test_a_non_finite_sample_is_named_with_its_own_parameter_values(
     assert "0.09" not in detail and "array" not in detail, detail
 
 
+@pytest.mark.parametrize("strategy", ["auto", "reverse-loop", "finite-difference"])
+@pytest.mark.parametrize("expression", [
+    "where(log(x) > 0, C, 2 * C)", "where(sqrt(x) < 1, C * x, C)", "C * 1 ** log(x)",
+    "C * x ** (0 * log(x))", "where(1 < log(x) < 2, C, C * x)", "C * pow(1, log(x))",
+])
+async def test_an_undefined_value_inside_the_formula_is_not_hidden(
+        client: httpx.AsyncClient, expression: str, strategy: str) -> None:
+    """A NaN compares false, and IEEE's pow gives 1 for 1 ** NaN: at x = -1 these formulas,
+    undefined there, answered 200 with a number. The sample is named, as for any
+    non-finite result; the samples where they are defined are not refused for it."""
+    body = {"expression": expression, "inputs": {"names": ["x"], "values": [4.0, -1.0]},
+            "params": {"C": 2.0}}
+    r = await client.post(f"{SENS}?strategy={strategy}", json=body)
+    assert r.status_code == 422, r.text
+    assert "non-finite value for sample 1" in r.json()["detail"], r.text
+    r = await client.post(EVAL, json=body)
+    assert r.status_code == 422 and "sample 1" in r.json()["detail"], r.text
+    defined = await client.post(SENS, json={**body, "inputs": {"names": ["x"],
+                                                               "values": [4.0]}})
+    assert defined.status_code == 200, defined.text
+
+
+async def test_a_branch_where_does_not_take_may_be_undefined(
+        client: httpx.AsyncClient) -> None:
+    """What is guarded stays served: where() picks a defined branch for every sample."""
+    body = {"expression": "where(x > 0, C * log(x), C * x)",
+            "inputs": {"names": ["x"], "values": [math.e, -1.0]}, "params": {"C": 2.0}}
+    r = await client.post(SENS, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["values"] == pytest.approx([2.0, -2.0], rel=1e-15)
+    assert r.json()["derivatives"]["C"] == pytest.approx([1.0, -1.0], rel=1e-15)
+
+
 # -- at the bounds, over HTTP ------------------------------------------------------------------
 
 _XS = [0.5, 1.25, -2.0]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from routines.finance import normal_cdf  # (not torch.special.ndtr: its lower tail is lost)
 
-__all__ = ["COMPARISONS", "CONSTANTS", "FUNCTIONS", "Function", "catalogue"]
+__all__ = ["COMPARISONS", "CONSTANTS", "FUNCTIONS", "Function", "catalogue", "power"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -50,6 +51,17 @@ def _norm_pdf(x: Tensor) -> Tensor:
     return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
 
 
+def power(a: Tensor | float, b: Tensor | float) -> Tensor:
+    """``a ** b`` (the operator and ``pow``), undefined (NaN) where either is: IEEE's pow
+    gives 1 for 1 ** NaN and NaN ** 0, so ``C * 1 ** log(x)`` at x = -1 answered C, a number
+    for an undefined expression. (One of the two is a tensor: the interpreter makes one.)"""
+    result = cast(Tensor, a ** b)
+    for operand in (a, b):
+        if isinstance(operand, Tensor):
+            result = torch.where(torch.isnan(operand), operand, result)
+    return result
+
+
 def _clamp(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
     return torch.minimum(torch.maximum(x, low), high)
 
@@ -81,7 +93,7 @@ FUNCTIONS: dict[str, Function] = {
         Function("gammaln", 1, torch.special.gammaln, "log |Gamma(x)|", 1.0),
         Function("min", 2, torch.minimum, "the smaller of a and b"),
         Function("max", 2, torch.maximum, "the larger of a and b"),
-        Function("pow", 2, torch.pow, "a to the power b (as a ** b)", 1.0),
+        Function("pow", 2, power, "a to the power b (as a ** b)", 1.0),
         Function("clamp", 3, _clamp, "x limited to [low, high]: min(max(x, low), high)"),
         Function(
             "where",

@@ -16,33 +16,36 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from app.expressions.functions import COMPARISONS, FUNCTIONS
+from app.expressions.functions import COMPARISONS, FUNCTIONS, power
 from app.expressions.tree import Binary, Call, Comparison, Name, Negation, Node, Number, chain
 
 __all__ = ["Evaluator", "Scope", "Value", "interpret"]
 
 Value = Tensor | float
 
+
 _BINARY: dict[str, Callable[[Value, Value], Value]] = {
     "+": operator.add,
     "-": operator.sub,
     "*": operator.mul,
     "/": operator.truediv,
-    "**": operator.pow,
+    "**": power,
 }
 
 
 class Scope:
-    """The values of the names for one call, the dtype and device literals take, and, inside
-    a branch of ``where``, the samples whose value of that branch is not used (``unused``)."""
+    """The values of the names for one call, the dtype and device literals take, inside a
+    branch of ``where`` the samples whose value of that branch is not used (``unused``), and
+    while a condition is computed the samples where it compared a NaN (``undefined``)."""
 
-    __slots__ = ("device", "dtype", "unused", "values")
+    __slots__ = ("device", "dtype", "undefined", "unused", "values")
 
     def __init__(self, values: dict[str, Tensor], like: Tensor) -> None:
         self.values = values
         self.dtype = like.dtype
         self.device = like.device
         self.unused: Tensor | None = None
+        self.undefined: Tensor | None = None
 
     def tensor(self, value: Value) -> Tensor:
         if isinstance(value, Tensor):
@@ -119,6 +122,14 @@ def _comparison(
         result = ops[0](values[0], values[1])
         for i in range(1, len(ops)):  # a < b < c: (a < b) and (b < c), b computed once
             result = result & ops[i](values[i], values[i + 1])
+        # a NaN compares false: where(log(x) > 0, C, 2 * C) at x = -1 took the second branch
+        # and answered 2 C; where() makes the samples that compared one undefined
+        undefined = torch.isnan(values[0])
+        for value in values[1:]:
+            undefined = undefined | torch.isnan(value)
+        if scope.unused is not None:  # (a branch's samples it does not serve are not its)
+            undefined = undefined & ~scope.unused
+        scope.undefined = undefined if scope.undefined is None else scope.undefined | undefined
         return result
 
     return comparison
@@ -143,7 +154,9 @@ def _where(condition: Evaluator, a: Evaluator, b: Evaluator) -> Evaluator:
     serve (Scope.unused), so that its singular operations are guarded there."""
 
     def where(scope: Scope) -> Value:
+        scope.undefined = None
         test = scope.tensor(condition(scope))
+        undefined, scope.undefined = scope.undefined, None
         outer = scope.unused
         try:
             scope.unused = ~test if outer is None else outer | ~test
@@ -152,6 +165,9 @@ def _where(condition: Evaluator, a: Evaluator, b: Evaluator) -> Evaluator:
             other = scope.tensor(b(scope))
         finally:
             scope.unused = outer
-        return torch.where(test, taken, other)
+        chosen = torch.where(test, taken, other)
+        if undefined is None:
+            return chosen
+        return torch.where(undefined, torch.full_like(chosen, torch.nan), chosen)
 
     return where
