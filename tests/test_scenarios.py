@@ -208,6 +208,12 @@ async def test_all_scenarios_run_as_one_launch(make_client: ClientFactory) -> No
     ({"shifts": {"sigma": {"type": "percent", "values": [1]}}}, BASE, ["type"]),
     ({"shifts": {"sigma": {"type": "absolute", "values": [0.1]}}, "combine": "cartesian"},
      BASE, ["combine"]),
+    # a relative shift of a value of 0 moved nothing, answered 200 (as a bump, it is a 422)
+    ({"shifts": {"r": {"type": "relative", "values": [-0.5, 0.5]}}}, {"sigma": 0.2, "r": 0.0},
+     ["scenario 0 shifts r by a relative -0.5", "r is 0", "give its shifts as absolute"]),
+    # combine has no meaning for a list (it was ignored)
+    ({"list": [{"sigma": 0.01}], "combine": "zip"}, BASE,
+     ["scenarios.combine = 'zip'", "leave combine out"]),
 ])
 async def test_every_mistake_is_a_422_that_says_what_to_change(
         client: httpx.AsyncClient, scenarios: dict[str, object], params: dict[str, object],
@@ -218,6 +224,27 @@ async def test_every_mistake_is_a_422_that_says_what_to_change(
     detail = r.json()["detail"]
     for word in words:
         assert word in detail, (word, detail)
+
+
+async def test_a_parameter_shifts_as_it_runs_in_float32(client: httpx.AsyncClient) -> None:
+    """A parameter moves in float64 and runs in the job's dtype: in float32, 1 + 1e-9 is 1,
+    so that scenario moves nothing and its shift, P&L and explain are all 0 (the shift was
+    explained as 1e-9, and the whole of it left unexplained); a feature at 0 in some samples
+    only is shifted relatively where it is not."""
+    r = await post(client, "linear", {
+        "inputs": [0.0, 1.0, 2.0], "params": {"C": 1.0}, "dtype": "float32", "explain": True,
+        "scenarios": {"list": [{"C": 1e-9}, {"C": 0.25}]}})
+    assert r.status_code == 200, r.text
+    still, moved = r.json()["scenarios"]
+    assert still["shifts"] == {"C": 0.0}
+    assert still["pnl"] == still["delta_pnl"] == still["unexplained"] == [0.0, 0.0, 0.0]
+    assert moved["shifts"] == {"C": 0.25} and moved["pnl"] == [0.0, 0.25, 0.5]
+    assert moved["unexplained"] == [0.0, 0.0, 0.0]
+    r = await post(client, "linear", {"inputs": [0.0, 1.0], "params": {"C": 2.0},
+                                      "scenarios": {"shifts": {"x": {"type": "relative",
+                                                                     "values": [0.5]}}}})
+    assert r.status_code == 200, r.text
+    assert r.json()["scenarios"][0]["shifts"] == {"x": [0.0, 0.5]}
 
 
 @pytest.mark.parametrize(("routine", "body", "words"), [

@@ -134,7 +134,8 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
     expanded = scenarios.expand(
         None if spec.shifts is None else {f: (s.type, s.values)
                                           for f, s in spec.shifts.items()},
-        spec.combine, spec.list_, max_scenarios)
+        spec.combine if "combine" in spec.model_fields_set else None, spec.list_,
+        max_scenarios)
     evaluate = engine.prepare(Request(JobKind.EVALUATE, target, inputs, document.params,
                                       dtype=document.dtype, timeout_ms=_timeout_ms(query)))
     # before the explain's wrt, which defaults to the factors: an unknown one is the shift's

@@ -71,17 +71,22 @@ _Over = Callable[[Tensor, dict[str, "float | np.ndarray"]], Job]
 _RunJob = Callable[[Job], Awaitable[JobResult]]
 
 
-def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: str,
+def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: str | None,
            listed_scenarios: Sequence[Mapping[str, float]] | None,
            max_scenarios: int) -> list[Scenario]:
-    """The scenarios of a request: the ``product`` (every combination) or the ``zip``
-    (the i-th shift of every factor) of per-factor shift lists, or an explicit list of
-    absolute shifts. Refuses what cannot be meant (InvalidRequest, saying what to change)."""
+    """The scenarios of a request: the ``product`` (every combination, the default: None)
+    or the ``zip`` (the i-th shift of every factor) of per-factor shift lists, or an explicit
+    list of absolute shifts. Refuses what cannot be meant (InvalidRequest, saying what to
+    change)."""
     if (shifts is None) == (listed_scenarios is None):
         raise InvalidRequest("scenarios takes either shifts (per factor: type and values) or "
                              "list (one object of absolute shifts per scenario), not both "
                              "and not neither")
     if listed_scenarios is not None:
+        if combine is not None:  # (it was ignored)
+            raise InvalidRequest(f"scenarios.combine = {combine!r} combines the factors' "
+                                 "shifts; a list gives every scenario's shifts itself: leave "
+                                 "combine out")
         if not listed_scenarios:
             raise InvalidRequest("scenarios.list is empty; give at least one scenario")
         count = len(listed_scenarios)
@@ -97,6 +102,7 @@ def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: st
     assert shifts is not None
     if not shifts:
         raise InvalidRequest("scenarios.shifts is empty; shift at least one factor")
+    combine = combine or "product"
     if combine not in COMBINE:
         raise InvalidRequest(f"scenarios.combine = {combine!r}; use product or zip")
     lists: dict[str, list[Shift]] = {}
@@ -207,11 +213,19 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
         for factor, shift in scenario.items():
             is_param = factor in param_names
             value = base.params[factor] if is_param else x[:, routine.inputs.index(factor)]
+            if shift.kind != ABSOLUTE and shift.value != 0 and not np.any(value):
+                raise InvalidRequest(
+                    f"scenario {s} shifts {factor} by a relative {shift.value}, but "
+                    f"{factor} is 0{'' if np.ndim(value) == 0 else ' in every sample'}, "
+                    "where a relative shift moves nothing; give its shifts as absolute")
             with np.errstate(over="ignore", invalid="ignore"):  # reported below, by sample
                 moved = value + (shift.value if shift.kind == ABSOLUTE
                                  else shift.value * value)
             _check_finite(factor, moved, s, base.dtype)
             if is_param:
+                # as it runs: a parameter moves in float64 and runs in the job's dtype, where
+                # 1 + 1e-9 is 1 in float32 (its shift was explained, and left unexplained)
+                value, moved = _as_run(value, base.dtype), _as_run(moved, base.dtype)
                 param = bounds[factor]
                 if param.bounds is not None:
                     _check_bounds(param.name, param.bounds, moved, s)
@@ -227,6 +241,16 @@ def plan(routine: Routine, base: Job, scenarios: list[Scenario], shifted: _Over,
         for name, v in base.params.items()}
     inputs = torch.from_numpy(cols.reshape(x.shape[1], s_count * n)).t()
     return ScenarioPlan(base, shifted(inputs, params), scenarios, absolute, explain)
+
+
+def _as_run(value: float | np.ndarray, dtype: torch.dtype) -> float | np.ndarray:
+    """``value`` (float64) rounded to ``dtype``, as the launch will take it."""
+    if dtype == torch.float64:
+        return value
+    kind = np.dtype(str(dtype).removeprefix("torch."))
+    if isinstance(value, np.ndarray):
+        return value.astype(kind).astype(np.float64)
+    return float(kind.type(value))
 
 
 def _per_sample(per_scenario: list[float | np.ndarray], n: int) -> np.ndarray:
