@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import threading
 import zlib
 
 import httpx
@@ -103,6 +104,32 @@ async def test_bad_gzip_and_other_encodings(client: httpx.AsyncClient) -> None:
     identity = await client.post(SENS, content=body, headers={
         "content-type": "application/json", "content-encoding": "identity"})
     assert identity.status_code == 200
+
+
+async def test_a_compressed_chunk_that_inflates_large_inflates_off_the_event_loop(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 KB of gzip that inflate to 8 MB: inflated in a thread, where other clients'
+    requests are not held (the threshold was 256 KiB of compressed bytes, which inflate to
+    256 MiB), and the request answered as usual."""
+    from app.http import compression
+
+    on_the_loop: list[bool] = []
+    feed = compression._Inflater.feed
+
+    def watched(self: object, chunk: bytes) -> None:
+        if chunk:  # (the last message may carry none)
+            on_the_loop.append(threading.current_thread() is threading.main_thread())
+        feed(self, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compression._Inflater, "feed", watched)
+    body = gzip.compress(orjson.dumps({"inputs": [0.0] * 2_000_000, "params": {"C": 1.0}}))
+    assert 4096 < len(body) < 16_384
+    r = await client.post(SENS, content=body, headers=GZIP_JSON)
+    assert r.status_code in (200, 413, 422), r.text  # (the samples' own limits)
+    assert on_the_loop == [False]
+    small = gzip.compress(orjson.dumps({"inputs": [1.0], "params": {"C": 1.0}}))
+    assert (await client.post(SENS, content=small, headers=GZIP_JSON)).status_code == 200
+    assert on_the_loop == [False, True]  # (a small one inflates where it is)
 
 
 async def test_large_responses_are_gzipped_when_accepted(make_client: ClientFactory) -> None:
