@@ -132,9 +132,11 @@ class GzipRequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # header lines of one name are one comma-separated list (RFC 9110 5.3)
-        lines = [v for k, v in scope["headers"] if k == b"content-encoding"]
-        encoding = b", ".join(v.strip() for v in lines).lower() if lines else None
+        # header lines of one name are one comma-separated list (RFC 9110 5.3), whose empty
+        # elements do not count (5.6.1: "gzip," is gzip, and an empty header no coding)
+        codings = [c.strip() for k, v in scope["headers"] if k == b"content-encoding"
+                   for c in v.split(b",") if c.strip()]
+        encoding = b", ".join(codings).lower() if codings else None
         if encoding is None or encoding == b"identity":
             await self.app(scope, receive, send)
             return
