@@ -161,6 +161,38 @@ def test_second_order_pairs_are_priced_by_what_nested_ad_pays() -> None:
         2 * (model.estimate(rk4, "forward", n, 4) / 2 + 10 * 10 * one))
 
 
+async def test_a_cost_refusal_gives_only_advice_that_helps(make_client: ClientFactory) -> None:
+    """Plain evaluation is not told to use a strategy (finite differences, advised, got the
+    same refusal), one sample is not told to split the batch, and a stress grid is told in
+    its own terms: scenarios and samples, not the N of the launch they make."""
+    bs = discover()["black_scholes_call"]
+    model = CostModel(1.0)
+    book, grid = 10, 500
+    limit = math.sqrt(model.estimate(bs, None, book, 1) * model.estimate(bs, None, book * grid, 1))
+    async with make_client(max_job_cost=1e-6, warmup=False) as c:
+        body = {"inputs": [[10.0, 0.01 * i] for i in range(4096)], "params": {"r": 0.3}}
+        r = await c.post("/v1/routines/logistic_rk4/evaluate", json=body)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "evaluation of routine logistic_rk4 at N = 4096" in detail, detail
+        assert detail.endswith("split the batch") and "strategy=" not in detail, detail
+        one = await c.post(SENS.format("logistic_rk4"), json={"inputs": [[10.0, 1.0]]})
+        assert one.status_code == 422, one.text
+        assert "one sample costs that much" in one.json()["detail"], one.text
+        assert "split the batch" not in one.json()["detail"], one.text
+    async with make_client(max_job_cost=limit, warmup=False) as c:
+        r = await c.post("/v1/routines/black_scholes_call/scenarios", json={
+            "inputs": [[100.0, 90.0 + i, 1.0] for i in range(book)],
+            "params": {"sigma": 0.2, "r": 0.05}, "scenarios": {"shifts": {"sigma": {
+                "type": "absolute", "values": [0.0001 * k for k in range(grid)]}}}})
+        assert r.status_code == 422, r.text
+        assert r.json()["type"] == "urn:dydc:problem:cost-exceeded"
+        detail = r.json()["detail"]
+        assert detail.startswith(f"revaluing {grid} scenarios x {book} samples ({grid * book} "
+                                 "evaluations of routine black_scholes_call)"), detail
+        assert detail.endswith("send fewer scenarios or samples per request"), detail
+
+
 async def test_a_job_over_the_cost_limit_is_refused_with_a_cheaper_strategy(
         make_client: ClientFactory) -> None:
     async with make_client(max_job_cost=5) as c:

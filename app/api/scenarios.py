@@ -27,7 +27,7 @@ from app.api.sensitivity_options import BUMP_OPTIONS, with_query
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.v1 import _COMPUTE_QUERY, _ERRORS, V1, _sample_watch, _timeout_ms
 from app.engine import Engine, Job, JobKind, Request
-from app.engine.errors import InvalidRequest
+from app.engine.errors import CostExceeded, InvalidRequest
 from app.engine.runtime import scenarios
 from app.errors import ResponseTooLarge
 from routines import Routine
@@ -157,7 +157,17 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
         _check_unexplained_query(query)
 
     def shifted(x: Tensor, params: dict[str, float | np.ndarray]) -> Job:
-        return engine.over(evaluate, x, params)
+        try:
+            return engine.over(evaluate, x, params)
+        except CostExceeded as exc:  # said in the request's terms, not the launch's
+            if exc.estimate_s is None or exc.limit_s is None:
+                raise
+            s, n = len(expanded), evaluate.n
+            raise CostExceeded(
+                f"revaluing {s} scenarios x {n} samples ({s * n} evaluations of "
+                f"{evaluate.routine.called}) is estimated at {exc.estimate_s:.3g} s of device "
+                f"time, over the limit of {exc.limit_s:g} s (DYDC_MAX_JOB_COST); send fewer "
+                "scenarios or samples per request", exc.estimate_s, exc.limit_s) from None
 
     return scenarios.plan(routine, base, expanded, shifted,
                           max_samples=engine.limits.max_samples, explain=document.explain)

@@ -91,7 +91,15 @@ class StrategyDisabled(InvalidRequest):
 
 class CostExceeded(InvalidRequest):
     """The job would cost more device time than DYDC_MAX_JOB_COST: estimated before it is
-    queued, or measured on its first slices (then it is stopped there)."""
+    queued, or measured on its first slices (then it is stopped there). An estimate comes
+    with its seconds and the limit, for a caller that laid out the job (scenarios: S x N
+    samples) to say it in its own terms."""
+
+    def __init__(self, message: str, estimate_s: float | None = None,
+                 limit_s: float | None = None) -> None:
+        super().__init__(message)
+        self.estimate_s = estimate_s
+        self.limit_s = limit_s
 
 
 class RoutineFailed(InvalidRequest):

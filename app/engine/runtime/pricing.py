@@ -62,17 +62,23 @@ class Pricing:
     def _within_cap(self, strategy: str, n: int) -> bool:
         return strategy not in self.limits.caps or n <= self.limits.caps[strategy][1]
 
-    def _cheaper(self, job: Job, cost: float) -> str:
-        """The cheapest enabled strategy that can serve this request (its order, its
-        per-sample parameters), as advice in a refusal."""
+    def _cheaper(self, job: Job, strategy: str | None, cost: float) -> str:
+        """As advice in a refusal: the cheapest enabled strategy that can serve this request
+        (its order, its per-sample parameters), if it differentiates; splitting the batch,
+        if it has more than one sample."""
+        split = ("split the batch" if job.n > 1 else
+                 "one sample costs that much: ask for less of it (fewer wrt, order 1, fewer "
+                 "steps) or from a server with a higher DYDC_MAX_JOB_COST")
+        if strategy is None:  # plain evaluation: no strategy evaluates for less
+            return split
         options = sorted(
             (self.estimate(job, name), name)
             for name in enabled(self.limits) if name != "auto" and self._within_cap(name, job.n)
             and refusal(name, job.routine, order=job.order, per_sample=job.per_sample) is None)
         for estimate, name in options:
             if estimate < cost and estimate <= self.limits.max_job_cost_s:
-                return f"use strategy={name} (about {estimate:.3g} s), or split the batch"
-        return "split the batch"
+                return f"use strategy={name} (about {estimate:.3g} s), or {split}"
+        return split
 
     def _cost(self, job: Job, strategy: str | None, cost: float | None = None,
               how: str = "") -> float:
@@ -89,8 +95,7 @@ class Pricing:
                 f"{f' and {second} second-order pair(s)' if second else ''} is "
                 f"estimated at {cost:.3g} s of device time{how}, over the limit of "
                 f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); "
-                f"{self._cheaper(job, cost)}"
-            )
+                f"{self._cheaper(job, strategy, cost)}", cost, self.limits.max_job_cost_s)
         return cost
 
     def _compilable(self, routine: Routine, strategy: str | None, job: Job) -> Problem | None:
