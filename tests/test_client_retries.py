@@ -105,6 +105,11 @@ def test_connection_failures_retried_then_connection_failed() -> None:
     with client(stub) as c, pytest.raises(dydc.ConnectionFailed, match="ReadTimeout"):
         c.sensitivities("linear", [1.0, 2.0], {"C": 2.0})
     assert len(stub.calls) == 1  # a read timeout may be work in progress: not by default
+    stub = Stub(httpx.WriteTimeout(""))  # (httpx's own often carry no text)
+    with client(stub) as c, pytest.raises(
+            dydc.ConnectionFailed, match=r"WriteTimeout: timed out: raise the client's timeout "
+                                         r"\(after 1 attempt\)"):
+        c.sensitivities("linear", [1.0, 2.0], {"C": 2.0})
 
 
 def test_connection_refused() -> None:

@@ -337,9 +337,11 @@ def _feature_names(inputs: Inputs, names: Sequence[str] | str | None) -> list[st
 
 def _connection_failed(url: str, call: Call[Any], exc: httpx.TransportError,
                        attempts: int) -> ConnectionFailed:
+    # (httpx's timeouts often carry no text: "WriteTimeout:  (after 1 attempt)")
+    said = str(exc) or ("timed out: raise the client's timeout" if isinstance(
+        exc, httpx.TimeoutException) else "no answer")
     return ConnectionFailed(f"{call.method} {url}{call.path}: {type(exc).__name__}: "
-                            f"{exc or 'no answer'} (after {attempts} attempt"
-                            f"{'s' if attempts > 1 else ''})")
+                            f"{said} (after {attempts} attempt{'s' if attempts > 1 else ''})")
 
 
 class Client:
