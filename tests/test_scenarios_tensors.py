@@ -97,9 +97,11 @@ async def test_other_accepts_get_json(client: httpx.AsyncClient) -> None:
         r = await client.post(SCEN, json=BODY, headers=headers)
         assert r.status_code == 200 and r.headers["content-type"] == "application/json", accept
         assert isinstance(r.json()["base"], list)
+        assert "Accept" in r.headers.get_list("vary"), r.headers  # (a cache keys on it)
     r = await client.post(SCEN, json=BODY,
                           headers={"Accept": f"application/json;q=0.5, {TENSORS}"})
     assert r.headers["content-type"] == TENSORS
+    assert "Accept" in r.headers.get_list("vary"), r.headers
 
 
 @pytest.mark.parametrize(("accept", "tensors"), [

@@ -244,12 +244,17 @@ class Answered:
 
 
 def _reply(asked: Asked, result: scenarios.ScenarioResult) -> Answered:
+    """The answer in the form the Accept header chose, which says so (``Vary: Accept``),
+    so that a cache hands no client the other form."""
     doc = _document(asked, result)
     if asked.tensors:
         body, headers = tensor_answer.encode(doc)
-        return Answered(Reply(200, body, tensor_answer.TENSORS, headers))
+        return Answered(Reply(200, body, tensor_answer.TENSORS, {**headers, **_VARY}))
     return Answered(Reply(200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-                          "application/json"))
+                          "application/json", dict(_VARY)))
+
+
+_VARY = {"Vary": "Accept"}
 
 
 def answered(asked: Asked, request: Incoming, started: float) -> Decoded:
