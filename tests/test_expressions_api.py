@@ -703,6 +703,41 @@ async def test_a_branch_where_does_not_take_may_be_undefined(
     assert r.json()["derivatives"]["C"] == pytest.approx([1.0, -1.0], rel=1e-15)
 
 
+async def test_a_long_formula_is_parsed_off_the_event_loop(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing and checking cost by the formula's text, not its samples: a body of a long
+    formula is prepared in a worker thread (200 new ones of 1,000 nodes, parsed on the loop,
+    held /healthz for 0.9 s), a short one where it is; v1 and v2 alike."""
+    import threading
+
+    from app.api import expressions as v1_expressions
+    from app.api.v2 import expression as v2_expression
+
+    on_the_loop: list[bool] = []
+
+    def watch(cls: Any, name: str) -> None:
+        prepare = getattr(cls, name)
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            on_the_loop.append(threading.current_thread() is threading.main_thread())
+            return prepare(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, watched)
+
+    watch(v1_expressions.ExpressionV1, "_prepare")
+    watch(v2_expression.ExpressionV2, "_prepare_expression")
+    long = " + ".join(f"C * x ** {k % 7}.25" for k in range(150))  # 2,400 characters
+    for text in (long, "C * x"):
+        body = {"expression": text, "inputs": {"names": ["x"], "values": [1.0, 2.0]},
+                "params": {"C": 2.0}}
+        assert (await client.post(SENS, json=body)).status_code == 200
+        v2 = await client.post("/v2/models/expression/infer", json={
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}],
+            "parameters": {"expression": text, "inputs": "x", "C": 2.0}})
+        assert v2.status_code == 200, v2.text
+    assert on_the_loop == [False, False, True, True]
+
+
 # -- at the bounds, over HTTP ------------------------------------------------------------------
 
 _XS = [0.5, 1.25, -2.0]

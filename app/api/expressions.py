@@ -32,7 +32,7 @@ from app.api.expression_schemas import (
     ExpressionSensitivityResponse,
     FunctionList,
 )
-from app.api.pipeline import Decoded, Incoming, Reply, offload
+from app.api.pipeline import EXPRESSION_OFFLOAD_BYTES, Decoded, Incoming, Reply, offload
 from app.api.schemas import validate_request
 from app.api.sensitivity_options import QUERY as _OPTIONS_QUERY
 from app.api.sensitivity_options import with_query
@@ -160,6 +160,7 @@ class ExpressionV1:
             expressions_for(request.settings),
             body,
             request.query,
+            at=EXPRESSION_OFFLOAD_BYTES,
         )
         check_json_answer(job, request.settings.max_response_bytes)
         return Decoded(job, canonical)

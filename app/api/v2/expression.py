@@ -31,7 +31,7 @@ from app.api.deps import EngineDep
 from app.api.expression_schemas import OdeBody
 from app.api.expressions import METRICS_ROUTINE, expressions_for, make_routine
 from app.api.instrumentation import RequestLabels
-from app.api.pipeline import Decoded, Incoming, Reply, offload
+from app.api.pipeline import EXPRESSION_OFFLOAD_BYTES, Decoded, Incoming, Reply, offload
 from app.api.schemas import split_names
 from app.api.v2 import framing, tensors
 from app.api.v2.routes import (
@@ -189,6 +189,7 @@ class ExpressionV2(V2):
             header,
             binary,
             request.labels,
+            at=EXPRESSION_OFFLOAD_BYTES,
         )
         check_tensor_answer(
             job, call.outputs, job.dtype.itemsize, request.settings.max_response_bytes
