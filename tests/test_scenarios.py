@@ -75,8 +75,13 @@ async def test_zip_and_explicit_lists(client: httpx.AsyncClient) -> None:
     listed = await post(client, "black_scholes_call", {
         "inputs": BOOK, "params": BASE,
         "scenarios": {"list": [{"sigma": 0.01, "r": -0.005}, {"sigma": 0.02, "r": 0.0}]}})
+    spelt_out = await post(client, "black_scholes_call", {  # the default, given: no matter
+        "inputs": BOOK, "params": BASE, "scenarios": {
+            "list": [{"sigma": 0.01, "r": -0.005}, {"sigma": 0.02, "r": 0.0}],
+            "combine": "product"}})
     assert zipped.status_code == 200 and listed.status_code == 200, zipped.text + listed.text
-    for doc in (zipped.json(), listed.json()):
+    assert spelt_out.status_code == 200, spelt_out.text
+    for doc in (zipped.json(), listed.json(), spelt_out.json()):
         assert doc["scenario_count"] == 2
         for scenario, (ds, dr) in zip(doc["scenarios"], [(0.01, -0.005), (0.02, 0.0)],
                                       strict=True):

@@ -83,7 +83,8 @@ def expand(shifts: Mapping[str, tuple[str, Sequence[float]]] | None, combine: st
                              "list (one object of absolute shifts per scenario), not both "
                              "and not neither")
     if listed_scenarios is not None:
-        if combine is not None:  # (it was ignored)
+        if combine not in (None, "product"):  # (ignored, it had said what was not done;
+            # the default is taken as it is: a body may well spell it out)
             raise InvalidRequest(f"scenarios.combine = {combine!r} combines the factors' "
                                  "shifts; a list gives every scenario's shifts itself: leave "
                                  "combine out")
