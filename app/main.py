@@ -169,7 +169,8 @@ def create_app(settings: Settings | None = None) -> Service:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # before the server opens its sockets: `uvicorn app.main:app` as well as python -m app
-        install(ConnectionLimits(s.read_timeout_s, s.max_connections, s.max_header_bytes))
+        install(ConnectionLimits(s.read_timeout_s, s.max_connections, s.max_header_bytes),
+                error_writers)
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         try:

@@ -39,14 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from app import metrics
 from app.context import RequestRecord, record_of
+from app.errors import ProblemDetails, Writer, writer_for
 from app.http.access_log import log_refused
 from app.http.request_id import accepted_id
 
@@ -64,23 +63,19 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: %s\r\n"
          b"content-length: %d\r\n\r\n%s")
 
 
-def _answer(template: bytes, status: int, title: str, detail: str,
-            record: RequestRecord | None = None, path: str = "") -> bytes:
-    """A refusal written before (or instead of) the application, with an id as every answer
-    has (the request's where the application had its record, else a new one): on a v2 path
-    (``path``, where the request line arrived) v2's ``{"error"}``, else problem details with
-    the id as the ``instance``, escaped like every JSON string (a client's id may hold any
-    visible character, ``"`` included)."""
+def _answer(template: bytes, status: int, detail: str, record: RequestRecord | None = None,
+            path: str = "") -> bytes:
+    """A refusal written before (or instead of) the application, in the format of the
+    protocol of ``path`` (where the request line arrived) by the writer the routes and the
+    middlewares use (app.errors.writer_for), with an id as every answer has (the request's
+    where the application had its record, else a new one) as the problem's ``instance``."""
     record = record or RequestRecord(accepted_id(None))
-    if path == "/v2" or path.startswith("/v2/"):
-        content_type, body = b"application/json", orjson.dumps({"error": detail})
-    else:
-        content_type = b"application/problem+json"
-        body = orjson.dumps({"type": "about:blank", "title": title, "status": status,
-                             "detail": detail, "instance": record.instance})
-    answer = template % (content_type, record.id.encode("ascii"), len(body), body)
+    response = writer_for(path, _writers)(
+        ProblemDetails(status, detail, extra={"instance": record.instance}))
+    body = bytes(response.body)
     record.closed_bytes = len(body)  # for the access log: the body the client got
-    return answer
+    content_type = response.headers["content-type"].encode("latin-1")
+    return template % (content_type, record.id.encode("ascii"), len(body), body)
 
 
 def _request_line(protocol: Any) -> tuple[str, str]:
@@ -94,13 +89,12 @@ def _request_line(protocol: Any) -> tuple[str, str]:
     return method.decode("ascii"), target.decode("latin-1")
 
 
-def _refused_on_the_wire(protocol: Any, status: int, template: bytes, title: str,
-                         detail: str) -> bytes:
+def _refused_on_the_wire(protocol: Any, status: int, template: bytes, detail: str) -> bytes:
     """The answer to a head refused before the application saw it, counted as the
     middlewares count theirs (dydc_requests_total for a POST) and logged."""
     method, path = _request_line(protocol)
     record = RequestRecord(accepted_id(None))
-    answer = _answer(template, status, title, detail, record, path)
+    answer = _answer(template, status, detail, record, path)
     if method == "POST":
         metrics.child(metrics.REQUESTS, "unknown", "none", str(status)).inc()
     _, arrived, started = getattr(protocol, _FIRST, (b"", time.time(), time.perf_counter()))
@@ -117,6 +111,7 @@ class ConnectionLimits:
 
 
 _limits: ConnectionLimits | None = None
+_writers: Mapping[str, Writer] = {}  # each API's error writer by its prefix (install)
 _ATTRIBUTE = "_dydc_read_timer"
 _HEAD = "_dydc_head_bytes"  # bytes of the request head that is arriving
 # its first bytes (the request line, for the records of a refusal), with when they came
@@ -141,7 +136,7 @@ def _head_refused(protocol: Any, data: bytes) -> bool:
         return False
     _disarm(protocol)
     protocol.transport.write(_refused_on_the_wire(
-        protocol, 431, _HEAD_TOO_LARGE, "Request Header Fields Too Large",
+        protocol, 431, _HEAD_TOO_LARGE,
         f"the request's head is over {limit} bytes (DYDC_MAX_HEADER_BYTES): send fewer or "
         "shorter header fields"))
     metrics.REJECTIONS.labels("headers").inc()
@@ -163,13 +158,12 @@ def _timed_out(protocol: Any) -> None:
             record = record_of(cycle.scope)  # access log and counts record the 408
             if record is not None:
                 record.closed_with = 408
-            transport.write(_answer(_TIMEOUT, 408, "Request Timeout", detail, record,
+            transport.write(_answer(_TIMEOUT, 408, detail, record,
                                     cycle.scope.get("path", "")))
     elif getattr(protocol, _HEAD, 0):  # a head was arriving: the application never saw it
-        transport.write(_refused_on_the_wire(protocol, 408, _TIMEOUT, "Request Timeout",
-                                             detail))
+        transport.write(_refused_on_the_wire(protocol, 408, _TIMEOUT, detail))
     else:  # a connection that sent nothing, or nothing since its last answer
-        transport.write(_answer(_TIMEOUT, 408, "Request Timeout", detail))
+        transport.write(_answer(_TIMEOUT, 408, detail))
     metrics.CONNECTIONS_CLOSED.labels("read_timeout").inc()
     transport.close()
 
@@ -195,7 +189,7 @@ def _connection_made(original: Callable[..., None]) -> Callable[..., None]:
             return
         if len(self.connections) > _limits.max_connections:
             transport.write(_answer(
-                _FULL, 503, "Service Unavailable",
+                _FULL, 503,
                 f"too many open connections (DYDC_MAX_CONNECTIONS = {_limits.max_connections}); "
                 "retry shortly"))
             metrics.CONNECTIONS_CLOSED.labels("max_connections").inc()
@@ -248,11 +242,14 @@ def _protocols() -> list[type]:
     return found
 
 
-def install(limits: ConnectionLimits) -> bool:
+def install(limits: ConnectionLimits, writers: Mapping[str, Writer] | None = None) -> bool:
     """Guard uvicorn's HTTP protocols with ``limits`` (again: the new limits replace the
-    old). False, with a warning, where uvicorn's protocols lack what the guard needs."""
-    global _limits
+    old), refusing in the format of each API's prefix (``writers``, as app.http.stack's; problem
+    details elsewhere). False, with a warning, where uvicorn's protocols lack what the guard
+    needs."""
+    global _limits, _writers
     _limits = limits
+    _writers = dict(writers or {})
     installed = True
     for cls in _protocols():
         if getattr(cls, "_dydc_guarded", False):

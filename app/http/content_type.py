@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http.refusal import Refuser
 
-__all__ = ["ContentTypeMiddleware", "media_type", "media_types"]
+__all__ = ["ContentTypeMiddleware", "media_types"]
 
 V2_PREFIX = "/v2"
 
@@ -36,12 +36,6 @@ def media_types(scope: Scope) -> list[str]:
     """Each Content-Type header's media type, lower case, without parameters, in order."""
     return [str(value.decode("latin-1")).partition(";")[0].strip().lower()
             for name, value in scope["headers"] if name == b"content-type"]
-
-
-def media_type(scope: Scope) -> str | None:
-    """The Content-Type's media type, lower case, without parameters; None when absent."""
-    given = media_types(scope)
-    return given[0] if given else None
 
 
 def _speaks_v2(path: str) -> bool:
