@@ -45,11 +45,13 @@ class LockedInlineBuilder(InlineBuilder):
 
 
 @asynccontextmanager
-async def served(builder: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The service with compiled graphs from 64 samples on, built by ``builder``, and
-    ``linear`` priced at COST (eager forward over LIMIT, plain evaluation under it); the
-    client and the engine."""
-    app = create_app(Settings(device="cpu", compile_min_samples=64, max_job_cost=LIMIT))
+async def served(builder: Any, cache_dir: Path | None = None, **settings: Any,
+                 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The service with compiled graphs from 64 samples on, built by ``builder`` (into
+    ``cache_dir`` if given), and ``linear`` priced at COST (eager forward over LIMIT, plain
+    evaluation under it), with other ``settings``; the client and the engine."""
+    app = create_app(Settings(device="cpu", compile_min_samples=64, max_job_cost=LIMIT,
+                              compile_cache_dir=cache_dir, **settings))
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://dydc.test",
@@ -94,15 +96,15 @@ async def test_over_the_limit_eagerly_a_compilable_request_starts_its_build(
 @needs_cxx
 async def test_once_built_the_request_is_priced_through_its_graph_and_served(
         tmp_path: Path) -> None:
-    async with served(LockedInlineBuilder(tmp_path)) as (c, engine):
+    """And after a restart, the build stored in the cache directory prices the first such
+    request: served, not told that a graph is being built."""
+    async with served(LockedInlineBuilder(tmp_path), tmp_path) as (c, engine):
         compiled = engine._compiled
-        r = await c.post(SENS, json=BODY)
-        assert r.status_code == 503, r.text  # the build ran inline: built, not yet published
-        assert compiled.graphs == 1
-        # priced at plain evaluation's 0.0266 s: built counts, though no launch has published
-        # it yet (the launch that runs this request does, before it runs)
+        # the build runs inline, at admission: built, not yet published, so priced at plain
+        # evaluation's 0.0266 s (the launch that runs this request publishes it first)
         first = await c.post(SENS, json=BODY)
         assert first.status_code == 200, first.text
+        assert compiled.graphs == 1
         assert first.json()["derivatives"]["C"] == BODY["inputs"]  # dy/dC = x
         assert first.json()["values"] == [1.5 * x for x in BODY["inputs"]]
         launches = sum(compiled._launches.values())
@@ -115,3 +117,31 @@ async def test_once_built_the_request_is_priced_through_its_graph_and_served(
         assert second.status_code == 200, second.text
         assert second.json()["values"] == [-2.0 * x for x in BODY["inputs"]]
         assert sum(compiled._launches.values()) == 2
+
+    gated = GatedBuilder(tmp_path)  # a build asked for would never finish
+    async with served(gated, tmp_path) as (c, engine):
+        again = await c.post(SENS, json=BODY)
+        assert again.status_code == 200, again.text
+        assert again.json()["derivatives"]["C"] == BODY["inputs"]
+        assert gated.kinds == []  # taken from the cache directory, not built
+        assert sum(engine._compiled._launches.values()) == 1
+
+
+@needs_cxx
+async def test_what_a_graph_ran_does_not_price_what_runs_eagerly(tmp_path: Path) -> None:
+    """The cost model learns from the heavy jobs that ran eagerly, not from those a compiled
+    graph ran: a graph's speed (launch_seconds prices its own kind) would under-price the
+    routine's other kinds, which run eagerly, until they were stopped mid-run."""
+    # every request over 64 samples is heavy (run alone, in slices), and learnt from
+    async with served(LockedInlineBuilder(tmp_path), tmp_path, max_batch_samples=64) as (
+            c, engine):
+        through_graph = await c.post(SENS, json=BODY)
+        assert through_graph.status_code == 200, through_graph.text
+        assert through_graph.json()["derivatives"]["C"] == BODY["inputs"]
+        assert sum(engine._compiled._launches.values()) == N // 64  # launches of 64 samples
+        assert engine.costs._correction == {}
+        eager = await c.post(SENS + "?strategy=forward-dual",
+                             json={"inputs": BODY["inputs"][:80]})
+        assert eager.status_code == 200, eager.text
+        assert eager.json()["derivatives"]["C"] == BODY["inputs"][:80]
+        assert list(engine.costs._correction) == [("linear", "forward-dual")]

@@ -17,6 +17,7 @@ import anyio
 import httpx
 import orjson
 import pytest
+import torch
 from asgi_lifespan import LifespanManager
 from starlette.types import Message
 
@@ -326,6 +327,52 @@ async def test_a_slice_boundary_honours_the_deadline(served: Served,
     assert "ran past its deadline" in problem["detail"]
     assert value(await served.metrics(), "dydc_cancelled_total",
                  reason="deadline") == before + 1
+
+
+async def test_a_job_that_overruns_its_price_is_stopped_with_what_fits(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admitted at a price far under what it takes, a heavy job is stopped on its first
+    slices (1.5x the limit projected), with the samples the limit allows at the rate it ran,
+    and forward mode advised to a strategy that is not it."""
+    monkeypatch.setattr(type(served.engine.pricing), "price", lambda self, job: 0.001)
+    monkeypatch.setattr(served.engine.costs, "max_job_cost_s", 0.2)  # it takes about 2 s
+    before = value(await served.metrics(), "dydc_cancelled_total", reason="cost")
+    r = await served.client.post(SENS.format("logistic_rk4") + "?strategy=reverse-loop",
+                                 json=HEAVY)
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert problem["type"] == "urn:dydc:problem:cost-exceeded"
+    assert "the job was stopped after" in problem["detail"]
+    assert "over the limit of 0.2 s (DYDC_MAX_JOB_COST)" in problem["detail"]
+    fit = int(problem["detail"].split("send at most about ")[1].split()[0])
+    assert 1 <= fit < len(T)
+    assert problem["detail"].endswith("samples a request or use strategy=forward")
+    assert value(await served.metrics(), "dydc_cancelled_total", reason="cost") == before + 1
+
+
+def test_a_stopped_job_is_told_what_fits_and_forward_mode_only_if_it_is_not_that() -> None:
+    """The samples that fit follow the strategy's cost in N: linear for forward mode, the
+    square root of the limit's share for an O(N^2) one."""
+    from app.engine.runtime.jobs import Job, JobKind
+    from app.engine.runtime.worker import _overran
+
+    routines = discover()
+    costs = CostModel(max_job_cost_s=10.0)
+    costs._routines["logistic_rk4"] = RoutineCost(pass_s=0.0, sample_s=1e-6)
+
+    def job(strategy: str | None, n: int = 1000) -> Job:
+        return Job(JobKind.SENSITIVITIES, routines["logistic_rk4"],
+                   torch.zeros(n, 2, dtype=torch.float64), {"r": 0.3, "K": 50.0}, ("r",),
+                   strategy, torch.float64)
+
+    for strategy in ("forward", "auto", "forward-dual", None):
+        detail = str(_overran(job(strategy), 0.1, 40.0, costs))
+        assert detail.endswith("send at most about 250 samples a request"), detail
+    quadratic = str(_overran(job("reverse-loop"), 0.1, 40.0, costs))  # 1000 / sqrt(4)
+    assert quadratic.endswith(" samples a request or use strategy=forward"), quadratic
+    assert 490 <= int(quadratic.split("send at most about ")[1].split()[0]) <= 500
+    assert str(_overran(job("forward", n=1), 0.5, 40.0, costs)).endswith(
+        "one sample costs that much: ask for less of it (fewer wrt, order 1)")
 
 
 async def test_light_requests_are_served_between_the_slices_of_a_heavy_one(

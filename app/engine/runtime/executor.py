@@ -70,29 +70,32 @@ def run_strategy(problem: Problem, strategy: str, compiled: CompiledForward | No
     """:func:`~app.engine.differentiation.differentiate.differentiate`, with forward mode
     (``auto`` or ``forward``) through a compiled graph where ``compiled`` serves the problem.
     Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
-    if runs_through_graphs(strategy) and compiled is not None:
-        result = _run_compiled(problem, compiled, order, cross)
-        if result is not None:
-            return result, "forward"
+    result = _through_graph(problem, strategy, compiled, order, cross)
+    if result is not None:
+        return result, "forward"
     return differentiate(problem, strategy, order=order, cross=cross, bump=bump)
 
 
-def _run_compiled(problem: Problem, compiled: CompiledForward, order: int,
-                  cross: bool) -> Derivatives | None:
+def _through_graph(problem: Problem, strategy: str, compiled: CompiledForward | None,
+                   order: int, cross: bool) -> Derivatives | None:
     """Compiled forward mode (app.engine.compiled.forward), at order 1 or 2, over parameters and
-    input features alike; None where it does not apply or its graph is not loaded yet."""
-    return compiled.run(problem, order, cross) if compiled.applies(problem, order, cross) \
-        else None
+    input features alike, for ``auto`` or ``forward``; None where it does not apply or its
+    graph is not loaded yet."""
+    if not runs_through_graphs(strategy) or compiled is None \
+            or not compiled.applies(problem, order, cross):
+        return None
+    return compiled.run(problem, order, cross)
 
 
-def _evaluate(problem: Problem, compiled: CompiledForward | None) -> Tensor:
+def _evaluate(problem: Problem, compiled: CompiledForward | None) -> tuple[Tensor, bool]:
     """Plain evaluation (the problem has no wrt): through the routine's compiled values graph
-    where one serves the launch (a large one; the first asks for its build), else eagerly."""
+    where one serves the launch (a large one; the first asks for its build), else eagerly;
+    and whether a graph ran it."""
     if compiled is not None and compiled.applies(problem):
         result = compiled.run(problem)
         if result is not None:
-            return result.values
-    return problem.evaluate()
+            return result.values, True
+    return problem.evaluate(), False
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class _Output:
     values: Tensor  # (N, M) on the CPU
     derivatives: dict[str, Tensor]
     strategy: str | None
+    graph: bool = False  # a compiled graph ran it (its time says nothing of eager speed)
 
     def all_finite(self) -> bool:
         """One check for the whole launch; requests are checked one by one only if it fails."""
@@ -154,9 +158,10 @@ def _problem(jobs: Sequence[Job], inputs: Tensor, device: torch.device) -> Probl
         jobs[0].wrt))
 
 
-def _output(job: Job, values: Tensor, derivs: dict[str, Tensor], ran: str | None) -> _Output:
+def _output(job: Job, values: Tensor, derivs: dict[str, Tensor], ran: str | None,
+            graph: bool = False) -> _Output:
     return _Output(_to_host(values, job.dtype),
-                   {name: _to_host(d, job.dtype) for name, d in derivs.items()}, ran)
+                   {name: _to_host(d, job.dtype) for name, d in derivs.items()}, ran, graph)
 
 
 def _compute(jobs: Sequence[Job], inputs: Tensor, ex: Executor) -> _Output:
@@ -165,13 +170,16 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, ex: Executor) -> _Output:
     problem = _problem(jobs, inputs, ex.device)
     with _translated(job), TRANSFORMS_LOCK:
         if job.kind is JobKind.EVALUATE:
-            values, derivs, ran = _evaluate(problem, ex.compiled), {}, None
+            (values, graph), derivs, ran = _evaluate(problem, ex.compiled), {}, None
         else:
             assert job.strategy is not None
-            result, ran = run_strategy(problem, job.strategy, ex.compiled, order=job.order,
-                                        cross=job.cross, bump=job.bump)
+            result = _through_graph(problem, job.strategy, ex.compiled, job.order, job.cross)
+            graph, ran = result is not None, "forward"
+            if result is None:
+                result, ran = differentiate(problem, job.strategy, order=job.order,
+                                            cross=job.cross, bump=job.bump)
             values, derivs = result.values, result.derivatives
-    return _output(job, values, derivs, ran)
+    return _output(job, values, derivs, ran, graph)
 
 
 def _to_host(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -280,6 +288,7 @@ def _chunks(job: Job, ex: Executor, sliced: bool = False) -> Generator[float, No
         torch.cat([p.values for p in parts]),
         {name: torch.cat([p.derivatives[name] for p in parts]) for name in parts[0].derivatives},
         parts[0].strategy,
+        any(p.graph for p in parts),
     )
 
 
@@ -348,18 +357,18 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
             f"are inside its domain{hint}", i, name)
 
 
-def _result(job: Job, values: Tensor, derivs: dict[str, Tensor], strategy: str | None,
-            device: torch.device, started: float, finished: float,
+def _result(job: Job, out: _Output, device: torch.device, started: float, finished: float,
             checked: bool = False) -> JobResult:
+    values, derivs = out.values, out.derivatives
     if not checked:
         _check_finite(job, "value", values)
         for name, d in derivs.items():
             _check_finite(job, derivative_name(name), d)
     first = {name: d for name, d in derivs.items() if "," not in name}
     second = {name: d for name, d in derivs.items() if "," in name}
-    return JobResult(values=values, derivatives=first, strategy=strategy,
+    return JobResult(values=values, derivatives=first, strategy=out.strategy,
                      device=str(device), queue_s=started - job.enqueued_at,
-                     compute_s=finished - started, second_derivatives=second)
+                     compute_s=finished - started, second_derivatives=second, graph=out.graph)
 
 
 Sliced = Generator[float, None, JobResult]
@@ -391,8 +400,7 @@ class Executor:
         """One request on its own (in chunks of at most ``chunk`` samples)."""
         started = time.perf_counter()
         out = drain(_chunks(job, self))
-        return _result(job, out.values, out.derivatives, out.strategy, self.device, started,
-                       time.perf_counter())
+        return _result(job, out, self.device, started, time.perf_counter())
 
     def run_sliced(self, job: Job, slice_s: float) -> Sliced:
         """One request in slices: an O(N^2) strategy in slices of about ``slice_s`` seconds,
@@ -405,8 +413,7 @@ class Executor:
             out = yield from _steps(job, self.device, slice_s)
         else:
             out = yield from _chunks(job, self, sliced=True)
-        return _result(job, out.values, out.derivatives, out.strategy, self.device, started,
-                       time.perf_counter())
+        return _result(job, out, self.device, started, time.perf_counter())
 
     def run_batch(self, jobs: Sequence[Job]) -> list[JobResult | Exception]:
         """Jobs with one batch_key in one launch; each gets its own result or its own
@@ -440,8 +447,9 @@ def _split(jobs: Sequence[Job], out: _Output, device: torch.device, started: flo
     results: list[JobResult | Exception] = []
     for i, job in enumerate(jobs):
         try:
-            results.append(_result(job, values[i], {name: d[i] for name, d in derivs.items()},
-                                   out.strategy, device, started, finished, checked=finite))
+            mine = _Output(values[i], {name: d[i] for name, d in derivs.items()}, out.strategy,
+                           out.graph)
+            results.append(_result(job, mine, device, started, finished, checked=finite))
         except Exception as exc:
             results.append(exc)
     return results

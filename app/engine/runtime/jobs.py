@@ -37,6 +37,7 @@ class JobResult:
     compute_s: float  # of the launch (shared by the requests batched into it)
     second_derivatives: dict[str, Tensor] = field(default_factory=dict)  # "a,b" -> (N, M)
     check: Check | None = None  # AD against bumping, when the request asked for it
+    graph: bool = False  # a compiled graph ran (some of) it
 
 
 @dataclass(eq=False)

@@ -119,39 +119,44 @@ class Pricing:
         evaluation, which a fused graph does not exceed by much: bench_strategies), else at
         eager speed. A forward-mode job over the limit eagerly whose kind a graph would serve
         starts that graph's build and is told when to retry (503), rather than refused for
-        good. Plain evaluation (``strategy`` None) is priced the same way through its values
-        graph, but refused (422) over the limit while that graph has not launched."""
+        good; where an earlier build of it is in the cache directory (a restart), that is
+        taken in at once and the job priced through it. Plain evaluation (``strategy`` None) is
+        priced the same way through its values graph, but refused (422) over the limit while
+        that graph has not launched."""
         problem = self._compilable(routine, strategy, job)
         if problem is None:
             return self._cost(job, strategy)
-        assert self._compiled is not None
+        compiled = self._compiled
+        assert compiled is not None
         device = self.devices[0]
-        seconds = self._compiled.launch_seconds(problem, device, job.order, job.cross)
-        if seconds is not None:
-            measured = seconds > 0
-            cost = seconds if measured else self.costs.estimate(routine, None, job.n, 1)
-            how = " through its compiled graph" + ("" if measured else
-                                                   " (plain evaluation's time)")
-            return self._cost(job, strategy, cost, how)
-        eager = self.estimate(job, strategy)
-        if eager <= self.limits.max_job_cost_s:
-            return eager  # (its launch asks for the graph, as every large launch does)
-        if strategy is None:  # plain evaluation's graph is priced at eager evaluation's
-            # estimate until it has launched: waiting for it would not make this affordable
-            return self._cost(job, strategy, eager)
-        self._compiled.request(problem, job.order, job.cross, device)
-        if self._compiled.refused(problem, job.order, job.cross, device) is not None:
-            return self._cost(job, strategy, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
-        plain = self.costs.estimate(routine, None, job.n, 1)
-        retry_s = self._compiled.typical_build_s()
-        metrics.REJECTIONS.labels("cost").inc()
-        raise GraphBuilding(
-            f"strategy {strategy} of {routine.called} at N = {job.n} is estimated at "
-            f"{eager:.3g} s of device time in eager forward mode, over the limit of "
-            f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); a compiled graph for it is "
-            f"being built (about {retry_s:.0f} s): retry then, when it is priced at the "
-            f"graph's speed (plain evaluation takes about {plain:.3g} s), or split the batch",
-            retry_after_s=retry_s)
+        seconds = compiled.launch_seconds(problem, device, job.order, job.cross)
+        if seconds is None:
+            eager = self.estimate(job, strategy)
+            if eager <= self.limits.max_job_cost_s:
+                return eager  # (its launch asks for the graph, as every large launch does)
+            if strategy is None:  # plain evaluation's graph is priced at eager evaluation's
+                # estimate until it has launched: waiting for it would not make this affordable
+                return self._cost(job, strategy, eager)
+            compiled.request(problem, job.order, job.cross, device)
+            if compiled.refused(problem, job.order, job.cross, device) is not None:
+                return self._cost(job, strategy, eager)  # (DYDC_COMPILE_MAX_GRAPHS)
+            # an earlier build in the cache directory is taken in at once: priced through it
+            seconds = compiled.launch_seconds(problem, device, job.order, job.cross)
+            if seconds is None:
+                plain = self.costs.estimate(routine, None, job.n, 1)
+                retry_s = compiled.typical_build_s()
+                metrics.REJECTIONS.labels("cost").inc()
+                raise GraphBuilding(
+                    f"strategy {strategy} of {routine.called} at N = {job.n} is estimated at "
+                    f"{eager:.3g} s of device time in eager forward mode, over the limit of "
+                    f"{self.limits.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); a compiled graph "
+                    f"for it is being built (about {retry_s:.0f} s): retry then, when it is "
+                    f"priced at the graph's speed (plain evaluation takes about {plain:.3g} "
+                    "s), or split the batch", retry_after_s=retry_s)
+        measured = seconds > 0
+        cost = seconds if measured else self.costs.estimate(routine, None, job.n, 1)
+        how = " through its compiled graph" + ("" if measured else " (plain evaluation's time)")
+        return self._cost(job, strategy, cost, how)
 
     def unaffordable(self, job: Job, strategy: str) -> str | None:
         """Why this server would not run ``job`` under ``strategy`` (turned off, or over

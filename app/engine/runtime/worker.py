@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from app import metrics
+from app.engine.differentiation.capabilities import refusal
 from app.engine.differentiation.differentiate import TRANSFORMS_LOCK
 from app.engine.errors import (
     CostExceeded,
@@ -119,6 +120,33 @@ def _died(device: torch.device, exc: BaseException) -> ServiceUnavailable:
     """The answer for the requests of a launch that killed the worker's thread."""
     return ServiceUnavailable(f"the device worker on {device} failed "
                               f"({type(exc).__name__}); retry")
+
+
+def _overran(job: Job, progress: float, projected_s: float, costs: CostModel) -> CostExceeded:
+    """The answer for a job stopped mid-run for what it would cost: how many samples the
+    limit allows at the rate it ran (by the cost model's shape in N: an O(N^2) strategy's
+    cost falls as the square), and forward mode only where it is another strategy that could
+    serve the request."""
+    limit_s = costs.max_job_cost_s
+
+    def at(n: int) -> float:  # the projected cost of the job at n samples
+        return projected_s * costs.estimate(job.routine, job.strategy, n, passes(job),
+                                            pairs(job)) / whole
+
+    whole = costs.estimate(job.routine, job.strategy, job.n, passes(job), pairs(job))
+    fit, over = 0, job.n  # at(fit) within the limit (or fit 0), at(over) over it
+    while whole > 0 and over - fit > 1:
+        middle = (fit + over) // 2
+        fit, over = (middle, over) if at(middle) <= limit_s else (fit, middle)
+    fewer = (f"send at most about {fit} samples a request" if fit >= 1
+             else "one sample costs that much: ask for less of it (fewer wrt, order 1)")
+    forward = job.strategy not in (None, "auto", "forward", "forward-dual") and refusal(
+        "forward", job.routine, order=job.order, per_sample=job.per_sample) is None
+    return CostExceeded(
+        f"the job was stopped after {progress:.0%} of its work: at that rate it would need "
+        f"about {projected_s:.1f} s of device time, over the limit of {limit_s:g} s "
+        f"(DYDC_MAX_JOB_COST); {fewer}{' or use strategy=forward' if forward else ''}",
+        projected_s, limit_s)
 
 
 def _count_launch(device: torch.device, jobs: Sequence[Job], seconds: float) -> None:
@@ -275,7 +303,7 @@ class DeviceWorker:
             progress = next(task.steps)
         except StopIteration as done:
             task.busy_s += time.perf_counter() - began
-            self._learn(task, task.busy_s)
+            self._learn(task, task.busy_s, done.value.graph)
             self._finish(task, done.value)
             return
         except EngineError as exc:
@@ -288,14 +316,11 @@ class DeviceWorker:
         projected = task.projected_s(progress)
         if projected is not None and self._costs is not None and self._costs.overrun(projected):
             self._learn(task, projected)
-            self._finish(task, CostExceeded(
-                f"the job was stopped after {progress:.0%} of its work: at that rate it would "
-                f"need about {projected:.1f} s of device time, over the limit of "
-                f"{self._costs.max_job_cost_s:g} s (DYDC_MAX_JOB_COST); send fewer samples or "
-                "use strategy=forward"), cancelled="cost")
+            self._finish(task, _overran(job, progress, projected, self._costs),
+                         cancelled="cost")
 
-    def _learn(self, task: _Task, seconds: float) -> None:
-        if self._costs is not None:
+    def _learn(self, task: _Task, seconds: float, graph: bool = False) -> None:
+        if self._costs is not None and not graph:  # (a graph's speed prices its kind alone)
             job = task.job
             self._costs.learn(job.routine, job.strategy, job.n, passes(job), seconds, pairs(job))
 
