@@ -21,5 +21,17 @@ __all__ = ["gamma_survival"]
     outputs=["S"],
 )
 def gamma_survival(a: Tensor, t: Tensor, *, lam: Tensor) -> Tensor:
-    survival: Tensor = torch.special.gammaincc(a, lam * t)
+    # At x = lam t = 0 (t = 0, or the bound lam = 0) Q is 1, but igammac's derivative in x,
+    # -x^(a-1) e^(-x) / Gamma(a), is NaN there at a = 1 (0^0 as exp(0 log 0)) and -inf for
+    # a < 1, which the chain rule multiplies by t = 0 into NaN where dQ/dlam is 0. There Q
+    # is taken from its series, 1 - lam^a t^a / Gamma(a + 1): the value 1 and the limits of
+    # every derivative (dQ/dlam = -t at lam = 0 and a = 1; -inf, refused, at a < 1). Each
+    # branch sees only its own samples' numbers, so neither one's NaN reaches the other's.
+    x = lam * t
+    zero = x == 0
+    one = torch.ones_like(x)
+    lam0, t0 = torch.where(zero, lam, one), torch.where(zero, t, one)
+    near = 1 - lam0**a * t0**a / torch.exp(torch.lgamma(a + 1))
+    far = torch.special.gammaincc(a, torch.where(zero, one, x))
+    survival: Tensor = torch.where(zero, near, far)
     return survival

@@ -75,6 +75,52 @@ async def test_rows_and_several_outputs(client: httpx.AsyncClient) -> None:
         assert dp == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("strategy", ["auto", "vmap-grad", "reverse-loop", "jacrev"])
+async def test_gamma_survival_at_lam_t_zero_has_its_limits(client: httpx.AsyncClient,
+                                                            strategy: str) -> None:
+    """Q(a, lam t) = 1 at t = 0 and at the bound lam = 0; dQ/dlam = -t^a lam^(a-1) / Gamma(a)
+    there: 0 at t = 0 for every a, -t at lam = 0 for a = 1, 0 for a > 1 (igammac's own
+    derivative is NaN at 0 for a = 1, and times t = 0 for a < 1)."""
+    url = f"/v1/routines/gamma_survival/sensitivities?strategy={strategy}"
+    at_t0 = await client.post(url, json={"inputs": [[0.5, 0.0], [1.0, 0.0], [2.0, 0.0],
+                                                    [2.0, 1.5]], "params": {"lam": 0.8}})
+    assert at_t0.status_code == 200, at_t0.text
+    body = at_t0.json()
+    assert body["values"][:3] == [1.0, 1.0, 1.0]
+    assert body["derivatives"]["lam"][:3] == [0.0, 0.0, 0.0]
+    assert body["derivatives"]["lam"][3] == pytest.approx(
+        -1.5 * 1.2 * math.exp(-1.2), rel=1e-12)  # the other sample as away from 0
+    at_bound = await client.post(url, json={"inputs": [[1.0, 0.3], [2.0, 0.3]],
+                                            "params": {"lam": 0.0}})
+    assert at_bound.status_code == 200, at_bound.text
+    assert at_bound.json()["values"] == [1.0, 1.0]
+    assert at_bound.json()["derivatives"]["lam"] == [-0.3, 0.0]
+    infinite = await client.post(url, json={"inputs": [[0.5, 0.3]], "params": {"lam": 0.0}})
+    assert infinite.status_code == 422, infinite.text  # -t^a lam^(a - 1): -inf
+    assert "non-finite dy/dlam for sample 0" in infinite.json()["detail"]
+
+
+async def test_a_bump_outside_the_domain_says_how_to_bump(client: httpx.AsyncClient) -> None:
+    """Black-Scholes at T = 0 is valid, but T - h is not: finite differences say to bump
+    one side (which then answers r K, the limit); reverse mode, whose shared derivative one
+    sample's NaN poisons for all, says that the sample named may not be the one at fault."""
+    sens = "/v1/routines/black_scholes_call/sensitivities"
+    body = {"inputs": [[100, 95, 0.0]], "params": {"sigma": 0.2, "r": 0.05}, "wrt": ["T"]}
+    for query in ("?strategy=finite-difference", "?check=finite-difference"):
+        r = await client.post(sens + query, json=body)
+        assert r.status_code == 422, r.text
+        assert "bump one side only (scheme=forward or scheme=backward)" in r.json()["detail"]
+    one_sided = await client.post(sens + "?strategy=finite-difference&scheme=forward",
+                                  json=body)
+    assert one_sided.status_code == 200, one_sided.text
+    assert one_sided.json()["derivatives"]["T"][0] == pytest.approx(0.05 * 95, rel=1e-4)
+    poisoned = await client.post(
+        "/v1/routines/gamma_survival/sensitivities?strategy=reverse-loop",
+        json={"inputs": [[2.0, 1.5], [0.5, 0.3]], "params": {"lam": 0.0}})
+    assert poisoned.status_code == 422, poisoned.text
+    assert "the sample at fault may be another" in poisoned.json()["detail"]
+
+
 async def test_auto_falls_back_to_reverse_mode(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/routines/gamma_survival/sensitivities",
                           json={"inputs": [[2.0, 1.5]], "params": {"lam": 0.8}})
@@ -88,6 +134,9 @@ async def test_auto_falls_back_to_reverse_mode(client: httpx.AsyncClient) -> Non
                                json={"inputs": [[2.0, 1.5]]})
     assert forced.status_code == 422
     assert "strategy=auto" in forced.json()["detail"]
+    assert ".;" not in forced.json()["detail"]  # torch's full stop, then the advice
+    assert "or finite-difference where reverse mode lacks a formula too" in forced.json()[
+        "detail"]
     # igammac has no derivative in its first argument in either mode: bumping has none to need
     for strategy in ("auto", "vmap-grad"):
         r = await client.post(f"/v1/routines/gamma_survival/sensitivities?strategy={strategy}",

@@ -382,7 +382,10 @@ STRATEGIES: dict[str, Strategy] = {
                  jacobian_forward, _linear(3, 6), batchable=True),
         Strategy("finite-difference", "numeric", "2 evaluations per parameter, O(N)",
                  "central differences with h = eps^(1/3) max(1, |C|); ~1e-10 relative in "
-                 "float64, ~1e-5 in float32 (bump settings: shift, shift_type, scheme)",
+                 "float64, ~1e-5 in float32, where the function varies slowly over h (a "
+                 "step that is large against the function's scale, e.g. softmax at scores "
+                 "near 100 in float32, costs far more) (bump settings: shift, shift_type, "
+                 "scheme)",
                  finite_difference, lambda n, m, p: Work(1 + 2 * p, n * (1 + 2 * p))),
     ]
 }

@@ -139,11 +139,13 @@ def _translated(job: Job) -> Iterator[None]:
     except (EngineError, torch.cuda.OutOfMemoryError):
         raise
     except NotImplementedError as exc:
-        hint = ("; use strategy=auto or a reverse strategy" if lacks_forward_formula(exc)
+        hint = ("; use strategy=auto or a reverse strategy, or finite-difference where "
+                "reverse mode lacks a formula too" if lacks_forward_formula(exc)
                 else "; use strategy=finite-difference, which needs no derivative formula"
                 if job.strategy != "finite-difference" else "")
+        said = f"{exc}".split("\n")[0].rstrip(". ")
         raise InvalidRequest(f"strategy {job.strategy} cannot differentiate routine "
-                             f"{job.routine.name}: {exc}".split("\n")[0] + hint) from exc
+                             f"{job.routine.name}: {said}{hint}") from exc
     except Exception as exc:
         raise RoutineFailed(
             f"{job.routine.called} failed under strategy {job.strategy or 'evaluate'}: "
@@ -351,6 +353,14 @@ def _check_finite(job: Job, name: str, t: Tensor) -> None:
         hint = (f"; in forward mode one derivative not defined here (of "
                 f"{', '.join(job.wrt)}) makes the others so too: ask for one wrt at a time "
                 "to see which" if together else "")
+        if job.strategy == "finite-difference" and name != "value":  # (the value is finite)
+            hint += ("; finite differences bump a wrt entry to both sides of its value, and a "
+                     "bumped point outside the routine's domain gives this: bump one side only "
+                     "(scheme=forward or scheme=backward) or use an AD strategy")
+        elif job.strategy in ("reverse-loop", "reverse-batched", "jacrev") and name != "value":
+            hint += ("; in reverse mode a shared parameter's derivative passes back through "
+                     "every sample, so one sample's undefined derivative makes every sample's "
+                     "so: the sample at fault may be another (strategy=vmap-grad names it)")
         raise NonFinite(
             f"{job.routine.called} gave a non-finite {name} for sample {i} "
             f"(inputs {sample}, params {params}); check that the inputs and parameters "
