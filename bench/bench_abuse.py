@@ -411,7 +411,8 @@ def _plot(phases: list[Phase], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+        print("matplotlib is not installed: no plot (DYDC_EXTRAS=test,bench bash "
+              "scripts/install.sh)")
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.boxplot([[1e3 * x for x in p.probes] or [0] for p in phases], whis=(1, 99))

@@ -345,10 +345,15 @@ def write(results: dict[str, Any]) -> None:
                   ""]
     (RESULTS / "compile.md").write_text("\n".join(lines))
     if b:
-        import matplotlib
+        try:
+            import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed: no plot (DYDC_EXTRAS=test,bench bash "
+                  "scripts/install.sh)")
+            return
 
         fig, (ax, tail) = plt.subplots(1, 2, figsize=(12, 4.5),
                                        gridspec_kw={"width_ratios": [3, 2]})

@@ -408,10 +408,15 @@ def write_markdown(points: list[Point], path: Path, command: str,
 
 
 def plot(points: list[Point], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (DYDC_EXTRAS=test,bench bash "
+              "scripts/install.sh)")
+        return
 
     fig, ax = plt.subplots(figsize=(8, 5))
     style = {"on": "-o", "off": "--s", "bare": ":^", "auth": "-.x", "echo": ":v",
