@@ -63,6 +63,10 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: %s\r\n"
          b"content-length: %d\r\n\r\n%s")
 
 
+# the problem types of the middlewares' and the routes' answers of the same status
+_SLUGS = {431: "request-header-fields-too-large", 503: "service-unavailable"}
+
+
 def _answer(template: bytes, status: int, detail: str, record: RequestRecord | None = None,
             path: str = "") -> bytes:
     """A refusal written before (or instead of) the application, in the format of the
@@ -71,7 +75,7 @@ def _answer(template: bytes, status: int, detail: str, record: RequestRecord | N
     where the application had its record, else a new one) as the problem's ``instance``."""
     record = record or RequestRecord(accepted_id(None))
     response = writer_for(path, _writers)(
-        ProblemDetails(status, detail, extra={"instance": record.instance}))
+        ProblemDetails(status, detail, _SLUGS.get(status), extra={"instance": record.instance}))
     body = bytes(response.body)
     record.closed_bytes = len(body)  # for the access log: the body the client got
     content_type = response.headers["content-type"].encode("latin-1")

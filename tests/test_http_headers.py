@@ -68,6 +68,8 @@ def _problem(answer: bytes) -> dict[str, object]:
     assert b"content-type: application/problem+json" in head.lower(), head
     problem: dict[str, object] = orjson.loads(body)
     assert problem["status"] == 431
+    # the server's own (a head over its bytes) and the middleware's (too many fields) alike
+    assert problem["type"] == "urn:dydc:problem:request-header-fields-too-large", problem
     # an id, as on every answer, and the same id as the problem's instance
     ids = re.findall(rb"\r\nx-request-id: ([0-9a-f]{32})\r\n", head)
     assert len(ids) == 1 and problem["instance"] == f"urn:dydc:request:{ids[0].decode()}", head
