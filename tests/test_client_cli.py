@@ -11,11 +11,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dydc
 import httpx
 import numpy as np
 import pytest
+import typer
 from dydc.cli import _comparison_table, _params, app
 from dydc.tables import InputTable, write_result, write_table
 from rich.console import Console
@@ -36,6 +38,16 @@ def dydc_cli(url: str, *args: str, stdin: str | None = None) -> tuple[int, str, 
 def read_csv(text: str) -> tuple[list[str], np.ndarray]:
     rows = list(csv.reader(io.StringIO(text)))
     return rows[0], np.asarray(rows[1:], dtype=np.float64)
+
+
+def strict_json(text: str) -> Any:
+    """JSON as JavaScript, Go and serde_json read it: ``NaN`` and ``Infinity`` are not JSON
+    (Python's json reads them)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_csv_in_csv_out(dydc_url: str, tmp_path: Path) -> None:
@@ -358,8 +370,9 @@ def test_bench_says_why_every_request_failed(dydc_url: str) -> None:
                               "--concurrency", "1", "--duration", "0.3", "--warmup", "0",
                               "--protocols", "json", "--param", "sigma=-1", "--json")
     assert code == 1
-    (point,) = json.loads(out)
+    (point,) = strict_json(out)  # it wrote NaN, which strict parsers refuse
     assert point["requests"] == 0 and point["errors"] > 0
+    assert point["p50_ms"] is None and point["p90_ms"] is None and point["p99_ms"] is None
     assert "params.sigma = -1.0 is outside its bounds" in point["first_error"]
     assert err.startswith("error: every request failed (json, concurrency 1: ")
     assert "the first: 422 Unprocessable Entity: params.sigma = -1.0 is outside" in err
@@ -389,3 +402,155 @@ def test_serve_without_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the dydc server is not installed here")
+
+
+def test_the_columns_of_per_sample_parameters_are_kept(dydc_url: str, tmp_path: Path) -> None:
+    """``--param sigma=@vol``: the output keeps vol beside the features (it was dropped), so
+    that the file reads back as --inputs of the same command, in CSV and in .npy."""
+    (tmp_path / "options.csv").write_text(
+        "S,K,T,vol\n49,50,0.3846,0.2\n100,95,0.5,0.35\n80,100,2.0,0.6\n")
+    args = ["sensitivities", "black_scholes_call", "--param", "sigma=@vol", "--param", "r=0.05",
+            "--wrt", "sigma,S", "--order", "2", "--cross"]
+    code, _, err = dydc_cli(dydc_url, *args, "-i", str(tmp_path / "options.csv"),
+                            "-o", str(tmp_path / "greeks.csv"))
+    assert code == 0, err
+    header, table = read_csv((tmp_path / "greeks.csv").read_text())
+    assert header == ["S", "K", "T", "vol", "y", "dy_dsigma", "dy_dS", "d2y_dsigma_dsigma",
+                      "d2y_dsigma_dS", "d2y_dS_dS"]
+    np.testing.assert_array_equal(table[:, 3], [0.2, 0.35, 0.6])
+    expected = black_scholes(table[:, 0], table[:, 1], table[:, 2], table[:, 3], 0.05)
+    np.testing.assert_allclose(table[:, 5], expected["sigma"], rtol=1e-9)
+    for suffix in ("csv", "npy"):  # read back: the same command on its own output
+        code, out, err = dydc_cli(dydc_url, *args, "-i", str(tmp_path / "greeks.csv"),
+                                  "-o", "-" if suffix == "csv" else str(tmp_path / "g.npy"))
+        assert code == 0, err
+        if suffix == "csv":
+            again, values = read_csv(out)
+            assert again[:5] == header[:5]
+            np.testing.assert_array_equal(values[:, 3:], table[:, 3:10])
+    stored = np.load(tmp_path / "g.npy")
+    assert stored.dtype.names is not None and stored.dtype.names[3] == "vol"
+    code, out, err = dydc_cli(dydc_url, "evaluate", "black_scholes_call", "-i",
+                              str(tmp_path / "g.npy"), "-p", "sigma=@vol", "-o", "-")
+    assert code == 0, err
+    header, values = read_csv(out)
+    assert header == ["S", "K", "T", "vol", "y"]
+    np.testing.assert_array_equal(values[:, 4], table[:, 4])
+    # a column that is a feature as well is written once
+    code, out, err = dydc_cli(dydc_url, "evaluate", "linear", "-i", "-", "-p", "C=@x",
+                              "-o", "-", stdin="x\n2\n3\n")
+    assert code == 0, err
+    assert out == "x,y\n2.0,4.0\n3.0,9.0\n"
+
+
+def _without_timing(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "timing_ms"}
+
+
+def test_out_json_is_the_services_answer(dydc_url: str, tmp_path: Path) -> None:
+    """``--out x.json`` is the service's JSON answer, key for key and in its order: it
+    dropped ``params``, and an expression's canonical ``expression``; over binary, which
+    carries no timing, the same without ``timing_ms``."""
+    x = options(5, seed=2)
+    vols = [0.15, 0.2, 0.25, 0.3, 0.35]
+    source = tmp_path / "book.csv"
+    source.write_text("S,K,T,vol\n" + "".join(f"{s},{k},{t},{v}\n" for (s, k, t), v
+                                                in zip(x.tolist(), vols, strict=True)))
+    cases: list[tuple[list[str], str, dict[str, Any], dict[str, Any]]] = [
+        (["sensitivities", "black_scholes_call", "-p", "sigma=@vol", "-p", "r=0.05", "--order",
+          "2", "--check", "--strategy", "forward"],
+         "/v1/routines/black_scholes_call/sensitivities",
+         {"strategy": "forward", "check": "finite-difference"},
+         {"inputs": x.tolist(), "params": {"sigma": vols, "r": 0.05}, "order": 2}),
+        (["evaluate", "black_scholes_call", "-p", "sigma=0.2"],
+         "/v1/routines/black_scholes_call/evaluate", {},
+         {"inputs": x.tolist(), "params": {"sigma": 0.2}}),
+        (["expression", "C*S + K", "-p", "C=@vol", "--names", "S,K", "--strategy",
+          "finite-difference", "--shift", "1e-3", "--scheme", "forward"],
+         "/v1/expressions/sensitivities", {"strategy": "finite-difference", "shift": "1e-3",
+                                           "scheme": "forward"},
+         {"expression": "C*S + K", "inputs": {"names": ["S", "K"], "values": x[:, :2].tolist()},
+          "params": {"C": vols}}),
+        (["expression", "C*S + K", "-p", "C=2", "--names", "S,K", "--evaluate"],
+         "/v1/expressions/evaluate", {},
+         {"expression": "C*S + K", "inputs": {"names": ["S", "K"], "values": x[:, :2].tolist()},
+          "params": {"C": 2.0}}),
+    ]
+    for args, route, query, body in cases:
+        answer = httpx.post(f"{dydc_url}{route}", params=query, json=body).json()
+        assert "params" in answer, answer
+        target = tmp_path / "answer.json"
+        code, _, err = dydc_cli(dydc_url, "--protocol", "json", *args, "-i", str(source),
+                                "-o", str(target))
+        assert code == 0, err
+        doc = strict_json(target.read_text())
+        assert list(doc) == list(answer), args  # the same keys, in the same order
+        assert set(doc["timing_ms"]) == {"queue", "compute", "total"}
+        assert _without_timing(doc) == _without_timing(answer), args
+        if args[0] == "expression":
+            assert doc["expression"] == "C * S + K"  # the canonical text
+    # over binary (v2 answers carry no params: the client's are as the service used them)
+    code, _, err = dydc_cli(dydc_url, "--protocol", "binary", "sensitivities",
+                            "black_scholes_call", "-p", "sigma=@vol", "-i", str(source),
+                            "-o", str(target))
+    assert code == 0, err
+    answer = httpx.post(f"{dydc_url}/v1/routines/black_scholes_call/sensitivities",
+                        json={"inputs": x.tolist(), "params": {"sigma": vols}}).json()
+    doc = strict_json(target.read_text())
+    assert doc["params"] == {"sigma": vols, "r": answer["params"]["r"]}
+    assert doc == _without_timing(answer)
+
+
+def test_a_relative_difference_without_value_is_null(dydc_url: str, tmp_path: Path) -> None:
+    """A reference that is 0 for every sample has no relative difference: the service sends
+    null, and the command line wrote it back as NaN (not JSON), in --json and --out .json."""
+    code, out, err = dydc_cli(dydc_url, "compare", "linear", "-i", "-", "--json",
+                              stdin="x\n0\n0\n")
+    assert code == 0, err
+    rows = strict_json(out)["strategies"]
+    assert rows and all(r["max_rel_diff"] == {"C": None} for r in rows if r["status"] == "ok")
+    code, _, err = dydc_cli(dydc_url, "sensitivities", "linear", "-i", "-", "--check",
+                            "-o", str(tmp_path / "c.json"), stdin="x\n0\n0\n")
+    assert code == 0, err
+    check = strict_json((tmp_path / "c.json").read_text())["check"]
+    assert check["max_abs_diff"] == {"C": 0.0} and check["max_rel_diff"] == {"C": None}
+
+
+def test_expression_takes_the_bump_options(dydc_url: str, tmp_path: Path) -> None:
+    """client/README.md: ``dydc expression`` takes the options of ``sensitivities``; --shift,
+    --shift-type and --scheme were refused as unknown options."""
+    (tmp_path / "data.csv").write_text("x\n0.5\n1.0\n2.0\n")
+    for command in (["expression", "C * x"], ["sensitivities", "linear"]):
+        code, _, err = dydc_cli(dydc_url, *command, "-i", str(tmp_path / "data.csv"),
+                                "-p", "C=2", "--strategy", "finite-difference", "--shift",
+                                "1e-3", "--shift-type", "relative", "--scheme", "forward",
+                                "-o", str(tmp_path / "b.json"))
+        assert code == 0, err
+        doc = strict_json((tmp_path / "b.json").read_text())
+        assert doc["strategy"] == "finite-difference"
+        assert doc["bump"] == {"shift": 1e-3, "shift_type": "relative", "scheme": "forward",
+                               "schemes": {"C": ["forward"]}}
+        np.testing.assert_allclose(doc["derivatives"]["C"], [0.5, 1.0, 2.0], rtol=1e-9)
+    code, out, err = dydc_cli(dydc_url, "expression", "C * x", "-i", str(tmp_path / "data.csv"),
+                              "-p", "C=2", "--evaluate", "--shift", "1e-3", "--scheme", "forward")
+    assert code == 2 and out == ""
+    assert err == ("error: --shift, --scheme: --evaluate asks for values only; leave out the "
+                   "options that shape derivatives\n"), err
+
+
+def test_help_reads_as_paragraphs_and_flags_take_no_type() -> None:
+    """The docstrings' line breaks were kept mid-sentence in the help (``dydc --help``'s
+    scenarios entry), and every flag showed ``<bool>`` as though it took a value."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for name, command in group.commands.items():
+        assert "\n" not in (command.help or "").replace("\n\n", ""), name
+    listing = runner.invoke(app, ["--help"], terminal_width=200).stdout
+    assert "P&L per scenario, and with --explain its delta" in listing
+    for args in (["--help"], *([name, "--help"] for name in group.commands)):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "--help" in result.stdout, args
+        assert "<bool>" not in result.stdout, args
+    help_text = runner.invoke(app, ["expression", "--help"]).stdout
+    assert "<str>" in help_text and "<float>" in help_text  # options with a value keep theirs
+    assert "--shift-type" in help_text and "--scheme" in help_text

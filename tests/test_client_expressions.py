@@ -111,12 +111,14 @@ def test_cli_expression_csv_in_csv_out(small_dydc_url: str, tmp_path: Path) -> N
     )
     assert code == 0, err
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["x", "y", "dy_dC", "dy_dD", "dy_dx"]
+    # scale, which D was read from, is kept: the file reads back as --inputs (--names x)
+    assert rows[0] == ["x", "scale", "y", "dy_dC", "dy_dD", "dy_dx"]
     table = np.asarray(rows[1:], dtype=np.float64)
-    np.testing.assert_array_equal(table[:, 1], [12.0, 24.0, 36.0])
-    np.testing.assert_array_equal(table[:, 2], [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(table[:, 3], [1.0, 1.0, 1.0])
-    np.testing.assert_array_equal(table[:, 4], [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(table[:, 1], [10.0, 20.0, 30.0])
+    np.testing.assert_array_equal(table[:, 2], [12.0, 24.0, 36.0])
+    np.testing.assert_array_equal(table[:, 3], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(table[:, 4], [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(table[:, 5], [2.0, 2.0, 2.0])
 
 
 def test_cli_expression_table_and_ode(small_dydc_url: str, tmp_path: Path) -> None:

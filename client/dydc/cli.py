@@ -11,6 +11,7 @@ answers an unknown option.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -25,7 +26,7 @@ try:
     from rich.console import Console
     from rich.progress import Progress, TaskID
     from rich.table import Table
-    from typer.core import TyperGroup
+    from typer.core import TyperCommand, TyperGroup
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit("the dydc command line needs its extra: pip install 'dydc-client[cli]'") \
         from exc
@@ -40,6 +41,7 @@ from dydc.tables import (
     TABLE_SUFFIXES,
     InputTable,
     input_suffix,
+    json_text,
     output_suffix,
     read_inputs,
     result_columns,
@@ -65,6 +67,39 @@ class _Commands(TyperGroup):
         # ctx: Click's Context, which typer >= 0.29 vendors (typer._click) and older ones
         # import: typed Any to take either
         return super().parse_args(ctx, _hoist_options(self.params, args))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class _Command(TyperCommand):
+    """A command whose help reads as its docstring's paragraphs, each one line that the
+    terminal wraps (Rich would keep the source's line breaks, mid-sentence), and whose flags
+    show no ``<bool>``: they take no value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _paragraphs(self.help)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+def _paragraphs(text: str | None) -> str | None:
+    """``text`` with each paragraph's line breaks made spaces (paragraphs stay apart)."""
+    if text is None:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+def _untyped_flags(params: Sequence[Any]) -> None:
+    """No type beside an option that takes no value (``--json``, ``--help``): Typer's help
+    shows ``<bool>`` there, as if it took one."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 def _hoist_options(params: Sequence[Any], args: list[str]) -> list[str]:
@@ -209,15 +244,22 @@ def _hint(ctx: typer.Context, name: str) -> str:
 # -- catalogue ---------------------------------------------------------------------------------
 
 def _print_json(doc: Any) -> None:
-    out.print_json(json.dumps(doc, default=_jsonable))
+    """Strict JSON: what has no value (a latency where no request completed, a relative
+    difference the service sent as null) as null, not Python's NaN."""
+    out.print_json(json_text(_plain(doc)))
 
 
-def _jsonable(value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """Dataclasses as dicts, arrays as lists, all the way down."""
     if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
+        value = asdict(value)
+    elif hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _bounds(bounds: tuple[float | None, float | None] | None) -> str:
@@ -227,7 +269,7 @@ def _bounds(bounds: tuple[float | None, float | None] | None) -> str:
     return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def routines(ctx: typer.Context,
              as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
@@ -245,7 +287,7 @@ def routines(ctx: typer.Context,
     out.print(table)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def describe(ctx: typer.Context, name: str,
              as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
@@ -264,7 +306,7 @@ def describe(ctx: typer.Context, name: str,
     out.print(f"inputs: {', '.join(info.inputs)}    outputs: {', '.join(info.outputs)}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def strategies(ctx: typer.Context,
                as_json: Annotated[bool, typer.Option("--json", help="JSON, not a table.")] = False,
@@ -333,9 +375,9 @@ def _show(result: Result, columns: list[tuple[str, Any]], rows: int) -> None:
                   soft_wrap=True)
 
 
-def _emit(result: Result, info: RoutineInfo, samples: Any, target: str | None,
-          rows: int) -> None:
-    columns = result_columns(result, info, samples)
+def _emit(result: Result, info: RoutineInfo, samples: Any,
+          kept: Sequence[tuple[str, Any]], target: str | None, rows: int) -> None:
+    columns = result_columns(result, info, samples, kept)
     if target is None:
         _show(result, columns, rows)
     else:
@@ -356,6 +398,10 @@ OrderOption = Annotated[int, typer.Option(help="1, or 2 for second derivatives."
 CrossOption = Annotated[bool, typer.Option(help="Order 2: every pair, not only the diagonal.")]
 StrategyOption = Annotated[str, typer.Option(help="How to differentiate (dydc strategies).")]
 CheckOption = Annotated[bool, typer.Option(help="Also check against finite differences.")]
+ShiftSizeOption = Annotated[float | None, typer.Option(
+    "--shift", help="finite-difference: the bump size.")]
+ShiftTypeOption = Annotated[str | None, typer.Option(help="absolute or relative.")]
+SchemeOption = Annotated[str | None, typer.Option(help="central, forward or backward.")]
 TimeoutOption = Annotated[float | None, typer.Option(help="The request's deadline.")]
 
 
@@ -371,13 +417,26 @@ def _files(inputs: str, out_file: str | None,
         raise UsageError(str(exc)) from None
 
 
-def _inputs(source: str, info: RoutineInfo, param: list[str] | None) -> tuple[Any, dict[str, Any]]:
+def _inputs(source: str, info: RoutineInfo, param: list[str] | None
+            ) -> tuple[Any, dict[str, Any], list[tuple[str, Any]]]:
+    """The samples, the parameters, and the columns per-sample parameters were read from
+    (kept in the output beside the features, so that it reads back as --inputs)."""
     table = read_inputs(source, sys.stdin)
     params = _params(param or [], table)  # first: a malformed --param before the data's faults
-    return table.samples(info), params
+    return table.samples(info), params, _param_columns(param or [], table)
 
 
-@app.command()
+def _columns_taken(given: Sequence[str]) -> list[str]:
+    """The columns ``--param NAME=@COLUMN`` names, in order, each once."""
+    values = (item.partition("=")[2].strip() for item in given)
+    return list(dict.fromkeys(v[1:] for v in values if v.startswith("@")))
+
+
+def _param_columns(given: Sequence[str], table: InputTable) -> list[tuple[str, Any]]:
+    return [(name, table.column(name)) for name in _columns_taken(given)]
+
+
+@app.command(cls=_Command)
 @_reports_errors
 def evaluate(ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
              out_file: OutOption = None, rows: RowsOption = 20, dtype: DtypeOption = None,
@@ -386,12 +445,12 @@ def evaluate(ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOp
     _files(inputs, out_file)
     with _service(ctx).client(progress=True) as client:
         info = client.routine(name)
-        samples, params = _inputs(inputs, info, param)
+        samples, params, kept = _inputs(inputs, info, param)
         result = client.evaluate(name, samples, params, dtype=dtype)
-    _emit(result, info, samples, out_file, rows)
+    _emit(result, info, samples, kept, out_file, rows)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def sensitivities(
     ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
@@ -400,27 +459,32 @@ def sensitivities(
     cross: CrossOption = False,
     strategy: StrategyOption = "auto",
     check: CheckOption = False,
-    shift: Annotated[float | None, typer.Option(help="finite-difference: the bump size.")
-                     ] = None,
-    shift_type: Annotated[str | None, typer.Option(help="absolute or relative.")] = None,
-    scheme: Annotated[str | None, typer.Option(help="central, forward or backward.")] = None,
+    shift: ShiftSizeOption = None,
+    shift_type: ShiftTypeOption = None,
+    scheme: SchemeOption = None,
     dtype: DtypeOption = None,
     timeout_ms: TimeoutOption = None,
     out_file: OutOption = None, rows: RowsOption = 20,
 ) -> None:
     """Values and derivatives for every sample of a file."""
     _files(inputs, out_file)
-    bump = {k: v for k, v in (("shift", shift), ("shift_type", shift_type),
-                              ("scheme", scheme)) if v is not None}
     with _service(ctx).client(progress=True) as client:
         info = client.routine(name)
-        samples, params = _inputs(inputs, info, param)
+        samples, params, kept = _inputs(inputs, info, param)
         result = client.sensitivities(name, samples, params, _wrt(wrt), order=order,
                                       cross=cross, strategy=strategy, dtype=dtype,
                                       timeout_ms=timeout_ms, check=check or None,
-                                      bump=bump or None)
-    _emit(result, info, samples, out_file, rows)
+                                      bump=_bump(shift, shift_type, scheme))
+    _emit(result, info, samples, kept, out_file, rows)
     _print_check(result)
+
+
+def _bump(shift: float | None, shift_type: str | None,
+          scheme: str | None) -> dict[str, Any] | None:
+    """--shift, --shift-type and --scheme as the client's ``bump``; None where none is given."""
+    bump = {k: v for k, v in (("shift", shift), ("shift_type", shift_type),
+                              ("scheme", scheme)) if v is not None}
+    return bump or None
 
 
 def _print_check(result: Result) -> None:
@@ -441,8 +505,7 @@ def _features(table: InputTable, names: str | None, param: list[str]) -> list[st
     if table.columns is None:
         raise UsageError("--names: name the input features (comma-separated, in column "
                          "order); this file's columns have no names")
-    taken = {item.partition("=")[2].strip()[1:] for item in param
-             if item.partition("=")[2].strip().startswith("@")}
+    taken = set(_columns_taken(param))
     # every column, those that are not numbers too: a feature's bad cell is then named
     return [c for c in table.names if c not in taken]
 
@@ -468,6 +531,8 @@ class _Function:
     info: RoutineInfo
     samples: Any
     params: dict[str, Any]
+    kept: list[tuple[str, Any]]
+    """The columns per-sample parameters were read from."""
 
 
 def _function(text: str | None, ode: str | None, inputs: str, names: str | None,
@@ -489,7 +554,8 @@ def _function(text: str | None, ode: str | None, inputs: str, names: str | None,
     info = RoutineInfo(name="expression", description=text or ode or "", params=[],
                        inputs=features, outputs=["y"])
     params = _params(param or [], table)  # first, as _inputs
-    return _Function(text, spec, features, info, table.samples(info), params)
+    return _Function(text, spec, features, info, table.samples(info), params,
+                     _param_columns(param or [], table))
 
 
 def _print_expression(canonical: str | None) -> None:
@@ -497,7 +563,7 @@ def _print_expression(canonical: str | None) -> None:
         out.print(f"expression: {canonical}", markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def expression(
     ctx: typer.Context, inputs: InputsOption, text: ExpressionArgument = None,
@@ -508,6 +574,9 @@ def expression(
     strategy: StrategyOption = "auto",
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Values only.")] = False,
     check: CheckOption = False,
+    shift: ShiftSizeOption = None,
+    shift_type: ShiftTypeOption = None,
+    scheme: SchemeOption = None,
     dtype: DtypeOption = None,
     timeout_ms: TimeoutOption = None,
     out_file: OutOption = None, rows: RowsOption = 20,
@@ -517,7 +586,9 @@ def expression(
     if evaluate:
         given = [option for option, is_given in (
             ("--wrt", wrt is not None), ("--order", order != 1), ("--cross", cross),
-            ("--strategy", strategy != "auto"), ("--check", check)) if is_given]
+            ("--strategy", strategy != "auto"), ("--check", check),
+            ("--shift", shift is not None), ("--shift-type", shift_type is not None),
+            ("--scheme", scheme is not None)) if is_given]
         if given:
             raise UsageError(f"{', '.join(given)}: --evaluate asks for values only; leave "
                              "out the options that shape derivatives")
@@ -526,10 +597,10 @@ def expression(
         result = client.expression(f.text, f.samples, f.params, _wrt(wrt), names=f.features,
                                    ode=f.ode, evaluate=evaluate, order=order, cross=cross,
                                    strategy=strategy, dtype=dtype, timeout_ms=timeout_ms,
-                                   check=check or None)
+                                   check=check or None, bump=_bump(shift, shift_type, scheme))
     if out_file is None:
         _print_expression(result.expression)
-    _emit(result, f.info, f.samples, out_file, rows)
+    _emit(result, f.info, f.samples, f.kept, out_file, rows)
     _print_check(result)
 
 
@@ -551,7 +622,7 @@ def _comparison_table(comparison: Comparison) -> Table:
     return table
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def compare(
     ctx: typer.Context, name: str, inputs: InputsOption, param: ParamOption = None,
@@ -564,7 +635,7 @@ def compare(
     _files(inputs, None)
     with _service(ctx).client() as client:
         info = client.routine(name)
-        samples, params = _inputs(inputs, info, param)
+        samples, params, _ = _inputs(inputs, info, param)
         comparison = client.compare(name, samples, params, _wrt(wrt), order=order)
     if as_json:
         _print_json({"routine": comparison.routine, "n": comparison.n,
@@ -672,7 +743,7 @@ def _emit_scenarios(result: ScenarioResult, target: str | None, rows: int) -> No
         write_table(target, *result.table(), sys.stdout)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def scenarios(
     ctx: typer.Context, inputs: InputsOption,
@@ -716,7 +787,7 @@ def scenarios(
                                                  timeout_ms=timeout_ms, **asked.kwargs())
         else:
             info = client.routine(name)
-            samples, params = _inputs(inputs, info, param)
+            samples, params, _ = _inputs(inputs, info, param)
             result = client.scenarios(name, samples, params, asked.shifts, dtype=dtype,
                                       timeout_ms=timeout_ms, **asked.kwargs())
     if out_file is None:
@@ -760,7 +831,7 @@ def _plot(points: Sequence[Any], path: str, title: str) -> None:
     plt.close(fig)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_reports_errors
 def bench(
     ctx: typer.Context, name: str,
@@ -809,7 +880,7 @@ def _report_load(points: Sequence[LoadPoint], name: str, n: int, duration: float
                       title=f"{name}: {n} samples a request, {duration:g} s a point")
         for p in points:
             table.add_row(p.protocol, str(p.concurrency), f"{p.throughput:,.0f}",
-                          f"{p.p50_ms:.2f}", f"{p.p90_ms:.2f}", f"{p.p99_ms:.2f}",
+                          *(_ms(v) for v in (p.p50_ms, p.p90_ms, p.p99_ms)),
                           f"{p.requests:,}", str(p.errors))
         out.print(table)
     failed = [p for p in points if p.errors and not p.requests]
@@ -824,7 +895,12 @@ def _report_load(points: Sequence[LoadPoint], name: str, n: int, duration: float
                       f"{p.first_error}", markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+def _ms(latency: float) -> str:
+    """A latency percentile; "-" where no request completed (NaN: nothing to rank)."""
+    return "-" if math.isnan(latency) else f"{latency:.2f}"
+
+
+@app.command(cls=_Command)
 def serve(
     host: Annotated[str | None, typer.Option(help="Sets DYDC_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Sets DYDC_PORT.")] = None,

@@ -5,11 +5,12 @@ A CSV has a header row and a column per feature, by the routine's feature names;
 columns may carry per-sample parameters (``--param sigma=@vol``) or anything else, and are
 ignored otherwise; a JSON object of columns is read the same way. Files are UTF-8 (the
 byte-order mark Excel writes is skipped), and what cannot be read is named by file, line or
-sample, and column, not by numpy's message. Results are written as the inputs' columns,
-then ``y`` (the output names when a routine has several), ``dy_d<a>`` and ``d2y_d<a>_d<b>``
-(``dy_d<a>[<output>]`` per output when there are several), an output's name prefixed with
-``out:`` where an input already has it. Numbers are written as Python's shortest repr, so
-float64 values survive the trip exactly.
+sample, and column, not by numpy's message. Results are written as the inputs' columns (the
+features, then those per-sample parameters were read from), then ``y`` (the output names
+when a routine has several), ``dy_d<a>`` and ``d2y_d<a>_d<b>`` (``dy_d<a>[<output>]`` per
+output when there are several), an output's name prefixed with ``out:`` where an input
+already has it. Numbers are written as Python's shortest repr, so float64 values survive the
+trip exactly; a result's ``.json`` is the service's JSON answer, strict (null, not NaN).
 
 Hand-written over the standard library's ``csv`` and ``json`` and numpy's ``.npy``: pandas
 would read these in one call, but as a dependency it weighs more than the whole client.
@@ -29,8 +30,9 @@ import numpy as np
 
 from dydc.results import Result, RoutineInfo
 
-__all__ = ["RESULT_SUFFIXES", "TABLE_SUFFIXES", "InputTable", "input_suffix", "output_suffix",
-           "read_inputs", "result_columns", "result_document", "write_result", "write_table"]
+__all__ = ["RESULT_SUFFIXES", "TABLE_SUFFIXES", "InputTable", "input_suffix", "json_text",
+           "output_suffix", "read_inputs", "result_columns", "result_document", "write_result",
+           "write_table"]
 
 SUFFIXES = (".csv", ".npy", ".json")
 RESULT_SUFFIXES = (".csv", ".json", ".npy")
@@ -294,17 +296,21 @@ def _unique(name: str, taken: set[str]) -> str:
     return name
 
 
-def result_columns(result: Result, info: RoutineInfo,
-                   samples: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+def result_columns(result: Result, info: RoutineInfo, samples: np.ndarray | None = None,
+                   kept: Sequence[tuple[str, np.ndarray]] = ()) -> list[tuple[str, np.ndarray]]:
     """The output table's columns in order: inputs, values, first then second derivatives.
 
-    Every name is unique, or a DictReader loses a column and ``.npy`` cannot be written: the
-    inputs keep theirs, so that the table reads back as inputs, and an output whose name is
-    taken is written as ``out:<name>``."""
+    The inputs are the routine's features, then ``kept``: other input columns the command
+    read (those a per-sample parameter came from, ``--param sigma=@vol``), less any a feature
+    already gives. Every name is unique, or a DictReader loses a column and ``.npy`` cannot be
+    written: the inputs keep theirs, so that the table reads back as inputs, and an output
+    whose name is taken is written as ``out:<name>``."""
     inputs: list[tuple[str, np.ndarray]] = []
     if samples is not None:
         matrix = samples.reshape(len(samples), -1)
         inputs = [(f, matrix[:, j]) for j, f in enumerate(info.inputs)]
+    features = {name for name, _ in inputs}
+    inputs += [(name, values) for name, values in dict(kept).items() if name not in features]
     outputs: list[tuple[str, np.ndarray]] = []
     if result.values.ndim == 1:
         outputs.append(("y", result.values))
@@ -320,19 +326,51 @@ def result_columns(result: Result, info: RoutineInfo,
 
 
 def result_document(result: Result) -> dict[str, Any]:
-    """The result as the service's JSON would have it."""
-    doc: dict[str, Any] = {"routine": result.routine, "strategy": result.strategy,
-                           "dtype": result.dtype, "device": result.device, "n": result.n,
-                           "outputs": result.outputs, "values": result.values.tolist(),
-                           "derivatives": {k: v.tolist() for k, v in result.derivatives.items()}}
+    """The result as the service's JSON answer has it, its keys in the service's order: an
+    expression's canonical text, the parameters as used, and (over v1) ``timing_ms``; the
+    strategy and derivatives only where derivatives were asked for. A relative difference
+    the service sent as null (NaN here) is null again."""
+    doc: dict[str, Any] = {"routine": result.routine}
+    if result.expression is not None:
+        doc["expression"] = result.expression
+    if result.strategy is not None:  # None: values only (evaluate)
+        doc["strategy"] = result.strategy
+    doc.update({"dtype": result.dtype, "device": result.device, "n": result.n,
+                "params": {k: _listed(v) for k, v in result.params.items()},
+                "outputs": result.outputs, "values": result.values.tolist()})
+    if result.strategy is not None:
+        doc["derivatives"] = {k: v.tolist() for k, v in result.derivatives.items()}
     if result.second_derivatives:
         doc["second_derivatives"] = {k: v.tolist() for k, v in
                                      result.second_derivatives.items()}
-    for name in ("timing_ms", "check", "bump"):
-        value = getattr(result, name)
-        if value is not None:
-            doc[name] = value if isinstance(value, dict) else value.__dict__
+    if result.bump is not None:
+        doc["bump"] = {k: v for k, v in result.bump.__dict__.items() if v is not None}
+    if result.check is not None:
+        doc["check"] = dict(result.check.__dict__)
+    if result.timing_ms is not None:  # None over binary, which does not carry it
+        doc["timing_ms"] = result.timing_ms
     return doc
+
+
+def _listed(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def json_text(doc: Any) -> str:
+    """``doc`` as strict JSON: a NaN or an infinity (no number in JSON; Python's ``json``
+    would write ``NaN``, which JavaScript, Go and serde_json refuse) as null, as the service
+    writes what has no value."""
+    return json.dumps(_nulled(doc), allow_nan=False)
+
+
+def _nulled(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _nulled(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulled(v) for v in value]
+    return value
 
 
 def write_result(target: str, columns: list[tuple[str, np.ndarray]], result: Result,
@@ -340,7 +378,7 @@ def write_result(target: str, columns: list[tuple[str, np.ndarray]], result: Res
     """To ``.csv``, ``.json`` or ``.npy`` by suffix; ``-`` writes CSV to stdout."""
     suffix = output_suffix(target)
     if suffix == ".json":
-        Path(target).write_text(json.dumps(result_document(result)))
+        Path(target).write_text(json_text(result_document(result)))
         return
     if suffix == ".npy":
         table = np.empty(result.n, dtype=[(name, np.float64) for name, _ in columns])
@@ -363,8 +401,8 @@ def write_table(target: str, columns: Sequence[str], rows: Sequence[Sequence[flo
     "rows": [...]}``) by suffix; ``-`` writes CSV to stdout."""
     suffix = output_suffix(target, TABLE_SUFFIXES)
     if suffix == ".json":
-        Path(target).write_text(json.dumps({"columns": list(columns),
-                                            "rows": [list(r) for r in rows]}))
+        Path(target).write_text(json_text({"columns": list(columns),
+                                           "rows": [list(r) for r in rows]}))
         return
     with (open(target, "w", newline="") if target != "-" else _keep(stdout)) as out:
         writer = csv.writer(out, lineterminator="\n")  # as write_result
