@@ -93,12 +93,19 @@ async def test_over_the_limit_eagerly_a_compilable_request_starts_its_build(
         assert len(builder.kinds) == 1
 
 
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compile cache directory for the module's builds: a build is tens of seconds, and
+    the tests after the first take its graph from there as a restarted service would."""
+    return tmp_path_factory.mktemp("graphs")
+
+
 @needs_cxx
 async def test_once_built_the_request_is_priced_through_its_graph_and_served(
-        tmp_path: Path) -> None:
+        graphs: Path) -> None:
     """And after a restart, the build stored in the cache directory prices the first such
     request: served, not told that a graph is being built."""
-    async with served(LockedInlineBuilder(tmp_path), tmp_path) as (c, engine):
+    async with served(LockedInlineBuilder(graphs), graphs) as (c, engine):
         compiled = engine._compiled
         # the build runs inline, at admission: built, not yet published, so priced at plain
         # evaluation's 0.0266 s (the launch that runs this request publishes it first)
@@ -118,8 +125,8 @@ async def test_once_built_the_request_is_priced_through_its_graph_and_served(
         assert second.json()["values"] == [-2.0 * x for x in BODY["inputs"]]
         assert sum(compiled._launches.values()) == 2
 
-    gated = GatedBuilder(tmp_path)  # a build asked for would never finish
-    async with served(gated, tmp_path) as (c, engine):
+    gated = GatedBuilder(graphs)  # a build asked for would never finish
+    async with served(gated, graphs) as (c, engine):
         again = await c.post(SENS, json=BODY)
         assert again.status_code == 200, again.text
         assert again.json()["derivatives"]["C"] == BODY["inputs"]
@@ -128,12 +135,12 @@ async def test_once_built_the_request_is_priced_through_its_graph_and_served(
 
 
 @needs_cxx
-async def test_what_a_graph_ran_does_not_price_what_runs_eagerly(tmp_path: Path) -> None:
+async def test_what_a_graph_ran_does_not_price_what_runs_eagerly(graphs: Path) -> None:
     """The cost model learns from the heavy jobs that ran eagerly, not from those a compiled
     graph ran: a graph's speed (launch_seconds prices its own kind) would under-price the
     routine's other kinds, which run eagerly, until they were stopped mid-run."""
     # every request over 64 samples is heavy (run alone, in slices), and learnt from
-    async with served(LockedInlineBuilder(tmp_path), tmp_path, max_batch_samples=64) as (
+    async with served(LockedInlineBuilder(graphs), graphs, max_batch_samples=64) as (
             c, engine):
         through_graph = await c.post(SENS, json=BODY)
         assert through_graph.status_code == 200, through_graph.text
