@@ -391,6 +391,12 @@ async def test_query_options_are_the_explains_and_said_so_without_it(
     assert (await client.post(f"{url}?strategy=auto", json=body)).status_code == 200
     r = await client.post(f"{url}?check=finite-difference", json={**body, "explain": True})
     assert r.status_code == 422 and "unknown query option 'check'" in r.json()["detail"]
+    # a bump setting without finite differences: said without the check this route lacks
+    for query in ("shift=0.001", "strategy=forward&scheme=central"):
+        r = await client.post(f"{url}?{query}", json={**body, "explain": True})
+        assert r.status_code == 422, r.text
+        assert "use it with strategy=finite-difference (this route has no check)" in r.json()[
+            "detail"] and "check=" not in r.json()["detail"]
     r = await client.post(f"{url}?strategy=finite-difference&shift=0.001",
                           json={**body, "explain": True})
     assert r.status_code == 200, r.text

@@ -123,6 +123,18 @@ def _check_unexplained_query(query: Mapping[str, str]) -> None:
             f"{'it' if len(given) == 1 else 'them'} out")
 
 
+def _check_explain_query(query: Mapping[str, str]) -> None:
+    """Bump settings shape finite differences, which this route runs as a strategy only (it
+    has no check=): said so here, where the engine's refusal would offer the check."""
+    given = [k for k in BUMP_OPTIONS if k in query]
+    if given and query.get("strategy") != "finite-difference":
+        raise InvalidRequest(
+            f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the bumps of "
+            "finite differences: use "
+            f"{'it' if len(given) == 1 else 'them'} with strategy=finite-difference (this "
+            "route has no check)")
+
+
 def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
                   document: ScenarioFields, inputs: np.ndarray, query: Mapping[str, str],
                   max_scenarios: int) -> scenarios.ScenarioPlan:
@@ -146,6 +158,7 @@ def scenario_plan(engine: Engine, routine: Routine, target: str | Routine,
             "wrt is empty; name the parameters or inputs to explain the P&L by, or omit wrt "
             f"to explain it by the shifted factors ({', '.join(_factors(spec))})")
     if document.explain:  # wrt defaults to the shifted factors
+        _check_explain_query(query)
         base = engine.prepare(with_query(Request(
             JobKind.SENSITIVITIES, target, inputs, document.params,
             wrt=_factors(spec) if document.wrt is None else document.wrt,
