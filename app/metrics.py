@@ -88,16 +88,20 @@ QUEUE_WAIT_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 BATCH_REQUESTS = Histogram(
-    "dydc_batch_requests", "Requests coalesced into one device launch.",
+    "dydc_batch_requests", "Requests coalesced into one device launch (a request run "
+    "alone, in chunks or slices: one).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 BATCH_SAMPLES = Histogram(
-    "dydc_batch_samples", "Samples in one device launch.",
+    "dydc_batch_samples", "Samples in one device launch (a request run alone, in chunks or "
+    "slices: all its samples, once).",
     buckets=tuple(4**k for k in range(11)),
 )
-LAUNCHES = Counter("dydc_launches_total", "Device launches (batches run).", ["device"])
+LAUNCHES = Counter("dydc_launches_total", "Device launches (batches run; a request run alone, "
+                   "in chunks or slices, counts once).", ["device"])
 LAUNCH_SECONDS = Histogram(
-    "dydc_launch_duration_seconds", "Compute time of one device launch.", ["device"],
+    "dydc_launch_duration_seconds", "Compute time of one device launch (of a request run "
+    "alone, in chunks or slices: all of them).", ["device"],
     buckets=_LATENCY_BUCKETS,
 )
 REJECTIONS = Counter(
