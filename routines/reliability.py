@@ -29,9 +29,8 @@ def gamma_survival(a: Tensor, t: Tensor, *, lam: Tensor) -> Tensor:
     # branch sees only its own samples' numbers, so neither one's NaN reaches the other's.
     x = lam * t
     zero = x == 0
-    one = torch.ones_like(x)
-    lam0, t0 = torch.where(zero, lam, one), torch.where(zero, t, one)
-    near = 1 - lam0**a * t0**a / torch.exp(torch.lgamma(a + 1))
-    far = torch.special.gammaincc(a, torch.where(zero, one, x))
+    far = torch.special.gammaincc(a, torch.where(zero, 1.0, x))
+    lam0, t0 = torch.where(zero, lam, 1.0), torch.where(zero, t, 1.0)
+    near = 1 - lam0**a * t0**a * torch.exp(-torch.lgamma(a + 1))
     survival: Tensor = torch.where(zero, near, far)
     return survival
