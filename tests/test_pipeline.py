@@ -194,6 +194,8 @@ async def test_every_protocol_and_route_agrees(clients: Clients, case: Case) -> 
         detail = v1.json()["detail"]
         for name, r in answers.items():
             message = r.json()["detail" if name.startswith("v1") else "error"]
+            if not name.startswith("v1"):  # v2 names its parameters as its request does
+                message = message.replace("parameters.", "params.")
             # the same diagnosis, up to how each protocol names the element
             assert message.split(";")[0][-20:] == detail.split(";")[0][-20:] or r.status_code in (
                 404, 413), (name, message, detail)

@@ -211,7 +211,7 @@ X1 = [tensor("x", [1.0, 2.0])]
          ["mix FP32 and FP64"]),
         # a non-finite input named by its tensor and element (not v1's inputs[i][j])
         ("linear", {"inputs": [tensor("x", [1.0, 1e39], "FP32")]},
-         ["input x (inputs[0]) element 1 is not finite in float32"]),
+         ["input x (inputs[0]) element 1 is 1e+39, which overflows float32"]),
 
         ("linear", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [-1], "data": [1]}]},
          ["inputs.0.shape.0"]),

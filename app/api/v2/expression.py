@@ -35,6 +35,7 @@ from app.api.pipeline import EXPRESSION_OFFLOAD_BYTES, Decoded, Incoming, Reply,
 from app.api.schemas import split_names
 from app.api.v2 import framing, tensors
 from app.api.v2.routes import (
+    EXPRESSION_MODEL,
     MODEL_VERSION,
     PLATFORM,
     V2,
@@ -44,14 +45,14 @@ from app.api.v2.routes import (
 )
 from app.api.v2.schemas import InferenceRequest, ModelMetadata, ParameterValue, TensorMetadata
 from app.engine import Engine, Job, JobResult
-from app.engine.errors import InvalidRequest
+from app.engine.errors import EngineError, InvalidRequest
 from app.errors import UnknownVersion
 from app.expressions import Expressions
 from app.expressions.errors import ExpressionError, UnknownName
 
 __all__ = ["EXPRESSION_INFER", "MODEL", "ExpressionV2", "router"]
 
-MODEL = "expression"
+MODEL = EXPRESSION_MODEL
 # The request parameters that describe the function, not its parameters' values.
 _FUNCTION = ("expression", "ode", "inputs")
 
@@ -65,6 +66,28 @@ def _names(given: ParameterValue | None) -> list[str]:
         "parameters.inputs is missing or not a string; send the input features' names "
         'separated by commas (the columns of the input tensor x), e.g. "N0,t"'
     )
+
+
+# v1's fields, where the language names them, and what a v2 caller sent instead
+_V1_FIELDS = (
+    ("inputs.names: ", "parameters.inputs: "),
+    ("params: declare at least one parameter",
+     "the expression has no parameter; declare at least one parameter: a number in "
+     "parameters, or an input tensor named after it (one value per sample)"),
+    ("params: ", "parameters: "),
+    ("expression", "parameters.expression"),
+    ("ode.", "parameters.ode: "),
+)
+
+
+def _in_v2_terms(exc: ExpressionError) -> ExpressionError:
+    """``exc``, its message beginning with the request field it is of, in v2's terms."""
+    for v1, v2 in _V1_FIELDS:
+        if exc.message.startswith(v1):
+            exc.message = v2 + exc.message[len(v1):]
+            exc.args = (exc.message,)
+            break
+    return exc
 
 
 def _ode(given: ParameterValue | None) -> dict[str, Any] | None:
@@ -136,7 +159,7 @@ class ExpressionV2(V2):
         labels: RequestLabels,
     ) -> tuple[Job, InferenceRequest, tensors.Call, str]:
         try:
-            inference = inference_request(header, engine.limits.max_samples)
+            inference = inference_request(header, engine.limits.max_samples, binary)
         except ValidationError as exc:
             _refuse_function_object(exc)
             raise
@@ -154,26 +177,38 @@ class ExpressionV2(V2):
             if given.name != tensors.MATRIX_INPUT and given.name not in features
         ]
         declared = [k for k in parameters if k not in tensors._RESERVED] + per_sample
+        ode_given = _ode(ode)
+        if (expression is None) == (ode_given is None):  # (make_routine's words are v1's)
+            raise InvalidRequest(
+                "send one of expression and ode in parameters: parameters.expression (a "
+                "formula, or a list of them) or parameters.ode (the ODE object as a JSON "
+                "string)")
         try:
-            made = make_routine(expressions, expression, _ode(ode), features, declared)
+            made = make_routine(expressions, expression, ode_given, features, declared)
         except ExpressionError as exc:
             reserved = [k for k in tensors._RESERVED if k in parameters]
             if not reserved or not (
                     (isinstance(exc, UnknownName) and exc.name in reserved)
                     or "declare at least one parameter" in str(exc)):
-                raise
+                raise _in_v2_terms(exc) from None
             # a parameter named like one of this model's options is read as the option
             raise InvalidRequest(
-                f"{exc}; the parameters {', '.join(reserved)} are read as this model's options "
+                f"{_in_v2_terms(exc)}; the parameters {', '.join(reserved)} are read as this "
+                "model's options "
                 f"({', '.join(tensors._RESERVED)}), never as the expression's parameters: "
                 "rename such a parameter in the expression") from None
-        job, inference, call = self.job(
-            engine,
-            made.routine,
-            inference.model_copy(update={"parameters": parameters}),
-            binary,
-            labels,
-        )
+        try:
+            job, inference, call = self.job(
+                engine,
+                made.routine,
+                inference.model_copy(update={"parameters": parameters}),
+                binary,
+                labels,
+            )
+        except EngineError as exc:  # the routine's name is the service's, not the caller's
+            exc.message = exc.message.replace(made.routine.name, MODEL)
+            exc.args = (exc.message,)
+            raise
         return job, inference, call, made.canonical
 
     async def decode(self, request: Incoming, engine: Engine) -> Decoded:

@@ -8,25 +8,34 @@ not add up is a :class:`~app.errors.MalformedFraming` (400), never a 500.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from starlette.datastructures import Headers
 
 from app.api.v2.schemas import RequestInput
 from app.errors import MalformedFraming, json_bytes
 
-__all__ = ["HEADER_LENGTH", "encode", "header_length", "input_sections", "split"]
+__all__ = ["HEADER_LENGTH", "encode", "header_length", "input_sections", "not_json", "split"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def header_length(headers: Headers) -> int | None:
     """The length of the JSON header, or None when the whole body is JSON."""
-    value = headers.get(HEADER_LENGTH)
-    if value is None:
+    values = headers.getlist(HEADER_LENGTH)
+    if not values:
         return None
+    if len(values) > 1:  # which one would win is no answer (h11 refuses two Content-Length)
+        shown = ", ".join(json.dumps(v[:24]) for v in values[:4])
+        raise MalformedFraming(
+            f"the request has {len(values)} {HEADER_LENGTH} headers ({shown}"
+            f"{', ...' if len(values) > 4 else ''}); send one, the byte length of the JSON "
+            "header")
+    value = values[0]
     digits = value.strip()
     if not (digits.isascii() and digits.isdigit()):  # not "²", a digit to isdigit
         raise MalformedFraming(
@@ -42,11 +51,97 @@ def header_length(headers: Headers) -> int | None:
 
 def split(body: memoryview, length: int) -> tuple[memoryview, memoryview]:
     """The JSON header and the binary data after it."""
+    if length == 0:  # (it had been "request body is empty", of a body that is not)
+        raise MalformedFraming(
+            f"{HEADER_LENGTH} is 0, but the JSON header cannot be empty; send its byte length"
+            f"{_json_length_hint(bytes(body))}")
     if length > len(body):
         raise MalformedFraming(
             f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes"
         )
     return body[:length], body[length:]
+
+
+# -- a body that is not JSON where the framing says JSON is: what the framing has to do with it
+
+def _json_object(body: bytes) -> tuple[dict[str, Any], int] | None:
+    """The JSON object the body starts with and its byte length, when one does, else None.
+    Only on the error path: it parses again."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:  # binary tensor data after the JSON, as a rule
+        text = body[:exc.start].decode("utf-8")
+    start = len(text) - len(text.lstrip())
+    try:
+        document, end = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    length = len(text[:end].encode("utf-8"))
+    return (document, length) if isinstance(document, dict) else None
+
+
+def _json_length_hint(body: bytes) -> str:
+    found = _json_object(body)
+    return "" if found is None else (
+        f" (the body starts with a JSON object of {found[1]} bytes: "
+        f"{HEADER_LENGTH}: {found[1]})")
+
+
+def _has_binary_inputs(document: dict[str, Any]) -> bool:
+    inputs = document.get("inputs")
+    return isinstance(inputs, list) and any(
+        isinstance(given, dict) and isinstance(given.get("parameters"), dict)
+        and "binary_data_size" in given["parameters"] for given in inputs)
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _reason(header: bytes) -> str | None:
+    """Why ``header`` is not JSON, in a few words, or None when it is."""
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte {header[exc.start]:#04x} at offset {exc.start} is not UTF-8"
+    try:
+        orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        return str(exc)
+    return None
+
+
+def not_json(header: bytes, binary: memoryview | None) -> MalformedFraming | None:
+    """For a body whose JSON (``header``; with ``binary``, the part
+    Inference-Header-Content-Length delimits) was refused as not JSON, the refusal in the
+    framing's terms, or None when the framing does not explain it (the JSON is fine: it has
+    a key twice, say). Either the header length cuts the JSON short or past its end, or, with
+    no header length, binary tensor data follows the JSON."""
+    reason = _reason(header)
+    if reason is None:
+        return None
+    if binary is not None:
+        return MalformedFraming(
+            f"the JSON header, the first {len(header)} bytes of the body as {HEADER_LENGTH} "
+            f"says, is not valid JSON ({reason}): the JSON header ends elsewhere; send its "
+            f"byte length as {HEADER_LENGTH}{_json_length_hint(header + bytes(binary))}")
+    found = _json_object(header)
+    if found is None:
+        return None
+    document, length = found
+    tail = header[length:]
+    if not tail:
+        return None
+    if not (_has_binary_inputs(document) or not _is_text(tail)):  # (another JSON document?)
+        return None
+    return MalformedFraming(
+        f"the body is a JSON object of {length} bytes followed by {len(tail)} bytes that look "
+        f"like binary tensor data; send the header {HEADER_LENGTH}: {length} to say where the "
+        "JSON ends and the tensors' bytes begin")
 
 
 def _size(i: int, given: RequestInput, framed: bool) -> int | None:
@@ -55,7 +150,8 @@ def _size(i: int, given: RequestInput, framed: bool) -> int | None:
         return None
     where = f"inputs[{i}] ({given.name})"
     if type(size) is not int or size < 0:
-        raise MalformedFraming(f"{where}: binary_data_size is {size!r}; send a byte count")
+        raise MalformedFraming(f"{where}: binary_data_size is {json.dumps(size)}; send a byte "
+                               "count")
     if given.data is not None:
         raise MalformedFraming(f"{where} has both data and binary_data_size; send one of them")
     if not framed:

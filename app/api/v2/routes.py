@@ -33,16 +33,18 @@ from app.api.v2.schemas import (
     TensorMetadata,
 )
 from app.context import current_record
-from app.engine import STRATEGIES, Engine, Job, JobResult
-from app.engine.errors import NotFiniteInput, RequestTooLarge
-from app.errors import ProblemDetails, UnknownVersion, json_bytes, problem_of
+from app.engine import STRATEGIES, Engine, Job, JobKind, JobResult
+from app.engine.errors import InvalidRequest, NotFiniteInput, RequestTooLarge, UnknownRoutine
+from app.engine.runtime.validation import checked_strategy
+from app.errors import MalformedBody, ProblemDetails, UnknownVersion, json_bytes, problem_of
 from routines import Routine
 
-__all__ = ["INFER", "V2", "error_response", "router"]
+__all__ = ["EXPRESSION_MODEL", "INFER", "V2", "error_response", "router"]
 
 SERVER_NAME = "dydc"
 MODEL_VERSION = "1"  # routines are not versioned: each is served as version 1
 PLATFORM = "dydc"
+EXPRESSION_MODEL = "expression"  # a caller's expression as a model (app.api.v2.expression)
 
 
 def _status(problem: ProblemDetails) -> int:
@@ -52,7 +54,11 @@ def _status(problem: ProblemDetails) -> int:
 def error_body(problem: ProblemDetails) -> bytes:
     """``{"error"}``, in v2's terms: its deadline is parameters.timeout, in microseconds (the
     engine's words name v1's timeout_ms)."""
-    return json_bytes({"error": problem.detail.replace(
+    detail = problem.detail.replace(
+        "raise timeout_ms (at most DYDC_REQUEST_TIMEOUT_MS)",
+        "raise parameters.timeout (in microseconds; at most the server's "
+        "DYDC_REQUEST_TIMEOUT_MS, which is in milliseconds)")
+    return json_bytes({"error": detail.replace(
         "raise timeout_ms", "raise parameters.timeout (in microseconds)")})
 
 
@@ -126,7 +132,13 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def _model(engine: Engine, name: str, version: str | None) -> Routine:
-    routine = engine.routine(name)
+    try:
+        routine = engine.routine(name)
+    except UnknownRoutine as exc:  # the expression model is one too (app.api.v2.expression)
+        exc.message = (f"no model named {name!r}; the models are: "
+                       f"{', '.join(sorted({*engine.routines, EXPRESSION_MODEL}))}")
+        exc.args = (exc.message,)
+        raise
     if version is not None and version != MODEL_VERSION:
         raise UnknownVersion(
             f"model {name} has no version {version!r}; it is served as version {MODEL_VERSION}"
@@ -134,16 +146,38 @@ def _model(engine: Engine, name: str, version: str | None) -> Routine:
     return routine
 
 
-def inference_request(header: bytes, max_samples: int) -> InferenceRequest:
-    """The JSON header as an inference request; 413 for an input whose declared shape has
+def _document(header: bytes, binary: memoryview | None) -> Any:
+    """The JSON header parsed; when it is not JSON, said in the framing's terms where the
+    framing explains it (app.api.v2.framing.not_json)."""
+    try:
+        return parse_json(header)
+    except MalformedBody as exc:
+        framed = framing.not_json(header, binary)
+        if framed is None:
+            raise
+        raise framed from exc
+
+
+def _samples_declared(shape: object) -> int | None:
+    """An input's declared samples: the first dimension when it is a whole number (2.0 and
+    2e19, which orjson reads as floats, too: the schema takes them as integers)."""
+    n = shape[0] if isinstance(shape, list) and shape else None
+    if type(n) is float and n.is_integer():
+        return int(n)
+    return n if type(n) is int else None
+
+
+def inference_request(header: bytes, max_samples: int,
+                      binary: memoryview | None = None) -> InferenceRequest:
+    """The JSON header as an inference request (``binary``: what followed it, when
+    Inference-Header-Content-Length delimits it); 413 for an input whose declared shape has
     more samples than DYDC_MAX_SAMPLES, before its data is validated (only the inputs'
     shapes count: a "shape" elsewhere in the body is not one)."""
-    document = parse_json(header)
+    document = _document(header, binary)
     inputs = document.get("inputs") if isinstance(document, dict) else None
     for given in inputs if isinstance(inputs, list) else ():
-        shape = given.get("shape") if isinstance(given, dict) else None
-        n = shape[0] if isinstance(shape, list) and shape else None
-        if type(n) is int and n > max_samples:
+        n = _samples_declared(given.get("shape") if isinstance(given, dict) else None)
+        if n is not None and n > max_samples:
             raise RequestTooLarge(
                 f"an input has shape [{n}, ...]: {n} samples; the limit is {max_samples} per "
                 "request (DYDC_MAX_SAMPLES): split the batch"
@@ -162,7 +196,7 @@ class V2:
     def _prepare(self, engine: Engine, routine: Routine, header: bytes,
                  binary: memoryview | None,
                  labels: RequestLabels) -> tuple[Job, InferenceRequest, tensors.Call]:
-        inference = inference_request(header, engine.limits.max_samples)
+        inference = inference_request(header, engine.limits.max_samples, binary)
         return self.job(engine, routine, inference, binary, labels)
 
     def job(self, engine: Engine, routine: Routine, inference: InferenceRequest,
@@ -173,10 +207,17 @@ class V2:
         labels.strategy = strategy if isinstance(strategy, str) and strategy in STRATEGIES \
             else "invalid"
         call = tensors.plan(routine, inference, framing.input_sections(inference.inputs, binary))
+        if call.request.kind is JobKind.EVALUATE and "strategy" in inference.parameters:
+            # an evaluation runs no strategy, but one no request could mean is refused all
+            # the same, as it is when derivatives are asked
+            checked_strategy(call.request.strategy, engine.limits)
         try:
             job = engine.prepare(call.request)
         except NotFiniteInput as exc:  # said of the request's tensors, not of v1's rows
-            raise tensors.not_finite(routine, inference.inputs, exc) from None
+            raise tensors.not_finite(routine, inference.inputs, exc,
+                                     call.request.inputs) from None
+        except InvalidRequest as exc:  # of parameters, in v1's words (params.T)
+            raise tensors.in_v2_terms(exc, call.request) from None
         return job, inference, call
 
     async def read(self, request: Incoming) -> tuple[bytes, memoryview | None]:

@@ -49,9 +49,11 @@ def _parameter(given: Any) -> Any:
             isinstance(given, list) and all(isinstance(x, str) for x in given)):
         return given
     kind = "null" if given is None else "a list of non-strings" if isinstance(given, list) \
-        else type(given).__name__
-    raise ValueError(f"is {kind}; a parameter is a string, a number or a boolean (a routine "
-                     "parameter with one value per sample is an input tensor named after it)")
+        else "an object" if isinstance(given, dict) else type(given).__name__
+    raise PydanticCustomError(  # (a ValueError's message gets pydantic's "Value error, ")
+        "parameter", "is {kind}; a parameter is a string, a number or a boolean (a routine "
+        "parameter with one value per sample is an input tensor named after it)",
+        {"kind": kind})
 
 
 ParameterValue = Annotated[StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -24,11 +25,12 @@ from app.api.v2.schemas import InferenceRequest, Parameters, RequestInput
 from app.engine import MIN_TIMEOUT_MS, JobKind, JobResult, Request
 from app.engine.differentiation.bumping import pairs
 from app.engine.errors import InvalidRequest, NotFiniteInput, listed
+from app.engine.runtime.validation import checked_order, checked_wrt
 from app.errors import MalformedFraming
 from routines import Routine
 
-__all__ = ["DATATYPES", "EXTENSIONS", "MIN_TIMEOUT_US", "Call", "model_outputs", "not_finite",
-           "plan", "response"]
+__all__ = ["DATATYPES", "EXTENSIONS", "MIN_TIMEOUT_US", "Call", "in_v2_terms", "model_outputs",
+           "not_finite", "plan", "response"]
 
 EXTENSIONS = ["binary_tensor_data"]  # the protocol's extensions this server implements
 
@@ -81,6 +83,22 @@ def _describe(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (str, bool)) or v is None else type(v).__name__
 
 
+def _shown(name: str) -> str:
+    """A tensor's (or datatype's) name in a message; "" for an empty one, which shows as
+    nothing."""
+    return name or '""'
+
+
+_DIMS_SHOWN = 8
+
+
+def _dims(dims: list[int]) -> str:
+    """A shape (or a nesting) in a message, its first few dimensions where it has many."""
+    if len(dims) <= _DIMS_SHOWN:
+        return str(dims)
+    return f"[{', '.join(map(str, dims[:_DIMS_SHOWN]))}, ... ({len(dims)} dimensions)]"
+
+
 # -- inputs ------------------------------------------------------------------------------------
 
 def _json_data(where: str, given: RequestInput) -> np.ndarray:
@@ -97,12 +115,13 @@ def _json_data(where: str, given: RequestInput) -> np.ndarray:
         if len(widths) != 1:
             raise InvalidRequest(f"{where}.data is ragged (lists of {listed(sorted(widths))} "
                                  f"items at one level); send it flat, or nested as shape "
-                                 f"{list(given.shape)}")
+                                 f"{_dims(list(given.shape))}")
         nesting.append(widths.pop())
         flat = list(chain.from_iterable(flat))
     if len(nesting) > 1 and nesting != list(given.shape):  # (flat data takes any shape)
-        raise InvalidRequest(f"{where}.data is nested as {nesting} but its shape is "
-                             f"{list(given.shape)}; nest it as the shape says, or send it flat")
+        raise InvalidRequest(f"{where}.data is nested as {_dims(nesting)} but its shape is "
+                             f"{_dims(list(given.shape))}; nest it as the shape says, or send "
+                             "it flat")
     if not set(map(type, flat)) <= {int, float}:
         k, bad = next((k, v) for k, v in enumerate(flat) if type(v) not in (int, float))
         raise InvalidRequest(
@@ -132,15 +151,14 @@ _MAX_DIMS = 2  # [N] or [N, D]
 
 def _tensor(i: int, given: RequestInput, section: memoryview | None) -> np.ndarray:
     """The tensor's values, shaped as declared."""
-    where = f"inputs[{i}] ({given.name})"
+    where = f"inputs[{i}] ({_shown(given.name)})"
     if len(given.shape) > _MAX_DIMS:
         raise InvalidRequest(
-            f"{where} has shape {given.shape[:8]}{'...' if len(given.shape) > 8 else ''} of "
-            f"{len(given.shape)} dimensions; inputs are [N] or [N, D]"
+            f"{where} has shape {_dims(given.shape)}; inputs are [N] or [N, D]"
         )
     if given.datatype not in DATATYPES:
         raise InvalidRequest(
-            f"{where} is {given.datatype}; this model takes {' or '.join(DATATYPES)}"
+            f"{where} is {_shown(given.datatype)}; this model takes {' or '.join(DATATYPES)}"
         )
     if section is not None:
         return _binary_data(where, given, section).reshape(given.shape)
@@ -158,7 +176,7 @@ def _samples(routine: Routine, inputs: list[RequestInput],
     """One (N,) or (N, D) array of samples from the tensors, by the routine's input names."""
     features = routine.inputs
     d = len(features)
-    names = [given.name for given in inputs]
+    names = [_shown(given.name) for given in inputs]
     expected = (f"model {routine.name} takes one tensor per input ({', '.join(features)}) "
                 f"of shape [N] or [N, 1], or one tensor {MATRIX_INPUT} of shape [N, {d}]")
     if len(set(names)) != len(names):
@@ -187,10 +205,11 @@ def _samples(routine: Routine, inputs: list[RequestInput],
     raise InvalidRequest(f"inputs are named {listed(names) or 'nothing'}; {expected}")
 
 
-def not_finite(routine: Routine, inputs: list[RequestInput],
-               exc: NotFiniteInput) -> InvalidRequest:
-    """The engine's non-finite input (a sample and a feature of its rows) named by the
-    request's tensor and element."""
+def not_finite(routine: Routine, inputs: list[RequestInput], exc: NotFiniteInput,
+               samples: np.ndarray | Tensor) -> InvalidRequest:
+    """The engine's non-finite input (a sample and a feature of its rows, of ``samples``)
+    named by the request's tensor and element: not finite, or a number too large for the
+    datatype."""
     names = [given.name for given in inputs]
     feature = routine.inputs[exc.feature]
     if feature in names:  # one tensor per input
@@ -199,8 +218,36 @@ def not_finite(routine: Routine, inputs: list[RequestInput],
         element = f"[{exc.sample}, {exc.feature}]" if len(routine.inputs) > 1 \
             else str(exc.sample)
         where = f"input {MATRIX_INPUT} (inputs[{names.index(MATRIX_INPUT)}]) element {element}"
+    value = np.asarray(samples).reshape(len(samples), -1)[exc.sample, exc.feature]
+    if np.isfinite(value):  # finite as sent (JSON's float64), too large for float32
+        return InvalidRequest(
+            f"{where} is {value:g}, which overflows {exc.dtype} (largest "
+            f"{np.finfo(exc.dtype).max:.4g}); send a smaller number, or the inputs as FP64")
     return InvalidRequest(f"{where} is not finite in {exc.dtype}; inputs must be finite "
                           "numbers")
+
+
+_V1_PARAMETER = re.compile(r"params\.(\w+)(?:\[(\d+)\])?")
+
+
+def in_v2_terms(exc: InvalidRequest, request: Request) -> InvalidRequest:
+    """The engine's refusal of a parameter value (``params.T = -1.0 is outside its bounds``,
+    in v1's words) said of what the v2 request sent: ``parameters.T``, or an element of the
+    input tensor of a parameter with one value per sample. ``exc`` itself, reworded (its type
+    says its status)."""
+    message = exc.message
+    found = _V1_PARAMETER.match(message)
+    if found is None:
+        return exc
+    name, element = found.groups()
+    if element is not None and isinstance(request.params.get(name), np.ndarray):
+        where = f"input {name} element {element}"
+    else:
+        where = f"parameters.{name}{'' if element is None else f'[{element}]'}"
+    rest = message[found.end():].replace("or use dtype float64", "or send the inputs as FP64")
+    exc.message = where + rest
+    exc.args = (exc.message,)
+    return exc
 
 
 # -- parameters and outputs --------------------------------------------------------------------
@@ -276,12 +323,14 @@ def _arguments(parameters: Parameters) -> tuple[dict[str, float], tuple[str, ...
 
 
 def _order(parameters: Parameters) -> tuple[int, bool]:
-    """(order, cross) from the request parameters; the engine checks their values."""
+    """(order, cross) from the request parameters, checked here: the engine checks them only
+    for derivatives, and outputs asking for y alone make an evaluation."""
     order, cross = parameters.get("order", 1), parameters.get("cross", False)
     if isinstance(order, bool) or not isinstance(order, int):
         raise InvalidRequest(f"parameters.order is {_describe(order)}; send 1 or 2")
     if not isinstance(cross, bool):
         raise InvalidRequest(f"parameters.cross is {_describe(cross)}; send a boolean")
+    checked_order(order, cross)
     return order, cross
 
 
@@ -342,6 +391,8 @@ def plan(routine: Routine, request: InferenceRequest,
     """What to ask the engine for this request, with every check that needs no device."""
     params, wrt, strategy, binary_default = _arguments(request.parameters)
     order, cross = _order(request.parameters)
+    if wrt is not None:  # all of it: the outputs may leave some (or every) name out
+        checked_wrt(routine, wrt)
     outputs = _outputs(routine, request, wrt, binary_default, order, cross)
     named = {name for name, _ in outputs}
     differentiate = tuple(p for p in (wrt if wrt is not None else routine.param_names)
@@ -364,6 +415,11 @@ def plan(routine: Routine, request: InferenceRequest,
     features = [(given, t) for given, t in zip(request.inputs, tensors, strict=True)
                 if given.name not in per_sample]
     samples = _samples(routine, [g for g, _ in features], [t for _, t in features])
+    if len(samples) == 0:  # (the engine says "inputs is empty", of v1's list)
+        given = features[0][0]
+        i = next(i for i, other in enumerate(request.inputs) if other is given)
+        raise InvalidRequest(f"input {_shown(given.name)} (inputs[{i}]) has shape "
+                             f"{_dims(list(given.shape))}: 0 samples; send at least one sample")
     for name, values in per_sample.items():  # said in v2's terms (the engine says params.X)
         if len(values) != len(samples):
             raise InvalidRequest(
