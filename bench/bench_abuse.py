@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -405,14 +406,8 @@ def _table(phases: list[dict[str, Any]]) -> str:
 
 
 def _plot(phases: list[Phase], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (DYDC_EXTRAS=test,bench bash "
-              "scripts/install.sh)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.boxplot([[1e3 * x for x in p.probes] or [0] for p in phases], whis=(1, 99))

@@ -50,6 +50,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -345,14 +346,8 @@ def write(results: dict[str, Any]) -> None:
                   ""]
     (RESULTS / "compile.md").write_text("\n".join(lines))
     if b:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed: no plot (DYDC_EXTRAS=test,bench bash "
-                  "scripts/install.sh)")
+        plt = pyplot()
+        if plt is None:
             return
 
         fig, (ax, tail) = plt.subplots(1, 2, figsize=(12, 4.5),

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -408,14 +409,8 @@ def write_markdown(points: list[Point], path: Path, command: str,
 
 
 def plot(points: list[Point], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (DYDC_EXTRAS=test,bench bash "
-              "scripts/install.sh)")
+    plt = pyplot()
+    if plt is None:
         return
 
     fig, ax = plt.subplots(figsize=(8, 5))

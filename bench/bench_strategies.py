@@ -28,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plots import pyplot
+
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
 from app.engine.differentiation.differentiate import differentiate
@@ -238,10 +240,9 @@ def markdown(table: dict[str, dict[str, dict[int, float | None]]], sizes: tuple[
 
 
 def plot(table: dict[str, dict[str, dict[int, float | None]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     fig, axes = plt.subplots(1, len(table), figsize=(6.5 * len(table), 5), squeeze=False)
     for ax, (label, rows) in zip(axes[0], table.items(), strict=True):

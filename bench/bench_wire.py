@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -490,10 +491,9 @@ def write_markdown(results: dict[str, Any], parse: dict[str, float], path: Path)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     ns = [int(n) for n in results["points"]]
     fig, ax = plt.subplots(figsize=(8, 5))
