@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -406,6 +405,8 @@ def _table(phases: list[dict[str, Any]]) -> str:
 
 
 def _plot(phases: list[Phase], path: Path) -> None:
+    from plots import pyplot  # (a script: bench/ is on its path)
+
     plt = pyplot()
     if plt is None:
         return

@@ -50,7 +50,6 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
-from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -346,6 +345,8 @@ def write(results: dict[str, Any]) -> None:
                   ""]
     (RESULTS / "compile.md").write_text("\n".join(lines))
     if b:
+        from plots import pyplot  # (a script: bench/ is on its path)
+
         plt = pyplot()
         if plt is None:
             return

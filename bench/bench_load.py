@@ -68,7 +68,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -409,6 +408,8 @@ def write_markdown(points: list[Point], path: Path, command: str,
 
 
 def plot(points: list[Point], path: Path) -> None:
+    from plots import pyplot  # (a script: bench/ is on its path)
+
     plt = pyplot()
     if plt is None:
         return

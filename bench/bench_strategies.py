@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plots import pyplot
 
 from app.config import Settings
 from app.engine import CompiledForward, cache_host_allocations
@@ -240,6 +239,8 @@ def markdown(table: dict[str, dict[str, dict[int, float | None]]], sizes: tuple[
 
 
 def plot(table: dict[str, dict[str, dict[int, float | None]]], path: Path) -> None:
+    from plots import pyplot  # (a script: bench/ is on its path)
+
     plt = pyplot()
     if plt is None:
         return

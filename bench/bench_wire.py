@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from plots import pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -491,6 +490,8 @@ def write_markdown(results: dict[str, Any], parse: dict[str, float], path: Path)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    from plots import pyplot  # (a script: bench/ is on its path)
+
     plt = pyplot()
     if plt is None:
         return
