@@ -158,6 +158,7 @@ def test_tables_and_json_listings(dydc_url: str, tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["params"][0]["name"] == "C"
     code, out, _ = dydc_cli(dydc_url, "strategies")
     assert code == 0 and "reverse-loop" in out and "1,000" in out
+    assert "order 2" in out and "served" in out
     (tmp_path / "x.csv").write_text("x\n" + "\n".join(map(str, range(30))) + "\n")
     code, out, _ = dydc_cli(dydc_url, "sensitivities", "linear", "-i", str(tmp_path / "x.csv"),
                             "--rows", "5")

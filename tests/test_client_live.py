@@ -32,6 +32,10 @@ def test_catalogue(client: dydc.Client) -> None:
     assert info.params[0].bounds == (0.0, None)
     by_name = {s.name: s for s in client.strategies()}
     assert by_name["reverse-loop"].cap == 1000 and by_name["forward"].cap is None
+    # the fields the README documents, not left in .extra
+    assert by_name["forward"].order2 is True and by_name["forward-dual"].order2 is False
+    assert by_name["jacrev"].per_sample_params is False and by_name["forward"].enabled
+    assert not {"enabled", "order2", "per_sample_params"} & set(by_name["forward"].extra)
     limits = client.limits()
     assert limits.max_samples == 2_000_000 and limits.max_body_bytes == 64 * 2**20
     assert limits.strategy_caps == {"reverse-loop": 1000, "reverse-batched": 4096,
@@ -185,7 +189,7 @@ def test_errors(client: dydc.Client) -> None:
     assert bad.value.status in (400, 422)
     with pytest.raises(dydc.InvalidRequest, match="sigma"):
         client.sensitivities("black_scholes_call", [[1, 1, 1]], {"sigma": -1.0})
-    with pytest.raises(dydc.InvalidRequest, match="empty|0 samples"):  # the service's to say
+    with pytest.raises(dydc.InvalidRequest, match=r"empty|0 samples"):  # the service's to say
         client.sensitivities("linear", np.zeros(0))
 
 

@@ -317,11 +317,16 @@ def strategies(ctx: typer.Context,
     if as_json:
         _print_json(rows)
         return
-    table = Table("strategy", "mode", "cost", "cap", "batched")
+    table = Table("strategy", "mode", "cost", "cap", "batched", "order 2", "served")
     for s in rows:
         table.add_row(s.name, s.mode, s.cost, "" if s.cap is None else f"{s.cap:,}",
-                      "yes" if s.batchable else "no")
+                      "yes" if s.batchable else "no", _yes_no(s.order2),
+                      "yes" if s.enabled else "no (DYDC_STRATEGIES)")
     out.print(table)
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "" if flag is None else "yes" if flag else "no"
 
 
 # -- computations ------------------------------------------------------------------------------

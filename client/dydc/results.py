@@ -97,15 +97,24 @@ class StrategyInfo:
     cap: int | None
     cap_setting: str | None
     batchable: bool
+    enabled: bool = True
+    """False where the operator left it out of DYDC_STRATEGIES."""
+    order2: bool | None = None
+    """Whether it computes second derivatives (None: an older service does not say)."""
+    per_sample_params: bool | None = None
+    """Whether it takes per-sample parameters and input features in wrt (None: not said)."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Fields this client does not know yet (order 2 and per-sample support, say), as sent."""
+    """Fields this client does not know yet, as sent."""
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> StrategyInfo:
-        known = {"name", "mode", "cost", "description", "cap", "cap_setting", "batchable"}
+        known = {"name", "mode", "cost", "description", "cap", "cap_setting", "batchable",
+                 "enabled", "order2", "per_sample_params"}
         return cls(name=_name(doc), mode=doc.get("mode", ""), cost=doc.get("cost", ""),
                    description=doc.get("description", ""), cap=doc.get("cap"),
                    cap_setting=doc.get("cap_setting"), batchable=bool(doc.get("batchable")),
+                   enabled=doc.get("enabled") is not False, order2=doc.get("order2"),
+                   per_sample_params=doc.get("per_sample_params"),
                    extra={k: v for k, v in doc.items() if k not in known})
 
 
