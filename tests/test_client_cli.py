@@ -221,6 +221,8 @@ def test_a_parameter_given_twice_is_a_usage_error(dydc_url: str, args: list[str]
      "error: --out pnl.npy: use a .csv or .json file"),
     (["sensitivities", "linear", "-i", "in.txt"], "error: --inputs in.txt: use a .csv"),
     (["compare", "linear", "-i", "in.xlsx"], "error: --inputs in.xlsx: use a .csv"),
+    (["sensitivities", "linear", "-i", "in.csv", "-o", "missing/y.csv"],
+     "error: --out missing/y.csv: the folder missing does not exist"),
 ])
 def test_file_names_are_checked_before_anything_is_sent(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch,

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 try:
@@ -420,6 +421,9 @@ def _files(inputs: str, out_file: str | None,
             output_suffix(out_file, suffixes)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if out_file not in (None, "-") and not Path(out_file).resolve().parent.is_dir():
+        raise UsageError(f"--out {out_file}: the folder {Path(out_file).parent} does not "
+                         "exist; make it first, or write elsewhere")
 
 
 def _inputs(source: str, info: RoutineInfo, param: list[str] | None
