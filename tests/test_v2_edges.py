@@ -115,6 +115,26 @@ async def test_binary_data_without_a_header_length_is_said_to_need_one(
     assert "not UTF-8" not in message
 
 
+async def test_the_framing_is_diagnosed_from_the_bodys_first_64_kib(
+        client: httpx.AsyncClient) -> None:
+    """The diagnosis parses again, so it reads a bounded start of the body: a JSON header that
+    ends past 64 KiB gets no length hint (a whole 48 MB body parsed again in Python's json had
+    held the event loop for seconds), one that ends within it does, whatever follows."""
+    padded = json.dumps({"inputs": [binary_input("x", np.arange(3.0))],
+                         "id": "p" * 70_000}).encode()
+    for head, hinted in ((HEAD, True), (padded, False)):
+        for headers in ({HEADER: "0"}, {HEADER: "9"}):
+            r = await client.post(INFER.format("linear"), content=head + TENSOR * 100_000,
+                                  headers=headers)
+            message = assert_error(r, 400, HEADER)
+            assert (f"JSON object of {len(head)} bytes: {HEADER}: {len(head)}" in message) \
+                == hinted, message
+    r = await client.post(INFER.format("linear"), content=HEAD + TENSOR * 100_000,
+                          headers={"Content-Type": "application/octet-stream"})
+    assert_error(r, 400, f"a JSON object of {len(HEAD)} bytes followed by 2400000 bytes",
+                 f"{HEADER}: {len(HEAD)}")
+
+
 async def test_a_json_error_the_framing_does_not_explain_keeps_its_words(
         client: httpx.AsyncClient) -> None:
     r = await client.post(INFER.format("linear"), content=HEAD + TENSOR, headers={HEADER: "7"})

@@ -152,7 +152,7 @@ def _document(header: bytes, binary: memoryview | None) -> Any:
     try:
         return parse_json(header)
     except MalformedBody as exc:
-        framed = framing.not_json(header, binary)
+        framed = framing.not_json(header, binary, str(exc))
         if framed is None:
             raise
         raise framed from exc
