@@ -28,7 +28,7 @@ def gamma_survival(a: Tensor, t: Tensor, *, lam: Tensor) -> Tensor:
     # every derivative (dQ/dlam = -t at lam = 0 and a = 1; -inf, refused, at a < 1). Each
     # branch sees only its own samples' numbers, so neither one's NaN reaches the other's.
     x = lam * t
-    zero = x == 0
+    zero = (x == 0) & (a > 0)  # (a <= 0 is no Gamma distribution: igammac's NaN stands)
     far = torch.special.gammaincc(a, torch.where(zero, 1.0, x))
     lam0, t0 = torch.where(zero, lam, 1.0), torch.where(zero, t, 1.0)
     near = 1 - lam0**a * t0**a * torch.exp(-torch.lgamma(a + 1))

@@ -98,6 +98,9 @@ async def test_gamma_survival_at_lam_t_zero_has_its_limits(client: httpx.AsyncCl
     infinite = await client.post(url, json={"inputs": [[0.5, 0.3]], "params": {"lam": 0.0}})
     assert infinite.status_code == 422, infinite.text  # -t^a lam^(a - 1): -inf
     assert "non-finite dy/dlam for sample 0" in infinite.json()["detail"]
+    no_shape = await client.post(url, json={"inputs": [[0.0, 0.0]], "params": {"lam": 0.8}})
+    assert no_shape.status_code == 422, no_shape.text  # a = 0: no Gamma distribution
+    assert "non-finite value for sample 0" in no_shape.json()["detail"]
 
 
 async def test_a_bump_outside_the_domain_says_how_to_bump(client: httpx.AsyncClient) -> None:
