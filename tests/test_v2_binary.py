@@ -87,8 +87,8 @@ GOOD = {"inputs": [binary_input("x", X)]}
     [
         # the header length is past the body, or is not a number
         (json.dumps(GOOD).encode() + X.tobytes(), "100000", ["100000", "only"]),
-        (json.dumps(GOOD).encode() + X.tobytes(), "-3", ["'-3'"]),
-        (json.dumps(GOOD).encode() + X.tobytes(), "ten", ["'ten'"]),
+        (json.dumps(GOOD).encode() + X.tobytes(), "-3", ['"-3"']),
+        (json.dumps(GOOD).encode() + X.tobytes(), "ten", ['"ten"']),
         # the header length cuts the JSON
         (json.dumps(GOOD).encode() + X.tobytes(), "10", ["JSON"]),
         # sizes that do not add up: too few bytes, too many bytes

@@ -38,8 +38,8 @@ def header_length(headers: Headers) -> int | None:
     digits = value.strip()
     if not (digits.isascii() and digits.isdigit()):  # not "²", a digit to isdigit
         raise MalformedFraming(
-            f"{HEADER_LENGTH} is {value!r}; send the byte length of the JSON header"
-        )
+            f"{HEADER_LENGTH} is {json.dumps(value[:24])}{'...' if len(value) > 24 else ''}; "
+            "send the byte length of the JSON header")
     digits = digits.lstrip("0") or "0"
     if len(digits) > 18:  # no body is that long (and Python's int() refuses 4,300 digits)
         raise MalformedFraming(
@@ -124,11 +124,13 @@ def not_json(header: bytes, binary: memoryview | None, said: str) -> MalformedFr
         return None
     reason = said.removeprefix(_NOT_JSON[0]).removeprefix(_NOT_JSON[1]).split(";")[0]
     if binary is not None:
-        start = header[:_DIAGNOSED_BYTES] + bytes(binary[:_DIAGNOSED_BYTES])
+        found = _json_object(header[:_DIAGNOSED_BYTES] + bytes(binary[:_DIAGNOSED_BYTES]))
+        if found is None:  # no JSON object at the start: the JSON's own fault, in its words
+            return None
         return MalformedFraming(
             f"the JSON header, the first {len(header)} bytes of the body as {HEADER_LENGTH} "
-            f"says, is not valid JSON ({reason}): the JSON header ends elsewhere; send its "
-            f"byte length as {HEADER_LENGTH}{_json_length_hint(start)}")
+            f"says, is not valid JSON ({reason}): the body starts with a JSON object of "
+            f"{found[1]} bytes; send {HEADER_LENGTH}: {found[1]}")
     found = _json_object(header)
     if found is None:
         return None

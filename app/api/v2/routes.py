@@ -178,9 +178,10 @@ def inference_request(header: bytes, max_samples: int,
     for given in inputs if isinstance(inputs, list) else ():
         n = _samples_declared(given.get("shape") if isinstance(given, dict) else None)
         if n is not None and n > max_samples:
+            shown = str(n) if n < 10**15 else f"{n:.3g}"  # (2e308 as a float: 309 digits)
             raise RequestTooLarge(
-                f"an input has shape [{n}, ...]: {n} samples; the limit is {max_samples} per "
-                "request (DYDC_MAX_SAMPLES): split the batch"
+                f"an input has shape [{shown}, ...]: {shown} samples; the limit is "
+                f"{max_samples} per request (DYDC_MAX_SAMPLES): split the batch"
             )
     return InferenceRequest.model_validate(document)
 
