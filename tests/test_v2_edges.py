@@ -145,6 +145,19 @@ async def test_a_broken_json_header_of_the_right_length_keeps_the_jsons_words(
     assert (broken.startswith(b"\x1f\x8b")) == ("gzip-compressed" in message), message
 
 
+async def test_binary_bytes_after_json_without_sizes_are_told_both(
+        client: httpx.AsyncClient) -> None:
+    """A JSON body with no binary_data_size, then tensor bytes: the header length alone would
+    not do (the bytes would be claimed by no input), so the message asks for the sizes too."""
+    plain = json.dumps({"inputs": [{"name": "x", "datatype": "FP64", "shape": [3]}]}).encode()
+    r = await client.post(INFER.format("linear"), content=plain + TENSOR,
+                          headers={"Content-Type": "application/octet-stream"})
+    assert_error(r, 400, f"{HEADER}: {len(plain)}", "parameters.binary_data_size")
+    r = await client.post(INFER.format("linear"), content=HEAD + TENSOR,
+                          headers={"Content-Type": "application/octet-stream"})
+    assert "binary_data_size" not in assert_error(r, 400, f"{HEADER}: {len(HEAD)}")
+
+
 async def test_a_json_error_the_framing_does_not_explain_keeps_its_words(
         client: httpx.AsyncClient) -> None:
     r = await client.post(INFER.format("linear"), content=HEAD + TENSOR, headers={HEADER: "7"})

@@ -138,12 +138,15 @@ def not_json(header: bytes, binary: memoryview | None, said: str) -> MalformedFr
     tail = header[length:]
     if not tail:
         return None
-    if not (_has_binary_inputs(document) or not _is_text(tail)):  # (another JSON document?)
+    sized = _has_binary_inputs(document)
+    if not (sized or not _is_text(tail)):  # (another JSON document?)
         return None
+    sizes = "" if sized else (", and give each input whose bytes they are its "
+                              "parameters.binary_data_size")
     return MalformedFraming(
         f"the body is a JSON object of {length} bytes followed by {len(tail)} bytes that look "
         f"like binary tensor data; send the header {HEADER_LENGTH}: {length} to say where the "
-        "JSON ends and the tensors' bytes begin")
+        f"JSON ends and the tensors' bytes begin{sizes}")
 
 
 def _size(i: int, given: RequestInput, framed: bool) -> int | None:
