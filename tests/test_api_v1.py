@@ -98,6 +98,18 @@ async def test_gamma_survival_at_lam_t_zero_has_its_limits(client: httpx.AsyncCl
     infinite = await client.post(url, json={"inputs": [[0.5, 0.3]], "params": {"lam": 0.0}})
     assert infinite.status_code == 422, infinite.text  # -t^a lam^(a - 1): -inf
     assert "non-finite dy/dlam for sample 0" in infinite.json()["detail"]
+    if strategy in ("auto", "vmap-grad"):  # order 2: the series' second term counts at a = 1
+        second = await client.post(url, json={"inputs": [[1.0, 0.3], [2.0, 0.3]],
+                                              "params": {"lam": 0.0}, "order": 2})
+        assert second.status_code == 200, second.text
+        lam_lam = second.json()["second_derivatives"]["lam,lam"]  # +t^2 at a = 1, -t^2 at 2
+        assert lam_lam == pytest.approx([0.09, -0.09], rel=1e-15)
+        in_t = await client.post(url, json={"inputs": [[1.0, 0.0], [2.0, 0.0]],
+                                            "params": {"lam": 0.8}, "wrt": ["t"], "order": 2})
+        assert in_t.status_code == 200, in_t.text
+        assert in_t.json()["derivatives"]["t"] == [-0.8, 0.0]
+        assert in_t.json()["second_derivatives"]["t,t"] == pytest.approx([0.64, -0.64],
+                                                                          rel=1e-15)
     no_shape = await client.post(url, json={"inputs": [[0.0, 0.0]], "params": {"lam": 0.8}})
     assert no_shape.status_code == 422, no_shape.text  # a = 0: no Gamma distribution
     assert "non-finite value for sample 0" in no_shape.json()["detail"]
