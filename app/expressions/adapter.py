@@ -76,7 +76,7 @@ class Expressions:
         elif isinstance(expression, list | tuple) and all(isinstance(t, str) for t in expression):
             texts = tuple(expression)
         else:
-            raise ExpressionError("expression: give a string, or a list of strings")
+            raise ExpressionError("give a string, or a list of strings", field="expression")
         return self._expression(
             texts, _names("inputs.names", inputs), tuple(sorted(_names("params", params)))
         )
@@ -92,9 +92,9 @@ class Expressions:
         }
         for field, value in fields.items():
             if not isinstance(value, str):
-                raise ExpressionError(f"ode.{field}: give a string")
+                raise ExpressionError("give a string", field=f"ode.{field}")
         if isinstance(spec.steps, bool) or not isinstance(spec.steps, int) or spec.steps < 1:
-            raise ExpressionError(f"ode.steps: {spec.steps!r} must be a positive integer")
+            raise ExpressionError(f"{spec.steps!r} must be a positive integer", field="ode.steps")
         return self._ode(
             spec, _names("inputs.names", inputs), tuple(sorted(_names("params", params)))
         )
@@ -111,13 +111,13 @@ class Expressions:
     ) -> ExpressionRoutine:
         _check_names(inputs, params)
         if not texts:
-            raise ExpressionError("expression: give one expression, or a list of them")
+            raise ExpressionError("give one expression, or a list of them", field="expression")
         total = sum(len(t) for t in texts)
         if total > self.bounds.max_chars:
             raise ExpressionTooLarge(
-                f"expression: the expressions have {total} characters together, more than "
+                f"the expressions have {total} characters together, more than "
                 f"{self.bounds.max_chars}",
-                setting="DYDC_EXPRESSION_MAX_CHARS",
+                setting="DYDC_EXPRESSION_MAX_CHARS", field="expression",
             )
         trees = []
         for i, text in enumerate(texts):
@@ -139,28 +139,29 @@ class Expressions:
         state, time = spec.state, spec.time
         if not _is_name(state) or state in declared or state in CONSTANTS:
             raise ExpressionError(
-                f"ode.state: {state!r} must be an identifier that is neither an input, a "
-                "parameter nor a constant (it names the integrated quantity)"
+                f"{state!r} must be an identifier that is neither an input, a parameter nor a "
+                "constant (it names the integrated quantity)", field="ode.state"
             )
         if time not in declared:
             raise ExpressionError(
-                f"ode.time: {time!r} must name an input or a parameter (the end time of each "
-                f"sample); declared: {', '.join(declared)}"
+                f"{time!r} must name an input or a parameter (the end time of each sample); "
+                f"declared: {', '.join(declared)}", field="ode.time"
             )
         if spec.method not in METHODS:
             raise ExpressionError(
-                f"ode.method: {spec.method!r} is not a method; use one of {', '.join(METHODS)}"
+                f"{spec.method!r} is not a method; use one of {', '.join(METHODS)}",
+                field="ode.method"
             )
         if spec.steps > self.bounds.max_ode_steps:
             raise ExpressionTooLarge(
-                f"ode.steps: {spec.steps} steps are more than {self.bounds.max_ode_steps}",
-                setting="DYDC_EXPRESSION_MAX_ODE_STEPS",
+                f"{spec.steps} steps are more than {self.bounds.max_ode_steps}",
+                setting="DYDC_EXPRESSION_MAX_ODE_STEPS", field="ode.steps",
             )
         if len(spec.rhs) + len(spec.initial) > self.bounds.max_chars:
             raise ExpressionTooLarge(
-                f"ode: rhs and initial have {len(spec.rhs) + len(spec.initial)} characters "
+                f"rhs and initial have {len(spec.rhs) + len(spec.initial)} characters "
                 f"together, more than {self.bounds.max_chars}",
-                setting="DYDC_EXPRESSION_MAX_CHARS",
+                setting="DYDC_EXPRESSION_MAX_CHARS", field="ode",
             )
         rhs = parse(spec.rhs, (*declared, state), self.bounds, field="ode.rhs")
         initial = parse(spec.initial, declared, self.bounds, field="ode.initial")
@@ -207,7 +208,7 @@ def rebuild(source: str) -> Routine:
 def _names(field: str, names: Sequence[str]) -> tuple[str, ...]:
     """``names`` as a tuple of strings (a key of the cache), or the error saying so."""
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise ExpressionError(f"{field}: give a list of names (strings)")
+        raise ExpressionError("give a list of names (strings)", field=field)
     return tuple(names)
 
 
@@ -227,25 +228,25 @@ def _check_names(inputs: tuple[str, ...], params: tuple[str, ...]) -> None:
         for name in names:
             if not _is_name(name):
                 raise ExpressionError(
-                    f"{field}: {name!r} is not a name (letters, digits and "
-                    "_, not starting with a digit, not a Python keyword)"
+                    f"{name!r} is not a name (letters, digits and _, not starting with a "
+                    "digit, not a Python keyword)", field=field
                 )
             if name in CONSTANTS:
                 raise ExpressionError(
-                    f"{field}: {name!r} is a constant of the language "
-                    f"({', '.join(CONSTANTS)}); rename it"
+                    f"{name!r} is a constant of the language ({', '.join(CONSTANTS)}); "
+                    "rename it", field=field
                 )
         if len(set(names)) != len(names):
-            raise ExpressionError(f"{field}: a name is given twice")
+            raise ExpressionError("a name is given twice", field=field)
     both = sorted(set(inputs) & set(params))
     if both:
         raise ExpressionError(
             f"{', '.join(both)}: declared both as an input and as a parameter; rename one"
         )
     if not inputs:
-        raise ExpressionError("inputs.names: declare at least one input feature")
+        raise ExpressionError("declare at least one input feature", field="inputs.names")
     if not params:
-        raise ExpressionError("params: declare at least one parameter")
+        raise ExpressionError("declare at least one parameter", field="params")
 
 
 def _expression_fn(evaluators: list[Evaluator], inputs: tuple[str, ...]) -> Callable[..., object]:

@@ -32,7 +32,8 @@ class ExpressionError(InvalidRequest):
         super().__init__(f"{field}: {message}" if field else message)
         self.construct = construct
         self.column = column
-        self.field = field
+        self.field = field  # the request field it is of (v1's name), said before ``detail``
+        self.detail = message
 
 
 class ExpressionTooLarge(ExpressionError):

@@ -68,25 +68,26 @@ def _names(given: ParameterValue | None) -> list[str]:
     )
 
 
-# v1's fields, where the language names them, and what a v2 caller sent instead
-_V1_FIELDS = (
-    ("inputs.names: ", "parameters.inputs: "),
-    ("params: declare at least one parameter",
-     "the expression has no parameter; declare at least one parameter: a number in "
-     "parameters, or an input tensor named after it (one value per sample)"),
-    ("params: ", "parameters: "),
-    ("expression", "parameters.expression"),
-    ("ode.", "parameters.ode: "),
-)
+# the request fields the language names (v1's), as a v2 request sends them
+_V2_FIELDS = {"inputs.names": "parameters.inputs", "params": "parameters",
+              "ode": "parameters.ode"}
+_NO_PARAMETER = ("the expression has no parameter; declare at least one parameter: a number "
+                 "in parameters, or an input tensor named after it (one value per sample)")
 
 
 def _in_v2_terms(exc: ExpressionError) -> ExpressionError:
-    """``exc``, its message beginning with the request field it is of, in v2's terms."""
-    for v1, v2 in _V1_FIELDS:
-        if exc.message.startswith(v1):
-            exc.message = v2 + exc.message[len(v1):]
-            exc.args = (exc.message,)
-            break
+    """``exc``, its message naming the request field it is of (``exc.field``) in v2's terms."""
+    field = exc.field
+    if field is None:
+        return exc
+    if field == "params" and exc.detail == "declare at least one parameter":
+        exc.message = _NO_PARAMETER
+    else:
+        said = _V2_FIELDS.get(field) or (
+            f"parameters.ode: {field.removeprefix('ode.')}" if field.startswith("ode.")
+            else f"parameters.{field}")  # expression, expression[i]
+        exc.message = f"{said}: {exc.detail}"
+    exc.args = (exc.message,)
     return exc
 
 
