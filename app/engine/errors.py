@@ -57,6 +57,12 @@ class EngineError(Exception):
         super().__init__(message)
         self.message = message
 
+    def reword(self, message: str) -> None:
+        """Say the same refusal in other words (a protocol's field names): the message, and
+        what str() of the exception gives."""
+        self.message = message
+        self.args = (message,)
+
 
 class UnknownRoutine(EngineError):
     """No routine is registered under the requested name."""

@@ -81,13 +81,12 @@ def _in_v2_terms(exc: ExpressionError) -> ExpressionError:
     if field is None:
         return exc
     if field == "params" and exc.detail == "declare at least one parameter":
-        exc.message = _NO_PARAMETER
+        exc.reword(_NO_PARAMETER)
     else:
         said = _V2_FIELDS.get(field) or (
             f"parameters.ode: {field.removeprefix('ode.')}" if field.startswith("ode.")
             else f"parameters.{field}")  # expression, expression[i]
-        exc.message = f"{said}: {exc.detail}"
-    exc.args = (exc.message,)
+        exc.reword(f"{said}: {exc.detail}")
     return exc
 
 
@@ -207,8 +206,7 @@ class ExpressionV2(V2):
                 labels,
             )
         except EngineError as exc:  # the routine's name is the service's, not the caller's
-            exc.message = exc.message.replace(made.routine.name, MODEL)
-            exc.args = (exc.message,)
+            exc.reword(exc.message.replace(made.routine.name, MODEL))
             raise
         return job, inference, call, made.canonical
 

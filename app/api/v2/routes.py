@@ -135,9 +135,8 @@ def _model(engine: Engine, name: str, version: str | None) -> Routine:
     try:
         routine = engine.routine(name)
     except UnknownRoutine as exc:  # the expression model is one too (app.api.v2.expression)
-        exc.message = (f"no model named {name!r}; the models are: "
-                       f"{', '.join(sorted({*engine.routines, EXPRESSION_MODEL}))}")
-        exc.args = (exc.message,)
+        exc.reword(f"no model named {name!r}; the models are: "
+                   f"{', '.join(sorted({*engine.routines, EXPRESSION_MODEL}))}")
         raise
     if version is not None and version != MODEL_VERSION:
         raise UnknownVersion(

@@ -245,8 +245,7 @@ def in_v2_terms(exc: InvalidRequest, request: Request) -> InvalidRequest:
     else:
         where = f"parameters.{name}{'' if element is None else f'[{element}]'}"
     rest = message[found.end():].replace("or use dtype float64", "or send the inputs as FP64")
-    exc.message = where + rest
-    exc.args = (exc.message,)
+    exc.reword(where + rest)
     return exc
 
 
