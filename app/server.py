@@ -46,6 +46,7 @@ from typing import Any
 from app import metrics
 from app.context import RequestRecord, record_of
 from app.errors import ProblemDetails, Writer, writer_for
+from app.http import headers
 from app.http.access_log import log_refused
 from app.http.request_id import accepted_id
 
@@ -64,7 +65,7 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: %s\r\n"
 
 
 # the problem types of the middlewares' and the routes' answers of the same status
-_SLUGS = {431: "request-header-fields-too-large", 503: "service-unavailable"}
+_SLUGS = {431: headers.TOO_LARGE, 503: "service-unavailable"}
 
 
 def _answer(template: bytes, status: int, detail: str, record: RequestRecord | None = None,

@@ -15,7 +15,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http.refusal import Refuser
 
-__all__ = ["HeaderLimitMiddleware", "too_many_headers"]
+__all__ = ["TOO_LARGE", "HeaderLimitMiddleware", "too_many_headers"]
+
+TOO_LARGE = "request-header-fields-too-large"  # the 431's problem type (app.server's too)
 
 
 def too_many_headers(count: int, size: int, max_headers: int, max_bytes: int) -> str | None:
@@ -48,6 +50,6 @@ class HeaderLimitMiddleware:
                 detail = too_many_headers(len(headers), size, self.max_headers, self.max_bytes)
                 assert detail is not None
                 await self.refuse(scope, receive, send, 431, detail,
-                                  "request-header-fields-too-large", reason="headers")
+                                  TOO_LARGE, reason="headers")
                 return
         await self.app(scope, receive, send)

@@ -70,10 +70,20 @@ def run_strategy(problem: Problem, strategy: str, compiled: CompiledForward | No
     """:func:`~app.engine.differentiation.differentiate.differentiate`, with forward mode
     (``auto`` or ``forward``) through a compiled graph where ``compiled`` serves the problem.
     Returns the derivatives (second ones keyed "a,b") and the strategy that ran."""
+    result, ran, _ = _differentiated(problem, strategy, compiled, order, cross, bump)
+    return result, ran
+
+
+def _differentiated(problem: Problem, strategy: str, compiled: CompiledForward | None,
+                    order: int, cross: bool, bump: Bump | None,
+                    ) -> tuple[Derivatives, str, bool]:
+    """:func:`run_strategy`, and whether a compiled graph ran it (its time says nothing of
+    eager speed, which the cost model learns)."""
     result = _through_graph(problem, strategy, compiled, order, cross)
     if result is not None:
-        return result, "forward"
-    return differentiate(problem, strategy, order=order, cross=cross, bump=bump)
+        return result, "forward", True
+    result, ran = differentiate(problem, strategy, order=order, cross=cross, bump=bump)
+    return result, ran, False
 
 
 def _through_graph(problem: Problem, strategy: str, compiled: CompiledForward | None,
@@ -175,11 +185,8 @@ def _compute(jobs: Sequence[Job], inputs: Tensor, ex: Executor) -> _Output:
             (values, graph), derivs, ran = _evaluate(problem, ex.compiled), {}, None
         else:
             assert job.strategy is not None
-            result = _through_graph(problem, job.strategy, ex.compiled, job.order, job.cross)
-            graph, ran = result is not None, "forward"
-            if result is None:
-                result, ran = differentiate(problem, job.strategy, order=job.order,
-                                            cross=job.cross, bump=job.bump)
+            result, ran, graph = _differentiated(problem, job.strategy, ex.compiled, job.order,
+                                                 job.cross, job.bump)
             values, derivs = result.values, result.derivatives
     return _output(job, values, derivs, ran, graph)
 
