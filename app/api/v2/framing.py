@@ -69,6 +69,7 @@ def split(body: memoryview, length: int) -> tuple[memoryview, memoryview]:
 
 _DIAGNOSED_BYTES = 1 << 16
 
+
 def _json_object(body: bytes) -> tuple[dict[str, Any], int] | None:
     """The JSON object the body starts with and its byte length, when one does within its
     first _DIAGNOSED_BYTES, else None."""
